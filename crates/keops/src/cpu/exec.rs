@@ -1,0 +1,122 @@
+//! Running a tile program over a block of output rows and a range of reduced rows.
+
+use super::accumulate::accumulate;
+use super::program::{ScalarStep, TileProgram};
+use super::simd::multiversion;
+use super::tile::{exec, Regs};
+use super::{Block, BlockRunner, Job};
+use crate::formula::{eval, Cat};
+use crate::plan::{AccType, Element, Options, Problem, SumScheme};
+use crate::real::Real;
+use crate::reduction::ReductionSpec;
+
+/// The tile program of a problem, ready to run blocks.
+pub struct TileRunner<'p, 'a, T> {
+    problem: &'p Problem<'a, T>,
+    prog: TileProgram,
+    spec: ReductionSpec,
+    scheme: SumScheme,
+    acc64: bool,
+    out_cat: Cat,
+}
+
+impl<'p, 'a, T: Element> TileRunner<'p, 'a, T> {
+    /// Compiles the problem's formulas.
+    pub fn new(problem: &'p Problem<'a, T>, opts: &Options) -> Self {
+        let g = problem.genred;
+        let out_cat = if g.axis() == 1 { Cat::Vi } else { Cat::Vj };
+        let mut roots = vec![g.formula().clone()];
+        roots.extend(g.weight().cloned());
+        TileRunner {
+            problem,
+            prog: TileProgram::compile(&roots, out_cat),
+            spec: *g.spec(),
+            scheme: opts.sum_scheme,
+            acc64: opts.dtype_acc == AccType::Float64,
+            out_cat,
+        }
+    }
+
+    /// The compiled program.
+    pub fn program(&self) -> &TileProgram {
+        &self.prog
+    }
+}
+
+/// Runs scalar steps into `buf`; `row` is the output row for the output side's variables.
+fn run_scalar<T: Element>(steps: &[ScalarStep], buf: &mut [T], data: &[&[T]], out_cat: Cat, row: usize) {
+    for s in steps {
+        match s {
+            ScalarStep::Load { off, arg, cat, dim } => {
+                let r = if *cat == out_cat { row } else { 0 };
+                buf[*off..off + dim].copy_from_slice(&data[*arg][r * dim..(r + 1) * dim]);
+            }
+            ScalarStep::Apply { op, off, dim, args } => {
+                // Operands precede the node in the buffer.
+                let (before, after) = buf.split_at_mut(*off);
+                let a: Vec<&[T]> = args.iter().map(|&(o, d)| &before[o..o + d]).collect();
+                eval::apply(op, &a, &mut after[..*dim]);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn run_block_body<T: Element, A: Real>(r: &TileRunner<'_, '_, T>, data: &[&[T]], job: &Job, block: &mut Block) {
+    let p = &r.prog;
+    let tile = p.tile;
+    let mut regs = Regs::<T>::new(&p.reg_dims, tile);
+    let sl = p.scalar_len;
+    let mut params = vec![T::ZERO; sl];
+    run_scalar(&p.param_steps, &mut params, data, r.out_cat, 0);
+    let rows = job.rows.len();
+    let mut scal = Vec::with_capacity(rows * sl);
+    for i in job.rows.clone() {
+        let start = scal.len();
+        scal.extend_from_slice(&params);
+        run_scalar(&p.row_steps, &mut scal[start..], data, r.out_cat, i);
+    }
+    let (sv, si) = r.spec.state_len();
+    let mut tmp = vec![T::ZERO; tile];
+    let data_fn = |k: usize| data[k];
+    let mut j0 = job.red.start;
+    while j0 < job.red.end {
+        let len = tile.min(job.red.end - j0);
+        for ins in &p.tile_instrs {
+            exec(ins, &mut regs, &params, &data_fn, j0, len);
+        }
+        for row in 0..rows {
+            let s = &scal[row * sl..(row + 1) * sl];
+            for ins in &p.pair_instrs {
+                exec(ins, &mut regs, s, &data_fn, j0, len);
+            }
+            accumulate::<T, A>(
+                &r.spec,
+                r.scheme,
+                &regs,
+                &p.roots,
+                len,
+                j0,
+                &mut block.vals[row * sv..(row + 1) * sv],
+                &mut block.idx[row * si..(row + 1) * si],
+                &mut tmp,
+            );
+        }
+        j0 += len;
+    }
+}
+
+multiversion! {
+    fn run_block<T: Element, A: Real>(r: &TileRunner<'_, '_, T>, data: &[&[T]], job: &Job, block: &mut Block) = run_block_body;
+}
+
+impl<T: Element> BlockRunner for TileRunner<'_, '_, T> {
+    fn run(&self, isa: super::simd::Isa, job: &Job, block: &mut Block) {
+        let data = super::batch_data(self.problem, job.batch);
+        if self.acc64 {
+            run_block::<T, f64>(isa, self, &data, job, block)
+        } else {
+            run_block::<T, T>(isa, self, &data, job, block)
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The CPU engine: plans compiled into tile programs (or matched to fused kernels) and
+//! run over blocks of output rows with rayon, SIMD-dispatched at run time.
+//!
+//! Work is split into [`Job`]s: a batch entry, a block of output rows and a range of the
+//! reduced axis. The reduced axis is split too when there are too few output rows to
+//! keep every core busy; the partial states of a row are then combined in index order.
+//! Each job writes `f64` reduction states, finalized into the output arrays at the end.
+
+mod accumulate;
+mod exec;
+pub mod fused;
+pub mod program;
+pub mod simd;
+mod tile;
+
+use crate::error::{KeopsError, Result};
+use crate::plan::{Array, CpuKernel, Element, Options, Problem, Reduced};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, LazyLock, Mutex};
+
+pub use exec::TileRunner;
+pub use simd::Isa;
+
+/// One unit of parallel work.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Flat batch index.
+    pub batch: usize,
+    /// Output rows.
+    pub rows: Range<usize>,
+    /// Reduced rows.
+    pub red: Range<usize>,
+}
+
+/// The reduction states of a job's rows (row-major, `state_len` per row).
+#[derive(Clone, Debug, Default)]
+pub struct Block {
+    /// Value states.
+    pub vals: Vec<f64>,
+    /// Index states.
+    pub idx: Vec<i64>,
+}
+
+/// Something that computes the states of a job: the tile program or a fused kernel.
+pub trait BlockRunner: Sync {
+    /// Folds the job's pairs into `block` (already initialised).
+    fn run(&self, isa: Isa, job: &Job, block: &mut Block);
+}
+
+/// The arguments' data for one batch entry.
+pub fn batch_data<'a, T: Element>(p: &Problem<'a, T>, b: usize) -> Vec<&'a [T]> {
+    p.args
+        .iter()
+        .enumerate()
+        .map(|(k, a)| {
+            let off = p.batch_offset(k, b);
+            let len: usize = match p.genred.args()[k] {
+                Some(d) if d.cat == crate::formula::Cat::Pm => d.dim,
+                Some(d) => a.shape[a.shape.len() - 2] * d.dim,
+                None => 0,
+            };
+            &a.data[off..off + len]
+        })
+        .collect()
+}
+
+/// Rows per job.
+const ROW_BLOCK: usize = 32;
+/// Smallest range of the reduced axis worth a job of its own.
+const MIN_RED_CHUNK: usize = 2048;
+
+static POOLS: LazyLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = LazyLock::new(Default::default);
+
+fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.get(&threads) {
+        return Ok(p.clone());
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| KeopsError::Option {
+            name: "threads".into(),
+            msg: e.to_string(),
+        })?;
+    let p = Arc::new(p);
+    pools.insert(threads, p.clone());
+    Ok(p)
+}
+
+/// Runs a problem on the CPU.
+pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduced<T>> {
+    if opts.threads == Some(0) {
+        return Err(KeopsError::Option {
+            name: "threads".into(),
+            msg: "must be at least 1".into(),
+        });
+    }
+    let fused = match opts.kernel {
+        CpuKernel::TileProgram => None,
+        _ => fused::FusedRunner::new(problem),
+    };
+    if opts.kernel == CpuKernel::Fused && fused.is_none() {
+        return Err(KeopsError::Option {
+            name: "kernel".into(),
+            msg: "no fused kernel matches this formula and reduction".into(),
+        });
+    }
+    match (opts.threads, fused) {
+        (Some(n), Some(f)) => pool(n)?.install(|| drive(problem, &f, n)),
+        (Some(n), None) => pool(n)?.install(|| drive(problem, &TileRunner::new(problem, opts), n)),
+        (None, Some(f)) => drive(problem, &f, rayon::current_num_threads()),
+        (None, None) => drive(problem, &TileRunner::new(problem, opts), rayon::current_num_threads()),
+    }
+}
+
+/// Splits the problem into jobs, runs them in parallel, combines and finalizes.
+fn drive<T: Element, R: BlockRunner>(problem: &Problem<'_, T>, runner: &R, threads: usize) -> Result<Reduced<T>> {
+    let spec = *problem.genred.spec();
+    let (n_out, n_red) = problem.sizes();
+    let nb = problem.batch_len();
+    let row_blocks = n_out.div_ceil(ROW_BLOCK);
+    let want = 4 * threads;
+    let chunks = if nb * row_blocks >= want || n_red < 2 * MIN_RED_CHUNK {
+        1
+    } else {
+        want.div_ceil((nb * row_blocks).max(1)).min(n_red / MIN_RED_CHUNK).max(1)
+    };
+    let chunk_len = n_red.div_ceil(chunks).max(1);
+    let mut jobs = Vec::with_capacity(nb * row_blocks * chunks);
+    for b in 0..nb {
+        for rb in 0..row_blocks {
+            let rows = rb * ROW_BLOCK..((rb + 1) * ROW_BLOCK).min(n_out);
+            for c in 0..chunks {
+                let red = (c * chunk_len).min(n_red)..((c + 1) * chunk_len).min(n_red);
+                jobs.push(Job { batch: b, rows: rows.clone(), red });
+            }
+        }
+    }
+    let (sv, si) = spec.state_len();
+    let isa = Isa::detect();
+    let blocks: Vec<Block> = jobs
+        .par_iter()
+        .map(|job| {
+            let n = job.rows.len();
+            let mut block = Block {
+                vals: vec![0.0; n * sv],
+                idx: vec![0; n * si],
+            };
+            for r in 0..n {
+                spec.init(&mut block.vals[r * sv..(r + 1) * sv], &mut block.idx[r * si..(r + 1) * si]);
+            }
+            if !job.red.is_empty() {
+                runner.run(isa, job, &mut block);
+            }
+            block
+        })
+        .collect();
+
+    let (dv, di) = spec.output_dims();
+    let total_rows = nb * n_out;
+    let mut out_v = vec![T::ZERO; total_rows * dv];
+    let mut out_i = vec![0i64; total_rows * di];
+    let mut fin_v = vec![0.0f64; dv];
+    for (g, group) in blocks.chunks(chunks).enumerate() {
+        let (b, rb) = (g / row_blocks.max(1), g % row_blocks.max(1));
+        let mut acc = group[0].clone();
+        for other in &group[1..] {
+            let rows = acc.vals.len() / sv.max(1);
+            let rows = if sv == 0 { acc.idx.len() / si.max(1) } else { rows };
+            for r in 0..rows {
+                spec.combine(
+                    (&mut acc.vals[r * sv..(r + 1) * sv], &mut acc.idx[r * si..(r + 1) * si]),
+                    (&other.vals[r * sv..(r + 1) * sv], &other.idx[r * si..(r + 1) * si]),
+                );
+            }
+        }
+        let row0 = rb * ROW_BLOCK;
+        let nrows = ((rb + 1) * ROW_BLOCK).min(n_out) - row0;
+        for r in 0..nrows {
+            let o = b * n_out + row0 + r;
+            spec.finalize(
+                &acc.vals[r * sv..(r + 1) * sv],
+                &acc.idx[r * si..(r + 1) * si],
+                &mut fin_v,
+                &mut out_i[o * di..(o + 1) * di],
+            );
+            for (d, &v) in out_v[o * dv..(o + 1) * dv].iter_mut().zip(&fin_v) {
+                *d = T::from_f64(v);
+            }
+        }
+    }
+    let (shape_v, shape_i) = problem.output_shapes();
+    Ok(Reduced {
+        values: (dv > 0).then(|| Array { data: out_v, shape: shape_v }),
+        indices: (di > 0).then(|| Array { data: out_i, shape: shape_i }),
+    })
+}

@@ -1,0 +1,303 @@
+//! Compiling a plan into a tile program.
+//!
+//! Every node of the formula DAG is classified by what it depends on:
+//! - *scalar* nodes (constants, parameters, and nodes of the output side's variables
+//!   only) are computed once per output row, one value per coordinate, with the
+//!   reference semantics [`crate::formula::eval::apply`] in the data type;
+//! - *tile* nodes (everything that depends on the reduced side) live in registers of
+//!   `dim * tile` values laid out dimension-major. Nodes that depend on the reduced side
+//!   only are computed once per tile for a whole block of output rows (hoisted out of the
+//!   row loop); the others (pair nodes) once per row and tile.
+//!
+//! `Extract`/`Elem` of a tile register are views into it (no copy).
+
+use crate::formula::{self, Binary, Cat, Formula, Op, Unary};
+use std::collections::HashMap;
+
+/// Where an instruction reads one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Src {
+    /// Coordinates `start..start + dim` of tile register `reg`.
+    Tile {
+        /// Register.
+        reg: usize,
+        /// First coordinate of the view.
+        start: usize,
+        /// Number of coordinates.
+        dim: usize,
+    },
+    /// `dim` per-row scalars starting at `off` in the row's scalar buffer.
+    Scalar {
+        /// Offset.
+        off: usize,
+        /// Number of coordinates.
+        dim: usize,
+    },
+}
+
+impl Src {
+    /// Number of coordinates.
+    pub fn dim(&self) -> usize {
+        match *self {
+            Src::Tile { dim, .. } | Src::Scalar { dim, .. } => dim,
+        }
+    }
+}
+
+/// One tile instruction: `dst` is a whole tile register.
+#[derive(Clone, Debug)]
+pub enum Instr {
+    /// Loads a reduced-side variable (argument `arg`, dimension `dim`) into `dst`.
+    Load {
+        /// Destination register.
+        dst: usize,
+        /// Argument position.
+        arg: usize,
+        /// Dimension.
+        dim: usize,
+    },
+    /// Fills `dst` with per-row scalars (when a root does not depend on the reduced side).
+    Broadcast {
+        /// Destination.
+        dst: usize,
+        /// Source.
+        a: Src,
+    },
+    /// Applies an elementwise op / vector op with tile operands.
+    Apply {
+        /// The op.
+        op: Op,
+        /// Destination register.
+        dst: usize,
+        /// Output dimension.
+        dim: usize,
+        /// Operands.
+        args: Vec<Src>,
+    },
+    /// `dst = exp(a * s)` with `s` a scalar: the frequent `Exp(-g * r2)` in one pass.
+    ScaledExp {
+        /// Destination.
+        dst: usize,
+        /// Tile operand.
+        a: Src,
+        /// Scalar factor (dimension 1).
+        s: Src,
+    },
+}
+
+/// How to compute one scalar node of a row.
+#[derive(Clone, Debug)]
+pub enum ScalarStep {
+    /// Copies argument `arg`'s row (or the parameter vector) into the buffer.
+    Load {
+        /// Offset in the scalar buffer.
+        off: usize,
+        /// Argument.
+        arg: usize,
+        /// Its category.
+        cat: Cat,
+        /// Dimension.
+        dim: usize,
+    },
+    /// Applies `op` to operands at the given offsets.
+    Apply {
+        /// The op.
+        op: Op,
+        /// Destination offset.
+        off: usize,
+        /// Output dimension.
+        dim: usize,
+        /// Operand (offset, dim) pairs.
+        args: Vec<(usize, usize)>,
+    },
+}
+
+/// A compiled plan.
+#[derive(Clone, Debug)]
+pub struct TileProgram {
+    /// Scalar steps that depend on parameters only (once per batch entry).
+    pub param_steps: Vec<ScalarStep>,
+    /// Scalar steps of the output side (once per row).
+    pub row_steps: Vec<ScalarStep>,
+    /// Size of the scalar buffer.
+    pub scalar_len: usize,
+    /// Instructions that depend on the reduced side only (once per tile).
+    pub tile_instrs: Vec<Instr>,
+    /// Instructions that depend on both sides (once per row and tile).
+    pub pair_instrs: Vec<Instr>,
+    /// Dimension of each tile register.
+    pub reg_dims: Vec<usize>,
+    /// The roots (formula, then weight), each a tile view.
+    pub roots: Vec<Src>,
+    /// Lanes per tile.
+    pub tile: usize,
+}
+
+const OUT: u8 = 1;
+const RED: u8 = 2;
+
+impl TileProgram {
+    /// Compiles `roots` for a reduction whose output rows are indexed by `out_cat`.
+    pub fn compile(roots: &[Formula], out_cat: Cat) -> TileProgram {
+        let nodes = formula::topo_order(roots);
+        let mut deps: HashMap<u64, u8> = HashMap::new();
+        let mut uses: HashMap<u64, usize> = HashMap::new();
+        for f in &nodes {
+            let d = match f.op {
+                Op::Var { cat, .. } if cat == out_cat => OUT,
+                Op::Var { cat: Cat::Pm, .. } => 0,
+                Op::Var { .. } => RED,
+                _ => f.args.iter().fold(0, |acc, a| acc | deps[&a.id()]),
+            };
+            deps.insert(f.id(), d);
+            for a in &f.args {
+                *uses.entry(a.id()).or_default() += 1;
+            }
+        }
+        for r in roots {
+            *uses.entry(r.id()).or_default() += 1;
+        }
+        let mut p = TileProgram {
+            param_steps: vec![],
+            row_steps: vec![],
+            scalar_len: 0,
+            tile_instrs: vec![],
+            pair_instrs: vec![],
+            reg_dims: vec![],
+            roots: vec![],
+            tile: 0,
+        };
+        let mut loc: HashMap<u64, Src> = HashMap::new();
+        for f in &nodes {
+            let d = deps[&f.id()];
+            if d & RED == 0 {
+                // Scalar node.
+                let off = p.scalar_len;
+                p.scalar_len += f.dim;
+                let step = match f.op {
+                    Op::Var { cat, index, dim } => ScalarStep::Load { off, arg: index, cat, dim },
+                    _ => ScalarStep::Apply {
+                        op: f.op.clone(),
+                        off,
+                        dim: f.dim,
+                        args: f
+                            .args
+                            .iter()
+                            .map(|a| match loc[&a.id()] {
+                                Src::Scalar { off, dim } => (off, dim),
+                                Src::Tile { .. } => unreachable!("scalar node with a tile operand"),
+                            })
+                            .collect(),
+                    },
+                };
+                if d == 0 {
+                    p.param_steps.push(step);
+                } else {
+                    p.row_steps.push(step);
+                }
+                loc.insert(f.id(), Src::Scalar { off, dim: f.dim });
+                continue;
+            }
+            let args: Vec<Src> = f.args.iter().map(|a| loc[&a.id()]).collect();
+            // Views: no instruction.
+            match (&f.op, args.first()) {
+                (Op::Extract { start, dim }, Some(&Src::Tile { reg, start: s0, .. })) => {
+                    loc.insert(f.id(), Src::Tile { reg, start: s0 + start, dim: *dim });
+                    continue;
+                }
+                (Op::Elem(m), Some(&Src::Tile { reg, start: s0, .. })) => {
+                    loc.insert(f.id(), Src::Tile { reg, start: s0 + m, dim: 1 });
+                    continue;
+                }
+                _ => {}
+            }
+            let dst = p.reg_dims.len();
+            p.reg_dims.push(f.dim);
+            let instr = match f.op {
+                Op::Var { index, dim, .. } => Instr::Load { dst, arg: index, dim },
+                // Exp(a * s): fold the product into the exponential when nothing else
+                // reads it.
+                Op::Unary(Unary::Exp) => match scaled_exp_operands(&f.args[0], &loc, &uses) {
+                    Some((a, s)) => Instr::ScaledExp { dst, a, s },
+                    None => Instr::Apply { op: f.op.clone(), dst, dim: f.dim, args },
+                },
+                _ => Instr::Apply { op: f.op.clone(), dst, dim: f.dim, args },
+            };
+            if d == RED {
+                p.tile_instrs.push(instr);
+            } else {
+                p.pair_instrs.push(instr);
+            }
+            loc.insert(f.id(), Src::Tile { reg: dst, start: 0, dim: f.dim });
+        }
+        for r in roots {
+            let src = match loc[&r.id()] {
+                s @ Src::Tile { .. } => s,
+                s @ Src::Scalar { .. } => {
+                    let dst = p.reg_dims.len();
+                    p.reg_dims.push(r.dim);
+                    p.pair_instrs.push(Instr::Broadcast { dst, a: s });
+                    Src::Tile { reg: dst, start: 0, dim: r.dim }
+                }
+            };
+            p.roots.push(src);
+        }
+        remove_dead(&mut p);
+        // Tile length: keep all registers of one tile within ~256 KiB of L2 at f32.
+        let total: usize = p.reg_dims.iter().sum::<usize>().max(1);
+        p.tile = (65536 / total).clamp(32, 256) / 16 * 16;
+        p
+    }
+}
+
+/// `(a, s)` if `f = a * s` (either order) with `s` a scalar of dimension 1, `a` a tile,
+/// and `f` read only by the exponential.
+fn scaled_exp_operands(f: &Formula, loc: &HashMap<u64, Src>, uses: &HashMap<u64, usize>) -> Option<(Src, Src)> {
+    if f.op != Op::Binary(Binary::Mult) || uses.get(&f.id()).copied().unwrap_or(0) != 1 {
+        return None;
+    }
+    let (a, b) = (loc[&f.args[0].id()], loc[&f.args[1].id()]);
+    match (a, b) {
+        (Src::Tile { .. }, Src::Scalar { dim: 1, .. }) if a.dim() == f.dim => Some((a, b)),
+        (Src::Scalar { dim: 1, .. }, Src::Tile { .. }) if b.dim() == f.dim => Some((b, a)),
+        _ => None,
+    }
+}
+
+/// Drops instructions whose register nobody reads (e.g. the product folded into a
+/// `ScaledExp`).
+fn remove_dead(p: &mut TileProgram) {
+    let mut live = vec![false; p.reg_dims.len()];
+    let mark = |s: &Src, live: &mut Vec<bool>| {
+        if let Src::Tile { reg, .. } = s {
+            live[*reg] = true;
+        }
+    };
+    for r in &p.roots {
+        mark(r, &mut live);
+    }
+    for list in [&mut p.pair_instrs, &mut p.tile_instrs] {
+        let mut kept = Vec::new();
+        for ins in list.drain(..).rev() {
+            let dst = match &ins {
+                Instr::Load { dst, .. } | Instr::Broadcast { dst, .. } | Instr::Apply { dst, .. } | Instr::ScaledExp { dst, .. } => *dst,
+            };
+            if !live[dst] {
+                continue;
+            }
+            match &ins {
+                Instr::Apply { args, .. } => args.iter().for_each(|a| mark(a, &mut live)),
+                Instr::ScaledExp { a, s, .. } => {
+                    mark(a, &mut live);
+                    mark(s, &mut live);
+                }
+                Instr::Broadcast { a, .. } => mark(a, &mut live),
+                Instr::Load { .. } => {}
+            }
+            kept.push(ins);
+        }
+        kept.reverse();
+        *list = kept;
+    }
+}
+

@@ -1,0 +1,330 @@
+//! Executing tile instructions: one tight loop per op over the lanes of a tile.
+//!
+//! Every function here is `#[inline(always)]` so that it is compiled inside the
+//! SIMD-dispatched entry points of [`super::exec`] with their target features, and every
+//! elementwise loop is monomorphised per op (see [`Unary::with_kernel`]).
+
+use super::program::{Instr, Src};
+use crate::formula::ops::{Kernel1, Kernel2};
+use crate::formula::{eval, Op};
+use crate::real::Real;
+
+/// One coordinate of an operand across the lanes of a tile.
+#[derive(Clone, Copy)]
+pub enum Lane<'a, T> {
+    /// A value per lane.
+    Tile(&'a [T]),
+    /// The same value for all lanes.
+    Splat(T),
+}
+
+impl<'a, T: Real> Lane<'a, T> {
+    #[inline(always)]
+    fn at(&self, t: usize) -> T {
+        match *self {
+            Lane::Tile(x) => x[t],
+            Lane::Splat(v) => v,
+        }
+    }
+}
+
+/// The registers of a tile program and the lane count.
+pub struct Regs<T> {
+    /// One buffer of `dim * tile` values per register.
+    pub regs: Vec<Vec<T>>,
+    /// Lanes per tile.
+    pub tile: usize,
+}
+
+impl<T: Real> Regs<T> {
+    /// Allocates registers of the given dimensions.
+    pub fn new(dims: &[usize], tile: usize) -> Self {
+        Regs {
+            regs: dims.iter().map(|d| vec![T::ZERO; d * tile]).collect(),
+            tile,
+        }
+    }
+
+    /// Coordinate `c` of `src` (a dimension-1 operand broadcasts to every coordinate).
+    #[inline(always)]
+    pub fn lane<'a>(&'a self, scal: &[T], src: Src, c: usize) -> Lane<'a, T> {
+        let c = if src.dim() == 1 { 0 } else { c };
+        match src {
+            Src::Tile { reg, start, .. } => {
+                let o = (start + c) * self.tile;
+                Lane::Tile(&self.regs[reg][o..o + self.tile])
+            }
+            Src::Scalar { off, .. } => Lane::Splat(scal[off + c]),
+        }
+    }
+}
+
+struct Map1<'a, T> {
+    dst: &'a mut [T],
+    a: &'a [T],
+}
+impl<T: Real> Kernel1<T> for Map1<'_, T> {
+    type Out = ();
+    #[inline(always)]
+    fn run<F: Fn(T) -> T + Copy>(self, f: F) {
+        for (d, &x) in self.dst.iter_mut().zip(self.a) {
+            *d = f(x);
+        }
+    }
+}
+
+struct Map2<'a, T> {
+    dst: &'a mut [T],
+    a: Lane<'a, T>,
+    b: Lane<'a, T>,
+}
+impl<T: Real> Kernel2<T> for Map2<'_, T> {
+    type Out = ();
+    #[inline(always)]
+    fn run<F: Fn(T, T) -> T + Copy>(self, f: F) {
+        match (self.a, self.b) {
+            (Lane::Tile(x), Lane::Tile(y)) => {
+                for ((d, &x), &y) in self.dst.iter_mut().zip(x).zip(y) {
+                    *d = f(x, y);
+                }
+            }
+            (Lane::Tile(x), Lane::Splat(y)) => {
+                for (d, &x) in self.dst.iter_mut().zip(x) {
+                    *d = f(x, y);
+                }
+            }
+            (Lane::Splat(x), Lane::Tile(y)) => {
+                for (d, &y) in self.dst.iter_mut().zip(y) {
+                    *d = f(x, y);
+                }
+            }
+            (Lane::Splat(x), Lane::Splat(y)) => self.dst.fill(f(x, y)),
+        }
+    }
+}
+
+/// Loads rows `j0..j0+len` of a row-major `(n, dim)` array into a dimension-major
+/// register, zero-filling the lanes past `len`.
+#[inline(always)]
+pub fn load<T: Real>(dst: &mut [T], data: &[T], dim: usize, j0: usize, len: usize, tile: usize) {
+    let rows = &data[j0 * dim..(j0 + len) * dim];
+    if dim == 1 {
+        dst[..len].copy_from_slice(rows);
+        dst[len..tile].fill(T::ZERO);
+        return;
+    }
+    for c in 0..dim {
+        let out = &mut dst[c * tile..(c + 1) * tile];
+        for (t, o) in out[..len].iter_mut().enumerate() {
+            *o = rows[t * dim + c];
+        }
+        out[len..].fill(T::ZERO);
+    }
+}
+
+/// Executes one instruction. `data(arg)` is argument `arg`'s data for the current batch
+/// entry; `scal` the current row's scalar buffer.
+#[inline(always)]
+pub fn exec<'d, T: Real>(
+    ins: &Instr,
+    regs: &mut Regs<T>,
+    scal: &[T],
+    data: &dyn Fn(usize) -> &'d [T],
+    j0: usize,
+    len: usize,
+) {
+    let tile = regs.tile;
+    match ins {
+        Instr::Load { dst, arg, dim } => {
+            let mut out = std::mem::take(&mut regs.regs[*dst]);
+            load(&mut out, data(*arg), *dim, j0, len, tile);
+            regs.regs[*dst] = out;
+        }
+        Instr::Broadcast { dst, a } => {
+            let mut out = std::mem::take(&mut regs.regs[*dst]);
+            for c in 0..a.dim() {
+                if let Lane::Splat(v) = regs.lane(scal, *a, c) {
+                    out[c * tile..(c + 1) * tile].fill(v);
+                }
+            }
+            regs.regs[*dst] = out;
+        }
+        Instr::ScaledExp { dst, a, s } => {
+            let mut out = std::mem::take(&mut regs.regs[*dst]);
+            let s = regs.lane(scal, *s, 0).at(0);
+            for c in 0..a.dim() {
+                if let Lane::Tile(x) = regs.lane(scal, *a, c) {
+                    for (o, &x) in out[c * tile..(c + 1) * tile].iter_mut().zip(x) {
+                        *o = (x * s).exp_();
+                    }
+                }
+            }
+            regs.regs[*dst] = out;
+        }
+        Instr::Apply { op, dst, dim, args } => {
+            let mut out = std::mem::take(&mut regs.regs[*dst]);
+            apply(op, &mut out, *dim, args, regs, scal);
+            regs.regs[*dst] = out;
+        }
+    }
+}
+
+/// Sum over coordinates of `f(a_c, b_c)` for each lane (with broadcasting).
+#[inline(always)]
+fn reduce2<T: Real>(
+    out: &mut [T],
+    d: usize,
+    regs: &Regs<T>,
+    scal: &[T],
+    a: Src,
+    b: Src,
+    f: impl Fn(T, T) -> T + Copy,
+) {
+    out.fill(T::ZERO);
+    for c in 0..d {
+        match (regs.lane(scal, a, c), regs.lane(scal, b, c)) {
+            (Lane::Tile(x), Lane::Tile(y)) => {
+                for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+                    *o += f(x, y);
+                }
+            }
+            (Lane::Tile(x), Lane::Splat(y)) => {
+                for (o, &x) in out.iter_mut().zip(x) {
+                    *o += f(x, y);
+                }
+            }
+            (Lane::Splat(x), Lane::Tile(y)) => {
+                for (o, &y) in out.iter_mut().zip(y) {
+                    *o += f(x, y);
+                }
+            }
+            (Lane::Splat(x), Lane::Splat(y)) => {
+                let v = f(x, y);
+                out.iter_mut().for_each(|o| *o += v);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn apply<T: Real>(op: &Op, out: &mut [T], dim: usize, args: &[Src], regs: &Regs<T>, scal: &[T]) {
+    let tile = regs.tile;
+    let lane = |k: usize, c: usize| regs.lane(scal, args[k], c);
+    match *op {
+        Op::Unary(u) => {
+            for c in 0..dim {
+                let dst = &mut out[c * tile..(c + 1) * tile];
+                match lane(0, c) {
+                    Lane::Tile(a) => u.with_kernel(Map1 { dst, a }),
+                    Lane::Splat(v) => dst.fill(u.apply(v)),
+                }
+            }
+        }
+        Op::Binary(b) => {
+            for c in 0..dim {
+                let dst = &mut out[c * tile..(c + 1) * tile];
+                b.with_kernel(Map2 { dst, a: lane(0, c), b: lane(1, c) });
+            }
+        }
+        Op::Ternary(t) => {
+            for c in 0..dim {
+                let (x, y, z) = (lane(0, c), lane(1, c), lane(2, c));
+                for (k, o) in out[c * tile..(c + 1) * tile].iter_mut().enumerate() {
+                    *o = t.apply(x.at(k), y.at(k), z.at(k));
+                }
+            }
+        }
+        Op::SqDist => {
+            let d = args[0].dim().max(args[1].dim());
+            reduce2(out, d, regs, scal, args[0], args[1], |x, y| (x - y) * (x - y));
+        }
+        Op::Scalprod => reduce2(out, args[0].dim(), regs, scal, args[0], args[1], |x, y| x * y),
+        Op::SqNorm2 => reduce2(out, args[0].dim(), regs, scal, args[0], args[0], |x, _| x * x),
+        Op::Sum => reduce2(out, args[0].dim(), regs, scal, args[0], args[0], |x, _| x),
+        Op::WeightedSqNorm => {
+            let (s, x) = (args[0], args[1]);
+            let d = x.dim();
+            if s.dim() == d * d && d > 1 {
+                out.fill(T::ZERO);
+                for k in 0..d {
+                    for l in 0..d {
+                        let (xk, xl, skl) = (lane(1, k), lane(1, l), regs.lane(scal, s, k * d + l));
+                        for (t, o) in out.iter_mut().enumerate() {
+                            *o += xk.at(t) * skl.at(t) * xl.at(t);
+                        }
+                    }
+                }
+            } else {
+                out.fill(T::ZERO);
+                for c in 0..d {
+                    let (w, xc) = (lane(0, c), lane(1, c));
+                    for (t, o) in out.iter_mut().enumerate() {
+                        let v = xc.at(t);
+                        *o += w.at(t) * v * v;
+                    }
+                }
+            }
+        }
+        Op::SumT(_) => {
+            for c in 0..dim {
+                copy_lane(&mut out[c * tile..(c + 1) * tile], lane(0, 0));
+            }
+        }
+        Op::Extract { start, .. } => {
+            for c in 0..dim {
+                copy_lane(&mut out[c * tile..(c + 1) * tile], lane(0, start + c));
+            }
+        }
+        Op::Elem(m) => copy_lane(&mut out[..tile], lane(0, m)),
+        Op::Concat => {
+            let n = args[0].dim();
+            for c in 0..dim {
+                let l = if c < n { lane(0, c) } else { lane(1, c - n) };
+                copy_lane(&mut out[c * tile..(c + 1) * tile], l);
+            }
+        }
+        Op::ElemT { m, .. } => {
+            out.fill(T::ZERO);
+            copy_lane(&mut out[m * tile..(m + 1) * tile], lane(0, 0));
+        }
+        Op::CoordMin | Op::CoordMax | Op::CoordArgMin | Op::CoordArgMax => {
+            let n = args[0].dim();
+            let is_min = matches!(op, Op::CoordMin | Op::CoordArgMin);
+            let want_arg = matches!(op, Op::CoordArgMin | Op::CoordArgMax);
+            let dst = &mut out[..tile];
+            copy_lane(dst, lane(0, 0));
+            let mut arg = vec![T::ZERO; if want_arg { tile } else { 0 }];
+            for c in 1..n {
+                let l = lane(0, c);
+                let ci = T::from_f64(c as f64);
+                for t in 0..tile {
+                    let x = l.at(t);
+                    let better = if is_min { x < dst[t] } else { x > dst[t] };
+                    dst[t] = T::select(better, x, dst[t]);
+                    if want_arg {
+                        arg[t] = T::select(better, ci, arg[t]);
+                    }
+                }
+            }
+            if want_arg {
+                dst.copy_from_slice(&arg);
+            }
+        }
+        // Constants and variables are never tile instructions.
+        Op::Var { .. } | Op::IntCst(_) | Op::RatCst(..) | Op::FloatCst(_) | Op::Zero(_) => {
+            let mut tmp = vec![T::ZERO; dim];
+            eval::apply(op, &[], &mut tmp);
+            for c in 0..dim {
+                out[c * tile..(c + 1) * tile].fill(tmp[c]);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn copy_lane<T: Real>(dst: &mut [T], l: Lane<'_, T>) {
+    match l {
+        Lane::Tile(x) => dst.copy_from_slice(x),
+        Lane::Splat(v) => dst.fill(v),
+    }
+}

@@ -1,0 +1,84 @@
+//! The error type of the crate: every failure a user can cause is one of these.
+
+use thiserror::Error;
+
+/// Everything that can go wrong when building, planning or running a reduction.
+///
+/// Messages say what was wrong and, where it helps, what was expected.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum KeopsError {
+    /// A formula string could not be parsed.
+    #[error("parse error at position {pos} in {input:?}: {msg}")]
+    Parse {
+        /// The text being parsed.
+        input: String,
+        /// Byte offset of the problem.
+        pos: usize,
+        /// What was expected or found.
+        msg: String,
+    },
+    /// An operation was given operands of incompatible dimensions.
+    #[error("dimension mismatch in {op}: {msg}")]
+    Dim {
+        /// The operation's KeOps name.
+        op: String,
+        /// Details (the dimensions found).
+        msg: String,
+    },
+    /// An operation was used with the wrong number of operands or parameters.
+    #[error("{op}: {msg}")]
+    Arity {
+        /// The operation's KeOps name.
+        op: String,
+        /// Details.
+        msg: String,
+    },
+    /// A variable is declared twice with different categories or dimensions.
+    #[error("conflicting declarations of argument {index}: {first} and {second}")]
+    Conflict {
+        /// Argument position.
+        index: usize,
+        /// First declaration.
+        first: String,
+        /// Second declaration.
+        second: String,
+    },
+    /// Arguments passed at call time do not match the formula.
+    #[error("argument {index}: {msg}")]
+    Argument {
+        /// Argument position (as in `Vi(index, dim)`).
+        index: usize,
+        /// What is wrong (expected vs actual).
+        msg: String,
+    },
+    /// The set of arguments is wrong as a whole (missing, extra, inconsistent sizes).
+    #[error("arguments: {0}")]
+    Arguments(String),
+    /// A reduction was configured wrongly (unknown name, bad K, bad axis, ...).
+    #[error("reduction {reduction}: {msg}")]
+    Reduction {
+        /// The reduction's name.
+        reduction: String,
+        /// Details.
+        msg: String,
+    },
+    /// An option has an invalid value.
+    #[error("option {name}: {msg}")]
+    Option {
+        /// Option name.
+        name: String,
+        /// Details.
+        msg: String,
+    },
+    /// The requested backend is not available on this machine.
+    #[error("backend {backend} is not available: {msg}")]
+    Backend {
+        /// Requested backend.
+        backend: String,
+        /// Why.
+        msg: String,
+    },
+}
+
+/// Shorthand for `Result<T, KeopsError>`.
+pub type Result<T, E = KeopsError> = std::result::Result<T, E>;

@@ -1,0 +1,814 @@
+//! The op table: every operation of the formula language, with its KeOps name, arity,
+//! dimension rule and semantics, each facet next to the others.
+//!
+//! - elementwise ops are [`Unary`], [`Binary`] (dimension-1 operands broadcast, as in
+//!   KeOps) and [`Ternary`]; their scalar semantics is one generic expression over
+//!   [`Real`], shared by the reference evaluator (with [`crate::real::Exact`]) and the
+//!   CPU engine (with `f32`/`f64`);
+//! - vector ops (`Sum`, `SqDist`, `Extract`, ...) are variants of [`Op`];
+//! - [`OP_TABLE`] maps every name of the formula language to a constructor: the parser,
+//!   the printer's round trip and the coverage tests walk it. Ops that KeOps defines in
+//!   terms of others (`Norm2`, `Normalize`, `WeightedSqDist`, `IntInv`) are expanded
+//!   there.
+//!
+//! Adding an elementwise op is one line in the `unary_ops!` list below; adding a vector
+//! op is a variant of [`Op`], its dimension rule, its evaluation in
+//! [`crate::formula::eval`] and its CPU instruction.
+
+use super::Formula;
+use crate::error::{KeopsError, Result};
+use crate::real::Real;
+
+/// The category of a variable: indexed by `i`, by `j`, or a parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cat {
+    /// `Vi(k, d)`: one row per `i`.
+    Vi = 0,
+    /// `Vj(k, d)`: one row per `j`.
+    Vj = 1,
+    /// `Pm(k, d)`: the same vector for every pair.
+    Pm = 2,
+}
+
+impl Cat {
+    /// KeOps' name of the category.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cat::Vi => "Vi",
+            Cat::Vj => "Vj",
+            Cat::Pm => "Pm",
+        }
+    }
+    /// From KeOps' numeric code (`Var(k, d, cat)`: 0 = i, 1 = j, 2 = parameter).
+    pub fn from_code(c: i64) -> Option<Cat> {
+        match c {
+            0 => Some(Cat::Vi),
+            1 => Some(Cat::Vj),
+            2 => Some(Cat::Pm),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! unary_ops {
+    ($( $(#[$doc:meta])* $v:ident $name:literal |$x:ident| $e:expr; )*) => {
+        /// Elementwise operations of one operand (the output has the operand's dimension).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Unary {
+            $( $(#[$doc])* $v, )*
+            /// `Pow(x, m)`: integer power (negative `m` gives `1 / x^|m|`).
+            Pow(i32),
+            /// `ClampInt(x, a, b)`: `x` clamped to the integer interval `[a, b]`.
+            ClampInt(i32, i32),
+        }
+
+        impl Unary {
+            /// Every parameter-free unary op, for tables and tests.
+            pub const SIMPLE: &'static [Unary] = &[$(Unary::$v),*];
+
+            /// KeOps' name of the op.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Unary::$v => $name, )*
+                    Unary::Pow(_) => "Pow",
+                    Unary::ClampInt(..) => "ClampInt",
+                }
+            }
+
+            /// The scalar semantics: one expression for the oracle and the engines.
+            #[inline(always)]
+            pub fn apply<R: Real>(self, value: R) -> R {
+                match self {
+                    $( Unary::$v => { let $x = value; $e } )*
+                    Unary::Pow(m) => powi(value, m),
+                    Unary::ClampInt(a, b) => clamp(value, R::from_f64(a as f64), R::from_f64(b as f64)),
+                }
+            }
+        }
+
+        impl Unary {
+            /// Calls `k.run(f)` with `f` the scalar semantics of this op as its own closure
+            /// type, so that an engine's loop is monomorphised (and vectorised) per op.
+            #[inline(always)]
+            pub fn with_kernel<R: Real, K: Kernel1<R>>(self, k: K) -> K::Out {
+                match self {
+                    $( Unary::$v => k.run(|$x: R| $e), )*
+                    Unary::Pow(m) => k.run(move |x: R| powi(x, m)),
+                    Unary::ClampInt(a, b) => {
+                        let (lo, hi) = (R::from_f64(a as f64), R::from_f64(b as f64));
+                        k.run(move |x: R| clamp(x, lo, hi))
+                    }
+                }
+            }
+        }
+    };
+}
+
+unary_ops! {
+    /// `-x`.
+    Minus "Minus" |x| -x;
+    /// `x * x`.
+    Square "Square" |x| x * x;
+    /// `sqrt(x)`.
+    Sqrt "Sqrt" |x| x.sqrt_();
+    /// `1 / sqrt(x)`, and 0 at 0 (KeOps' convention, which makes `Normalize(0) = 0`).
+    Rsqrt "Rsqrt" |x| R::select(x == R::ZERO, R::ZERO, x.rsqrt_());
+    /// `1 / x`.
+    Inv "Inv" |x| R::ONE / x;
+    /// `exp(x)`.
+    Exp "Exp" |x| x.exp_();
+    /// `ln(x)`.
+    Log "Log" |x| x.ln_();
+    /// `x ln(x)`, and 0 at 0.
+    XLogX "XLogX" |x| R::select(x == R::ZERO, R::ZERO, x * x.ln_());
+    /// `|x|`.
+    Abs "Abs" |x| x.abs_();
+    /// `-1`, `0` or `1` (0 for NaN).
+    Sign "Sign" |x| R::select(x > R::ZERO, R::ONE, R::select(x < R::ZERO, -R::ONE, R::ZERO));
+    /// `0` for `x < 0`, else `1` (so `Step(0) = 1`, `Step(NaN) = 1`, as KeOps).
+    Step "Step" |x| R::select(x < R::ZERO, R::ZERO, R::ONE);
+    /// `max(x, 0)` (NaN propagates).
+    ReLU "ReLU" |x| R::select(x < R::ZERO, R::ZERO, x);
+    /// `sin(x)`.
+    Sin "Sin" |x| x.sin_();
+    /// `cos(x)`.
+    Cos "Cos" |x| x.cos_();
+}
+
+/// A loop body generic over the scalar function of a unary op (see [`Unary::with_kernel`]).
+pub trait Kernel1<R: Real> {
+    /// What the loop returns.
+    type Out;
+    /// Runs the loop with `f`.
+    fn run<F: Fn(R) -> R + Copy>(self, f: F) -> Self::Out;
+}
+
+/// A loop body generic over the scalar function of a binary op (see [`Binary::with_kernel`]).
+pub trait Kernel2<R: Real> {
+    /// What the loop returns.
+    type Out;
+    /// Runs the loop with `f`.
+    fn run<F: Fn(R, R) -> R + Copy>(self, f: F) -> Self::Out;
+}
+
+/// `x^m` for an integer `m`, by repeated squaring (the loop depends on `m` only).
+#[inline(always)]
+pub fn powi<R: Real>(x: R, m: i32) -> R {
+    let mut e = m.unsigned_abs();
+    let mut base = x;
+    let mut acc = R::ONE;
+    while e > 0 {
+        if e & 1 == 1 {
+            acc *= base;
+        }
+        base *= base;
+        e >>= 1;
+    }
+    if m < 0 {
+        R::ONE / acc
+    } else {
+        acc
+    }
+}
+
+/// `x` clamped to `[a, b]`, NaN propagating.
+#[inline(always)]
+pub fn clamp<R: Real>(x: R, a: R, b: R) -> R {
+    R::select(x < a, a, R::select(x > b, b, x))
+}
+
+/// Elementwise operations of two operands; an operand of dimension 1 is broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binary {
+    /// `a + b`.
+    Add,
+    /// `a - b`.
+    Subtract,
+    /// `a * b`.
+    Mult,
+    /// `a / b`.
+    Divide,
+    /// `Powf(a, b) = exp(b ln a)`.
+    Powf,
+}
+
+impl Binary {
+    /// Every binary op.
+    pub const ALL: &'static [Binary] = &[
+        Binary::Add,
+        Binary::Subtract,
+        Binary::Mult,
+        Binary::Divide,
+        Binary::Powf,
+    ];
+    /// KeOps' name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Binary::Add => "Add",
+            Binary::Subtract => "Subtract",
+            Binary::Mult => "Mult",
+            Binary::Divide => "Divide",
+            Binary::Powf => "Powf",
+        }
+    }
+    /// Calls `k.run(f)` with this op's scalar function as its own closure type.
+    #[inline(always)]
+    pub fn with_kernel<R: Real, K: Kernel2<R>>(self, k: K) -> K::Out {
+        match self {
+            Binary::Add => k.run(|a: R, b: R| a + b),
+            Binary::Subtract => k.run(|a: R, b: R| a - b),
+            Binary::Mult => k.run(|a: R, b: R| a * b),
+            Binary::Divide => k.run(|a: R, b: R| a / b),
+            Binary::Powf => k.run(|a: R, b: R| a.powf_(b)),
+        }
+    }
+    /// The scalar semantics.
+    #[inline(always)]
+    pub fn apply<R: Real>(self, a: R, b: R) -> R {
+        match self {
+            Binary::Add => a + b,
+            Binary::Subtract => a - b,
+            Binary::Mult => a * b,
+            Binary::Divide => a / b,
+            Binary::Powf => a.powf_(b),
+        }
+    }
+}
+
+/// Elementwise operations of three operands, with dimension-1 broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ternary {
+    /// `IfElse(c, a, b)`: `a` where `c >= 0`, else `b`.
+    IfElse,
+    /// `Clamp(x, a, b)`: `x` clamped to `[a, b]`.
+    Clamp,
+}
+
+impl Ternary {
+    /// Every ternary op.
+    pub const ALL: &'static [Ternary] = &[Ternary::IfElse, Ternary::Clamp];
+    /// KeOps' name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ternary::IfElse => "IfElse",
+            Ternary::Clamp => "Clamp",
+        }
+    }
+    /// The scalar semantics.
+    #[inline(always)]
+    pub fn apply<R: Real>(self, a: R, b: R, c: R) -> R {
+        match self {
+            Ternary::IfElse => R::select(a >= R::ZERO, b, c),
+            Ternary::Clamp => clamp(a, b, c),
+        }
+    }
+}
+
+/// One operation of the formula language.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A variable `Vi(index, dim)`, `Vj(index, dim)` or `Pm(index, dim)`.
+    Var {
+        /// Its category.
+        cat: Cat,
+        /// Position of the argument.
+        index: usize,
+        /// Its dimension.
+        dim: usize,
+    },
+    /// An integer constant (dimension 1).
+    IntCst(i64),
+    /// A rational constant `p / q`, in lowest terms with `q > 1` (dimension 1).
+    RatCst(i64, i64),
+    /// A floating-point literal (dimension 1), stored as its bits.
+    FloatCst(u64),
+    /// The zero vector of the given dimension.
+    Zero(usize),
+    /// An elementwise op of one operand.
+    Unary(Unary),
+    /// An elementwise op of two operands.
+    Binary(Binary),
+    /// An elementwise op of three operands.
+    Ternary(Ternary),
+    /// `Sum(x)`: sum of the coordinates.
+    Sum,
+    /// `SumT(x, d)`: a scalar broadcast to dimension `d` (the adjoint of `Sum`).
+    SumT(usize),
+    /// `SqNorm2(x)`: sum of squares of the coordinates.
+    SqNorm2,
+    /// `SqDist(a, b) = SqNorm2(a - b)`.
+    SqDist,
+    /// `Scalprod(a, b)`: dot product.
+    Scalprod,
+    /// `WeightedSqNorm(s, x)`: `s |x|^2` (s of dim 1), `sum s_k x_k^2` (dim D) or
+    /// `x^T S x` (dim D*D, row-major).
+    WeightedSqNorm,
+    /// `Extract(x, start, dim)`: coordinates `start..start+dim`.
+    Extract {
+        /// First coordinate.
+        start: usize,
+        /// Number of coordinates.
+        dim: usize,
+    },
+    /// `Concat(a, b)`.
+    Concat,
+    /// `Elem(x, m)`: coordinate `m`.
+    Elem(usize),
+    /// `ElemT(x, n, m)`: a vector of dimension `n`, zero but for `x` at `m`.
+    ElemT {
+        /// Output dimension.
+        n: usize,
+        /// Position of the scalar.
+        m: usize,
+    },
+    /// `Min(x)`: smallest coordinate.
+    CoordMin,
+    /// `Max(x)`: largest coordinate.
+    CoordMax,
+    /// `ArgMin(x)`: position of the smallest coordinate (as a float, first on ties).
+    CoordArgMin,
+    /// `ArgMax(x)`: position of the largest coordinate.
+    CoordArgMax,
+}
+
+fn dim_err(op: &str, msg: String) -> KeopsError {
+    KeopsError::Dim { op: op.to_string(), msg }
+}
+
+/// The output dimension of an elementwise op whose operands broadcast from dimension 1.
+pub fn broadcast_dim(op: &str, dims: &[usize]) -> Result<usize> {
+    let d = dims.iter().copied().max().unwrap_or(1);
+    if dims.iter().all(|&x| x == d || x == 1) {
+        Ok(d)
+    } else {
+        Err(dim_err(
+            op,
+            format!("operands have dimensions {dims:?}; they must be equal or 1"),
+        ))
+    }
+}
+
+impl Op {
+    /// KeOps' name of the op.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Var { cat, .. } => cat.name(),
+            Op::IntCst(_) => "IntCst",
+            Op::RatCst(..) => "RatCst",
+            Op::FloatCst(_) => "FloatCst",
+            Op::Zero(_) => "Zero",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Ternary(t) => t.name(),
+            Op::Sum => "Sum",
+            Op::SumT(_) => "SumT",
+            Op::SqNorm2 => "SqNorm2",
+            Op::SqDist => "SqDist",
+            Op::Scalprod => "Scalprod",
+            Op::WeightedSqNorm => "WeightedSqNorm",
+            Op::Extract { .. } => "Extract",
+            Op::Concat => "Concat",
+            Op::Elem(_) => "Elem",
+            Op::ElemT { .. } => "ElemT",
+            Op::CoordMin => "Min",
+            Op::CoordMax => "Max",
+            Op::CoordArgMin => "ArgMin",
+            Op::CoordArgMax => "ArgMax",
+        }
+    }
+
+    /// Number of formula operands.
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Var { .. } | Op::IntCst(_) | Op::RatCst(..) | Op::FloatCst(_) | Op::Zero(_) => 0,
+            Op::Unary(_)
+            | Op::Sum
+            | Op::SumT(_)
+            | Op::SqNorm2
+            | Op::Extract { .. }
+            | Op::Elem(_)
+            | Op::ElemT { .. }
+            | Op::CoordMin
+            | Op::CoordMax
+            | Op::CoordArgMin
+            | Op::CoordArgMax => 1,
+            Op::Binary(_) | Op::SqDist | Op::Scalprod | Op::WeightedSqNorm | Op::Concat => 2,
+            Op::Ternary(_) => 3,
+        }
+    }
+
+    /// The value of a scalar constant.
+    pub fn const_value(&self) -> Option<f64> {
+        match *self {
+            Op::IntCst(n) => Some(n as f64),
+            Op::RatCst(p, q) => Some(p as f64 / q as f64),
+            Op::FloatCst(b) => Some(f64::from_bits(b)),
+            Op::Zero(_) => Some(0.0),
+            _ => None,
+        }
+    }
+
+    /// The dimension rule: the output dimension for operands of dimensions `dims`, or an
+    /// error naming the op and the dimensions found.
+    pub fn out_dim(&self, dims: &[usize]) -> Result<usize> {
+        let name = self.name();
+        if dims.len() != self.arity() {
+            return Err(KeopsError::Arity {
+                op: name.to_string(),
+                msg: format!("expects {} operand(s), got {}", self.arity(), dims.len()),
+            });
+        }
+        let positive = |d: usize, what: &str| {
+            if d == 0 {
+                Err(dim_err(name, format!("{what} must be at least 1")))
+            } else {
+                Ok(d)
+            }
+        };
+        match *self {
+            Op::Var { dim, .. } => positive(dim, "a variable's dimension"),
+            Op::IntCst(_) | Op::RatCst(..) | Op::FloatCst(_) => Ok(1),
+            Op::Zero(d) => positive(d, "Zero's dimension"),
+            Op::Unary(_) => Ok(dims[0]),
+            Op::Binary(_) | Op::Ternary(_) => broadcast_dim(name, dims),
+            Op::Sum | Op::SqNorm2 | Op::CoordMin | Op::CoordMax | Op::CoordArgMin | Op::CoordArgMax => {
+                Ok(1)
+            }
+            Op::SumT(d) => {
+                if dims[0] != 1 {
+                    return Err(dim_err(name, format!("operand must have dimension 1, got {}", dims[0])));
+                }
+                positive(d, "the output dimension")
+            }
+            Op::SqDist => broadcast_dim(name, dims).map(|_| 1),
+            Op::Scalprod => {
+                if dims[0] != dims[1] {
+                    return Err(dim_err(name, format!("operands have dimensions {} and {}; they must be equal", dims[0], dims[1])));
+                }
+                Ok(1)
+            }
+            Op::WeightedSqNorm => {
+                let (s, d) = (dims[0], dims[1]);
+                if s == 1 || s == d || s == d * d {
+                    Ok(1)
+                } else {
+                    Err(dim_err(name, format!("weight has dimension {s} for a vector of dimension {d}; expected 1, {d} or {}", d * d)))
+                }
+            }
+            Op::Extract { start, dim } => {
+                if dim == 0 || start + dim > dims[0] {
+                    return Err(dim_err(name, format!("coordinates {start}..{} out of range for dimension {}", start + dim, dims[0])));
+                }
+                Ok(dim)
+            }
+            Op::Concat => Ok(dims[0] + dims[1]),
+            Op::Elem(m) => {
+                if m >= dims[0] {
+                    return Err(dim_err(name, format!("coordinate {m} out of range for dimension {}", dims[0])));
+                }
+                Ok(1)
+            }
+            Op::ElemT { n, m } => {
+                if dims[0] != 1 {
+                    return Err(dim_err(name, format!("operand must have dimension 1, got {}", dims[0])));
+                }
+                if m >= n {
+                    return Err(dim_err(name, format!("position {m} out of range for dimension {n}")));
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// A named constructor of the formula language, as the parser sees it.
+pub struct OpSpec {
+    /// The name in formula strings.
+    pub name: &'static str,
+    /// Number of formula operands (written first).
+    pub formulas: usize,
+    /// Number of integer parameters (written after the formulas).
+    pub ints: usize,
+    /// Builds the formula.
+    pub build: fn(&[Formula], &[i64]) -> Result<Formula>,
+}
+
+fn usize_param(op: &str, v: i64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| KeopsError::Arity {
+        op: op.to_string(),
+        msg: format!("parameter {v} must be a non-negative integer"),
+    })
+}
+
+fn i32_param(op: &str, v: i64) -> Result<i32> {
+    i32::try_from(v).map_err(|_| KeopsError::Arity {
+        op: op.to_string(),
+        msg: format!("parameter {v} is out of range"),
+    })
+}
+
+macro_rules! spec {
+    ($name:expr, $nf:literal, $ni:literal, |$f:ident, $n:ident| $body:expr) => {
+        OpSpec {
+            name: $name,
+            formulas: $nf,
+            ints: $ni,
+            build: |$f: &[Formula], $n: &[i64]| -> Result<Formula> {
+                let _ = (&$f, &$n);
+                $body
+            },
+        }
+    };
+}
+
+macro_rules! unary_spec {
+    ($($v:ident),*) => {
+        [$(spec!(stringify!($v), 1, 0, |f, _n| Ok(f[0].unary(Unary::$v))),)*]
+    };
+}
+
+const UNARY_SPECS: [OpSpec; 14] =
+    unary_spec!(Minus, Square, Sqrt, Rsqrt, Inv, Exp, Log, XLogX, Abs, Sign, Step, ReLU, Sin, Cos);
+
+const OTHER_SPECS: [OpSpec; 34] = [
+    spec!("Vi", 0, 2, |_f, n| Formula::var(Cat::Vi, usize_param("Vi", n[0])?, usize_param("Vi", n[1])?)),
+    spec!("Vj", 0, 2, |_f, n| Formula::var(Cat::Vj, usize_param("Vj", n[0])?, usize_param("Vj", n[1])?)),
+    spec!("Pm", 0, 2, |_f, n| Formula::var(Cat::Pm, usize_param("Pm", n[0])?, usize_param("Pm", n[1])?)),
+    spec!("Var", 0, 3, |_f, n| {
+        let cat = Cat::from_code(n[2]).ok_or_else(|| KeopsError::Arity {
+            op: "Var".into(),
+            msg: format!("category must be 0 (i), 1 (j) or 2 (parameter), got {}", n[2]),
+        })?;
+        Formula::var(cat, usize_param("Var", n[0])?, usize_param("Var", n[1])?)
+    }),
+    spec!("IntCst", 0, 1, |_f, n| Ok(Formula::int(n[0]))),
+    spec!("RatCst", 0, 2, |_f, n| Formula::rat(n[0], n[1])),
+    spec!("IntInv", 0, 1, |_f, n| Formula::rat(1, n[0])),
+    spec!("Zero", 0, 1, |_f, n| Formula::zero(usize_param("Zero", n[0])?)),
+    spec!("Add", 2, 0, |f, _n| f[0].add(&f[1])),
+    spec!("Subtract", 2, 0, |f, _n| f[0].sub(&f[1])),
+    spec!("Mult", 2, 0, |f, _n| f[0].mul(&f[1])),
+    spec!("Divide", 2, 0, |f, _n| f[0].div(&f[1])),
+    spec!("Powf", 2, 0, |f, _n| f[0].powf(&f[1])),
+    spec!("Pow", 1, 1, |f, n| Ok(f[0].pow(i32_param("Pow", n[0])?))),
+    spec!("ClampInt", 1, 2, |f, n| Ok(f[0].unary(Unary::ClampInt(i32_param("ClampInt", n[0])?, i32_param("ClampInt", n[1])?)))),
+    spec!("IfElse", 3, 0, |f, _n| f[0].if_else(&f[1], &f[2])),
+    spec!("Clamp", 3, 0, |f, _n| f[0].clamp(&f[1], &f[2])),
+    spec!("Sum", 1, 0, |f, _n| Ok(f[0].sum())),
+    spec!("SumT", 1, 1, |f, n| f[0].sum_t(usize_param("SumT", n[0])?)),
+    spec!("SqNorm2", 1, 0, |f, _n| Ok(f[0].sqnorm2())),
+    spec!("Norm2", 1, 0, |f, _n| Ok(f[0].norm2())),
+    spec!("Normalize", 1, 0, |f, _n| f[0].normalize()),
+    spec!("SqDist", 2, 0, |f, _n| f[0].sqdist(&f[1])),
+    spec!("Scalprod", 2, 0, |f, _n| f[0].scalprod(&f[1])),
+    spec!("WeightedSqNorm", 2, 0, |f, _n| f[0].weighted_sqnorm(&f[1])),
+    spec!("WeightedSqDist", 3, 0, |f, _n| f[0].weighted_sqdist(&f[1], &f[2])),
+    spec!("Extract", 1, 2, |f, n| f[0].extract(usize_param("Extract", n[0])?, usize_param("Extract", n[1])?)),
+    spec!("Concat", 2, 0, |f, _n| f[0].concat(&f[1])),
+    spec!("Elem", 1, 1, |f, n| f[0].elem(usize_param("Elem", n[0])?)),
+    spec!("ElemT", 1, 2, |f, n| f[0].elem_t(usize_param("ElemT", n[0])?, usize_param("ElemT", n[1])?)),
+    spec!("Min", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordMin))),
+    spec!("Max", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordMax))),
+    spec!("ArgMin", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordArgMin))),
+    spec!("ArgMax", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordArgMax))),
+];
+
+/// Every named constructor of the formula language.
+pub static OP_TABLE: [&[OpSpec]; 2] = [&UNARY_SPECS, &OTHER_SPECS];
+
+/// Looks up a name of the formula language.
+pub fn lookup(name: &str) -> Option<&'static OpSpec> {
+    OP_TABLE.iter().flat_map(|t| t.iter()).find(|s| s.name == name)
+}
+
+/// Every name of the formula language (for error messages and coverage tests).
+pub fn all_specs() -> impl Iterator<Item = &'static OpSpec> {
+    OP_TABLE.iter().flat_map(|t| t.iter())
+}
+
+/// Builds a node that cannot fail (operand dimensions already known to fit).
+fn node(op: Op, args: Vec<Formula>) -> Formula {
+    match Formula::new(op, args) {
+        Ok(f) => f,
+        // Only reached through a bug in a caller of `node`; surface it loudly in tests.
+        Err(e) => unreachable!("internal dimension error: {e}"),
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a.abs()
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Constructors with light simplification (constant folding, neutral elements); every
+/// way of building formulas (parser, Rust API, autodiff) goes through them.
+impl Formula {
+    /// `Vi(index, dim)`, `Vj(index, dim)` or `Pm(index, dim)`.
+    pub fn var(cat: Cat, index: usize, dim: usize) -> Result<Formula> {
+        Formula::new(Op::Var { cat, index, dim }, vec![])
+    }
+    /// `Vi(index, dim)`.
+    pub fn vi(index: usize, dim: usize) -> Result<Formula> {
+        Self::var(Cat::Vi, index, dim)
+    }
+    /// `Vj(index, dim)`.
+    pub fn vj(index: usize, dim: usize) -> Result<Formula> {
+        Self::var(Cat::Vj, index, dim)
+    }
+    /// `Pm(index, dim)`.
+    pub fn pm(index: usize, dim: usize) -> Result<Formula> {
+        Self::var(Cat::Pm, index, dim)
+    }
+    /// An integer constant.
+    pub fn int(n: i64) -> Formula {
+        node(Op::IntCst(n), vec![])
+    }
+    /// The rational constant `p / q` (an error if `q == 0`).
+    pub fn rat(p: i64, q: i64) -> Result<Formula> {
+        if q == 0 {
+            return Err(KeopsError::Arity {
+                op: "RatCst".into(),
+                msg: "denominator is zero".into(),
+            });
+        }
+        let g = gcd(p, q).max(1) * q.signum();
+        let (p, q) = (p / g, q / g);
+        Ok(if q == 1 {
+            Formula::int(p)
+        } else {
+            node(Op::RatCst(p, q), vec![])
+        })
+    }
+    /// A floating-point constant (integral values become `IntCst`).
+    pub fn float(x: f64) -> Formula {
+        if x.fract() == 0.0 && x.abs() < 1e15 {
+            Formula::int(x as i64)
+        } else {
+            node(Op::FloatCst(x.to_bits()), vec![])
+        }
+    }
+    /// The zero vector of dimension `d`.
+    pub fn zero(d: usize) -> Result<Formula> {
+        if d == 1 {
+            return Ok(Formula::int(0));
+        }
+        Formula::new(Op::Zero(d), vec![])
+    }
+
+    fn is_zero(&self) -> bool {
+        matches!(self.op, Op::Zero(_) | Op::IntCst(0))
+    }
+    fn is_one(&self) -> bool {
+        matches!(self.op, Op::IntCst(1))
+    }
+
+    /// An elementwise unary op (folds constants and double negation).
+    pub fn unary(&self, u: Unary) -> Formula {
+        match (u, &self.op) {
+            (Unary::Minus, Op::IntCst(n)) => return Formula::int(-n),
+            (Unary::Minus, Op::RatCst(p, q)) => return node(Op::RatCst(-p, *q), vec![]),
+            (Unary::Minus, Op::FloatCst(b)) => return Formula::float(-f64::from_bits(*b)),
+            (Unary::Minus, Op::Zero(_)) => return self.clone(),
+            (Unary::Minus, Op::Unary(Unary::Minus)) => return self.args[0].clone(),
+            (Unary::Pow(1), _) => return self.clone(),
+            _ => {}
+        }
+        node(Op::Unary(u), vec![self.clone()])
+    }
+    /// `-self`.
+    pub fn neg(&self) -> Formula {
+        self.unary(Unary::Minus)
+    }
+    /// `Exp(self)`.
+    pub fn exp(&self) -> Formula {
+        self.unary(Unary::Exp)
+    }
+    /// `Pow(self, m)`.
+    pub fn pow(&self, m: i32) -> Formula {
+        self.unary(Unary::Pow(m))
+    }
+
+    /// An elementwise binary op (folds integer constants and neutral elements).
+    pub fn binary(&self, b: Binary, other: &Formula) -> Result<Formula> {
+        let out = broadcast_dim(b.name(), &[self.dim, other.dim])?;
+        let (x, y) = (self, other);
+        if let (Op::IntCst(p), Op::IntCst(q)) = (&x.op, &y.op) {
+            match b {
+                Binary::Add => return Ok(Formula::int(p + q)),
+                Binary::Subtract => return Ok(Formula::int(p - q)),
+                Binary::Mult => return Ok(Formula::int(p * q)),
+                Binary::Divide if *q != 0 => return Formula::rat(*p, *q),
+                _ => {}
+            }
+        }
+        match b {
+            Binary::Add if x.is_zero() && y.dim == out => return Ok(y.clone()),
+            Binary::Add | Binary::Subtract if y.is_zero() && x.dim == out => return Ok(x.clone()),
+            Binary::Subtract if x.is_zero() && y.dim == out => return Ok(y.neg()),
+            Binary::Mult if (x.is_zero() || y.is_zero()) => return Formula::zero(out),
+            Binary::Mult if x.is_one() && y.dim == out => return Ok(y.clone()),
+            Binary::Mult | Binary::Divide if y.is_one() && x.dim == out => return Ok(x.clone()),
+            _ => {}
+        }
+        Formula::new(Op::Binary(b), vec![x.clone(), y.clone()])
+    }
+    /// `self + other`.
+    pub fn add(&self, other: &Formula) -> Result<Formula> {
+        self.binary(Binary::Add, other)
+    }
+    /// `self - other`.
+    pub fn sub(&self, other: &Formula) -> Result<Formula> {
+        self.binary(Binary::Subtract, other)
+    }
+    /// `self * other`.
+    pub fn mul(&self, other: &Formula) -> Result<Formula> {
+        self.binary(Binary::Mult, other)
+    }
+    /// `self / other`.
+    pub fn div(&self, other: &Formula) -> Result<Formula> {
+        self.binary(Binary::Divide, other)
+    }
+    /// `Powf(self, other)`.
+    pub fn powf(&self, other: &Formula) -> Result<Formula> {
+        self.binary(Binary::Powf, other)
+    }
+    /// `IfElse(self, a, b)`.
+    pub fn if_else(&self, a: &Formula, b: &Formula) -> Result<Formula> {
+        Formula::new(Op::Ternary(Ternary::IfElse), vec![self.clone(), a.clone(), b.clone()])
+    }
+    /// `Clamp(self, a, b)`.
+    pub fn clamp(&self, a: &Formula, b: &Formula) -> Result<Formula> {
+        Formula::new(Op::Ternary(Ternary::Clamp), vec![self.clone(), a.clone(), b.clone()])
+    }
+    /// `Sum(self)` (the identity on dimension 1).
+    pub fn sum(&self) -> Formula {
+        if self.dim == 1 {
+            return self.clone();
+        }
+        node(Op::Sum, vec![self.clone()])
+    }
+    /// `SumT(self, d)`.
+    pub fn sum_t(&self, d: usize) -> Result<Formula> {
+        if d == 1 && self.dim == 1 {
+            return Ok(self.clone());
+        }
+        Formula::new(Op::SumT(d), vec![self.clone()])
+    }
+    /// `SqNorm2(self)`.
+    pub fn sqnorm2(&self) -> Formula {
+        node(Op::SqNorm2, vec![self.clone()])
+    }
+    /// `Norm2(self) = Sqrt(SqNorm2(self))`.
+    pub fn norm2(&self) -> Formula {
+        self.sqnorm2().unary(Unary::Sqrt)
+    }
+    /// `Normalize(self) = self * Rsqrt(SqNorm2(self))`.
+    pub fn normalize(&self) -> Result<Formula> {
+        self.mul(&self.sqnorm2().unary(Unary::Rsqrt))
+    }
+    /// `SqDist(self, other)`.
+    pub fn sqdist(&self, other: &Formula) -> Result<Formula> {
+        Formula::new(Op::SqDist, vec![self.clone(), other.clone()])
+    }
+    /// `Scalprod(self, other)`.
+    pub fn scalprod(&self, other: &Formula) -> Result<Formula> {
+        Formula::new(Op::Scalprod, vec![self.clone(), other.clone()])
+    }
+    /// `WeightedSqNorm(self, x)`: `self` is the weight.
+    pub fn weighted_sqnorm(&self, x: &Formula) -> Result<Formula> {
+        Formula::new(Op::WeightedSqNorm, vec![self.clone(), x.clone()])
+    }
+    /// `WeightedSqDist(self, a, b) = WeightedSqNorm(self, a - b)`.
+    pub fn weighted_sqdist(&self, a: &Formula, b: &Formula) -> Result<Formula> {
+        self.weighted_sqnorm(&a.sub(b)?)
+    }
+    /// `Extract(self, start, dim)`.
+    pub fn extract(&self, start: usize, dim: usize) -> Result<Formula> {
+        if start == 0 && dim == self.dim {
+            return Ok(self.clone());
+        }
+        Formula::new(Op::Extract { start, dim }, vec![self.clone()])
+    }
+    /// `Concat(self, other)`.
+    pub fn concat(&self, other: &Formula) -> Result<Formula> {
+        Formula::new(Op::Concat, vec![self.clone(), other.clone()])
+    }
+    /// `Elem(self, m)`.
+    pub fn elem(&self, m: usize) -> Result<Formula> {
+        if m == 0 && self.dim == 1 {
+            return Ok(self.clone());
+        }
+        Formula::new(Op::Elem(m), vec![self.clone()])
+    }
+    /// `ElemT(self, n, m)`.
+    pub fn elem_t(&self, n: usize, m: usize) -> Result<Formula> {
+        Formula::new(Op::ElemT { n, m }, vec![self.clone()])
+    }
+    /// `Min`, `Max`, `ArgMin` or `ArgMax` over the coordinates of `self`.
+    pub fn coord_reduce(&self, op: Op) -> Formula {
+        node(op, vec![self.clone()])
+    }
+}

@@ -1,0 +1,497 @@
+//! `Genred`: a formula, a reduction and an axis, checked once; and the per-call checks
+//! of the arguments (shapes, batch dimensions) that turn it into a [`Problem`] an engine
+//! executes.
+
+use crate::error::{KeopsError, Result};
+use crate::formula::parse::{parse_with, Aliases};
+use crate::formula::{self, Cat, Formula};
+use crate::real::Real;
+use crate::reduction::{Reduction, ReductionSpec};
+
+/// The float types the engines run on (`f32` and `f64`).
+pub trait Element: Real + private::Sealed {}
+impl Element for f32 {}
+impl Element for f64 {}
+mod private {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// Precision of the sums within a tile (KeOps' `dtype_acc`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccType {
+    /// The data type (KeOps' default `"auto"`).
+    #[default]
+    Auto,
+    /// `float64` accumulation, also for `float32` data.
+    Float64,
+}
+
+/// How sums are accumulated within a tile (KeOps' `sum_scheme`). Across tiles, partial
+/// sums always go into `f64` states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SumScheme {
+    /// One running accumulator, value after value (`"direct_sum"`).
+    Direct,
+    /// Independent per-lane partial sums, added once per tile (`"block_sum"`, default).
+    #[default]
+    BlockSum,
+    /// Per-lane sums with Kahan compensation (`"kahan_scheme"`).
+    Kahan,
+}
+
+impl SumScheme {
+    /// From KeOps' option string.
+    pub fn from_name(s: &str) -> Result<SumScheme> {
+        match s {
+            "direct_sum" => Ok(SumScheme::Direct),
+            "block_sum" | "auto" => Ok(SumScheme::BlockSum),
+            "kahan_scheme" => Ok(SumScheme::Kahan),
+            _ => Err(KeopsError::Option {
+                name: "sum_scheme".into(),
+                msg: format!("{s:?} is not one of \"direct_sum\", \"block_sum\", \"kahan_scheme\""),
+            }),
+        }
+    }
+}
+
+/// Which CPU code path runs a plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuKernel {
+    /// A fused kernel when one matches the plan, else the tile program.
+    #[default]
+    Auto,
+    /// Always the general tile program.
+    TileProgram,
+    /// A fused kernel; an error if none matches.
+    Fused,
+}
+
+/// Where a reduction runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The GPU when one is usable, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU engine.
+    Cpu,
+    /// The CUDA engine.
+    Gpu,
+}
+
+impl Backend {
+    /// From pykeops' option string (`"auto"`, `"CPU"`, `"GPU"`, `"GPU_1D"`, `"GPU_2D"`).
+    pub fn from_name(s: &str) -> Result<Backend> {
+        match s {
+            "auto" | "" => Ok(Backend::Auto),
+            "CPU" | "cpu" => Ok(Backend::Cpu),
+            "GPU" | "GPU_1D" | "GPU_2D" | "gpu" => Ok(Backend::Gpu),
+            _ => Err(KeopsError::Option {
+                name: "backend".into(),
+                msg: format!("{s:?} is not one of \"auto\", \"CPU\", \"GPU\", \"GPU_1D\", \"GPU_2D\""),
+            }),
+        }
+    }
+}
+
+/// Options of a call, with KeOps' defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Precision of in-tile sums.
+    pub dtype_acc: AccType,
+    /// Summation scheme within tiles.
+    pub sum_scheme: SumScheme,
+    /// Number of CPU threads (`None`: rayon's global pool, one per core).
+    pub threads: Option<usize>,
+    /// CPU code path.
+    pub kernel: CpuKernel,
+    /// Where to run.
+    pub backend: Backend,
+}
+
+/// What a formula expects of one argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArgDecl {
+    /// Category.
+    pub cat: Cat,
+    /// Dimension (last axis of the array).
+    pub dim: usize,
+}
+
+/// A reduction of a symbolic matrix, checked once and callable many times: KeOps'
+/// `Genred`.
+///
+/// ```
+/// use keops::{Genred, Reduction, Arg};
+/// let g = Genred::new("Exp(-SqDist(x,y)) * b", &["x = Vi(0,1)", "y = Vj(1,1)", "b = Vj(2,1)"],
+///                     Reduction::Sum, 1)?;
+/// let (x, y, b) = ([0.0f64, 1.0], [0.0f64, 2.0, 3.0], [1.0f64, 1.0, 1.0]);
+/// let out = g.call(&[Arg::new(&x, &[2, 1]), Arg::new(&y, &[3, 1]), Arg::new(&b, &[3, 1])])?;
+/// let a = out.values.unwrap();
+/// assert_eq!(a.shape, vec![2, 1]);
+/// assert!((a.data[0] - (1.0 + (-4.0f64).exp() + (-9.0f64).exp())).abs() < 1e-12);
+/// # Ok::<(), keops::KeopsError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Genred {
+    formula: Formula,
+    weight: Option<Formula>,
+    spec: ReductionSpec,
+    axis: usize,
+    args: Vec<Option<ArgDecl>>,
+}
+
+impl Genred {
+    /// Parses `formula` with `aliases` and checks it with the reduction and axis
+    /// (`axis = 1`: one output row per `i`, reducing over `j`; `axis = 0`: the converse).
+    pub fn new<S: AsRef<str>>(formula: &str, aliases: &[S], reduction: Reduction, axis: usize) -> Result<Genred> {
+        let al = Aliases::parse(aliases)?;
+        let f = parse_with(formula, &al)?;
+        Self::build(f, None, reduction, axis, &al.variables())
+    }
+
+    /// As [`Genred::new`], with a second formula: the weight of `LogSumExp` or
+    /// `SumSoftMaxWeight` (pykeops' `formula2`).
+    pub fn with_weight<S: AsRef<str>>(
+        formula: &str,
+        formula2: &str,
+        aliases: &[S],
+        reduction: Reduction,
+        axis: usize,
+    ) -> Result<Genred> {
+        let al = Aliases::parse(aliases)?;
+        let f = parse_with(formula, &al)?;
+        let g = parse_with(formula2, &al)?;
+        Self::build(f, Some(g), reduction, axis, &al.variables())
+    }
+
+    /// From formulas already built.
+    pub fn from_formula(formula: Formula, weight: Option<Formula>, reduction: Reduction, axis: usize) -> Result<Genred> {
+        Self::build(formula, weight, reduction, axis, &[])
+    }
+
+    fn build(formula: Formula, weight: Option<Formula>, reduction: Reduction, axis: usize, declared: &[Formula]) -> Result<Genred> {
+        if axis > 1 {
+            return Err(KeopsError::Option {
+                name: "axis".into(),
+                msg: format!("must be 0 (reduce over i) or 1 (reduce over j), got {axis}"),
+            });
+        }
+        let spec = ReductionSpec::new(reduction, formula.dim, weight.as_ref().map(|w| w.dim))?;
+        let mut roots = vec![formula.clone()];
+        roots.extend(weight.clone());
+        let mut vars = formula::variables(&roots);
+        vars.extend(declared.iter().cloned());
+        let mut args: Vec<Option<ArgDecl>> = Vec::new();
+        for v in &vars {
+            let (cat, index) = v.as_var().ok_or_else(|| KeopsError::Arguments("alias is not a variable".into()))?;
+            let decl = ArgDecl { cat, dim: v.dim };
+            if args.len() <= index {
+                args.resize(index + 1, None);
+            }
+            match args[index] {
+                Some(prev) if prev != decl => {
+                    return Err(KeopsError::Conflict {
+                        index,
+                        first: format!("{}({index},{})", prev.cat.name(), prev.dim),
+                        second: format!("{}({index},{})", cat.name(), v.dim),
+                    })
+                }
+                _ => args[index] = Some(decl),
+            }
+        }
+        Ok(Genred {
+            formula,
+            weight,
+            spec,
+            axis,
+            args,
+        })
+    }
+
+    /// The reduced formula.
+    pub fn formula(&self) -> &Formula {
+        &self.formula
+    }
+    /// The weight formula, if any.
+    pub fn weight(&self) -> Option<&Formula> {
+        self.weight.as_ref()
+    }
+    /// The reduction with its dimensions.
+    pub fn spec(&self) -> &ReductionSpec {
+        &self.spec
+    }
+    /// The axis: 1 reduces over `j`, 0 over `i`.
+    pub fn axis(&self) -> usize {
+        self.axis
+    }
+    /// What each argument position expects (`None`: a position no variable uses).
+    pub fn args(&self) -> &[Option<ArgDecl>] {
+        &self.args
+    }
+
+    /// Runs the reduction with default options.
+    pub fn call<T: Element>(&self, args: &[Arg<'_, T>]) -> Result<Reduced<T>> {
+        self.call_with(args, &Options::default())
+    }
+
+    /// Runs the reduction.
+    pub fn call_with<T: Element>(&self, args: &[Arg<'_, T>], opts: &Options) -> Result<Reduced<T>> {
+        let problem = Problem::new(self, args)?;
+        match opts.backend {
+            Backend::Gpu => Err(KeopsError::Backend {
+                backend: "GPU".into(),
+                msg: "this build has no CUDA engine yet; use backend \"CPU\" or \"auto\"".into(),
+            }),
+            Backend::Auto | Backend::Cpu => crate::cpu::run(&problem, opts),
+        }
+    }
+}
+
+/// One input array: row-major data and its shape (`[..batch, n, dim]` for `Vi`/`Vj`,
+/// `[..batch, dim]` for `Pm`).
+#[derive(Clone, Debug)]
+pub struct Arg<'a, T> {
+    /// Row-major (C-contiguous) values.
+    pub data: &'a [T],
+    /// The shape.
+    pub shape: Vec<usize>,
+}
+
+impl<'a, T> Arg<'a, T> {
+    /// Wraps a slice and its shape.
+    pub fn new(data: &'a [T], shape: impl AsRef<[usize]>) -> Self {
+        Arg {
+            data,
+            shape: shape.as_ref().to_vec(),
+        }
+    }
+}
+
+/// An owned n-dimensional array, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Array<T> {
+    /// Values.
+    pub data: Vec<T>,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+/// The result of a reduction: values, indices, or both (e.g. `Min_ArgMin`).
+///
+/// Shapes are `[..batch, n, D]` (`[..batch, n, K]` for the K-min family with `D = 1`,
+/// `[..batch, n, K, D]` otherwise).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reduced<T> {
+    /// Values (absent for `ArgMin`, `ArgMax`, `ArgKMin`).
+    pub values: Option<Array<T>>,
+    /// Indices along the reduced axis (-1 where the reduction is empty).
+    pub indices: Option<Array<i64>>,
+}
+
+/// A checked call: a [`Genred`] with arguments whose shapes fit, batch dimensions
+/// broadcast, and sizes known. This is what engines execute.
+#[derive(Debug)]
+pub struct Problem<'a, T> {
+    /// The reduction.
+    pub genred: &'a Genred,
+    /// The arguments, by position.
+    pub args: Vec<Arg<'a, T>>,
+    /// Broadcast batch shape.
+    pub batch: Vec<usize>,
+    /// For each argument, the stride (in elements) of each batch dimension (0 where
+    /// broadcast).
+    pub batch_strides: Vec<Vec<usize>>,
+    /// Number of `i` rows.
+    pub n_i: usize,
+    /// Number of `j` rows.
+    pub n_j: usize,
+}
+
+impl<'a, T: Element> Problem<'a, T> {
+    /// Checks `args` against `genred`'s declarations.
+    pub fn new(genred: &'a Genred, args: &[Arg<'a, T>]) -> Result<Self> {
+        let decls = &genred.args;
+        if args.len() < decls.len() {
+            return Err(KeopsError::Arguments(format!(
+                "the formula uses {} argument(s) but {} were given",
+                decls.len(),
+                args.len()
+            )));
+        }
+        if args.len() > decls.len() {
+            return Err(KeopsError::Arguments(format!(
+                "{} argument(s) given but the formula uses only {} (argument {} is extra)",
+                args.len(),
+                decls.len(),
+                decls.len()
+            )));
+        }
+        // Each argument's batch dims = its shape minus the trailing [n, d] or [d].
+        let mut nbatch = 0;
+        for (k, (a, d)) in args.iter().zip(decls).enumerate() {
+            let d = d.ok_or_else(|| KeopsError::Argument {
+                index: k,
+                msg: "no variable of the formula uses this argument".into(),
+            })?;
+            let base = if d.cat == Cat::Pm { 1 } else { 2 };
+            let scalar_pm = d.cat == Cat::Pm && d.dim == 1 && a.shape.is_empty();
+            if a.shape.len() < base && !scalar_pm {
+                return Err(KeopsError::Argument {
+                    index: k,
+                    msg: format!(
+                        "{}({k},{}) expects a shape {}, got {:?}",
+                        d.cat.name(),
+                        d.dim,
+                        if base == 2 { format!("(..., n, {})", d.dim) } else { format!("(..., {})", d.dim) },
+                        a.shape
+                    ),
+                });
+            }
+            let last = a.shape.last().copied().unwrap_or(1);
+            if last != d.dim {
+                return Err(KeopsError::Argument {
+                    index: k,
+                    msg: format!(
+                        "{}({k},{}) expects last dimension {}, got shape {:?}",
+                        d.cat.name(),
+                        d.dim,
+                        d.dim,
+                        a.shape
+                    ),
+                });
+            }
+            let expected: usize = a.shape.iter().product();
+            if a.data.len() != expected {
+                return Err(KeopsError::Argument {
+                    index: k,
+                    msg: format!("shape {:?} needs {expected} values, got {}", a.shape, a.data.len()),
+                });
+            }
+            nbatch = nbatch.max(a.shape.len().saturating_sub(base));
+        }
+        let mut batch = vec![1usize; nbatch];
+        let mut n = [None::<usize>; 2];
+        for (k, (a, d)) in args.iter().zip(decls).enumerate() {
+            let d = d.expect("checked above");
+            let base = if d.cat == Cat::Pm { 1 } else { 2 };
+            let lead = a.shape.len().saturating_sub(base);
+            for (t, &b) in a.shape[..lead].iter().enumerate() {
+                let slot = &mut batch[nbatch - lead + t];
+                if b != 1 && *slot != 1 && b != *slot {
+                    return Err(KeopsError::Argument {
+                        index: k,
+                        msg: format!(
+                            "batch dimensions {:?} do not broadcast with the others ({:?})",
+                            &a.shape[..lead],
+                            batch
+                        ),
+                    });
+                }
+                if b != 1 {
+                    *slot = b;
+                }
+            }
+            if d.cat != Cat::Pm {
+                let rows = a.shape[a.shape.len() - 2];
+                let slot = &mut n[d.cat as usize];
+                match *slot {
+                    Some(r) if r != rows => {
+                        return Err(KeopsError::Argument {
+                            index: k,
+                            msg: format!(
+                                "{} has {rows} rows but another {} argument has {r}",
+                                d.cat.name(),
+                                d.cat.name()
+                            ),
+                        })
+                    }
+                    _ => *slot = Some(rows),
+                }
+            }
+        }
+        let batch_strides = args
+            .iter()
+            .zip(decls)
+            .map(|(a, d)| {
+                let d = d.expect("checked above");
+                let base = if d.cat == Cat::Pm { 1 } else { 2 };
+                let lead = a.shape.len().saturating_sub(base);
+                let mut strides = vec![0usize; nbatch];
+                let mut s: usize = a.shape[lead..].iter().product();
+                for t in (0..lead).rev() {
+                    if a.shape[t] != 1 {
+                        strides[nbatch - lead + t] = s;
+                    }
+                    s *= a.shape[t];
+                }
+                strides
+            })
+            .collect();
+        let problem = Problem {
+            genred,
+            args: args.to_vec(),
+            batch,
+            batch_strides,
+            // A side with no variable has one row, as in KeOps.
+            n_i: n[0].unwrap_or(1),
+            n_j: n[1].unwrap_or(1),
+        };
+        if let Some(k) = genred.spec.kind.k() {
+            let (_, n_red) = problem.sizes();
+            if k > n_red {
+                return Err(KeopsError::Reduction {
+                    reduction: genred.spec.kind.name().into(),
+                    msg: format!("K = {k} is larger than the number of reduced rows ({n_red})"),
+                });
+            }
+        }
+        Ok(problem)
+    }
+
+    /// Number of batch entries.
+    pub fn batch_len(&self) -> usize {
+        self.batch.iter().product()
+    }
+
+    /// Offset of argument `k`'s data for the flat batch index `b`.
+    pub fn batch_offset(&self, k: usize, b: usize) -> usize {
+        let mut rem = b;
+        let mut off = 0;
+        for t in (0..self.batch.len()).rev() {
+            let i = rem % self.batch[t];
+            rem /= self.batch[t];
+            off += i * self.batch_strides[k][t];
+        }
+        off
+    }
+
+    /// Number of output rows and of reduced rows.
+    pub fn sizes(&self) -> (usize, usize) {
+        if self.genred.axis == 1 {
+            (self.n_i, self.n_j)
+        } else {
+            (self.n_j, self.n_i)
+        }
+    }
+
+    /// Shapes of the outputs (values, indices).
+    pub fn output_shapes(&self) -> (Vec<usize>, Vec<usize>) {
+        let spec = self.genred.spec;
+        let (n_out, _) = self.sizes();
+        let mut base = self.batch.clone();
+        base.push(n_out);
+        let shape = |dim: usize| {
+            let mut s = base.clone();
+            match spec.kind.k() {
+                Some(k) if spec.dim == 1 => s.push(k),
+                Some(k) => s.extend([k, spec.dim]),
+                None => s.push(dim),
+            }
+            s
+        };
+        let (dv, di) = spec.output_dims();
+        (shape(dv), shape(di))
+    }
+}

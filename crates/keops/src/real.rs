@@ -1,0 +1,256 @@
+//! The floating-point abstraction every numerical kernel is written against.
+//!
+//! [`Real`] is implemented by `f32` and `f64` with branch-free, vectorisable
+//! approximations of the elementary functions (see [`crate::math`]), and by
+//! [`Exact`], a plain `f64` backed by the platform's libm, used by the reference
+//! evaluator. One generic expression per op therefore serves the oracle and the
+//! engines alike.
+
+use std::fmt::Debug;
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+/// A floating-point scalar usable by the engines and the reference evaluator.
+///
+/// Every method is branch-free on `f32`/`f64` so that loops over tiles vectorise.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + Debug
+    + PartialOrd
+    + PartialEq
+    + Default
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + 'static
+{
+    /// Zero.
+    const ZERO: Self;
+    /// One.
+    const ONE: Self;
+    /// Positive infinity.
+    const INFINITY: Self;
+    /// Negative infinity.
+    const NEG_INFINITY: Self;
+    /// Name of the type as KeOps spells it (`"float32"`, `"float64"`).
+    const NAME: &'static str;
+    /// Converts from `f64` (rounding to nearest).
+    fn from_f64(x: f64) -> Self;
+    /// Converts to `f64` exactly.
+    fn to_f64(self) -> f64;
+    /// `if c { a } else { b }`, without a branch.
+    fn select(c: bool, a: Self, b: Self) -> Self;
+    /// Smaller of two values; NaN in either gives the other operand's comparison result
+    /// (`if a < b { a } else { b }`), cheaper than `f32::min`.
+    #[inline(always)]
+    fn min_(self, b: Self) -> Self {
+        Self::select(self < b, self, b)
+    }
+    /// Larger of two values (`if a > b { a } else { b }`).
+    #[inline(always)]
+    fn max_(self, b: Self) -> Self {
+        Self::select(self > b, self, b)
+    }
+    /// `a * b + c`, fused where the target has FMA.
+    fn mul_add_(self, b: Self, c: Self) -> Self;
+    /// Absolute value.
+    fn abs_(self) -> Self;
+    /// Square root.
+    fn sqrt_(self) -> Self;
+    /// `1 / sqrt(x)`.
+    #[inline(always)]
+    fn rsqrt_(self) -> Self {
+        Self::ONE / self.sqrt_()
+    }
+    /// Exponential.
+    fn exp_(self) -> Self;
+    /// Natural logarithm.
+    fn ln_(self) -> Self;
+    /// Sine.
+    fn sin_(self) -> Self;
+    /// Cosine.
+    fn cos_(self) -> Self;
+    /// `x^y` for real `y` (`exp(y ln x)`; NaN for negative `x`).
+    #[inline(always)]
+    fn powf_(self, y: Self) -> Self {
+        (y * self.ln_()).exp_()
+    }
+    /// True for NaN.
+    #[inline(always)]
+    fn is_nan_(self) -> bool {
+        self != self
+    }
+}
+
+macro_rules! impl_real_float {
+    ($t:ty, $name:literal, $exp:path, $ln:path, $sin:path, $cos:path) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const INFINITY: Self = <$t>::INFINITY;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const NAME: &'static str = $name;
+            #[inline(always)]
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn select(c: bool, a: Self, b: Self) -> Self {
+                if c {
+                    a
+                } else {
+                    b
+                }
+            }
+            #[inline(always)]
+            fn mul_add_(self, b: Self, c: Self) -> Self {
+                // `mul_add` is a libm call when the target has no FMA: only use it when it
+                // is a single instruction.
+                if cfg!(target_feature = "fma") {
+                    self.mul_add(b, c)
+                } else {
+                    self * b + c
+                }
+            }
+            #[inline(always)]
+            fn abs_(self) -> Self {
+                self.abs()
+            }
+            #[inline(always)]
+            fn sqrt_(self) -> Self {
+                self.sqrt()
+            }
+            #[inline(always)]
+            fn exp_(self) -> Self {
+                $exp(self)
+            }
+            #[inline(always)]
+            fn ln_(self) -> Self {
+                $ln(self)
+            }
+            #[inline(always)]
+            fn sin_(self) -> Self {
+                $sin(self)
+            }
+            #[inline(always)]
+            fn cos_(self) -> Self {
+                $cos(self)
+            }
+        }
+    };
+}
+
+impl_real_float!(
+    f32,
+    "float32",
+    crate::math::exp_f32,
+    crate::math::ln_f32,
+    crate::math::sin_f32,
+    crate::math::cos_f32
+);
+impl_real_float!(
+    f64,
+    "float64",
+    crate::math::exp_f64,
+    crate::math::ln_f64,
+    crate::math::sin_f64,
+    crate::math::cos_f64
+);
+
+/// An `f64` whose elementary functions are the platform libm's: the arithmetic of the
+/// reference evaluator, independent of the engines' approximations.
+#[derive(Copy, Clone, Debug, Default, PartialEq, PartialOrd)]
+pub struct Exact(pub f64);
+
+macro_rules! exact_binop {
+    ($tr:ident, $f:ident, $op:tt, $tra:ident, $fa:ident) => {
+        impl $tr for Exact {
+            type Output = Exact;
+            #[inline]
+            fn $f(self, b: Exact) -> Exact {
+                Exact(self.0 $op b.0)
+            }
+        }
+        impl $tra for Exact {
+            #[inline]
+            fn $fa(&mut self, b: Exact) {
+                self.0 = self.0 $op b.0;
+            }
+        }
+    };
+}
+exact_binop!(Add, add, +, AddAssign, add_assign);
+exact_binop!(Sub, sub, -, SubAssign, sub_assign);
+exact_binop!(Mul, mul, *, MulAssign, mul_assign);
+impl Div for Exact {
+    type Output = Exact;
+    #[inline]
+    fn div(self, b: Exact) -> Exact {
+        Exact(self.0 / b.0)
+    }
+}
+impl Neg for Exact {
+    type Output = Exact;
+    #[inline]
+    fn neg(self) -> Exact {
+        Exact(-self.0)
+    }
+}
+
+impl Real for Exact {
+    const ZERO: Self = Exact(0.0);
+    const ONE: Self = Exact(1.0);
+    const INFINITY: Self = Exact(f64::INFINITY);
+    const NEG_INFINITY: Self = Exact(f64::NEG_INFINITY);
+    const NAME: &'static str = "float64";
+    fn from_f64(x: f64) -> Self {
+        Exact(x)
+    }
+    fn to_f64(self) -> f64 {
+        self.0
+    }
+    fn select(c: bool, a: Self, b: Self) -> Self {
+        if c {
+            a
+        } else {
+            b
+        }
+    }
+    fn mul_add_(self, b: Self, c: Self) -> Self {
+        Exact(self.0 * b.0 + c.0)
+    }
+    fn abs_(self) -> Self {
+        Exact(self.0.abs())
+    }
+    fn sqrt_(self) -> Self {
+        Exact(self.0.sqrt())
+    }
+    fn rsqrt_(self) -> Self {
+        Exact(1.0 / self.0.sqrt())
+    }
+    fn exp_(self) -> Self {
+        Exact(self.0.exp())
+    }
+    fn ln_(self) -> Self {
+        Exact(self.0.ln())
+    }
+    fn sin_(self) -> Self {
+        Exact(self.0.sin())
+    }
+    fn cos_(self) -> Self {
+        Exact(self.0.cos())
+    }
+    fn powf_(self, y: Self) -> Self {
+        Exact(self.0.powf(y.0))
+    }
+}

@@ -1,0 +1,51 @@
+//! The reference reduction: every pair evaluated one by one in `f64` with libm's
+//! functions ([`crate::formula::eval`]) and folded with the reductions' scalar
+//! accumulate step, in index order. Slow and obviously right: the oracle that the
+//! engines are tested against.
+
+use crate::formula::eval::PointEvaluator;
+use crate::formula::Cat;
+use crate::plan::{Arg, Array, Genred, Problem, Reduced};
+use crate::error::Result;
+
+/// Computes `genred` on `args` pair by pair.
+pub fn reduce(genred: &Genred, args: &[Arg<'_, f64>]) -> Result<Reduced<f64>> {
+    let p = Problem::new(genred, args)?;
+    let spec = *genred.spec();
+    let mut roots = vec![genred.formula().clone()];
+    roots.extend(genred.weight().cloned());
+    let ev = PointEvaluator::new(&roots);
+    let (n_out, n_red) = p.sizes();
+    let nb = p.batch_len();
+    let (sv, si) = spec.state_len();
+    let (dv, di) = spec.output_dims();
+    let mut out_v = vec![0.0; nb * n_out * dv];
+    let mut out_i = vec![0i64; nb * n_out * di];
+    let (mut vals, mut idx) = (vec![0.0; sv], vec![0i64; si]);
+    let out_cat = if genred.axis() == 1 { Cat::Vi } else { Cat::Vj };
+    for b in 0..nb {
+        let data = crate::cpu::batch_data(&p, b);
+        for i in 0..n_out {
+            spec.init(&mut vals, &mut idx);
+            for j in 0..n_red {
+                let v = ev.eval(|cat, k| {
+                    let d = genred.args()[k].map(|a| a.dim).unwrap_or(0);
+                    let row = match cat {
+                        Cat::Pm => 0,
+                        c if c == out_cat => i,
+                        _ => j,
+                    };
+                    &data[k][row * d..(row + 1) * d]
+                });
+                spec.accumulate(&mut vals, &mut idx, &v, j as i64);
+            }
+            let o = b * n_out + i;
+            spec.finalize(&vals, &idx, &mut out_v[o * dv..(o + 1) * dv], &mut out_i[o * di..(o + 1) * di]);
+        }
+    }
+    let (shape_v, shape_i) = p.output_shapes();
+    Ok(Reduced {
+        values: (dv > 0).then(|| Array { data: out_v, shape: shape_v }),
+        indices: (di > 0).then(|| Array { data: out_i, shape: shape_i }),
+    })
+}
