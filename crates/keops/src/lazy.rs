@@ -1,1 +1,372 @@
+//! `LazyTensor`: the Rust builder API, mirroring pykeops.
+//!
+//! A [`LazyTensor`] is a symbolic formula; arithmetic operators and methods build
+//! larger formulas, and a reduction method (`sum`, `logsumexp`, `argkmin`, ...) turns it
+//! into a [`Genred`] to call on data. Errors (e.g. a dimension mismatch in `x + y`) are
+//! carried along and reported by the reduction method, so operator chains need no `?`.
+//!
+//! ```
+//! use keops::{Vi, Vj, Pm, Arg};
+//! let (x, y, b, g) = (Vi(0, 3), Vj(1, 3), Vj(2, 1), Pm(3, 1));
+//! let gauss = (-(x.sqdist(&y) * &g)).exp() * &b;
+//! let sum = gauss.sum(1)?; // a_i = sum_j exp(-g |x_i - y_j|^2) b_j
+//! let (xs, ys, bs, gs) = (vec![0.0f64; 6], vec![0.0f64; 9], vec![1.0f64; 3], vec![0.5f64]);
+//! let a = sum.call(&[Arg::new(&xs, [2, 3]), Arg::new(&ys, [3, 3]), Arg::new(&bs, [3, 1]), Arg::new(&gs, [1])])?;
+//! assert_eq!(a.values.unwrap().data, vec![3.0, 3.0]);
+//!
+//! let knn = x.sqdist(&y).argkmin(2, 1)?; // indices of the 2 nearest y_j of each x_i
+//! # Ok::<(), keops::KeopsError>(())
+//! ```
 
+#![allow(non_snake_case)]
+
+use crate::error::{KeopsError, Result};
+use crate::formula::{Cat, Formula, Op, Unary};
+use crate::plan::Genred;
+use crate::reduction::Reduction;
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+/// A symbolic formula under construction (or the first error met while building it).
+#[derive(Clone, Debug)]
+pub struct LazyTensor {
+    f: std::result::Result<Formula, KeopsError>,
+}
+
+/// `Vi(index, dim)`: argument `index`, one row per `i`.
+pub fn Vi(index: usize, dim: usize) -> LazyTensor {
+    Formula::var(Cat::Vi, index, dim).into()
+}
+/// `Vj(index, dim)`: argument `index`, one row per `j`.
+pub fn Vj(index: usize, dim: usize) -> LazyTensor {
+    Formula::var(Cat::Vj, index, dim).into()
+}
+/// `Pm(index, dim)`: argument `index`, a parameter vector.
+pub fn Pm(index: usize, dim: usize) -> LazyTensor {
+    Formula::var(Cat::Pm, index, dim).into()
+}
+
+impl From<Result<Formula>> for LazyTensor {
+    fn from(f: Result<Formula>) -> Self {
+        LazyTensor { f }
+    }
+}
+impl From<Formula> for LazyTensor {
+    fn from(f: Formula) -> Self {
+        LazyTensor { f: Ok(f) }
+    }
+}
+impl From<f64> for LazyTensor {
+    fn from(x: f64) -> Self {
+        Formula::float(x).into()
+    }
+}
+
+macro_rules! unary_methods {
+    ($($(#[$d:meta])* $name:ident => $u:ident;)*) => {
+        $( $(#[$d])* pub fn $name(&self) -> LazyTensor { self.map(|f| Ok(f.unary(Unary::$u))) } )*
+    };
+}
+
+impl LazyTensor {
+    /// A constant.
+    pub fn constant(x: f64) -> LazyTensor {
+        x.into()
+    }
+
+    /// The formula, or the error met while building it.
+    pub fn formula(&self) -> Result<Formula> {
+        self.f.clone()
+    }
+
+    /// Output dimension (the last axis of pykeops' shape), if the formula is valid.
+    pub fn dim(&self) -> Result<usize> {
+        self.f.as_ref().map(|f| f.dim).map_err(Clone::clone)
+    }
+
+    fn map(&self, op: impl FnOnce(&Formula) -> Result<Formula>) -> LazyTensor {
+        LazyTensor {
+            f: self.f.as_ref().map_err(Clone::clone).and_then(op),
+        }
+    }
+
+    fn map2(
+        &self,
+        other: &LazyTensor,
+        op: impl FnOnce(&Formula, &Formula) -> Result<Formula>,
+    ) -> LazyTensor {
+        let f = match (&self.f, &other.f) {
+            (Ok(a), Ok(b)) => op(a, b),
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        };
+        LazyTensor { f }
+    }
+
+    fn map3(
+        &self,
+        b: &LazyTensor,
+        c: &LazyTensor,
+        op: impl FnOnce(&Formula, &Formula, &Formula) -> Result<Formula>,
+    ) -> LazyTensor {
+        let f = match (&self.f, &b.f, &c.f) {
+            (Ok(x), Ok(y), Ok(z)) => op(x, y, z),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.clone()),
+        };
+        LazyTensor { f }
+    }
+
+    unary_methods! {
+        /// `Exp`.
+        exp => Exp;
+        /// `Log`.
+        log => Log;
+        /// `Sqrt`.
+        sqrt => Sqrt;
+        /// `Rsqrt` (0 at 0).
+        rsqrt => Rsqrt;
+        /// `Inv`: 1/x.
+        inv => Inv;
+        /// `Square`.
+        square => Square;
+        /// `Abs`.
+        abs => Abs;
+        /// `Sign`.
+        sign => Sign;
+        /// `Step`.
+        step => Step;
+        /// `ReLU`.
+        relu => ReLU;
+        /// `Sin`.
+        sin => Sin;
+        /// `Cos`.
+        cos => Cos;
+        /// `XLogX`.
+        xlogx => XLogX;
+    }
+
+    /// `Pow(self, m)`.
+    pub fn pow(&self, m: i32) -> LazyTensor {
+        self.map(|f| Ok(f.pow(m)))
+    }
+    /// `Powf(self, e)`.
+    pub fn powf(&self, e: &LazyTensor) -> LazyTensor {
+        self.map2(e, |a, b| a.powf(b))
+    }
+    /// `ClampInt(self, a, b)`.
+    pub fn clampint(&self, a: i32, b: i32) -> LazyTensor {
+        self.map(|f| Ok(f.unary(Unary::ClampInt(a, b))))
+    }
+    /// `Clamp(self, a, b)`.
+    pub fn clamp(&self, a: &LazyTensor, b: &LazyTensor) -> LazyTensor {
+        self.map3(a, b, Formula::clamp)
+    }
+    /// `IfElse(self, a, b)`: `a` where `self >= 0`, else `b`.
+    pub fn ifelse(&self, a: &LazyTensor, b: &LazyTensor) -> LazyTensor {
+        self.map3(a, b, Formula::if_else)
+    }
+    /// `SqDist(self, y)`.
+    pub fn sqdist(&self, y: &LazyTensor) -> LazyTensor {
+        self.map2(y, |a, b| a.sqdist(b))
+    }
+    /// `Scalprod(self, y)` (pykeops' `(x | y)`).
+    pub fn scalprod(&self, y: &LazyTensor) -> LazyTensor {
+        self.map2(y, |a, b| a.scalprod(b))
+    }
+    /// `SqNorm2(self)`.
+    pub fn sqnorm2(&self) -> LazyTensor {
+        self.map(|f| Ok(f.sqnorm2()))
+    }
+    /// `Norm2(self)`.
+    pub fn norm2(&self) -> LazyTensor {
+        self.map(|f| Ok(f.norm2()))
+    }
+    /// `Normalize(self)`.
+    pub fn normalize(&self) -> LazyTensor {
+        self.map(|f| f.normalize())
+    }
+    /// `WeightedSqNorm(s, self)`.
+    pub fn weightedsqnorm(&self, s: &LazyTensor) -> LazyTensor {
+        self.map2(s, |x, s| s.weighted_sqnorm(x))
+    }
+    /// `WeightedSqDist(s, self, y)`.
+    pub fn weightedsqdist(&self, y: &LazyTensor, s: &LazyTensor) -> LazyTensor {
+        let xy = self.map2(y, |a, b| a.sub(b));
+        xy.map2(s, |d, s| s.weighted_sqnorm(d))
+    }
+    /// `Sum` over the coordinates (pykeops' `.sum(-1)`).
+    pub fn sum_coords(&self) -> LazyTensor {
+        self.map(|f| Ok(f.sum()))
+    }
+    /// `Min` over the coordinates.
+    pub fn min_coords(&self) -> LazyTensor {
+        self.map(|f| Ok(f.coord_reduce(Op::CoordMin)))
+    }
+    /// `Max` over the coordinates.
+    pub fn max_coords(&self) -> LazyTensor {
+        self.map(|f| Ok(f.coord_reduce(Op::CoordMax)))
+    }
+    /// `ArgMin` over the coordinates.
+    pub fn argmin_coords(&self) -> LazyTensor {
+        self.map(|f| Ok(f.coord_reduce(Op::CoordArgMin)))
+    }
+    /// `ArgMax` over the coordinates.
+    pub fn argmax_coords(&self) -> LazyTensor {
+        self.map(|f| Ok(f.coord_reduce(Op::CoordArgMax)))
+    }
+    /// `SumT(self, d)`.
+    pub fn sum_t(&self, d: usize) -> LazyTensor {
+        self.map(|f| f.sum_t(d))
+    }
+    /// `Extract(self, start, dim)` (pykeops' `x[start:start+dim]`).
+    pub fn extract(&self, start: usize, dim: usize) -> LazyTensor {
+        self.map(|f| f.extract(start, dim))
+    }
+    /// `Elem(self, m)` (pykeops' `x[m]`).
+    pub fn elem(&self, m: usize) -> LazyTensor {
+        self.map(|f| f.elem(m))
+    }
+    /// `ElemT(self, n, m)`.
+    pub fn elem_t(&self, n: usize, m: usize) -> LazyTensor {
+        self.map(|f| f.elem_t(n, m))
+    }
+    /// `Concat(self, other)`.
+    pub fn concat(&self, other: &LazyTensor) -> LazyTensor {
+        self.map2(other, |a, b| a.concat(b))
+    }
+
+    /// Any reduction over `axis` (1: over `j`, one row per `i`; 0: over `i`).
+    pub fn reduction(&self, reduction: Reduction, axis: usize) -> Result<Genred> {
+        Genred::from_formula(self.formula()?, None, reduction, axis)
+    }
+    /// Sum reduction.
+    pub fn sum(&self, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::Sum, axis)
+    }
+    /// `log sum exp` reduction.
+    pub fn logsumexp(&self, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::LogSumExp, axis)
+    }
+    /// `log sum exp(self) * weight` reduction.
+    pub fn logsumexp_weighted(&self, weight: &LazyTensor, axis: usize) -> Result<Genred> {
+        Genred::from_formula(
+            self.formula()?,
+            Some(weight.formula()?),
+            Reduction::LogSumExp,
+            axis,
+        )
+    }
+    /// `sum exp(self) weight / sum exp(self)` reduction.
+    pub fn sumsoftmaxweight(&self, weight: &LazyTensor, axis: usize) -> Result<Genred> {
+        Genred::from_formula(
+            self.formula()?,
+            Some(weight.formula()?),
+            Reduction::SumSoftMaxWeight,
+            axis,
+        )
+    }
+    /// Min reduction.
+    pub fn min(&self, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::Min, axis)
+    }
+    /// Max reduction.
+    pub fn max(&self, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::Max, axis)
+    }
+    /// ArgMin reduction.
+    pub fn argmin(&self, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::ArgMin, axis)
+    }
+    /// ArgMax reduction.
+    pub fn argmax(&self, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::ArgMax, axis)
+    }
+    /// Min and ArgMin reduction.
+    pub fn min_argmin(&self, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::MinArgMin, axis)
+    }
+    /// Max and ArgMax reduction.
+    pub fn max_argmax(&self, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::MaxArgMax, axis)
+    }
+    /// The `k` smallest values.
+    pub fn kmin(&self, k: usize, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::KMin(k), axis)
+    }
+    /// Positions of the `k` smallest values (k-nearest neighbours on `SqDist`).
+    pub fn argkmin(&self, k: usize, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::ArgKMin(k), axis)
+    }
+    /// The `k` smallest values and their positions.
+    pub fn kmin_argkmin(&self, k: usize, axis: usize) -> Result<Genred> {
+        self.reduction(Reduction::KMinArgKMin(k), axis)
+    }
+}
+
+macro_rules! binop {
+    ($tr:ident, $m:ident, $f:ident) => {
+        impl $tr<&LazyTensor> for &LazyTensor {
+            type Output = LazyTensor;
+            fn $m(self, o: &LazyTensor) -> LazyTensor {
+                self.map2(o, |a, b| a.$f(b))
+            }
+        }
+        impl $tr<LazyTensor> for LazyTensor {
+            type Output = LazyTensor;
+            fn $m(self, o: LazyTensor) -> LazyTensor {
+                (&self).$m(&o)
+            }
+        }
+        impl $tr<&LazyTensor> for LazyTensor {
+            type Output = LazyTensor;
+            fn $m(self, o: &LazyTensor) -> LazyTensor {
+                (&self).$m(o)
+            }
+        }
+        impl $tr<LazyTensor> for &LazyTensor {
+            type Output = LazyTensor;
+            fn $m(self, o: LazyTensor) -> LazyTensor {
+                self.$m(&o)
+            }
+        }
+        impl $tr<f64> for LazyTensor {
+            type Output = LazyTensor;
+            fn $m(self, o: f64) -> LazyTensor {
+                (&self).$m(&LazyTensor::from(o))
+            }
+        }
+        impl $tr<f64> for &LazyTensor {
+            type Output = LazyTensor;
+            fn $m(self, o: f64) -> LazyTensor {
+                self.$m(&LazyTensor::from(o))
+            }
+        }
+        impl $tr<LazyTensor> for f64 {
+            type Output = LazyTensor;
+            fn $m(self, o: LazyTensor) -> LazyTensor {
+                (&LazyTensor::from(self)).$m(&o)
+            }
+        }
+        impl $tr<&LazyTensor> for f64 {
+            type Output = LazyTensor;
+            fn $m(self, o: &LazyTensor) -> LazyTensor {
+                (&LazyTensor::from(self)).$m(o)
+            }
+        }
+    };
+}
+binop!(Add, add, add);
+binop!(Sub, sub, sub);
+binop!(Mul, mul, mul);
+binop!(Div, div, div);
+
+impl Neg for &LazyTensor {
+    type Output = LazyTensor;
+    fn neg(self) -> LazyTensor {
+        self.map(|f| Ok(f.neg()))
+    }
+}
+impl Neg for LazyTensor {
+    type Output = LazyTensor;
+    fn neg(self) -> LazyTensor {
+        -&self
+    }
+}

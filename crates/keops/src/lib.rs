@@ -36,5 +36,8 @@ pub mod reference;
 pub use error::{KeopsError, Result};
 pub use formula::{Cat, Formula};
 
-pub use plan::{AccType, Arg, Array, Backend, CpuKernel, Element, Genred, Options, Reduced, SumScheme};
+pub use lazy::{LazyTensor, Pm, Vi, Vj};
+pub use plan::{
+    AccType, Arg, Array, Backend, CpuKernel, Element, Genred, Options, Reduced, SumScheme,
+};
 pub use reduction::Reduction;

@@ -89,7 +89,9 @@ impl Backend {
             "GPU" | "GPU_1D" | "GPU_2D" | "gpu" => Ok(Backend::Gpu),
             _ => Err(KeopsError::Option {
                 name: "backend".into(),
-                msg: format!("{s:?} is not one of \"auto\", \"CPU\", \"GPU\", \"GPU_1D\", \"GPU_2D\""),
+                msg: format!(
+                    "{s:?} is not one of \"auto\", \"CPU\", \"GPU\", \"GPU_1D\", \"GPU_2D\""
+                ),
             }),
         }
     }
@@ -145,7 +147,12 @@ pub struct Genred {
 impl Genred {
     /// Parses `formula` with `aliases` and checks it with the reduction and axis
     /// (`axis = 1`: one output row per `i`, reducing over `j`; `axis = 0`: the converse).
-    pub fn new<S: AsRef<str>>(formula: &str, aliases: &[S], reduction: Reduction, axis: usize) -> Result<Genred> {
+    pub fn new<S: AsRef<str>>(
+        formula: &str,
+        aliases: &[S],
+        reduction: Reduction,
+        axis: usize,
+    ) -> Result<Genred> {
         let al = Aliases::parse(aliases)?;
         let f = parse_with(formula, &al)?;
         Self::build(f, None, reduction, axis, &al.variables())
@@ -167,11 +174,22 @@ impl Genred {
     }
 
     /// From formulas already built.
-    pub fn from_formula(formula: Formula, weight: Option<Formula>, reduction: Reduction, axis: usize) -> Result<Genred> {
+    pub fn from_formula(
+        formula: Formula,
+        weight: Option<Formula>,
+        reduction: Reduction,
+        axis: usize,
+    ) -> Result<Genred> {
         Self::build(formula, weight, reduction, axis, &[])
     }
 
-    fn build(formula: Formula, weight: Option<Formula>, reduction: Reduction, axis: usize, declared: &[Formula]) -> Result<Genred> {
+    fn build(
+        formula: Formula,
+        weight: Option<Formula>,
+        reduction: Reduction,
+        axis: usize,
+        declared: &[Formula],
+    ) -> Result<Genred> {
         if axis > 1 {
             return Err(KeopsError::Option {
                 name: "axis".into(),
@@ -185,7 +203,9 @@ impl Genred {
         vars.extend(declared.iter().cloned());
         let mut args: Vec<Option<ArgDecl>> = Vec::new();
         for v in &vars {
-            let (cat, index) = v.as_var().ok_or_else(|| KeopsError::Arguments("alias is not a variable".into()))?;
+            let (cat, index) = v
+                .as_var()
+                .ok_or_else(|| KeopsError::Arguments("alias is not a variable".into()))?;
             let decl = ArgDecl { cat, dim: v.dim };
             if args.len() <= index {
                 args.resize(index + 1, None);
@@ -344,7 +364,11 @@ impl<'a, T: Element> Problem<'a, T> {
                         "{}({k},{}) expects a shape {}, got {:?}",
                         d.cat.name(),
                         d.dim,
-                        if base == 2 { format!("(..., n, {})", d.dim) } else { format!("(..., {})", d.dim) },
+                        if base == 2 {
+                            format!("(..., n, {})", d.dim)
+                        } else {
+                            format!("(..., {})", d.dim)
+                        },
                         a.shape
                     ),
                 });
@@ -366,7 +390,11 @@ impl<'a, T: Element> Problem<'a, T> {
             if a.data.len() != expected {
                 return Err(KeopsError::Argument {
                     index: k,
-                    msg: format!("shape {:?} needs {expected} values, got {}", a.shape, a.data.len()),
+                    msg: format!(
+                        "shape {:?} needs {expected} values, got {}",
+                        a.shape,
+                        a.data.len()
+                    ),
                 });
             }
             nbatch = nbatch.max(a.shape.len().saturating_sub(base));
@@ -493,5 +521,68 @@ impl<'a, T: Element> Problem<'a, T> {
         };
         let (dv, di) = spec.output_dims();
         (shape(dv), shape(di))
+    }
+}
+
+#[cfg(feature = "ndarray")]
+mod ndarray_io {
+    use super::{Arg, Array};
+    use crate::error::KeopsError;
+    use ndarray::{ArrayD, ArrayView, Dimension, IxDyn};
+
+    impl<'a, T, D: Dimension> TryFrom<ArrayView<'a, T, D>> for Arg<'a, T> {
+        type Error = KeopsError;
+        /// Borrows a C-contiguous (standard layout) view; other layouts are an error
+        /// (make a copy with `.as_standard_layout()`).
+        fn try_from(v: ArrayView<'a, T, D>) -> Result<Self, KeopsError> {
+            let shape = v.shape().to_vec();
+            let data = v.to_slice().ok_or_else(|| {
+                KeopsError::Arguments(format!(
+                    "array of shape {shape:?} is not C-contiguous; pass `.as_standard_layout()`"
+                ))
+            })?;
+            Ok(Arg { data, shape })
+        }
+    }
+
+    impl<T> Array<T> {
+        /// Converts into an `ndarray` array of the same shape.
+        pub fn into_ndarray(self) -> ArrayD<T> {
+            let n = self.data.len();
+            ArrayD::from_shape_vec(IxDyn(&self.shape), self.data)
+                .unwrap_or_else(|e| unreachable!("shape matches {n} values: {e}"))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::{Arg, Genred, Reduction};
+        use ndarray::Array2;
+
+        #[test]
+        fn ndarray_round_trip() {
+            let x = Array2::from_shape_fn((4, 2), |(i, k)| (i + k) as f64);
+            let y = Array2::from_shape_fn((3, 2), |(j, k)| (j * k) as f64);
+            let g = Genred::new(
+                "SqDist(x,y)",
+                &["x = Vi(0,2)", "y = Vj(1,2)"],
+                Reduction::Min,
+                1,
+            )
+            .unwrap();
+            let out = g
+                .call(&[
+                    Arg::try_from(x.view()).unwrap(),
+                    Arg::try_from(y.view()).unwrap(),
+                ])
+                .unwrap();
+            let a = out.values.unwrap().into_ndarray();
+            assert_eq!(a.shape(), &[4, 1]);
+            let t = x.t();
+            assert!(
+                Arg::try_from(t).is_err(),
+                "a transposed view is not C-contiguous"
+            );
+        }
     }
 }

@@ -157,8 +157,16 @@ pub fn accumulate<T: Real, A: Real>(
                 }
             }
         }
-        Reduction::Min | Reduction::ArgMin | Reduction::MinArgMin | Reduction::Max | Reduction::ArgMax | Reduction::MaxArgMax => {
-            let max = matches!(spec.kind, Reduction::Max | Reduction::ArgMax | Reduction::MaxArgMax);
+        Reduction::Min
+        | Reduction::ArgMin
+        | Reduction::MinArgMin
+        | Reduction::Max
+        | Reduction::ArgMax
+        | Reduction::MaxArgMax => {
+            let max = matches!(
+                spec.kind,
+                Reduction::Max | Reduction::ArgMax | Reduction::MaxArgMax
+            );
             for c in 0..d {
                 let f = tile_of(regs, roots[0], c, len);
                 let (mut best, mut arg) = (vals[c], idx[c]);

@@ -44,7 +44,13 @@ impl<'p, 'a, T: Element> TileRunner<'p, 'a, T> {
 }
 
 /// Runs scalar steps into `buf`; `row` is the output row for the output side's variables.
-fn run_scalar<T: Element>(steps: &[ScalarStep], buf: &mut [T], data: &[&[T]], out_cat: Cat, row: usize) {
+fn run_scalar<T: Element>(
+    steps: &[ScalarStep],
+    buf: &mut [T],
+    data: &[&[T]],
+    out_cat: Cat,
+    row: usize,
+) {
     for s in steps {
         match s {
             ScalarStep::Load { off, arg, cat, dim } => {
@@ -62,7 +68,12 @@ fn run_scalar<T: Element>(steps: &[ScalarStep], buf: &mut [T], data: &[&[T]], ou
 }
 
 #[inline(always)]
-fn run_block_body<T: Element, A: Real>(r: &TileRunner<'_, '_, T>, data: &[&[T]], job: &Job, block: &mut Block) {
+fn run_block_body<T: Element, A: Real>(
+    r: &TileRunner<'_, '_, T>,
+    data: &[&[T]],
+    job: &Job,
+    block: &mut Block,
+) {
     let p = &r.prog;
     let tile = p.tile;
     let mut regs = Regs::<T>::new(&p.reg_dims, tile);

@@ -71,7 +71,8 @@ const ROW_BLOCK: usize = 32;
 /// Smallest range of the reduced axis worth a job of its own.
 const MIN_RED_CHUNK: usize = 2048;
 
-static POOLS: LazyLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = LazyLock::new(Default::default);
+static POOLS: LazyLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> =
+    LazyLock::new(Default::default);
 
 fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
     let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
@@ -100,7 +101,7 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
     }
     let fused = match opts.kernel {
         CpuKernel::TileProgram => None,
-        _ => fused::FusedRunner::new(problem),
+        _ => fused::FusedRunner::new(problem, opts),
     };
     if opts.kernel == CpuKernel::Fused && fused.is_none() {
         return Err(KeopsError::Option {
@@ -112,12 +113,20 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
         (Some(n), Some(f)) => pool(n)?.install(|| drive(problem, &f, n)),
         (Some(n), None) => pool(n)?.install(|| drive(problem, &TileRunner::new(problem, opts), n)),
         (None, Some(f)) => drive(problem, &f, rayon::current_num_threads()),
-        (None, None) => drive(problem, &TileRunner::new(problem, opts), rayon::current_num_threads()),
+        (None, None) => drive(
+            problem,
+            &TileRunner::new(problem, opts),
+            rayon::current_num_threads(),
+        ),
     }
 }
 
 /// Splits the problem into jobs, runs them in parallel, combines and finalizes.
-fn drive<T: Element, R: BlockRunner>(problem: &Problem<'_, T>, runner: &R, threads: usize) -> Result<Reduced<T>> {
+fn drive<T: Element, R: BlockRunner>(
+    problem: &Problem<'_, T>,
+    runner: &R,
+    threads: usize,
+) -> Result<Reduced<T>> {
     let spec = *problem.genred.spec();
     let (n_out, n_red) = problem.sizes();
     let nb = problem.batch_len();
@@ -126,7 +135,9 @@ fn drive<T: Element, R: BlockRunner>(problem: &Problem<'_, T>, runner: &R, threa
     let chunks = if nb * row_blocks >= want || n_red < 2 * MIN_RED_CHUNK {
         1
     } else {
-        want.div_ceil((nb * row_blocks).max(1)).min(n_red / MIN_RED_CHUNK).max(1)
+        want.div_ceil((nb * row_blocks).max(1))
+            .min(n_red / MIN_RED_CHUNK)
+            .max(1)
     };
     let chunk_len = n_red.div_ceil(chunks).max(1);
     let mut jobs = Vec::with_capacity(nb * row_blocks * chunks);
@@ -135,7 +146,11 @@ fn drive<T: Element, R: BlockRunner>(problem: &Problem<'_, T>, runner: &R, threa
             let rows = rb * ROW_BLOCK..((rb + 1) * ROW_BLOCK).min(n_out);
             for c in 0..chunks {
                 let red = (c * chunk_len).min(n_red)..((c + 1) * chunk_len).min(n_red);
-                jobs.push(Job { batch: b, rows: rows.clone(), red });
+                jobs.push(Job {
+                    batch: b,
+                    rows: rows.clone(),
+                    red,
+                });
             }
         }
     }
@@ -150,7 +165,10 @@ fn drive<T: Element, R: BlockRunner>(problem: &Problem<'_, T>, runner: &R, threa
                 idx: vec![0; n * si],
             };
             for r in 0..n {
-                spec.init(&mut block.vals[r * sv..(r + 1) * sv], &mut block.idx[r * si..(r + 1) * si]);
+                spec.init(
+                    &mut block.vals[r * sv..(r + 1) * sv],
+                    &mut block.idx[r * si..(r + 1) * si],
+                );
             }
             if !job.red.is_empty() {
                 runner.run(isa, job, &mut block);
@@ -169,11 +187,21 @@ fn drive<T: Element, R: BlockRunner>(problem: &Problem<'_, T>, runner: &R, threa
         let mut acc = group[0].clone();
         for other in &group[1..] {
             let rows = acc.vals.len() / sv.max(1);
-            let rows = if sv == 0 { acc.idx.len() / si.max(1) } else { rows };
+            let rows = if sv == 0 {
+                acc.idx.len() / si.max(1)
+            } else {
+                rows
+            };
             for r in 0..rows {
                 spec.combine(
-                    (&mut acc.vals[r * sv..(r + 1) * sv], &mut acc.idx[r * si..(r + 1) * si]),
-                    (&other.vals[r * sv..(r + 1) * sv], &other.idx[r * si..(r + 1) * si]),
+                    (
+                        &mut acc.vals[r * sv..(r + 1) * sv],
+                        &mut acc.idx[r * si..(r + 1) * si],
+                    ),
+                    (
+                        &other.vals[r * sv..(r + 1) * sv],
+                        &other.idx[r * si..(r + 1) * si],
+                    ),
                 );
             }
         }
@@ -194,7 +222,13 @@ fn drive<T: Element, R: BlockRunner>(problem: &Problem<'_, T>, runner: &R, threa
     }
     let (shape_v, shape_i) = problem.output_shapes();
     Ok(Reduced {
-        values: (dv > 0).then(|| Array { data: out_v, shape: shape_v }),
-        indices: (di > 0).then(|| Array { data: out_i, shape: shape_i }),
+        values: (dv > 0).then(|| Array {
+            data: out_v,
+            shape: shape_v,
+        }),
+        indices: (di > 0).then(|| Array {
+            data: out_i,
+            shape: shape_i,
+        }),
     })
 }

@@ -133,6 +133,11 @@ pub struct TileProgram {
     pub tile: usize,
 }
 
+/// Register values per tile (all registers together); see [`TileProgram::tile`].
+const TILE_BUDGET: usize = 16384;
+/// Largest tile: longer tiles amortise the dispatch of each instruction further.
+const MAX_TILE: usize = 1024;
+
 const OUT: u8 = 1;
 const RED: u8 = 2;
 
@@ -175,7 +180,12 @@ impl TileProgram {
                 let off = p.scalar_len;
                 p.scalar_len += f.dim;
                 let step = match f.op {
-                    Op::Var { cat, index, dim } => ScalarStep::Load { off, arg: index, cat, dim },
+                    Op::Var { cat, index, dim } => ScalarStep::Load {
+                        off,
+                        arg: index,
+                        cat,
+                        dim,
+                    },
                     _ => ScalarStep::Apply {
                         op: f.op.clone(),
                         off,
@@ -202,11 +212,25 @@ impl TileProgram {
             // Views: no instruction.
             match (&f.op, args.first()) {
                 (Op::Extract { start, dim }, Some(&Src::Tile { reg, start: s0, .. })) => {
-                    loc.insert(f.id(), Src::Tile { reg, start: s0 + start, dim: *dim });
+                    loc.insert(
+                        f.id(),
+                        Src::Tile {
+                            reg,
+                            start: s0 + start,
+                            dim: *dim,
+                        },
+                    );
                     continue;
                 }
                 (Op::Elem(m), Some(&Src::Tile { reg, start: s0, .. })) => {
-                    loc.insert(f.id(), Src::Tile { reg, start: s0 + m, dim: 1 });
+                    loc.insert(
+                        f.id(),
+                        Src::Tile {
+                            reg,
+                            start: s0 + m,
+                            dim: 1,
+                        },
+                    );
                     continue;
                 }
                 _ => {}
@@ -214,21 +238,42 @@ impl TileProgram {
             let dst = p.reg_dims.len();
             p.reg_dims.push(f.dim);
             let instr = match f.op {
-                Op::Var { index, dim, .. } => Instr::Load { dst, arg: index, dim },
+                Op::Var { index, dim, .. } => Instr::Load {
+                    dst,
+                    arg: index,
+                    dim,
+                },
                 // Exp(a * s): fold the product into the exponential when nothing else
                 // reads it.
                 Op::Unary(Unary::Exp) => match scaled_exp_operands(&f.args[0], &loc, &uses) {
                     Some((a, s)) => Instr::ScaledExp { dst, a, s },
-                    None => Instr::Apply { op: f.op.clone(), dst, dim: f.dim, args },
+                    None => Instr::Apply {
+                        op: f.op.clone(),
+                        dst,
+                        dim: f.dim,
+                        args,
+                    },
                 },
-                _ => Instr::Apply { op: f.op.clone(), dst, dim: f.dim, args },
+                _ => Instr::Apply {
+                    op: f.op.clone(),
+                    dst,
+                    dim: f.dim,
+                    args,
+                },
             };
             if d == RED {
                 p.tile_instrs.push(instr);
             } else {
                 p.pair_instrs.push(instr);
             }
-            loc.insert(f.id(), Src::Tile { reg: dst, start: 0, dim: f.dim });
+            loc.insert(
+                f.id(),
+                Src::Tile {
+                    reg: dst,
+                    start: 0,
+                    dim: f.dim,
+                },
+            );
         }
         for r in roots {
             let src = match loc[&r.id()] {
@@ -237,22 +282,31 @@ impl TileProgram {
                     let dst = p.reg_dims.len();
                     p.reg_dims.push(r.dim);
                     p.pair_instrs.push(Instr::Broadcast { dst, a: s });
-                    Src::Tile { reg: dst, start: 0, dim: r.dim }
+                    Src::Tile {
+                        reg: dst,
+                        start: 0,
+                        dim: r.dim,
+                    }
                 }
             };
             p.roots.push(src);
         }
         remove_dead(&mut p);
-        // Tile length: keep all registers of one tile within ~256 KiB of L2 at f32.
+        // Tile length: long enough to amortise the per-instruction dispatch, short
+        // enough for all registers of a tile to stay in L1/L2.
         let total: usize = p.reg_dims.iter().sum::<usize>().max(1);
-        p.tile = (65536 / total).clamp(32, 256) / 16 * 16;
+        p.tile = (TILE_BUDGET / total).clamp(32, MAX_TILE) / 16 * 16;
         p
     }
 }
 
 /// `(a, s)` if `f = a * s` (either order) with `s` a scalar of dimension 1, `a` a tile,
 /// and `f` read only by the exponential.
-fn scaled_exp_operands(f: &Formula, loc: &HashMap<u64, Src>, uses: &HashMap<u64, usize>) -> Option<(Src, Src)> {
+fn scaled_exp_operands(
+    f: &Formula,
+    loc: &HashMap<u64, Src>,
+    uses: &HashMap<u64, usize>,
+) -> Option<(Src, Src)> {
     if f.op != Op::Binary(Binary::Mult) || uses.get(&f.id()).copied().unwrap_or(0) != 1 {
         return None;
     }
@@ -280,7 +334,10 @@ fn remove_dead(p: &mut TileProgram) {
         let mut kept = Vec::new();
         for ins in list.drain(..).rev() {
             let dst = match &ins {
-                Instr::Load { dst, .. } | Instr::Broadcast { dst, .. } | Instr::Apply { dst, .. } | Instr::ScaledExp { dst, .. } => *dst,
+                Instr::Load { dst, .. }
+                | Instr::Broadcast { dst, .. }
+                | Instr::Apply { dst, .. }
+                | Instr::ScaledExp { dst, .. } => *dst,
             };
             if !live[dst] {
                 continue;
@@ -300,4 +357,3 @@ fn remove_dead(p: &mut TileProgram) {
         *list = kept;
     }
 }
-

@@ -41,7 +41,10 @@ impl Isa {
             {
                 return Isa::Avx512;
             }
-            if allowed(Isa::Avx2) && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if allowed(Isa::Avx2)
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
                 return Isa::Avx2;
             }
             if allowed(Isa::Sse41) && is_x86_feature_detected!("sse4.1") {

@@ -223,7 +223,11 @@ fn apply<T: Real>(op: &Op, out: &mut [T], dim: usize, args: &[Src], regs: &Regs<
         Op::Binary(b) => {
             for c in 0..dim {
                 let dst = &mut out[c * tile..(c + 1) * tile];
-                b.with_kernel(Map2 { dst, a: lane(0, c), b: lane(1, c) });
+                b.with_kernel(Map2 {
+                    dst,
+                    a: lane(0, c),
+                    b: lane(1, c),
+                });
             }
         }
         Op::Ternary(t) => {
@@ -236,10 +240,16 @@ fn apply<T: Real>(op: &Op, out: &mut [T], dim: usize, args: &[Src], regs: &Regs<
         }
         Op::SqDist => {
             let d = args[0].dim().max(args[1].dim());
-            reduce2(out, d, regs, scal, args[0], args[1], |x, y| (x - y) * (x - y));
+            reduce2(out, d, regs, scal, args[0], args[1], |x, y| {
+                (x - y) * (x - y)
+            });
         }
-        Op::Scalprod => reduce2(out, args[0].dim(), regs, scal, args[0], args[1], |x, y| x * y),
-        Op::SqNorm2 => reduce2(out, args[0].dim(), regs, scal, args[0], args[0], |x, _| x * x),
+        Op::Scalprod => reduce2(out, args[0].dim(), regs, scal, args[0], args[1], |x, y| {
+            x * y
+        }),
+        Op::SqNorm2 => reduce2(out, args[0].dim(), regs, scal, args[0], args[0], |x, _| {
+            x * x
+        }),
         Op::Sum => reduce2(out, args[0].dim(), regs, scal, args[0], args[0], |x, _| x),
         Op::WeightedSqNorm => {
             let (s, x) = (args[0], args[1]);

@@ -1,0 +1,39 @@
+# keops-rs entry points. `make demo` and `make test` are all a fresh machine needs:
+# cargo fetches the crates; Python tools go into a local .venv.
+
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
+ARGS ?=
+
+.PHONY: demo test lint bench venv clean
+
+demo:
+	$(CARGO) build --workspace --release
+	$(CARGO) run --release -p keops --example kde -- $(ARGS)
+
+test: lint
+	$(CARGO) test --workspace --release --all-features
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features --release -- -D warnings
+
+# Benchmarks, not tests: side-by-side ratios measured in one run. NumPy (and pykeops,
+# when installed in the venv: `.venv/bin/pip install pykeops`) are the peers.
+bench: venv
+	KEOPS_PYTHON=$(VPY) $(CARGO) run --release -p keops-cli -- bench $(ARGS)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed:
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet numpy
+	touch $@
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)
