@@ -170,7 +170,9 @@ impl ReductionSpec {
                 return Err(err("needs a weight formula (formula2)".into()))
             }
             (Reduction::LogSumExp | Reduction::SumSoftMaxWeight, Some(_)) if dim != 1 => {
-                return Err(err(format!("the formula must be scalar when weighted, got dimension {dim}")))
+                return Err(err(format!(
+                    "the formula must be scalar when weighted, got dimension {dim}"
+                )))
             }
             (k, Some(_)) if !k.takes_weight() => return Err(err("takes no weight formula".into())),
             (_, Some(0)) => return Err(err("weight dimension must be at least 1".into())),
@@ -190,9 +192,15 @@ impl ReductionSpec {
         match self.kind {
             Reduction::Sum => Family::Sum,
             Reduction::LogSumExp | Reduction::SumSoftMaxWeight => Family::Lse,
-            Reduction::Min | Reduction::ArgMin | Reduction::MinArgMin => Family::Select { max: false },
-            Reduction::Max | Reduction::ArgMax | Reduction::MaxArgMax => Family::Select { max: true },
-            Reduction::KMin(k) | Reduction::ArgKMin(k) | Reduction::KMinArgKMin(k) => Family::KMin(k),
+            Reduction::Min | Reduction::ArgMin | Reduction::MinArgMin => {
+                Family::Select { max: false }
+            }
+            Reduction::Max | Reduction::ArgMax | Reduction::MaxArgMax => {
+                Family::Select { max: true }
+            }
+            Reduction::KMin(k) | Reduction::ArgKMin(k) | Reduction::KMinArgKMin(k) => {
+                Family::KMin(k)
+            }
         }
     }
 
@@ -237,7 +245,11 @@ impl ReductionSpec {
         match self.family() {
             Family::Sum => vals.fill(0.0),
             Family::Lse => {
-                let nmax = if self.weight_dim.is_some() { 1 } else { self.dim };
+                let nmax = if self.weight_dim.is_some() {
+                    1
+                } else {
+                    self.dim
+                };
                 vals[..nmax].fill(f64::NEG_INFINITY);
                 vals[nmax..].fill(0.0);
             }
@@ -331,8 +343,12 @@ impl ReductionSpec {
     pub fn finalize(&self, vals: &[f64], idx: &[i64], out_v: &mut [f64], out_i: &mut [i64]) {
         let d = self.dim;
         match self.kind {
-            Reduction::Sum | Reduction::Min | Reduction::Max | Reduction::KMin(_) => out_v.copy_from_slice(vals),
-            Reduction::ArgMin | Reduction::ArgMax | Reduction::ArgKMin(_) => out_i.copy_from_slice(idx),
+            Reduction::Sum | Reduction::Min | Reduction::Max | Reduction::KMin(_) => {
+                out_v.copy_from_slice(vals)
+            }
+            Reduction::ArgMin | Reduction::ArgMax | Reduction::ArgKMin(_) => {
+                out_i.copy_from_slice(idx)
+            }
             Reduction::MinArgMin | Reduction::MaxArgMax | Reduction::KMinArgKMin(_) => {
                 out_v.copy_from_slice(vals);
                 out_i.copy_from_slice(idx);
@@ -383,7 +399,15 @@ fn lse_update(m: &mut f64, s: &mut f64, f: f64, w: &[f64], ws: &mut [f64]) {
 /// Inserts `(x, j)` into the sorted list of coordinate `c` (layout `[k][d]`), keeping the
 /// `k` smallest; equal values keep the earlier index first.
 #[inline]
-pub fn kmin_insert(vals: &mut [f64], idx: &mut [i64], k: usize, d: usize, c: usize, x: f64, j: i64) {
+pub fn kmin_insert(
+    vals: &mut [f64],
+    idx: &mut [i64],
+    k: usize,
+    d: usize,
+    c: usize,
+    x: f64,
+    j: i64,
+) {
     if !(x < vals[(k - 1) * d + c]) {
         return;
     }

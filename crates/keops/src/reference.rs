@@ -3,10 +3,10 @@
 //! accumulate step, in index order. Slow and obviously right: the oracle that the
 //! engines are tested against.
 
+use crate::error::Result;
 use crate::formula::eval::PointEvaluator;
 use crate::formula::Cat;
 use crate::plan::{Arg, Array, Genred, Problem, Reduced};
-use crate::error::Result;
 
 /// Computes `genred` on `args` pair by pair.
 pub fn reduce(genred: &Genred, args: &[Arg<'_, f64>]) -> Result<Reduced<f64>> {
@@ -40,12 +40,23 @@ pub fn reduce(genred: &Genred, args: &[Arg<'_, f64>]) -> Result<Reduced<f64>> {
                 spec.accumulate(&mut vals, &mut idx, &v, j as i64);
             }
             let o = b * n_out + i;
-            spec.finalize(&vals, &idx, &mut out_v[o * dv..(o + 1) * dv], &mut out_i[o * di..(o + 1) * di]);
+            spec.finalize(
+                &vals,
+                &idx,
+                &mut out_v[o * dv..(o + 1) * dv],
+                &mut out_i[o * di..(o + 1) * di],
+            );
         }
     }
     let (shape_v, shape_i) = p.output_shapes();
     Ok(Reduced {
-        values: (dv > 0).then(|| Array { data: out_v, shape: shape_v }),
-        indices: (di > 0).then(|| Array { data: out_i, shape: shape_i }),
+        values: (dv > 0).then(|| Array {
+            data: out_v,
+            shape: shape_v,
+        }),
+        indices: (di > 0).then(|| Array {
+            data: out_i,
+            shape: shape_i,
+        }),
     })
 }

@@ -109,6 +109,7 @@ pub fn accumulate<T: Real, A: Real>(
     scheme: SumScheme,
     regs: &Regs<T>,
     roots: &[Src],
+    product: Option<(Src, Src)>,
     len: usize,
     j0: usize,
     vals: &mut [f64],
@@ -117,11 +118,19 @@ pub fn accumulate<T: Real, A: Real>(
 ) {
     let d = spec.dim;
     match spec.kind {
-        Reduction::Sum => {
-            for (c, v) in vals.iter_mut().enumerate().take(d) {
-                *v += tile_sum::<T, A>(tile_of(regs, roots[0], c, len), None, scheme);
+        Reduction::Sum => match product {
+            Some((a, b)) => {
+                for (c, v) in vals.iter_mut().enumerate().take(d) {
+                    let (x, y) = (tile_of(regs, a, c, len), tile_of(regs, b, c, len));
+                    *v += tile_sum::<T, A>(x, Some(y), scheme);
+                }
             }
-        }
+            None => {
+                for (c, v) in vals.iter_mut().enumerate().take(d) {
+                    *v += tile_sum::<T, A>(tile_of(regs, roots[0], c, len), None, scheme);
+                }
+            }
+        },
         Reduction::LogSumExp | Reduction::SumSoftMaxWeight => {
             let weighted = spec.weight_dim.is_some();
             let nmax = if weighted { 1 } else { d };

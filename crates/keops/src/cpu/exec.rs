@@ -29,7 +29,11 @@ impl<'p, 'a, T: Element> TileRunner<'p, 'a, T> {
         roots.extend(g.weight().cloned());
         TileRunner {
             problem,
-            prog: TileProgram::compile(&roots, out_cat),
+            prog: TileProgram::compile(
+                &roots,
+                out_cat,
+                g.spec().kind == crate::reduction::Reduction::Sum,
+            ),
             spec: *g.spec(),
             scheme: opts.sum_scheme,
             acc64: opts.dtype_acc == AccType::Float64,
@@ -106,6 +110,7 @@ fn run_block_body<T: Element, A: Real>(
                 r.scheme,
                 &regs,
                 &p.roots,
+                p.product,
                 len,
                 j0,
                 &mut block.vals[row * sv..(row + 1) * sv],

@@ -127,8 +127,12 @@ pub struct TileProgram {
     pub pair_instrs: Vec<Instr>,
     /// Dimension of each tile register.
     pub reg_dims: Vec<usize>,
-    /// The roots (formula, then weight), each a tile view.
+    /// The roots (formula, then weight), each a tile view; empty when `product` is set.
     pub roots: Vec<Src>,
+    /// For a `Sum` whose formula is a product `a * b` of two tile values: the factors,
+    /// multiplied and summed in one pass by the accumulation (the "multiply by a
+    /// j-variable and accumulate" super-instruction).
+    pub product: Option<(Src, Src)>,
     /// Lanes per tile.
     pub tile: usize,
 }
@@ -142,8 +146,9 @@ const OUT: u8 = 1;
 const RED: u8 = 2;
 
 impl TileProgram {
-    /// Compiles `roots` for a reduction whose output rows are indexed by `out_cat`.
-    pub fn compile(roots: &[Formula], out_cat: Cat) -> TileProgram {
+    /// Compiles `roots` for a reduction whose output rows are indexed by `out_cat`;
+    /// `sum` says the reduction is a `Sum` (whose final product can be fused).
+    pub fn compile(roots: &[Formula], out_cat: Cat, sum: bool) -> TileProgram {
         let nodes = formula::topo_order(roots);
         let mut deps: HashMap<u64, u8> = HashMap::new();
         let mut uses: HashMap<u64, usize> = HashMap::new();
@@ -170,6 +175,7 @@ impl TileProgram {
             pair_instrs: vec![],
             reg_dims: vec![],
             roots: vec![],
+            product: None,
             tile: 0,
         };
         let mut loc: HashMap<u64, Src> = HashMap::new();
@@ -275,7 +281,16 @@ impl TileProgram {
                 },
             );
         }
-        for r in roots {
+        if let ([r], true) = (roots, sum) {
+            if r.op == Op::Binary(Binary::Mult) && uses[&r.id()] == 1 {
+                if let (a @ Src::Tile { .. }, b @ Src::Tile { .. }) =
+                    (loc[&r.args[0].id()], loc[&r.args[1].id()])
+                {
+                    p.product = Some((a, b));
+                }
+            }
+        }
+        for r in roots.iter().filter(|_| p.product.is_none()) {
             let src = match loc[&r.id()] {
                 s @ Src::Tile { .. } => s,
                 s @ Src::Scalar { .. } => {
@@ -327,7 +342,11 @@ fn remove_dead(p: &mut TileProgram) {
             live[*reg] = true;
         }
     };
-    for r in &p.roots {
+    for r in p
+        .roots
+        .iter()
+        .chain(p.product.iter().flat_map(|(a, b)| [a, b]))
+    {
         mark(r, &mut live);
     }
     for list in [&mut p.pair_instrs, &mut p.tile_instrs] {

@@ -152,7 +152,11 @@ impl PointEvaluator {
         }
         self.roots
             .iter()
-            .flat_map(|&r| buf[self.offsets[r]..self.offsets[r] + self.nodes[r].dim].iter().map(|x| x.0))
+            .flat_map(|&r| {
+                buf[self.offsets[r]..self.offsets[r] + self.nodes[r].dim]
+                    .iter()
+                    .map(|x| x.0)
+            })
             .collect()
     }
 }

@@ -332,7 +332,10 @@ pub enum Op {
 }
 
 fn dim_err(op: &str, msg: String) -> KeopsError {
-    KeopsError::Dim { op: op.to_string(), msg }
+    KeopsError::Dim {
+        op: op.to_string(),
+        msg,
+    }
 }
 
 /// The output dimension of an elementwise op whose operands broadcast from dimension 1.
@@ -431,19 +434,31 @@ impl Op {
             Op::Zero(d) => positive(d, "Zero's dimension"),
             Op::Unary(_) => Ok(dims[0]),
             Op::Binary(_) | Op::Ternary(_) => broadcast_dim(name, dims),
-            Op::Sum | Op::SqNorm2 | Op::CoordMin | Op::CoordMax | Op::CoordArgMin | Op::CoordArgMax => {
-                Ok(1)
-            }
+            Op::Sum
+            | Op::SqNorm2
+            | Op::CoordMin
+            | Op::CoordMax
+            | Op::CoordArgMin
+            | Op::CoordArgMax => Ok(1),
             Op::SumT(d) => {
                 if dims[0] != 1 {
-                    return Err(dim_err(name, format!("operand must have dimension 1, got {}", dims[0])));
+                    return Err(dim_err(
+                        name,
+                        format!("operand must have dimension 1, got {}", dims[0]),
+                    ));
                 }
                 positive(d, "the output dimension")
             }
             Op::SqDist => broadcast_dim(name, dims).map(|_| 1),
             Op::Scalprod => {
                 if dims[0] != dims[1] {
-                    return Err(dim_err(name, format!("operands have dimensions {} and {}; they must be equal", dims[0], dims[1])));
+                    return Err(dim_err(
+                        name,
+                        format!(
+                            "operands have dimensions {} and {}; they must be equal",
+                            dims[0], dims[1]
+                        ),
+                    ));
                 }
                 Ok(1)
             }
@@ -457,23 +472,39 @@ impl Op {
             }
             Op::Extract { start, dim } => {
                 if dim == 0 || start + dim > dims[0] {
-                    return Err(dim_err(name, format!("coordinates {start}..{} out of range for dimension {}", start + dim, dims[0])));
+                    return Err(dim_err(
+                        name,
+                        format!(
+                            "coordinates {start}..{} out of range for dimension {}",
+                            start + dim,
+                            dims[0]
+                        ),
+                    ));
                 }
                 Ok(dim)
             }
             Op::Concat => Ok(dims[0] + dims[1]),
             Op::Elem(m) => {
                 if m >= dims[0] {
-                    return Err(dim_err(name, format!("coordinate {m} out of range for dimension {}", dims[0])));
+                    return Err(dim_err(
+                        name,
+                        format!("coordinate {m} out of range for dimension {}", dims[0]),
+                    ));
                 }
                 Ok(1)
             }
             Op::ElemT { n, m } => {
                 if dims[0] != 1 {
-                    return Err(dim_err(name, format!("operand must have dimension 1, got {}", dims[0])));
+                    return Err(dim_err(
+                        name,
+                        format!("operand must have dimension 1, got {}", dims[0]),
+                    ));
                 }
                 if m >= n {
-                    return Err(dim_err(name, format!("position {m} out of range for dimension {n}")));
+                    return Err(dim_err(
+                        name,
+                        format!("position {m} out of range for dimension {n}"),
+                    ));
                 }
                 Ok(n)
             }
@@ -531,27 +562,47 @@ const UNARY_SPECS: [OpSpec; 14] =
     unary_spec!(Minus, Square, Sqrt, Rsqrt, Inv, Exp, Log, XLogX, Abs, Sign, Step, ReLU, Sin, Cos);
 
 const OTHER_SPECS: [OpSpec; 34] = [
-    spec!("Vi", 0, 2, |_f, n| Formula::var(Cat::Vi, usize_param("Vi", n[0])?, usize_param("Vi", n[1])?)),
-    spec!("Vj", 0, 2, |_f, n| Formula::var(Cat::Vj, usize_param("Vj", n[0])?, usize_param("Vj", n[1])?)),
-    spec!("Pm", 0, 2, |_f, n| Formula::var(Cat::Pm, usize_param("Pm", n[0])?, usize_param("Pm", n[1])?)),
+    spec!("Vi", 0, 2, |_f, n| Formula::var(
+        Cat::Vi,
+        usize_param("Vi", n[0])?,
+        usize_param("Vi", n[1])?
+    )),
+    spec!("Vj", 0, 2, |_f, n| Formula::var(
+        Cat::Vj,
+        usize_param("Vj", n[0])?,
+        usize_param("Vj", n[1])?
+    )),
+    spec!("Pm", 0, 2, |_f, n| Formula::var(
+        Cat::Pm,
+        usize_param("Pm", n[0])?,
+        usize_param("Pm", n[1])?
+    )),
     spec!("Var", 0, 3, |_f, n| {
         let cat = Cat::from_code(n[2]).ok_or_else(|| KeopsError::Arity {
             op: "Var".into(),
-            msg: format!("category must be 0 (i), 1 (j) or 2 (parameter), got {}", n[2]),
+            msg: format!(
+                "category must be 0 (i), 1 (j) or 2 (parameter), got {}",
+                n[2]
+            ),
         })?;
         Formula::var(cat, usize_param("Var", n[0])?, usize_param("Var", n[1])?)
     }),
     spec!("IntCst", 0, 1, |_f, n| Ok(Formula::int(n[0]))),
     spec!("RatCst", 0, 2, |_f, n| Formula::rat(n[0], n[1])),
     spec!("IntInv", 0, 1, |_f, n| Formula::rat(1, n[0])),
-    spec!("Zero", 0, 1, |_f, n| Formula::zero(usize_param("Zero", n[0])?)),
+    spec!("Zero", 0, 1, |_f, n| Formula::zero(usize_param(
+        "Zero", n[0]
+    )?)),
     spec!("Add", 2, 0, |f, _n| f[0].add(&f[1])),
     spec!("Subtract", 2, 0, |f, _n| f[0].sub(&f[1])),
     spec!("Mult", 2, 0, |f, _n| f[0].mul(&f[1])),
     spec!("Divide", 2, 0, |f, _n| f[0].div(&f[1])),
     spec!("Powf", 2, 0, |f, _n| f[0].powf(&f[1])),
     spec!("Pow", 1, 1, |f, n| Ok(f[0].pow(i32_param("Pow", n[0])?))),
-    spec!("ClampInt", 1, 2, |f, n| Ok(f[0].unary(Unary::ClampInt(i32_param("ClampInt", n[0])?, i32_param("ClampInt", n[1])?)))),
+    spec!("ClampInt", 1, 2, |f, n| Ok(f[0].unary(Unary::ClampInt(
+        i32_param("ClampInt", n[0])?,
+        i32_param("ClampInt", n[1])?
+    )))),
     spec!("IfElse", 3, 0, |f, _n| f[0].if_else(&f[1], &f[2])),
     spec!("Clamp", 3, 0, |f, _n| f[0].clamp(&f[1], &f[2])),
     spec!("Sum", 1, 0, |f, _n| Ok(f[0].sum())),
@@ -562,15 +613,26 @@ const OTHER_SPECS: [OpSpec; 34] = [
     spec!("SqDist", 2, 0, |f, _n| f[0].sqdist(&f[1])),
     spec!("Scalprod", 2, 0, |f, _n| f[0].scalprod(&f[1])),
     spec!("WeightedSqNorm", 2, 0, |f, _n| f[0].weighted_sqnorm(&f[1])),
-    spec!("WeightedSqDist", 3, 0, |f, _n| f[0].weighted_sqdist(&f[1], &f[2])),
-    spec!("Extract", 1, 2, |f, n| f[0].extract(usize_param("Extract", n[0])?, usize_param("Extract", n[1])?)),
+    spec!("WeightedSqDist", 3, 0, |f, _n| f[0]
+        .weighted_sqdist(&f[1], &f[2])),
+    spec!("Extract", 1, 2, |f, n| f[0].extract(
+        usize_param("Extract", n[0])?,
+        usize_param("Extract", n[1])?
+    )),
     spec!("Concat", 2, 0, |f, _n| f[0].concat(&f[1])),
     spec!("Elem", 1, 1, |f, n| f[0].elem(usize_param("Elem", n[0])?)),
-    spec!("ElemT", 1, 2, |f, n| f[0].elem_t(usize_param("ElemT", n[0])?, usize_param("ElemT", n[1])?)),
+    spec!("ElemT", 1, 2, |f, n| f[0].elem_t(
+        usize_param("ElemT", n[0])?,
+        usize_param("ElemT", n[1])?
+    )),
     spec!("Min", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordMin))),
     spec!("Max", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordMax))),
-    spec!("ArgMin", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordArgMin))),
-    spec!("ArgMax", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordArgMax))),
+    spec!("ArgMin", 1, 0, |f, _n| Ok(
+        f[0].coord_reduce(Op::CoordArgMin)
+    )),
+    spec!("ArgMax", 1, 0, |f, _n| Ok(
+        f[0].coord_reduce(Op::CoordArgMax)
+    )),
 ];
 
 /// Every named constructor of the formula language.
@@ -578,7 +640,10 @@ pub static OP_TABLE: [&[OpSpec]; 2] = [&UNARY_SPECS, &OTHER_SPECS];
 
 /// Looks up a name of the formula language.
 pub fn lookup(name: &str) -> Option<&'static OpSpec> {
-    OP_TABLE.iter().flat_map(|t| t.iter()).find(|s| s.name == name)
+    OP_TABLE
+        .iter()
+        .flat_map(|t| t.iter())
+        .find(|s| s.name == name)
 }
 
 /// Every name of the formula language (for error messages and coverage tests).
@@ -737,11 +802,17 @@ impl Formula {
     }
     /// `IfElse(self, a, b)`.
     pub fn if_else(&self, a: &Formula, b: &Formula) -> Result<Formula> {
-        Formula::new(Op::Ternary(Ternary::IfElse), vec![self.clone(), a.clone(), b.clone()])
+        Formula::new(
+            Op::Ternary(Ternary::IfElse),
+            vec![self.clone(), a.clone(), b.clone()],
+        )
     }
     /// `Clamp(self, a, b)`.
     pub fn clamp(&self, a: &Formula, b: &Formula) -> Result<Formula> {
-        Formula::new(Op::Ternary(Ternary::Clamp), vec![self.clone(), a.clone(), b.clone()])
+        Formula::new(
+            Op::Ternary(Ternary::Clamp),
+            vec![self.clone(), a.clone(), b.clone()],
+        )
     }
     /// `Sum(self)` (the identity on dimension 1).
     pub fn sum(&self) -> Formula {

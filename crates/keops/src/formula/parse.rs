@@ -31,15 +31,21 @@ impl Aliases {
                 pos: at,
                 msg,
             };
-            let eq = decl
-                .find('=')
-                .ok_or_else(|| err(0, "expected an alias of the form 'name = Vi(index, dim)'".into()))?;
+            let eq = decl.find('=').ok_or_else(|| {
+                err(
+                    0,
+                    "expected an alias of the form 'name = Vi(index, dim)'".into(),
+                )
+            })?;
             let name = decl[..eq].trim();
             if !is_ident(name) {
                 return Err(err(0, format!("{name:?} is not a valid alias name")));
             }
             if lookup_builtin(name) {
-                return Err(err(0, format!("alias {name:?} shadows an operation of the same name")));
+                return Err(err(
+                    0,
+                    format!("alias {name:?} shadows an operation of the same name"),
+                ));
             }
             let rhs_at = eq + 1;
             let mut p = Parser::new(decl, &EMPTY);
@@ -120,7 +126,11 @@ struct Arg {
 
 impl<'a> Parser<'a> {
     fn new(src: &'a str, aliases: &'a Aliases) -> Self {
-        Parser { src, pos: 0, aliases }
+        Parser {
+            src,
+            pos: 0,
+            aliases,
+        }
     }
 
     fn err(&self, msg: impl Into<String>) -> KeopsError {
@@ -169,7 +179,10 @@ impl<'a> Parser<'a> {
         if self.eat(s) {
             Ok(())
         } else {
-            let found = self.peek().map(|c| format!("{c:?}")).unwrap_or_else(|| "the end".into());
+            let found = self
+                .peek()
+                .map(|c| format!("{c:?}"))
+                .unwrap_or_else(|| "the end".into());
             Err(self.err(format!("expected {s:?}, found {found}")))
         }
     }
@@ -265,7 +278,10 @@ impl<'a> Parser<'a> {
                 } else if let Some(f) = self.aliases.get(name) {
                     Ok(f.clone())
                 } else {
-                    Err(self.err_at(start, format!("unknown alias {name:?} (declare it, e.g. \"{name} = Vi(0,3)\")")))
+                    Err(self.err_at(
+                        start,
+                        format!("unknown alias {name:?} (declare it, e.g. \"{name} = Vi(0,3)\")"),
+                    ))
                 }
             }
             Some(c) => Err(self.err(format!("expected a formula, found {c:?}"))),
@@ -337,14 +353,16 @@ impl<'a> Parser<'a> {
     fn int_arg(&self, name: &str, a: &Arg) -> Result<i64> {
         match a.f.op {
             Op::IntCst(n) => Ok(n),
-            _ => Err(self.err_at(a.at, format!("{name} expects an integer here, found {}", a.f))),
+            _ => Err(self.err_at(
+                a.at,
+                format!("{name} expects an integer here, found {}", a.f),
+            )),
         }
     }
 
     fn call(&mut self, name: &str, start: usize) -> Result<Formula> {
-        let spec = ops::lookup(name).ok_or_else(|| {
-            self.err_at(start, format!("unknown operation {name:?}"))
-        })?;
+        let spec = ops::lookup(name)
+            .ok_or_else(|| self.err_at(start, format!("unknown operation {name:?}")))?;
         let args = self.args()?;
         let want = spec.formulas + spec.ints;
         if args.len() != want {
@@ -392,15 +410,21 @@ impl<'a> Parser<'a> {
         }
         let f = match (cat, ints.as_slice()) {
             (Some(c), [d]) => {
-                let dim = usize::try_from(*d).map_err(|_| self.err_at(start, "dimension must be positive"))?;
+                let dim = usize::try_from(*d)
+                    .map_err(|_| self.err_at(start, "dimension must be positive"))?;
                 Formula::var(c, pos, dim)
             }
             _ => {
-                let spec = ops::lookup(name).ok_or_else(|| self.err_at(start, "unknown variable kind"))?;
+                let spec =
+                    ops::lookup(name).ok_or_else(|| self.err_at(start, "unknown variable kind"))?;
                 if ints.len() != spec.ints {
                     return Err(self.err_at(
                         start,
-                        format!("{name} expects {} integer(s), got {}", spec.ints, ints.len()),
+                        format!(
+                            "{name} expects {} integer(s), got {}",
+                            spec.ints,
+                            ints.len()
+                        ),
                     ));
                 }
                 (spec.build)(&[], &ints)
@@ -415,10 +439,12 @@ impl<'a> Parser<'a> {
 fn power(a: &Formula, b: &Formula) -> Result<Formula> {
     match b.op {
         Op::IntCst(2) => Ok(a.unary(Unary::Square)),
-        Op::IntCst(n) => i32::try_from(n).map(|m| a.pow(m)).map_err(|_| KeopsError::Arity {
-            op: "Pow".into(),
-            msg: format!("exponent {n} is out of range"),
-        }),
+        Op::IntCst(n) => i32::try_from(n)
+            .map(|m| a.pow(m))
+            .map_err(|_| KeopsError::Arity {
+                op: "Pow".into(),
+                msg: format!("exponent {n} is out of range"),
+            }),
         Op::RatCst(1, 2) => Ok(a.unary(Unary::Sqrt)),
         Op::RatCst(-1, 2) => Ok(a.unary(Unary::Rsqrt)),
         Op::FloatCst(bits) if f64::from_bits(bits) == 0.5 => Ok(a.unary(Unary::Sqrt)),
