@@ -7,8 +7,9 @@ use thiserror::Error;
 /// Messages say what was wrong and, where it helps, what was expected.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum KeopsError {
-    /// A formula string could not be parsed.
-    #[error("parse error at position {pos} in {input:?}: {msg}")]
+    /// A formula string could not be parsed or built (an unknown name, a syntax error,
+    /// or an operation whose operands do not fit, located in the text).
+    #[error("in formula {input:?} at position {pos}: {msg}")]
     Parse {
         /// The text being parsed.
         input: String,

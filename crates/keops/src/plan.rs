@@ -310,6 +310,27 @@ pub struct Reduced<T> {
     pub indices: Option<Array<i64>>,
 }
 
+impl<T> Reduced<T> {
+    /// Wraps finalized outputs: `dims` (values, indices per row) says which exist.
+    pub(crate) fn assemble(
+        values: Vec<T>,
+        indices: Vec<i64>,
+        (shape_v, shape_i): (Vec<usize>, Vec<usize>),
+        (dv, di): (usize, usize),
+    ) -> Self {
+        Reduced {
+            values: (dv > 0).then_some(Array {
+                data: values,
+                shape: shape_v,
+            }),
+            indices: (di > 0).then_some(Array {
+                data: indices,
+                shape: shape_i,
+            }),
+        }
+    }
+}
+
 /// A checked call: a [`Genred`] with arguments whose shapes fit, batch dimensions
 /// broadcast, and sizes known. This is what engines execute.
 #[derive(Debug)]
@@ -386,7 +407,14 @@ impl<'a, T: Element> Problem<'a, T> {
                     ),
                 });
             }
-            let expected: usize = a.shape.iter().product();
+            let expected = a
+                .shape
+                .iter()
+                .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+                .ok_or_else(|| KeopsError::Argument {
+                    index: k,
+                    msg: format!("shape {:?} has more elements than memory can hold", a.shape),
+                })?;
             if a.data.len() != expected {
                 return Err(KeopsError::Argument {
                     index: k,

@@ -84,7 +84,7 @@ pub trait Real:
     /// True for NaN.
     #[inline(always)]
     fn is_nan_(self) -> bool {
-        self != self
+        self.partial_cmp(&self).is_none()
     }
 }
 
@@ -249,8 +249,5 @@ impl Real for Exact {
     }
     fn cos_(self) -> Self {
         Exact(self.0.cos())
-    }
-    fn powf_(self, y: Self) -> Self {
-        Exact(self.0.powf(y.0))
     }
 }

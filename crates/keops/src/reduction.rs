@@ -65,7 +65,7 @@ impl Reduction {
                 msg: "needs K (the number of values to keep)".into(),
             })
         };
-        Ok(match name {
+        let r = match name {
             "Sum" => Reduction::Sum,
             "LogSumExp" | "Max_SumShiftExp" | "Max_SumShiftExpWeight" => Reduction::LogSumExp,
             "SumSoftMaxWeight" => Reduction::SumSoftMaxWeight,
@@ -86,7 +86,14 @@ impl Reduction {
                         .into(),
                 })
             }
-        })
+        };
+        if r.k().is_none() && k.is_some() {
+            return Err(KeopsError::Reduction {
+                reduction: name.to_string(),
+                msg: "takes no K (only KMin, ArgKMin and KMin_ArgKMin do)".into(),
+            });
+        }
+        Ok(r)
     }
 
     /// KeOps' name.
@@ -277,16 +284,16 @@ impl ReductionSpec {
                 }
             },
             Family::Select { max } => {
-                for c in 0..d {
-                    if (!max && v[c] < vals[c]) || (max && v[c] > vals[c]) {
-                        vals[c] = v[c];
-                        idx[c] = j;
+                for ((best, arg), &x) in vals.iter_mut().zip(idx.iter_mut()).zip(&v[..d]) {
+                    if (!max && x < *best) || (max && x > *best) {
+                        *best = x;
+                        *arg = j;
                     }
                 }
             }
             Family::KMin(k) => {
-                for c in 0..d {
-                    kmin_insert(vals, idx, k, d, c, v[c], j);
+                for (c, &x) in v[..d].iter().enumerate() {
+                    kmin_insert(vals, idx, k, d, c, x, j);
                 }
             }
         }
@@ -303,10 +310,9 @@ impl ReductionSpec {
                 for c in 0..nmax {
                     let (ma, mb) = (va[c], vb[c]);
                     let m = ma.max(mb);
-                    if m == f64::NEG_INFINITY {
-                        continue;
-                    }
-                    let (fa, fb) = ((ma - m).exp(), (mb - m).exp());
+                    // Equal maxima (infinite ones included) scale by 1: exp(inf - inf)
+                    // would be NaN, and both sums must be kept (one may be NaN).
+                    let (fa, fb) = (shift(ma, m), shift(mb, m));
                     va[c] = m;
                     if self.weight_dim.is_some() {
                         for k in 1..va.len() {
@@ -374,6 +380,16 @@ impl ReductionSpec {
     }
 }
 
+/// `exp(m - m_new)`, exactly 1 when the two are equal (infinities included).
+#[inline]
+pub fn shift(m: f64, m_new: f64) -> f64 {
+    if m == m_new {
+        1.0
+    } else {
+        (m - m_new).exp()
+    }
+}
+
 /// One step of the stable log-sum-exp: `(m, s, ws)` represents `exp(m) * (s, ws)`.
 #[inline]
 fn lse_update(m: &mut f64, s: &mut f64, f: f64, w: &[f64], ws: &mut [f64]) {
@@ -381,14 +397,14 @@ fn lse_update(m: &mut f64, s: &mut f64, f: f64, w: &[f64], ws: &mut [f64]) {
         return; // exp(-inf) = 0, and -inf - -inf would be NaN
     }
     if f > *m {
-        let scale = (*m - f).exp();
+        let scale = shift(*m, f);
         *s = *s * scale + 1.0;
         for (a, b) in ws.iter_mut().zip(w) {
             *a = *a * scale + b;
         }
         *m = f;
     } else {
-        let e = (f - *m).exp();
+        let e = shift(f, *m);
         *s += e;
         for (a, b) in ws.iter_mut().zip(w) {
             *a += e * b;
@@ -408,7 +424,7 @@ pub fn kmin_insert(
     x: f64,
     j: i64,
 ) {
-    if !(x < vals[(k - 1) * d + c]) {
+    if x.partial_cmp(&vals[(k - 1) * d + c]) != Some(std::cmp::Ordering::Less) {
         return;
     }
     let mut r = k - 1;

@@ -6,7 +6,7 @@
 use crate::error::Result;
 use crate::formula::eval::PointEvaluator;
 use crate::formula::Cat;
-use crate::plan::{Arg, Array, Genred, Problem, Reduced};
+use crate::plan::{Arg, Genred, Problem, Reduced};
 
 /// Computes `genred` on `args` pair by pair.
 pub fn reduce(genred: &Genred, args: &[Arg<'_, f64>]) -> Result<Reduced<f64>> {
@@ -48,15 +48,10 @@ pub fn reduce(genred: &Genred, args: &[Arg<'_, f64>]) -> Result<Reduced<f64>> {
             );
         }
     }
-    let (shape_v, shape_i) = p.output_shapes();
-    Ok(Reduced {
-        values: (dv > 0).then(|| Array {
-            data: out_v,
-            shape: shape_v,
-        }),
-        indices: (di > 0).then(|| Array {
-            data: out_i,
-            shape: shape_i,
-        }),
-    })
+    Ok(Reduced::assemble(
+        out_v,
+        out_i,
+        p.output_shapes(),
+        spec.output_dims(),
+    ))
 }

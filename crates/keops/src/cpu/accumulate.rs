@@ -10,7 +10,7 @@ use super::program::Src;
 use super::tile::{Lane, Regs};
 use crate::plan::SumScheme;
 use crate::real::Real;
-use crate::reduction::{kmin_insert, Reduction, ReductionSpec};
+use crate::reduction::{kmin_insert, shift, Reduction, ReductionSpec};
 
 const L: usize = 16;
 
@@ -45,8 +45,8 @@ pub fn tile_sum<T: Real, A: Real>(x: &[T], y: Option<&[T]>, scheme: SumScheme) -
             match y {
                 None => {
                     for ch in x[..n].chunks_exact(L) {
-                        for l in 0..L {
-                            add(l, conv(ch[l]));
+                        for (l, &v) in ch.iter().enumerate() {
+                            add(l, conv(v));
                         }
                     }
                     for (l, &v) in x[n..].iter().enumerate() {
@@ -69,7 +69,7 @@ pub fn tile_sum<T: Real, A: Real>(x: &[T], y: Option<&[T]>, scheme: SumScheme) -
             while w > 1 {
                 w /= 2;
                 for l in 0..w {
-                    acc[l] = acc[l] + acc[l + w];
+                    acc[l] += acc[l + w];
                 }
             }
             acc[0].to_f64()
@@ -93,7 +93,7 @@ fn tile_max<T: Real>(x: &[T]) -> T {
 }
 
 #[inline(always)]
-fn tile_of<'a, T: Real>(regs: &'a Regs<T>, src: Src, c: usize, len: usize) -> &'a [T] {
+fn tile_of<T: Real>(regs: &Regs<T>, src: Src, c: usize, len: usize) -> &[T] {
     match regs.lane(&[], src, c) {
         Lane::Tile(x) => &x[..len],
         Lane::Splat(_) => unreachable!("roots are tile registers"),
@@ -147,11 +147,12 @@ pub fn accumulate<T: Real, A: Real>(
                 }
                 let m_old = vals[c];
                 let m_new = m_old.max(tm.to_f64());
-                let scale = (m_old - m_new).exp();
+                let scale = shift(m_old, m_new);
                 let mt = T::from_f64(m_new);
                 let e = &mut tmp[..len];
+                // x == mt gives exactly 1, also when both are +inf (inf - inf is NaN).
                 for (o, &x) in e.iter_mut().zip(f) {
-                    *o = (x - mt).exp_();
+                    *o = T::select(x == mt, T::ONE, (x - mt).exp_());
                 }
                 vals[c] = m_new;
                 if weighted {
@@ -179,11 +180,22 @@ pub fn accumulate<T: Real, A: Real>(
             for c in 0..d {
                 let f = tile_of(regs, roots[0], c, len);
                 let (mut best, mut arg) = (vals[c], idx[c]);
-                for (t, &x) in f.iter().enumerate() {
-                    let x = x.to_f64();
-                    if (!max && x < best) || (max && x > best) {
-                        best = x;
-                        arg = (j0 + t) as i64;
+                // States hold values of type T (or infinities): the conversion is exact.
+                let mut bt = T::from_f64(best);
+                for (ci, ch) in f.chunks(L).enumerate() {
+                    // Vectorised test first: most chunks improve nothing.
+                    let hit = ch
+                        .iter()
+                        .fold(false, |h, &x| h | if max { x > bt } else { x < bt });
+                    if !hit {
+                        continue;
+                    }
+                    for (t, &x) in ch.iter().enumerate() {
+                        if (!max && x < bt) || (max && x > bt) {
+                            bt = x;
+                            best = x.to_f64();
+                            arg = (j0 + ci * L + t) as i64;
+                        }
                     }
                 }
                 vals[c] = best;
@@ -193,12 +205,16 @@ pub fn accumulate<T: Real, A: Real>(
         Reduction::KMin(k) | Reduction::ArgKMin(k) | Reduction::KMinArgKMin(k) => {
             for c in 0..d {
                 let f = tile_of(regs, roots[0], c, len);
-                let mut thr = vals[(k - 1) * d + c];
-                for (t, &x) in f.iter().enumerate() {
-                    let x = x.to_f64();
-                    if x < thr {
-                        kmin_insert(vals, idx, k, d, c, x, (j0 + t) as i64);
-                        thr = vals[(k - 1) * d + c];
+                let mut thr = T::from_f64(vals[(k - 1) * d + c]);
+                for (ci, ch) in f.chunks(L).enumerate() {
+                    if !ch.iter().fold(false, |h, &x| h | (x < thr)) {
+                        continue;
+                    }
+                    for (t, &x) in ch.iter().enumerate() {
+                        if x < thr {
+                            kmin_insert(vals, idx, k, d, c, x.to_f64(), (j0 + ci * L + t) as i64);
+                            thr = T::from_f64(vals[(k - 1) * d + c]);
+                        }
                     }
                 }
             }

@@ -121,13 +121,16 @@ fn match_sqdist(f: &Formula, out: Cat, red: Cat) -> Option<(usize, usize, usize)
     }
 }
 
+/// Scalar factors with their exponents (+1 or -1).
+type Factors = Vec<(Formula, i32)>;
+
 /// `c * r2` (or `c * sqrt(r2)` when `sqrt`): the coefficient factors and the points.
 fn match_scaled(
     f: &Formula,
     out: Cat,
     red: Cat,
     sqrt: bool,
-) -> Option<(Vec<(Formula, i32)>, (usize, usize, usize))> {
+) -> Option<(Factors, (usize, usize, usize))> {
     let mut p = Product::default();
     flatten(f, &mut p);
     if p.others.len() != 1 {
@@ -398,6 +401,120 @@ impl<T: Element> BlockRunner for FusedRunner<'_, '_, T> {
             radial::<T, f64>(isa, self, x, prep, job, block)
         } else {
             radial::<T, T>(isa, self, x, prep, job, block)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formula::parse::parse;
+    use crate::plan::{Arg, CpuKernel, Genred};
+
+    const AL: [&str; 5] = [
+        "x = Vi(0,3)",
+        "y = Vj(1,3)",
+        "b = Vj(2,2)",
+        "g = Pm(3,1)",
+        "s = Pm(4,1)",
+    ];
+
+    fn find(f: &str) -> Option<RadialSum> {
+        RadialSum::find(&parse(f, &AL).unwrap(), Cat::Vi)
+    }
+
+    #[test]
+    fn matches_kernel_spellings() {
+        for (f, profile, weighted) in [
+            ("Exp(-SqDist(x,y)*g)*b", Profile::Gauss, true),
+            ("b * Exp(-g * SqNorm2(x - y))", Profile::Gauss, true),
+            ("Exp(-SqDist(y,x) / (2*s*s))", Profile::Gauss, false),
+            (
+                "s * Exp(-Sqrt(SqDist(x,y)) * g) * b",
+                Profile::Laplace,
+                true,
+            ),
+            ("Inv(1 + SqDist(x,y) * g) * b", Profile::Cauchy, true),
+            (
+                "Rsqrt(g * SqDist(x,y) + 1)",
+                Profile::InverseMultiquadric,
+                false,
+            ),
+        ] {
+            let m = find(f).unwrap_or_else(|| panic!("{f} should match"));
+            assert_eq!(m.profile, profile, "{f}");
+            assert_eq!(m.b.is_some(), weighted, "{f}");
+            assert_eq!((m.x, m.y, m.dim), (0, 1, 3), "{f}");
+        }
+    }
+
+    #[test]
+    fn rejects_other_formulas() {
+        for f in [
+            "Exp(-SqDist(x,y)) * Cos(Sum(x))",
+            "Exp(-SqDist(x,x) * g)",
+            "Exp(-SqDist(x,y)) * Exp(-SqDist(x,y))",
+            "Exp(-SqDist(x,y) * Sum(x))",
+            "Log(1 + SqDist(x,y))",
+        ] {
+            assert!(find(f).is_none(), "{f} should not match");
+        }
+    }
+
+    #[test]
+    fn fused_equals_tile_program() {
+        let (n, m) = (37, 300);
+        let x: Vec<f64> = (0..n * 3).map(|k| (k as f64 * 0.37).sin()).collect();
+        let y: Vec<f64> = (0..m * 3).map(|k| (k as f64 * 0.11).cos()).collect();
+        let b: Vec<f64> = (0..m * 2).map(|k| (k % 7) as f64 - 3.0).collect();
+        let (g, s) = ([0.7], [1.3]);
+        for f in [
+            "s * Exp(-SqDist(x,y)*g)*b",
+            "Inv(1 + SqDist(x,y) * g) * b",
+            "-Exp(-Sqrt(SqDist(x,y)) / s)",
+        ] {
+            for axis in [0, 1] {
+                // The weight lives on the reduced side: Vj for axis 1, Vi for axis 0.
+                let al = if axis == 1 {
+                    AL
+                } else {
+                    [
+                        "x = Vi(0,3)",
+                        "y = Vj(1,3)",
+                        "b = Vi(2,2)",
+                        "g = Pm(3,1)",
+                        "s = Pm(4,1)",
+                    ]
+                };
+                let gr = Genred::new(f, &al, crate::Reduction::Sum, axis).unwrap();
+                let (xs, ys) = if axis == 1 { (&x, &y) } else { (&y, &x) };
+                let (nx, ny) = (xs.len() / 3, ys.len() / 3);
+                let args = [
+                    Arg::new(xs, [nx, 3]),
+                    Arg::new(ys, [ny, 3]),
+                    Arg::new(&b, [m, 2]),
+                    Arg::new(&g, [1]),
+                    Arg::new(&s, [1]),
+                ];
+                let run = |kernel| {
+                    gr.call_with(
+                        &args,
+                        &crate::Options {
+                            kernel,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap_or_else(|e| panic!("{f} {kernel:?}: {e}"))
+                };
+                let (a, t) = (run(CpuKernel::Fused), run(CpuKernel::TileProgram));
+                let (a, t) = (a.values.unwrap().data, t.values.unwrap().data);
+                for (u, v) in a.iter().zip(&t) {
+                    assert!(
+                        (u - v).abs() <= 1e-12 * (1.0 + v.abs()),
+                        "{f} axis {axis}: {u} vs {v}"
+                    );
+                }
+            }
         }
     }
 }

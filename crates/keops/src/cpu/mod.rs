@@ -14,7 +14,7 @@ pub mod simd;
 mod tile;
 
 use crate::error::{KeopsError, Result};
-use crate::plan::{Array, CpuKernel, Element, Options, Problem, Reduced};
+use crate::plan::{CpuKernel, Element, Options, Problem, Reduced};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -220,15 +220,10 @@ fn drive<T: Element, R: BlockRunner>(
             }
         }
     }
-    let (shape_v, shape_i) = problem.output_shapes();
-    Ok(Reduced {
-        values: (dv > 0).then(|| Array {
-            data: out_v,
-            shape: shape_v,
-        }),
-        indices: (di > 0).then(|| Array {
-            data: out_i,
-            shape: shape_i,
-        }),
-    })
+    Ok(Reduced::assemble(
+        out_v,
+        out_i,
+        problem.output_shapes(),
+        spec.output_dims(),
+    ))
 }

@@ -376,3 +376,78 @@ fn remove_dead(p: &mut TileProgram) {
         *list = kept;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formula::parse::parse;
+
+    fn compile(f: &str, sum: bool) -> TileProgram {
+        let al = ["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)", "g = Pm(3,1)"];
+        TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, sum)
+    }
+
+    #[test]
+    fn classifies_scalar_hoisted_and_pair_nodes() {
+        // x*g and its square are per-row scalars; Exp(y) is hoisted; the rest is per pair.
+        let p = compile("Square(x*g) + Exp(y) * SqDist(x,y)", false);
+        assert_eq!(p.param_steps.len(), 1, "g");
+        assert_eq!(p.row_steps.len(), 3, "x, x*g, Square");
+        assert!(p.tile_instrs.iter().any(|i| matches!(
+            i,
+            Instr::Apply {
+                op: Op::Unary(Unary::Exp),
+                ..
+            }
+        )));
+        assert!(p
+            .tile_instrs
+            .iter()
+            .all(|i| !matches!(i, Instr::Apply { op: Op::SqDist, .. })));
+        assert!(p
+            .pair_instrs
+            .iter()
+            .any(|i| matches!(i, Instr::Apply { op: Op::SqDist, .. })));
+    }
+
+    #[test]
+    fn extract_is_a_view() {
+        let p = compile("Extract(y, 1, 2) + Elem(y, 0)", false);
+        assert_eq!(
+            p.tile_instrs.len(),
+            2,
+            "load y, add: no copies {:?}",
+            p.tile_instrs
+        );
+    }
+
+    #[test]
+    fn scaled_exp_and_product_are_fused() {
+        let p = compile("Exp(SqDist(x,y) * g) * b", true);
+        assert!(p
+            .pair_instrs
+            .iter()
+            .any(|i| matches!(i, Instr::ScaledExp { .. })));
+        assert!(p.pair_instrs.iter().all(|i| !matches!(
+            i,
+            Instr::Apply {
+                op: Op::Binary(Binary::Mult),
+                ..
+            }
+        )));
+        assert!(p.product.is_some() && p.roots.is_empty());
+        // Not a Sum: the product stays an instruction.
+        let q = compile("Exp(SqDist(x,y) * g) * b", false);
+        assert!(q.product.is_none() && q.roots.len() == 1);
+    }
+
+    #[test]
+    fn scalar_root_is_broadcast() {
+        let p = compile("x * g", false);
+        assert!(matches!(
+            p.pair_instrs.as_slice(),
+            [Instr::Broadcast { .. }]
+        ));
+        assert!(p.tile >= 32 && p.tile % 16 == 0);
+    }
+}

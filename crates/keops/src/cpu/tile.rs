@@ -181,7 +181,39 @@ fn reduce2<T: Real>(
     f: impl Fn(T, T) -> T + Copy,
 ) {
     out.fill(T::ZERO);
-    for c in 0..d {
+    // Four coordinates per pass over `out` where the operands allow it: high
+    // dimensions (k-NN in D = 64) would otherwise load and store `out` once per
+    // coordinate.
+    let mut c = 0;
+    while c + 4 <= d {
+        let l = |s: Src, k: usize| regs.lane(scal, s, c + k);
+        match (l(a, 0), l(a, 1), l(a, 2), l(a, 3)) {
+            (Lane::Splat(x0), Lane::Splat(x1), Lane::Splat(x2), Lane::Splat(x3)) => {
+                let (Lane::Tile(y0), Lane::Tile(y1), Lane::Tile(y2), Lane::Tile(y3)) =
+                    (l(b, 0), l(b, 1), l(b, 2), l(b, 3))
+                else {
+                    break;
+                };
+                for ((((o, &v0), &v1), &v2), &v3) in out.iter_mut().zip(y0).zip(y1).zip(y2).zip(y3)
+                {
+                    *o += (f(x0, v0) + f(x1, v1)) + (f(x2, v2) + f(x3, v3));
+                }
+            }
+            (Lane::Tile(x0), Lane::Tile(x1), Lane::Tile(x2), Lane::Tile(x3)) => {
+                let (Lane::Tile(y0), Lane::Tile(y1), Lane::Tile(y2), Lane::Tile(y3)) =
+                    (l(b, 0), l(b, 1), l(b, 2), l(b, 3))
+                else {
+                    break;
+                };
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o += (f(x0[t], y0[t]) + f(x1[t], y1[t])) + (f(x2[t], y2[t]) + f(x3[t], y3[t]));
+                }
+            }
+            _ => break,
+        }
+        c += 4;
+    }
+    for c in c..d {
         match (regs.lane(scal, a, c), regs.lane(scal, b, c)) {
             (Lane::Tile(x), Lane::Tile(y)) => {
                 for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {

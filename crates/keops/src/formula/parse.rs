@@ -346,7 +346,13 @@ impl<'a> Parser<'a> {
             if self.eat(")") {
                 return Ok(args);
             }
-            self.expect(",")?;
+            if !self.eat(",") {
+                let found = self
+                    .peek()
+                    .map(|c| format!("{c:?}"))
+                    .unwrap_or_else(|| "the end".into());
+                return Err(self.err(format!("expected \",\" or \")\", found {found}")));
+            }
         }
     }
 
