@@ -74,14 +74,17 @@ pub enum Instr {
         /// Operands.
         args: Vec<Src>,
     },
-    /// `dst = exp(a * s)` with `s` a scalar: the frequent `Exp(-g * r2)` in one pass.
+    /// `dst = exp(±a * s1 * s2 ...)` with scalar factors: the frequent `Exp(-g * r2)`
+    /// in one pass (negations and products by scalars read by nothing else are folded).
     ScaledExp {
         /// Destination.
         dst: usize,
         /// Tile operand.
         a: Src,
-        /// Scalar factor (dimension 1).
-        s: Src,
+        /// Scalar factors (dimension 1).
+        s: Vec<Src>,
+        /// Whether the product is negated.
+        neg: bool,
     },
 }
 
@@ -252,7 +255,7 @@ impl TileProgram {
                 // Exp(a * s): fold the product into the exponential when nothing else
                 // reads it.
                 Op::Unary(Unary::Exp) => match scaled_exp_operands(&f.args[0], &loc, &uses) {
-                    Some((a, s)) => Instr::ScaledExp { dst, a, s },
+                    Some((a, s, neg)) => Instr::ScaledExp { dst, a, s, neg },
                     None => Instr::Apply {
                         op: f.op.clone(),
                         dst,
@@ -315,20 +318,43 @@ impl TileProgram {
     }
 }
 
-/// `(a, s)` if `f = a * s` (either order) with `s` a scalar of dimension 1, `a` a tile,
-/// and `f` read only by the exponential.
+/// `(a, scalars, negated)` if `f` is `a` times scalars of dimension 1, possibly
+/// negated, where each folded node is read only by the next one up.
 fn scaled_exp_operands(
     f: &Formula,
     loc: &HashMap<u64, Src>,
     uses: &HashMap<u64, usize>,
-) -> Option<(Src, Src)> {
-    if f.op != Op::Binary(Binary::Mult) || uses.get(&f.id()).copied().unwrap_or(0) != 1 {
-        return None;
+) -> Option<(Src, Vec<Src>, bool)> {
+    let mut scalars = Vec::new();
+    let mut neg = false;
+    let mut cur = f.clone();
+    loop {
+        let single = uses.get(&cur.id()).copied().unwrap_or(0) == 1;
+        match cur.op {
+            Op::Unary(Unary::Minus) if single => {
+                neg = !neg;
+                cur = cur.args[0].clone();
+            }
+            Op::Binary(Binary::Mult) if single => {
+                let (a, b) = (loc[&cur.args[0].id()], loc[&cur.args[1].id()]);
+                let next = match (a, b) {
+                    (Src::Tile { .. }, Src::Scalar { dim: 1, .. }) if a.dim() == cur.dim => {
+                        scalars.push(b);
+                        cur.args[0].clone()
+                    }
+                    (Src::Scalar { dim: 1, .. }, Src::Tile { .. }) if b.dim() == cur.dim => {
+                        scalars.push(a);
+                        cur.args[1].clone()
+                    }
+                    _ => break,
+                };
+                cur = next;
+            }
+            _ => break,
+        }
     }
-    let (a, b) = (loc[&f.args[0].id()], loc[&f.args[1].id()]);
-    match (a, b) {
-        (Src::Tile { .. }, Src::Scalar { dim: 1, .. }) if a.dim() == f.dim => Some((a, b)),
-        (Src::Scalar { dim: 1, .. }, Src::Tile { .. }) if b.dim() == f.dim => Some((b, a)),
+    match loc[&cur.id()] {
+        a @ Src::Tile { .. } if cur != *f => Some((a, scalars, neg)),
         _ => None,
     }
 }
@@ -365,7 +391,7 @@ fn remove_dead(p: &mut TileProgram) {
                 Instr::Apply { args, .. } => args.iter().for_each(|a| mark(a, &mut live)),
                 Instr::ScaledExp { a, s, .. } => {
                     mark(a, &mut live);
-                    mark(s, &mut live);
+                    s.iter().for_each(|s| mark(s, &mut live));
                 }
                 Instr::Broadcast { a, .. } => mark(a, &mut live),
                 Instr::Load { .. } => {}

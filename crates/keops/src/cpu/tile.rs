@@ -149,9 +149,10 @@ pub fn exec<'d, T: Real>(
             }
             regs.regs[*dst] = out;
         }
-        Instr::ScaledExp { dst, a, s } => {
+        Instr::ScaledExp { dst, a, s, neg } => {
             let mut out = std::mem::take(&mut regs.regs[*dst]);
-            let s = regs.lane(scal, *s, 0).at(0);
+            let sign = if *neg { -T::ONE } else { T::ONE };
+            let s = s.iter().fold(sign, |p, &f| p * regs.lane(scal, f, 0).at(0));
             for c in 0..a.dim() {
                 if let Lane::Tile(x) = regs.lane(scal, *a, c) {
                     for (o, &x) in out[c * tile..(c + 1) * tile].iter_mut().zip(x) {
