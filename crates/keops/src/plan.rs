@@ -110,6 +110,9 @@ pub struct Options {
     pub kernel: CpuKernel,
     /// Where to run.
     pub backend: Backend,
+    /// Caps the CPU instruction set (`None`: the best this CPU has; the environment
+    /// variable `KEOPS_CPU_ISA` caps it too). For testing and comparing code paths.
+    pub isa: Option<crate::cpu::Isa>,
 }
 
 /// What a formula expects of one argument.

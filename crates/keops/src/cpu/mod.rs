@@ -109,15 +109,14 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
             msg: "no fused kernel matches this formula and reduction".into(),
         });
     }
-    match (opts.threads, fused) {
-        (Some(n), Some(f)) => pool(n)?.install(|| drive(problem, &f, n)),
-        (Some(n), None) => pool(n)?.install(|| drive(problem, &TileRunner::new(problem, opts), n)),
-        (None, Some(f)) => drive(problem, &f, rayon::current_num_threads()),
-        (None, None) => drive(
-            problem,
-            &TileRunner::new(problem, opts),
-            rayon::current_num_threads(),
-        ),
+    let isa = opts.isa;
+    let go = |threads: usize| match &fused {
+        Some(f) => drive(problem, f, threads, isa),
+        None => drive(problem, &TileRunner::new(problem, opts), threads, isa),
+    };
+    match opts.threads {
+        Some(n) => pool(n)?.install(|| go(n)),
+        None => go(rayon::current_num_threads()),
     }
 }
 
@@ -126,6 +125,7 @@ fn drive<T: Element, R: BlockRunner>(
     problem: &Problem<'_, T>,
     runner: &R,
     threads: usize,
+    isa_cap: Option<Isa>,
 ) -> Result<Reduced<T>> {
     let spec = *problem.genred.spec();
     let (n_out, n_red) = problem.sizes();
@@ -155,7 +155,7 @@ fn drive<T: Element, R: BlockRunner>(
         }
     }
     let (sv, si) = spec.state_len();
-    let isa = Isa::detect();
+    let isa = Isa::select(isa_cap);
     let blocks: Vec<Block> = jobs
         .par_iter()
         .map(|job| {

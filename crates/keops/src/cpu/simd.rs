@@ -7,52 +7,59 @@
 //! AVX-512 code where the CPU has it. Everything the body inlines is compiled with the
 //! same features, which is why the kernels are `#[inline(always)]`.
 
-/// An instruction set the CPU engine is compiled for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An instruction set the CPU engine is compiled for, from the least to the most capable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
-    /// AVX-512 F/VL with AVX2 and FMA.
-    Avx512,
-    /// AVX2 with FMA.
-    Avx2,
+    /// The build's baseline (SSE2 on x86-64, NEON on aarch64).
+    Baseline,
     /// SSE4.1.
     Sse41,
-    /// The build's baseline (NEON on aarch64).
-    Baseline,
+    /// AVX2 with FMA.
+    Avx2,
+    /// AVX-512 F/VL with AVX2 and FMA.
+    Avx512,
 }
 
 impl Isa {
-    /// The best instruction set of this CPU; `KEOPS_CPU_ISA=avx2|sse41|baseline` caps it
-    /// (to test the other code paths).
-    pub fn detect() -> Isa {
-        let cap = std::env::var("KEOPS_CPU_ISA").ok();
-        let allowed = |isa: Isa| match cap.as_deref() {
-            Some("baseline") => isa == Isa::Baseline,
-            Some("sse41") => matches!(isa, Isa::Sse41 | Isa::Baseline),
-            Some("avx2") => isa != Isa::Avx512,
-            _ => true,
-        };
+    /// Every instruction set, least capable first.
+    pub const ALL: [Isa; 4] = [Isa::Baseline, Isa::Sse41, Isa::Avx2, Isa::Avx512];
+
+    /// The best instruction set this CPU has.
+    pub fn available() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if allowed(Isa::Avx512)
-                && is_x86_feature_detected!("avx512f")
+            if is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
             {
                 return Isa::Avx512;
             }
-            if allowed(Isa::Avx2)
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-            {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 return Isa::Avx2;
             }
-            if allowed(Isa::Sse41) && is_x86_feature_detected!("sse4.1") {
+            if is_x86_feature_detected!("sse4.1") {
                 return Isa::Sse41;
             }
         }
-        let _ = allowed;
         Isa::Baseline
+    }
+
+    /// The instruction set to run with: the best available, capped by `cap` and by the
+    /// environment variable `KEOPS_CPU_ISA` (`baseline`, `sse41`, `avx2`, `avx512`).
+    pub fn select(cap: Option<Isa>) -> Isa {
+        let env = match std::env::var("KEOPS_CPU_ISA").ok().as_deref() {
+            Some("baseline") => Some(Isa::Baseline),
+            Some("sse41") => Some(Isa::Sse41),
+            Some("avx2") => Some(Isa::Avx2),
+            Some("avx512") => Some(Isa::Avx512),
+            _ => None,
+        };
+        [Some(Isa::available()), cap, env]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Isa::Baseline)
     }
 }
 
