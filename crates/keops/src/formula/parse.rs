@@ -116,7 +116,12 @@ struct Parser<'a> {
     src: &'a str,
     pos: usize,
     aliases: &'a Aliases,
+    depth: usize,
 }
+
+/// Deepest nesting accepted: the parser (and the printer) recurse, and a stack
+/// overflow would abort the process instead of returning an error.
+const MAX_DEPTH: usize = 500;
 
 /// One argument of a call: a formula, or the integer it folds to.
 struct Arg {
@@ -130,6 +135,7 @@ impl<'a> Parser<'a> {
             src,
             pos: 0,
             aliases,
+            depth: 0,
         }
     }
 
@@ -188,6 +194,16 @@ impl<'a> Parser<'a> {
     }
 
     fn expr(&mut self) -> Result<Formula> {
+        self.depth += 1;
+        let r = self.expr_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn expr_inner(&mut self) -> Result<Formula> {
+        if self.depth > MAX_DEPTH {
+            return Err(self.err(format!("formula nested more than {MAX_DEPTH} levels deep")));
+        }
         let mut f = self.sum()?;
         loop {
             let at = self.pos;
@@ -237,13 +253,18 @@ impl<'a> Parser<'a> {
     }
 
     fn unary(&mut self) -> Result<Formula> {
-        if self.eat("-") {
-            return Ok(self.unary()?.neg());
-        }
-        if self.eat("+") {
-            return self.unary();
-        }
-        self.power()
+        self.depth += 1;
+        let r = if self.depth > MAX_DEPTH {
+            Err(self.err(format!("formula nested more than {MAX_DEPTH} levels deep")))
+        } else if self.eat("-") {
+            self.unary().map(|f| f.neg())
+        } else if self.eat("+") {
+            self.unary()
+        } else {
+            self.power()
+        };
+        self.depth -= 1;
+        r
     }
 
     fn power(&mut self) -> Result<Formula> {
@@ -456,5 +477,21 @@ fn power(a: &Formula, b: &Formula) -> Result<Formula> {
         Op::FloatCst(bits) if f64::from_bits(bits) == 0.5 => Ok(a.unary(Unary::Sqrt)),
         Op::FloatCst(bits) if f64::from_bits(bits) == -0.5 => Ok(a.unary(Unary::Rsqrt)),
         _ => a.powf(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let al = ["x = Vi(0,1)"];
+        let deep = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(matches!(parse(&deep, &al), Err(KeopsError::Parse { .. })));
+        let minus = format!("{}x", "-".repeat(100_000));
+        assert!(matches!(parse(&minus, &al), Err(KeopsError::Parse { .. })));
+        let ok = format!("{}x{}", "Exp(".repeat(100), ")".repeat(100));
+        assert!(parse(&ok, &al).is_ok());
     }
 }
