@@ -317,7 +317,7 @@ impl<'p, 'a, T: Element> FusedRunner<'p, 'a, T> {
 }
 
 /// Lanes per tile of the fused loop.
-const TB: usize = 256;
+const TB: usize = 512;
 
 #[inline(always)]
 fn radial_body<T: Element, A: Real>(
