@@ -1,0 +1,275 @@
+//! Helpers shared by the integration tests: deterministic data, argument arrays in f32
+//! and f64, and comparisons of engine results with the f64 oracle
+//! (`keops::reference::reduce`).
+
+#![allow(dead_code)]
+
+use keops::formula::eval::PointEvaluator;
+use keops::formula::{Cat, Formula};
+use keops::plan::Problem;
+use keops::{Arg, Element, Genred, Reduced};
+
+/// A small deterministic generator (splitmix64): the tests need no `rand`.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in `[lo, hi)`, rounded to the nearest `f32` (so that f32 and f64 runs see
+    /// the same numbers and the oracle sees them exactly).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        (lo + (hi - lo) * self.unit()) as f32 as f64
+    }
+    /// `k / den` with `k` uniform in `-k_max..=k_max`: values on a grid, so that sums,
+    /// differences and products of a few of them are exact in f32.
+    pub fn grid(&mut self, k_max: i64, den: f64) -> f64 {
+        let k = (self.next_u64() % (2 * k_max as u64 + 1)) as i64 - k_max;
+        k as f64 / den
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Input arrays (row-major data and shapes), stored in f64.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    pub data: Vec<Vec<f64>>,
+    pub shapes: Vec<Vec<usize>>,
+}
+
+impl Inputs {
+    pub fn new() -> Inputs {
+        Inputs::default()
+    }
+    /// Appends an array of the given shape filled by `f`.
+    pub fn push(&mut self, shape: &[usize], mut f: impl FnMut() -> f64) -> &mut Self {
+        let n: usize = shape.iter().product();
+        self.data.push((0..n).map(|_| f()).collect());
+        self.shapes.push(shape.to_vec());
+        self
+    }
+    pub fn push_data(&mut self, shape: &[usize], data: Vec<f64>) -> &mut Self {
+        assert_eq!(data.len(), shape.iter().product::<usize>());
+        self.data.push(data);
+        self.shapes.push(shape.to_vec());
+        self
+    }
+    pub fn args_f64(&self) -> Vec<Arg<'_, f64>> {
+        self.data
+            .iter()
+            .zip(&self.shapes)
+            .map(|(d, s)| Arg::new(d, s))
+            .collect()
+    }
+    /// The data converted to f32 (the oracle then sees `f32 as f64` values when the
+    /// inputs were generated as f32 values, as [`Rng::uniform`] does).
+    pub fn to_f32(&self) -> Vec<Vec<f32>> {
+        self.data
+            .iter()
+            .map(|d| d.iter().map(|&x| x as f32).collect())
+            .collect()
+    }
+    pub fn args_of<'a, T>(&self, data: &'a [Vec<T>]) -> Vec<Arg<'a, T>> {
+        data.iter()
+            .zip(&self.shapes)
+            .map(|(d, s)| Arg::new(d, s))
+            .collect()
+    }
+}
+
+/// Converts any element type to f64 for comparisons.
+pub fn f64s<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// Tolerances: `|got - want| <= rtol * (|want| + scale) + atol`, where `scale` is a
+/// per-output magnitude (e.g. the sum of `|F(x_i, y_j)|` over the reduced axis: the
+/// natural scale of the rounding errors of a sum, which can cancel to a much smaller
+/// result).
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    pub rtol: f64,
+    pub atol: f64,
+}
+
+/// f64 engine vs f64 oracle: the same arithmetic up to the order of the summation and
+/// a few ulps in elementary functions.
+pub const TOL_F64: Tol = Tol {
+    rtol: 1e-10,
+    atol: 1e-10,
+};
+
+/// f32 engine vs f64 oracle on the same (f32-representable) inputs: every op rounds to
+/// f32 (unit roundoff 6e-8) and the elementary functions are accurate to a few ulps; a
+/// formula of up to ~10 ops whose condition number stays below ~100 loses at most
+/// ~10 * 100 * 6e-8 = 6e-5 relative per term, and the block summation of a few hundred
+/// terms adds ~1e-6 relative to the sum of magnitudes. Hence 1e-4 relative to the
+/// magnitude of the terms.
+pub const TOL_F32: Tol = Tol {
+    rtol: 1e-4,
+    atol: 1e-6,
+};
+
+pub fn tol_for<T: Element>() -> Tol {
+    if T::NAME == "float32" {
+        TOL_F32
+    } else {
+        TOL_F64
+    }
+}
+
+/// Checks one value; NaN must match NaN and infinities must match exactly.
+pub fn close(got: f64, want: f64, scale: f64, tol: Tol) -> bool {
+    if want.is_nan() || got.is_nan() {
+        return want.is_nan() && got.is_nan();
+    }
+    if want.is_infinite() || got.is_infinite() {
+        return got == want;
+    }
+    (got - want).abs() <= tol.rtol * (want.abs() + scale) + tol.atol
+}
+
+/// Compares the values of `got` with those of `want` (shapes included); `scale` gives a
+/// per-element magnitude (same length as the values) or `None`. Returns the largest
+/// error relative to `|want| + scale`.
+pub fn check_values<T: Element>(
+    got: &Reduced<T>,
+    want: &Reduced<f64>,
+    scale: Option<&[f64]>,
+    tol: Tol,
+    ctx: &str,
+) -> f64 {
+    match (&got.values, &want.values) {
+        (None, None) => 0.0,
+        (Some(g), Some(w)) => {
+            assert_eq!(g.shape, w.shape, "{ctx}: values shape");
+            assert_eq!(g.data.len(), w.data.len(), "{ctx}: values length");
+            let mut worst = 0.0f64;
+            for (k, (&g, &w)) in g.data.iter().zip(&w.data).enumerate() {
+                let g = g.to_f64();
+                let s = scale.map(|s| s[k]).unwrap_or(0.0);
+                assert!(
+                    close(g, w, s, tol),
+                    "{ctx}: value {k}: got {g:e}, want {w:e} (scale {s:e}, err {:e}, allowed {:e})",
+                    (g - w).abs(),
+                    tol.rtol * (w.abs() + s) + tol.atol
+                );
+                if g.is_finite() && w.is_finite() {
+                    worst = worst.max((g - w).abs() / (w.abs() + s).max(f64::MIN_POSITIVE));
+                }
+            }
+            worst
+        }
+        (g, w) => panic!(
+            "{ctx}: values present: got {}, want {}",
+            g.is_some(),
+            w.is_some()
+        ),
+    }
+}
+
+/// Compares the indices exactly (shapes included).
+pub fn check_indices_exact<T: Element>(got: &Reduced<T>, want: &Reduced<f64>, ctx: &str) {
+    match (&got.indices, &want.indices) {
+        (None, None) => {}
+        (Some(g), Some(w)) => {
+            assert_eq!(g.shape, w.shape, "{ctx}: indices shape");
+            assert_eq!(g.data, w.data, "{ctx}: indices");
+        }
+        (g, w) => panic!(
+            "{ctx}: indices present: got {}, want {}",
+            g.is_some(),
+            w.is_some()
+        ),
+    }
+}
+
+/// Runs `genred` in type `T` on `inputs` (converted) with `opts`.
+pub fn run_as<T: Element>(
+    g: &Genred,
+    inputs: &Inputs,
+    opts: &keops::Options,
+) -> keops::Result<Reduced<T>> {
+    let data: Vec<Vec<T>> = inputs
+        .data
+        .iter()
+        .map(|d| d.iter().map(|&x| T::from_f64(x)).collect())
+        .collect();
+    g.call_with(&inputs.args_of(&data), opts)
+}
+
+/// Dense values of `roots` (concatenated per pair) for batch entry `b`: `out[i][j]` with
+/// `i` the output row and `j` the reduced row of `genred`'s axis. Used for magnitudes
+/// and for checking index choices between near-ties.
+pub fn dense(genred: &Genred, inputs: &Inputs, roots: &[Formula], b: usize) -> Vec<Vec<Vec<f64>>> {
+    let args = inputs.args_f64();
+    let p = Problem::new(genred, &args).expect("problem");
+    let data = keops::cpu::batch_data(&p, b);
+    let ev = PointEvaluator::new(roots);
+    let (n_out, n_red) = p.sizes();
+    let out_cat = if genred.axis() == 1 { Cat::Vi } else { Cat::Vj };
+    (0..n_out)
+        .map(|i| {
+            (0..n_red)
+                .map(|j| {
+                    ev.eval(|cat, k| {
+                        let d = genred.args()[k].map(|a| a.dim).unwrap_or(0);
+                        let row = match cat {
+                            Cat::Pm => 0,
+                            c if c == out_cat => i,
+                            _ => j,
+                        };
+                        &data[k][row * d..(row + 1) * d]
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Per output value of a `Sum` reduction of `genred` (no batch): the sum over the reduced
+/// axis of the largest absolute value of any node of the formula at that pair (a scale
+/// for rounding errors, including the cancellations inside the formula), per coordinate
+/// of the output.
+pub fn sum_magnitude(genred: &Genred, inputs: &Inputs) -> Vec<f64> {
+    let f = genred.formula().clone();
+    let nodes = f.topo_order();
+    let d = f.dim;
+    let p = {
+        let args = inputs.args_f64();
+        let p = Problem::new(genred, &args).expect("problem");
+        (p.batch_len(), p.sizes())
+    };
+    let (nb, (n_out, _)) = p;
+    let mut out = vec![0.0; nb * n_out * d];
+    for b in 0..nb {
+        let vals = dense(genred, inputs, &nodes, b);
+        for (i, row) in vals.iter().enumerate() {
+            let mut s = 0.0;
+            for v in row {
+                s += v.iter().fold(
+                    0.0f64,
+                    |m, x| if x.is_finite() { m.max(x.abs()) } else { m },
+                );
+            }
+            for c in 0..d {
+                out[(b * n_out + i) * d + c] = s;
+            }
+        }
+    }
+    out
+}

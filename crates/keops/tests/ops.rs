@@ -1,0 +1,835 @@
+//! Every op of the op table (`keops::formula::ops::all_specs()`), reduced with `Sum` over
+//! both axes, in f32 and f64, on both CPU code paths (the tile program and the default
+//! `Options`, which may pick a fused kernel), compared with the f64 oracle
+//! `keops::reference::reduce` on the same data.
+//!
+//! Each op is used in formulas where
+//! - its operands depend on the pair (`x - y`, ...): the op runs on tiles, once per row;
+//! - its operands are i-only, j-only or parameters only, the formula being multiplied by
+//!   a pair-dependent kernel: the op is hoisted (a per-row scalar step, a per-tile
+//!   instruction shared by a block of rows, or a per-call parameter step, depending on
+//!   the side and the axis);
+//! - binary and ternary ops also mix dimension-1 and dimension-3 operands and per-row
+//!   scalars with tiles.
+//!
+//! The data are on a grid (`k / 64`, `|k| <= 64`) so that differences, squares and
+//! short sums are exact in f32: f32 and f64 then see the same operands for the
+//! comparisons (`ArgMin`, `Sign`, `Step`, `IfElse`, ...) and ties break the same way, and
+//! values such as 0 (for `Sign`, `Step`, `ReLU`, `XLogX`, `Rsqrt`, `Sqrt`) do occur.
+//!
+//! Tolerances (see `common::TOL_F64` / `common::TOL_F32`): `|got - want| <= rtol *
+//! (|want| + scale) + atol`, with `scale` the sum over the reduced axis of the largest
+//! absolute value of any node of the formula at that pair (the scale of the rounding
+//! errors of a sum whose terms may cancel). f64: rtol = atol = 1e-10 (only the order of
+//! the summation and ulp-level differences of the elementary functions differ). f32:
+//! rtol = 1e-4, atol = 1e-6: each op rounds to f32 (6e-8) and the elementary functions
+//! are accurate to a few ulps; with formulas of ~10 ops of moderate condition the error of
+//! a term stays ~1e-5 relative to its magnitude, and the block summation adds ~1e-6.
+
+mod common;
+
+use common::*;
+use keops::formula::ops::all_specs;
+use keops::{CpuKernel, Genred, Options, Reduction};
+use std::collections::BTreeSet;
+
+const ALIASES: [&str; 7] = [
+    "x = Vi(0,3)",
+    "y = Vj(1,3)",
+    "a = Vi(2,1)",
+    "b = Vj(3,1)",
+    "p = Pm(4,1)",
+    "q = Pm(5,3)",
+    "S = Pm(6,9)",
+];
+
+/// The pair-dependent kernel that makes a formula with hoisted operands a real pair
+/// formula.
+const K: &str = "Exp(-SqDist(x,y))";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// Operands depend on both `i` and `j`.
+    Pair,
+    /// Operands depend on `i` (and parameters) only.
+    I,
+    /// Operands depend on `j` (and parameters) only.
+    J,
+    /// Operands depend on parameters only.
+    Param,
+}
+
+/// Operand expressions for one side.
+struct Operands {
+    /// A dimension-3 operand.
+    v3: &'static str,
+    /// Another dimension-3 operand.
+    w3: &'static str,
+    /// A dimension-1 operand.
+    v1: &'static str,
+    /// Another dimension-1 operand.
+    w1: &'static str,
+    /// Positive operands (>= 1) of dimensions 3 and 1.
+    pos3: &'static str,
+    pos1: &'static str,
+    /// Non-negative operands (0 occurs with the grid data) of dimensions 3 and 1.
+    nn3: &'static str,
+    nn1: &'static str,
+    /// A dimension-9 operand (for the matrix weight of `WeightedSqNorm`).
+    v9: &'static str,
+}
+
+fn operands(side: Side) -> Operands {
+    match side {
+        Side::Pair => Operands {
+            v3: "(x - y)",
+            w3: "(x * y)",
+            v1: "(a - b)",
+            w1: "(a * b)",
+            pos3: "(Square(x - y) + 1)",
+            pos1: "(Square(a - b) + 1)",
+            nn3: "Square(x - y)",
+            nn1: "Square(a - b)",
+            v9: "Concat(Concat(x - y, x * y), y - x)",
+        },
+        Side::I => Operands {
+            v3: "(x + q)",
+            w3: "(x * q)",
+            v1: "(a + p)",
+            w1: "(a * p)",
+            pos3: "(Square(x) + 1)",
+            pos1: "(Square(a) + 1)",
+            nn3: "Square(x)",
+            nn1: "Square(a)",
+            v9: "Concat(Concat(x, x * q), x - q)",
+        },
+        Side::J => Operands {
+            v3: "(y - q)",
+            w3: "(y * q)",
+            v1: "(b - p)",
+            w1: "(b * p)",
+            pos3: "(Square(y) + 1)",
+            pos1: "(Square(b) + 1)",
+            nn3: "Square(y)",
+            nn1: "Square(b)",
+            v9: "Concat(Concat(y, y * q), y + q)",
+        },
+        Side::Param => Operands {
+            v3: "(q - p)",
+            w3: "(q * p)",
+            v1: "(p - 1)",
+            w1: "(p * p)",
+            pos3: "(Square(q) + 1)",
+            pos1: "(Square(p) + 1)",
+            nn3: "Square(q)",
+            nn1: "Square(p)",
+            v9: "(S - p)",
+        },
+    }
+}
+
+/// The formulas (before multiplication by the kernel for hoisted sides) that exercise
+/// `name` with operands of `side`. Every name of the op table must have a case here.
+fn op_cases(name: &str, side: Side) -> Option<Vec<String>> {
+    let o = operands(side);
+    let (v3, w3, v1, w1) = (o.v3, o.w3, o.v1, o.w1);
+    let (pos3, pos1, nn3, nn1, v9) = (o.pos3, o.pos1, o.nn3, o.nn1, o.v9);
+    let pair = side == Side::Pair;
+    let f = |s: String| s;
+    let mut v: Vec<String> = match name {
+        // Variables and constants: no operands; used in formulas of each side.
+        "Vi" => match side {
+            Side::Pair => vec![f("Vi(0,3) - y".into()), f("Vi(2,1) * y".into())],
+            _ => vec![f(format!("Vi(0,3) * {v1}")), f(format!("Vi(2,1) + {v3}"))],
+        },
+        "Vj" => match side {
+            Side::Pair => vec![f("x - Vj(1,3)".into()), f("Vj(3,1) * x".into())],
+            _ => vec![f(format!("Vj(1,3) * {v1}")), f(format!("Vj(3,1) + {v3}"))],
+        },
+        "Pm" => vec![f(format!("Pm(5,3) * {v3}")), f(format!("Pm(4,1) - {v1}"))],
+        "Var" => match side {
+            Side::Pair => vec![f("Var(0,3,0) - Var(1,3,1) + Var(5,3,2)".into())],
+            _ => vec![
+                f(format!("Var(0,3,0) * {v1}")),
+                f(format!("Var(1,3,1) * {v1}")),
+                f(format!("Var(4,1,2) + {v3}")),
+            ],
+        },
+        "IntCst" => vec![
+            f(format!("IntCst(3) * {v3}")),
+            f(format!("{v1} + IntCst(-2)")),
+        ],
+        "RatCst" => vec![
+            f(format!("RatCst(2,7) * {v3}")),
+            f(format!("{v1} + RatCst(-3,4)")),
+        ],
+        "IntInv" => vec![
+            f(format!("IntInv(3) * {v3}")),
+            f(format!("{v1} - IntInv(5)")),
+        ],
+        "Zero" => vec![
+            f(format!("Concat(Zero(2), {v1})")),
+            f(format!("Concat({v1}, Zero(2)) + {v3}")),
+        ],
+        // Elementwise unary ops.
+        "Minus" | "Square" | "Abs" | "Sign" | "Step" | "ReLU" | "Sin" | "Cos" | "Exp" => {
+            vec![f(format!("{name}({v3})")), f(format!("{name}({v1})"))]
+        }
+        "Sqrt" | "XLogX" => vec![
+            f(format!("{name}({nn3})")),
+            f(format!("{name}({pos1})")),
+            f(format!("{name}({pos3})")),
+        ],
+        "Rsqrt" => vec![f(format!("Rsqrt({pos3})")), f(format!("Rsqrt({nn1})"))],
+        "Inv" | "Log" => vec![f(format!("{name}({pos3})")), f(format!("{name}({pos1})"))],
+        "Pow" => vec![
+            f(format!("Pow({v3}, 3)")),
+            f(format!("Pow({v1}, 2)")),
+            f(format!("Pow({v3}, 0)")),
+            f(format!("Pow({pos3}, -2)")),
+            f(format!("Pow({pos1}, -1)")),
+        ],
+        "ClampInt" => vec![
+            f(format!("ClampInt(2 * {v3}, -1, 1)")),
+            f(format!("ClampInt(3 * {v1}, 0, 2)")),
+        ],
+        // Binary ops, with dimension-1 broadcasting both ways.
+        "Add" | "Subtract" | "Mult" => {
+            let mut c = vec![
+                f(format!("{name}({v3}, {w3})")),
+                f(format!("{name}({v1}, {v3})")),
+                f(format!("{name}({v3}, {v1})")),
+                f(format!("{name}({v1}, {w1})")),
+            ];
+            if pair {
+                // Per-row scalars (x, a) with tiles (y, b), both orders and dimensions.
+                c.extend([
+                    format!("{name}(x, y)"),
+                    format!("{name}(y, x)"),
+                    format!("{name}(a, y)"),
+                    format!("{name}(y, a)"),
+                    format!("{name}(b, x)"),
+                    format!("{name}(x, b)"),
+                ]);
+            }
+            c
+        }
+        "Divide" => {
+            let mut c = vec![
+                f(format!("Divide({v3}, {pos3})")),
+                f(format!("Divide({v1}, {pos3})")),
+                f(format!("Divide({v3}, {pos1})")),
+                f(format!("Divide({v1}, {pos1})")),
+            ];
+            if pair {
+                c.extend([
+                    "Divide(x, Square(y) + 1)".to_string(),
+                    "Divide(y, Square(x) + 1)".to_string(),
+                    "Divide(a, Square(y) + 1)".to_string(),
+                    "Divide(y, Square(a) + 1)".to_string(),
+                    "Divide(b, Square(x) + 1)".to_string(),
+                    "Divide(x, Square(b) + 1)".to_string(),
+                ]);
+            }
+            c
+        }
+        "Powf" => {
+            let mut c = vec![
+                f(format!("Powf({pos3}, {v3})")),
+                f(format!("Powf({pos3}, {v1})")),
+                f(format!("Powf({pos1}, {v3})")),
+                f(format!("Powf({pos1}, {w1})")),
+            ];
+            if pair {
+                c.extend([
+                    "Powf(Square(x) + 1, y)".to_string(),
+                    "Powf(Square(y) + 1, x)".to_string(),
+                    "Powf(Square(a) + 1, y)".to_string(),
+                ]);
+            }
+            c
+        }
+        // Ternary ops, with dimension-1 broadcasting.
+        "IfElse" => {
+            let mut c = vec![
+                f(format!("IfElse({v3}, {w3}, {v3})")),
+                f(format!("IfElse({v1}, {v3}, {w3})")),
+                f(format!("IfElse({v3}, {v1}, {w1})")),
+                f(format!("IfElse({v1}, {w1}, {v3})")),
+                f(format!("IfElse({v3}, {w3}, {v1})")),
+            ];
+            if pair {
+                c.extend([
+                    "IfElse(x - y, a, b)".to_string(),
+                    "IfElse(a - b, x, y)".to_string(),
+                    "IfElse(b, x, y)".to_string(),
+                    "IfElse(a, y, x)".to_string(),
+                ]);
+            }
+            c
+        }
+        "Clamp" => {
+            let mut c = vec![
+                f(format!("Clamp({v3}, {w3}, {pos3})")),
+                f(format!("Clamp({v3}, {v1}, {pos1})")),
+                f(format!("Clamp({v1}, {w3}, {pos3})")),
+                f(format!("Clamp({v3}, {w1}, {pos3})")),
+                f(format!("Clamp({v1}, {w1}, {pos1})")),
+            ];
+            if pair {
+                c.extend([
+                    "Clamp(x, b - 0.5, b + 0.5)".to_string(),
+                    "Clamp(y, a - 0.5, a + 0.5)".to_string(),
+                    "Clamp(b, x, Square(y) + 1)".to_string(),
+                ]);
+            }
+            c
+        }
+        // Vector ops.
+        "Sum" => vec![
+            f(format!("Sum({v3})")),
+            f(format!("Sum(Concat({v3}, {w1}))")),
+        ],
+        "SumT" => vec![f(format!("SumT({v1}, 3)")), f(format!("SumT({v1}, 2)"))],
+        "SqNorm2" | "Norm2" | "Normalize" => {
+            vec![f(format!("{name}({v3})")), f(format!("{name}({w3})"))]
+        }
+        "SqDist" | "Scalprod" => {
+            let mut c = vec![f(format!("{name}({v3}, {w3})"))];
+            if name == "SqDist" {
+                c.push(f(format!("SqDist({v1}, {v3})")));
+            }
+            if pair {
+                c.push(format!("{name}(x, y)"));
+                c.push(format!("{name}(y, x)"));
+            }
+            c
+        }
+        "WeightedSqNorm" => {
+            let mut c = vec![
+                f(format!("WeightedSqNorm({v1}, {v3})")),
+                f(format!("WeightedSqNorm({w3}, {v3})")),
+                f(format!("WeightedSqNorm({v9}, {v3})")),
+                f(format!("WeightedSqNorm(S, {v3})")),
+            ];
+            if pair {
+                c.extend([
+                    "WeightedSqNorm(b, x)".to_string(),
+                    "WeightedSqNorm(x, y)".to_string(),
+                    "WeightedSqNorm(S * b, x)".to_string(),
+                ]);
+            }
+            c
+        }
+        "WeightedSqDist" => {
+            let mut c = vec![
+                f(format!("WeightedSqDist({v1}, {v3}, {w3})")),
+                f(format!("WeightedSqDist({w3}, {v3}, q)")),
+                f(format!("WeightedSqDist({v9}, {v3}, {w3})")),
+            ];
+            if pair {
+                c.push("WeightedSqDist(q, x, y)".to_string());
+                c.push("WeightedSqDist(S, x, y)".to_string());
+            }
+            c
+        }
+        "Extract" => {
+            let mut c = vec![
+                f(format!("Extract({v3}, 1, 2)")),
+                f(format!("Extract({v3}, 2, 1)")),
+                f(format!("Extract(Concat({v3}, {w3}), 2, 3)")),
+            ];
+            if pair {
+                c.push("Extract(x, 0, 2) * Extract(y, 1, 2)".to_string());
+                // Views into tile registers, multiplied (and summed in one pass).
+                c.push("Extract(x - y, 0, 2) * Extract(x * y, 1, 2)".to_string());
+            }
+            c
+        }
+        "Concat" => {
+            let mut c = vec![
+                f(format!("Concat({v3}, {v1})")),
+                f(format!("Concat({w1}, {w3})")),
+            ];
+            if pair {
+                c.push("Concat(x, y)".to_string());
+                c.push("Concat(b, a)".to_string());
+            }
+            c
+        }
+        "Elem" => {
+            let mut c = vec![f(format!("Elem({v3}, 0)")), f(format!("Elem({w3}, 2)"))];
+            if pair {
+                c.push("Elem(x, 1) * Elem(y, 2)".to_string());
+                c.push("Elem(x - y, 1) * Elem(x * y, 2)".to_string());
+            }
+            c
+        }
+        "ElemT" => vec![
+            f(format!("ElemT({v1}, 3, 1)")),
+            f(format!("ElemT({w1}, 2, 0)")),
+        ],
+        "Min" | "Max" | "ArgMin" | "ArgMax" => {
+            let mut c = vec![
+                f(format!("{name}({v3})")),
+                f(format!("{name}(Concat({v3}, {w3}))")),
+            ];
+            if pair {
+                c.push(format!("{name}(Concat(x, y))"));
+            }
+            c
+        }
+        _ => return None,
+    };
+    if side != Side::Pair {
+        // Make the formula pair-dependent while the op keeps its hoisted operands.
+        v = v.into_iter().map(|s| format!("({s}) * {K}")).collect();
+    }
+    Some(v)
+}
+
+const SIDES: [Side; 4] = [Side::Pair, Side::I, Side::J, Side::Param];
+
+/// Grid data for the aliases: `N` rows of `x`, `a`; `M` rows of `y`, `b`.
+fn inputs(n: usize, m: usize, seed: u64) -> Inputs {
+    let mut r = Rng::new(seed);
+    let mut inp = Inputs::new();
+    inp.push(&[n, 3], || r.grid(64, 64.0))
+        .push(&[m, 3], || r.grid(64, 64.0))
+        .push(&[n, 1], || r.grid(64, 64.0))
+        .push(&[m, 1], || r.grid(64, 64.0))
+        .push(&[1], || r.grid(64, 64.0))
+        .push(&[3], || r.grid(64, 64.0))
+        .push(&[9], || r.grid(64, 64.0));
+    inp
+}
+
+fn kernels() -> [(&'static str, Options); 2] {
+    [
+        (
+            "TileProgram",
+            Options {
+                kernel: CpuKernel::TileProgram,
+                ..Default::default()
+            },
+        ),
+        ("default", Options::default()),
+    ]
+}
+
+/// Checks one formula: both axes, f32 and f64, both kernels. Returns the largest f32
+/// error relative to the magnitude.
+fn check_formula(formula: &str, inp: &Inputs) -> f64 {
+    let mut worst32 = 0.0f64;
+    for axis in [1, 0] {
+        let g = Genred::new(formula, &ALIASES, Reduction::Sum, axis)
+            .unwrap_or_else(|e| panic!("{formula}: {e}"));
+        let want = keops::reference::reduce(&g, &inp.args_f64())
+            .unwrap_or_else(|e| panic!("oracle {formula}: {e}"));
+        let scale = sum_magnitude(&g, inp);
+        for (kname, opts) in kernels() {
+            let ctx = format!("{formula} [axis {axis}, {kname}");
+            let got64 =
+                run_as::<f64>(&g, inp, &opts).unwrap_or_else(|e| panic!("{ctx}, f64]: {e}"));
+            check_values(
+                &got64,
+                &want,
+                Some(&scale),
+                TOL_F64,
+                &format!("{ctx}, f64]"),
+            );
+            let got32 =
+                run_as::<f32>(&g, inp, &opts).unwrap_or_else(|e| panic!("{ctx}, f32]: {e}"));
+            let e = check_values(
+                &got32,
+                &want,
+                Some(&scale),
+                TOL_F32,
+                &format!("{ctx}, f32]"),
+            );
+            worst32 = worst32.max(e);
+        }
+    }
+    worst32
+}
+
+/// Runs every case of the names selected by `pick`.
+fn check_ops(pick: impl Fn(&str) -> bool) {
+    // N = 37 rows (crosses the 32-row blocks), M = 300 (crosses the tiles of 32..256
+    // lanes, not a multiple of 16); and tiny sizes.
+    let big = inputs(37, 300, 7);
+    let tiny = inputs(1, 1, 11);
+    let odd = inputs(3, 17, 13);
+    let mut n = 0;
+    for spec in all_specs().filter(|s| pick(s.name)) {
+        let mut worst = 0.0f64;
+        for side in SIDES {
+            for formula in op_cases(spec.name, side)
+                .unwrap_or_else(|| panic!("no test case for op {}", spec.name))
+            {
+                worst = worst.max(check_formula(&formula, &big));
+                n += 1;
+            }
+        }
+        // Tiny problems once per op (pair side).
+        if let Some(first) = op_cases(spec.name, Side::Pair).and_then(|c| c.into_iter().next()) {
+            check_formula(&first, &tiny);
+            check_formula(&first, &odd);
+        }
+        println!("{:>16}: worst f32 error / magnitude {worst:.2e}", spec.name);
+    }
+    println!("{n} formulas checked");
+}
+
+fn is_unary(name: &str) -> bool {
+    all_specs().any(|s| s.name == name && s.formulas == 1 && s.ints == 0)
+        && !matches!(
+            name,
+            "Sum" | "SqNorm2" | "Norm2" | "Normalize" | "Min" | "Max" | "ArgMin" | "ArgMax"
+        )
+}
+
+#[test]
+fn elementwise_unary_ops() {
+    check_ops(is_unary);
+}
+
+#[test]
+fn variables_constants_and_parametrised_ops() {
+    check_ops(|n| {
+        matches!(
+            n,
+            "Vi" | "Vj"
+                | "Pm"
+                | "Var"
+                | "IntCst"
+                | "RatCst"
+                | "IntInv"
+                | "Zero"
+                | "Pow"
+                | "ClampInt"
+        )
+    });
+}
+
+#[test]
+fn binary_and_ternary_ops() {
+    check_ops(|n| {
+        matches!(
+            n,
+            "Add" | "Subtract" | "Mult" | "Divide" | "Powf" | "IfElse" | "Clamp"
+        )
+    });
+}
+
+#[test]
+fn vector_ops() {
+    check_ops(|n| {
+        matches!(
+            n,
+            "Sum"
+                | "SumT"
+                | "SqNorm2"
+                | "Norm2"
+                | "Normalize"
+                | "SqDist"
+                | "Scalprod"
+                | "WeightedSqNorm"
+                | "WeightedSqDist"
+                | "Extract"
+                | "Concat"
+                | "Elem"
+                | "ElemT"
+                | "Min"
+                | "Max"
+                | "ArgMin"
+                | "ArgMax"
+        )
+    });
+}
+
+/// Every name of the op table has cases (so adding an op without a test fails), each
+/// test group above covers a disjoint part of the table and together they cover it all,
+/// and every op appears with tile operands and with hoisted operands.
+#[test]
+fn every_op_of_the_table_is_tested() {
+    let groups: [&dyn Fn(&str) -> bool; 4] = [
+        &is_unary,
+        &|n: &str| {
+            matches!(
+                n,
+                "Vi" | "Vj"
+                    | "Pm"
+                    | "Var"
+                    | "IntCst"
+                    | "RatCst"
+                    | "IntInv"
+                    | "Zero"
+                    | "Pow"
+                    | "ClampInt"
+            )
+        },
+        &|n: &str| {
+            matches!(
+                n,
+                "Add" | "Subtract" | "Mult" | "Divide" | "Powf" | "IfElse" | "Clamp"
+            )
+        },
+        &|n: &str| {
+            matches!(
+                n,
+                "Sum"
+                    | "SumT"
+                    | "SqNorm2"
+                    | "Norm2"
+                    | "Normalize"
+                    | "SqDist"
+                    | "Scalprod"
+                    | "WeightedSqNorm"
+                    | "WeightedSqDist"
+                    | "Extract"
+                    | "Concat"
+                    | "Elem"
+                    | "ElemT"
+                    | "Min"
+                    | "Max"
+                    | "ArgMin"
+                    | "ArgMax"
+            )
+        },
+    ];
+    let mut names = BTreeSet::new();
+    for spec in all_specs() {
+        assert!(
+            names.insert(spec.name),
+            "op {} listed twice in the table",
+            spec.name
+        );
+        let in_groups = groups.iter().filter(|g| g(spec.name)).count();
+        assert_eq!(
+            in_groups, 1,
+            "op {} is in {in_groups} test groups (expected exactly 1)",
+            spec.name
+        );
+        for side in SIDES {
+            let cases = op_cases(spec.name, side)
+                .unwrap_or_else(|| panic!("no test case for op {}", spec.name));
+            assert!(!cases.is_empty(), "op {}: no case for {side:?}", spec.name);
+            for c in &cases {
+                // Every case parses, mentions the op, and is a pair formula.
+                let g = Genred::new(c, &ALIASES, Reduction::Sum, 1)
+                    .unwrap_or_else(|e| panic!("{c}: {e}"));
+                assert!(
+                    c.contains(&format!("{}(", spec.name)),
+                    "case {c} does not use {}",
+                    spec.name
+                );
+                let vars = g.formula().variables();
+                let cats: BTreeSet<_> = vars
+                    .iter()
+                    .filter_map(|v| v.as_var())
+                    .map(|v| v.0 as u8)
+                    .collect();
+                assert!(
+                    cats.contains(&0) && cats.contains(&1),
+                    "case {c} is not pair-dependent"
+                );
+            }
+        }
+    }
+    // The table's size as of writing: a smaller table means a lost op.
+    assert!(names.len() >= 48, "only {} ops in the table", names.len());
+}
+
+/// Mixed broadcasting through the Rust constructors as well (not only the parser): the
+/// dimension-1 operand may come first or last, and the result has dimension 3.
+#[test]
+fn broadcasting_dimensions() {
+    for (s, d) in [
+        ("a + x", 3),
+        ("x - b", 3),
+        ("b * x", 3),
+        ("x / (Square(b) + 1)", 3),
+        ("IfElse(a, x, y)", 3),
+        ("IfElse(x, a, b)", 3),
+        ("Clamp(a, x, y)", 3),
+        ("Clamp(x, a, b)", 3),
+        ("SqDist(a, y)", 1),
+    ] {
+        let g = Genred::new(s, &ALIASES, Reduction::Sum, 1).unwrap();
+        assert_eq!(g.formula().dim, d, "{s}");
+    }
+}
+
+/// Special values: every elementwise op (and the coordinate reductions) on all
+/// combinations of `-inf, -2, -0, 0, 0.5, 2, +inf, NaN`, one pair per output, computed
+/// on tiles (operands on the reduced side) and as per-row scalars (operands on the
+/// output side), f32 and f64, both kernels. The engine must agree with the oracle:
+/// same NaN-ness, same infinities, finite values within tolerance.
+const SPECIAL: [f64; 8] = [
+    f64::NEG_INFINITY,
+    -2.0,
+    -0.0,
+    0.0,
+    0.5,
+    2.0,
+    f64::INFINITY,
+    f64::NAN,
+];
+
+fn special_value_mismatches(formulas: &[&str]) -> Vec<String> {
+    let mut bad = Vec::new();
+    let n = SPECIAL.len();
+    // Rows enumerate all (u, v, w) triples.
+    let rows = n * n * n;
+    let col = |k: usize| -> Vec<f64> {
+        (0..rows)
+            .map(|r| {
+                let t = [r / (n * n), (r / n) % n, r % n];
+                SPECIAL[t[k]]
+            })
+            .collect()
+    };
+    // Tile path: operands are Vj and the reduction is over i (axis 0, one i row); scalar
+    // path: operands are Vi and the reduction is over j (axis 1, one j row).
+    for (path, cat, other, axis) in [("tile", "Vj", "Vi", 0), ("scalar", "Vi", "Vj", 1)] {
+        let aliases = [
+            format!("u = {cat}(0,1)"),
+            format!("v = {cat}(1,1)"),
+            format!("w = {cat}(2,1)"),
+            format!("z = {other}(3,1)"),
+        ];
+        let mut inp = Inputs::new();
+        for k in 0..3 {
+            inp.push_data(&[rows, 1], col(k));
+        }
+        inp.push_data(&[1, 1], vec![1.0]);
+        for f in formulas {
+            let g = Genred::new(f, &aliases, Reduction::Sum, axis)
+                .unwrap_or_else(|e| panic!("{f}: {e}"));
+            let want = keops::reference::reduce(&g, &inp.args_f64()).unwrap();
+            let want = &want.values.as_ref().unwrap().data;
+            let d = g.formula().dim;
+            let uses_w = g
+                .formula()
+                .variables()
+                .iter()
+                .any(|v| v.as_var().map(|x| x.1) == Some(2));
+            for (kname, opts) in kernels() {
+                let got64 = run_as::<f64>(&g, &inp, &opts).unwrap().values.unwrap().data;
+                let got32 = f64s(&run_as::<f32>(&g, &inp, &opts).unwrap().values.unwrap().data);
+                for (dtype, got, tol) in [("f64", &got64, TOL_F64), ("f32", &got32, TOL_F32)] {
+                    for (k, (&x, &w)) in got.iter().zip(want).enumerate() {
+                        if !close(x, w, 0.0, tol) {
+                            let r = k / d;
+                            let at = format!(
+                                "u={:?}, v={:?}",
+                                SPECIAL[r / (n * n)],
+                                SPECIAL[(r / n) % n]
+                            );
+                            let at = if uses_w {
+                                format!("{at}, w={:?}", SPECIAL[r % n])
+                            } else {
+                                at
+                            };
+                            let msg = format!(
+                                "{f} at {at} ({path}, {kname}, {dtype}): got {x:?}, oracle {w:?}"
+                            );
+                            if !bad.contains(&msg) {
+                                bad.push(msg);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    bad
+}
+
+fn report(bad: &[String]) {
+    let shown: Vec<&String> = bad.iter().take(40).collect();
+    assert!(
+        bad.is_empty(),
+        "{} mismatch(es) with the oracle:\n{}",
+        bad.len(),
+        shown
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn special_values_agree_with_the_oracle() {
+    let mut formulas: Vec<String> = keops::formula::Unary::SIMPLE
+        .iter()
+        .map(|u| format!("{}(u)", u.name()))
+        .collect();
+    formulas.extend(
+        [
+            "Pow(u, 3)",
+            "Pow(u, -2)",
+            "Pow(u, 0)",
+            "ClampInt(u, -1, 1)",
+            "u + v",
+            "u - v",
+            "u * v",
+            "u / v",
+            "IfElse(u, v, w)",
+            "Clamp(u, v, w)",
+            "Min(Concat(Concat(u, v), w))",
+            "Max(Concat(Concat(u, v), w))",
+            "ArgMin(Concat(Concat(u, v), w))",
+            "ArgMax(Concat(Concat(u, v), w))",
+            "Sum(Concat(u, v))",
+            "SqNorm2(Concat(u, v))",
+            "SqDist(u, v)",
+            "Scalprod(Concat(u, v), Concat(w, u))",
+            "Normalize(Concat(u, v))",
+            "WeightedSqNorm(u, Concat(v, w))",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let refs: Vec<&str> = formulas.iter().map(|s| s.as_str()).collect();
+    report(&special_value_mismatches(&refs));
+}
+
+/// `Powf(a, b)` is documented (ops.rs, as in KeOps) as `exp(b ln a)`: NaN for a < 0, and
+/// NaN for `Powf(0, 0)` (`exp(0 * -inf)`). The engines implement exactly that; the
+/// oracle must too (it is the definition of the semantics the engines are tested
+/// against).
+#[test]
+fn powf_outside_its_domain_agrees_with_the_oracle() {
+    // First the oracle against the documented definition, pair by pair.
+    let mut bad = Vec::new();
+    for &u in &SPECIAL {
+        for &v in &SPECIAL {
+            let g = Genred::new(
+                "Powf(u, v)",
+                &["u = Vi(0,1)", "v = Vj(1,1)"],
+                Reduction::Sum,
+                1,
+            )
+            .unwrap();
+            let (ud, vd) = ([u], [v]);
+            let args = [keops::Arg::new(&ud, [1, 1]), keops::Arg::new(&vd, [1, 1])];
+            let oracle = keops::reference::reduce(&g, &args)
+                .unwrap()
+                .values
+                .unwrap()
+                .data[0];
+            let documented = (v * u.ln()).exp();
+            if !close(oracle, documented, 0.0, TOL_F64) {
+                bad.push(format!(
+                    "oracle: Powf({u:?}, {v:?}) = {oracle:?}, documented exp(b ln a) = {documented:?}"
+                ));
+            }
+        }
+    }
+    // Then the engines against the oracle.
+    bad.extend(special_value_mismatches(&["Powf(u, v)"]));
+    report(&bad);
+}
