@@ -56,13 +56,43 @@ impl MulAdd for f64 {
     }
 }
 
-/// `a * b + c`: fused where the target has FMA, two roundings otherwise.
-///
-/// Without hardware FMA `mul_add` is a (slow, non-vectorisable) libm call, hence the
-/// compile-time switch.
+/// Whether the polynomials use fused multiply-adds: chosen by the caller, because the
+/// engines' SIMD entry points know whether the CPU has FMA while `cfg!` only knows the
+/// crate-wide build target.
+pub trait MathMode: Copy + Send + Sync + 'static {
+    /// Use `mul_add` (one instruction where the code is compiled with FMA enabled).
+    const FMA: bool;
+}
+
+/// Fused multiply-adds: for code compiled with `#[target_feature(enable = "fma")]`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WithFma;
+impl MathMode for WithFma {
+    const FMA: bool = true;
+}
+
+/// Separate multiply and add: for code that may run where FMA is missing (there
+/// `mul_add` would be a slow libm call).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoFma;
+impl MathMode for NoFma {
+    const FMA: bool = false;
+}
+
+/// The mode of code compiled for the build's own target.
+pub type BuildMode = BuildFma;
+
+/// [`MathMode`] with FMA exactly when the whole build targets it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildFma;
+impl MathMode for BuildFma {
+    const FMA: bool = cfg!(target_feature = "fma");
+}
+
+/// `a * b + c`: fused when the mode says so, two roundings otherwise.
 #[inline(always)]
-fn fma<T: MulAdd>(a: T, b: T, c: T) -> T {
-    if cfg!(target_feature = "fma") {
+fn fma<M: MathMode, T: MulAdd>(a: T, b: T, c: T) -> T {
+    if M::FMA {
         a.fused_mul_add(b, c)
     } else {
         a * b + c
@@ -141,23 +171,27 @@ const EXP_F32_P: [f32; 5] = [
 /// Special cases: `exp(NaN) = NaN`, `exp(+inf) = +inf`, `exp(-inf) = 0`, overflow to
 /// `+inf` above `ln(f32::MAX) ~ 88.72`, underflow to `0` below `~ -103.97`.
 #[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
+pub fn exp_f32_mode<M: MathMode>(x: f32) -> f32 {
     // Clamp so that k stays in range for pow2_f32; the clamped extremes still overflow to
     // inf / underflow to 0. NaN fails both comparisons and propagates.
     let x = select(x > 89.0, 89.0, x);
     let x = select(x < -110.0, -110.0, x);
 
-    let t = fma(x, core::f32::consts::LOG2_E, MAGIC_F32);
+    let t = fma::<M, _>(x, core::f32::consts::LOG2_E, MAGIC_F32);
     let k = t - MAGIC_F32;
     // r = r1 + c: r1 is exact (Sterbenz), and c is kept apart from r1 in the linear term
     // so that the rounding of r1 + c (up to 0.2 ulp of the result) is not incurred.
-    let r1 = fma(-k, LN2_HI_F32, x);
+    let r1 = fma::<M, _>(-k, LN2_HI_F32, x);
     let c = -k * LN2_LO_F32;
     let r = r1 + c;
 
     let p = &EXP_F32_P;
-    let q = fma(fma(fma(fma(p[4], r, p[3]), r, p[2]), r, p[1]), r, p[0]);
-    let e = 1.0 + (r1 + fma(r * r, q, c));
+    let q = fma::<M, _>(
+        fma::<M, _>(fma::<M, _>(fma::<M, _>(p[4], r, p[3]), r, p[2]), r, p[1]),
+        r,
+        p[0],
+    );
+    let e = 1.0 + (r1 + fma::<M, _>(r * r, q, c));
 
     // k in [-159, 129] does not fit one exponent: split it in two halves.
     let k1 = (k * 0.5 + MAGIC_F32) - MAGIC_F32;
@@ -195,23 +229,23 @@ const EXP_F64_P: [f64; 11] = [
 /// Special cases: `exp(NaN) = NaN`, `exp(+inf) = +inf`, `exp(-inf) = 0`, overflow to
 /// `+inf` above `ln(f64::MAX) ~ 709.78`, underflow to `0` below `~ -745.13`.
 #[inline(always)]
-pub fn exp_f64(x: f64) -> f64 {
+pub fn exp_f64_mode<M: MathMode>(x: f64) -> f64 {
     let x = select(x > 710.0, 710.0, x);
     let x = select(x < -760.0, -760.0, x);
 
-    let t = fma(x, core::f64::consts::LOG2_E, MAGIC_F64);
+    let t = fma::<M, _>(x, core::f64::consts::LOG2_E, MAGIC_F64);
     let k = t - MAGIC_F64;
     // As in exp_f32, r = r1 + c with r1 exact and c kept apart in the linear term.
-    let r1 = fma(-k, LN2_HI_F64, x);
+    let r1 = fma::<M, _>(-k, LN2_HI_F64, x);
     let c = -k * LN2_LO_F64;
     let r = r1 + c;
 
     let p = &EXP_F64_P;
     let mut q = p[10];
     for &a in p[..10].iter().rev() {
-        q = fma(q, r, a);
+        q = fma::<M, _>(q, r, a);
     }
-    let e = 1.0 + (r1 + fma(r * r, q, c));
+    let e = 1.0 + (r1 + fma::<M, _>(r * r, q, c));
 
     let k1 = (k * 0.5 + MAGIC_F64) - MAGIC_F64;
     let k2 = k - k1;
@@ -244,7 +278,7 @@ const LN_F32_P: [f32; 8] = [
 /// Special cases: `ln(0) = -inf` (also for `-0`), `ln(x < 0) = NaN`, `ln(+inf) = +inf`,
 /// `ln(NaN) = NaN`.
 #[inline(always)]
-pub fn ln_f32(x: f32) -> f32 {
+pub fn ln_f32_mode<M: MathMode>(x: f32) -> f32 {
     let tiny = x < f32::MIN_POSITIVE;
     let xs = select(tiny, x * 33_554_432.0, x);
     // Offset the bits so that the exponent field of `u` is e + 127 for m in
@@ -259,12 +293,12 @@ pub fn ln_f32(x: f32) -> f32 {
     let p = &LN_F32_P;
     let mut q = p[7];
     for &c in p[..7].iter().rev() {
-        q = fma(q, f, c);
+        q = fma::<M, _>(q, f, c);
     }
     let z = f * f;
     // Small terms first, then f, then the exact e * LN2_HI.
-    let y = fma(z * f, q, fma(e, LN2_LO_F32, -0.5 * z));
-    let r = fma(e, LN2_HI_F32, f + y);
+    let y = fma::<M, _>(z * f, q, fma::<M, _>(e, LN2_LO_F32, -0.5 * z));
+    let r = fma::<M, _>(e, LN2_HI_F32, f + y);
 
     let r = select(x == f32::INFINITY, x, r);
     let r = select(x == 0.0, f32::NEG_INFINITY, r);
@@ -294,7 +328,7 @@ const LN_F64_LG: [f64; 7] = [
 /// Special cases: `ln(0) = -inf` (also for `-0`), `ln(x < 0) = NaN`, `ln(+inf) = +inf`,
 /// `ln(NaN) = NaN`.
 #[inline(always)]
-pub fn ln_f64(x: f64) -> f64 {
+pub fn ln_f64_mode<M: MathMode>(x: f64) -> f64 {
     let tiny = x < f64::MIN_POSITIVE;
     let xs = select(tiny, x * 18_014_398_509_481_984.0, x);
     const SQRT_HALF_BITS: u64 = 0x3fe6_a09e_667f_3bcd;
@@ -311,14 +345,18 @@ pub fn ln_f64(x: f64) -> f64 {
     let w = z * z;
     let lg = &LN_F64_LG;
     // Even/odd split of the polynomial in z: shorter dependency chains.
-    let t1 = w * fma(w, fma(w, lg[5], lg[3]), lg[1]);
-    let t2 = z * fma(w, fma(w, fma(w, lg[6], lg[4]), lg[2]), lg[0]);
+    let t1 = w * fma::<M, _>(w, fma::<M, _>(w, lg[5], lg[3]), lg[1]);
+    let t2 = z * fma::<M, _>(
+        w,
+        fma::<M, _>(w, fma::<M, _>(w, lg[6], lg[4]), lg[2]),
+        lg[0],
+    );
     let rr = t1 + t2;
     let hfsq = 0.5 * f * f;
-    let r = fma(
+    let r = fma::<M, _>(
         e,
         LN2_HI_F64,
-        -((hfsq - fma(s, hfsq + rr, e * LN2_LO_F64)) - f),
+        -((hfsq - fma::<M, _>(s, hfsq + rr, e * LN2_LO_F64)) - f),
     );
 
     let r = select(x == f64::INFINITY, x, r);
@@ -367,10 +405,10 @@ const COS_F32_C: [f64; 3] = [
 /// of any `f32` input), and short polynomials then give results within ~0.5 ulp, for
 /// about the cost of an `f32` evaluation that would round `r` (up to 1.5 ulp).
 #[inline(always)]
-fn sin_cos_f32(x: f32, offset: u32) -> f32 {
+fn sin_cos_f32<M: MathMode>(x: f32, offset: u32) -> f32 {
     let x = x as f64;
     let x = select(x.abs() <= TRIG_GUARD, x, x * 0.0);
-    let t = fma(x, FRAC_2_PI, MAGIC_F64);
+    let t = fma::<M, _>(x, FRAC_2_PI, MAGIC_F64);
     let q = t - MAGIC_F64;
     // Low bits of t hold q in two's complement: the quadrant.
     let n = (t.to_bits() as u32).wrapping_add(offset);
@@ -379,9 +417,17 @@ fn sin_cos_f32(x: f32, offset: u32) -> f32 {
 
     let z = r * r;
     let s = &SIN_F32_S;
-    let sin = fma(r * z, fma(fma(fma(s[3], z, s[2]), z, s[1]), z, s[0]), r);
+    let sin = fma::<M, _>(
+        r * z,
+        fma::<M, _>(fma::<M, _>(fma::<M, _>(s[3], z, s[2]), z, s[1]), z, s[0]),
+        r,
+    );
     let c = &COS_F32_C;
-    let cos = fma(z, fma(z, fma(fma(c[2], z, c[1]), z, c[0]), -0.5), 1.0);
+    let cos = fma::<M, _>(
+        z,
+        fma::<M, _>(z, fma::<M, _>(fma::<M, _>(c[2], z, c[1]), z, c[0]), -0.5),
+        1.0,
+    );
 
     // Quadrant n: sin, cos, -sin, -cos.
     let v = select(n & 1 != 0, cos, sin) as f32;
@@ -400,9 +446,9 @@ fn sin_cos_f32(x: f32, offset: u32) -> f32 {
 /// for `|x| > 2^48` the result is `sin(0) = 0`. Never NaN for finite `x`.
 /// `sin(-0) = -0`; `sin(+-inf) = sin(NaN) = NaN`.
 #[inline(always)]
-pub fn sin_f32(x: f32) -> f32 {
+pub fn sin_f32_mode<M: MathMode>(x: f32) -> f32 {
     // The polynomial gives +0 for r = -0: keep the sign of zero.
-    select(x == 0.0, x, sin_cos_f32(x, 0))
+    select(x == 0.0, x, sin_cos_f32::<M>(x, 0))
 }
 
 /// Cosine of an `f32`, branch-free and vectorisable.
@@ -413,8 +459,8 @@ pub fn sin_f32(x: f32) -> f32 {
 /// absolute error grows like `|x| 1e-16`; for `|x| > 2^48` the result is `cos(0) = 1`.
 /// Never NaN for finite `x`; `cos(+-inf) = cos(NaN) = NaN`.
 #[inline(always)]
-pub fn cos_f32(x: f32) -> f32 {
-    sin_cos_f32(x, 1)
+pub fn cos_f32_mode<M: MathMode>(x: f32) -> f32 {
+    sin_cos_f32::<M>(x, 1)
 }
 
 /// Minimax coefficients of `S` in `sin(r) = r + r^3 S(r^2)`, `|r| <= pi/4`
@@ -440,9 +486,9 @@ const COS_F64_C: [f64; 6] = [
 
 /// Shared body of [`sin_f64`] (`offset = 0`) and [`cos_f64`] (`offset = 1`).
 #[inline(always)]
-fn sin_cos_f64(x: f64, offset: u64) -> f64 {
+fn sin_cos_f64<M: MathMode>(x: f64, offset: u64) -> f64 {
     let x = select(x.abs() <= TRIG_GUARD, x, x * 0.0);
-    let t = fma(x, FRAC_2_PI, MAGIC_F64);
+    let t = fma::<M, _>(x, FRAC_2_PI, MAGIC_F64);
     let q = t - MAGIC_F64;
     let n = t.to_bits().wrapping_add(offset);
 
@@ -458,17 +504,25 @@ fn sin_cos_f64(x: f64, offset: u64) -> f64 {
 
     let z = rh * rh;
     let s = &SIN_F64_S;
-    let ps = fma(
-        fma(fma(fma(fma(s[5], z, s[4]), z, s[3]), z, s[2]), z, s[1]),
+    let ps = fma::<M, _>(
+        fma::<M, _>(
+            fma::<M, _>(fma::<M, _>(fma::<M, _>(s[5], z, s[4]), z, s[3]), z, s[2]),
+            z,
+            s[1],
+        ),
         z,
         s[0],
     );
     // sin(rh + rl) ~ sin(rh) + rl.
-    let sin = rh + fma(rh * z, ps, rl);
+    let sin = rh + fma::<M, _>(rh * z, ps, rl);
 
     let c = &COS_F64_C;
-    let pc = fma(
-        fma(fma(fma(fma(c[5], z, c[4]), z, c[3]), z, c[2]), z, c[1]),
+    let pc = fma::<M, _>(
+        fma::<M, _>(
+            fma::<M, _>(fma::<M, _>(fma::<M, _>(c[5], z, c[4]), z, c[3]), z, c[2]),
+            z,
+            c[1],
+        ),
         z,
         c[0],
     );
@@ -476,7 +530,7 @@ fn sin_cos_f64(x: f64, offset: u64) -> f64 {
     // exactly (fdlibm's trick) as it would otherwise cost up to half an ulp.
     let hz = 0.5 * z;
     let w = 1.0 - hz;
-    let cos = w + (((1.0 - w) - hz) + fma(z * z, pc, -(rh * rl)));
+    let cos = w + (((1.0 - w) - hz) + fma::<M, _>(z * z, pc, -(rh * rl)));
 
     let v = select(n & 1 != 0, cos, sin);
     f64::from_bits(v.to_bits() ^ ((n & 2) << 62))
@@ -494,8 +548,8 @@ fn sin_cos_f64(x: f64, offset: u64) -> f64 {
 /// `|x| = 1e10`); for `|x| > 2^48` the result is `sin(0) = 0`. Never NaN for finite `x`.
 /// `sin(-0) = -0`; `sin(+-inf) = sin(NaN) = NaN`.
 #[inline(always)]
-pub fn sin_f64(x: f64) -> f64 {
-    select(x == 0.0, x, sin_cos_f64(x, 0))
+pub fn sin_f64_mode<M: MathMode>(x: f64) -> f64 {
+    select(x == 0.0, x, sin_cos_f64::<M>(x, 0))
 }
 
 /// Cosine of an `f64`, branch-free and vectorisable.
@@ -507,8 +561,56 @@ pub fn sin_f64(x: f64) -> f64 {
 /// `|x| 1e-16`; for `|x| > 2^48` the result is `cos(0) = 1`. Never NaN for finite `x`;
 /// `cos(+-inf) = cos(NaN) = NaN`.
 #[inline(always)]
+pub fn cos_f64_mode<M: MathMode>(x: f64) -> f64 {
+    sin_cos_f64::<M>(x, 1)
+}
+
+/// [`exp_f32_mode`] for the build's own target (FMA if the whole build has it).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    exp_f32_mode::<BuildMode>(x)
+}
+
+/// [`exp_f64_mode`] for the build's own target (FMA if the whole build has it).
+#[inline(always)]
+pub fn exp_f64(x: f64) -> f64 {
+    exp_f64_mode::<BuildMode>(x)
+}
+
+/// [`ln_f32_mode`] for the build's own target (FMA if the whole build has it).
+#[inline(always)]
+pub fn ln_f32(x: f32) -> f32 {
+    ln_f32_mode::<BuildMode>(x)
+}
+
+/// [`ln_f64_mode`] for the build's own target (FMA if the whole build has it).
+#[inline(always)]
+pub fn ln_f64(x: f64) -> f64 {
+    ln_f64_mode::<BuildMode>(x)
+}
+
+/// [`sin_f32_mode`] for the build's own target (FMA if the whole build has it).
+#[inline(always)]
+pub fn sin_f32(x: f32) -> f32 {
+    sin_f32_mode::<BuildMode>(x)
+}
+
+/// [`sin_f64_mode`] for the build's own target (FMA if the whole build has it).
+#[inline(always)]
+pub fn sin_f64(x: f64) -> f64 {
+    sin_f64_mode::<BuildMode>(x)
+}
+
+/// [`cos_f32_mode`] for the build's own target (FMA if the whole build has it).
+#[inline(always)]
+pub fn cos_f32(x: f32) -> f32 {
+    cos_f32_mode::<BuildMode>(x)
+}
+
+/// [`cos_f64_mode`] for the build's own target (FMA if the whole build has it).
+#[inline(always)]
 pub fn cos_f64(x: f64) -> f64 {
-    sin_cos_f64(x, 1)
+    cos_f64_mode::<BuildMode>(x)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! evaluator. One generic expression per op therefore serves the oracle and the
 //! engines alike.
 
+pub use crate::math::{MathMode, NoFma, WithFma};
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
@@ -68,18 +69,18 @@ pub trait Real:
     fn rsqrt_(self) -> Self {
         Self::ONE / self.sqrt_()
     }
-    /// Exponential.
-    fn exp_(self) -> Self;
+    /// Exponential (polynomials with FMA or not, as `M` says).
+    fn exp_<M: MathMode>(self) -> Self;
     /// Natural logarithm.
-    fn ln_(self) -> Self;
+    fn ln_<M: MathMode>(self) -> Self;
     /// Sine.
-    fn sin_(self) -> Self;
+    fn sin_<M: MathMode>(self) -> Self;
     /// Cosine.
-    fn cos_(self) -> Self;
+    fn cos_<M: MathMode>(self) -> Self;
     /// `x^y` for real `y` (`exp(y ln x)`; NaN for negative `x`).
     #[inline(always)]
-    fn powf_(self, y: Self) -> Self {
-        (y * self.ln_()).exp_()
+    fn powf_<M: MathMode>(self, y: Self) -> Self {
+        (y * self.ln_::<M>()).exp_::<M>()
     }
     /// True for NaN.
     #[inline(always)]
@@ -89,7 +90,7 @@ pub trait Real:
 }
 
 macro_rules! impl_real_float {
-    ($t:ty, $name:literal, $exp:path, $ln:path, $sin:path, $cos:path) => {
+    ($t:ty, $name:literal, $exp:ident, $ln:ident, $sin:ident, $cos:ident) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -131,20 +132,20 @@ macro_rules! impl_real_float {
                 self.sqrt()
             }
             #[inline(always)]
-            fn exp_(self) -> Self {
-                $exp(self)
+            fn exp_<M: MathMode>(self) -> Self {
+                crate::math::$exp::<M>(self)
             }
             #[inline(always)]
-            fn ln_(self) -> Self {
-                $ln(self)
+            fn ln_<M: MathMode>(self) -> Self {
+                crate::math::$ln::<M>(self)
             }
             #[inline(always)]
-            fn sin_(self) -> Self {
-                $sin(self)
+            fn sin_<M: MathMode>(self) -> Self {
+                crate::math::$sin::<M>(self)
             }
             #[inline(always)]
-            fn cos_(self) -> Self {
-                $cos(self)
+            fn cos_<M: MathMode>(self) -> Self {
+                crate::math::$cos::<M>(self)
             }
         }
     };
@@ -153,18 +154,18 @@ macro_rules! impl_real_float {
 impl_real_float!(
     f32,
     "float32",
-    crate::math::exp_f32,
-    crate::math::ln_f32,
-    crate::math::sin_f32,
-    crate::math::cos_f32
+    exp_f32_mode,
+    ln_f32_mode,
+    sin_f32_mode,
+    cos_f32_mode
 );
 impl_real_float!(
     f64,
     "float64",
-    crate::math::exp_f64,
-    crate::math::ln_f64,
-    crate::math::sin_f64,
-    crate::math::cos_f64
+    exp_f64_mode,
+    ln_f64_mode,
+    sin_f64_mode,
+    cos_f64_mode
 );
 
 /// An `f64` whose elementary functions are the platform libm's: the arithmetic of the
@@ -238,16 +239,16 @@ impl Real for Exact {
     fn rsqrt_(self) -> Self {
         Exact(1.0 / self.0.sqrt())
     }
-    fn exp_(self) -> Self {
+    fn exp_<M: MathMode>(self) -> Self {
         Exact(self.0.exp())
     }
-    fn ln_(self) -> Self {
+    fn ln_<M: MathMode>(self) -> Self {
         Exact(self.0.ln())
     }
-    fn sin_(self) -> Self {
+    fn sin_<M: MathMode>(self) -> Self {
         Exact(self.0.sin())
     }
-    fn cos_(self) -> Self {
+    fn cos_<M: MathMode>(self) -> Self {
         Exact(self.0.cos())
     }
 }

@@ -3,19 +3,14 @@
 //! instruction set shows (a bad lane count, a wrong tail) must not hide behind the
 //! machine's best path.
 
+mod common;
+
 use keops::cpu::Isa;
 use keops::{reference, Arg, CpuKernel, Genred, Options, Reduction};
 
 fn data(n: usize, d: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n * d)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
+    let mut r = common::Rng::new(seed);
+    (0..n * d).map(|_| r.unit()).collect()
 }
 
 #[test]

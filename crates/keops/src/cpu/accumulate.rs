@@ -9,7 +9,7 @@
 use super::program::Src;
 use super::tile::{Lane, Regs};
 use crate::plan::SumScheme;
-use crate::real::Real;
+use crate::real::{MathMode, Real};
 use crate::reduction::{kmin_insert, shift, Reduction, ReductionSpec};
 
 const L: usize = 16;
@@ -104,7 +104,7 @@ fn tile_of<T: Real>(regs: &Regs<T>, src: Src, c: usize, len: usize) -> &[T] {
 /// state `(vals, idx)` of one row. `tmp` has at least `len` values.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn accumulate<T: Real, A: Real>(
+pub fn accumulate<T: Real, A: Real, M: MathMode>(
     spec: &ReductionSpec,
     scheme: SumScheme,
     regs: &Regs<T>,
@@ -152,7 +152,7 @@ pub fn accumulate<T: Real, A: Real>(
                 let e = &mut tmp[..len];
                 // x == mt gives exactly 1, also when both are +inf (inf - inf is NaN).
                 for (o, &x) in e.iter_mut().zip(f) {
-                    *o = T::select(x == mt, T::ONE, (x - mt).exp_());
+                    *o = T::select(x == mt, T::ONE, (x - mt).exp_::<M>());
                 }
                 vals[c] = m_new;
                 if weighted {

@@ -7,7 +7,7 @@ use super::tile::{exec, Regs};
 use super::{Block, BlockRunner, Job};
 use crate::formula::{eval, Cat};
 use crate::plan::{AccType, Element, Options, Problem, SumScheme};
-use crate::real::Real;
+use crate::real::{MathMode, Real};
 use crate::reduction::ReductionSpec;
 
 /// The tile program of a problem, ready to run blocks.
@@ -48,7 +48,7 @@ impl<'p, 'a, T: Element> TileRunner<'p, 'a, T> {
 }
 
 /// Runs scalar steps into `buf`; `row` is the output row for the output side's variables.
-fn run_scalar<T: Element>(
+fn run_scalar<T: Element, M: MathMode>(
     steps: &[ScalarStep],
     buf: &mut [T],
     data: &[&[T]],
@@ -65,14 +65,14 @@ fn run_scalar<T: Element>(
                 // Operands precede the node in the buffer.
                 let (before, after) = buf.split_at_mut(*off);
                 let a: Vec<&[T]> = args.iter().map(|&(o, d)| &before[o..o + d]).collect();
-                eval::apply(op, &a, &mut after[..*dim]);
+                eval::apply::<T, M>(op, &a, &mut after[..*dim]);
             }
         }
     }
 }
 
 #[inline(always)]
-fn run_block_body<T: Element, A: Real>(
+fn run_block_body<T: Element, A: Real, M: MathMode>(
     r: &TileRunner<'_, '_, T>,
     data: &[&[T]],
     job: &Job,
@@ -83,13 +83,13 @@ fn run_block_body<T: Element, A: Real>(
     let mut regs = Regs::<T>::new(&p.reg_dims, tile);
     let sl = p.scalar_len;
     let mut params = vec![T::ZERO; sl];
-    run_scalar(&p.param_steps, &mut params, data, r.out_cat, 0);
+    run_scalar::<T, M>(&p.param_steps, &mut params, data, r.out_cat, 0);
     let rows = job.rows.len();
     let mut scal = Vec::with_capacity(rows * sl);
     for i in job.rows.clone() {
         let start = scal.len();
         scal.extend_from_slice(&params);
-        run_scalar(&p.row_steps, &mut scal[start..], data, r.out_cat, i);
+        run_scalar::<T, M>(&p.row_steps, &mut scal[start..], data, r.out_cat, i);
     }
     let (sv, si) = r.spec.state_len();
     let mut tmp = vec![T::ZERO; tile];
@@ -98,14 +98,14 @@ fn run_block_body<T: Element, A: Real>(
     while j0 < job.red.end {
         let len = tile.min(job.red.end - j0);
         for ins in &p.tile_instrs {
-            exec(ins, &mut regs, &params, &data_fn, j0, len);
+            exec::<T, M>(ins, &mut regs, &params, &data_fn, j0, len);
         }
         for row in 0..rows {
             let s = &scal[row * sl..(row + 1) * sl];
             for ins in &p.pair_instrs {
-                exec(ins, &mut regs, s, &data_fn, j0, len);
+                exec::<T, M>(ins, &mut regs, s, &data_fn, j0, len);
             }
-            accumulate::<T, A>(
+            accumulate::<T, A, M>(
                 &r.spec,
                 r.scheme,
                 &regs,

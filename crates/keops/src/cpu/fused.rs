@@ -14,7 +14,7 @@ use super::{batch_data, Block, BlockRunner, Isa, Job};
 use crate::formula::eval::PointEvaluator;
 use crate::formula::{Binary, Cat, Formula, Op, Unary};
 use crate::plan::{AccType, Element, Options, Problem, SumScheme};
-use crate::real::Real;
+use crate::real::{MathMode, Real};
 use crate::reduction::Reduction;
 
 /// The radial profile of a fused kernel, as a function of `r2 = |x - y|^2`.
@@ -32,10 +32,10 @@ pub enum Profile {
 
 impl Profile {
     #[inline(always)]
-    fn apply<T: Real>(self, c: T, r2: T) -> T {
+    fn apply<T: Real, M: MathMode>(self, c: T, r2: T) -> T {
         match self {
-            Profile::Gauss => (c * r2).exp_(),
-            Profile::Laplace => (c * r2.sqrt_()).exp_(),
+            Profile::Gauss => (c * r2).exp_::<M>(),
+            Profile::Laplace => (c * r2.sqrt_()).exp_::<M>(),
             Profile::Cauchy => T::ONE / (T::ONE + c * r2),
             Profile::InverseMultiquadric => (T::ONE + c * r2).rsqrt_(),
         }
@@ -320,7 +320,7 @@ impl<'p, 'a, T: Element> FusedRunner<'p, 'a, T> {
 const TB: usize = 512;
 
 #[inline(always)]
-fn radial_body<T: Element, A: Real>(
+fn radial_body<T: Element, A: Real, M: MathMode>(
     r: &FusedRunner<'_, '_, T>,
     x: &[T],
     prep: &Prepared<T>,
@@ -330,17 +330,17 @@ fn radial_body<T: Element, A: Real>(
     // One loop per profile, so that the profile is known inside the vectorised loop.
     let c = prep.coef;
     match r.m.profile {
-        Profile::Gauss => {
-            radial_loop::<T, A>(r, x, prep, job, block, |v| Profile::Gauss.apply(c, v))
-        }
-        Profile::Laplace => {
-            radial_loop::<T, A>(r, x, prep, job, block, |v| Profile::Laplace.apply(c, v))
-        }
-        Profile::Cauchy => {
-            radial_loop::<T, A>(r, x, prep, job, block, |v| Profile::Cauchy.apply(c, v))
-        }
+        Profile::Gauss => radial_loop::<T, A>(r, x, prep, job, block, |v| {
+            Profile::Gauss.apply::<T, M>(c, v)
+        }),
+        Profile::Laplace => radial_loop::<T, A>(r, x, prep, job, block, |v| {
+            Profile::Laplace.apply::<T, M>(c, v)
+        }),
+        Profile::Cauchy => radial_loop::<T, A>(r, x, prep, job, block, |v| {
+            Profile::Cauchy.apply::<T, M>(c, v)
+        }),
         Profile::InverseMultiquadric => radial_loop::<T, A>(r, x, prep, job, block, |v| {
-            Profile::InverseMultiquadric.apply(c, v)
+            Profile::InverseMultiquadric.apply::<T, M>(c, v)
         }),
     }
 }
@@ -357,12 +357,15 @@ fn radial_loop<T: Element, A: Real>(
     let (d, e, n) = (r.m.dim, r.e, r.n_red);
     let mut r2 = [T::ZERO; TB];
     let mut k = [T::ZERO; TB];
-    for (row, i) in job.rows.clone().enumerate() {
-        let xi = &x[i * d..(i + 1) * d];
-        let state = &mut block.vals[row * e..(row + 1) * e];
-        let mut j0 = job.red.start;
-        while j0 < job.red.end {
-            let len = TB.min(job.red.end - j0);
+    // Tiles outside, rows inside: a tile of y and b (a few KiB) stays in L1 for the
+    // whole row block instead of streaming all of y from memory once per row. Each
+    // row still sees the tiles in order, so results do not depend on the loop order.
+    let mut j0 = job.red.start;
+    while j0 < job.red.end {
+        let len = TB.min(job.red.end - j0);
+        for (row, i) in job.rows.clone().enumerate() {
+            let xi = &x[i * d..(i + 1) * d];
+            let state = &mut block.vals[row * e..(row + 1) * e];
             let r2 = &mut r2[..len];
             r2.fill(T::ZERO);
             for (c, &xc) in xi.iter().enumerate() {
@@ -384,8 +387,8 @@ fn radial_loop<T: Element, A: Real>(
                     *s += prep.scale * tile_sum::<T, A>(k, Some(bc), r.scheme);
                 }
             }
-            j0 += len;
         }
+        j0 += len;
     }
 }
 

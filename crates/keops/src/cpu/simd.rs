@@ -5,7 +5,9 @@
 //! that calls a copy of it compiled under `#[target_feature]` for AVX-512, AVX2+FMA or
 //! SSE4.1 on x86-64 (NEON is the aarch64 baseline), so a generic x86-64 build runs
 //! AVX-512 code where the CPU has it. Everything the body inlines is compiled with the
-//! same features, which is why the kernels are `#[inline(always)]`.
+//! same features, which is why the kernels are `#[inline(always)]`. The body also gets
+//! a [`crate::math::MathMode`]: `WithFma` in the entry points compiled with FMA, so that
+//! the elementary functions' polynomials use fused multiply-adds there.
 
 /// An instruction set the CPU engine is compiled for, from the least to the most capable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -73,13 +75,13 @@ macro_rules! multiversion {
             {
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*>($($a),*) }
+                unsafe fn avx512<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::WithFma>($($a),*) }
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*>($($a),*) }
+                unsafe fn avx2<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::WithFma>($($a),*) }
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "sse4.1")]
-                unsafe fn sse41<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*>($($a),*) }
+                unsafe fn sse41<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::NoFma>($($a),*) }
                 // SAFETY: `isa` comes from `Isa::detect`, which checked that the CPU has
                 // these features.
                 match isa {
@@ -90,7 +92,9 @@ macro_rules! multiversion {
                 }
             }
             let _ = isa;
-            $body::<$($g),*>($($a),*)
+            // The baseline may lack FMA (x86-64); NEON always has it, but a separate
+            // multiply and add is exact enough and costs little there.
+            $body::<$($g),*, $crate::math::NoFma>($($a),*)
         }
     };
 }

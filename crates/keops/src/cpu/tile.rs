@@ -7,7 +7,7 @@
 use super::program::{Instr, Src};
 use crate::formula::ops::{Kernel1, Kernel2};
 use crate::formula::{eval, Op};
-use crate::real::Real;
+use crate::real::{MathMode, Real};
 
 /// One coordinate of an operand across the lanes of a tile.
 #[derive(Clone, Copy)]
@@ -125,7 +125,7 @@ pub fn load<T: Real>(dst: &mut [T], data: &[T], dim: usize, j0: usize, len: usiz
 /// Executes one instruction. `data(arg)` is argument `arg`'s data for the current batch
 /// entry; `scal` the current row's scalar buffer.
 #[inline(always)]
-pub fn exec<'d, T: Real>(
+pub fn exec<'d, T: Real, M: MathMode>(
     ins: &Instr,
     regs: &mut Regs<T>,
     scal: &[T],
@@ -156,7 +156,7 @@ pub fn exec<'d, T: Real>(
             for c in 0..a.dim() {
                 if let Lane::Tile(x) = regs.lane(scal, *a, c) {
                     for (o, &x) in out[c * tile..(c + 1) * tile].iter_mut().zip(x) {
-                        *o = (x * s).exp_();
+                        *o = (x * s).exp_::<M>();
                     }
                 }
             }
@@ -164,7 +164,7 @@ pub fn exec<'d, T: Real>(
         }
         Instr::Apply { op, dst, dim, args } => {
             let mut out = std::mem::take(&mut regs.regs[*dst]);
-            apply(op, &mut out, *dim, args, regs, scal);
+            apply::<T, M>(op, &mut out, *dim, args, regs, scal);
             regs.regs[*dst] = out;
         }
     }
@@ -240,7 +240,14 @@ fn reduce2<T: Real>(
 }
 
 #[inline(always)]
-fn apply<T: Real>(op: &Op, out: &mut [T], dim: usize, args: &[Src], regs: &Regs<T>, scal: &[T]) {
+fn apply<T: Real, M: MathMode>(
+    op: &Op,
+    out: &mut [T],
+    dim: usize,
+    args: &[Src],
+    regs: &Regs<T>,
+    scal: &[T],
+) {
     let tile = regs.tile;
     let lane = |k: usize, c: usize| regs.lane(scal, args[k], c);
     match *op {
@@ -248,15 +255,15 @@ fn apply<T: Real>(op: &Op, out: &mut [T], dim: usize, args: &[Src], regs: &Regs<
             for c in 0..dim {
                 let dst = &mut out[c * tile..(c + 1) * tile];
                 match lane(0, c) {
-                    Lane::Tile(a) => u.with_kernel(Map1 { dst, a }),
-                    Lane::Splat(v) => dst.fill(u.apply(v)),
+                    Lane::Tile(a) => u.with_kernel::<T, M, _>(Map1 { dst, a }),
+                    Lane::Splat(v) => dst.fill(u.apply::<T, M>(v)),
                 }
             }
         }
         Op::Binary(b) => {
             for c in 0..dim {
                 let dst = &mut out[c * tile..(c + 1) * tile];
-                b.with_kernel(Map2 {
+                b.with_kernel::<T, M, _>(Map2 {
                     dst,
                     a: lane(0, c),
                     b: lane(1, c),
@@ -356,7 +363,7 @@ fn apply<T: Real>(op: &Op, out: &mut [T], dim: usize, args: &[Src], regs: &Regs<
         // Constants and variables are never tile instructions.
         Op::Var { .. } | Op::IntCst(_) | Op::RatCst(..) | Op::FloatCst(_) | Op::Zero(_) => {
             let mut tmp = vec![T::ZERO; dim];
-            eval::apply(op, &[], &mut tmp);
+            eval::apply::<T, M>(op, &[], &mut tmp);
             for c in 0..dim {
                 out[c * tile..(c + 1) * tile].fill(tmp[c]);
             }

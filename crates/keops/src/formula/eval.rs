@@ -6,12 +6,12 @@
 //! over [`Real`] so that engines can reuse it for their scalar (per-row) phases.
 
 use super::{Cat, Formula, Op};
-use crate::real::{Exact, Real};
+use crate::real::{Exact, MathMode, NoFma, Real};
 use std::collections::HashMap;
 
 /// Computes `op(args)` at one point into `out` (of the op's output dimension).
 #[inline]
-pub fn apply<R: Real>(op: &Op, args: &[&[R]], out: &mut [R]) {
+pub fn apply<R: Real, M: MathMode>(op: &Op, args: &[&[R]], out: &mut [R]) {
     // Broadcast access: a dimension-1 operand is the same for every coordinate.
     let at = |a: &[R], k: usize| if a.len() == 1 { a[0] } else { a[k] };
     match *op {
@@ -22,12 +22,12 @@ pub fn apply<R: Real>(op: &Op, args: &[&[R]], out: &mut [R]) {
         }
         Op::Unary(u) => {
             for (o, &x) in out.iter_mut().zip(args[0]) {
-                *o = u.apply(x);
+                *o = u.apply::<R, M>(x);
             }
         }
         Op::Binary(b) => {
             for (k, o) in out.iter_mut().enumerate() {
-                *o = b.apply(at(args[0], k), at(args[1], k));
+                *o = b.apply::<R, M>(at(args[0], k), at(args[1], k));
             }
         }
         Op::Ternary(t) => {
@@ -148,7 +148,7 @@ impl PointEvaluator {
                 .iter()
                 .map(|&a| &before[self.offsets[a]..self.offsets[a] + self.nodes[a].dim])
                 .collect();
-            apply(&f.op, &args, &mut after[..d]);
+            apply::<Exact, NoFma>(&f.op, &args, &mut after[..d]);
         }
         self.roots
             .iter()

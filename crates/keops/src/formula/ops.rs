@@ -17,7 +17,7 @@
 
 use super::Formula;
 use crate::error::{KeopsError, Result};
-use crate::real::Real;
+use crate::real::{MathMode, Real};
 
 /// The category of a variable: indexed by `i`, by `j`, or a parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,7 +77,7 @@ macro_rules! unary_ops {
 
             /// The scalar semantics: one expression for the oracle and the engines.
             #[inline(always)]
-            pub fn apply<R: Real>(self, value: R) -> R {
+            pub fn apply<R: Real, M: MathMode>(self, value: R) -> R {
                 match self {
                     $( Unary::$v => { let $x = value; $e } )*
                     Unary::Pow(m) => powi(value, m),
@@ -90,7 +90,7 @@ macro_rules! unary_ops {
             /// Calls `k.run(f)` with `f` the scalar semantics of this op as its own closure
             /// type, so that an engine's loop is monomorphised (and vectorised) per op.
             #[inline(always)]
-            pub fn with_kernel<R: Real, K: Kernel1<R>>(self, k: K) -> K::Out {
+            pub fn with_kernel<R: Real, M: MathMode, K: Kernel1<R>>(self, k: K) -> K::Out {
                 match self {
                     $( Unary::$v => k.run(|$x: R| $e), )*
                     Unary::Pow(m) => k.run(move |x: R| powi(x, m)),
@@ -116,11 +116,11 @@ unary_ops! {
     /// `1 / x`.
     Inv "Inv" |x| R::ONE / x;
     /// `exp(x)`.
-    Exp "Exp" |x| x.exp_();
+    Exp "Exp" |x| x.exp_::<M>();
     /// `ln(x)`.
-    Log "Log" |x| x.ln_();
+    Log "Log" |x| x.ln_::<M>();
     /// `x ln(x)`, and 0 at 0.
-    XLogX "XLogX" |x| R::select(x == R::ZERO, R::ZERO, x * x.ln_());
+    XLogX "XLogX" |x| R::select(x == R::ZERO, R::ZERO, x * x.ln_::<M>());
     /// `|x|`.
     Abs "Abs" |x| x.abs_();
     /// `-1`, `0` or `1` (0 for NaN).
@@ -130,9 +130,9 @@ unary_ops! {
     /// `max(x, 0)` (NaN propagates).
     ReLU "ReLU" |x| R::select(x < R::ZERO, R::ZERO, x);
     /// `sin(x)`.
-    Sin "Sin" |x| x.sin_();
+    Sin "Sin" |x| x.sin_::<M>();
     /// `cos(x)`.
-    Cos "Cos" |x| x.cos_();
+    Cos "Cos" |x| x.cos_::<M>();
 }
 
 /// A loop body generic over the scalar function of a unary op (see [`Unary::with_kernel`]).
@@ -213,24 +213,24 @@ impl Binary {
     }
     /// Calls `k.run(f)` with this op's scalar function as its own closure type.
     #[inline(always)]
-    pub fn with_kernel<R: Real, K: Kernel2<R>>(self, k: K) -> K::Out {
+    pub fn with_kernel<R: Real, M: MathMode, K: Kernel2<R>>(self, k: K) -> K::Out {
         match self {
             Binary::Add => k.run(|a: R, b: R| a + b),
             Binary::Subtract => k.run(|a: R, b: R| a - b),
             Binary::Mult => k.run(|a: R, b: R| a * b),
             Binary::Divide => k.run(|a: R, b: R| a / b),
-            Binary::Powf => k.run(|a: R, b: R| a.powf_(b)),
+            Binary::Powf => k.run(|a: R, b: R| a.powf_::<M>(b)),
         }
     }
     /// The scalar semantics.
     #[inline(always)]
-    pub fn apply<R: Real>(self, a: R, b: R) -> R {
+    pub fn apply<R: Real, M: MathMode>(self, a: R, b: R) -> R {
         match self {
             Binary::Add => a + b,
             Binary::Subtract => a - b,
             Binary::Mult => a * b,
             Binary::Divide => a / b,
-            Binary::Powf => a.powf_(b),
+            Binary::Powf => a.powf_::<M>(b),
         }
     }
 }
