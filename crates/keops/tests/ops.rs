@@ -135,6 +135,12 @@ fn op_cases(name: &str, side: Side) -> Option<Vec<String>> {
     let (v3, w3, v1, w1) = (o.v3, o.w3, o.v1, o.w1);
     let (pos3, pos1, nn3, nn1, v9) = (o.pos3, o.pos1, o.nn3, o.nn1, o.v9);
     let pair = side == Side::Pair;
+    // A dimension-3 variable that the side's operands depend on.
+    let u3 = match side {
+        Side::Pair | Side::I => "x",
+        Side::J => "y",
+        Side::Param => "q",
+    };
     let f = |s: String| s;
     let mut v: Vec<String> = match name {
         // Variables and constants: no operands; used in formulas of each side.
@@ -379,6 +385,18 @@ fn op_cases(name: &str, side: Side) -> Option<Vec<String>> {
             }
             c
         }
+        // Differential operators: the derivative formulas run on the engines like any
+        // other (their correctness as derivatives is tests/autodiff.rs' business).
+        "Grad" => vec![
+            f(format!("Grad(Exp(-SqNorm2({v3})) * {w1}, {u3}, {v1})")),
+            f(format!("Grad(Sin({w3}) * {v1}, {u3}, Cos({v3}))")),
+        ],
+        "GradFromPos" => vec![f(format!("GradFromPos(Exp(-SqNorm2({v3})), {u3}, 2)"))],
+        "Diff" => vec![f(format!("Diff(Sin({w3}) * {v1}, {u3}, {v3})"))],
+        "Divergence" => vec![f(format!("Divergence(Sin({w3}) * {v1}, {u3})"))],
+        "Laplacian" => vec![f(format!("Laplacian(Exp(-SqNorm2({v3})) * {w1}, {u3})"))],
+        "GradMatrix" => vec![f(format!("GradMatrix(Sin({w3}) * {v1}, {u3})"))],
+        "TraceOperator" => vec![f(format!("TraceOperator(q * Exp(-SqNorm2({v3})), q)"))],
         _ => return None,
     };
     if side != Side::Pair {
@@ -483,10 +501,29 @@ fn check_ops(pick: impl Fn(&str) -> bool) {
 
 fn is_unary(name: &str) -> bool {
     all_specs().any(|s| s.name == name && s.formulas == 1 && s.ints == 0)
+        && !is_differential(name)
         && !matches!(
             name,
             "Sum" | "SqNorm2" | "Norm2" | "Normalize" | "Min" | "Max" | "ArgMin" | "ArgMax"
         )
+}
+
+fn is_differential(name: &str) -> bool {
+    matches!(
+        name,
+        "Grad"
+            | "GradFromPos"
+            | "Diff"
+            | "Divergence"
+            | "Laplacian"
+            | "GradMatrix"
+            | "TraceOperator"
+    )
+}
+
+#[test]
+fn differential_operators() {
+    check_ops(is_differential);
 }
 
 #[test]
@@ -553,7 +590,7 @@ fn vector_ops() {
 /// and every op appears with tile operands and with hoisted operands.
 #[test]
 fn every_op_of_the_table_is_tested() {
-    let groups: [&dyn Fn(&str) -> bool; 4] = [
+    let groups: [&dyn Fn(&str) -> bool; 5] = [
         &is_unary,
         &|n: &str| {
             matches!(
@@ -597,6 +634,7 @@ fn every_op_of_the_table_is_tested() {
                     | "ArgMax"
             )
         },
+        &is_differential,
     ];
     let mut names = BTreeSet::new();
     for spec in all_specs() {
@@ -638,7 +676,7 @@ fn every_op_of_the_table_is_tested() {
         }
     }
     // The table's size as of writing: a smaller table means a lost op.
-    assert!(names.len() >= 48, "only {} ops in the table", names.len());
+    assert!(names.len() >= 55, "only {} ops in the table", names.len());
 }
 
 /// Mixed broadcasting through the Rust constructors as well (not only the parser): the

@@ -1,7 +1,9 @@
 //! Property tests over random formulas built from the op table:
 //! - `parse(print(f)) == f` (the very same interned node);
 //! - the f64 engine (tile program and default options) agrees with the oracle
-//!   (`keops::reference::reduce`) for the `Sum` reduction on small random data, both axes.
+//!   (`keops::reference::reduce`) for the `Sum` reduction on small random data, both axes;
+//! - symbolic gradients agree with finite differences of the oracle, to second order,
+//!   and `Diff` is the transpose of `Grad` (tolerances: `common::fd_check`).
 //!
 //! Tolerance: relative 1e-9, with the absolute floor scaled by the magnitude of the
 //! values: `|got - want| <= 1e-9 * (|want| + scale)`, `scale` = sum over the reduced axis
@@ -11,7 +13,10 @@
 
 mod common;
 
-use common::{check_values, close, run_as, sum_magnitude, Inputs, Tol};
+use common::{
+    check_values, close, fd_check, run_as, sum_magnitude, FdCheck, Inputs, Point, Rng, Tol,
+};
+use keops::formula::diff;
 use keops::formula::parse::parse;
 use keops::formula::{Binary, Formula, Op, Ternary, Unary};
 use keops::{CpuKernel, Genred, Options, Reduction};
@@ -272,6 +277,45 @@ fn engine_matches_oracle_on_fixed_deep_formulas() {
             ] {
                 let got = run_as::<f64>(&g, &inp, &opts).unwrap();
                 check_values(&got, &want, Some(&scale), TOL, &format!("{s} axis {axis}"));
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// `Grad(F, v, e)` agrees with central differences of the oracle for every variable
+    /// `v`, and so does the gradient of that gradient (second derivatives); `Diff` is
+    /// the transpose of `Grad`.
+    #[test]
+    fn gradients_match_finite_differences(f in formula(), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let e = Formula::pm(90, f.dim).unwrap();
+        for v in f.variables() {
+            let mut p = Point::random(std::slice::from_ref(&f), &mut rng, -2.0, 2.0);
+            p.set(&e, (0..f.dim).map(|_| rng.unit() * 2.0 - 1.0).collect());
+            if let FdCheck::Disagree(msg) = fd_check(&f, &v, &e, &p) {
+                return Err(TestCaseError::fail(msg));
+            }
+            // Second order: the gradient (a formula in v and e) differentiated again.
+            let g = diff::grad(&f, &v, &e).unwrap();
+            let e2 = Formula::pm(91, g.dim).unwrap();
+            p.set(&e2, (0..g.dim).map(|_| rng.unit() * 2.0 - 1.0).collect());
+            for w in [v.clone(), e.clone()] {
+                if let FdCheck::Disagree(msg) = fd_check(&g, &w, &e2, &p) {
+                    return Err(TestCaseError::fail(format!("second order: {msg}")));
+                }
+            }
+            // <Diff(F, v, u), e> == <Grad(F, v, e), u>.
+            let u = Formula::pm(92, v.dim).unwrap();
+            p.set(&u, (0..v.dim).map(|_| rng.unit() * 2.0 - 1.0).collect());
+            let d = diff::diff(&f, &v, &u).unwrap();
+            let lhs: f64 = p.eval(&d).iter().zip(p.get(&e)).map(|(a, b)| a * b).sum();
+            let rhs: f64 = p.eval(&g).iter().zip(p.get(&u)).map(|(a, b)| a * b).sum();
+            if lhs.is_finite() && rhs.is_finite() {
+                prop_assert!((lhs - rhs).abs() <= 1e-9 * (1.0 + lhs.abs().max(rhs.abs())),
+                    "Diff/Grad transpose for {} wrt {}: {:e} vs {:e}", f, v, lhs, rhs);
             }
         }
     }

@@ -7,8 +7,10 @@
 //!
 //! - [`ops`]: the op table (names, arities, dimension rules, semantics);
 //! - [`parse`]: KeOps' formula-string syntax;
-//! - [`eval`]: the f64 reference evaluator, the oracle of every test.
+//! - [`eval`]: the f64 reference evaluator, the oracle of every test;
+//! - [`diff`]: symbolic differentiation (`Grad`, `Diff`, `Laplacian`, ...).
 
+pub mod diff;
 pub mod eval;
 pub mod ops;
 pub mod parse;

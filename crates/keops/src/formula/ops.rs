@@ -51,7 +51,7 @@ impl Cat {
 }
 
 macro_rules! unary_ops {
-    ($( $(#[$doc:meta])* $v:ident $name:literal |$x:ident| $e:expr; )*) => {
+    ($( $(#[$doc:meta])* $v:ident $name:literal |$x:ident| $e:expr, d |$dx:ident, $dy:ident| $de:expr; )*) => {
         /// Elementwise operations of one operand (the output has the operand's dimension).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Unary {
@@ -84,6 +84,18 @@ macro_rules! unary_ops {
                     Unary::ClampInt(a, b) => clamp(value, R::from_f64(a as f64), R::from_f64(b as f64)),
                 }
             }
+
+            /// The derivative `f'(x)` as a formula in the operand `x` and the output
+            /// `y = f(x)` (`None`: identically zero); the op's vjp is `g * f'(x)`.
+            #[allow(unused_variables)]
+            pub fn derivative(self, x: &Formula, y: &Formula) -> Result<Option<Formula>> {
+                Ok(match self {
+                    $( Unary::$v => { let ($dx, $dy) = (x, y); $de } )*
+                    Unary::Pow(0) => None,
+                    Unary::Pow(m) => Some(Formula::int(m as i64).mul(&x.pow(m - 1))?),
+                    Unary::ClampInt(a, b) => Some(inside(x, &Formula::int(a as i64), &Formula::int(b as i64))?),
+                })
+            }
         }
 
         impl Unary {
@@ -106,33 +118,47 @@ macro_rules! unary_ops {
 
 unary_ops! {
     /// `-x`.
-    Minus "Minus" |x| -x;
+    Minus "Minus" |x| -x,
+        d |x, y| Some(Formula::int(-1));
     /// `x * x`.
-    Square "Square" |x| x * x;
+    Square "Square" |x| x * x,
+        d |x, y| Some(Formula::int(2).mul(x)?);
     /// `sqrt(x)`.
-    Sqrt "Sqrt" |x| x.sqrt_();
+    Sqrt "Sqrt" |x| x.sqrt_(),
+        d |x, y| Some(Formula::rat(1, 2)?.mul(&x.unary(Unary::Rsqrt))?);
     /// `1 / sqrt(x)`, and 0 at 0 (KeOps' convention, which makes `Normalize(0) = 0`).
-    Rsqrt "Rsqrt" |x| R::select(x == R::ZERO, R::ZERO, x.rsqrt_());
+    Rsqrt "Rsqrt" |x| R::select(x == R::ZERO, R::ZERO, x.rsqrt_()),
+        d |x, y| Some(Formula::rat(-1, 2)?.mul(&x.unary(Unary::Rsqrt).pow(3))?);
     /// `1 / x`.
-    Inv "Inv" |x| R::ONE / x;
+    Inv "Inv" |x| R::ONE / x,
+        d |x, y| Some(y.unary(Unary::Square).neg());
     /// `exp(x)`.
-    Exp "Exp" |x| x.exp_::<M>();
+    Exp "Exp" |x| x.exp_::<M>(),
+        d |x, y| Some(y.clone());
     /// `ln(x)`.
-    Log "Log" |x| x.ln_::<M>();
+    Log "Log" |x| x.ln_::<M>(),
+        d |x, y| Some(x.unary(Unary::Inv));
     /// `x ln(x)`, and 0 at 0.
-    XLogX "XLogX" |x| R::select(x == R::ZERO, R::ZERO, x * x.ln_::<M>());
+    XLogX "XLogX" |x| R::select(x == R::ZERO, R::ZERO, x * x.ln_::<M>()),
+        d |x, y| Some(x.unary(Unary::Log).add(&Formula::int(1))?);
     /// `|x|`.
-    Abs "Abs" |x| x.abs_();
+    Abs "Abs" |x| x.abs_(),
+        d |x, y| Some(x.unary(Unary::Sign));
     /// `-1`, `0` or `1` (0 for NaN).
-    Sign "Sign" |x| R::select(x > R::ZERO, R::ONE, R::select(x < R::ZERO, -R::ONE, R::ZERO));
+    Sign "Sign" |x| R::select(x > R::ZERO, R::ONE, R::select(x < R::ZERO, -R::ONE, R::ZERO)),
+        d |x, y| None;
     /// `0` for `x < 0`, else `1` (so `Step(0) = 1`, `Step(NaN) = 1`, as KeOps).
-    Step "Step" |x| R::select(x < R::ZERO, R::ZERO, R::ONE);
+    Step "Step" |x| R::select(x < R::ZERO, R::ZERO, R::ONE),
+        d |x, y| None;
     /// `max(x, 0)` (NaN propagates).
-    ReLU "ReLU" |x| R::select(x < R::ZERO, R::ZERO, x);
+    ReLU "ReLU" |x| R::select(x < R::ZERO, R::ZERO, x),
+        d |x, y| Some(x.unary(Unary::Step));
     /// `sin(x)`.
-    Sin "Sin" |x| x.sin_::<M>();
+    Sin "Sin" |x| x.sin_::<M>(),
+        d |x, y| Some(x.unary(Unary::Cos));
     /// `cos(x)`.
-    Cos "Cos" |x| x.cos_::<M>();
+    Cos "Cos" |x| x.cos_::<M>(),
+        d |x, y| Some(x.unary(Unary::Sin).neg());
 }
 
 /// A loop body generic over the scalar function of a unary op (see [`Unary::with_kernel`]).
@@ -233,6 +259,40 @@ impl Binary {
             Binary::Powf => a.powf_::<M>(b),
         }
     }
+    /// The vjp rule: contributions of `g` (the gradient of `y = op(a, b)`) to `a` and
+    /// `b`, before broadcast operands are summed back ([`Op::vjp`] does that).
+    pub fn vjp(
+        self,
+        a: &Formula,
+        b: &Formula,
+        y: &Formula,
+        g: &Formula,
+    ) -> Result<[Option<Formula>; 2]> {
+        Ok(match self {
+            Binary::Add => [Some(g.clone()), Some(g.clone())],
+            Binary::Subtract => [Some(g.clone()), Some(g.neg())],
+            Binary::Mult => [Some(g.mul(b)?), Some(g.mul(a)?)],
+            Binary::Divide => [
+                Some(g.div(b)?),
+                Some(g.mul(a)?.div(&b.unary(Unary::Square))?.neg()),
+            ],
+            // Powf(a, b) = Exp(b Log(a)), as KeOps: d/da = y b / a, d/db = y Log(a).
+            Binary::Powf => {
+                let gy = g.mul(y)?;
+                [
+                    Some(gy.mul(b)?.div(a)?),
+                    Some(gy.mul(&a.unary(Unary::Log))?),
+                ]
+            }
+        })
+    }
+}
+
+/// `1` where `a <= x <= b`, else `0` (the derivative of a clamp in `x`).
+fn inside(x: &Formula, a: &Formula, b: &Formula) -> Result<Formula> {
+    x.sub(a)?
+        .unary(Unary::Step)
+        .mul(&b.sub(x)?.unary(Unary::Step))
 }
 
 /// Elementwise operations of three operands, with dimension-1 broadcasting.
@@ -261,6 +321,27 @@ impl Ternary {
             Ternary::IfElse => R::select(a >= R::ZERO, b, c),
             Ternary::Clamp => clamp(a, b, c),
         }
+    }
+    /// The vjp rule: contributions of `g` to the three operands (before broadcast
+    /// operands are summed back). `IfElse`'s condition and the clamp's selections are
+    /// piecewise constant, so they pass no gradient.
+    pub fn vjp(self, args: &[Formula], g: &Formula) -> Result<[Option<Formula>; 3]> {
+        let zero = Formula::zero(g.dim)?;
+        let (x, a, b) = (&args[0], &args[1], &args[2]);
+        Ok(match self {
+            Ternary::IfElse => [None, Some(x.if_else(g, &zero)?), Some(x.if_else(&zero, g)?)],
+            Ternary::Clamp => {
+                let one = Formula::int(1);
+                let above_a = x.sub(a)?.unary(Unary::Step);
+                let below_b = b.sub(x)?.unary(Unary::Step);
+                [
+                    Some(g.mul(&above_a.mul(&below_b)?)?),
+                    Some(g.mul(&one.sub(&above_a)?)?),
+                    // `x < a` wins over `x > b` (when a > b), as in [`clamp`].
+                    Some(g.mul(&above_a.mul(&one.sub(&below_b)?)?)?),
+                ]
+            }
+        })
     }
 }
 
@@ -512,6 +593,108 @@ impl Op {
     }
 }
 
+impl Op {
+    /// The vector-Jacobian product rule of the node `y = op(args)`: given `g`, the
+    /// gradient with respect to `y` (of `y`'s dimension), the contribution to the
+    /// gradient of each operand (`None`: zero), already of the operand's dimension.
+    ///
+    /// The match is exhaustive, so an op without a rule does not compile. Elementwise
+    /// rules live with their ops ([`Unary::derivative`], [`Binary::vjp`],
+    /// [`Ternary::vjp`]); conventions at kinks follow KeOps (`Abs'(0) = 0`,
+    /// `ReLU'(0) = 1`, `Sqrt'(0) = 0`, clamps pass the gradient on the closed interval).
+    pub fn vjp(&self, args: &[Formula], y: &Formula, g: &Formula) -> Result<Vec<Option<Formula>>> {
+        let a = args;
+        let fit = |c: Option<Formula>, x: &Formula| -> Option<Formula> {
+            c.map(|c| if x.dim == 1 && c.dim > 1 { c.sum() } else { c })
+        };
+        Ok(match *self {
+            Op::Var { .. } | Op::IntCst(_) | Op::RatCst(..) | Op::FloatCst(_) | Op::Zero(_) => {
+                vec![]
+            }
+            Op::Unary(u) => vec![u.derivative(&a[0], y)?.map(|d| g.mul(&d)).transpose()?],
+            Op::Binary(b) => {
+                let [ca, cb] = b.vjp(&a[0], &a[1], y, g)?;
+                vec![fit(ca, &a[0]), fit(cb, &a[1])]
+            }
+            Op::Ternary(t) => {
+                let c = t.vjp(a, g)?;
+                c.into_iter().zip(a).map(|(c, x)| fit(c, x)).collect()
+            }
+            Op::Sum => vec![Some(g.sum_t(a[0].dim)?)],
+            Op::SumT(_) => vec![Some(g.sum())],
+            Op::SqNorm2 => vec![Some(Formula::int(2).mul(g)?.mul(&a[0])?)],
+            Op::SqDist => {
+                let t = Formula::int(2).mul(g)?.mul(&a[0].sub(&a[1])?)?;
+                vec![fit(Some(t.clone()), &a[0]), fit(Some(t.neg()), &a[1])]
+            }
+            Op::Scalprod => vec![Some(g.mul(&a[1])?), Some(g.mul(&a[0])?)],
+            Op::WeightedSqNorm => {
+                // Differentiate the expansion into primitives (s may be 1, D or D*D).
+                let (s, x) = (&a[0], &a[1]);
+                let (gs, gx) = super::diff::partials(weighted_sqnorm_expansion, s, x, g)?;
+                vec![Some(gs), Some(gx)]
+            }
+            Op::Extract { start, dim } => {
+                let n = a[0].dim;
+                let mut out = g.clone();
+                if start > 0 {
+                    out = Formula::zero(start)?.concat(&out)?;
+                }
+                if start + dim < n {
+                    out = out.concat(&Formula::zero(n - start - dim)?)?;
+                }
+                vec![Some(out)]
+            }
+            Op::Concat => vec![
+                Some(g.extract(0, a[0].dim)?),
+                Some(g.extract(a[0].dim, a[1].dim)?),
+            ],
+            Op::Elem(m) => vec![Some(g.elem_t(a[0].dim, m)?)],
+            Op::ElemT { m, .. } => vec![Some(g.elem(m)?)],
+            Op::CoordMin | Op::CoordMax => {
+                let arg = if *self == Op::CoordMin {
+                    Op::CoordArgMin
+                } else {
+                    Op::CoordArgMax
+                };
+                let pos = a[0].coord_reduce(arg);
+                vec![Some(g.mul(&one_hot(&pos, a[0].dim)?)?)]
+            }
+            Op::CoordArgMin | Op::CoordArgMax => vec![None],
+        })
+    }
+}
+
+/// `WeightedSqNorm(s, x)` written with primitives, for differentiation.
+fn weighted_sqnorm_expansion(s: &Formula, x: &Formula) -> Result<Formula> {
+    let d = x.dim;
+    if s.dim == 1 {
+        s.mul(&x.sqnorm2())
+    } else if s.dim == d {
+        Ok(s.mul(&x.unary(Unary::Square))?.sum())
+    } else {
+        // x^T S x = sum_r x_r <S[r, :], x>, S row-major.
+        let mut acc: Option<Formula> = None;
+        for r in 0..d {
+            let t = x.elem(r)?.mul(&s.extract(r * d, d)?.scalprod(x)?)?;
+            acc = Some(match acc {
+                Some(a) => a.add(&t)?,
+                None => t,
+            });
+        }
+        acc.ok_or_else(|| dim_err("WeightedSqNorm", "empty vector".into()))
+    }
+}
+
+/// The vector of dimension `d` with 1 at the (float) position `pos`, 0 elsewhere.
+fn one_hot(pos: &Formula, d: usize) -> Result<Formula> {
+    let mut range = Formula::int(0);
+    for k in 1..d {
+        range = range.concat(&Formula::int(k as i64))?;
+    }
+    inside(pos, &range, &range)
+}
+
 /// A named constructor of the formula language, as the parser sees it.
 pub struct OpSpec {
     /// The name in formula strings.
@@ -635,8 +818,27 @@ const OTHER_SPECS: [OpSpec; 34] = [
     )),
 ];
 
+use super::diff;
+
+/// KeOps' differential operators, expanded when built (see [`diff`]).
+const DIFF_SPECS: [OpSpec; 7] = [
+    spec!("Grad", 3, 0, |f, _n| diff::grad(&f[0], &f[1], &f[2])),
+    spec!("GradFromPos", 2, 1, |f, n| diff::grad(
+        &f[0],
+        &f[1],
+        &Formula::vi(usize_param("GradFromPos", n[0])?, f[0].dim)?
+    )),
+    spec!("Diff", 3, 0, |f, _n| diff::diff(&f[0], &f[1], &f[2])),
+    spec!("Divergence", 2, 0, |f, _n| diff::divergence(&f[0], &f[1])),
+    spec!("Laplacian", 2, 0, |f, _n| diff::laplacian(&f[0], &f[1])),
+    spec!("GradMatrix", 2, 0, |f, _n| diff::grad_matrix(&f[0], &f[1])),
+    spec!("TraceOperator", 2, 0, |f, _n| diff::trace_operator(
+        &f[0], &f[1]
+    )),
+];
+
 /// Every named constructor of the formula language.
-pub static OP_TABLE: [&[OpSpec]; 2] = [&UNARY_SPECS, &OTHER_SPECS];
+pub static OP_TABLE: [&[OpSpec]; 3] = [&UNARY_SPECS, &OTHER_SPECS, &DIFF_SPECS];
 
 /// Looks up a name of the formula language.
 pub fn lookup(name: &str) -> Option<&'static OpSpec> {
@@ -775,6 +977,8 @@ impl Formula {
             Binary::Subtract if x.is_zero() && y.dim == out => return Ok(y.neg()),
             Binary::Mult if (x.is_zero() || y.is_zero()) => return Formula::zero(out),
             Binary::Mult if x.is_one() && y.dim == out => return Ok(y.clone()),
+            Binary::Mult if matches!(x.op, Op::IntCst(-1)) && y.dim == out => return Ok(y.neg()),
+            Binary::Mult if matches!(y.op, Op::IntCst(-1)) && x.dim == out => return Ok(x.neg()),
             Binary::Mult | Binary::Divide if y.is_one() && x.dim == out => return Ok(x.clone()),
             _ => {}
         }

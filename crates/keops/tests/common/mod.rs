@@ -273,3 +273,107 @@ pub fn sum_magnitude(genred: &Genred, inputs: &Inputs) -> Vec<f64> {
     }
     out
 }
+
+/// Values of the variables at one point of evaluation, by (category, index).
+#[derive(Clone, Debug, Default)]
+pub struct Point(pub std::collections::HashMap<(u8, usize), Vec<f64>>);
+
+impl Point {
+    /// Random values in `[lo, hi)` for every variable of `roots`.
+    pub fn random(roots: &[Formula], rng: &mut Rng, lo: f64, hi: f64) -> Point {
+        let mut p = Point::default();
+        for v in keops::formula::variables(roots) {
+            let (cat, index) = v.as_var().expect("a variable");
+            let vals = (0..v.dim).map(|_| lo + (hi - lo) * rng.unit()).collect();
+            p.0.insert((cat as u8, index), vals);
+        }
+        p
+    }
+    /// Sets the value of one variable.
+    pub fn set(&mut self, v: &Formula, vals: Vec<f64>) {
+        let (cat, index) = v.as_var().expect("a variable");
+        self.0.insert((cat as u8, index), vals);
+    }
+    /// The value of one variable.
+    pub fn get(&self, v: &Formula) -> Vec<f64> {
+        let (cat, index) = v.as_var().expect("a variable");
+        self.0[&(cat as u8, index)].clone()
+    }
+    /// `f` evaluated here by the oracle.
+    pub fn eval(&self, f: &Formula) -> Vec<f64> {
+        let ev = PointEvaluator::new(std::slice::from_ref(f));
+        ev.eval(|c, i| {
+            self.0
+                .get(&(c as u8, i))
+                .map(|v| v.as_slice())
+                .unwrap_or(&[])
+        })
+    }
+}
+
+/// The outcome of comparing a symbolic gradient with finite differences.
+#[derive(Debug)]
+pub enum FdCheck {
+    /// They agree; the largest error relative to `1 + |fd|`.
+    Agree(f64),
+    /// The function is not smooth enough (or not finite) around the point to judge.
+    Skipped,
+    /// They disagree: a description.
+    Disagree(String),
+}
+
+/// Checks `Grad(f, v, e)` at `p` (where the gradient input `e`, a variable of `f`'s
+/// dimension, has a value too) against central differences of `<f, e>` in f64.
+///
+/// Tolerance (documented in tests/autodiff.rs): steps `h = 1e-5 (1 + |v_k|)` and `h / 2`
+/// must agree within `1e-6 (1 + |fd|)` (else the point is too close to a kink or a
+/// singularity and is skipped), and the symbolic gradient must be within
+/// `1e-5 (1 + |fd|)` of the finer difference.
+pub fn fd_check(f: &Formula, v: &Formula, e: &Formula, p: &Point) -> FdCheck {
+    let g = keops::formula::diff::grad(f, v, e).expect("grad builds");
+    let sym = p.eval(&g);
+    let ev = p.get(e);
+    let x0 = p.get(v);
+    let dot = |q: &Point| -> f64 { q.eval(f).iter().zip(&ev).map(|(a, b)| a * b).sum() };
+    if sym.iter().any(|s| !s.is_finite()) || !dot(p).is_finite() {
+        return FdCheck::Skipped;
+    }
+    let mut worst = 0.0f64;
+    for k in 0..v.dim {
+        let fd = |h: f64| {
+            let mut q = p.clone();
+            let mut x = x0.clone();
+            x[k] = x0[k] + h;
+            q.set(v, x.clone());
+            let up = q.eval(f);
+            x[k] = x0[k] - h;
+            q.set(v, x);
+            // Differences per output coordinate, then weighted: coordinates that do not
+            // depend on v[k] contribute exactly 0 whatever their size.
+            let down = q.eval(f);
+            up.iter()
+                .zip(&down)
+                .zip(&ev)
+                .map(|((u, d), w)| w * (u - d) / (2.0 * h))
+                .sum::<f64>()
+        };
+        let h = 1e-5 * (1.0 + x0[k].abs());
+        let (coarse, fine) = (fd(h), fd(h / 2.0));
+        if !coarse.is_finite() || !fine.is_finite() {
+            return FdCheck::Skipped;
+        }
+        let scale = 1.0 + fine.abs();
+        if (coarse - fine).abs() > 1e-6 * scale {
+            return FdCheck::Skipped;
+        }
+        let err = (sym[k] - fine).abs() / scale;
+        if err > 1e-5 {
+            return FdCheck::Disagree(format!(
+                "d/d{v}[{k}] of <{f}, {e}>: symbolic {:e}, finite differences {fine:e} (gradient {g})",
+                sym[k]
+            ));
+        }
+        worst = worst.max(err);
+    }
+    FdCheck::Agree(worst)
+}

@@ -1,0 +1,323 @@
+//! Symbolic differentiation checked against the f64 oracle.
+//!
+//! - every op of the table: its vjp (through `Grad`) against central finite differences
+//!   of the oracle, with respect to each variable, at random points;
+//! - the awkward points (kinks, zeros of `Sqrt`): the documented conventions (KeOps');
+//! - the differential operators (`Diff`, `Divergence`, `Laplacian`, `GradMatrix`,
+//!   `TraceOperator`) against closed forms and against `Grad`;
+//! - sizes of repeated derivatives of the Gaussian kernel; bad input.
+//!
+//! Tolerance of the finite-difference checks (`common::fd_check`): central differences
+//! in f64 with steps `h = 1e-5 (1 + |v|)` and `h/2`; points where the two disagree by
+//! more than `1e-6 (1 + |fd|)` are too close to a kink to judge and are skipped; the
+//! symbolic gradient must be within `1e-5 (1 + |fd|)`. Each op must be judged at least
+//! at some points (a check that only skips fails).
+
+mod common;
+
+use common::{fd_check, FdCheck, Point, Rng};
+use keops::formula::diff;
+use keops::formula::ops::all_specs;
+use keops::formula::parse::parse;
+use keops::formula::Formula;
+use std::collections::BTreeSet;
+
+const ALIASES: [&str; 6] = [
+    "x = Vi(0,3)",
+    "y = Vj(1,3)",
+    "a = Vi(2,1)",
+    "b = Vj(3,1)",
+    "S = Pm(4,9)",
+    "p = Pm(5,1)",
+];
+
+fn f(s: &str) -> Formula {
+    parse(s, &ALIASES).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// Formulas exercising each op of the table (operands positive where the op needs it:
+/// the points are drawn in [0.3, 1.7]; some ops get shifted operands to see both signs).
+fn cases(name: &str) -> Option<Vec<&'static str>> {
+    Some(match name {
+        "Vi" | "Vj" | "Pm" | "Var" => vec!["x * Vj(1,3) + Pm(5,1)", "Var(0,3,0) * Var(1,3,1)"],
+        "IntCst" | "RatCst" | "IntInv" | "Zero" => {
+            vec!["IntCst(3) * x + RatCst(2,3) * y + IntInv(4) * a + Zero(3)"]
+        }
+        "Minus" => vec!["Minus(x * y)"],
+        "Square" => vec!["Square(x - y)"],
+        "Sqrt" => vec!["Sqrt(x * y)"],
+        "Rsqrt" => vec!["Rsqrt(x + y)"],
+        "Inv" => vec!["Inv(x + b)"],
+        "Exp" => vec!["Exp(-SqDist(x, y))"],
+        "Log" => vec!["Log(x * b)"],
+        "XLogX" => vec!["XLogX(x * y)"],
+        "Abs" => vec!["Abs(x - y) * x"],
+        "Sign" => vec!["Sign(x - y) * x"],
+        "Step" => vec!["Step(x - y) * y"],
+        "ReLU" => vec!["ReLU(x - y)"],
+        "Sin" => vec!["Sin(x * y)"],
+        "Cos" => vec!["Cos(x + y)"],
+        "Pow" => vec!["Pow(x - y, 3)", "Pow(x + y, -2)", "Pow(x, 0) * y"],
+        "ClampInt" => vec!["ClampInt(3 * x - 3 * y, -1, 1)"],
+        "Add" => vec!["x + y", "x + b"],
+        "Subtract" => vec!["x - y", "a - y"],
+        "Mult" => vec!["x * y", "a * y"],
+        "Divide" => vec!["x / y", "x / b", "a / y"],
+        "Powf" => vec!["Powf(x, y)", "Powf(x, b)"],
+        "IfElse" => vec!["IfElse(x - y, x * y, Square(y))"],
+        "Clamp" => vec!["Clamp(x, y - 0.3, y + 0.3)", "Clamp(x, a, b + 1)"],
+        "Sum" => vec!["Sum(x * y)"],
+        "SumT" => vec!["SumT(a * b, 3) * x"],
+        "SqNorm2" => vec!["SqNorm2(x - y)"],
+        "Norm2" => vec!["Norm2(x - y)"],
+        "Normalize" => vec!["Normalize(x - y)"],
+        "SqDist" => vec!["SqDist(x, y)", "SqDist(a, y)"],
+        "Scalprod" => vec!["Scalprod(x, y)"],
+        "WeightedSqNorm" => vec![
+            "WeightedSqNorm(a, x - y)",
+            "WeightedSqNorm(x, y)",
+            "WeightedSqNorm(S, x - y)",
+            "WeightedSqNorm(x, x)",
+        ],
+        "WeightedSqDist" => vec!["WeightedSqDist(S, x, y)", "WeightedSqDist(b, x, y)"],
+        "Extract" => vec!["Extract(x * y, 1, 2)", "Extract(Concat(x, y), 2, 3)"],
+        "Concat" => vec!["Concat(x, y * a)"],
+        "Elem" => vec!["Elem(x * y, 1)"],
+        "ElemT" => vec!["ElemT(a * b, 3, 2) * x"],
+        "Min" | "Max" => vec!["Min(x * y)", "Max(x - y)"],
+        "ArgMin" | "ArgMax" => vec!["ArgMin(x - y) * a", "ArgMax(x * y) * a"],
+        "Grad" => vec!["Grad(Exp(-SqDist(x, y)) * b, x, a)"],
+        "GradFromPos" => vec!["GradFromPos(Exp(-SqDist(x, y)), y, 2)"],
+        "Diff" => vec!["Diff(Sin(x * y), y, x)"],
+        "Divergence" => vec!["Divergence(Sin(x * y), x)"],
+        "Laplacian" => vec!["Laplacian(Exp(-SqDist(x, y)) * b, x)"],
+        "GradMatrix" => vec!["GradMatrix(Sin(x * y), x)"],
+        "TraceOperator" => vec!["TraceOperator(x * Exp(-SqDist(y, Extract(S, 0, 3))), x)"],
+        _ => return None,
+    })
+}
+
+/// Checks every variable of `formula` at `points` random points; returns how many
+/// (variable, point) checks could be judged.
+fn check_formula(formula: &Formula, seed: u64, points: usize) -> usize {
+    let mut rng = Rng::new(seed);
+    let e = Formula::pm(99, formula.dim).unwrap();
+    let mut judged = 0;
+    for v in formula.variables() {
+        for _ in 0..points {
+            let mut p = Point::random(std::slice::from_ref(formula), &mut rng, 0.3, 1.7);
+            p.set(
+                &e,
+                (0..formula.dim).map(|_| rng.unit() * 2.0 - 1.0).collect(),
+            );
+            match fd_check(formula, &v, &e, &p) {
+                FdCheck::Agree(_) => judged += 1,
+                FdCheck::Skipped => {}
+                FdCheck::Disagree(msg) => panic!("{msg}"),
+            }
+        }
+    }
+    judged
+}
+
+#[test]
+fn every_op_vjp_agrees_with_finite_differences() {
+    let mut seen = BTreeSet::new();
+    for spec in all_specs() {
+        let list = cases(spec.name).unwrap_or_else(|| panic!("no autodiff case for {}", spec.name));
+        let mut judged = 0;
+        for (k, s) in list.iter().enumerate() {
+            let formula = f(s);
+            // First derivatives...
+            judged += check_formula(&formula, 1000 + k as u64, 12);
+            // ... and second derivatives: the gradient is a formula like any other.
+            if let Some(v) = formula.variables().first() {
+                let e = Formula::pm(98, formula.dim).unwrap();
+                let g1 = diff::grad(&formula, v, &e).unwrap();
+                check_formula(&g1, 2000 + k as u64, 4);
+            }
+        }
+        assert!(judged > 0, "op {}: no point could be judged", spec.name);
+        seen.insert(spec.name);
+    }
+    assert!(seen.len() >= 55);
+}
+
+/// Gradient values at points where the op has a kink or a singular derivative: the
+/// conventions of KeOps.
+#[test]
+fn conventions_at_awkward_points() {
+    let x = Formula::vi(0, 1).unwrap();
+    let one = Formula::int(1);
+    let at = |s: &str, x0: f64| -> f64 {
+        let formula = parse(s, &["x = Vi(0,1)"]).unwrap();
+        let g = diff::grad(&formula, &x, &one).unwrap();
+        let mut p = Point::default();
+        p.set(&x, vec![x0]);
+        p.eval(&g)[0]
+    };
+    assert_eq!(at("Abs(x)", 0.0), 0.0, "Abs'(0) = Sign(0) = 0");
+    assert_eq!(at("ReLU(x)", 0.0), 1.0, "ReLU'(0) = Step(0) = 1");
+    assert_eq!(at("ReLU(x)", -1.0), 0.0);
+    assert_eq!(at("Step(x)", 0.0), 0.0, "Step' = 0");
+    assert_eq!(at("Sign(x)", 0.0), 0.0, "Sign' = 0");
+    assert_eq!(at("Sqrt(x)", 0.0), 0.0, "Sqrt'(0) = Rsqrt(0) / 2 = 0");
+    assert_eq!(at("Norm2(x)", 0.0), 0.0, "Norm2'(0) = 0");
+    assert_eq!(at("Rsqrt(x)", 0.0), 0.0, "Rsqrt'(0) = 0 (as Rsqrt(0) = 0)");
+    // Clamps pass the gradient on the closed interval.
+    assert_eq!(at("Clamp(x, 0, 1)", 0.0), 1.0);
+    assert_eq!(at("Clamp(x, 0, 1)", 1.0), 1.0);
+    assert_eq!(at("Clamp(x, 0, 1)", 1.5), 0.0);
+    assert_eq!(at("ClampInt(x, 0, 1)", -0.5), 0.0);
+    assert_eq!(at("ClampInt(x, 0, 1)", 0.5), 1.0);
+    assert_eq!(at("XLogX(x)", 1.0), 1.0);
+    // Min/Max of coordinates: the gradient goes to the first selected coordinate only.
+    let v = Formula::vi(0, 3).unwrap();
+    let g = diff::grad(&v.coord_reduce(keops::formula::Op::CoordMin), &v, &one).unwrap();
+    let mut p = Point::default();
+    p.set(&v, vec![2.0, 1.0, 1.0]);
+    assert_eq!(p.eval(&g), vec![0.0, 1.0, 0.0]);
+}
+
+/// `<Diff(F, v, u), e> == <Grad(F, v, e), u>` and the other operators against closed
+/// forms or against `Grad`.
+#[test]
+fn differential_operators() {
+    let x = f("x");
+    let y = f("y");
+    let u = Formula::vi(10, 3).unwrap();
+    let e = Formula::vi(11, 3).unwrap();
+    let mut rng = Rng::new(5);
+    for s in [
+        "Sin(x * y) * Exp(-SqDist(x, y))",
+        "Normalize(x - y) * Sum(x)",
+        "Concat(x, y) * 2",
+    ] {
+        let formula = f(s);
+        let e = Formula::vi(11, formula.dim).unwrap();
+        let d = diff::diff(&formula, &x, &u).unwrap();
+        let g = diff::grad(&formula, &x, &e).unwrap();
+        for _ in 0..5 {
+            let p = Point::random(
+                &[d.clone(), g.clone(), u.clone(), e.clone()],
+                &mut rng,
+                -1.0,
+                1.0,
+            );
+            let lhs: f64 = p.eval(&d).iter().zip(p.get(&e)).map(|(a, b)| a * b).sum();
+            let rhs: f64 = p.eval(&g).iter().zip(p.get(&u)).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() <= 1e-12 * (1.0 + lhs.abs()),
+                "{s}: {lhs} vs {rhs}"
+            );
+        }
+    }
+    // Laplacian of the Gaussian: (4 r^2 - 2 D) exp(-r^2).
+    let lap = diff::laplacian(&f("Exp(-SqDist(x, y))"), &x).unwrap();
+    let closed = f("(4 * SqDist(x, y) - 6) * Exp(-SqDist(x, y))");
+    // Divergence of x |x|^2 in 3-D: 5 |x|^2.
+    let div = diff::divergence(&f("x * SqNorm2(x)"), &x).unwrap();
+    // TraceOperator of a linear map: Trace(u -> u * b) = 3 b.
+    let tr = diff::trace_operator(&u.mul(&f("b")).unwrap(), &u).unwrap();
+    // GradMatrix of x * y with respect to x: diag(y), flattened.
+    let gm = diff::grad_matrix(&f("x * y"), &x).unwrap();
+    assert_eq!(gm.dim, 9);
+    for _ in 0..5 {
+        let p = Point::random(
+            &[
+                lap.clone(),
+                closed.clone(),
+                div.clone(),
+                tr.clone(),
+                gm.clone(),
+            ],
+            &mut rng,
+            -1.0,
+            1.0,
+        );
+        let (l, c) = (p.eval(&lap)[0], p.eval(&closed)[0]);
+        assert!((l - c).abs() < 1e-12, "Laplacian {l} vs {c}");
+        let xs = p.get(&x);
+        let n2: f64 = xs.iter().map(|v| v * v).sum();
+        assert!((p.eval(&div)[0] - 5.0 * n2).abs() < 1e-12);
+        assert!((p.eval(&tr)[0] - 3.0 * p.get(&f("b"))[0]).abs() < 1e-12);
+        let ys = p.get(&y);
+        let want: Vec<f64> = (0..9)
+            .map(|k| if k / 3 == k % 3 { ys[k / 3] } else { 0.0 })
+            .collect();
+        assert_eq!(p.eval(&gm), want);
+    }
+    let _ = e;
+}
+
+/// Node counts of the 1st, 2nd and 3rd derivatives of the Gaussian kernel with respect
+/// to `x` (each a gradient of the previous one against a fresh input): hash-consing and
+/// simplification keep them small (linear growth, not exponential).
+#[test]
+fn repeated_derivatives_stay_small() {
+    let x = f("x");
+    let k = f("Exp(-SqDist(x, y)) * b");
+    let e1 = Formula::int(1);
+    let e2 = Formula::vi(20, 3).unwrap();
+    let e3 = Formula::vi(21, 3).unwrap();
+    let g1 = diff::grad(&k, &x, &e1).unwrap();
+    let g2 = diff::grad(&g1, &x, &e2).unwrap();
+    let g3 = diff::grad(&g2, &x, &e3).unwrap();
+    let counts = [
+        k.node_count(),
+        g1.node_count(),
+        g2.node_count(),
+        g3.node_count(),
+    ];
+    println!(
+        "Gaussian kernel node counts: F {}, 1st {}, 2nd {}, 3rd {}",
+        counts[0], counts[1], counts[2], counts[3]
+    );
+    println!("1st: {g1}");
+    assert!(
+        counts[1] <= 16 && counts[2] <= 32 && counts[3] <= 64,
+        "{counts:?}"
+    );
+    // And they are right: check the third derivative against finite differences.
+    assert!(check_formula(&g2, 77, 8) > 0);
+}
+
+#[test]
+fn bad_input() {
+    let k = f("Exp(-SqDist(x, y))");
+    // A variable absent from the formula: zero of its dimension (as KeOps).
+    let z = diff::grad(&k, &Formula::vj(7, 4).unwrap(), &Formula::int(1)).unwrap();
+    assert_eq!(z.dim, 4);
+    assert_eq!(z.as_const(), Some(0.0));
+    // Parsed the same way.
+    let z = parse("Grad(Exp(-SqDist(x, y)), Vj(7,2), 1)", &ALIASES).unwrap();
+    assert_eq!((z.dim, z.as_const()), (2, Some(0.0)));
+    // The gradient input must have the formula's dimension.
+    let err = parse("Grad(Exp(-SqDist(x, y)), x, y)", &ALIASES)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Grad") && err.contains("dimension 3") && err.contains("dimension 1"),
+        "{err}"
+    );
+    assert!(err.contains("position"), "{err}");
+    // Only variables can be differentiated against.
+    let err = parse("Grad(Exp(-SqDist(x, y)), x + y, 1)", &ALIASES)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("variable"), "{err}");
+    // Diff: the direction has the variable's dimension.
+    let err = parse("Diff(Exp(-SqDist(x, y)), x, a)", &ALIASES)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("direction"), "{err}");
+    for s in [
+        "Laplacian(x * y, x)",
+        "Divergence(Sum(x * y), x)",
+        "TraceOperator(Sum(x), x)",
+        "Grad(x, 1, x)",
+        "GradFromPos(x, y)",
+    ] {
+        assert!(parse(s, &ALIASES).is_err(), "{s} should be an error");
+    }
+}
