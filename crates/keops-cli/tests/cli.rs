@@ -472,3 +472,46 @@ fn bad_inputs_give_a_one_line_error_and_exit_code_2() {
     assert_user_error(&keops(&["frobnicate"]), "unknown command");
     assert_user_error(&keops(&[]), "no command");
 }
+
+/// `Grad` in a formula from the command line: the gradient of the Gaussian sum with
+/// respect to x, against its closed form.
+#[test]
+fn gradient_formula_from_the_command_line() {
+    let tmp_dir = tmp("grad");
+    let dir = tmp_dir.0.as_path();
+    let (x, y, b, g) = gauss_inputs(dir);
+    let e = data(N, 4);
+    write_c(&dir.join("e.npy"), &e, &[N as u64, 1]);
+    let out = dir.join("grad.npy");
+    let mut args: Vec<String> = vec!["reduce".into(), "Grad(Exp(-SqDist(x,y)*g)*b, x, e)".into()];
+    args.extend(gauss_args(dir));
+    args.extend([
+        "--arg".to_string(),
+        format!("e=Vi:{}", p(&dir.join("e.npy"))),
+    ]);
+    args.extend(["--reduction", "Sum", "--axis", "1", "-o", p(&out)].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let res = keops(&refs);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let (_, shape, v) = read(&out);
+    assert_eq!(shape, vec![N as u64, D as u64]);
+    for i in 0..N {
+        for k in 0..D {
+            let want: f64 = (0..M)
+                .map(|j| {
+                    let kij = (-sqdist(&x, i, &y, j) * g).exp() * b[j];
+                    -2.0 * g * (x[i * D + k] - y[j * D + k]) * kij * e[i]
+                })
+                .sum();
+            let got = v[i * D + k];
+            assert!(
+                (got - want).abs() < 1e-12 * want.abs().max(1.0),
+                "({i},{k}): {got} vs {want}"
+            );
+        }
+    }
+}

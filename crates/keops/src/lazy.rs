@@ -233,6 +233,41 @@ impl LazyTensor {
         self.map2(other, |a, b| a.concat(b))
     }
 
+    /// `Grad(self, v, e)`: the gradient of `<self, e>` with respect to the variable `v`
+    /// (pykeops' `.grad(v, e)`).
+    ///
+    /// ```
+    /// use keops::{Vi, Vj};
+    /// let (x, y) = (Vi(0, 3), Vj(1, 3));
+    /// let k = (-x.sqdist(&y)).exp();
+    /// let g = k.grad(&x, &1.0.into());
+    /// assert_eq!(g.dim()?, 3);
+    /// # Ok::<(), keops::KeopsError>(())
+    /// ```
+    pub fn grad(&self, v: &LazyTensor, e: &LazyTensor) -> LazyTensor {
+        self.map3(v, e, crate::formula::diff::grad)
+    }
+    /// `Diff(self, v, u)`: the forward derivative in the direction `u`.
+    pub fn diff(&self, v: &LazyTensor, u: &LazyTensor) -> LazyTensor {
+        self.map3(v, u, crate::formula::diff::diff)
+    }
+    /// `Divergence(self, v)`.
+    pub fn divergence(&self, v: &LazyTensor) -> LazyTensor {
+        self.map2(v, crate::formula::diff::divergence)
+    }
+    /// `Laplacian(self, v)` (scalar `self`).
+    pub fn laplacian(&self, v: &LazyTensor) -> LazyTensor {
+        self.map2(v, crate::formula::diff::laplacian)
+    }
+    /// `GradMatrix(self, v)`.
+    pub fn grad_matrix(&self, v: &LazyTensor) -> LazyTensor {
+        self.map2(v, crate::formula::diff::grad_matrix)
+    }
+    /// `TraceOperator(self, u)` (`self` linear in the variable `u`).
+    pub fn trace_operator(&self, u: &LazyTensor) -> LazyTensor {
+        self.map2(u, crate::formula::diff::trace_operator)
+    }
+
     /// Any reduction over `axis` (1: over `j`, one row per `i`; 0: over `i`).
     pub fn reduction(&self, reduction: Reduction, axis: usize) -> Result<Genred> {
         Genred::from_formula(self.formula()?, None, reduction, axis)

@@ -19,13 +19,15 @@
 //! ```
 //!
 //! Layers (arrows point one way): [`formula`] (IR, parser, reference evaluator) <-
-//! [`reduction`] / [`plan`] <- [`cpu`] engine <- [`lazy`] builder API.
+//! [`reduction`] / [`plan`] <- [`grad`] (gradients of reductions) and [`cpu`] engine <-
+//! [`lazy`] builder API.
 
 #![warn(missing_docs)]
 
 pub mod cpu;
 pub mod error;
 pub mod formula;
+pub mod grad;
 pub mod lazy;
 pub mod math;
 pub mod plan;
@@ -35,6 +37,7 @@ pub mod reference;
 
 pub use error::{KeopsError, Result};
 pub use formula::{Cat, Formula};
+pub use grad::{Extra, Gradient};
 
 pub use lazy::{LazyTensor, Pm, Vi, Vj};
 pub use plan::{

@@ -186,6 +186,18 @@ impl Genred {
         Self::build(formula, weight, reduction, axis, &[])
     }
 
+    /// As [`Genred::from_formula`], with variables declared beyond those the formulas
+    /// use (so that argument positions are kept, as for gradients).
+    pub(crate) fn from_parts(
+        formula: Formula,
+        weight: Option<Formula>,
+        reduction: Reduction,
+        axis: usize,
+        declared: &[Formula],
+    ) -> Result<Genred> {
+        Self::build(formula, weight, reduction, axis, declared)
+    }
+
     fn build(
         formula: Formula,
         weight: Option<Formula>,

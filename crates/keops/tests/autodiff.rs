@@ -10,8 +10,9 @@
 //! Tolerance of the finite-difference checks (`common::fd_check`): central differences
 //! in f64 with steps `h = 1e-5 (1 + |v|)` and `h/2`; points where the two disagree by
 //! more than `1e-6 (1 + |fd|)` are too close to a kink to judge and are skipped; the
-//! symbolic gradient must be within `1e-5 (1 + |fd|)`. Each op must be judged at least
-//! at some points (a check that only skips fails).
+//! symbolic gradient must be within `1e-5 (1 + |fd|)`; both bounds are widened by the
+//! rounding error of the differences, `1e-14 M / h` with `M` the largest intermediate
+//! value. Each op must be judged at some points (a check that only skips fails).
 
 mod common;
 
