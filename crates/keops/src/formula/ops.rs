@@ -978,6 +978,20 @@ impl Formula {
             Binary::Mult if (x.is_zero() || y.is_zero()) => return Formula::zero(out),
             Binary::Mult if x.is_one() && y.dim == out => return Ok(y.clone()),
             Binary::Mult if matches!(x.op, Op::IntCst(-1)) && y.dim == out => return Ok(y.neg()),
+            // c * (-z) -> (-c) * z: keeps the sign in the constant.
+            Binary::Mult if x.as_const().is_some() && y.op == Op::Unary(Unary::Minus) => {
+                return x.neg().mul(&y.args[0])
+            }
+            Binary::Mult if y.as_const().is_some() && x.op == Op::Unary(Unary::Minus) => {
+                return y.neg().mul(&x.args[0])
+            }
+            // SumT(s, d) * v -> s * v (broadcasting does it), as gradients of Sum produce.
+            Binary::Mult | Binary::Divide if matches!(x.op, Op::SumT(_)) && y.dim == out => {
+                return x.args[0].binary(b, y)
+            }
+            Binary::Mult if matches!(y.op, Op::SumT(_)) && x.dim == out => {
+                return x.mul(&y.args[0])
+            }
             Binary::Mult if matches!(y.op, Op::IntCst(-1)) && x.dim == out => return Ok(x.neg()),
             Binary::Mult | Binary::Divide if y.is_one() && x.dim == out => return Ok(x.clone()),
             _ => {}
@@ -1022,6 +1036,10 @@ impl Formula {
     pub fn sum(&self) -> Formula {
         if self.dim == 1 {
             return self.clone();
+        }
+        // Sum(a * b) of two vectors is their scalar product (one pass, no temporary).
+        if self.op == Op::Binary(Binary::Mult) && self.args.iter().all(|a| a.dim == self.dim) {
+            return node(Op::Scalprod, self.args.clone());
         }
         node(Op::Sum, vec![self.clone()])
     }
