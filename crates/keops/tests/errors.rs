@@ -572,3 +572,39 @@ fn shape_size_overflow_is_an_error() {
         Err(_) => panic!("the call panicked instead of returning an error"),
     }
 }
+
+/// Formulas built in code are not limited in depth like parsed ones: a chain of 50,000
+/// operations prints, reduces, differentiates and drops without overflowing the stack.
+#[test]
+fn deep_formulas_built_in_code_do_not_overflow_the_stack() {
+    use keops::formula::Unary;
+    let depth = 50_000;
+    let x = Formula::vi(0, 1).unwrap();
+    let y = Formula::vj(1, 1).unwrap();
+    let mut f = x.sub(&y).unwrap();
+    for k in 0..depth {
+        f = if k % 2 == 0 {
+            f.unary(Unary::Sin)
+        } else {
+            f.add(&Formula::float(0.25)).unwrap()
+        };
+    }
+    let text = f.to_string();
+    assert!(text.len() > 4 * depth, "{} characters", text.len());
+    assert!(
+        text.starts_with("(Sin(Sin(") || text.starts_with("(Sin(("),
+        "{}",
+        &text[..20]
+    );
+    let g = Genred::from_formula(f.clone(), None, Reduction::Sum, 1).unwrap();
+    let (xs, ys) = ([0.1f64, 0.7, -0.3], [0.2f64, -0.5]);
+    let args = [Arg::new(&xs, [3, 1]), Arg::new(&ys, [2, 1])];
+    let got = g.call(&args).unwrap().values.unwrap();
+    let want = keops::reference::reduce(&g, &args).unwrap().values.unwrap();
+    for (a, b) in got.data.iter().zip(&want.data) {
+        assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    let dg = keops::formula::diff::grad(&f, &x, &Formula::int(1)).unwrap();
+    assert!(dg.node_count() > depth);
+    drop((f, g, dg));
+}

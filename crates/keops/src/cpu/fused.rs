@@ -162,9 +162,17 @@ fn one_plus(f: &Formula) -> Option<&Formula> {
     }
 }
 
+/// Formulas larger than this are not matched against the fused kernels.
+const MATCH_MAX_NODES: usize = 256;
+
 impl RadialSum {
     /// Matches `formula` against the radial kernel sums; `out` is the output side.
     pub fn find(formula: &Formula, out: Cat) -> Option<RadialSum> {
+        // Kernel formulas are small; the structural matcher recurses and is quadratic,
+        // so large formulas go straight to the tile program.
+        if formula.node_count() > MATCH_MAX_NODES {
+            return None;
+        }
         let red = if out == Cat::Vi { Cat::Vj } else { Cat::Vi };
         let mut p = Product::default();
         flatten(formula, &mut p);

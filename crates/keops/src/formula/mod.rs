@@ -37,6 +37,19 @@ pub struct Node {
     pub dim: usize,
 }
 
+impl Drop for Node {
+    /// Drops operands iteratively: a formula built in code may be a chain far deeper
+    /// than the stack (the default recursive drop would overflow it).
+    fn drop(&mut self) {
+        let mut stack = std::mem::take(&mut self.args);
+        while let Some(f) = stack.pop() {
+            if let Ok(mut node) = Arc::try_unwrap(f.0) {
+                stack.append(&mut node.args);
+            }
+        }
+    }
+}
+
 /// A handle to an interned formula node. Clones are cheap; equal formulas are the same node.
 #[derive(Clone)]
 pub struct Formula(Arc<Node>);
