@@ -8,14 +8,20 @@ VPY := $(VENV)/bin/python
 # Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
 ARGS ?=
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv python clean
 
-demo:
+demo: python
 	$(CARGO) build --workspace --release
 	$(CARGO) run --release -p keops --example kde -- $(ARGS)
 
-test: lint
+test: lint python
 	$(CARGO) test --workspace --release --all-features
+	$(VPY) -m pytest -q crates/keops-python/tests
+
+# The Python package `keops`, built by maturin and installed into the venv the way a
+# user would (`pip install ./crates/keops-python`).
+python: venv
+	$(VPY) -m pip install --quiet ./crates/keops-python
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -31,7 +37,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet numpy
+	$(VPY) -m pip install --quiet numpy pytest maturin
 	touch $@
 
 clean:

@@ -1,0 +1,174 @@
+//! `keops._keops`: the compiled core of the Python package `keops`.
+//!
+//! A thin layer: it converts NumPy arrays to [`keops::Arg`]s without copying (C-contiguous
+//! float32/float64 arrays only; the Python layer copies other layouts first), releases the
+//! GIL while the reduction runs, and turns [`keops::KeopsError`]s into Python exceptions
+//! that carry the Rust message. The pykeops-compatible API lives in Python
+//! (`python/keops/numpy.py`).
+
+use keops::{AccType, Arg, Backend, Element, KeopsError, Options, Reduced, Reduction, SumScheme};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+/// A Rust error as the Python exception that fits it.
+fn to_py(e: KeopsError) -> PyErr {
+    match e {
+        KeopsError::Backend { .. } => PyRuntimeError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// What a reduction returns to Python: values and indices, either possibly absent.
+type Outputs<'py> = (Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>);
+
+/// A reduction of a symbolic matrix, checked once and callable many times.
+#[pyclass(module = "keops._keops", frozen)]
+struct Genred {
+    inner: keops::Genred,
+}
+
+#[pymethods]
+impl Genred {
+    /// Parses `formula` with `aliases` (KeOps syntax) for `reduction` over `axis`
+    /// (1: over j, 0: over i); `k` for the K-min family, `formula2` for the weight of
+    /// `LogSumExp` / `SumSoftMaxWeight`.
+    #[new]
+    #[pyo3(signature = (formula, aliases, reduction, axis, k=None, formula2=None))]
+    fn new(
+        formula: &str,
+        aliases: Vec<String>,
+        reduction: &str,
+        axis: usize,
+        k: Option<usize>,
+        formula2: Option<&str>,
+    ) -> PyResult<Self> {
+        let red = Reduction::from_name(reduction, k).map_err(to_py)?;
+        let inner = match formula2 {
+            Some(f2) => keops::Genred::with_weight(formula, f2, &aliases, red, axis),
+            None => keops::Genred::new(formula, &aliases, red, axis),
+        }
+        .map_err(to_py)?;
+        Ok(Genred { inner })
+    }
+
+    /// The formula, as KeOps syntax (after parsing and simplification).
+    #[getter]
+    fn formula(&self) -> String {
+        self.inner.formula().to_string()
+    }
+
+    /// Runs the reduction on C-contiguous float32 or float64 arrays (all of one dtype).
+    /// Returns `(values, indices)`, either possibly `None`.
+    #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto"))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        args: Vec<Bound<'py, PyAny>>,
+        dtype_acc: &str,
+        sum_scheme: &str,
+        threads: Option<usize>,
+        backend: &str,
+    ) -> PyResult<Outputs<'py>> {
+        let opts = Options {
+            dtype_acc: match dtype_acc {
+                "auto" => AccType::Auto,
+                "float32" | "float16" => AccType::Auto,
+                "float64" => AccType::Float64,
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "invalid option dtype_acc: {other:?} is not one of \"auto\", \"float32\", \"float64\""
+                    )))
+                }
+            },
+            sum_scheme: SumScheme::from_name(sum_scheme).map_err(to_py)?,
+            threads,
+            backend: Backend::from_name(backend).map_err(to_py)?,
+            ..Options::default()
+        };
+        match args.first() {
+            Some(a) if a.downcast::<PyArrayDyn<f32>>().is_ok() => self.run::<f32>(py, &args, &opts),
+            Some(a) if a.downcast::<PyArrayDyn<f64>>().is_ok() => self.run::<f64>(py, &args, &opts),
+            Some(a) => Err(PyTypeError::new_err(format!(
+                "argument 0: expected a float32 or float64 NumPy array, got {}",
+                describe(a)
+            ))),
+            None => self.run::<f64>(py, &args, &opts),
+        }
+    }
+}
+
+fn describe(a: &Bound<'_, PyAny>) -> String {
+    match a.getattr("dtype") {
+        Ok(d) => format!("an array of dtype {d}"),
+        Err(_) => a
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "an object".into()),
+    }
+}
+
+impl Genred {
+    fn run<'py, T: Element + numpy::Element>(
+        &self,
+        py: Python<'py>,
+        args: &[Bound<'py, PyAny>],
+        opts: &Options,
+    ) -> PyResult<Outputs<'py>> {
+        let want = std::any::type_name::<T>();
+        let arrays = args
+            .iter()
+            .enumerate()
+            .map(|(k, a)| {
+                let arr = a.downcast::<PyArrayDyn<T>>().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "argument {k}: expected {} like argument 0, got {}",
+                        if want == "f32" { "float32" } else { "float64" },
+                        describe(a)
+                    ))
+                })?;
+                arr.try_readonly().map_err(|e| {
+                    PyValueError::new_err(format!("argument {k}: cannot be borrowed: {e}"))
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut slices = Vec::with_capacity(arrays.len());
+        for (k, a) in arrays.iter().enumerate() {
+            let data = a.as_slice().map_err(|_| {
+                PyValueError::new_err(format!(
+                    "argument {k}: the array is not C-contiguous (pass numpy.ascontiguousarray(...))"
+                ))
+            })?;
+            slices.push(Arg::new(data, a.shape()));
+        }
+        // Arrays stay borrowed (read-only) while the GIL is released.
+        let out: Result<Reduced<T>, KeopsError> = py.detach(|| self.inner.call_with(&slices, opts));
+        let out = out.map_err(to_py)?;
+        let values = out
+            .values
+            .map(|v| {
+                PyArray1::from_vec(py, v.data)
+                    .reshape(v.shape)
+                    .map(|a| a.into_any())
+            })
+            .transpose()?;
+        let indices = out
+            .indices
+            .map(|v| {
+                PyArray1::from_vec(py, v.data)
+                    .reshape(v.shape)
+                    .map(|a| a.into_any())
+            })
+            .transpose()?;
+        Ok((values, indices))
+    }
+}
+
+/// The compiled core of `keops`.
+#[pymodule]
+fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Genred>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

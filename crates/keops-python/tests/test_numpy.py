@@ -1,0 +1,132 @@
+"""Tests of the NumPy front end (``keops.numpy``) against dense NumPy computations."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from keops.numpy import Genred
+
+ALIASES = ["x = Vi(3)", "y = Vj(3)", "b = Vj(1)", "g = Pm(1)"]
+GAUSS = "Exp(-SqDist(x, y) * g) * b"
+
+
+def data(dtype: type, n: int = 50, m: int = 70, seed: int = 0):
+    r = np.random.default_rng(seed)
+    x = r.random((n, 3)).astype(dtype)
+    y = r.random((m, 3)).astype(dtype)
+    b = r.random((m, 1)).astype(dtype)
+    g = np.array([2.0], dtype=dtype)
+    return x, y, b, g
+
+
+def dense_gauss(x, y, b, g):
+    d2 = ((x[:, None, :].astype(np.float64) - y[None, :, :]) ** 2).sum(-1)
+    return np.exp(-d2 * g[0]) @ b.astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_gaussian_sum_matches_numpy(dtype, tol):
+    x, y, b, g = data(dtype)
+    out = Genred(GAUSS, ALIASES, reduction_op="Sum", axis=1)(x, y, b, g)
+    assert out.dtype == dtype and out.shape == (50, 1)
+    want = dense_gauss(x, y, b, g)
+    assert np.abs(out - want).max() <= tol * np.abs(want).max()
+
+
+def test_axis_0_and_logsumexp():
+    x, y, b, g = data(np.float64)
+    out = Genred("-SqDist(x, y) * g", ALIASES[:2] + ["g = Pm(1)"], reduction_op="LogSumExp", axis=0)(x, y, g)
+    d2 = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    want = np.log(np.exp(-d2 * g[0]).sum(0))[:, None]
+    assert out.shape == (70, 1)
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+
+
+def test_argkmin_gives_int64_indices_and_kmin_argkmin_a_tuple():
+    x, y, _, _ = data(np.float32)
+    knn = Genred("SqDist(x, y)", ALIASES[:2], reduction_op="ArgKMin", axis=1, opt_arg=5)(x, y)
+    d2 = ((x[:, None, :].astype(np.float64) - y[None, :, :]) ** 2).sum(-1)
+    assert knn.dtype == np.int64 and knn.shape == (50, 5)
+    np.testing.assert_array_equal(knn, np.argsort(d2, axis=1)[:, :5])
+    vals, idx = Genred("SqDist(x, y)", ALIASES[:2], reduction_op="KMin_ArgKMin", axis=1, opt_arg=2)(x, y)
+    assert vals.shape == idx.shape == (50, 2)
+
+
+def test_non_contiguous_inputs_are_copied_not_misread():
+    x, y, b, g = data(np.float64)
+    xt = np.asfortranarray(x)
+    ys = np.concatenate([y, y], axis=1)[:, ::2]  # strided view: same values as y
+    assert not xt.flags.c_contiguous and not ys.flags.c_contiguous
+    out = Genred(GAUSS, ALIASES, axis=1)(xt, np.ascontiguousarray(y), b, g)
+    np.testing.assert_allclose(out, dense_gauss(x, y, b, g), rtol=1e-12)
+    ys = np.stack([y[:, 0], y[:, 0], y[:, 1], y[:, 1], y[:, 2], y[:, 2]], axis=1)[:, ::2]
+    out2 = Genred(GAUSS, ALIASES, axis=1)(x, ys, b, g)
+    np.testing.assert_allclose(out2, dense_gauss(x, y, b, g), rtol=1e-12)
+
+
+def test_batch_dimensions_broadcast():
+    r = np.random.default_rng(1)
+    x = r.random((2, 10, 3))
+    y = r.random((1, 12, 3))
+    b = r.random((12, 1))
+    g = np.array([[1.0], [3.0]])  # one parameter per batch entry: shape (batch, 1)
+    out = Genred(GAUSS, ALIASES, axis=1)(x, y, b, g)
+    assert out.shape == (2, 10, 1)
+    for k in range(2):
+        np.testing.assert_allclose(out[k], dense_gauss(x[k], y[0], b, g[k]), rtol=1e-12)
+
+
+def test_errors_name_the_problem():
+    x, y, b, g = data(np.float64)
+    with pytest.raises(ValueError, match="position"):
+        Genred("Exp(-SqDist(x, y) * ", ALIASES)
+    with pytest.raises(ValueError, match="Unknown|unknown"):
+        Genred("Foo(x)", ALIASES)
+    op = Genred(GAUSS, ALIASES, axis=1)
+    with pytest.raises(TypeError, match="argument 1"):
+        op(x, y.astype(np.float32), b, g)
+    with pytest.raises(TypeError, match="argument 0"):
+        op(x.astype(np.int64), y, b, g)
+    with pytest.raises(ValueError, match="argument 1"):
+        op(x, y[:, :2].copy(), b, g)
+    with pytest.raises(ValueError, match="argument"):
+        op(x, y, b)
+    with pytest.raises(RuntimeError, match="GPU"):
+        op(x, y, b, g, backend="GPU")
+    with pytest.raises(ValueError, match="opt_arg"):
+        Genred("SqDist(x, y)", ALIASES[:2], reduction_op="ArgKMin")
+
+
+def test_threads_run_in_parallel_with_the_right_answers():
+    x, y, b, g = data(np.float64, n=400, m=500)
+    op = Genred(GAUSS, ALIASES, axis=1)
+    want = dense_gauss(x, y, b, g)
+    results: list = [None] * 4
+    errors: list = []
+
+    def work(k: int) -> None:
+        try:
+            results[k] = op(x * (1 + k), y * (1 + k), b, g)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in range(4):
+        np.testing.assert_allclose(results[k], dense_gauss(x * (1 + k), y * (1 + k), b, g), rtol=1e-12)
+    np.testing.assert_allclose(results[0], want, rtol=1e-12)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import keops.numpy
+
+    assert doctest.testmod(keops.numpy).failed == 0
