@@ -16,8 +16,9 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _keops
+from .lazy import LazyTensor, Pm, Vi, Vj
 
-__all__ = ["Genred"]
+__all__ = ["Genred", "LazyTensor", "Vi", "Vj", "Pm"]
 
 _K_REDUCTIONS = ("KMin", "ArgKMin", "KMin_ArgKMin")
 
