@@ -114,11 +114,23 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
         Some(f) => drive(problem, f, threads, isa),
         None => drive(problem, &TileRunner::new(problem, opts), threads, isa),
     };
+    // Small problems run on the calling thread: waking pool threads costs more than the
+    // work (tens of microseconds), and a caller's own threads stay independent.
+    let (n_out, n_red) = problem.sizes();
+    let pairs = problem
+        .batch_len()
+        .saturating_mul(n_out)
+        .saturating_mul(n_red);
     match opts.threads {
+        _ if pairs < SERIAL_PAIRS => go(1),
+        Some(1) => go(1),
         Some(n) => pool(n)?.install(|| go(n)),
         None => go(rayon::current_num_threads()),
     }
 }
+
+/// Below this many pairs, a reduction runs on the calling thread.
+const SERIAL_PAIRS: usize = 1 << 16;
 
 /// Splits the problem into jobs, runs them in parallel, combines and finalizes.
 fn drive<T: Element, R: BlockRunner>(
@@ -156,26 +168,28 @@ fn drive<T: Element, R: BlockRunner>(
     }
     let (sv, si) = spec.state_len();
     let isa = Isa::select(isa_cap);
-    let blocks: Vec<Block> = jobs
-        .par_iter()
-        .map(|job| {
-            let n = job.rows.len();
-            let mut block = Block {
-                vals: vec![0.0; n * sv],
-                idx: vec![0; n * si],
-            };
-            for r in 0..n {
-                spec.init(
-                    &mut block.vals[r * sv..(r + 1) * sv],
-                    &mut block.idx[r * si..(r + 1) * si],
-                );
-            }
-            if !job.red.is_empty() {
-                runner.run(isa, job, &mut block);
-            }
-            block
-        })
-        .collect();
+    let run_job = |job: &Job| {
+        let n = job.rows.len();
+        let mut block = Block {
+            vals: vec![0.0; n * sv],
+            idx: vec![0; n * si],
+        };
+        for r in 0..n {
+            spec.init(
+                &mut block.vals[r * sv..(r + 1) * sv],
+                &mut block.idx[r * si..(r + 1) * si],
+            );
+        }
+        if !job.red.is_empty() {
+            runner.run(isa, job, &mut block);
+        }
+        block
+    };
+    let blocks: Vec<Block> = if threads == 1 {
+        jobs.iter().map(run_job).collect()
+    } else {
+        jobs.par_iter().map(run_job).collect()
+    };
 
     let (dv, di) = spec.output_dims();
     let total_rows = nb * n_out;
