@@ -37,7 +37,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet numpy pytest maturin
+	$(VPY) -m pip install --quiet numpy pytest maturin torch
 	touch $@
 
 clean:

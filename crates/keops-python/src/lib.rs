@@ -58,6 +58,90 @@ impl Genred {
         self.inner.formula().to_string()
     }
 
+    /// The dimension of the formula `F`.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.formula().dim
+    }
+
+    /// The weight formula (`LogSumExp` / `SumSoftMaxWeight`), if any.
+    #[getter]
+    fn formula2(&self) -> Option<String> {
+        self.inner.weight().map(|w| w.to_string())
+    }
+
+    /// The reduction's name (`"Sum"`, `"KMin"`, ...).
+    #[getter]
+    fn reduction(&self) -> &'static str {
+        self.inner.spec().kind.name()
+    }
+
+    /// `K` of the K-min family, else `None`.
+    #[getter]
+    fn k(&self) -> Option<usize> {
+        self.inner.spec().kind.k()
+    }
+
+    /// 1: reduction over j, 0: over i.
+    #[getter]
+    fn axis(&self) -> usize {
+        self.inner.axis()
+    }
+
+    /// One entry per argument position: `("Vi" | "Vj" | "Pm", dim)`, or `None` for a
+    /// position no variable uses.
+    #[getter]
+    fn args(&self) -> Vec<Option<(&'static str, usize)>> {
+        self.inner
+            .args()
+            .iter()
+            .map(|d| d.map(|d| (d.cat.name(), d.dim)))
+            .collect()
+    }
+
+    /// The gradient with respect to argument `k` as `(genred, extras)`: a reduction that
+    /// takes the forward arguments then the extras (`"output_grad"`, `"output"`,
+    /// `"logsumexp"`); a parameter's gradient is its output summed over the rows. `None`
+    /// for the min/max family (differentiate at the selected pairs) and the
+    /// arg-reductions (zero).
+    fn grad(&self, k: usize) -> PyResult<Option<(Genred, Vec<&'static str>)>> {
+        let g = self.inner.grad(k).map_err(to_py)?;
+        Ok(g.reduction().map(|(genred, extras)| {
+            (
+                Genred {
+                    inner: genred.clone(),
+                },
+                extras.iter().map(|x| extra_name(*x)).collect(),
+            )
+        }))
+    }
+
+    /// The Jacobian-vector product for tangents of arguments `ks`, as `(genred, extras)`:
+    /// it takes the forward arguments, one tangent per entry of `ks`, then the extras
+    /// (`"output"`).
+    fn jvp(&self, ks: Vec<usize>) -> PyResult<(Genred, Vec<&'static str>)> {
+        let (inner, extras) = self.inner.jvp(&ks).map_err(to_py)?;
+        Ok((
+            Genred { inner },
+            extras.iter().map(|x| extra_name(*x)).collect(),
+        ))
+    }
+
+    /// The same formula and axis with another reduction.
+    #[pyo3(signature = (reduction, k=None))]
+    fn with_reduction(&self, reduction: &str, k: Option<usize>) -> PyResult<Genred> {
+        let red = Reduction::from_name(reduction, k).map_err(to_py)?;
+        let inner = self.inner.with_reduction(red).map_err(to_py)?;
+        Ok(Genred { inner })
+    }
+
+    /// `F` row by row (see `keops::Genred::pointwise`): a `Sum` whose reduced-side
+    /// variables are read on the output side.
+    fn pointwise(&self) -> PyResult<Genred> {
+        let inner = self.inner.pointwise().map_err(to_py)?;
+        Ok(Genred { inner })
+    }
+
     /// Runs the reduction on C-contiguous float32 or float64 arrays (all of one dtype).
     /// Returns `(values, indices)`, either possibly `None`.
     #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto"))]
@@ -95,6 +179,14 @@ impl Genred {
             ))),
             None => self.run::<f64>(py, &args, &opts),
         }
+    }
+}
+
+fn extra_name(x: keops::Extra) -> &'static str {
+    match x {
+        keops::Extra::OutputGrad => "output_grad",
+        keops::Extra::Output => "output",
+        keops::Extra::LogSumExp => "logsumexp",
     }
 }
 

@@ -28,6 +28,7 @@ pub mod cpu;
 pub mod error;
 pub mod formula;
 pub mod grad;
+pub mod jvp;
 pub mod lazy;
 pub mod math;
 pub mod plan;

@@ -244,3 +244,104 @@ fn bad_input() {
         "{err}"
     );
 }
+
+/// `Genred::jvp` against central differences of the output along the tangents, for
+/// every reduction it covers, both axes, tangents of one argument and of all of them.
+#[test]
+fn forward_mode_matches_finite_differences() {
+    let data = Data::new(4, 5, 11, false);
+    let mut r = Rng::new(5);
+    let tangents: Vec<Vec<f64>> = data
+        .arrays
+        .iter()
+        .map(|a| a.iter().map(|_| r.uniform(-1.0, 1.0)).collect())
+        .collect();
+    for (name, g) in cases() {
+        let kind = g.spec().kind;
+        if !matches!(
+            kind,
+            Reduction::Sum | Reduction::LogSumExp | Reduction::SumSoftMaxWeight
+        ) {
+            assert!(g.jvp(&[0]).is_err(), "{name}: no forward rule expected");
+            continue;
+        }
+        for wrt in [vec![0], vec![1], vec![2], vec![3], vec![0, 1, 2, 3]] {
+            let ctx = format!("{name} axis {} tangents {wrt:?}", g.axis());
+            let (jvp, extras) = g.jvp(&wrt).unwrap();
+            let fwd = g.call(&data.args()).unwrap().values.unwrap();
+            let mut args = data.args();
+            for &k in &wrt {
+                args.push(Arg::new(&tangents[k], &data.shapes[k]));
+            }
+            let out_rows = [fwd.shape[0], fwd.shape[1]];
+            if !extras.is_empty() {
+                args.push(Arg::new(&fwd.data, out_rows));
+            }
+            let got = jvp.call(&args).unwrap().values.unwrap();
+            assert_eq!(got.shape, fwd.shape, "{ctx}");
+            let h = 1e-6;
+            let at = |s: f64| {
+                let mut d = Data {
+                    arrays: data.arrays.clone(),
+                    shapes: data.shapes.clone(),
+                };
+                for &k in &wrt {
+                    for (a, u) in d.arrays[k].iter_mut().zip(&tangents[k]) {
+                        *a += s * u;
+                    }
+                }
+                keops::reference::reduce(&g, &d.args())
+                    .unwrap()
+                    .values
+                    .unwrap()
+                    .data
+            };
+            let (up, down) = (at(h), at(-h));
+            for (k, v) in got.data.iter().enumerate() {
+                let fd = (up[k] - down[k]) / (2.0 * h);
+                assert!(
+                    (v - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "{ctx}, element {k}: got {v:e}, finite differences {fd:e}"
+                );
+            }
+        }
+    }
+}
+
+/// `Genred::pointwise` evaluates the formula at chosen pairs: at the arg-min it gives
+/// the min, and `with_reduction` keeps formula, weight and argument positions.
+#[test]
+fn pointwise_at_selected_pairs_and_variants() {
+    let data = Data::new(4, 5, 3, false);
+    for axis in [1, 0] {
+        let g = Genred::new(F_S, &ALIASES, Reduction::Min, axis).unwrap();
+        let sel = g.with_reduction(Reduction::MinArgMin).unwrap();
+        let out = sel.call(&data.args()).unwrap();
+        let (mins, idx) = (out.values.unwrap(), out.indices.unwrap());
+        // Gather the reduced-side arguments (y: 1, b: 2 for axis 1; x: 0 for axis 0).
+        let reduced: &[usize] = if axis == 1 { &[1, 2] } else { &[0] };
+        let mut gathered = data.arrays.clone();
+        let mut shapes = data.shapes.clone();
+        for &k in reduced {
+            let d = data.shapes[k][1];
+            gathered[k] = idx
+                .data
+                .iter()
+                .flat_map(|&j| data.arrays[k][j as usize * d..(j as usize + 1) * d].to_vec())
+                .collect();
+            shapes[k] = vec![idx.data.len(), d];
+        }
+        let args: Vec<Arg<'_, f64>> = gathered
+            .iter()
+            .zip(&shapes)
+            .map(|(a, s)| Arg::new(a, s))
+            .collect();
+        let at = g.pointwise().unwrap().call(&args).unwrap().values.unwrap();
+        for (a, b) in at.data.iter().zip(&mins.data) {
+            assert!(
+                (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                "axis {axis}: {a} vs {b}"
+            );
+        }
+    }
+}

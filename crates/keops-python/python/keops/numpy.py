@@ -1,4 +1,4 @@
-"""NumPy front end of keops, with pykeops' ``Genred`` signature.
+"""NumPy front end of keops, with pykeops' API (``from keops.numpy import ...``).
 
 >>> import numpy as np
 >>> from keops.numpy import Genred
@@ -11,70 +11,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _keops
-from .lazy import LazyTensor, Pm, Vi, Vj
+from ._genred import Core, GenredBase, Options, output_axis
+from ._lazy import GenericLazyTensor
 
-__all__ = ["Genred", "LazyTensor", "Vi", "Vj", "Pm"]
+__all__ = ["Genred", "LogSumExp", "LazyTensor", "Vi", "Vj", "Pm",
+           "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
 
-_K_REDUCTIONS = ("KMin", "ArgKMin", "KMin_ArgKMin")
+
+def _run(core: Core, arrays: List[Any], opts: Options) -> Tuple[Any, Any]:
+    """Runs a reduction on NumPy arrays (non-contiguous ones are copied first)."""
+    return core([np.ascontiguousarray(a) for a in arrays], opts)
 
 
-class Genred:
-    """A generic reduction of a symbolic matrix (pykeops' ``Genred``).
-
-    Args:
-        formula: the formula ``F``, in KeOps syntax (``"Exp(-SqDist(x,y)) * b"``).
-        aliases: variable declarations (``"x = Vi(3)"``, ``"y = Vj(1,3)"``, ``"p = Pm(1)"``).
-        reduction_op: ``"Sum"``, ``"LogSumExp"``, ``"SumSoftMaxWeight"``, ``"Min"``,
-            ``"Max"``, ``"ArgMin"``, ``"ArgMax"``, ``"Min_ArgMin"``, ``"Max_ArgMax"``,
-            ``"KMin"``, ``"ArgKMin"``, ``"KMin_ArgKMin"``.
-        axis: 1 reduces over ``j`` (one output row per ``i``), 0 over ``i``.
-        dtype: ignored (the arrays' dtype decides), kept for pykeops compatibility.
-        opt_arg: ``K`` for the K-min family.
-        formula2: the weight of ``LogSumExp`` / ``SumSoftMaxWeight``.
-        dtype_acc: ``"auto"``, ``"float32"`` or ``"float64"`` (in-tile sums).
-        use_double_acc: same as ``dtype_acc="float64"``.
-        sum_scheme: ``"auto"``, ``"direct_sum"``, ``"block_sum"``, ``"kahan_scheme"``.
-        enable_chunks, rec_multVar_highdim, cuda_type: accepted for compatibility.
-
-    Raises:
-        ValueError: a formula, alias or option error (the message names the position
-            in the formula, or the option).
-    """
-
-    def __init__(
-        self,
-        formula: str,
-        aliases: Sequence[str],
-        reduction_op: str = "Sum",
-        axis: int = 0,
-        dtype: Optional[str] = None,
-        opt_arg: Optional[int] = None,
-        formula2: Optional[str] = None,
-        cuda_type: Optional[str] = None,
-        dtype_acc: str = "auto",
-        use_double_acc: bool = False,
-        sum_scheme: str = "auto",
-        enable_chunks: bool = True,
-        rec_multVar_highdim: bool = False,
-    ) -> None:
-        k = opt_arg if reduction_op in _K_REDUCTIONS else None
-        if reduction_op in _K_REDUCTIONS and opt_arg is None:
-            raise ValueError(f"reduction {reduction_op} needs opt_arg = K")
-        self._core = _keops.Genred(formula, list(aliases), reduction_op, int(axis), k, formula2)
-        self.reduction_op = reduction_op
-        self.axis = int(axis)
-        self.dtype_acc = "float64" if use_double_acc else dtype_acc
-        self.sum_scheme = sum_scheme
-
-    @property
-    def formula(self) -> str:
-        """The parsed formula, printed in KeOps syntax."""
-        return self._core.formula
+class Genred(GenredBase):
+    __doc__ = GenredBase.__doc__
 
     def __call__(
         self,
@@ -91,12 +45,11 @@ class Genred:
         Returns the values, the indices (``ArgMin``, ``ArgKMin``, ... as int64), or both
         as a tuple (``Min_ArgMin``, ``KMin_ArgKMin``).
         """
-        if ranges is not None:
-            raise NotImplementedError("ranges (block-sparse reductions) are not supported yet")
-        arrays = [np.ascontiguousarray(a) for a in args]
-        values, indices = self._core(
-            arrays, dtype_acc=self.dtype_acc, sum_scheme=self.sum_scheme, backend=backend
-        )
+        opts = self._options(backend, ranges)
+        for k, a in enumerate(args):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"argument {k}: expected a NumPy array, got {type(a).__name__}")
+        values, indices = _run(self.core, list(args), opts)
         if values is not None and indices is not None:
             return values, indices
         result = values if values is not None else indices
@@ -104,3 +57,70 @@ class Genred:
             out[...] = result
             return out
         return result
+
+
+def LogSumExp(formula: str, aliases: List[str], axis: int = 0, **kwargs: Any) -> Genred:
+    """``Genred`` with the ``LogSumExp`` reduction."""
+    return Genred(formula, aliases, reduction_op="LogSumExp", axis=axis, **kwargs)
+
+
+def _generic(reduction: str, formula: str, output: str, aliases: Tuple[str, ...],
+             **kwargs: Any) -> Genred:
+    return Genred(formula, list(aliases), reduction_op=reduction, axis=output_axis(output),
+                  **kwargs)
+
+
+def generic_sum(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
+    """pykeops' ``generic_sum``: the output alias (``"a = Vi(1)"``) sets the axis."""
+    return _generic("Sum", formula, output, aliases, **kwargs)
+
+
+def generic_logsumexp(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
+    """pykeops' ``generic_logsumexp``."""
+    return _generic("LogSumExp", formula, output, aliases, **kwargs)
+
+
+def generic_argmin(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
+    """pykeops' ``generic_argmin``."""
+    return _generic("ArgMin", formula, output, aliases, **kwargs)
+
+
+def generic_argkmin(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
+    """pykeops' ``generic_argkmin`` (``opt_arg`` = K)."""
+    return _generic("ArgKMin", formula, output, aliases, **kwargs)
+
+
+class LazyTensor(GenericLazyTensor):
+    __doc__ = GenericLazyTensor.__doc__
+
+    @classmethod
+    def _as_array(cls, x: Any) -> np.ndarray:
+        a = np.asarray(x)
+        if a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"LazyTensor: expected a float32 or float64 array, got dtype {a.dtype}")
+        return a
+
+    _run = staticmethod(_run)
+
+    @staticmethod
+    def _repeat_rows(a: np.ndarray, times: int, interleave: bool) -> np.ndarray:
+        if interleave:
+            return np.repeat(a, times, axis=-2)
+        return np.concatenate([a] * times, axis=-2)
+
+
+def Vi(x: np.ndarray) -> LazyTensor:
+    """An ``i``-indexed variable from an array ``(..., N, D)``."""
+    return LazyTensor._variable_of(x, "i")
+
+
+def Vj(x: np.ndarray) -> LazyTensor:
+    """A ``j``-indexed variable from an array ``(..., M, D)``."""
+    return LazyTensor._variable_of(x, "j")
+
+
+def Pm(x: Any) -> LazyTensor:
+    """A parameter: a number (a constant of the formula) or an array ``(..., D)``."""
+    if isinstance(x, (int, float)):
+        return LazyTensor(x)
+    return LazyTensor._variable_of(x, "p")

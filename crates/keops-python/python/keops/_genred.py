@@ -1,0 +1,206 @@
+"""What the NumPy and PyTorch front ends share: compiled reductions and pykeops' ``Genred``.
+
+:class:`Core` wraps the Rust reduction (``keops._keops.Genred``) together with the
+reductions derived from it (gradients, forward-mode derivatives, variants), each built
+once. :class:`GenredBase` holds pykeops' ``Genred`` constructor, options and pickling;
+the subclasses only convert arrays and call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import _keops
+
+#: Reductions whose values are differentiated as reductions (the rest: at the selected
+#: pairs, or not at all).
+SMOOTH = ("Sum", "LogSumExp", "SumSoftMaxWeight")
+#: Reductions that return indices only.
+ARG = ("ArgMin", "ArgMax", "ArgKMin")
+#: Reductions that return values picked at some pairs, and the reduction that picks them.
+SELECT = {
+    "Min": "Min_ArgMin",
+    "Max": "Max_ArgMax",
+    "KMin": "KMin_ArgKMin",
+    "Min_ArgMin": "Min_ArgMin",
+    "Max_ArgMax": "Max_ArgMax",
+    "KMin_ArgKMin": "KMin_ArgKMin",
+}
+K_REDUCTIONS = ("KMin", "ArgKMin", "KMin_ArgKMin")
+BACKENDS = ("auto", "CPU", "GPU", "GPU_1D", "GPU_2D")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Options of a reduction call (pykeops' names)."""
+
+    dtype_acc: str = "auto"
+    sum_scheme: str = "auto"
+    backend: str = "auto"
+
+    def kwargs(self) -> Dict[str, Any]:
+        """As keyword arguments of the Rust call."""
+        return {"dtype_acc": self.dtype_acc, "sum_scheme": self.sum_scheme,
+                "backend": self.backend}
+
+
+def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
+                 sum_scheme: str = "auto", backend: str = "auto") -> Options:
+    """Checks and normalises pykeops' options."""
+    if backend not in BACKENDS:
+        raise ValueError(f"invalid backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if dtype_acc not in ("auto", "float16", "float32", "float64"):
+        raise ValueError(f"invalid dtype_acc {dtype_acc!r}: expected 'auto', 'float32' or 'float64'")
+    return Options("float64" if use_double_acc else dtype_acc, sum_scheme, backend)
+
+
+class Core:
+    """A compiled reduction and, built on demand and kept, the reductions derived from it."""
+
+    def __init__(self, g: Any) -> None:
+        self.g = g
+        self.reduction: str = g.reduction
+        self.axis: int = g.axis
+        self.k: Optional[int] = g.k
+        #: The dimension of the formula F.
+        self.dim: int = g.dim
+        #: One entry per argument: ``("Vi" | "Vj" | "Pm", dim)`` or ``None``.
+        self.args: List[Optional[Tuple[str, int]]] = g.args
+        self._grads: Dict[int, Optional[Tuple["Core", List[str]]]] = {}
+        self._jvps: Dict[Tuple[int, ...], Tuple["Core", List[str]]] = {}
+        self._variants: Dict[Tuple[str, Optional[int]], "Core"] = {}
+        self._pointwise: Optional["Core"] = None
+
+    @property
+    def out_cat(self) -> str:
+        """The category of the output rows."""
+        return "Vi" if self.axis == 1 else "Vj"
+
+    @property
+    def red_cat(self) -> str:
+        """The category of the reduced rows."""
+        return "Vj" if self.axis == 1 else "Vi"
+
+    def __call__(self, arrays: Sequence[Any], opts: Options) -> Tuple[Any, Any]:
+        """Runs on C-contiguous NumPy arrays; returns ``(values, indices)``."""
+        return self.g(list(arrays), **opts.kwargs())
+
+    def grad(self, k: int) -> Optional[Tuple["Core", List[str]]]:
+        """The gradient reduction w.r.t. argument ``k`` and its extra inputs (see Rust)."""
+        if k not in self._grads:
+            r = self.g.grad(k)
+            self._grads[k] = None if r is None else (Core(r[0]), list(r[1]))
+        return self._grads[k]
+
+    def jvp(self, ks: Tuple[int, ...]) -> Tuple["Core", List[str]]:
+        """The forward-mode reduction for tangents of arguments ``ks``, and its extras."""
+        if ks not in self._jvps:
+            g, extras = self.g.jvp(list(ks))
+            self._jvps[ks] = (Core(g), list(extras))
+        return self._jvps[ks]
+
+    def variant(self, reduction: str, k: Optional[int] = None) -> "Core":
+        """The same formula with another reduction."""
+        key = (reduction, k)
+        if key not in self._variants:
+            self._variants[key] = Core(self.g.with_reduction(reduction, k))
+        return self._variants[key]
+
+    def pointwise(self) -> "Core":
+        """``F`` row by row: reduced-side variables read on the output side."""
+        if self._pointwise is None:
+            self._pointwise = Core(self.g.pointwise())
+        return self._pointwise
+
+
+@lru_cache(maxsize=512)
+def compile_core(formula: str, aliases: Tuple[str, ...], reduction: str, axis: int,
+                 k: Optional[int], formula2: Optional[str]) -> Core:
+    """Parses and plans a reduction once per distinct description."""
+    return Core(_keops.Genred(formula, list(aliases), reduction, axis, k, formula2))
+
+
+class GenredBase:
+    """pykeops' ``Genred``: a generic reduction of a symbolic matrix.
+
+    Args:
+        formula: the formula ``F``, in KeOps syntax (``"Exp(-SqDist(x,y)) * b"``).
+        aliases: variable declarations (``"x = Vi(3)"``, ``"y = Vj(1,3)"``, ``"p = Pm(1)"``).
+        reduction_op: ``"Sum"``, ``"LogSumExp"``, ``"SumSoftMaxWeight"``, ``"Min"``,
+            ``"Max"``, ``"ArgMin"``, ``"ArgMax"``, ``"Min_ArgMin"``, ``"Max_ArgMax"``,
+            ``"KMin"``, ``"ArgKMin"``, ``"KMin_ArgKMin"``.
+        axis: 1 reduces over ``j`` (one output row per ``i``), 0 over ``i``.
+        dtype: ignored (the arrays' dtype decides), kept for pykeops compatibility.
+        opt_arg: ``K`` for the K-min family.
+        formula2: the weight of ``LogSumExp`` / ``SumSoftMaxWeight``.
+        dtype_acc: ``"auto"``, ``"float32"`` or ``"float64"`` (in-tile sums).
+        use_double_acc: same as ``dtype_acc="float64"``.
+        sum_scheme: ``"auto"``, ``"direct_sum"``, ``"block_sum"``, ``"kahan_scheme"``.
+        enable_chunks, rec_multVar_highdim, cuda_type: accepted for compatibility.
+
+    Raises:
+        ValueError: a formula, alias or option error (the message names the position
+            in the formula, or the option).
+
+    Instances pickle (the formula is parsed again when loaded).
+    """
+
+    def __init__(
+        self,
+        formula: str,
+        aliases: Sequence[str],
+        reduction_op: str = "Sum",
+        axis: int = 0,
+        dtype: Optional[str] = None,
+        opt_arg: Optional[int] = None,
+        formula2: Optional[str] = None,
+        cuda_type: Optional[str] = None,
+        dtype_acc: str = "auto",
+        use_double_acc: bool = False,
+        sum_scheme: str = "auto",
+        enable_chunks: bool = True,
+        rec_multVar_highdim: bool = False,
+    ) -> None:
+        if reduction_op in K_REDUCTIONS and opt_arg is None:
+            raise ValueError(f"reduction {reduction_op} needs opt_arg = K")
+        k = int(opt_arg) if reduction_op in K_REDUCTIONS and opt_arg is not None else None
+        self._init = dict(formula=formula, aliases=list(aliases), reduction_op=reduction_op,
+                          axis=int(axis), dtype=dtype, opt_arg=opt_arg, formula2=formula2,
+                          dtype_acc=dtype_acc, use_double_acc=use_double_acc,
+                          sum_scheme=sum_scheme)
+        self.core = compile_core(formula, tuple(aliases), reduction_op, int(axis), k, formula2)
+        self.reduction_op = reduction_op
+        self.axis = int(axis)
+        self.opts = make_options(dtype_acc, use_double_acc, sum_scheme)
+
+    @property
+    def formula(self) -> str:
+        """The parsed formula, printed in KeOps syntax."""
+        return self.core.g.formula
+
+    def _options(self, backend: str, ranges: Any) -> Options:
+        if ranges is not None:
+            raise NotImplementedError(
+                "ranges (block-sparse reductions) are not supported yet: drop the ranges "
+                "argument to compute the dense reduction")
+        return make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return dict(self._init)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__module__}.{type(self).__name__}({self.formula!r}, "
+                f"reduction_op={self.reduction_op!r}, axis={self.axis})")
+
+
+def output_axis(output: str) -> int:
+    """The reduction axis that the output alias of pykeops' ``generic_*`` implies."""
+    cat = output.split("=")[-1].strip()[:2]
+    if cat not in ("Vi", "Vj"):
+        raise ValueError(f"output {output!r} must be declared as Vi(...) or Vj(...)")
+    return 1 if cat == "Vi" else 0

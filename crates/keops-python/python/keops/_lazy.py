@@ -1,0 +1,615 @@
+"""``LazyTensor``: symbolic matrices built with NumPy-like operators, as in pykeops.
+
+One implementation serves NumPy and PyTorch: :class:`GenericLazyTensor` records the
+formula and the wrapped arrays; the subclasses in ``keops.numpy`` and ``keops.torch``
+supply the array hooks (``_as_array``, ``_repeat_rows``) and the reduction call
+(``_run``: plain for NumPy, through an autograd ``Function`` for PyTorch).
+
+A ``LazyTensor`` wraps arrays shaped like pykeops expects — ``(..., N, 1, D)`` for an
+``i``-indexed variable, ``(..., 1, M, D)`` for a ``j``-indexed one, ``(D,)`` or
+``(..., 1, 1, D)`` for a parameter — and records operations as a KeOps formula. Nothing
+is computed until a reduction (``.sum(dim)``, ``.logsumexp(dim)``, ``.argKmin(K, dim)``,
+...), which compiles the formula once (cached) and runs it with the wrapped arrays.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, List, Optional, Sequence, Tuple, TypeVar, Union
+
+from ._genred import Core, Options, compile_core, make_options
+
+Number = Union[int, float]
+#: A NumPy array or a PyTorch tensor, depending on the front end.
+Array = Any
+L = TypeVar("L", bound="GenericLazyTensor")
+
+_CATS = {"i": "Vi", "j": "Vj", "p": "Pm"}
+_PLACEHOLDER = re.compile("\x00([0-9]+)")
+#: ``.dense()`` refuses matrices with more entries than this.
+DENSE_LIMIT = 10**8
+
+
+def _literal(x: Number) -> str:
+    v = float(x)
+    s = str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+    return f"({s})" if v < 0 else s
+
+
+def _renumber(formula: str, mapping: Sequence[int]) -> str:
+    """Renumbers the variable placeholders ``\\x00k`` of a formula."""
+    return _PLACEHOLDER.sub(lambda m: f"\x00{mapping[int(m.group(1))]}", formula)
+
+
+def _name(formula: str) -> str:
+    """Replaces placeholders by alias names ``v0``, ``v1``, ..."""
+    return _PLACEHOLDER.sub(lambda m: f"v{m.group(1)}", formula)
+
+
+class GenericLazyTensor:
+    """A symbolic tensor ``F(x_i, y_j, p)`` (pykeops' ``LazyTensor``).
+
+    Args:
+        x: an array (``(..., N, 1, D)``: indexed by ``i``; ``(..., 1, M, D)``: by ``j``;
+            ``(D,)`` or ``(..., 1, 1, D)``: a parameter) or a number (a constant).
+        axis: force the category of a 2-D array ``(N, D)``: 0 for ``i``, 1 for ``j``,
+            2 for a parameter.
+    """
+
+    # -- backend hooks ----------------------------------------------------------------
+    @classmethod
+    def _as_array(cls, x: Any) -> Array:
+        """Validates an array of the front end (float32/float64) or raises TypeError."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _run(core: Core, arrays: List[Array], opts: Options) -> Tuple[Any, Any]:
+        """Runs a reduction; returns ``(values, indices)``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _repeat_rows(a: Array, times: int, interleave: bool) -> Array:
+        """Repeats the rows (axis -2) ``times`` times, each in place or the whole block."""
+        raise NotImplementedError
+
+    # -- construction -------------------------------------------------------------------
+    def __init__(self, x: Any = None, axis: Optional[int] = None) -> None:
+        self._vars: List[Tuple[Array, str]] = []
+        self._formula = ""
+        self._dim = 1
+        if x is None:
+            return
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            self._formula = _literal(x)
+            return
+        a = self._as_array(x)
+        if a.ndim == 0:
+            a = a.reshape(1)
+        if axis is not None:
+            if a.ndim != 2 or axis not in (0, 1, 2):
+                raise ValueError("LazyTensor(x, axis): x must be 2-D (N, D) and axis 0, 1 or 2")
+            cat, data = ("i", "j", "p")[axis], a
+            if cat == "p":
+                data = a.reshape(-1)
+        elif a.ndim == 1:
+            cat, data = "p", a
+        elif a.ndim >= 3 and a.shape[-2] == 1 and a.shape[-3] == 1:
+            cat, data = "p", a.reshape(tuple(a.shape[:-3]) + (a.shape[-1],))
+        elif a.ndim >= 3 and a.shape[-2] == 1:
+            cat, data = "i", a.reshape(tuple(a.shape[:-2]) + (a.shape[-1],))
+        elif a.ndim >= 3 and a.shape[-3] == 1:
+            cat, data = "j", a.reshape(tuple(a.shape[:-3]) + tuple(a.shape[-2:]))
+        else:
+            raise ValueError(
+                f"LazyTensor: cannot tell the category of an array of shape {tuple(a.shape)}; "
+                "use (..., N, 1, D) for i, (..., 1, M, D) for j, (D,) for a parameter, "
+                "or Vi/Vj/Pm")
+        self._vars = [(data, cat)]
+        self._formula = "\x000"  # placeholder for variable 0, named when reduced
+        self._dim = int(a.shape[-1])
+
+    @classmethod
+    def _variable_of(cls: Any, x: Any, cat: str) -> Any:
+        """A variable of category ``cat`` ("i", "j", "p") wrapping ``x`` (``(..., n, d)``
+        for i/j, ``(..., d)`` for a parameter)."""
+        a = cls._as_array(x)
+        if a.ndim == 0:
+            a = a.reshape(1)
+        if a.ndim < (1 if cat == "p" else 2):
+            raise ValueError(f"V{cat}: expected an array of shape (..., n, d), got "
+                             f"{tuple(a.shape)}")
+        out = cls()
+        out._vars, out._formula, out._dim = [(a, cat)], "\x000", int(a.shape[-1])
+        return out
+
+    def _wrap(self: L, x: Any) -> L:
+        return x if isinstance(x, GenericLazyTensor) else type(self)(x)
+
+    def _new(self: L, formula: str, vars_: List[Tuple[Array, str]], dim: int) -> L:
+        out = type(self)()
+        out._formula, out._vars, out._dim = formula, vars_, dim
+        return out
+
+    def _join(self, other: "GenericLazyTensor") -> Tuple[List[Tuple[Array, str]], str, str]:
+        """Merges variable lists; returns them with both formulas renumbered."""
+        vars_ = list(self._vars)
+        mapping = []
+        for arr, cat in other._vars:
+            for k, (a2, c2) in enumerate(vars_):
+                if a2 is arr and c2 == cat:
+                    mapping.append(k)
+                    break
+            else:
+                mapping.append(len(vars_))
+                vars_.append((arr, cat))
+        return vars_, self._formula, _renumber(other._formula, mapping)
+
+    def _unary(self: L, name: str, dim: Optional[int] = None, args: str = "") -> L:
+        return self._new(f"{name}({self._formula}{args})", self._vars,
+                         self._dim if dim is None else dim)
+
+    def _binary(self: L, other: Any, fmt: str, dim: Optional[int] = None) -> L:
+        o = self._wrap(other)
+        if dim is None and self._dim != o._dim and 1 not in (self._dim, o._dim):
+            raise ValueError(f"operands of dimensions {self._dim} and {o._dim} do not "
+                             "broadcast (equal, or one of them 1)")
+        vars_, a, b = self._join(o)
+        return self._new(fmt.format(a, b), vars_, max(self._dim, o._dim) if dim is None else dim)
+
+    def _ternary(self: L, a: Any, b: Any, fmt: str, dim: int) -> L:
+        la, lb = self._wrap(a), self._wrap(b)
+        vars_, f0, fa = self._join(la)
+        vars2, f0, fb = self._new(f0, vars_, self._dim)._join(lb)
+        return self._new(fmt.format(f0, fa, fb), vars2, dim)
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        """``(..., N, M, D)`` as pykeops reports it."""
+        n = m = 1
+        batch: Tuple[int, ...] = ()
+        for arr, cat in self._vars:
+            if cat == "i":
+                n = int(arr.shape[-2])
+            elif cat == "j":
+                m = int(arr.shape[-2])
+            lead = tuple(arr.shape[:-2] if cat != "p" else arr.shape[:-1])
+            if len(lead) > len(batch):
+                batch = tuple(max(a, b) for a, b in zip(lead, (1,) * (len(lead) - len(batch)) + batch))
+            else:
+                batch = tuple(max(a, b) for a, b in zip((1,) * (len(batch) - len(lead)) + lead, batch))
+        return tuple(int(b) for b in batch) + (n, m, self._dim)
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions of the symbolic tensor (batch dims + 3)."""
+        return len(self.shape)
+
+    def dim(self) -> int:
+        """``ndim``, as a method (pykeops)."""
+        return self.ndim
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype of the wrapped arrays (``None`` for a constant)."""
+        return self._vars[0][0].dtype if self._vars else None
+
+    @property
+    def formula(self) -> str:
+        """The formula in KeOps syntax, variables named ``v0``, ``v1``, ..."""
+        return _name(self._formula)
+
+    def __repr__(self) -> str:
+        return f"KeOps LazyTensor with formula {self.formula!r} and shape {self.shape}"
+
+    __hash__ = object.__hash__
+
+    # -- arithmetic and comparisons -------------------------------------------------------
+    def __add__(self: L, o: Any) -> L:
+        return self._binary(o, "({} + {})")
+
+    def __radd__(self: L, o: Any) -> L:
+        return self._wrap(o) + self
+
+    def __sub__(self: L, o: Any) -> L:
+        return self._binary(o, "({} - {})")
+
+    def __rsub__(self: L, o: Any) -> L:
+        return self._wrap(o) - self
+
+    def __mul__(self: L, o: Any) -> L:
+        return self._binary(o, "({} * {})")
+
+    def __rmul__(self: L, o: Any) -> L:
+        return self._wrap(o) * self
+
+    def __truediv__(self: L, o: Any) -> L:
+        return self._binary(o, "({} / {})")
+
+    def __rtruediv__(self: L, o: Any) -> L:
+        return self._wrap(o) / self
+
+    def __neg__(self: L) -> L:
+        return self._unary("Minus")
+
+    def __abs__(self: L) -> L:
+        return self._unary("Abs")
+
+    def __pow__(self: L, p: Any) -> L:
+        if isinstance(p, int) and not isinstance(p, bool):
+            return self.square() if p == 2 else self._unary("Pow", args=f",{p}")
+        if isinstance(p, float) and p == 0.5:
+            return self.sqrt()
+        if isinstance(p, float) and p == -0.5:
+            return self.rsqrt()
+        return self._binary(p, "Powf({}, {})")
+
+    def __or__(self: L, o: Any) -> L:
+        """``(x | y)``: the scalar product."""
+        return self._binary(o, "Scalprod({}, {})", dim=1)
+
+    def __ror__(self: L, o: Any) -> L:
+        return self._wrap(o) | self
+
+    # Comparisons give 0/1 (derivative 0), written with Step (Step(0) = 1).
+    def __ge__(self: L, o: Any) -> L:  # type: ignore[override]
+        """``x >= y``, elementwise, as 0/1."""
+        return self._binary(o, "Step({} - {})")
+
+    def __le__(self: L, o: Any) -> L:  # type: ignore[override]
+        """``x <= y``, elementwise, as 0/1."""
+        return self._binary(o, "Step({1} - {0})")
+
+    def __gt__(self: L, o: Any) -> L:  # type: ignore[override]
+        """``x > y``, elementwise, as 0/1."""
+        return self._binary(o, "(1 - Step({1} - {0}))")
+
+    def __lt__(self: L, o: Any) -> L:  # type: ignore[override]
+        """``x < y``, elementwise, as 0/1."""
+        return self._binary(o, "(1 - Step({} - {}))")
+
+    def __eq__(self: L, o: Any) -> L:  # type: ignore[override]
+        """``x == y``, elementwise, as 0/1."""
+        return self._binary(o, "(1 - Abs(Sign({} - {})))")
+
+    def __ne__(self: L, o: Any) -> L:  # type: ignore[override]
+        """``x != y``, elementwise, as 0/1."""
+        return self._binary(o, "Abs(Sign({} - {}))")
+
+    # -- elementwise math -------------------------------------------------------------------
+    def exp(self: L) -> L:
+        """Elementwise exponential."""
+        return self._unary("Exp")
+
+    def log(self: L) -> L:
+        """Elementwise natural logarithm."""
+        return self._unary("Log")
+
+    def xlogx(self: L) -> L:
+        """Elementwise ``x log x`` (0 at 0)."""
+        return self._unary("XLogX")
+
+    def sin(self: L) -> L:
+        """Elementwise sine."""
+        return self._unary("Sin")
+
+    def cos(self: L) -> L:
+        """Elementwise cosine."""
+        return self._unary("Cos")
+
+    def sqrt(self: L) -> L:
+        """Elementwise square root."""
+        return self._unary("Sqrt")
+
+    def rsqrt(self: L) -> L:
+        """Elementwise ``1/sqrt(x)`` (0 at 0)."""
+        return self._unary("Rsqrt")
+
+    def square(self: L) -> L:
+        """Elementwise square."""
+        return self._unary("Square")
+
+    def abs(self: L) -> L:
+        """Elementwise absolute value."""
+        return self._unary("Abs")
+
+    def sign(self: L) -> L:
+        """Elementwise sign (0 at 0)."""
+        return self._unary("Sign")
+
+    def step(self: L) -> L:
+        """Elementwise Heaviside step (1 at 0)."""
+        return self._unary("Step")
+
+    def relu(self: L) -> L:
+        """Elementwise ``max(x, 0)``."""
+        return self._unary("ReLU")
+
+    def inv(self: L) -> L:
+        """Elementwise ``1/x``."""
+        return self._unary("Inv")
+
+    def power(self: L, p: Any) -> L:
+        """``self ** p``."""
+        return self ** p
+
+    def clamp(self: L, a: Any, b: Any) -> L:
+        """``self`` clamped to ``[a, b]`` (numbers or LazyTensors)."""
+        if isinstance(a, int) and isinstance(b, int):
+            return self._unary("ClampInt", args=f",{a},{b}")
+        return self._ternary(a, b, "Clamp({}, {}, {})", self._dim)
+
+    def ifelse(self: L, a: Any, b: Any) -> L:
+        """``a`` where ``self >= 0``, else ``b``."""
+        dim = max(self._dim, self._wrap(a)._dim, self._wrap(b)._dim)
+        return self._ternary(a, b, "IfElse({}, {}, {})", dim)
+
+    # -- vector operations ------------------------------------------------------------------
+    def sqnorm2(self: L) -> L:
+        """Squared Euclidean norm over the last dimension."""
+        return self._unary("SqNorm2", dim=1)
+
+    def norm2(self: L) -> L:
+        """Euclidean norm over the last dimension."""
+        return self._unary("Norm2", dim=1)
+
+    def norm(self: L, dim: int) -> L:
+        """Euclidean norm over ``dim``, which must be the last dimension."""
+        if dim not in (-1, self.ndim - 1):
+            raise ValueError("norm: only the last dimension (dim=-1) is supported")
+        return self.norm2()
+
+    def normalize(self: L) -> L:
+        """``x / |x|`` (0 at 0)."""
+        return self._unary("Normalize")
+
+    def sqdist(self: L, o: Any) -> L:
+        """Squared Euclidean distance."""
+        return self._binary(o, "SqDist({}, {})", dim=1)
+
+    def weightedsqnorm(self: L, s: Any) -> L:
+        """``WeightedSqNorm(s, self)``: ``s`` scalar, diagonal or a full matrix."""
+        return self._wrap(s)._binary(self, "WeightedSqNorm({}, {})", dim=1)
+
+    def weightedsqdist(self: L, o: Any, s: Any) -> L:
+        """``WeightedSqDist(s, self, o)``."""
+        return (self - o).weightedsqnorm(s)
+
+    def elem(self: L, i: int) -> L:
+        """Coordinate ``i``."""
+        if not 0 <= int(i) < self._dim:
+            raise IndexError(f"elem({i}): index out of range for dimension {self._dim}")
+        return self._unary("Elem", dim=1, args=f",{int(i)}")
+
+    def extract(self: L, i: int, d: int) -> L:
+        """Coordinates ``i .. i+d``."""
+        if not (0 <= int(i) and int(d) >= 1 and int(i) + int(d) <= self._dim):
+            raise IndexError(f"extract({i}, {d}): out of range for dimension {self._dim}")
+        return self._unary("Extract", dim=int(d), args=f",{int(i)},{int(d)}")
+
+    def __getitem__(self: L, key: Any) -> L:
+        """``x[k]`` is ``elem(k)``, ``x[k:l]`` is ``extract(k, l - k)`` (last dimension)."""
+        if isinstance(key, tuple):
+            if not key or (len(key) > 1 and key[-2] is not Ellipsis and any(
+                    not (isinstance(s, slice) and s == slice(None)) for s in key[:-1]
+                    if s is not Ellipsis)):
+                raise IndexError("LazyTensor indexing: only the last dimension can be indexed")
+            key = key[-1]
+        if isinstance(key, int):
+            return self.elem(key % self._dim if key < 0 else key)
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self._dim)
+            return self.extract(start, stop - start)
+        raise IndexError(f"LazyTensor indexing: unsupported key {key!r}")
+
+    def concat(self: L, o: Any) -> L:
+        """Concatenation along the last dimension."""
+        o = self._wrap(o)
+        return self._binary(o, "Concat({}, {})", dim=self._dim + o._dim)
+
+    def t(self: L) -> L:
+        """Swaps the ``i`` and ``j`` axes: ``K.t()`` has shape ``(..., M, N, D)``."""
+        swap = {"i": "j", "j": "i", "p": "p"}
+        return self._new(self._formula, [(a, swap[c]) for a, c in self._vars], self._dim)
+
+    @property
+    def T(self: L) -> L:
+        """``t()``."""
+        return self.t()
+
+    # -- symbolic differentiation ----------------------------------------------------------
+    def _variable(self, v: "GenericLazyTensor", what: str) -> None:
+        if not (len(v._vars) == 1 and v._formula == "\x000"):
+            raise ValueError(f"{what}: the variable must be a LazyTensor that wraps one array "
+                             f"(Vi/Vj/Pm), got the formula {v.formula!r}")
+
+    def grad(self: L, v: "GenericLazyTensor", e: Any) -> L:
+        """``Grad(F, v, e)``: the gradient of ``<F, e>`` with respect to variable ``v``."""
+        self._variable(v, "grad")
+        return self._ternary(v, e, "Grad({}, {}, {})", v._dim)
+
+    def diff(self: L, v: "GenericLazyTensor", u: Any) -> L:
+        """``Diff(F, v, u)``: the derivative of ``F`` with respect to ``v`` along ``u``."""
+        self._variable(v, "diff")
+        return self._ternary(v, u, "Diff({}, {}, {})", self._dim)
+
+    def divergence(self: L, v: "GenericLazyTensor") -> L:
+        """``Divergence(F, v)`` (``F`` of ``v``'s dimension)."""
+        self._variable(v, "divergence")
+        return self._binary(v, "Divergence({}, {})", dim=1)
+
+    def laplacian(self: L, v: "GenericLazyTensor") -> L:
+        """``Laplacian(F, v)`` (scalar ``F``)."""
+        self._variable(v, "laplacian")
+        return self._binary(v, "Laplacian({}, {})", dim=1)
+
+    def grad_matrix(self: L, v: "GenericLazyTensor") -> L:
+        """``GradMatrix(F, v)``: the Jacobian, flattened (``dim F * dim v``)."""
+        self._variable(v, "grad_matrix")
+        return self._binary(v, "GradMatrix({}, {})", dim=self._dim * v._dim)
+
+    # -- reductions ---------------------------------------------------------------------------
+    def _named(self) -> Tuple[str, Tuple[str, ...]]:
+        aliases = tuple(f"v{k} = {_CATS[c]}({k},{a.shape[-1]})"
+                        for k, (a, c) in enumerate(self._vars))
+        return _name(self._formula), aliases
+
+    def _axis(self, dim: Optional[int], axis: Optional[int]) -> Optional[int]:
+        d = dim if dim is not None else axis
+        if d is None:
+            raise ValueError("a reduction needs dim (or axis): 0 for i, 1 for j")
+        nd = self.ndim
+        d = d + nd if d < 0 else d
+        if d == nd - 1:
+            return None  # over the coordinates
+        if d == nd - 3:
+            return 0
+        if d == nd - 2:
+            return 1
+        raise ValueError(f"dim {dim if dim is not None else axis} is a batch dimension; "
+                         "reduce over i or j")
+
+    def _reduce(self, reduction: str, dim: Optional[int], axis: Optional[int] = None,
+                k: Optional[int] = None, weight: Any = None, **kwargs: Any) -> Any:
+        ax = self._axis(dim, axis)
+        if ax is None:
+            raise ValueError(f"{reduction} over the last dimension is not a reduction of "
+                             "the symbolic matrix; use dim=0 (over i) or dim=1 (over j)")
+        if not self._vars:
+            raise ValueError(f"{reduction}: the formula has no variable")
+        if kwargs.get("ranges") is not None:
+            raise NotImplementedError("ranges (block-sparse reductions) are not supported yet")
+        opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
+                            kwargs.get("sum_scheme", "auto"), kwargs.get("backend", "auto"))
+        base, f2 = self, None
+        if weight is not None:
+            vars_, f1, fw = self._join(self._wrap(weight))
+            base, f2 = self._new(f1, vars_, self._dim), _name(fw)
+        formula, aliases = base._named()
+        core = compile_core(formula, aliases, reduction, ax, k, f2)
+        values, indices = self._run(core, [a for a, _ in base._vars], opts)
+        if values is not None and indices is not None:
+            return values, indices
+        return values if values is not None else indices
+
+    def sum(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
+        """Sum over ``i`` (dim 0) or ``j`` (dim 1); over the coordinates for dim -1."""
+        if self._axis(dim, axis) is None:
+            return self._unary("Sum", dim=1)
+        return self._reduce("Sum", dim, axis, **kwargs)
+
+    def logsumexp(self, dim: Optional[int] = None, axis: Optional[int] = None,
+                  weight: Any = None, **kwargs: Any) -> Any:
+        """``log sum exp`` over ``i`` or ``j`` (``log sum exp(F) w`` with a weight)."""
+        return self._reduce("LogSumExp", dim, axis, weight=weight, **kwargs)
+
+    def sumsoftmaxweight(self, weight: Any, dim: Optional[int] = None,
+                         axis: Optional[int] = None, **kwargs: Any) -> Any:
+        """``sum exp(F) w / sum exp(F)`` over ``i`` or ``j``."""
+        return self._reduce("SumSoftMaxWeight", dim, axis, weight=weight, **kwargs)
+
+    def min(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
+        """Minimum over ``i`` or ``j``."""
+        return self._reduce("Min", dim, axis, **kwargs)
+
+    def max(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
+        """Maximum over ``i`` or ``j``."""
+        return self._reduce("Max", dim, axis, **kwargs)
+
+    def argmin(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
+        """Position of the minimum (int64)."""
+        return self._reduce("ArgMin", dim, axis, **kwargs)
+
+    def argmax(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
+        """Position of the maximum (int64)."""
+        return self._reduce("ArgMax", dim, axis, **kwargs)
+
+    def min_argmin(self, dim: Optional[int] = None, axis: Optional[int] = None,
+                   **kwargs: Any) -> Any:
+        """``(min, argmin)``."""
+        return self._reduce("Min_ArgMin", dim, axis, **kwargs)
+
+    def max_argmax(self, dim: Optional[int] = None, axis: Optional[int] = None,
+                   **kwargs: Any) -> Any:
+        """``(max, argmax)``."""
+        return self._reduce("Max_ArgMax", dim, axis, **kwargs)
+
+    def Kmin(self, K: int, dim: Optional[int] = None, axis: Optional[int] = None,
+             **kwargs: Any) -> Any:
+        """The ``K`` smallest values, sorted."""
+        return self._reduce("KMin", dim, axis, k=int(K), **kwargs)
+
+    def argKmin(self, K: int, dim: Optional[int] = None, axis: Optional[int] = None,
+                **kwargs: Any) -> Any:
+        """Positions of the ``K`` smallest values (int64)."""
+        return self._reduce("ArgKMin", dim, axis, k=int(K), **kwargs)
+
+    def Kmin_argKmin(self, K: int, dim: Optional[int] = None, axis: Optional[int] = None,
+                     **kwargs: Any) -> Any:
+        """``(Kmin, argKmin)``."""
+        return self._reduce("KMin_ArgKMin", dim, axis, k=int(K), **kwargs)
+
+    # pykeops' aliases
+    sum_reduction = sum
+    logsumexp_reduction = logsumexp
+    sumsoftmaxweight_reduction = sumsoftmaxweight
+    min_reduction = min
+    max_reduction = max
+    argmin_reduction = argmin
+    argmax_reduction = argmax
+    min_argmin_reduction = min_argmin
+    max_argmax_reduction = max_argmax
+    Kmin_reduction = Kmin
+    argKmin_reduction = argKmin
+    Kmin_argKmin_reduction = Kmin_argKmin
+
+    # -- linear algebra ----------------------------------------------------------------------
+    def __matmul__(self, v: Array) -> Any:
+        """``K @ v``: ``sum_j K_ij v_j`` for a scalar ``K``; ``v`` of shape ``(M,)``,
+        ``(M, E)`` or ``(..., M, E)``."""
+        if self._dim != 1:
+            raise ValueError(f"K @ v needs a scalar K (last dimension 1), got shape {self.shape}")
+        v = self._as_array(v)
+        vec = v.ndim == 1
+        v2 = v.reshape(tuple(v.shape) + (1,)) if vec else v
+        vj = type(self)(v2.reshape(tuple(v2.shape[:-2]) + (1,) + tuple(v2.shape[-2:])))
+        out = (self * vj).sum(dim=self.ndim - 2)
+        return out.reshape(-1) if vec else out
+
+    def matvec(self, v: Array) -> Any:
+        """``K @ v`` (scipy's ``LinearOperator`` name)."""
+        return self @ v
+
+    def rmatvec(self, v: Array) -> Any:
+        """``K.T @ v``."""
+        return self.T @ v
+
+    # -- dense evaluation -------------------------------------------------------------------
+    def dense(self) -> Array:
+        """The full matrix ``(..., N, M, D)`` as an array (differentiable in PyTorch).
+
+        Meant for small sizes (checks, plots): memory is ``N * M * D`` values, and more
+        than ``DENSE_LIMIT`` entries is refused.
+        """
+        if not self._vars:
+            raise ValueError("dense(): the formula has no variable")
+        shape = self.shape
+        n, m, d = shape[-3:]
+        size = n * m * d
+        for b in shape[:-3]:
+            size *= b
+        if size > DENSE_LIMIT:
+            raise ValueError(f"dense(): {size} entries (shape {shape}) is more than "
+                             f"{DENSE_LIMIT}; reduce instead, or take a smaller sub-matrix")
+        formula, aliases = self._named()
+        core = compile_core(formula, aliases, "Sum", 1, None, None).pointwise()
+        arrays = []
+        for a, c in self._vars:
+            if c == "i":
+                arrays.append(self._repeat_rows(a, m, True))
+            elif c == "j":
+                arrays.append(self._repeat_rows(a, n, False))
+            else:
+                arrays.append(a)
+        values, _ = self._run(core, arrays, make_options())
+        return values.reshape(tuple(values.shape[:-2]) + (n, m, d))

@@ -1,0 +1,304 @@
+"""PyTorch front end of keops, with pykeops' API (``from keops.torch import ...``).
+
+Reductions are ``torch.autograd.Function``s whose backward and forward-mode rules are
+themselves keops reductions, built from the Rust symbolic derivatives: gradients work to
+any order, and ``torch.func`` (``grad``, ``vjp``, ``jvp``, ``jacrev``, ``jacfwd``,
+``hessian``, ``vmap``) composes with them. The min/max family is differentiated at the
+selected pairs: the indices come from the engine, the values are the formula evaluated
+there (one more small reduction), so their derivatives are those of a ``Sum``.
+
+>>> import torch
+>>> from keops.torch import LazyTensor
+>>> x = torch.randn(100, 3, dtype=torch.float64, requires_grad=True)
+>>> y = torch.randn(200, 3, dtype=torch.float64)
+>>> K = (-LazyTensor(x[:, None, :]).sqdist(LazyTensor(y[None, :, :]))).exp()
+>>> a = K.sum(dim=1)                 # (100, 1), a tensor
+>>> (g,) = torch.autograd.grad(a.sum(), [x])
+>>> g.shape
+torch.Size([100, 3])
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ._genred import ARG, SELECT, SMOOTH, Core, GenredBase, Options, output_axis
+from ._lazy import GenericLazyTensor
+
+__all__ = ["Genred", "LogSumExp", "LazyTensor", "Vi", "Vj", "Pm",
+           "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _check(args: Sequence[Any]) -> None:
+    """Types, devices and dtypes of the arguments, with messages that name them."""
+    first = None
+    for k, a in enumerate(args):
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(f"argument {k}: expected a torch.Tensor, got {type(a).__name__}")
+        if a.device.type != "cpu":
+            raise RuntimeError(
+                f"argument {k} is on {a.device}: keops has no CUDA engine yet, only the CPU "
+                "one; move the inputs with .cpu() (results come back on the CPU)")
+        if a.dtype not in _FLOATS:
+            raise TypeError(f"argument {k}: expected a float32 or float64 tensor, got {a.dtype}")
+        if first is None:
+            first = a.dtype
+        elif a.dtype != first:
+            raise TypeError(f"argument {k} is {a.dtype} but argument 0 is {first}: keops does "
+                            "not mix precisions (convert with .float() or .double())")
+
+
+def _numpy(a: torch.Tensor) -> Any:
+    """A NumPy view of a CPU tensor (a contiguous copy first when it is not contiguous)."""
+    a = a.detach()
+    return (a if a.is_contiguous() else a.contiguous()).numpy()
+
+
+def _batch_first(core: Core, in_dims: Sequence[Optional[int]], args: Sequence[torch.Tensor]
+                 ) -> List[torch.Tensor]:
+    """For a vmap rule: moves each vmapped dimension to the front, as a batch dimension
+    of the reduction that the others broadcast over (they align on the right)."""
+    base = [1 if decl is not None and decl[0] == "Pm" else 2 for decl in core.args]
+    lead = max(a.ndim - (d is not None) - b for a, d, b in zip(args, in_dims, base))
+    out = []
+    for a, d, b in zip(args, in_dims, base):
+        if d is None:
+            out.append(a)
+            continue
+        a = a.movedim(d, 0)
+        pad = lead - (a.ndim - 1 - b)
+        out.append(a.reshape((a.shape[0],) + (1,) * pad + tuple(a.shape[1:])))
+    return out
+
+
+class _Reduce(torch.autograd.Function):
+    """A reduction with values (``Sum``, ``LogSumExp``, ``SumSoftMaxWeight``), its backward
+    and forward-mode rules being reductions through this same Function."""
+
+    @staticmethod
+    def forward(core: Core, opts: Options, *args: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        values, _ = core([_numpy(a) for a in args], opts)
+        return torch.from_numpy(values)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: torch.Tensor) -> None:
+        core, opts, *args = inputs
+        ctx.core, ctx.opts = core, opts
+        ctx.save_for_backward(*args, output)
+        ctx.save_for_forward(*args, output)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
+        *args, out = ctx.saved_tensors
+        core, opts = ctx.core, ctx.opts
+        grads: List[Optional[torch.Tensor]] = [None, None]
+        for k, a in enumerate(args):
+            if not ctx.needs_input_grad[2 + k]:
+                grads.append(None)
+                continue
+            spec = core.grad(k)
+            if spec is None:
+                grads.append(torch.zeros_like(a))
+                continue
+            gcore, extras = spec
+            extra = []
+            for x in extras:
+                if x == "output_grad":
+                    extra.append(g)
+                elif x == "output":
+                    extra.append(out)
+                else:  # "logsumexp"
+                    extra.append(_Reduce.apply(core.variant("LogSumExp"), opts, *args))
+            r = _Reduce.apply(gcore, opts, *args, *extra)
+            if core.args[k][0] == "Pm":  # type: ignore[index]
+                r = r.sum(-2)
+            grads.append(r.sum_to_size(a.shape))
+        return tuple(grads)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Optional[torch.Tensor]) -> torch.Tensor:
+        *args, out = ctx.saved_tensors
+        ts = tangents[2:]
+        ks = tuple(k for k, t in enumerate(ts) if t is not None)
+        if not ks:
+            return torch.zeros_like(out)
+        jcore, extras = ctx.core.jvp(ks)
+        extra = [out for _ in extras]  # only "output"
+        return _Reduce.apply(jcore, ctx.opts, *args, *[ts[k] for k in ks], *extra)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: Tuple[Optional[int], ...], core: Core, opts: Options,
+             *args: torch.Tensor) -> Tuple[torch.Tensor, int]:
+        return _Reduce.apply(core, opts, *_batch_first(core, in_dims[2:], args)), 0
+
+
+class _Indices(torch.autograd.Function):
+    """A reduction's indices (``ArgMin``, ``ArgKMin``, the selection of ``Min``, ...):
+    piecewise constant, so not differentiable."""
+
+    @staticmethod
+    def forward(core: Core, opts: Options, *args: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        _, indices = core([_numpy(a) for a in args], opts)
+        return torch.from_numpy(indices)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.n = len(inputs)
+        ctx.mark_non_differentiable(output)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Tuple[None, ...]:  # type: ignore[override]
+        return (None,) * ctx.n
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Optional[torch.Tensor]) -> None:
+        return None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: Tuple[Optional[int], ...], core: Core, opts: Options,
+             *args: torch.Tensor) -> Tuple[torch.Tensor, int]:
+        return _Indices.apply(core, opts, *_batch_first(core, in_dims[2:], args)), 0
+
+
+def _at_selected(core: Core, opts: Options, args: Sequence[torch.Tensor],
+                 idx: torch.Tensor) -> torch.Tensor:
+    """The formula at the pairs that ``idx`` selects, as values shaped like ``idx``:
+    reduced-side arguments gathered at the indices, output-side ones repeated."""
+    d = core.dim
+    per_slot = core.reduction in ("KMin", "KMin_ArgKMin") and d > 1
+    tail = 3 if per_slot else 2
+    batch = tuple(idx.shape[:-tail])
+    n = idx.shape[-tail]
+    s = 1
+    for t in idx.shape[-tail + 1:]:
+        s *= t
+    flat = idx.reshape(batch + (n * s,))
+    moved = []
+    for a, decl in zip(args, core.args):
+        cat = decl[0] if decl is not None else "Pm"
+        if cat == core.red_cat:
+            full = a.expand(batch + tuple(a.shape[-2:]))
+            ix = flat.unsqueeze(-1).expand(batch + (n * s, a.shape[-1]))
+            moved.append(torch.gather(full, -2, ix))
+        elif cat == core.out_cat:
+            moved.append(a.repeat_interleave(s, dim=-2))
+        else:
+            moved.append(a)
+    at = _Reduce.apply(core.pointwise(), opts, *moved).reshape(batch + (n, s, d))
+    coord = (torch.arange(s, device=at.device) % d).reshape((1,) * (len(batch) + 1) + (s, 1))
+    vals = at.gather(-1, coord.expand(batch + (n, s, 1))).squeeze(-1)
+    return vals.reshape(idx.shape)
+
+
+def _run(core: Core, args: Sequence[torch.Tensor], opts: Options) -> Tuple[Any, Any]:
+    """Runs a reduction on tensors, differentiably; returns ``(values, indices)``."""
+    args = list(args)
+    _check(args)
+    red = core.reduction
+    if red in SMOOTH:
+        return _Reduce.apply(core, opts, *args), None
+    if red in ARG:
+        return None, _Indices.apply(core, opts, *args)
+    idx = _Indices.apply(core.variant(SELECT[red], core.k), opts, *args)
+    values = _at_selected(core, opts, args, idx)
+    return values, (idx if "Arg" in red else None)
+
+
+class Genred(GenredBase):
+    __doc__ = GenredBase.__doc__
+
+    def __call__(
+        self,
+        *args: torch.Tensor,
+        backend: str = "auto",
+        device_id: int = -1,
+        ranges: Optional[Any] = None,
+        out: Optional[torch.Tensor] = None,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Runs the reduction on CPU tensors (float32 or float64, all alike), differentiably.
+
+        ``Vi``/``Vj`` arguments have shape ``(..., n, d)``, parameters ``(..., d)``;
+        leading batch dimensions broadcast. Returns the values, the indices (int64), or
+        both as a tuple (``Min_ArgMin``, ``KMin_ArgKMin``).
+        """
+        opts = self._options(backend, ranges)
+        values, indices = _run(self.core, args, opts)
+        if values is not None and indices is not None:
+            return values, indices
+        result = values if values is not None else indices
+        if out is not None:
+            out.copy_(result)
+            return out
+        return result
+
+
+def LogSumExp(formula: str, aliases: List[str], axis: int = 0, **kwargs: Any) -> Genred:
+    """``Genred`` with the ``LogSumExp`` reduction."""
+    return Genred(formula, aliases, reduction_op="LogSumExp", axis=axis, **kwargs)
+
+
+def _generic(reduction: str, formula: str, output: str, aliases: Tuple[str, ...],
+             **kwargs: Any) -> Genred:
+    return Genred(formula, list(aliases), reduction_op=reduction, axis=output_axis(output),
+                  **kwargs)
+
+
+def generic_sum(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
+    """pykeops' ``generic_sum``: the output alias (``"a = Vi(1)"``) sets the axis."""
+    return _generic("Sum", formula, output, aliases, **kwargs)
+
+
+def generic_logsumexp(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
+    """pykeops' ``generic_logsumexp``."""
+    return _generic("LogSumExp", formula, output, aliases, **kwargs)
+
+
+def generic_argmin(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
+    """pykeops' ``generic_argmin``."""
+    return _generic("ArgMin", formula, output, aliases, **kwargs)
+
+
+def generic_argkmin(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
+    """pykeops' ``generic_argkmin`` (``opt_arg`` = K)."""
+    return _generic("ArgKMin", formula, output, aliases, **kwargs)
+
+
+class LazyTensor(GenericLazyTensor):
+    __doc__ = GenericLazyTensor.__doc__
+
+    @classmethod
+    def _as_array(cls, x: Any) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"LazyTensor: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _FLOATS:
+            raise TypeError(f"LazyTensor: expected a float32 or float64 tensor, got {x.dtype}")
+        return x
+
+    _run = staticmethod(_run)
+
+    @staticmethod
+    def _repeat_rows(a: torch.Tensor, times: int, interleave: bool) -> torch.Tensor:
+        if interleave:
+            return a.repeat_interleave(times, dim=-2)
+        return a.repeat(*([1] * (a.ndim - 2)), times, 1)
+
+
+def Vi(x: torch.Tensor) -> LazyTensor:
+    """An ``i``-indexed variable from a tensor ``(..., N, D)``."""
+    return LazyTensor._variable_of(x, "i")
+
+
+def Vj(x: torch.Tensor) -> LazyTensor:
+    """A ``j``-indexed variable from a tensor ``(..., M, D)``."""
+    return LazyTensor._variable_of(x, "j")
+
+
+def Pm(x: Any) -> LazyTensor:
+    """A parameter: a number (a constant of the formula) or a tensor ``(..., D)``."""
+    if isinstance(x, (int, float)):
+        return LazyTensor(x)
+    return LazyTensor._variable_of(x, "p")
