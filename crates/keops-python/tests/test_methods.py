@@ -1,0 +1,177 @@
+"""Every ``LazyTensor`` method, in both front ends (NumPy, PyTorch) and both precisions,
+against dense NumPy float64 computations of the same expression."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, List, Tuple
+
+import numpy as np
+import pytest
+
+N, M, D = 5, 6, 3
+R = np.random.default_rng(0)
+X = R.uniform(0.1, 1.0, (N, D))
+Y = R.uniform(0.1, 1.0, (M, D))
+P = np.array([0.3, 0.6, 0.9])
+B = R.uniform(-1, 1, (M, 2))
+
+FRONTS = ["numpy", "torch"]
+
+
+def front(name: str) -> Any:
+    if name == "torch":
+        pytest.importorskip("torch")
+    return importlib.import_module(f"keops.{name}")
+
+
+def arr(front_name: str, a: np.ndarray, dtype: str) -> Any:
+    a = a.astype(dtype)
+    if front_name == "torch":
+        import torch
+        return torch.from_numpy(a)
+    return a
+
+
+def npy(a: Any) -> np.ndarray:
+    return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+# (name, lazy expression of (x_i, y_j, p), dense expression of (X[:,None], Y[None], P)).
+# Dense arrays are (N, M, d) after broadcasting.
+def gauss(x, y):
+    return (-(x - y) ** 2 * 1.0).sum(-1)
+
+
+CASES: List[Tuple[str, Callable, Callable]] = [
+    ("add", lambda x, y, p: x + y, lambda x, y, p: x + y),
+    ("sub_number", lambda x, y, p: 2 - x - y * 0.5, lambda x, y, p: 2 - x - y * 0.5),
+    ("mul", lambda x, y, p: x * y * p, lambda x, y, p: x * y * p),
+    ("div", lambda x, y, p: x / y - 1 / y, lambda x, y, p: x / y - 1 / y),
+    ("neg_abs", lambda x, y, p: abs(-(x - y)), lambda x, y, p: np.abs(x - y)),
+    ("pow", lambda x, y, p: (x - y) ** 2 + x ** 3 + y ** 0.5 + y ** -0.5 + x ** 1.5,
+     lambda x, y, p: (x - y) ** 2 + x ** 3 + y ** 0.5 + y ** -0.5 + x ** 1.5),
+    ("power_square", lambda x, y, p: x.power(2) + y.square(), lambda x, y, p: x ** 2 + y ** 2),
+    ("scalprod", lambda x, y, p: x | y, lambda x, y, p: (x * y).sum(-1, keepdims=True)),
+    ("compare", lambda x, y, p: (x < y) + 2 * (x <= y) + 4 * (x > y) + 8 * (x >= 0.5)
+     + 16 * (x * 0 == y * 0) + 32 * (x != y),
+     lambda x, y, p: (x < y) + 2 * (x <= y) + 4 * (x > y) + 8 * (x >= 0.5) + 16.0 + 32 * (x != y)),
+    ("exp_log", lambda x, y, p: (x - y).exp() + y.log() + x.xlogx(),
+     lambda x, y, p: np.exp(x - y) + np.log(y) + x * np.log(x)),
+    ("trig", lambda x, y, p: (x * y).sin() + (x - y).cos(), lambda x, y, p: np.sin(x * y) + np.cos(x - y)),
+    ("roots", lambda x, y, p: x.sqrt() + y.rsqrt() + x.inv(),
+     lambda x, y, p: np.sqrt(x) + 1 / np.sqrt(y) + 1 / x),
+    ("sign_step_relu", lambda x, y, p: (x - y).sign() + (x - y).step() * 2 + (x - y).relu() * 4,
+     lambda x, y, p: np.sign(x - y) + 2.0 * (x >= y) + 4 * np.maximum(x - y, 0)),
+    ("clamp", lambda x, y, p: (x - y).clamp(-0.2, 0.3) + (3 * x).clamp(0, 1),
+     lambda x, y, p: np.clip(x - y, -0.2, 0.3) + np.clip(3 * x, 0, 1)),
+    ("ifelse", lambda x, y, p: (x - y).ifelse(x, y * 2), lambda x, y, p: np.where(x - y >= 0, x, 2 * y)),
+    ("norms", lambda x, y, p: x.sqnorm2() + (x - y).norm2() + y.norm(-1),
+     lambda x, y, p: (x ** 2).sum(-1, keepdims=True) + np.linalg.norm(x - y, axis=-1, keepdims=True)
+     + np.linalg.norm(y, axis=-1, keepdims=True)),
+    ("normalize", lambda x, y, p: (x - y).normalize(),
+     lambda x, y, p: (x - y) / np.linalg.norm(x - y, axis=-1, keepdims=True)),
+    ("sqdist", lambda x, y, p: x.sqdist(y), lambda x, y, p: ((x - y) ** 2).sum(-1, keepdims=True)),
+    ("weighted", lambda x, y, p: x.weightedsqnorm(p) + x.weightedsqdist(y, p),
+     lambda x, y, p: (p * x ** 2).sum(-1, keepdims=True) + (p * (x - y) ** 2).sum(-1, keepdims=True)),
+    ("elem_extract", lambda x, y, p: x.elem(1) + y.extract(1, 2).sum(-1) + x[0] + y[0:2].sum(-1),
+     lambda x, y, p: x[..., 1:2] + y[..., 1:3].sum(-1, keepdims=True) + x[..., 0:1]
+     + y[..., 0:2].sum(-1, keepdims=True)),
+    ("concat", lambda x, y, p: x.concat(y.elem(0)), lambda x, y, p: np.concatenate(
+        [np.broadcast_to(x, (N, M, D)), np.broadcast_to(y[..., :1], (N, M, 1))], -1)),
+    ("coord_sum", lambda x, y, p: (x * y).sum(-1), lambda x, y, p: (x * y).sum(-1, keepdims=True)),
+    ("grad", lambda x, y, p: (-x.sqdist(y)).exp().grad(x, 1.0),
+     lambda x, y, p: -2 * (x - y) * np.exp(-((x - y) ** 2).sum(-1, keepdims=True))),
+    ("diff", lambda x, y, p: (-x.sqdist(y)).exp().diff(x, p),
+     lambda x, y, p: -2 * ((x - y) * p).sum(-1, keepdims=True) * np.exp(-((x - y) ** 2).sum(-1, keepdims=True))),
+    ("laplacian", lambda x, y, p: (-x.sqdist(y)).exp().laplacian(x),
+     lambda x, y, p: (4 * ((x - y) ** 2).sum(-1, keepdims=True) - 2 * D)
+     * np.exp(-((x - y) ** 2).sum(-1, keepdims=True))),
+    ("divergence", lambda x, y, p: ((x - y) * (-x.sqdist(y)).exp()).divergence(x),
+     lambda x, y, p: (D - 2 * ((x - y) ** 2).sum(-1, keepdims=True))
+     * np.exp(-((x - y) ** 2).sum(-1, keepdims=True))),
+    ("grad_matrix", lambda x, y, p: (x * y).grad_matrix(x),
+     lambda x, y, p: np.broadcast_to(np.diag(np.ones(D)).reshape(-1), (N, M, D * D)) * np.repeat(y, D, -1)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fname", FRONTS)
+def test_method_against_dense(case: Tuple[str, Callable, Callable], dtype: str, fname: str) -> None:
+    name, lazy, dense = case
+    k = front(fname)
+    x_i, y_j, p = k.Vi(arr(fname, X, dtype)), k.Vj(arr(fname, Y, dtype)), k.Pm(arr(fname, P, dtype))
+    want = np.broadcast_to(dense(X[:, None, :], Y[None, :, :], P), (N, M, lazy(x_i, y_j, p).shape[-1]))
+    tol = 1e-4 if dtype == "float32" else 1e-11
+    F = lazy(x_i, y_j, p)
+    assert F.shape == (N, M, want.shape[-1]), name
+    for dim in (0, 1):
+        got = npy(F.sum(dim=dim))
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got, want.sum(dim), rtol=tol, atol=tol, err_msg=f"{name} dim {dim}")
+    np.testing.assert_allclose(npy(F.dense()), want, rtol=tol, atol=tol, err_msg=f"{name} dense")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fname", FRONTS)
+def test_reductions_against_dense(dtype: str, fname: str) -> None:
+    k = front(fname)
+    x_i, y_j = k.Vi(arr(fname, X, dtype)), k.Vj(arr(fname, Y, dtype))
+    b_j = k.Vj(arr(fname, B, dtype))
+    F = x_i.sqdist(y_j)
+    d2 = ((X[:, None] - Y[None]) ** 2).sum(-1)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    close = lambda a, b: np.testing.assert_allclose(npy(a), b, rtol=tol, atol=tol)  # noqa: E731
+    for dim, ax in ((1, 1), (0, 0)):
+        close(F.sum(dim), d2.sum(ax)[..., None] if ax == 1 else d2.sum(0)[:, None])
+        close((-F).logsumexp(dim), np.log(np.exp(-d2).sum(ax))[:, None])
+        close(F.min(dim), d2.min(ax)[:, None])
+        close(F.max(axis=dim), d2.max(ax)[:, None])
+        np.testing.assert_array_equal(npy(F.argmin(dim))[:, 0], d2.argmin(ax))
+        np.testing.assert_array_equal(npy(F.argmax(dim))[:, 0], d2.argmax(ax))
+        v, i = F.min_argmin(dim)
+        np.testing.assert_array_equal(npy(i)[:, 0], d2.argmin(ax))
+        v, i = F.max_argmax(dim)
+        close(v, d2.max(ax)[:, None])
+        close(F.Kmin(3, dim), np.sort(d2, ax)[:, :3] if ax == 1 else np.sort(d2, 0)[:3].T)
+        order = np.argsort(d2, ax)
+        np.testing.assert_array_equal(npy(F.argKmin(2, dim)), order[:, :2] if ax == 1 else order[:2].T)
+        v, i = F.Kmin_argKmin(2, dim)
+        np.testing.assert_array_equal(npy(i), order[:, :2] if ax == 1 else order[:2].T)
+    # Weighted reductions (over j).
+    w = np.exp(-d2)
+    close((-F).logsumexp(1, weight=(b_j * 0 + 2.0).exp()), np.log(w.sum(1) * np.exp(2.0))[:, None] * np.ones((1, 2)))
+    close((-F).sumsoftmaxweight(b_j, dim=1), (w / w.sum(1, keepdims=True)) @ B)
+    # Linear algebra: K @ v, matvec, rmatvec, t().
+    K = (-F).exp()
+    v = arr(fname, B, dtype)
+    close(K @ v, w @ B)
+    close(K.matvec(v), w @ B)
+    close(K @ arr(fname, B[:, 0], dtype), w @ B[:, 0])
+    close(K.rmatvec(arr(fname, X[:, :2], dtype)), w.T @ X[:, :2])
+    assert K.t().shape == (M, N, 1)
+    close(K.t().sum(dim=1), w.sum(0)[:, None])
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_batch_dimensions_and_properties(fname: str) -> None:
+    k = front(fname)
+    xb = np.stack([X, 2 * X])
+    x_i, y_j = k.LazyTensor(arr(fname, xb[:, :, None, :], "float64")), k.Vj(arr(fname, Y, "float64"))
+    F = (-x_i.sqdist(y_j)).exp()
+    assert F.shape == (2, N, M, 1) and F.ndim == 4
+    assert "float64" in str(F.dtype)
+    d2 = ((xb[:, :, None] - Y[None, None]) ** 2).sum(-1)
+    np.testing.assert_allclose(npy(F.sum(dim=2)), np.exp(-d2).sum(2)[..., None], rtol=1e-12)
+    np.testing.assert_allclose(npy(F.sum(dim=-3)), np.exp(-d2).sum(1)[..., None], rtol=1e-12)
+    np.testing.assert_allclose(npy(F.dense())[..., 0], np.exp(-d2), rtol=1e-12)
+    with pytest.raises(ValueError, match="batch dimension"):
+        F.sum(dim=0)
+
+
+def test_dense_refuses_huge_matrices() -> None:
+    k = front("numpy")
+    big = np.zeros((20000, 1))
+    with pytest.raises(ValueError, match="entries"):
+        (k.Vi(big) - k.Vj(big)).dense()

@@ -1,0 +1,251 @@
+"""``keops.torch``: values against dense PyTorch, autograd to second order
+(``gradcheck``/``gradgradcheck`` in float64 w.r.t. Vi, Vj and Pm inputs), batch dimensions,
+``torch.func`` transforms against the same transforms of dense code, threads, errors,
+pickling."""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Tuple
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.func as tf  # noqa: E402
+
+from keops.torch import Genred, LazyTensor, LogSumExp, Pm, Vi, Vj  # noqa: E402
+
+T = torch.Tensor
+
+
+def data(n: int = 6, m: int = 7, d: int = 2, dtype=torch.float64, seed: int = 0,
+         batch: Tuple[int, ...] = ()):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch + (n, d), generator=g, dtype=dtype)
+    y = torch.randn((m, d), generator=g, dtype=dtype)
+    b = torch.randn((m, 1), generator=g, dtype=dtype)
+    p = torch.rand((1,), generator=g, dtype=dtype) + 0.5
+    return [t.requires_grad_() for t in (x, y, b, p)]
+
+
+# Each reduction as (keops, dense torch) over the same inputs x (i), y (j), b (j), p (Pm).
+# Reductions name their axis from the end (-2: over j, -3: over i), as batch dims come first.
+def k_gauss(x, y, b, p, dim=1):
+    return ((-Vi(x).sqdist(Vj(y)) * Pm(p)).exp() * Vj(b)).sum(dim=dim - 3)
+
+
+def d_gauss(x, y, b, p, dim=1):
+    K = torch.exp(-((x[..., :, None, :] - y[..., None, :, :]) ** 2).sum(-1) * p)
+    return (K * b[..., None, :, 0]).sum(-1, keepdim=True) if dim == 1 else (K * b[..., None, :, 0]).sum(-2)[..., None]
+
+
+def k_lse(x, y, b, p):
+    return (-Vi(x).sqdist(Vj(y)) * Pm(p) + Vj(b)).logsumexp(dim=-2)
+
+
+def d_lse(x, y, b, p):
+    F = -((x[..., :, None, :] - y[None]) ** 2).sum(-1) * p + b[:, 0]
+    return torch.logsumexp(F, dim=-1, keepdim=True)
+
+
+def k_ssmw(x, y, b, p):
+    return (-Vi(x).sqdist(Vj(y)) * Pm(p)).sumsoftmaxweight(Vj(b) * Vj(y), dim=-2)
+
+
+def d_ssmw(x, y, b, p):
+    F = -((x[..., :, None, :] - y[None]) ** 2).sum(-1) * p
+    return torch.softmax(F, dim=-1) @ (b * y)
+
+
+def k_min(x, y, b, p):
+    return (Vi(x).sqdist(Vj(y)) * Pm(p) + Vj(b)).min(dim=-2)
+
+
+def d_min(x, y, b, p):
+    F = ((x[..., :, None, :] - y[None]) ** 2).sum(-1) * p + b[:, 0]
+    return F.min(dim=-1, keepdim=True).values
+
+
+def k_kmin(x, y, b, p):
+    return (Vi(x).sqdist(Vj(y)) * Pm(p) + Vj(b)).Kmin(3, dim=-2)
+
+
+def d_kmin(x, y, b, p):
+    F = ((x[..., :, None, :] - y[None]) ** 2).sum(-1) * p + b[:, 0]
+    return torch.topk(F, 3, dim=-1, largest=False).values
+
+
+def k_kmin_vec(x, y, b, p):
+    """A vector formula: K-min per coordinate, output (N, K, D)."""
+    return ((Vi(x) - Vj(y)).abs() * Pm(p) + Vj(b)).Kmin(2, dim=-2)
+
+
+def d_kmin_vec(x, y, b, p):
+    F = (x[..., :, None, :] - y[None]).abs() * p + b[None]
+    return torch.topk(F, 2, dim=-2, largest=False).values
+
+
+CASES = {
+    "gauss": (k_gauss, d_gauss),
+    "gauss_axis0": (lambda *a: k_gauss(*a, dim=0), lambda *a: d_gauss(*a, dim=0)),
+    "logsumexp": (k_lse, d_lse),
+    "sumsoftmaxweight": (k_ssmw, d_ssmw),
+    "min": (k_min, d_min),
+    "kmin": (k_kmin, d_kmin),
+    "kmin_vector": (k_kmin_vec, d_kmin_vec),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_values_match_dense(name: str, dtype, tol: float) -> None:
+    k, d = CASES[name]
+    args = data(dtype=dtype)
+    got, want = k(*args), d(*args)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert torch.allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradcheck_and_gradgradcheck(name: str) -> None:
+    k, _ = CASES[name]
+    args = tuple(data())
+    assert torch.autograd.gradcheck(k, args)
+    assert torch.autograd.gradgradcheck(k, args)
+
+
+@pytest.mark.parametrize("name", ["gauss", "gauss_axis0", "logsumexp", "min", "kmin"])
+def test_batch_dimensions(name: str) -> None:
+    """x has a batch of 2, y, b, p broadcast over it: values and second-order gradients."""
+    k, d = CASES[name]
+    args = tuple(data(n=4, m=5, batch=(2,)))
+    assert torch.allclose(k(*args), d(*args), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(k, args)
+    assert torch.autograd.gradgradcheck(k, args)
+
+
+def test_grads_match_dense_autograd() -> None:
+    for name, (k, d) in CASES.items():
+        args = data()
+        g = torch.randn_like(d(*args))
+        gk = torch.autograd.grad(k(*args), args, g)
+        gd = torch.autograd.grad(d(*args), args, g)
+        for a, b in zip(gk, gd):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name
+
+
+def test_genred_and_logsumexp_classes() -> None:
+    x, y, b, p = data()
+    g = Genred("Exp(-SqDist(x,y)*p) * b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)", "p = Pm(1)"],
+               reduction_op="Sum", axis=1)
+    assert torch.allclose(g(x, y, b, p), d_gauss(x, y, b, p))
+    assert torch.autograd.gradcheck(lambda *a: g(*a), (x, y, b, p))
+    lse = LogSumExp("-SqDist(x,y)*p + b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)", "p = Pm(1)"],
+                    axis=1)
+    assert torch.allclose(lse(x, y, b, p), d_lse(x, y, b, p))
+    knn = Genred("SqDist(x,y)", ["x = Vi(2)", "y = Vj(2)"], reduction_op="ArgKMin", axis=1,
+                 opt_arg=3)
+    idx = knn(x, y)
+    assert idx.dtype == torch.int64
+    want = torch.topk(((x[:, None] - y[None]) ** 2).sum(-1), 3, largest=False).indices
+    assert torch.equal(idx, want)
+    v, i = Genred("SqDist(x,y)", ["x = Vi(2)", "y = Vj(2)"], reduction_op="Min_ArgMin",
+                  axis=1)(x, y)
+    assert torch.equal(i[:, 0], want[:, 0])
+
+
+# -- torch.func -------------------------------------------------------------------------------
+def _fix(f: Callable, args, k: int = 0) -> Callable:
+    """``f`` as a function of argument ``k`` only (the others detached)."""
+    rest = [a.detach() for a in args]
+
+    def g(v):
+        a = list(rest)
+        a[k] = v
+        return f(*a)
+    return g
+
+
+@pytest.mark.parametrize("name", ["gauss", "logsumexp", "sumsoftmaxweight", "min", "kmin"])
+@pytest.mark.parametrize("wrt", [0, 1, 3])
+def test_torch_func_transforms(name: str, wrt: int) -> None:
+    k, d = CASES[name]
+    args = data()
+    fk, fd = _fix(k, args, wrt), _fix(d, args, wrt)
+    v = args[wrt].detach()
+    close = lambda a, b: torch.allclose(a, b, rtol=1e-9, atol=1e-11)  # noqa: E731
+    assert close(tf.grad(lambda v: fk(v).sum())(v), tf.grad(lambda v: fd(v).sum())(v))
+    assert close(tf.jacrev(fk)(v), tf.jacrev(fd)(v))
+    assert close(tf.jacfwd(fk)(v), tf.jacfwd(fd)(v))
+    assert close(tf.hessian(lambda v: fk(v).sum())(v), tf.hessian(lambda v: fd(v).sum())(v))
+    u = torch.randn_like(v)
+    (ok, tk), (od, td) = tf.jvp(fk, (v,), (u,)), tf.jvp(fd, (v,), (u,))
+    assert close(ok, od) and close(tk, td)
+    ok, vjp_k = tf.vjp(fk, v)
+    od, vjp_d = tf.vjp(fd, v)
+    g = torch.randn_like(od)
+    assert close(vjp_k(g)[0], vjp_d(g)[0])
+    vb = torch.stack([v, 2 * v, v + 1])
+    assert close(tf.vmap(fk)(vb), tf.vmap(fd)(vb))
+
+
+def test_vmap_over_several_arguments_with_batch_dims() -> None:
+    x, y, b, p = [a.detach() for a in data(batch=(2,))]
+    xs, ys = torch.stack([x, x + 1]), torch.stack([y, -y])
+    got = tf.vmap(lambda x, y: k_gauss(x, y, b, p))(xs, ys)
+    want = tf.vmap(lambda x, y: d_gauss(x, y, b, p))(xs, ys)
+    assert got.shape == (2, 2, 6, 1) and torch.allclose(got, want)
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def test_non_contiguous_inputs() -> None:
+    x, y, b, p = [a.detach() for a in data()]
+    xt = x.t().contiguous().t()  # same values, transposed strides
+    assert not xt.is_contiguous()
+    assert torch.allclose(k_gauss(xt, y[::1], b, p), d_gauss(x, y, b, p))
+    y2 = torch.cat([y, y], 1)[:, ::2]  # every other column: a strided view
+    assert not y2.is_contiguous()
+    assert torch.allclose(k_gauss(x, y2, b, p), d_gauss(x, y2, b, p))
+
+
+def test_errors_name_the_argument() -> None:
+    x, y, b, p = [a.detach() for a in data()]
+    g = Genred("Exp(-SqDist(x,y)) * b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)"],
+               reduction_op="Sum", axis=1)
+    with pytest.raises(TypeError, match="argument 1 is torch.float32 but argument 0 is torch.float64"):
+        g(x, y.float(), b)
+    with pytest.raises(TypeError, match="argument 2: expected a float32 or float64"):
+        g(x, y, b.int())
+    with pytest.raises(RuntimeError, match="argument 0 is on meta"):
+        g(torch.empty(6, 2, dtype=torch.float64, device="meta"), y, b)
+    with pytest.raises(ValueError, match="argument 1"):
+        g(x, y[:, :1], b)
+    with pytest.raises(ValueError, match="rows"):
+        g(x, y, b[:3])
+    with pytest.raises(ValueError, match="position|expected"):
+        Genred("Exp(-SqDist(x,y) * b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)"], axis=1)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        LazyTensor(x.numpy()[:, None, :])
+
+
+def test_threads_run_in_parallel_and_agree() -> None:
+    jobs = []
+    for s in range(8):
+        x, y, b, p = [a.detach() for a in data(n=300, m=400, seed=s)]
+        jobs.append(((x, y, b, p), d_gauss(x, y, b, p)))
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda j: k_gauss(*j[0]), jobs * 3))
+    for out, (_, want) in zip(outs, jobs * 3):
+        assert torch.allclose(out, want, rtol=1e-12)
+
+
+def test_pickling() -> None:
+    x, y, b, p = [a.detach() for a in data()]
+    g = Genred("Exp(-SqDist(x,y)*p) * b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)", "p = Pm(1)"],
+               reduction_op="Sum", axis=1)
+    g2 = pickle.loads(pickle.dumps(g))
+    assert torch.equal(g(x, y, b, p), g2(x, y, b, p))
+    K = (-Vi(x).sqdist(Vj(y))).exp() * Vj(b)
+    K2 = pickle.loads(pickle.dumps(K))
+    assert torch.equal(K.sum(dim=1), K2.sum(dim=1))
