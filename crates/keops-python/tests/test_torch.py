@@ -249,3 +249,11 @@ def test_pickling() -> None:
     K = (-Vi(x).sqdist(Vj(y))).exp() * Vj(b)
     K2 = pickle.loads(pickle.dumps(K))
     assert torch.equal(K.sum(dim=1), K2.sum(dim=1))
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import keops
+
+    assert doctest.testmod(keops.torch).failed == 0

@@ -54,6 +54,23 @@ class GenericLazyTensor:
             ``(D,)`` or ``(..., 1, 1, D)``: a parameter) or a number (a constant).
         axis: force the category of a 2-D array ``(N, D)``: 0 for ``i``, 1 for ``j``,
             2 for a parameter.
+
+    Operations (``+ - * / ** |``, comparisons, math and vector methods, ``grad``,
+    ``laplacian``, ...) build a formula; nothing is computed until a reduction over
+    ``i`` (``dim=0``, or ``-3`` with batch dims) or ``j`` (``dim=1`` / ``-2``):
+    ``sum``, ``logsumexp``, ``sumsoftmaxweight``, ``min``, ``max``, ``argmin``,
+    ``argmax``, ``min_argmin``, ``max_argmax``, ``Kmin``, ``argKmin``,
+    ``Kmin_argKmin``, or ``K @ v``. Reductions return arrays of the front end (NumPy
+    arrays, or PyTorch tensors differentiable to any order). ``dense()`` returns the whole
+    matrix for small sizes.
+
+    Example (``x``: ``(N, 3)``, ``y``: ``(M, 3)``, ``b``: ``(M, E)`` arrays)::
+
+        x_i = LazyTensor(x[:, None, :])               # (N, 1, 3): indexed by i
+        y_j = LazyTensor(y[None, :, :])               # (1, M, 3): indexed by j
+        K_ij = (-((x_i - y_j) ** 2).sum(-1)).exp()    # symbolic (N, M, 1)
+        a = K_ij @ b                                  # (N, E)
+        nn = ((x_i - y_j) ** 2).sum(-1).argKmin(5, dim=1)   # (N, 5) indices
     """
 
     # -- backend hooks ----------------------------------------------------------------
@@ -204,38 +221,48 @@ class GenericLazyTensor:
 
     __hash__ = object.__hash__
 
-    # -- arithmetic and comparisons -------------------------------------------------------
     def __add__(self: L, o: Any) -> L:
+        """``x + y`` (dimension-1 operands broadcast)."""
         return self._binary(o, "({} + {})")
 
     def __radd__(self: L, o: Any) -> L:
+        """``y + x``."""
         return self._wrap(o) + self
 
     def __sub__(self: L, o: Any) -> L:
+        """``x - y``."""
         return self._binary(o, "({} - {})")
 
     def __rsub__(self: L, o: Any) -> L:
+        """``y - x``."""
         return self._wrap(o) - self
 
     def __mul__(self: L, o: Any) -> L:
+        """``x * y``, elementwise."""
         return self._binary(o, "({} * {})")
 
     def __rmul__(self: L, o: Any) -> L:
+        """``y * x``."""
         return self._wrap(o) * self
 
     def __truediv__(self: L, o: Any) -> L:
+        """``x / y``, elementwise."""
         return self._binary(o, "({} / {})")
 
     def __rtruediv__(self: L, o: Any) -> L:
+        """``y / x``."""
         return self._wrap(o) / self
 
     def __neg__(self: L) -> L:
+        """``-x``."""
         return self._unary("Minus")
 
     def __abs__(self: L) -> L:
+        """``abs(x)``."""
         return self._unary("Abs")
 
     def __pow__(self: L, p: Any) -> L:
+        """``x ** p``: integer powers, square roots, or ``Powf`` for other exponents."""
         if isinstance(p, int) and not isinstance(p, bool):
             return self.square() if p == 2 else self._unary("Pow", args=f",{p}")
         if isinstance(p, float) and p == 0.5:
@@ -249,6 +276,7 @@ class GenericLazyTensor:
         return self._binary(o, "Scalprod({}, {})", dim=1)
 
     def __ror__(self: L, o: Any) -> L:
+        """``(y | x)``: the scalar product."""
         return self._wrap(o) | self
 
     # Comparisons give 0/1 (derivative 0), written with Step (Step(0) = 1).
