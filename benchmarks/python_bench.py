@@ -2,11 +2,12 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/python_bench.py [--quick] [--no-pykeops]
+    .venv/bin/python benchmarks/python_bench.py [--quick] [--no-pykeops] [--torch-threads N]
 
-``--quick`` runs only the smallest sizes (a smoke test, about a minute); ``--no-pykeops``
-leaves pykeops out even when it is installed. The default run takes a few minutes on
-two cores (most of it in pykeops).
+``--quick`` runs only the smallest sizes (a smoke test, under a minute); ``--no-pykeops``
+leaves pykeops out even when it is installed; ``--torch-threads`` changes the torch
+thread count (default 2). Progress goes to stderr, the table to stdout. The default run
+takes 2 to 3 minutes on two cores, most of it in pykeops.
 
 Compared in the same process, each only if it imports:
 
@@ -41,7 +42,9 @@ returned neighbours are recomputed in float64, sorted per row, and compared that
 
 Threads: torch is set to 2 threads (``torch.set_num_threads(2)``). keops uses all the
 cores through rayon and pykeops all of them through OpenMP; on a 2-core machine all
-three use the same two cores.
+three use the same two cores. On small virtual machines torch's OpenMP threads can be
+erratic for small matrices (milliseconds of synchronisation per op); compare the dense
+column with ``--torch-threads 1`` (or ``OMP_WAIT_POLICY=PASSIVE``) when it looks slow.
 """
 
 from __future__ import annotations
@@ -507,12 +510,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="only the smallest sizes")
     p.add_argument("--no-pykeops", action="store_true", help="leave pykeops out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch-threads", type=int, default=TORCH_THREADS,
+                   help=f"torch.set_num_threads (default {TORCH_THREADS})")
     return p.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(TORCH_THREADS)
+    torch.set_num_threads(args.torch_threads)
     fes, versions = load_front_ends(not args.no_pykeops)
     if not fes:
         print("neither keops.numpy nor keops.torch imports", file=sys.stderr)

@@ -1041,6 +1041,17 @@ impl Formula {
         if self.op == Op::Binary(Binary::Mult) && self.args.iter().all(|a| a.dim == self.dim) {
             return node(Op::Scalprod, self.args.clone());
         }
+        // Sum(Square(a - b)) and Sum(Square(a)), pykeops' `((x_i - y_j) ** 2).sum(-1)`:
+        // the distance ops, which the fused kernels recognise.
+        if self.op == Op::Unary(Unary::Square) {
+            let inner = &self.args[0];
+            if inner.op == Op::Binary(Binary::Subtract)
+                && inner.args.iter().all(|a| a.dim == self.dim)
+            {
+                return node(Op::SqDist, inner.args.clone());
+            }
+            return node(Op::SqNorm2, vec![inner.clone()]);
+        }
         node(Op::Sum, vec![self.clone()])
     }
     /// `SumT(self, d)`.
