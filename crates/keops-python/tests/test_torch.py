@@ -257,3 +257,21 @@ def test_docstring_examples_run() -> None:
     import keops
 
     assert doctest.testmod(keops.torch).failed == 0
+
+
+def test_no_grad_fast_path_and_forward_ad_levels() -> None:
+    """Without autograd the result carries no graph; under an open forward-AD level
+    (outside torch.func) tangents propagate."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, y, b, p = data()
+    with torch.no_grad():
+        out = k_gauss(x, y, b, p)
+    assert out.grad_fn is None and not out.requires_grad
+    u = torch.randn_like(x)
+    with fwAD.dual_level():
+        xd = fwAD.make_dual(x.detach(), u)
+        t = fwAD.unpack_dual(k_gauss(xd, y.detach(), b.detach(), p.detach())).tangent
+    want = torch.func.jvp(lambda v: d_gauss(v, y.detach(), b.detach(), p.detach()),
+                          (x.detach(),), (u,))[1]
+    assert t is not None and torch.allclose(t, want, rtol=1e-10)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from ._genred import ARG, SELECT, SMOOTH, Core, GenredBase, Options, output_axis
 from ._lazy import GenericLazyTensor
@@ -194,10 +195,23 @@ def _at_selected(core: Core, opts: Options, args: Sequence[torch.Tensor],
     return vals.reshape(idx.shape)
 
 
+def _differentiable(args: Sequence[torch.Tensor]) -> bool:
+    """Whether a result may be differentiated: autograd recording with an input that
+    requires grad, an open forward-AD level, or a ``torch.func`` transform."""
+    if torch._C._are_functorch_transforms_active() or fwAD._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and any(a.requires_grad for a in args)
+
+
 def _run(core: Core, args: Sequence[torch.Tensor], opts: Options) -> Tuple[Any, Any]:
     """Runs a reduction on tensors, differentiably; returns ``(values, indices)``."""
     args = list(args)
     _check(args)
+    if not _differentiable(args):
+        # Nothing to record: one engine call, no autograd bookkeeping.
+        values, indices = core([_numpy(a) for a in args], opts)
+        return (None if values is None else torch.from_numpy(values),
+                None if indices is None else torch.from_numpy(indices))
     red = core.reduction
     if red in SMOOTH:
         return _Reduce.apply(core, opts, *args), None
