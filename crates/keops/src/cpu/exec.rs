@@ -79,7 +79,9 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
     block: &mut Block,
 ) {
     let p = &r.prog;
-    let tile = p.tile;
+    // Ops run over whole tiles (zero-filled past the last row), so a short reduced
+    // range gets a shorter tile: rows of a small problem do not pay for 1,024 lanes.
+    let tile = p.tile.min(job.red.len().next_multiple_of(16)).max(16);
     let mut regs = Regs::<T>::new(&p.reg_dims, tile);
     let sl = p.scalar_len;
     let mut params = vec![T::ZERO; sl];
