@@ -79,6 +79,8 @@ CASES: List[Tuple[str, Callable, Callable]] = [
      + y[..., 0:2].sum(-1, keepdims=True)),
     ("concat", lambda x, y, p: x.concat(y.elem(0)), lambda x, y, p: np.concatenate(
         [np.broadcast_to(x, (N, M, D)), np.broadcast_to(y[..., :1], (N, M, 1))], -1)),
+    ("one_hot", lambda x, y, p: ((x - y).elem(0).sign() + 1).one_hot(3) * x,
+     lambda x, y, p: np.eye(3)[(np.sign(x[..., 0] - y[..., 0]) + 1).astype(int)] * x),
     ("coord_sum", lambda x, y, p: (x * y).sum(-1), lambda x, y, p: (x * y).sum(-1, keepdims=True)),
     ("grad", lambda x, y, p: (-x.sqdist(y)).exp().grad(x, 1.0),
      lambda x, y, p: -2 * (x - y) * np.exp(-((x - y) ** 2).sum(-1, keepdims=True))),

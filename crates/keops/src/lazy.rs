@@ -228,6 +228,11 @@ impl LazyTensor {
     pub fn elem_t(&self, n: usize, m: usize) -> LazyTensor {
         self.map(|f| f.elem_t(n, m))
     }
+    /// `OneHot(self, d)`: for a scalar, 1 at coordinate `round(self)` of `d`, else 0
+    /// (pykeops' `x.one_hot(d)`).
+    pub fn one_hot(&self, d: usize) -> LazyTensor {
+        self.map(|f| f.one_hot(d))
+    }
     /// `Concat(self, other)`.
     pub fn concat(&self, other: &LazyTensor) -> LazyTensor {
         self.map2(other, |a, b| a.concat(b))

@@ -85,6 +85,7 @@ fn cases(name: &str) -> Option<Vec<&'static str>> {
         "Concat" => vec!["Concat(x, y * a)"],
         "Elem" => vec!["Elem(x * y, 1)"],
         "ElemT" => vec!["ElemT(a * b, 3, 2) * x"],
+        "OneHot" => vec!["OneHot(Sign(a) + 1, 3) * x"],
         "Min" | "Max" => vec!["Min(x * y)", "Max(x - y)"],
         "ArgMin" | "ArgMax" => vec!["ArgMin(x - y) * a", "ArgMax(x * y) * a"],
         "Grad" => vec!["Grad(Exp(-SqDist(x, y)) * b, x, a)"],

@@ -375,6 +375,11 @@ fn op_cases(name: &str, side: Side) -> Option<Vec<String>> {
             f(format!("ElemT({v1}, 3, 1)")),
             f(format!("ElemT({w1}, 2, 0)")),
         ],
+        // Integer-valued operands: f32 and f64 round them alike.
+        "OneHot" => vec![
+            f(format!("OneHot(Sign({v1}) + 1, 3)")),
+            f(format!("OneHot(Step({w1}) * 2 - 1, 2)")),
+        ],
         "Min" | "Max" | "ArgMin" | "ArgMax" => {
             let mut c = vec![
                 f(format!("{name}({v3})")),
@@ -577,6 +582,7 @@ fn vector_ops() {
                 | "Concat"
                 | "Elem"
                 | "ElemT"
+                | "OneHot"
                 | "Min"
                 | "Max"
                 | "ArgMin"
@@ -628,6 +634,7 @@ fn every_op_of_the_table_is_tested() {
                     | "Concat"
                     | "Elem"
                     | "ElemT"
+                    | "OneHot"
                     | "Min"
                     | "Max"
                     | "ArgMin"

@@ -430,6 +430,13 @@ class GenericLazyTensor:
             return self.extract(start, stop - start)
         raise IndexError(f"LazyTensor indexing: unsupported key {key!r}")
 
+    def one_hot(self: L, D: int) -> L:
+        """For a scalar: the vector of dimension ``D`` with 1 at ``round(self)``, 0
+        elsewhere (all 0 out of range)."""
+        if self._dim != 1:
+            raise ValueError(f"one_hot needs a scalar LazyTensor, got dimension {self._dim}")
+        return self._unary("OneHot", dim=int(D), args=f",{int(D)}")
+
     def concat(self: L, o: Any) -> L:
         """Concatenation along the last dimension."""
         o = self._wrap(o)

@@ -337,6 +337,27 @@ fn apply<T: Real, M: MathMode>(
             out.fill(T::ZERO);
             copy_lane(&mut out[m * tile..(m + 1) * tile], lane(0, 0));
         }
+        Op::OneHot(d) => {
+            out.fill(T::ZERO);
+            let slot = |x: T| {
+                let k = x.to_f64().round();
+                (k >= 0.0 && k < d as f64).then_some(k as usize)
+            };
+            match lane(0, 0) {
+                Lane::Tile(x) => {
+                    for (t, &v) in x.iter().enumerate() {
+                        if let Some(k) = slot(v) {
+                            out[k * tile + t] = T::ONE;
+                        }
+                    }
+                }
+                Lane::Splat(v) => {
+                    if let Some(k) = slot(v) {
+                        out[k * tile..(k + 1) * tile].fill(T::ONE);
+                    }
+                }
+            }
+        }
         Op::CoordMin | Op::CoordMax | Op::CoordArgMin | Op::CoordArgMax => {
             let n = args[0].dim();
             let is_min = matches!(op, Op::CoordMin | Op::CoordArgMin);

@@ -77,6 +77,12 @@ pub fn apply<R: Real, M: MathMode>(op: &Op, args: &[&[R]], out: &mut [R]) {
             out.iter_mut().for_each(|o| *o = R::ZERO);
             out[m] = args[0][0];
         }
+        Op::OneHot(_) => {
+            let k = args[0][0].to_f64().round();
+            for (c, o) in out.iter_mut().enumerate() {
+                *o = if k == c as f64 { R::ONE } else { R::ZERO };
+            }
+        }
         Op::CoordMin | Op::CoordMax | Op::CoordArgMin | Op::CoordArgMax => {
             let a = args[0];
             let is_min = matches!(op, Op::CoordMin | Op::CoordArgMin);

@@ -402,6 +402,9 @@ pub enum Op {
         /// Position of the scalar.
         m: usize,
     },
+    /// `OneHot(x, d)`: for a scalar `x`, the vector of dimension `d` with 1 at
+    /// `round(x)` and 0 elsewhere (all 0 when `round(x)` is not in `0..d`).
+    OneHot(usize),
     /// `Min(x)`: smallest coordinate.
     CoordMin,
     /// `Max(x)`: largest coordinate.
@@ -454,6 +457,7 @@ impl Op {
             Op::Concat => "Concat",
             Op::Elem(_) => "Elem",
             Op::ElemT { .. } => "ElemT",
+            Op::OneHot(_) => "OneHot",
             Op::CoordMin => "Min",
             Op::CoordMax => "Max",
             Op::CoordArgMin => "ArgMin",
@@ -472,6 +476,7 @@ impl Op {
             | Op::Extract { .. }
             | Op::Elem(_)
             | Op::ElemT { .. }
+            | Op::OneHot(_)
             | Op::CoordMin
             | Op::CoordMax
             | Op::CoordArgMin
@@ -574,6 +579,18 @@ impl Op {
                 }
                 Ok(1)
             }
+            Op::OneHot(d) => {
+                if dims[0] != 1 {
+                    return Err(dim_err(
+                        name,
+                        format!("operand must have dimension 1, got {}", dims[0]),
+                    ));
+                }
+                if d == 0 {
+                    return Err(dim_err(name, "the dimension must be at least 1".into()));
+                }
+                Ok(d)
+            }
             Op::ElemT { n, m } => {
                 if dims[0] != 1 {
                     return Err(dim_err(
@@ -651,6 +668,8 @@ impl Op {
             ],
             Op::Elem(m) => vec![Some(g.elem_t(a[0].dim, m)?)],
             Op::ElemT { m, .. } => vec![Some(g.elem(m)?)],
+            // Piecewise constant.
+            Op::OneHot(_) => vec![None],
             Op::CoordMin | Op::CoordMax => {
                 let arg = if *self == Op::CoordMin {
                     Op::CoordArgMin
@@ -744,7 +763,7 @@ macro_rules! unary_spec {
 const UNARY_SPECS: [OpSpec; 14] =
     unary_spec!(Minus, Square, Sqrt, Rsqrt, Inv, Exp, Log, XLogX, Abs, Sign, Step, ReLU, Sin, Cos);
 
-const OTHER_SPECS: [OpSpec; 34] = [
+const OTHER_SPECS: [OpSpec; 35] = [
     spec!("Vi", 0, 2, |_f, n| Formula::var(
         Cat::Vi,
         usize_param("Vi", n[0])?,
@@ -808,6 +827,8 @@ const OTHER_SPECS: [OpSpec; 34] = [
         usize_param("ElemT", n[0])?,
         usize_param("ElemT", n[1])?
     )),
+    spec!("OneHot", 1, 1, |f, n| f[0]
+        .one_hot(usize_param("OneHot", n[0])?)),
     spec!("Min", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordMin))),
     spec!("Max", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordMax))),
     spec!("ArgMin", 1, 0, |f, _n| Ok(
@@ -1110,6 +1131,10 @@ impl Formula {
     /// `ElemT(self, n, m)`.
     pub fn elem_t(&self, n: usize, m: usize) -> Result<Formula> {
         Formula::new(Op::ElemT { n, m }, vec![self.clone()])
+    }
+    /// `OneHot(self, d)`.
+    pub fn one_hot(&self, d: usize) -> Result<Formula> {
+        Formula::new(Op::OneHot(d), vec![self.clone()])
     }
     /// `Min`, `Max`, `ArgMin` or `ArgMax` over the coordinates of `self`.
     pub fn coord_reduce(&self, op: Op) -> Formula {

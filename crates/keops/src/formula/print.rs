@@ -62,6 +62,7 @@ fn open<'a>(
         Op::Extract { start, dim } => one("Extract(", format!(",{start},{dim})")),
         Op::Elem(m) => one("Elem(", format!(",{m})")),
         Op::ElemT { n, m } => one("ElemT(", format!(",{n},{m})")),
+        Op::OneHot(d) => one("OneHot(", format!(",{d})")),
         Op::Binary(b @ (Binary::Add | Binary::Subtract | Binary::Mult | Binary::Divide)) => {
             let sym = match b {
                 Binary::Add => " + ",
