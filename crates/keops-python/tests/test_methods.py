@@ -79,6 +79,9 @@ CASES: List[Tuple[str, Callable, Callable]] = [
      + y[..., 0:2].sum(-1, keepdims=True)),
     ("concat", lambda x, y, p: x.concat(y.elem(0)), lambda x, y, p: np.concatenate(
         [np.broadcast_to(x, (N, M, D)), np.broadcast_to(y[..., :1], (N, M, 1))], -1)),
+    ("tensordot", lambda x, y, p: x.keops_tensordot(y, (3,), (3,), (), (), (1, 0)).sum(-1)
+     + x.concat(y).tensordot(p, (2, 3), (3,), (1,), (0,)).elem(1),
+     lambda x, y, p: x.sum(-1, keepdims=True) * y.sum(-1, keepdims=True) + (y * p).sum(-1, keepdims=True)),
     ("one_hot", lambda x, y, p: ((x - y).elem(0).sign() + 1).one_hot(3) * x,
      lambda x, y, p: np.eye(3)[(np.sign(x[..., 0] - y[..., 0]) + 1).astype(int)] * x),
     ("coord_sum", lambda x, y, p: (x * y).sum(-1), lambda x, y, p: (x * y).sum(-1, keepdims=True)),

@@ -275,3 +275,17 @@ def test_no_grad_fast_path_and_forward_ad_levels() -> None:
     want = torch.func.jvp(lambda v: d_gauss(v, y.detach(), b.detach(), p.detach()),
                           (x.detach(),), (u,))[1]
     assert t is not None and torch.allclose(t, want, rtol=1e-10)
+
+
+def test_tensordot_against_numpy_and_gradcheck() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def k(x, y):
+        return Vi(x).keops_tensordot(Vj(y), (2, 3), (3, 2), (1,), (0,), (1, 0)).sum(dim=1)
+
+    want = torch.einsum("iab,jbc->ica", x.reshape(4, 2, 3), y.reshape(5, 3, 2)).reshape(4, 4)
+    assert torch.allclose(k(x, y), want)
+    assert torch.autograd.gradcheck(k, (x, y))
+    assert torch.autograd.gradgradcheck(k, (x, y))

@@ -228,6 +228,26 @@ impl LazyTensor {
     pub fn elem_t(&self, n: usize, m: usize) -> LazyTensor {
         self.map(|f| f.elem_t(n, m))
     }
+    /// `TensorDot(self, other, Ind(dims_a), Ind(dims_b), Ind(cont_a), Ind(cont_b),
+    /// Ind(perm))` (pykeops' `keops_tensordot`; an empty `perm` keeps the axes' order).
+    pub fn tensordot(
+        &self,
+        other: &LazyTensor,
+        dims_a: &[usize],
+        dims_b: &[usize],
+        cont_a: &[usize],
+        cont_b: &[usize],
+        perm: &[usize],
+    ) -> LazyTensor {
+        let td = crate::formula::tensordot::TensorDot::new(
+            dims_a.to_vec(),
+            dims_b.to_vec(),
+            cont_a.to_vec(),
+            cont_b.to_vec(),
+            perm.to_vec(),
+        );
+        self.map2(other, |a, b| a.tensordot(b, td.clone()?))
+    }
     /// `OneHot(self, d)`: for a scalar, 1 at coordinate `round(self)` of `d`, else 0
     /// (pykeops' `x.one_hot(d)`).
     pub fn one_hot(&self, d: usize) -> LazyTensor {

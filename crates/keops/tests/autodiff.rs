@@ -85,6 +85,11 @@ fn cases(name: &str) -> Option<Vec<&'static str>> {
         "Concat" => vec!["Concat(x, y * a)"],
         "Elem" => vec!["Elem(x * y, 1)"],
         "ElemT" => vec!["ElemT(a * b, 3, 2) * x"],
+        "TensorDot" => vec![
+            "TensorDot(S, x, Ind(3,3), Ind(3), Ind(1), Ind(0))",
+            "TensorDot(S, Concat(x, y), Ind(3,3), Ind(2,3), Ind(1), Ind(1), Ind(1,0))",
+            "TensorDot(x * a, y, Ind(3), Ind(3), Ind(), Ind())",
+        ],
         "OneHot" => vec!["OneHot(Sign(a) + 1, 3) * x"],
         "Min" | "Max" => vec!["Min(x * y)", "Max(x - y)"],
         "ArgMin" | "ArgMax" => vec!["ArgMin(x - y) * a", "ArgMax(x * y) * a"],

@@ -522,7 +522,7 @@ mod fuzz {
         /// Arbitrary strings over the formula alphabet (and a few non-ASCII characters)
         /// never panic the parser.
         #[test]
-        fn parser_never_panics(s in "[xyb(),+*/|0-9. eE\\-]{0,24}|(Exp|Vi|Pow|Extract|Sum|Var|Zero|Elem|IntCst|RatCst|SumT|ElemT)\\([xyb0-9,() é∑\\-]{0,12}\\)?") {
+        fn parser_never_panics(s in "[xyb(),+*/|0-9. eE\\-]{0,24}|(Exp|Vi|Pow|Extract|Sum|Var|Zero|Elem|IntCst|RatCst|SumT|ElemT|TensorDot|Ind)\\([xyb0-9,() é∑\\-]{0,12}\\)?") {
             let _ = Genred::new(&s, &AL, Reduction::Sum, 1);
             let _ = parse(&s, &AL);
         }

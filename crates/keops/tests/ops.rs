@@ -375,6 +375,25 @@ fn op_cases(name: &str, side: Side) -> Option<Vec<String>> {
             f(format!("ElemT({v1}, 3, 1)")),
             f(format!("ElemT({w1}, 2, 0)")),
         ],
+        "TensorDot" => {
+            let mut c = vec![
+                f(format!("TensorDot({v3}, {w3}, Ind(3), Ind(3), Ind(), Ind())")),
+                f(format!(
+                    "TensorDot(Concat({v3}, {w3}), {w3}, Ind(2,3), Ind(3), Ind(1), Ind(0))"
+                )),
+                f(format!(
+                    "TensorDot(Concat({v3}, {w3}), Concat({w3}, {v3}), Ind(3,2), Ind(2,3), Ind(0), Ind(1), Ind(1,0))"
+                )),
+            ];
+            if pair {
+                c.push("TensorDot(x, y, Ind(3), Ind(3), Ind(0), Ind(0))".to_string());
+                c.push(
+                    "TensorDot(Concat(x, y), x - y, Ind(2,3), Ind(3), Ind(), Ind(), Ind(2,0,1))"
+                        .to_string(),
+                );
+            }
+            c
+        }
         // Integer-valued operands: f32 and f64 round them alike.
         "OneHot" => vec![
             f(format!("OneHot(Sign({v1}) + 1, 3)")),
@@ -583,6 +602,7 @@ fn vector_ops() {
                 | "Elem"
                 | "ElemT"
                 | "OneHot"
+                | "TensorDot"
                 | "Min"
                 | "Max"
                 | "ArgMin"
@@ -635,6 +655,7 @@ fn every_op_of_the_table_is_tested() {
                     | "Elem"
                     | "ElemT"
                     | "OneHot"
+                    | "TensorDot"
                     | "Min"
                     | "Max"
                     | "ArgMin"

@@ -430,6 +430,28 @@ class GenericLazyTensor:
             return self.extract(start, stop - start)
         raise IndexError(f"LazyTensor indexing: unsupported key {key!r}")
 
+    def keops_tensordot(self: L, other: Any, dimfa: Sequence[int], dimfb: Sequence[int],
+                        contfa: Sequence[int], contfb: Sequence[int], *args: Any) -> L:
+        """``TensorDot``: ``self`` and ``other`` hold row-major tensors of shapes ``dimfa``
+        and ``dimfb``; axes ``contfa`` are contracted with ``contfb``; the result holds
+        the kept axes of ``self`` then of ``other``, optionally permuted by ``args[0]``
+        (as ``numpy.transpose``)."""
+        o = self._wrap(other)
+        dims = [tuple(int(k) for k in v) for v in (dimfa, dimfb, contfa, contfb)]
+        if len(args) > 1:
+            raise TypeError("keops_tensordot takes at most one permutation after contfb")
+        if args:
+            dims.append(tuple(int(k) for k in args[0]))
+        kept = [d for k, d in enumerate(dims[0]) if k not in dims[2]] + \
+            [d for k, d in enumerate(dims[1]) if k not in dims[3]]
+        out = 1
+        for d in kept:
+            out *= d
+        inds = "".join(f", Ind({','.join(str(k) for k in v)})" for v in dims)
+        return self._binary(o, "TensorDot({}, {}" + inds + ")", dim=out)
+
+    tensordot = keops_tensordot
+
     def one_hot(self: L, D: int) -> L:
         """For a scalar: the vector of dimension ``D`` with 1 at ``round(self)``, 0
         elsewhere (all 0 out of range)."""

@@ -337,6 +337,28 @@ fn apply<T: Real, M: MathMode>(
             out.fill(T::ZERO);
             copy_lane(&mut out[m * tile..(m + 1) * tile], lane(0, 0));
         }
+        Op::TensorDot(ref td) => {
+            out.fill(T::ZERO);
+            for &(o, i, j) in td.terms() {
+                let dst = &mut out[o as usize * tile..(o as usize + 1) * tile];
+                match (lane(0, i as usize), lane(1, j as usize)) {
+                    (Lane::Tile(a), Lane::Tile(b)) => {
+                        for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+                            *d += x * y;
+                        }
+                    }
+                    (Lane::Tile(a), Lane::Splat(y)) | (Lane::Splat(y), Lane::Tile(a)) => {
+                        for (d, &x) in dst.iter_mut().zip(a) {
+                            *d += x * y;
+                        }
+                    }
+                    (Lane::Splat(x), Lane::Splat(y)) => {
+                        let v = x * y;
+                        dst.iter_mut().for_each(|d| *d += v);
+                    }
+                }
+            }
+        }
         Op::OneHot(d) => {
             out.fill(T::ZERO);
             let slot = |x: T| {

@@ -77,6 +77,12 @@ pub fn apply<R: Real, M: MathMode>(op: &Op, args: &[&[R]], out: &mut [R]) {
             out.iter_mut().for_each(|o| *o = R::ZERO);
             out[m] = args[0][0];
         }
+        Op::TensorDot(ref td) => {
+            out.iter_mut().for_each(|o| *o = R::ZERO);
+            for &(o, i, j) in td.terms() {
+                out[o as usize] += args[0][i as usize] * args[1][j as usize];
+            }
+        }
         Op::OneHot(_) => {
             let k = args[0][0].to_f64().round();
             for (c, o) in out.iter_mut().enumerate() {

@@ -15,6 +15,7 @@ pub mod eval;
 pub mod ops;
 pub mod parse;
 mod print;
+pub mod tensordot;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

@@ -15,6 +15,7 @@
 //! op is a variant of [`Op`], its dimension rule, its evaluation in
 //! [`crate::formula::eval`] and its CPU instruction.
 
+use super::tensordot::TensorDot;
 use super::Formula;
 use crate::error::{KeopsError, Result};
 use crate::real::{MathMode, Real};
@@ -405,6 +406,9 @@ pub enum Op {
     /// `OneHot(x, d)`: for a scalar `x`, the vector of dimension `d` with 1 at
     /// `round(x)` and 0 elsewhere (all 0 when `round(x)` is not in `0..d`).
     OneHot(usize),
+    /// `TensorDot(a, b, Ind(..), Ind(..), Ind(..), Ind(..)[, Ind(..)])`: a tensor
+    /// contraction (see [`super::tensordot`]).
+    TensorDot(Box<TensorDot>),
     /// `Min(x)`: smallest coordinate.
     CoordMin,
     /// `Max(x)`: largest coordinate.
@@ -458,6 +462,7 @@ impl Op {
             Op::Elem(_) => "Elem",
             Op::ElemT { .. } => "ElemT",
             Op::OneHot(_) => "OneHot",
+            Op::TensorDot(_) => "TensorDot",
             Op::CoordMin => "Min",
             Op::CoordMax => "Max",
             Op::CoordArgMin => "ArgMin",
@@ -481,7 +486,12 @@ impl Op {
             | Op::CoordMax
             | Op::CoordArgMin
             | Op::CoordArgMax => 1,
-            Op::Binary(_) | Op::SqDist | Op::Scalprod | Op::WeightedSqNorm | Op::Concat => 2,
+            Op::Binary(_)
+            | Op::SqDist
+            | Op::Scalprod
+            | Op::WeightedSqNorm
+            | Op::Concat
+            | Op::TensorDot(_) => 2,
             Op::Ternary(_) => 3,
         }
     }
@@ -570,6 +580,24 @@ impl Op {
                 Ok(dim)
             }
             Op::Concat => Ok(dims[0] + dims[1]),
+            Op::TensorDot(ref td) => {
+                if dims[0] != td.dim_a() || dims[1] != td.dim_b() {
+                    return Err(dim_err(
+                        name,
+                        format!(
+                            "operands of dimensions {} and {} do not match the shapes {:?} \
+                             (dimension {}) and {:?} (dimension {})",
+                            dims[0],
+                            dims[1],
+                            td.dims_a,
+                            td.dim_a(),
+                            td.dims_b,
+                            td.dim_b()
+                        ),
+                    ));
+                }
+                Ok(td.out_dim())
+            }
             Op::Elem(m) => {
                 if m >= dims[0] {
                     return Err(dim_err(
@@ -662,6 +690,11 @@ impl Op {
                 }
                 vec![Some(out)]
             }
+            // Bilinear: each operand's gradient contracts g with the other one.
+            Op::TensorDot(ref td) => vec![
+                Some(g.tensordot(&a[1], td.grad_a()?)?),
+                Some(g.tensordot(&a[0], td.grad_b()?)?),
+            ],
             Op::Concat => vec![
                 Some(g.extract(0, a[0].dim)?),
                 Some(g.extract(a[0].dim, a[1].dim)?),
@@ -722,8 +755,28 @@ pub struct OpSpec {
     pub formulas: usize,
     /// Number of integer parameters (written after the formulas).
     pub ints: usize,
+    /// The integer parameters are lists `Ind(k, l, ...)` (the last one optional); the
+    /// builder gets them flattened as `[len, items.., len, items.., ...]`.
+    pub lists: bool,
     /// Builds the formula.
     pub build: fn(&[Formula], &[i64]) -> Result<Formula>,
+}
+
+/// `[len, items.., len, items.., ...]` back into lists of non-negative integers.
+fn unflatten(op: &str, n: &[i64]) -> Result<Vec<Vec<usize>>> {
+    let mut out = Vec::new();
+    let mut rest = n;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize_param(op, len)?.min(tail.len());
+        out.push(
+            tail[..len]
+                .iter()
+                .map(|&v| usize_param(op, v))
+                .collect::<Result<_>>()?,
+        );
+        rest = &tail[len..];
+    }
+    Ok(out)
 }
 
 fn usize_param(op: &str, v: i64) -> Result<usize> {
@@ -746,6 +799,7 @@ macro_rules! spec {
             name: $name,
             formulas: $nf,
             ints: $ni,
+            lists: false,
             build: |$f: &[Formula], $n: &[i64]| -> Result<Formula> {
                 let _ = (&$f, &$n);
                 $body
@@ -763,7 +817,7 @@ macro_rules! unary_spec {
 const UNARY_SPECS: [OpSpec; 14] =
     unary_spec!(Minus, Square, Sqrt, Rsqrt, Inv, Exp, Log, XLogX, Abs, Sign, Step, ReLU, Sin, Cos);
 
-const OTHER_SPECS: [OpSpec; 35] = [
+const OTHER_SPECS: [OpSpec; 36] = [
     spec!("Vi", 0, 2, |_f, n| Formula::var(
         Cat::Vi,
         usize_param("Vi", n[0])?,
@@ -827,6 +881,24 @@ const OTHER_SPECS: [OpSpec; 35] = [
         usize_param("ElemT", n[0])?,
         usize_param("ElemT", n[1])?
     )),
+    OpSpec {
+        name: "TensorDot",
+        formulas: 2,
+        ints: 5,
+        lists: true,
+        build: |f, n| {
+            let mut lists = unflatten("TensorDot", n)?;
+            if lists.len() == 4 {
+                lists.push(Vec::new());
+            }
+            let [da, db, ca, cb, p]: [Vec<usize>; 5] =
+                lists.try_into().map_err(|_| KeopsError::Arity {
+                    op: "TensorDot".into(),
+                    msg: "expects 4 or 5 Ind(...) lists".into(),
+                })?;
+            f[0].tensordot(&f[1], TensorDot::new(da, db, ca, cb, p)?)
+        },
+    },
     spec!("OneHot", 1, 1, |f, n| f[0]
         .one_hot(usize_param("OneHot", n[0])?)),
     spec!("Min", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordMin))),
@@ -1131,6 +1203,13 @@ impl Formula {
     /// `ElemT(self, n, m)`.
     pub fn elem_t(&self, n: usize, m: usize) -> Result<Formula> {
         Formula::new(Op::ElemT { n, m }, vec![self.clone()])
+    }
+    /// `TensorDot(self, other, ...)` with checked parameters.
+    pub fn tensordot(&self, other: &Formula, td: TensorDot) -> Result<Formula> {
+        Formula::new(
+            Op::TensorDot(Box::new(td)),
+            vec![self.clone(), other.clone()],
+        )
     }
     /// `OneHot(self, d)`.
     pub fn one_hot(&self, d: usize) -> Result<Formula> {

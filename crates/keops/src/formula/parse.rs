@@ -127,6 +127,8 @@ const MAX_DEPTH: usize = 500;
 struct Arg {
     f: Formula,
     at: usize,
+    /// An `Ind(k, l, ...)` list (then `f` is a placeholder).
+    ind: Option<Vec<i64>>,
 }
 
 impl<'a> Parser<'a> {
@@ -362,8 +364,22 @@ impl<'a> Parser<'a> {
         loop {
             self.skip_ws();
             let at = self.pos;
-            let f = self.expr()?;
-            args.push(Arg { f, at });
+            if self.src[self.pos..].starts_with("Ind(") {
+                self.pos += "Ind(".len();
+                let items = self.args()?;
+                let list = items
+                    .iter()
+                    .map(|a| self.int_arg("Ind", a))
+                    .collect::<Result<Vec<i64>>>()?;
+                args.push(Arg {
+                    f: Formula::int(0),
+                    at,
+                    ind: Some(list),
+                });
+            } else {
+                let f = self.expr()?;
+                args.push(Arg { f, at, ind: None });
+            }
             if self.eat(")") {
                 return Ok(args);
             }
@@ -378,6 +394,12 @@ impl<'a> Parser<'a> {
     }
 
     fn int_arg(&self, name: &str, a: &Arg) -> Result<i64> {
+        if a.ind.is_some() {
+            return Err(self.err_at(
+                a.at,
+                format!("{name} expects an integer here, found an Ind(...) list"),
+            ));
+        }
         match a.f.op {
             Op::IntCst(n) => Ok(n),
             _ => Err(self.err_at(
@@ -391,6 +413,18 @@ impl<'a> Parser<'a> {
         let spec = ops::lookup(name)
             .ok_or_else(|| self.err_at(start, format!("unknown operation {name:?}")))?;
         let args = self.args()?;
+        if let Some(a) = args[..spec.formulas.min(args.len())]
+            .iter()
+            .find(|a| a.ind.is_some())
+        {
+            return Err(self.err_at(
+                a.at,
+                format!("{name} expects a formula here, found an Ind(...) list"),
+            ));
+        }
+        if spec.lists {
+            return self.call_with_lists(name, spec, &args, start);
+        }
         let want = spec.formulas + spec.ints;
         if args.len() != want {
             return Err(self.err_at(
@@ -409,6 +443,42 @@ impl<'a> Parser<'a> {
             .map(|a| self.int_arg(name, a))
             .collect::<Result<Vec<i64>>>()?;
         self.at(start, (spec.build)(&fs, &ns))
+    }
+
+    /// An op whose parameters are `Ind(...)` lists (the last one optional).
+    fn call_with_lists(
+        &mut self,
+        name: &str,
+        spec: &ops::OpSpec,
+        args: &[Arg],
+        start: usize,
+    ) -> Result<Formula> {
+        let n_lists = args.len().saturating_sub(spec.formulas);
+        if args.len() < spec.formulas || n_lists + 1 < spec.ints || n_lists > spec.ints {
+            return Err(self.err_at(
+                start,
+                format!(
+                    "{name} expects {} formula(s) then {} or {} Ind(...) lists, got {} argument(s)",
+                    spec.formulas,
+                    spec.ints - 1,
+                    spec.ints,
+                    args.len()
+                ),
+            ));
+        }
+        let mut flat = Vec::new();
+        for a in &args[spec.formulas..] {
+            let list = a.ind.as_ref().ok_or_else(|| {
+                self.err_at(
+                    a.at,
+                    format!("{name} expects an Ind(...) list here, found {}", a.f),
+                )
+            })?;
+            flat.push(list.len() as i64);
+            flat.extend(list);
+        }
+        let fs: Vec<Formula> = args[..spec.formulas].iter().map(|a| a.f.clone()).collect();
+        self.at(start, (spec.build)(&fs, &flat))
     }
 
     /// The right-hand side of an alias: `Vi(k,d)`, `Vi(d)` (index = `pos`), `Var(k,d,c)`.

@@ -63,6 +63,24 @@ fn open<'a>(
         Op::Elem(m) => one("Elem(", format!(",{m})")),
         Op::ElemT { n, m } => one("ElemT(", format!(",{n},{m})")),
         Op::OneHot(d) => one("OneHot(", format!(",{d})")),
+        Op::TensorDot(td) => {
+            let ind = |v: &[usize]| {
+                let items: Vec<String> = v.iter().map(|k| k.to_string()).collect();
+                format!(",Ind({})", items.join(","))
+            };
+            let suffix = [&td.dims_a, &td.dims_b, &td.cont_a, &td.cont_b, &td.perm]
+                .iter()
+                .map(|v| ind(v))
+                .collect::<String>()
+                + ")";
+            stack.extend([
+                Item::Owned(suffix),
+                Item::Node(&a[1]),
+                Item::Text(","),
+                Item::Node(&a[0]),
+            ]);
+            f.write_str("TensorDot(")
+        }
         Op::Binary(b @ (Binary::Add | Binary::Subtract | Binary::Mult | Binary::Divide)) => {
             let sym = match b {
                 Binary::Add => " + ",
