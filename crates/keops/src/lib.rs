@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod formula;
 pub mod grad;

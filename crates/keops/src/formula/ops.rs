@@ -52,7 +52,7 @@ impl Cat {
 }
 
 macro_rules! unary_ops {
-    ($( $(#[$doc:meta])* $v:ident $name:literal |$x:ident| $e:expr, d |$dx:ident, $dy:ident| $de:expr; )*) => {
+    ($( $(#[$doc:meta])* $v:ident $name:literal |$x:ident| $e:expr, c $c:literal, d |$dx:ident, $dy:ident| $de:expr; )*) => {
         /// Elementwise operations of one operand (the output has the operand's dimension).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Unary {
@@ -83,6 +83,18 @@ macro_rules! unary_ops {
                     $( Unary::$v => { let $x = value; $e } )*
                     Unary::Pow(m) => powi(value, m),
                     Unary::ClampInt(a, b) => clamp(value, R::from_f64(a as f64), R::from_f64(b as f64)),
+                }
+            }
+
+            /// The op as a C expression of the operand `x` (an expression of type `T`),
+            /// for generated device code (`k_*` are the generated prelude's functions).
+            pub fn c_expr(self, x: &str) -> String {
+                match self {
+                    $( Unary::$v => $c.replace("{x}", x), )*
+                    Unary::Pow(m) => format!("k_powi({x}, {m})"),
+                    Unary::ClampInt(a, b) => {
+                        format!("({x} < {a} ? (T){a} : ({x} > {b} ? (T){b} : {x}))")
+                    }
                 }
             }
 
@@ -120,45 +132,59 @@ macro_rules! unary_ops {
 unary_ops! {
     /// `-x`.
     Minus "Minus" |x| -x,
+        c "(-{x})",
         d |x, y| Some(Formula::int(-1));
     /// `x * x`.
     Square "Square" |x| x * x,
+        c "({x} * {x})",
         d |x, y| Some(Formula::int(2).mul(x)?);
     /// `sqrt(x)`.
     Sqrt "Sqrt" |x| x.sqrt_(),
+        c "k_sqrt({x})",
         d |x, y| Some(Formula::rat(1, 2)?.mul(&x.unary(Unary::Rsqrt))?);
     /// `1 / sqrt(x)`, and 0 at 0 (KeOps' convention, which makes `Normalize(0) = 0`).
     Rsqrt "Rsqrt" |x| R::select(x == R::ZERO, R::ZERO, x.rsqrt_()),
+        c "({x} == 0 ? (T)0 : k_rsqrt({x}))",
         d |x, y| Some(Formula::rat(-1, 2)?.mul(&x.unary(Unary::Rsqrt).pow(3))?);
     /// `1 / x`.
     Inv "Inv" |x| R::ONE / x,
+        c "((T)1 / {x})",
         d |x, y| Some(y.unary(Unary::Square).neg());
     /// `exp(x)`.
     Exp "Exp" |x| x.exp_::<M>(),
+        c "k_exp({x})",
         d |x, y| Some(y.clone());
     /// `ln(x)`.
     Log "Log" |x| x.ln_::<M>(),
+        c "k_log({x})",
         d |x, y| Some(x.unary(Unary::Inv));
     /// `x ln(x)`, and 0 at 0.
     XLogX "XLogX" |x| R::select(x == R::ZERO, R::ZERO, x * x.ln_::<M>()),
+        c "({x} == 0 ? (T)0 : {x} * k_log({x}))",
         d |x, y| Some(x.unary(Unary::Log).add(&Formula::int(1))?);
     /// `|x|`.
     Abs "Abs" |x| x.abs_(),
+        c "k_abs({x})",
         d |x, y| Some(x.unary(Unary::Sign));
     /// `-1`, `0` or `1` (0 for NaN).
     Sign "Sign" |x| R::select(x > R::ZERO, R::ONE, R::select(x < R::ZERO, -R::ONE, R::ZERO)),
+        c "({x} > 0 ? (T)1 : ({x} < 0 ? (T)-1 : (T)0))",
         d |x, y| None;
     /// `0` for `x < 0`, else `1` (so `Step(0) = 1`, `Step(NaN) = 1`, as KeOps).
     Step "Step" |x| R::select(x < R::ZERO, R::ZERO, R::ONE),
+        c "({x} < 0 ? (T)0 : (T)1)",
         d |x, y| None;
     /// `max(x, 0)` (NaN propagates).
     ReLU "ReLU" |x| R::select(x < R::ZERO, R::ZERO, x),
+        c "({x} < 0 ? (T)0 : {x})",
         d |x, y| Some(x.unary(Unary::Step));
     /// `sin(x)`.
     Sin "Sin" |x| x.sin_::<M>(),
+        c "k_sin({x})",
         d |x, y| Some(x.unary(Unary::Cos));
     /// `cos(x)`.
     Cos "Cos" |x| x.cos_::<M>(),
+        c "k_cos({x})",
         d |x, y| Some(x.unary(Unary::Sin).neg());
 }
 

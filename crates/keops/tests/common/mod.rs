@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod op_cases;
+
 use keops::formula::eval::PointEvaluator;
 use keops::formula::{Cat, Formula};
 use keops::plan::Problem;

@@ -1,0 +1,263 @@
+//! Formulas printed as C: the per-pair function of a generated kernel.
+//!
+//! The same text compiles as CUDA device code (NVRTC) and as host C (the system C
+//! compiler), so that the arithmetic of code generation is checked against the oracle
+//! on machines without a GPU. The prelude defines `T` and the `k_*` math functions for
+//! both targets; every op of the table has its printer here (an exhaustive `match`) or,
+//! for elementwise ops, next to its definition (`Unary::c_expr`).
+
+use crate::formula::ops::{Binary, Op, Ternary};
+use crate::formula::{topo_order, Cat, Formula};
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// The floating type of generated code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CType {
+    /// `float`.
+    F32,
+    /// `double`.
+    F64,
+}
+
+impl CType {
+    /// The C name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            CType::F32 => "float",
+            CType::F64 => "double",
+        }
+    }
+}
+
+/// Definitions the generated functions use: `T`, `KEOPS_FN` (a device function under
+/// NVRTC, a static inline one in host C) and the `k_*` math functions.
+pub fn prelude(ty: CType) -> String {
+    let (t, f) = match ty {
+        CType::F32 => ("float", "f"),
+        CType::F64 => ("double", ""),
+    };
+    let mut s = String::new();
+    s.push_str(
+        "#ifdef __CUDACC__\n#define KEOPS_FN __device__ __forceinline__\n#else\n\
+         #include <math.h>\n#define KEOPS_FN static inline\n#endif\n",
+    );
+    let _ = writeln!(s, "typedef {t} T;");
+    for (name, libm) in [
+        ("exp", "exp"),
+        ("log", "log"),
+        ("sin", "sin"),
+        ("cos", "cos"),
+        ("sqrt", "sqrt"),
+        ("abs", "fabs"),
+        ("round", "round"),
+    ] {
+        let _ = writeln!(s, "KEOPS_FN T k_{name}(T x) {{ return {libm}{f}(x); }}");
+    }
+    // KeOps' Powf is exp(y log x) (NaN for x < 0, as the engines), not C's pow.
+    let _ = writeln!(
+        s,
+        "KEOPS_FN T k_pow(T x, T y) {{ return exp{f}(y * log{f}(x)); }}"
+    );
+    let _ = writeln!(s, "KEOPS_FN T k_rsqrt(T x) {{ return (T)1 / sqrt{f}(x); }}");
+    // Integer powers by repeated squaring, as the engines (same rounding).
+    s.push_str(
+        "KEOPS_FN T k_powi(T x, int m) { unsigned e = m < 0 ? -m : m; T b = x, acc = 1;\n\
+         \x20 while (e) { if (e & 1) acc *= b; b *= b; e >>= 1; }\n\
+         \x20 return m < 0 ? (T)1 / acc : acc; }\n",
+    );
+    s
+}
+
+/// A C literal of type `T` for `v`.
+fn literal(v: f64) -> String {
+    if v.is_finite() {
+        format!("(T)({v:?})")
+    } else if v.is_nan() {
+        "(T)NAN".into()
+    } else if v > 0.0 {
+        "(T)INFINITY".into()
+    } else {
+        "(T)(-INFINITY)".into()
+    }
+}
+
+/// `void name(const T* const* arg, T* out)`: `F` at one pair, where `arg[k]` points to
+/// the `dim` values of argument `k` (its row for `Vi`/`Vj`, the parameter for `Pm`) and
+/// `out` receives `F`'s `dim` values. `Vi`, `Vj` and `Pm` are only a matter of where the
+/// caller points `arg[k]`.
+pub fn pair_function(f: &Formula, name: &str) -> String {
+    let nodes = topo_order(std::slice::from_ref(f));
+    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut body = String::new();
+    for (n, node) in nodes.iter().enumerate() {
+        let v = format!("v{n}");
+        let a: Vec<&str> = node.args.iter().map(|x| names[&x.id()].as_str()).collect();
+        let dims: Vec<usize> = node.args.iter().map(|x| x.dim).collect();
+        node_code(&mut body, &node.op, &v, node.dim, &a, &dims);
+        names.insert(node.id(), v);
+    }
+    let root = &names[&f.id()];
+    let mut s = String::new();
+    let _ = writeln!(s, "KEOPS_FN void {name}(const T* const* arg, T* out) {{");
+    s.push_str(&body);
+    let _ = writeln!(
+        s,
+        "  for (int k = 0; k < {}; k++) out[k] = {root}[k];\n}}",
+        f.dim
+    );
+    s
+}
+
+/// Element `k` of operand `a` of dimension `d` (dimension 1 broadcasts).
+fn at(a: &str, d: usize, k: &str) -> String {
+    if d == 1 {
+        format!("{a}[0]")
+    } else {
+        format!("{a}[{k}]")
+    }
+}
+
+/// The statements computing node `v` (dimension `dim`) from its operands.
+fn node_code(s: &mut String, op: &Op, v: &str, dim: usize, a: &[&str], d: &[usize]) {
+    let decl = format!("  T {v}[{dim}];\n");
+    let each = |s: &mut String, expr: String| {
+        s.push_str(&decl);
+        let _ = writeln!(s, "  for (int k = 0; k < {dim}; k++) {v}[k] = {expr};");
+    };
+    match op {
+        Op::Var { cat, index, .. } => {
+            let _ = writeln!(
+                s,
+                "  const T* {v} = arg[{index}]; /* {} */",
+                match cat {
+                    Cat::Vi => "Vi",
+                    Cat::Vj => "Vj",
+                    Cat::Pm => "Pm",
+                }
+            );
+        }
+        Op::IntCst(_) | Op::RatCst(..) | Op::FloatCst(_) | Op::Zero(_) => {
+            each(s, literal(op.const_value().unwrap_or(0.0)));
+        }
+        Op::Unary(u) => each(s, u.c_expr(&format!("{}[k]", a[0]))),
+        Op::Binary(b) => {
+            let (x, y) = (at(a[0], d[0], "k"), at(a[1], d[1], "k"));
+            each(
+                s,
+                match b {
+                    Binary::Add => format!("{x} + {y}"),
+                    Binary::Subtract => format!("{x} - {y}"),
+                    Binary::Mult => format!("{x} * {y}"),
+                    Binary::Divide => format!("{x} / {y}"),
+                    Binary::Powf => format!("k_pow({x}, {y})"),
+                },
+            )
+        }
+        Op::Ternary(t) => {
+            let (x, p, q) = (
+                at(a[0], d[0], "k"),
+                at(a[1], d[1], "k"),
+                at(a[2], d[2], "k"),
+            );
+            each(
+                s,
+                match t {
+                    Ternary::IfElse => format!("({x} >= 0 ? {p} : {q})"),
+                    Ternary::Clamp => format!("({x} < {p} ? {p} : ({x} > {q} ? {q} : {x}))"),
+                },
+            )
+        }
+        Op::Sum | Op::SqNorm2 | Op::Scalprod | Op::SqDist => {
+            let n = d.iter().copied().max().unwrap_or(1);
+            let term = match op {
+                Op::Sum => at(a[0], d[0], "k"),
+                Op::SqNorm2 => format!("{0}[k] * {0}[k]", a[0]),
+                Op::Scalprod => format!("{} * {}", at(a[0], d[0], "k"), at(a[1], d[1], "k")),
+                _ => format!(
+                    "({0} - {1}) * ({0} - {1})",
+                    at(a[0], d[0], "k"),
+                    at(a[1], d[1], "k")
+                ),
+            };
+            let _ = writeln!(
+                s,
+                "  T {v}[1] = {{0}};\n  for (int k = 0; k < {n}; k++) {v}[0] += {term};"
+            );
+        }
+        Op::SumT(_) => each(s, format!("{}[0]", a[0])),
+        Op::WeightedSqNorm => {
+            let (w, x, n) = (a[0], a[1], d[1]);
+            let _ = writeln!(s, "  T {v}[1] = {{0}};");
+            if d[0] == n * n && n > 1 {
+                let _ = writeln!(
+                    s,
+                    "  for (int k = 0; k < {n}; k++) for (int l = 0; l < {n}; l++) \
+                     {v}[0] += {x}[k] * {w}[k * {n} + l] * {x}[l];"
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "  for (int k = 0; k < {n}; k++) {v}[0] += {} * {x}[k] * {x}[k];",
+                    at(w, d[0], "k")
+                );
+            }
+        }
+        Op::Extract { start, .. } => each(s, format!("{}[{start} + k]", a[0])),
+        Op::Concat => each(
+            s,
+            format!("(k < {0} ? {1}[k] : {2}[k - {0}])", d[0], a[0], a[1]),
+        ),
+        Op::Elem(m) => each(s, format!("{}[{m}]", a[0])),
+        Op::ElemT { m, .. } => each(s, format!("(k == {m} ? {}[0] : (T)0)", a[0])),
+        Op::OneHot(_) => each(s, format!("(k_round({}[0]) == (T)k ? (T)1 : (T)0)", a[0])),
+        Op::TensorDot(td) => {
+            s.push_str(&decl);
+            let _ = writeln!(s, "  for (int k = 0; k < {dim}; k++) {v}[k] = 0;");
+            for &(o, i, j) in td.terms() {
+                let _ = writeln!(s, "  {v}[{o}] += {}[{i}] * {}[{j}];", a[0], a[1]);
+            }
+        }
+        Op::CoordMin | Op::CoordMax | Op::CoordArgMin | Op::CoordArgMax => {
+            let cmp = if matches!(op, Op::CoordMin | Op::CoordArgMin) {
+                "<"
+            } else {
+                ">"
+            };
+            let pick = if matches!(op, Op::CoordMin | Op::CoordMax) {
+                "best"
+            } else {
+                "(T)arg"
+            };
+            let _ = writeln!(
+                s,
+                "  T {v}[1];\n  {{ T best = {x}[0]; int arg = 0;\n    \
+                 for (int k = 1; k < {n}; k++) if ({x}[k] {cmp} best) {{ best = {x}[k]; arg = k; }}\n    \
+                 {v}[0] = {pick}; (void)arg; }}",
+                x = a[0],
+                n = d[0]
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formula::parse::parse;
+
+    #[test]
+    fn prints_a_gaussian_kernel() {
+        let f = parse(
+            "Exp(-SqDist(x, y)) * b",
+            &["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)"],
+        )
+        .unwrap();
+        let c = pair_function(&f, "F");
+        assert!(c.starts_with("KEOPS_FN void F(const T* const* arg, T* out) {"));
+        assert!(c.contains("arg[0]") && c.contains("arg[1]") && c.contains("arg[2]"));
+        assert!(c.contains("k_exp("));
+        assert!(prelude(CType::F32).contains("typedef float T;"));
+        assert!(prelude(CType::F64).contains("return exp(x)"));
+    }
+}
