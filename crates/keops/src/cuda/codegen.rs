@@ -224,19 +224,21 @@ fn node_code(s: &mut String, op: &Op, v: &str, dim: usize, a: &[&str], d: &[usiz
             } else {
                 ">"
             };
-            let pick = if matches!(op, Op::CoordMin | Op::CoordMax) {
-                "best"
+            let (x, n) = (a[0], d[0]);
+            if matches!(op, Op::CoordMin | Op::CoordMax) {
+                let _ = writeln!(
+                    s,
+                    "  T {v}[1] = {{{x}[0]}};\n  \
+                     for (int k = 1; k < {n}; k++) if ({x}[k] {cmp} {v}[0]) {v}[0] = {x}[k];"
+                );
             } else {
-                "(T)arg"
-            };
-            let _ = writeln!(
-                s,
-                "  T {v}[1];\n  {{ T best = {x}[0]; int arg = 0;\n    \
-                 for (int k = 1; k < {n}; k++) if ({x}[k] {cmp} best) {{ best = {x}[k]; arg = k; }}\n    \
-                 {v}[0] = {pick}; (void)arg; }}",
-                x = a[0],
-                n = d[0]
-            );
+                let _ = writeln!(
+                    s,
+                    "  T {v}[1];\n  {{ T best = {x}[0]; int arg = 0;\n    \
+                     for (int k = 1; k < {n}; k++) if ({x}[k] {cmp} best) {{ best = {x}[k]; arg = k; }}\n    \
+                     {v}[0] = (T)arg; }}"
+                );
+            }
         }
     }
 }
