@@ -182,6 +182,19 @@ impl Genred {
     }
 }
 
+/// An owned result array as a NumPy array (no copy: NumPy takes the buffer).
+fn to_numpy<'py, E: numpy::Element>(
+    py: Python<'py>,
+    a: Option<keops::Array<E>>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    a.map(|v| {
+        PyArray1::from_vec(py, v.data)
+            .reshape(v.shape)
+            .map(|a| a.into_any())
+    })
+    .transpose()
+}
+
 fn extra_name(x: keops::Extra) -> &'static str {
     match x {
         keops::Extra::OutputGrad => "output_grad",
@@ -237,23 +250,7 @@ impl Genred {
         // Arrays stay borrowed (read-only) while the GIL is released.
         let out: Result<Reduced<T>, KeopsError> = py.detach(|| self.inner.call_with(&slices, opts));
         let out = out.map_err(to_py)?;
-        let values = out
-            .values
-            .map(|v| {
-                PyArray1::from_vec(py, v.data)
-                    .reshape(v.shape)
-                    .map(|a| a.into_any())
-            })
-            .transpose()?;
-        let indices = out
-            .indices
-            .map(|v| {
-                PyArray1::from_vec(py, v.data)
-                    .reshape(v.shape)
-                    .map(|a| a.into_any())
-            })
-            .transpose()?;
-        Ok((values, indices))
+        Ok((to_numpy(py, out.values)?, to_numpy(py, out.indices)?))
     }
 }
 

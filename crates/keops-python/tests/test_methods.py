@@ -180,3 +180,23 @@ def test_dense_refuses_huge_matrices() -> None:
     big = np.zeros((20000, 1))
     with pytest.raises(ValueError, match="entries"):
         (k.Vi(big) - k.Vj(big)).dense()
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_generic_shortcuts(fname: str) -> None:
+    """pykeops' ``generic_*`` take the axis from the output alias."""
+    k = front(fname)
+    x, y = arr(fname, X, "float64"), arr(fname, Y, "float64")
+    d2 = ((X[:, None] - Y[None]) ** 2).sum(-1)
+    al = ("x = Vi(3)", "y = Vj(3)")
+    np.testing.assert_allclose(npy(k.generic_sum("SqDist(x,y)", "a = Vi(1)", *al)(x, y)),
+                               d2.sum(1)[:, None], rtol=1e-12)
+    np.testing.assert_allclose(npy(k.generic_sum("SqDist(x,y)", "a = Vj(1)", *al)(x, y)),
+                               d2.sum(0)[:, None], rtol=1e-12)
+    np.testing.assert_allclose(npy(k.generic_logsumexp("-SqDist(x,y)", "a = Vi(1)", *al)(x, y)),
+                               np.log(np.exp(-d2).sum(1))[:, None], rtol=1e-12)
+    np.testing.assert_array_equal(npy(k.generic_argmin("SqDist(x,y)", "a = Vi(1)", *al)(x, y))[:, 0],
+                                  d2.argmin(1))
+    np.testing.assert_array_equal(
+        npy(k.generic_argkmin("SqDist(x,y)", "a = Vi(2)", *al, opt_arg=2)(x, y)),
+        np.argsort(d2, 1)[:, :2])

@@ -24,7 +24,7 @@ use crate::error::{KeopsError, Result};
 use crate::formula::diff::grad;
 use crate::formula::eval::PointEvaluator;
 use crate::formula::{Cat, Formula};
-use crate::plan::{Arg, ArgDecl, Array, Element, Genred, Options, Problem};
+use crate::plan::{Arg, Array, Element, Genred, Options, Problem};
 use crate::reduction::Reduction;
 
 /// An input of a gradient reduction beyond the forward arguments, in this order.
@@ -94,19 +94,8 @@ impl Genred {
 
 impl Gradient {
     fn new(fwd: &Genred, wrt: usize) -> Result<Gradient> {
-        let decls = fwd.args();
-        let n = decls.len();
-        let decl: ArgDecl =
-            decls
-                .get(wrt)
-                .copied()
-                .flatten()
-                .ok_or_else(|| KeopsError::Argument {
-                    index: wrt,
-                    msg: format!(
-                        "no variable of the formula is at this position (it uses {n} argument(s))"
-                    ),
-                })?;
+        let n = fwd.args().len();
+        let decl = fwd.arg_decl(wrt)?;
         let v = Formula::var(decl.cat, wrt, decl.dim)?;
         let axis = fwd.axis();
         let (out_cat, red_cat) = if axis == 1 {
@@ -120,11 +109,7 @@ impl Gradient {
             _ => Side::Param,
         };
         let f = fwd.formula().clone();
-        let declared: Vec<Formula> = decls
-            .iter()
-            .enumerate()
-            .filter_map(|(k, d)| d.map(|d| Formula::var(d.cat, k, d.dim)))
-            .collect::<Result<_>>()?;
+        let declared = fwd.declared()?;
         let extra_var = |k: usize, dim: usize| Formula::var(out_cat, n + k, dim);
         let spec = *fwd.spec();
         let red_axis = if side == Side::Reduced {

@@ -17,7 +17,7 @@ use crate::error::{KeopsError, Result};
 use crate::formula::diff::diff;
 use crate::formula::{Cat, Formula};
 use crate::grad::Extra;
-use crate::plan::{ArgDecl, Genred};
+use crate::plan::Genred;
 use crate::reduction::Reduction;
 
 impl Genred {
@@ -40,28 +40,13 @@ impl Genred {
     /// # Ok::<(), keops::KeopsError>(())
     /// ```
     pub fn jvp(&self, wrt: &[usize]) -> Result<(Genred, Vec<Extra>)> {
-        let decls = self.args();
-        let n = decls.len();
-        let mut declared: Vec<Formula> = decls
-            .iter()
-            .enumerate()
-            .filter_map(|(k, d)| d.map(|d| Formula::var(d.cat, k, d.dim)))
-            .collect::<Result<_>>()?;
+        let n = self.args().len();
+        let mut declared = self.declared()?;
         let f = self.formula();
         let mut df = Formula::zero(f.dim)?;
         let mut dw = self.weight().map(|w| Formula::zero(w.dim)).transpose()?;
         for (t, &k) in wrt.iter().enumerate() {
-            let decl: ArgDecl =
-                decls
-                    .get(k)
-                    .copied()
-                    .flatten()
-                    .ok_or_else(|| KeopsError::Argument {
-                        index: k,
-                        msg: format!(
-                        "no variable of the formula is at this position (it uses {n} argument(s))"
-                    ),
-                    })?;
+            let decl = self.arg_decl(k)?;
             let v = Formula::var(decl.cat, k, decl.dim)?;
             let u = Formula::var(decl.cat, n + t, decl.dim)?;
             declared.push(u.clone());
@@ -156,14 +141,5 @@ impl Genred {
         }
         let f = crate::formula::diff::substitute(self.formula(), &map)?;
         Genred::from_parts(f, None, Reduction::Sum, self.axis(), &moved)
-    }
-
-    /// The declared variables, one per argument position in use.
-    fn declared(&self) -> Result<Vec<Formula>> {
-        self.args()
-            .iter()
-            .enumerate()
-            .filter_map(|(k, d)| d.map(|d| Formula::var(d.cat, k, d.dim)))
-            .collect()
     }
 }

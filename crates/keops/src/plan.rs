@@ -266,6 +266,31 @@ impl Genred {
         &self.args
     }
 
+    /// What argument `k` expects, or an error naming the position when no variable
+    /// of the formula is there (for derivatives with respect to an argument).
+    pub(crate) fn arg_decl(&self, k: usize) -> Result<ArgDecl> {
+        self.args
+            .get(k)
+            .copied()
+            .flatten()
+            .ok_or_else(|| KeopsError::Argument {
+                index: k,
+                msg: format!(
+                    "no variable of the formula is at this position (it uses {} argument(s))",
+                    self.args.len()
+                ),
+            })
+    }
+
+    /// The declared variables, one per argument position in use.
+    pub(crate) fn declared(&self) -> Result<Vec<Formula>> {
+        self.args
+            .iter()
+            .enumerate()
+            .filter_map(|(k, d)| d.map(|d| Formula::var(d.cat, k, d.dim)))
+            .collect()
+    }
+
     /// Runs the reduction with default options.
     pub fn call<T: Element>(&self, args: &[Arg<'_, T>]) -> Result<Reduced<T>> {
         self.call_with(args, &Options::default())

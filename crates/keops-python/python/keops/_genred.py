@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _keops
 
@@ -204,3 +204,32 @@ def output_axis(output: str) -> int:
     if cat not in ("Vi", "Vj"):
         raise ValueError(f"output {output!r} must be declared as Vi(...) or Vj(...)")
     return 1 if cat == "Vi" else 0
+
+
+def reduction_shortcuts(cls: Any) -> Tuple[Callable[..., Any], ...]:
+    """pykeops' ``LogSumExp``, ``generic_sum``, ``generic_logsumexp``,
+    ``generic_argmin`` and ``generic_argkmin`` for a front end's ``Genred`` class."""
+    module = cls.__module__
+
+    def LogSumExp(formula: str, aliases: List[str], axis: int = 0, **kwargs: Any) -> Any:
+        """``Genred`` with the ``LogSumExp`` reduction."""
+        return cls(formula, aliases, reduction_op="LogSumExp", axis=axis, **kwargs)
+
+    def generic(reduction: str, name: str, doc: str) -> Callable[..., Any]:
+        def f(formula: str, output: str, *aliases: str, **kwargs: Any) -> Any:
+            return cls(formula, list(aliases), reduction_op=reduction,
+                       axis=output_axis(output), **kwargs)
+        f.__name__ = f.__qualname__ = name
+        f.__doc__ = doc
+        return f
+
+    LogSumExp.__module__ = module
+    out = (LogSumExp,
+           generic("Sum", "generic_sum",
+                   "pykeops' ``generic_sum``: the output alias (``\"a = Vi(1)\"``) sets the axis."),
+           generic("LogSumExp", "generic_logsumexp", "pykeops' ``generic_logsumexp``."),
+           generic("ArgMin", "generic_argmin", "pykeops' ``generic_argmin``."),
+           generic("ArgKMin", "generic_argkmin", "pykeops' ``generic_argkmin`` (``opt_arg`` = K)."))
+    for f in out:
+        f.__module__ = module
+    return out

@@ -15,7 +15,7 @@ is computed until a reduction (``.sum(dim)``, ``.logsumexp(dim)``, ``.argKmin(K,
 from __future__ import annotations
 
 import re
-from typing import Any, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from ._genred import Core, Options, compile_core, make_options
 
@@ -670,3 +670,25 @@ class GenericLazyTensor:
                 arrays.append(a)
         values, _ = self._run(core, arrays, make_options())
         return values.reshape(tuple(values.shape[:-2]) + (n, m, d))
+
+
+def variable_constructors(cls: Any) -> Tuple[Callable[[Any], Any], ...]:
+    """pykeops' ``Vi``, ``Vj`` and ``Pm`` for a front end's ``LazyTensor`` class."""
+
+    def Vi(x: Any) -> Any:
+        """An ``i``-indexed variable from an array ``(..., N, D)``."""
+        return cls._variable_of(x, "i")
+
+    def Vj(x: Any) -> Any:
+        """A ``j``-indexed variable from an array ``(..., M, D)``."""
+        return cls._variable_of(x, "j")
+
+    def Pm(x: Any) -> Any:
+        """A parameter: a number (a constant of the formula) or an array ``(..., D)``."""
+        if isinstance(x, (int, float)):
+            return cls(x)
+        return cls._variable_of(x, "p")
+
+    for f in (Vi, Vj, Pm):
+        f.__module__ = cls.__module__
+    return Vi, Vj, Pm

@@ -15,8 +15,8 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ._genred import Core, GenredBase, Options, output_axis
-from ._lazy import GenericLazyTensor
+from ._genred import Core, GenredBase, Options, reduction_shortcuts
+from ._lazy import GenericLazyTensor, variable_constructors
 
 __all__ = ["Genred", "LogSumExp", "LazyTensor", "Vi", "Vj", "Pm",
            "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
@@ -59,35 +59,8 @@ class Genred(GenredBase):
         return result
 
 
-def LogSumExp(formula: str, aliases: List[str], axis: int = 0, **kwargs: Any) -> Genred:
-    """``Genred`` with the ``LogSumExp`` reduction."""
-    return Genred(formula, aliases, reduction_op="LogSumExp", axis=axis, **kwargs)
-
-
-def _generic(reduction: str, formula: str, output: str, aliases: Tuple[str, ...],
-             **kwargs: Any) -> Genred:
-    return Genred(formula, list(aliases), reduction_op=reduction, axis=output_axis(output),
-                  **kwargs)
-
-
-def generic_sum(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
-    """pykeops' ``generic_sum``: the output alias (``"a = Vi(1)"``) sets the axis."""
-    return _generic("Sum", formula, output, aliases, **kwargs)
-
-
-def generic_logsumexp(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
-    """pykeops' ``generic_logsumexp``."""
-    return _generic("LogSumExp", formula, output, aliases, **kwargs)
-
-
-def generic_argmin(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
-    """pykeops' ``generic_argmin``."""
-    return _generic("ArgMin", formula, output, aliases, **kwargs)
-
-
-def generic_argkmin(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
-    """pykeops' ``generic_argkmin`` (``opt_arg`` = K)."""
-    return _generic("ArgKMin", formula, output, aliases, **kwargs)
+LogSumExp, generic_sum, generic_logsumexp, generic_argmin, generic_argkmin = \
+    reduction_shortcuts(Genred)
 
 
 class LazyTensor(GenericLazyTensor):
@@ -109,18 +82,4 @@ class LazyTensor(GenericLazyTensor):
         return np.concatenate([a] * times, axis=-2)
 
 
-def Vi(x: np.ndarray) -> LazyTensor:
-    """An ``i``-indexed variable from an array ``(..., N, D)``."""
-    return LazyTensor._variable_of(x, "i")
-
-
-def Vj(x: np.ndarray) -> LazyTensor:
-    """A ``j``-indexed variable from an array ``(..., M, D)``."""
-    return LazyTensor._variable_of(x, "j")
-
-
-def Pm(x: Any) -> LazyTensor:
-    """A parameter: a number (a constant of the formula) or an array ``(..., D)``."""
-    if isinstance(x, (int, float)):
-        return LazyTensor(x)
-    return LazyTensor._variable_of(x, "p")
+Vi, Vj, Pm = variable_constructors(LazyTensor)

@@ -25,8 +25,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ._genred import ARG, SELECT, SMOOTH, Core, GenredBase, Options, output_axis
-from ._lazy import GenericLazyTensor
+from ._genred import ARG, SELECT, SMOOTH, Core, GenredBase, Options, reduction_shortcuts
+from ._lazy import GenericLazyTensor, variable_constructors
 
 __all__ = ["Genred", "LogSumExp", "LazyTensor", "Vi", "Vj", "Pm",
            "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
@@ -97,6 +97,7 @@ class _Reduce(torch.autograd.Function):
         *args, out = ctx.saved_tensors
         core, opts = ctx.core, ctx.opts
         grads: List[Optional[torch.Tensor]] = [None, None]
+        lse: List[torch.Tensor] = []  # log sum exp F, computed once if a rule needs it
         for k, a in enumerate(args):
             if not ctx.needs_input_grad[2 + k]:
                 grads.append(None)
@@ -113,7 +114,9 @@ class _Reduce(torch.autograd.Function):
                 elif x == "output":
                     extra.append(out)
                 else:  # "logsumexp"
-                    extra.append(_Reduce.apply(core.variant("LogSumExp"), opts, *args))
+                    if not lse:
+                        lse.append(_Reduce.apply(core.variant("LogSumExp"), opts, *args))
+                    extra.append(lse[0])
             r = _Reduce.apply(gcore, opts, *args, *extra)
             if core.args[k][0] == "Pm":  # type: ignore[index]
                 r = r.sum(-2)
@@ -250,35 +253,8 @@ class Genred(GenredBase):
         return result
 
 
-def LogSumExp(formula: str, aliases: List[str], axis: int = 0, **kwargs: Any) -> Genred:
-    """``Genred`` with the ``LogSumExp`` reduction."""
-    return Genred(formula, aliases, reduction_op="LogSumExp", axis=axis, **kwargs)
-
-
-def _generic(reduction: str, formula: str, output: str, aliases: Tuple[str, ...],
-             **kwargs: Any) -> Genred:
-    return Genred(formula, list(aliases), reduction_op=reduction, axis=output_axis(output),
-                  **kwargs)
-
-
-def generic_sum(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
-    """pykeops' ``generic_sum``: the output alias (``"a = Vi(1)"``) sets the axis."""
-    return _generic("Sum", formula, output, aliases, **kwargs)
-
-
-def generic_logsumexp(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
-    """pykeops' ``generic_logsumexp``."""
-    return _generic("LogSumExp", formula, output, aliases, **kwargs)
-
-
-def generic_argmin(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
-    """pykeops' ``generic_argmin``."""
-    return _generic("ArgMin", formula, output, aliases, **kwargs)
-
-
-def generic_argkmin(formula: str, output: str, *aliases: str, **kwargs: Any) -> Genred:
-    """pykeops' ``generic_argkmin`` (``opt_arg`` = K)."""
-    return _generic("ArgKMin", formula, output, aliases, **kwargs)
+LogSumExp, generic_sum, generic_logsumexp, generic_argmin, generic_argkmin = \
+    reduction_shortcuts(Genred)
 
 
 class LazyTensor(GenericLazyTensor):
@@ -301,18 +277,4 @@ class LazyTensor(GenericLazyTensor):
         return a.repeat(*([1] * (a.ndim - 2)), times, 1)
 
 
-def Vi(x: torch.Tensor) -> LazyTensor:
-    """An ``i``-indexed variable from a tensor ``(..., N, D)``."""
-    return LazyTensor._variable_of(x, "i")
-
-
-def Vj(x: torch.Tensor) -> LazyTensor:
-    """A ``j``-indexed variable from a tensor ``(..., M, D)``."""
-    return LazyTensor._variable_of(x, "j")
-
-
-def Pm(x: Any) -> LazyTensor:
-    """A parameter: a number (a constant of the formula) or a tensor ``(..., D)``."""
-    if isinstance(x, (int, float)):
-        return LazyTensor(x)
-    return LazyTensor._variable_of(x, "p")
+Vi, Vj, Pm = variable_constructors(LazyTensor)
