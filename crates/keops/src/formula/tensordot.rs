@@ -204,57 +204,69 @@ impl TensorDot {
 
     /// The gradient with respect to `a`: `TensorDot(g, b, <this>)` has `a`'s shape.
     pub fn grad_a(&self) -> Result<TensorDot> {
-        let (ka, kb) = self.kept_axes();
-        let inv = inverse(&self.perm);
-        let out = self.out_dims();
-        // Contract g's axes that came from b with b's kept axes.
-        let cont_g: Vec<usize> = (0..kb.len()).map(|s| inv[ka.len() + s]).collect();
-        let g_kept = kept(out.len(), &cont_g);
-        let mut sorted_cb = self.cont_b.clone();
-        sorted_cb.sort_unstable();
-        let perm = (0..self.dims_a.len())
-            .map(|alpha| match ka.iter().position(|&k| k == alpha) {
-                Some(m) => g_kept.iter().position(|&q| q == inv[m]).unwrap_or(0),
-                None => {
-                    let t = self.cont_a.iter().position(|&k| k == alpha).unwrap_or(0);
-                    g_kept.len()
-                        + sorted_cb
-                            .iter()
-                            .position(|&k| k == self.cont_b[t])
-                            .unwrap_or(0)
-                }
-            })
-            .collect();
-        TensorDot::new(out, self.dims_b.clone(), cont_g, kb, perm)
+        self.grad(true)
     }
 
     /// The gradient with respect to `b`: `TensorDot(g, a, <this>)` has `b`'s shape.
     pub fn grad_b(&self) -> Result<TensorDot> {
+        self.grad(false)
+    }
+
+    fn grad(&self, wrt_a: bool) -> Result<TensorDot> {
         let (ka, kb) = self.kept_axes();
+        let a = Side {
+            dims: &self.dims_a,
+            cont: &self.cont_a,
+            kept: &ka,
+            offset: 0,
+        };
+        let b = Side {
+            dims: &self.dims_b,
+            cont: &self.cont_b,
+            kept: &kb,
+            offset: ka.len(),
+        };
+        if wrt_a {
+            self.adjoint(&a, &b)
+        } else {
+            self.adjoint(&b, &a)
+        }
+    }
+
+    /// The gradient with respect to operand `me`: `g` contracted with `other` over the
+    /// result axes that came from `other`, then permuted into `me`'s axis order.
+    fn adjoint(&self, me: &Side<'_>, other: &Side<'_>) -> Result<TensorDot> {
         let inv = inverse(&self.perm);
         let out = self.out_dims();
-        let cont_g: Vec<usize> = (0..ka.len()).map(|m| inv[m]).collect();
+        let cont_g: Vec<usize> = (0..other.kept.len())
+            .map(|s| inv[other.offset + s])
+            .collect();
         let g_kept = kept(out.len(), &cont_g);
-        let mut sorted_ca = self.cont_a.clone();
-        sorted_ca.sort_unstable();
-        let perm = (0..self.dims_b.len())
-            .map(|beta| match kb.iter().position(|&k| k == beta) {
-                Some(s) => g_kept
-                    .iter()
-                    .position(|&q| q == inv[ka.len() + s])
-                    .unwrap_or(0),
+        let mut sorted_other = other.cont.to_vec();
+        sorted_other.sort_unstable();
+        let rank = |v: &[usize], x: usize| v.iter().position(|&k| k == x).unwrap_or(0);
+        let perm = (0..me.dims.len())
+            .map(|axis| match me.kept.iter().position(|&k| k == axis) {
+                // A kept axis: where g holds it, among g's kept axes.
+                Some(m) => rank(&g_kept, inv[me.offset + m]),
+                // A contracted axis: its partner in `other`, after g's kept axes.
                 None => {
-                    let t = self.cont_b.iter().position(|&k| k == beta).unwrap_or(0);
-                    g_kept.len()
-                        + sorted_ca
-                            .iter()
-                            .position(|&k| k == self.cont_a[t])
-                            .unwrap_or(0)
+                    let t = rank(me.cont, axis);
+                    g_kept.len() + rank(&sorted_other, other.cont[t])
                 }
             })
             .collect();
-        TensorDot::new(out, self.dims_a.clone(), cont_g, ka, perm)
+        TensorDot::new(out, other.dims.to_vec(), cont_g, other.kept.to_vec(), perm)
     }
+}
+
+/// One operand of a `TensorDot`: its shape, contracted and kept axes, and where its
+/// kept axes start among the unpermuted result's axes.
+struct Side<'a> {
+    dims: &'a [usize],
+    cont: &'a [usize],
+    kept: &'a [usize],
+    offset: usize,
 }
 
 /// Advances a multi-index over `sizes` (last axis fastest); false after the last one.
