@@ -14,7 +14,9 @@ use pyo3::prelude::*;
 /// A Rust error as the Python exception that fits it.
 fn to_py(e: KeopsError) -> PyErr {
     match e {
-        KeopsError::Backend { .. } => PyRuntimeError::new_err(e.to_string()),
+        KeopsError::Backend { .. } | KeopsError::Cuda(_) | KeopsError::Compile { .. } => {
+            PyRuntimeError::new_err(e.to_string())
+        }
         _ => PyValueError::new_err(e.to_string()),
     }
 }
@@ -144,7 +146,8 @@ impl Genred {
 
     /// Runs the reduction on C-contiguous float32 or float64 arrays (all of one dtype).
     /// Returns `(values, indices)`, either possibly `None`.
-    #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto"))]
+    #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0))]
+    #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn __call__<'py>(
         &self,
         py: Python<'py>,
@@ -153,7 +156,9 @@ impl Genred {
         sum_scheme: &str,
         threads: Option<usize>,
         backend: &str,
+        device_id: usize,
     ) -> PyResult<Outputs<'py>> {
+        let (backend, gpu_scheme) = Backend::with_scheme(backend).map_err(to_py)?;
         let opts = Options {
             dtype_acc: match dtype_acc {
                 "auto" => AccType::Auto,
@@ -167,7 +172,9 @@ impl Genred {
             },
             sum_scheme: SumScheme::from_name(sum_scheme).map_err(to_py)?,
             threads,
-            backend: Backend::from_name(backend).map_err(to_py)?,
+            backend,
+            gpu_scheme,
+            device_id,
             ..Options::default()
         };
         match args.first() {
@@ -255,9 +262,16 @@ impl Genred {
 }
 
 /// The compiled core of `keops`.
+/// Whether reductions can run on a GPU here: a CUDA driver, a device and NVRTC.
+#[pyfunction]
+fn gpu_available() -> bool {
+    keops::cuda::available()
+}
+
 #[pymodule]
 fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Genred>()?;
+    m.add_function(wrap_pyfunction!(gpu_available, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -79,6 +79,19 @@ pub enum KeopsError {
         /// Why.
         msg: String,
     },
+    /// A CUDA driver call failed (out of memory, launch failure, ...).
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    /// NVRTC refused a generated kernel: where its source was saved, and NVRTC's log.
+    #[error(
+        "NVRTC could not compile the generated kernel (source saved at {source_path}):\n{log}"
+    )]
+    Compile {
+        /// Where the generated source was written.
+        source_path: String,
+        /// NVRTC's log, with line numbers of that file.
+        log: String,
+    },
 }
 
 /// Shorthand for `Result<T, KeopsError>`.

@@ -9,7 +9,11 @@ use crate::real::Real;
 use crate::reduction::{Reduction, ReductionSpec};
 
 /// The float types the engines run on (`f32` and `f64`).
-pub trait Element: Real + private::Sealed {}
+/// (The CUDA bounds let the GPU engine copy them; both types have them.)
+pub trait Element:
+    Real + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + private::Sealed
+{
+}
 impl Element for f32 {}
 impl Element for f64 {}
 mod private {
@@ -80,13 +84,32 @@ pub enum Backend {
     Gpu,
 }
 
+/// The GPU scheme (KeOps' `GPU_1D` / `GPU_2D`), see `cuda::scheme`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuScheme {
+    /// Chosen per call from the sizes.
+    #[default]
+    Auto,
+    /// One thread per output row over the whole reduced axis.
+    OneD,
+    /// The reduced axis split across blocks too, partial states combined.
+    TwoD,
+}
+
 impl Backend {
     /// From pykeops' option string (`"auto"`, `"CPU"`, `"GPU"`, `"GPU_1D"`, `"GPU_2D"`).
     pub fn from_name(s: &str) -> Result<Backend> {
+        Self::with_scheme(s).map(|b| b.0)
+    }
+
+    /// As [`Backend::from_name`], with the scheme that `"GPU_1D"` and `"GPU_2D"` force.
+    pub fn with_scheme(s: &str) -> Result<(Backend, GpuScheme)> {
         match s {
-            "auto" | "" => Ok(Backend::Auto),
-            "CPU" | "cpu" => Ok(Backend::Cpu),
-            "GPU" | "GPU_1D" | "GPU_2D" | "gpu" => Ok(Backend::Gpu),
+            "auto" | "" => Ok((Backend::Auto, GpuScheme::Auto)),
+            "CPU" | "cpu" => Ok((Backend::Cpu, GpuScheme::Auto)),
+            "GPU" | "gpu" => Ok((Backend::Gpu, GpuScheme::Auto)),
+            "GPU_1D" => Ok((Backend::Gpu, GpuScheme::OneD)),
+            "GPU_2D" => Ok((Backend::Gpu, GpuScheme::TwoD)),
             _ => Err(KeopsError::Option {
                 name: "backend".into(),
                 msg: format!(
@@ -110,6 +133,10 @@ pub struct Options {
     pub kernel: CpuKernel,
     /// Where to run.
     pub backend: Backend,
+    /// GPU scheme.
+    pub gpu_scheme: GpuScheme,
+    /// Which GPU (CUDA ordinal).
+    pub device_id: usize,
     /// Caps the CPU instruction set (`None`: the best this CPU has; the environment
     /// variable `KEOPS_CPU_ISA` caps it too). For testing and comparing code paths.
     pub isa: Option<crate::cpu::Isa>,
@@ -299,15 +326,23 @@ impl Genred {
     /// Runs the reduction.
     pub fn call_with<T: Element>(&self, args: &[Arg<'_, T>], opts: &Options) -> Result<Reduced<T>> {
         let problem = Problem::new(self, args)?;
-        match opts.backend {
-            Backend::Gpu => Err(KeopsError::Backend {
-                backend: "GPU".into(),
-                msg: "this build has no CUDA engine yet; use backend \"CPU\" or \"auto\"".into(),
-            }),
-            Backend::Auto | Backend::Cpu => crate::cpu::run(&problem, opts),
+        let gpu = match opts.backend {
+            Backend::Gpu => true,
+            Backend::Cpu => false,
+            Backend::Auto => AUTO_PICKS_GPU && crate::cuda::available(),
+        };
+        if gpu {
+            crate::cuda::runtime::run(&problem, opts).map(|r| r.0)
+        } else {
+            crate::cpu::run(&problem, opts)
         }
     }
 }
+
+/// Whether `Backend::Auto` runs on a usable GPU. Off until the CUDA engine's GPU test
+/// suite has run on a device (issue 5): until then only an explicit `Backend::Gpu`
+/// reaches the unvalidated GPU code, and `Auto` always runs on the CPU.
+const AUTO_PICKS_GPU: bool = false;
 
 /// One input array: row-major data and its shape (`[..batch, n, dim]` for `Vi`/`Vj`,
 /// `[..batch, dim]` for `Pm`).

@@ -14,6 +14,7 @@ use keops::cuda::codegen::{pair_function, prelude, CType};
 use keops::formula::ops::all_specs;
 use keops::formula::parse::parse;
 use keops::formula::Formula;
+use keops::Reduction;
 use std::fmt::Write;
 use std::process::Command;
 
@@ -49,7 +50,14 @@ fn program(ty: CType) -> (String, Vec<Check>) {
             let f: Formula = parse(case, &ALIASES).unwrap_or_else(|e| panic!("{case}: {e}"));
             let name = format!("F{n}");
             n += 1;
-            src.push_str(&pair_function(&f, &name));
+            let nargs = f
+                .variables()
+                .iter()
+                .filter_map(|v| v.as_var())
+                .map(|v| v.1 + 1)
+                .max()
+                .unwrap_or(0);
+            src.push_str(&pair_function(&f, &name, nargs));
             for t in 0..4 {
                 // Shifted points so that signs are both seen, and the origin for the
                 // conventions at kinks (Sign(0), Step(0), Rsqrt(0), XLogX(0), ...).
@@ -67,16 +75,15 @@ fn program(ty: CType) -> (String, Vec<Check>) {
                     );
                     args.push((index, format!("a{k}")));
                 }
-                let max = args.iter().map(|a| a.0 + 1).max().unwrap_or(0).max(1);
-                let mut slots = vec!["0".to_string(); max];
+                let mut slots = vec!["0".to_string(); nargs];
                 for (index, a) in &args {
                     slots[*index] = a.clone();
                 }
                 let _ = writeln!(
                     main,
-                    "  const T* args[] = {{{}}}; {name}(args, out);\n  \
+                    "  {name}({}out);\n  \
                      for (int k = 0; k < {}; k++) printf(\"%.17g\\n\", (double)out[k]);",
-                    slots.join(", "),
+                    slots.iter().map(|a| format!("{a}, ")).collect::<String>(),
                     f.dim
                 );
                 main.push_str(&"  }\n".repeat(args.len()));
@@ -101,41 +108,188 @@ fn generated_code_matches_the_oracle_as_host_c() {
     std::fs::create_dir_all(&dir).unwrap();
     for ty in [CType::F64, CType::F32] {
         let (src, checks) = program(ty);
-        let c = dir.join(format!("cases_{}.c", ty.name()));
-        let exe = dir.join(format!("cases_{}", ty.name()));
-        std::fs::write(&c, &src).unwrap();
-        let out = Command::new(&cc)
-            .args(["-O1", "-std=c99", "-o"])
-            .arg(&exe)
-            .arg(&c)
-            .arg("-lm")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{} does not compile:\n{}",
-            c.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let run = Command::new(&exe).output().unwrap();
-        assert!(run.status.success());
-        let text = String::from_utf8(run.stdout).unwrap();
-        let mut got = text.lines().map(|l| l.parse::<f64>().unwrap());
+        let got = compile_and_run(&cc, &dir, &format!("cases_{}", ty.name()), &src);
+        let checks: Vec<(String, Vec<f64>)> = checks
+            .into_iter()
+            .map(|c| (format!("{} [{}]", c.what, ty.name()), c.want))
+            .collect();
         let tol = if ty == CType::F64 { 1e-12 } else { 2e-5 };
-        for check in &checks {
-            for (k, w) in check.want.iter().enumerate() {
-                let g = got.next().expect("one line per value");
-                let ok =
-                    g == *w || (g - w).abs() <= tol * (1.0 + w.abs()) || (g.is_nan() && w.is_nan());
-                assert!(
-                    ok,
-                    "{} [{}] value {k}: C gives {g:e}, the oracle {w:e}",
-                    check.what,
-                    ty.name()
-                );
+        compare(got, &checks, tol);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Compares the C program's output, in order, with the oracle's values (`(what, want)`)
+/// within `tol (1 + |want|)`, NaN matching NaN.
+fn compare(got: Vec<f64>, checks: &[(String, Vec<f64>)], tol: f64) {
+    let mut got = got.into_iter();
+    for (what, want) in checks {
+        for (k, w) in want.iter().enumerate() {
+            let g = got.next().expect("one line per value");
+            let ok =
+                g == *w || (g - w).abs() <= tol * (1.0 + w.abs()) || (g.is_nan() && w.is_nan());
+            assert!(ok, "{what} value {k}: C gives {g:e}, the oracle {w:e}");
+        }
+    }
+    assert!(got.next().is_none(), "more output than expected");
+}
+
+/// Compiles `src` with `cc` and runs it; returns stdout's numbers.
+fn compile_and_run(cc: &str, dir: &std::path::Path, stem: &str, src: &str) -> Vec<f64> {
+    let c = dir.join(format!("{stem}.c"));
+    let exe = dir.join(stem);
+    std::fs::write(&c, src).unwrap();
+    let out = Command::new(cc)
+        .args(["-O1", "-std=c99", "-o"])
+        .arg(&exe)
+        .arg(&c)
+        .arg("-lm")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} does not compile:\n{}",
+        c.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(&exe).output().unwrap();
+    assert!(run.status.success());
+    String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse::<f64>().unwrap())
+        .collect()
+}
+
+/// The state functions and the tile loop (`{name}_fold`) of every reduction's kernel,
+/// compiled as host C and driven as the kernel drives them: tiles of 5 reduced rows
+/// (1D scheme), and chunks of 9 rows whose partial states are combined in order (2D
+/// scheme), for both axes, every sum scheme, float and double; against the oracle.
+#[test]
+fn reduction_kernels_match_the_oracle_as_host_c() {
+    use keops::cuda::kernel::{device_functions, KernelSpec, Role};
+    use keops::{Arg, Genred, Options, SumScheme};
+    let Some(cc) = c_compiler() else {
+        eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("keops-redgen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let aliases = common::REDUCTION_ALIASES;
+    let (ni, nj) = (7usize, 23usize);
+    let mut rng = Rng::new(11);
+    let mut gen = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect() };
+    let data = [gen(ni * 2), gen(nj * 2), gen(nj), gen(1)];
+    let shapes = [vec![ni, 2], vec![nj, 2], vec![nj, 1], vec![1]];
+    let mut n = 0;
+    for ty in [CType::F64, CType::F32] {
+        let mut src = format!("#include <stdio.h>\n{}", prelude(ty));
+        let mut main = String::from("int main(void) {\n");
+        for (k, d) in data.iter().enumerate() {
+            let vals: Vec<String> = d.iter().map(|x| format!("(T){x:?}")).collect();
+            let _ = writeln!(main, "  static const T d{k}[] = {{{}}};", vals.join(", "));
+        }
+        let mut checks: Vec<(String, Vec<f64>)> = Vec::new();
+        for (f, w, r) in common::reduction_cases() {
+            for axis in [0, 1] {
+                let g = match w {
+                    Some(w) => Genred::with_weight(f, w, &aliases, r, axis),
+                    None => Genred::new(f, &aliases, r, axis),
+                }
+                .unwrap();
+                let args: Vec<Arg<f64>> = data
+                    .iter()
+                    .zip(&shapes)
+                    .map(|(d, s)| Arg::new(d, s))
+                    .collect();
+                let want = keops::reference::reduce(&g, &args).unwrap();
+                let mut want_all = want.values.map(|a| a.data).unwrap_or_default();
+                let idx = want.indices.map(|a| a.data).unwrap_or_default();
+                let (n_out, n_red) = if axis == 1 { (ni, nj) } else { (nj, ni) };
+                let (dv, di) = g.spec().output_dims();
+                let schemes: &[SumScheme] = if r == Reduction::Sum {
+                    &[SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan]
+                } else {
+                    &[SumScheme::BlockSum]
+                };
+                for &scheme in schemes {
+                    let opts = Options {
+                        sum_scheme: scheme,
+                        ..Options::default()
+                    };
+                    let mut k = if ty == CType::F64 {
+                        KernelSpec::new::<f64>(&g, &opts)
+                    } else {
+                        KernelSpec::new::<f32>(&g, &opts)
+                    };
+                    k.ty = ty;
+                    let name = format!("R{n}");
+                    n += 1;
+                    src.push_str(&device_functions(&k, &name));
+                    let ptr = |j: &str| -> String {
+                        k.args
+                            .iter()
+                            .enumerate()
+                            .map(|(a, (role, dim))| match role {
+                                Role::Out => format!("d{a} + i * {dim}, "),
+                                Role::Red => format!("d{a} + {j} * {dim}, "),
+                                _ => format!("d{a}, "),
+                            })
+                            .collect()
+                    };
+                    let (sv, _) = g.spec().state_len();
+                    let acc = k.acc.name();
+                    let kahan = if r == Reduction::Sum && scheme == SumScheme::Kahan {
+                        format!("for (int c = 0; c < {sv}; c++) s.v[c] -= comp[c];")
+                    } else {
+                        String::new()
+                    };
+                    // 1D: tiles of 5. 2D: chunks of 9 (tiles of 5 inside), combined.
+                    let _ = writeln!(
+                        main,
+                        "  for (int i = 0; i < {n_out}; i++) {{ T ov[{dv1}]; long long oi[{di1}];\n    \
+                         struct {name}_state s; {name}_init(&s); {acc} comp[{sv1}] = {{0}};\n    \
+                         for (int j0 = 0; j0 < {n_red}; j0 += 5) {name}_fold(&s, comp, {p1}j0, j0 + 5 < {n_red} ? 5 : {n_red} - j0);\n    \
+                         {kahan}\n    {name}_final(&s, ov, oi);\n    \
+                         for (int c = 0; c < {dv}; c++) printf(\"%.17g\\n\", (double)ov[c]);\n    \
+                         for (int c = 0; c < {di}; c++) printf(\"%lld\\n\", oi[c]);\n  }}\n  \
+                         for (int i = 0; i < {n_out}; i++) {{ T ov[{dv1}]; long long oi[{di1}]; struct {name}_state s; int first = 1;\n    \
+                         for (int lo = 0; lo < {n_red}; lo += 9) {{ int hi = lo + 9 < {n_red} ? lo + 9 : {n_red};\n      \
+                         struct {name}_state t; {name}_init(&t); {acc} comp[{sv1}] = {{0}};\n      \
+                         for (int j0 = lo; j0 < hi; j0 += 5) {name}_fold(&t, comp, {p2}j0, j0 + 5 < hi ? 5 : hi - j0);\n      \
+                         {kahan2}\n      if (first) s = t; else {name}_combine_states(&s, &t); first = 0; }}\n    \
+                         {name}_final(&s, ov, oi);\n    \
+                         for (int c = 0; c < {dv}; c++) printf(\"%.17g\\n\", (double)ov[c]);\n    \
+                         for (int c = 0; c < {di}; c++) printf(\"%lld\\n\", oi[c]);\n  }}",
+                        dv1 = dv.max(1),
+                        di1 = di.max(1),
+                        sv1 = sv.max(1),
+                        p1 = ptr("j0"),
+                        p2 = ptr("j0"),
+                        kahan2 = kahan.replace("s.v", "t.v"),
+                    );
+                    let mut expect = Vec::new();
+                    for i in 0..n_out {
+                        expect.extend_from_slice(&want_all[i * dv..(i + 1) * dv]);
+                        expect.extend(idx[i * di..(i + 1) * di].iter().map(|&x| x as f64));
+                    }
+                    for scheme_name in ["1D", "2D"] {
+                        checks.push((
+                            format!(
+                                "{} axis {axis} {scheme:?} {scheme_name} [{}]",
+                                r.name(),
+                                ty.name()
+                            ),
+                            expect.clone(),
+                        ));
+                    }
+                }
+                want_all.clear();
             }
         }
-        assert!(got.next().is_none());
+        main.push_str("  return 0;\n}\n");
+        let got = compile_and_run(&cc, &dir, &format!("red_{}", ty.name()), &(src + &main));
+        compare(got, &checks, if ty == CType::F64 { 1e-12 } else { 3e-5 });
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,12 +13,34 @@ replace ``pykeops`` by ``keops`` in the imports.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import importlib.util
+import os
+from typing import Any, List
 
-from . import numpy
-from ._keops import __version__
 
-__all__ = ["__version__", "numpy", "torch"]
+def _point_at_nvrtc() -> None:
+    """Lets the Rust core find NVRTC in the ``nvidia-cuda-nvrtc`` wheels (torch installs
+    them), unless ``KEOPS_NVRTC`` already says where it is."""
+    if os.environ.get("KEOPS_NVRTC"):
+        return
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    dirs: List[str] = []
+    for root in spec.submodule_search_locations:
+        for sub in ("cu13/lib", "cuda_nvrtc/lib"):
+            if os.path.isdir(os.path.join(root, sub)):
+                dirs.append(os.path.join(root, sub))
+    if dirs:
+        os.environ["KEOPS_NVRTC"] = os.pathsep.join(dirs)
+
+
+_point_at_nvrtc()
+
+from . import numpy  # noqa: E402
+from ._keops import __version__, gpu_available  # noqa: E402
+
+__all__ = ["__version__", "gpu_available", "numpy", "torch"]
 
 
 def __getattr__(name: str) -> Any:

@@ -39,21 +39,26 @@ class Options:
     dtype_acc: str = "auto"
     sum_scheme: str = "auto"
     backend: str = "auto"
+    device_id: int = 0
 
     def kwargs(self) -> Dict[str, Any]:
         """As keyword arguments of the Rust call."""
         return {"dtype_acc": self.dtype_acc, "sum_scheme": self.sum_scheme,
-                "backend": self.backend}
+                "backend": self.backend, "device_id": self.device_id}
 
 
 def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
-                 sum_scheme: str = "auto", backend: str = "auto") -> Options:
-    """Checks and normalises pykeops' options."""
+                 sum_scheme: str = "auto", backend: str = "auto",
+                 device_id: int = -1) -> Options:
+    """Checks and normalises pykeops' options (``device_id=-1``: the default GPU, 0)."""
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if dtype_acc not in ("auto", "float16", "float32", "float64"):
         raise ValueError(f"invalid dtype_acc {dtype_acc!r}: expected 'auto', 'float32' or 'float64'")
-    return Options("float64" if use_double_acc else dtype_acc, sum_scheme, backend)
+    if not isinstance(device_id, int) or device_id < -1:
+        raise ValueError(f"invalid device_id {device_id!r}: expected -1 (default) or a GPU number")
+    return Options("float64" if use_double_acc else dtype_acc, sum_scheme, backend,
+                   max(device_id, 0))
 
 
 class Core:
@@ -180,12 +185,13 @@ class GenredBase:
         """The parsed formula, printed in KeOps syntax."""
         return self.core.g.formula
 
-    def _options(self, backend: str, ranges: Any) -> Options:
+    def _options(self, backend: str, ranges: Any, device_id: int = -1) -> Options:
         if ranges is not None:
             raise NotImplementedError(
                 "ranges (block-sparse reductions) are not supported yet: drop the ranges "
                 "argument to compute the dense reduction")
-        return make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend)
+        return make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
+                            device_id)
 
     def __getstate__(self) -> Dict[str, Any]:
         return dict(self._init)

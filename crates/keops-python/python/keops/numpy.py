@@ -45,7 +45,7 @@ class Genred(GenredBase):
         Returns the values, the indices (``ArgMin``, ``ArgKMin``, ... as int64), or both
         as a tuple (``Min_ArgMin``, ``KMin_ArgKMin``).
         """
-        opts = self._options(backend, ranges)
+        opts = self._options(backend, ranges, device_id)
         for k, a in enumerate(args):
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"argument {k}: expected a NumPy array, got {type(a).__name__}")

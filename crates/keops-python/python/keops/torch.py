@@ -42,8 +42,9 @@ def _check(args: Sequence[Any]) -> None:
             raise TypeError(f"argument {k}: expected a torch.Tensor, got {type(a).__name__}")
         if a.device.type != "cpu":
             raise RuntimeError(
-                f"argument {k} is on {a.device}: keops has no CUDA engine yet, only the CPU "
-                "one; move the inputs with .cpu() (results come back on the CPU)")
+                f"argument {k} is on {a.device}: passing CUDA tensors in place is not "
+                "supported yet; move the inputs with .cpu() and pass backend='GPU' to run "
+                "on the GPU with host copies (results come back on the CPU)")
         if a.dtype not in _FLOATS:
             raise TypeError(f"argument {k}: expected a float32 or float64 tensor, got {a.dtype}")
         if first is None:
@@ -242,7 +243,7 @@ class Genred(GenredBase):
         leading batch dimensions broadcast. Returns the values, the indices (int64), or
         both as a tuple (``Min_ArgMin``, ``KMin_ArgKMin``).
         """
-        opts = self._options(backend, ranges)
+        opts = self._options(backend, ranges, device_id)
         values, indices = _run(self.core, args, opts)
         if values is not None and indices is not None:
             return values, indices

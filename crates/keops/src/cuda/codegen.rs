@@ -28,6 +28,23 @@ impl CType {
             CType::F64 => "double",
         }
     }
+
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            CType::F32 => 4,
+            CType::F64 => 8,
+        }
+    }
+
+    /// The C type of the engines' element type `T`.
+    pub fn of<T: crate::plan::Element>() -> CType {
+        if T::NAME == "float64" {
+            CType::F64
+        } else {
+            CType::F32
+        }
+    }
 }
 
 /// Definitions the generated functions use: `T`, `KEOPS_FN` (a device function under
@@ -39,7 +56,8 @@ pub fn prelude(ty: CType) -> String {
     };
     let mut s = String::new();
     s.push_str(
-        "#ifdef __CUDACC__\n#define KEOPS_FN __device__ __forceinline__\n#else\n\
+        "#ifdef __CUDACC__\n#define KEOPS_FN __device__ __forceinline__\n\
+         #define INFINITY __int_as_float(0x7f800000)\n#define NAN __int_as_float(0x7fffffff)\n#else\n\
          #include <math.h>\n#define KEOPS_FN static inline\n#endif\n",
     );
     let _ = writeln!(s, "typedef {t} T;");
@@ -82,11 +100,13 @@ fn literal(v: f64) -> String {
     }
 }
 
-/// `void name(const T* const* arg, T* out)`: `F` at one pair, where `arg[k]` points to
-/// the `dim` values of argument `k` (its row for `Vi`/`Vj`, the parameter for `Pm`) and
-/// `out` receives `F`'s `dim` values. `Vi`, `Vj` and `Pm` are only a matter of where the
-/// caller points `arg[k]`.
-pub fn pair_function(f: &Formula, name: &str) -> String {
+/// `void name(const T* a0, ..., const T* a{nargs-1}, T* out)`: `F` at one pair, where
+/// `ak` points to the `dim` values of argument `k` (its row for `Vi`/`Vj`, the parameter
+/// for `Pm`) and `out` receives `F`'s `dim` values. `Vi`, `Vj` and `Pm` are only a
+/// matter of where the caller points `ak`. One pointer per argument (not an array of
+/// pointers) so that, once inlined, rows copied into registers stay in registers.
+/// `nargs` must exceed every argument index of `f`.
+pub fn pair_function(f: &Formula, name: &str, nargs: usize) -> String {
     let nodes = topo_order(std::slice::from_ref(f));
     let mut names: HashMap<u64, String> = HashMap::new();
     let mut body = String::new();
@@ -99,7 +119,8 @@ pub fn pair_function(f: &Formula, name: &str) -> String {
     }
     let root = &names[&f.id()];
     let mut s = String::new();
-    let _ = writeln!(s, "KEOPS_FN void {name}(const T* const* arg, T* out) {{");
+    let params: String = (0..nargs).map(|k| format!("const T* a{k}, ")).collect();
+    let _ = writeln!(s, "KEOPS_FN void {name}({params}T* out) {{");
     s.push_str(&body);
     let _ = writeln!(
         s,
@@ -129,7 +150,7 @@ fn node_code(s: &mut String, op: &Op, v: &str, dim: usize, a: &[&str], d: &[usiz
         Op::Var { cat, index, .. } => {
             let _ = writeln!(
                 s,
-                "  const T* {v} = arg[{index}]; /* {} */",
+                "  const T* {v} = a{index}; /* {} */",
                 match cat {
                     Cat::Vi => "Vi",
                     Cat::Vj => "Vj",
@@ -255,9 +276,9 @@ mod tests {
             &["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)"],
         )
         .unwrap();
-        let c = pair_function(&f, "F");
-        assert!(c.starts_with("KEOPS_FN void F(const T* const* arg, T* out) {"));
-        assert!(c.contains("arg[0]") && c.contains("arg[1]") && c.contains("arg[2]"));
+        let c = pair_function(&f, "F", 3);
+        assert!(c.starts_with("KEOPS_FN void F(const T* a0, const T* a1, const T* a2, T* out) {"));
+        assert!(c.contains("= a0;") && c.contains("= a1;") && c.contains("= a2;"));
         assert!(c.contains("k_exp("));
         assert!(prelude(CType::F32).contains("typedef float T;"));
         assert!(prelude(CType::F64).contains("return exp(x)"));

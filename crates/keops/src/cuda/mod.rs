@@ -1,5 +1,14 @@
-//! The CUDA engine (in progress). Built so far: code generation of formulas as C that
-//! compiles both as CUDA device code and as host C ([`codegen`]); the kernels, NVRTC,
-//! the kernel cache and the device runtime come next (see docs/ARCHITECTURE.md).
+//! The CUDA engine: plans printed as CUDA C ([`codegen`], [`kernel`]), compiled at run
+//! time by NVRTC ([`nvrtc`]) to CUBIN for the device's architecture, cached in memory
+//! and on disk ([`cache`]), launched with KeOps' 1D or 2D scheme ([`scheme`]) through
+//! the driver API loaded at run time ([`runtime`]). Builds and runs (on the CPU)
+//! where CUDA is absent: asking for the GPU then gives an error.
 
+pub mod cache;
 pub mod codegen;
+pub mod kernel;
+pub mod nvrtc;
+pub mod runtime;
+pub mod scheme;
+
+pub use runtime::{available, driver};

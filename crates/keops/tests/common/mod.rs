@@ -395,3 +395,27 @@ pub fn fd_check(f: &Formula, v: &Formula, e: &Formula, p: &Point) -> FdCheck {
 fn self_or_empty(p: &Point, c: Cat, i: usize) -> &[f64] {
     p.0.get(&(c as u8, i)).map(|v| v.as_slice()).unwrap_or(&[])
 }
+
+/// Variables of [`reduction_cases`].
+pub const REDUCTION_ALIASES: [&str; 4] =
+    ["x = Vi(0,2)", "y = Vj(1,2)", "b = Vj(2,1)", "p = Pm(3,1)"];
+
+/// One formula per reduction kind, (formula, weight, reduction), on
+/// [`REDUCTION_ALIASES`]: vector-valued where the reduction allows it, LogSumExp also
+/// weighted. Used by the generated-kernel tests (host C, NVRTC, GPU).
+pub fn reduction_cases() -> Vec<(&'static str, Option<&'static str>, keops::Reduction)> {
+    use keops::Reduction;
+    let weighted = ("Sum(Sin(x - y)) * p + b", Some("Concat(y, b)"));
+    let mut v = Vec::new();
+    for &r in Reduction::ALL {
+        match r {
+            Reduction::SumSoftMaxWeight => v.push((weighted.0, weighted.1, r)),
+            Reduction::LogSumExp => {
+                v.push(("Sin(x - y) * b + p", None, r));
+                v.push((weighted.0, weighted.1, r));
+            }
+            _ => v.push(("Sin(x - y) * b + p", None, r)),
+        }
+    }
+    v
+}

@@ -1,0 +1,48 @@
+//! What the CUDA engine finds on this machine, and what compiling a kernel costs:
+//! `cargo run --release -p keops --example cuda_info`. Runs without a GPU (NVRTC only).
+
+use keops::cuda::cache::{self, KernelCache};
+use keops::cuda::kernel::{kernel_source, KernelSpec};
+use keops::cuda::nvrtc::{Arch, Nvrtc};
+use keops::{Genred, Options, Reduction};
+use std::time::Instant;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    match keops::cuda::driver() {
+        Ok(d) => println!("driver: CUDA {}, {} device(s)", d.version, d.devices),
+        Err(e) => println!("driver: {e}"),
+    }
+    let nvrtc = Nvrtc::get(None)?;
+    println!("NVRTC {:?}: {}", nvrtc.version(), nvrtc.path().display());
+    let g = Genred::new(
+        "Exp(-SqDist(x,y)) * b",
+        &["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)"],
+        Reduction::Sum,
+        1,
+    )?;
+    let spec = KernelSpec::new::<f32>(&g, &Options::default());
+    let src = kernel_source(&spec, "keops", 192);
+    let arch = Arch { major: 9, minor: 0 };
+    let dir = tempfile::tempdir()?;
+    let key = cache::key(&src.code, arch, nvrtc.version());
+    let t = Instant::now();
+    let (bin, origin) = KernelCache::new(Some(dir.path().into())).get_or_compile(&key, || {
+        nvrtc
+            .compile(&src.code, "gauss.cu", arch)
+            .map_err(|f| keops::KeopsError::Cuda(f.log))
+    })?;
+    println!(
+        "Gaussian kernel, f32, sm_90: {origin:?} in {:.1?} ({} bytes)",
+        t.elapsed(),
+        bin.len()
+    );
+    let t = Instant::now();
+    let (_, origin) = KernelCache::new(Some(dir.path().into())).get_or_compile(&key, || {
+        Err(keops::KeopsError::Cuda("not in the cache".into()))
+    })?;
+    println!(
+        "same kernel, new process: {origin:?} in {:.1?}",
+        t.elapsed()
+    );
+    Ok(())
+}

@@ -1,0 +1,532 @@
+//! A reduction printed as a CUDA kernel: the per-pair function, the reduction's state
+//! functions (init, accumulate, combine, finalize) and the kernel that folds tiles of
+//! the reduced axis, staged through shared memory.
+//!
+//! Everything but the `__global__` kernel also compiles as host C, so that tests run
+//! the state functions and the tile loop ([`KernelSource`]'s `fold`) on the CPU against
+//! the oracle. The state layout is [`ReductionSpec::state_len`]'s, in the accumulation
+//! type, so partial states from devices can be combined on the host.
+//!
+//! One kernel serves both schemes: block `(x, y, z)` = (block of output rows, chunk of
+//! the reduced axis, batch). With one chunk (1D scheme) it finalizes into the outputs;
+//! with several (2D scheme) it writes partial states that `{name}_combine` folds in
+//! index order and finalizes. Reduced ranges are passed as `[j_lo, j_hi)` bounds per
+//! chunk so that block-sparse ranges fit the same loop.
+
+use super::codegen::{pair_function, CType};
+use crate::formula::{Cat, Formula};
+use crate::plan::{AccType, Element, Genred, Options, SumScheme};
+use crate::reduction::{Reduction, ReductionSpec};
+use std::fmt::Write;
+
+/// Output-side rows up to this dimension are copied into registers; longer ones are
+/// read in place (L1-cached), so that high dimensions do not spill registers.
+pub const REG_DIM_MAX: usize = 16;
+
+/// Where each argument lives for a thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A row of the output side (`Vi` when reducing over `j`): one per thread.
+    Out,
+    /// A row of the reduced side: staged through shared memory, tile by tile.
+    Red,
+    /// A parameter, the same for all threads.
+    Param,
+    /// A position no variable uses.
+    Unused,
+}
+
+/// Everything that determines a kernel's source.
+#[derive(Clone, Debug)]
+pub struct KernelSpec {
+    /// The reduced formula.
+    pub formula: Formula,
+    /// The weight formula, if any.
+    pub weight: Option<Formula>,
+    /// The reduction.
+    pub spec: ReductionSpec,
+    /// Role and dimension of each argument position.
+    pub args: Vec<(Role, usize)>,
+    /// Data type.
+    pub ty: CType,
+    /// Accumulation type of the states.
+    pub acc: CType,
+    /// Summation scheme within a tile (sums only).
+    pub sum_scheme: SumScheme,
+}
+
+impl KernelSpec {
+    /// The kernel of `genred` for data type `T` and the call's options.
+    pub fn new<T: Element>(genred: &Genred, opts: &Options) -> KernelSpec {
+        let ty = CType::of::<T>();
+        let red_cat = if genred.axis() == 1 { Cat::Vj } else { Cat::Vi };
+        let args = genred
+            .args()
+            .iter()
+            .map(|d| match d {
+                None => (Role::Unused, 0),
+                Some(d) if d.cat == Cat::Pm => (Role::Param, d.dim),
+                Some(d) if d.cat == red_cat => (Role::Red, d.dim),
+                Some(d) => (Role::Out, d.dim),
+            })
+            .collect();
+        let acc = match (ty, opts.dtype_acc) {
+            (CType::F64, _) | (_, AccType::Float64) => CType::F64,
+            _ => CType::F32,
+        };
+        KernelSpec {
+            formula: genred.formula().clone(),
+            weight: genred.weight().cloned(),
+            spec: *genred.spec(),
+            args,
+            ty,
+            acc,
+            sum_scheme: opts.sum_scheme,
+        }
+    }
+
+    /// Bytes of shared memory per row of a tile (all reduced-side arguments).
+    pub fn tile_row_bytes(&self) -> usize {
+        let red: usize = self
+            .args
+            .iter()
+            .filter(|a| a.0 == Role::Red)
+            .map(|a| a.1)
+            .sum();
+        red * self.ty.size()
+    }
+
+    /// Bytes of one state as the kernel stores it (for partial states of the 2D scheme).
+    pub fn state_bytes(&self) -> usize {
+        let (sv, si) = self.spec.state_len();
+        // Values first, then 8-byte indices: the struct's size with C's padding.
+        let v = sv.max(1) * self.acc.size();
+        v.next_multiple_of(8) + si.max(1) * 8
+    }
+}
+
+/// The printed kernel, with what the runtime needs to launch it.
+#[derive(Clone, Debug)]
+pub struct KernelSource {
+    /// Full source (prelude included).
+    pub code: String,
+    /// Name of the reduction kernel.
+    pub reduce: String,
+    /// Name of the kernel combining partial states (2D scheme).
+    pub combine: String,
+}
+
+/// Prints `spec` as functions and kernels prefixed by `name`, tiles of `tile` rows.
+/// Kernel parameters (see the module docs for the grid):
+///
+/// `{name}_reduce(int n_out, long long n_red, int nbatch, long long chunk,
+///  long long j_base, const T* const* args, const long long* boff, T* out_v,
+///  long long* out_i, STATE* part)`: `args[k]` is argument `k`'s data, `boff[b*NARGS+k]`
+/// its offset for batch entry `b`, reduced indices are reported plus `j_base`; with
+/// `part` non-null, chunk `c` of row `i` of batch `b` goes to
+/// `part[(b*gridDim.y + c)*n_out + i]`.
+///
+/// `{name}_combine(int n_out, int nchunks, int nbatch, const STATE* part, T* out_v,
+///  long long* out_i)`: one thread per output row.
+pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize) -> KernelSource {
+    let mut s = super::codegen::prelude(k.ty);
+    s.push_str(&device_functions(k, name));
+    s.push_str("#ifdef __CUDACC__\n");
+    s.push_str(&kernels(k, name, tile));
+    s.push_str("#endif\n");
+    KernelSource {
+        code: s,
+        reduce: format!("{name}_reduce"),
+        combine: format!("{name}_combine"),
+    }
+}
+
+/// `{name}_pair`, the state functions and `{name}_fold`: host-compilable C.
+pub fn device_functions(k: &KernelSpec, name: &str) -> String {
+    let nargs = k.args.len();
+    let (df, dw) = (k.spec.dim, k.spec.weight_dim.unwrap_or(0));
+    let mut s = String::new();
+    s.push_str(&pair_function(&k.formula, &format!("{name}_F"), nargs));
+    if let Some(w) = &k.weight {
+        s.push_str(&pair_function(w, &format!("{name}_G"), nargs));
+    }
+    let params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
+    let pass: String = (0..nargs).map(|i| format!("a{i}, ")).collect();
+    let _ = writeln!(
+        s,
+        "KEOPS_FN void {name}_pair({params}T* fg) {{ {name}_F({pass}fg);{} }}",
+        if k.weight.is_some() {
+            format!(" {name}_G({pass}fg + {df});")
+        } else {
+            String::new()
+        }
+    );
+    s.push_str(&state_functions(k, name, dw));
+    s.push_str(&fold_function(k, name, df + dw));
+    s
+}
+
+/// The state struct and its init / acc / combine / final functions (C, host and
+/// device), mirroring [`ReductionSpec`]'s reference implementation.
+fn state_functions(k: &KernelSpec, name: &str, dw: usize) -> String {
+    let spec = &k.spec;
+    let (sv, si) = spec.state_len();
+    let (a, f) = match k.acc {
+        CType::F32 => ("float", "f"),
+        CType::F64 => ("double", ""),
+    };
+    let st = format!("struct {name}_state");
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{st} {{ {a} v[{}]; long long i[{}]; }};",
+        sv.max(1),
+        si.max(1)
+    );
+    // exp(m - m_new), exactly 1 when equal (infinities included), as `reduction::shift`.
+    let _ = writeln!(
+        s,
+        "KEOPS_FN {a} {name}_shift({a} m, {a} n) {{ return m == n ? ({a})1 : exp{f}(m - n); }}"
+    );
+    let d = spec.dim;
+    let lse_n = if spec.weight_dim.is_some() { 1 } else { d };
+    let (init, acc, comb) = match spec.kind {
+        Reduction::Sum => (
+            format!("for (int c = 0; c < {d}; c++) s->v[c] = 0;"),
+            format!("for (int c = 0; c < {d}; c++) s->v[c] += ({a})fg[c];"),
+            format!("for (int c = 0; c < {d}; c++) s->v[c] += o->v[c];"),
+        ),
+        Reduction::LogSumExp | Reduction::SumSoftMaxWeight => {
+            let init = format!(
+                "for (int c = 0; c < {}; c++) s->v[c] = c < {lse_n} ? -({a})INFINITY : ({a})0;",
+                sv
+            );
+            // (m, s, ws) represents exp(m) * (s, ws); -inf values add nothing.
+            let acc = if spec.weight_dim.is_none() {
+                format!(
+                    "for (int c = 0; c < {d}; c++) {{ {a} x = fg[c], m = s->v[c];\n\
+                     \x20   if (x == -({a})INFINITY) continue;\n\
+                     \x20   if (x > m) {{ s->v[{d} + c] = s->v[{d} + c] * {name}_shift(m, x) + 1; s->v[c] = x; }}\n\
+                     \x20   else s->v[{d} + c] += {name}_shift(x, m); }}"
+                )
+            } else {
+                format!(
+                    "{a} x = fg[0], m = s->v[0];\n  if (x == -({a})INFINITY) return;\n  \
+                     if (x > m) {{ {a} e = {name}_shift(m, x); s->v[1] = s->v[1] * e + 1;\n    \
+                     for (int c = 0; c < {dw}; c++) s->v[2 + c] = s->v[2 + c] * e + fg[1 + c];\n    \
+                     s->v[0] = x; }}\n  \
+                     else {{ {a} e = {name}_shift(x, m); s->v[1] += e;\n    \
+                     for (int c = 0; c < {dw}; c++) s->v[2 + c] += e * fg[1 + c]; }}"
+                )
+            };
+            let comb = if spec.weight_dim.is_none() {
+                format!(
+                    "for (int c = 0; c < {d}; c++) {{ {a} m = s->v[c] > o->v[c] ? s->v[c] : o->v[c];\n\
+                     \x20   {a} fa = {name}_shift(s->v[c], m), fb = {name}_shift(o->v[c], m);\n\
+                     \x20   s->v[c] = m; s->v[{d} + c] = s->v[{d} + c] * fa + o->v[{d} + c] * fb; }}"
+                )
+            } else {
+                format!(
+                    "{a} m = s->v[0] > o->v[0] ? s->v[0] : o->v[0];\n  \
+                     {a} fa = {name}_shift(s->v[0], m), fb = {name}_shift(o->v[0], m);\n  \
+                     s->v[0] = m;\n  for (int c = 1; c < {sv}; c++) s->v[c] = s->v[c] * fa + o->v[c] * fb;"
+                )
+            };
+            (init, acc, comb)
+        }
+        Reduction::Min
+        | Reduction::Max
+        | Reduction::ArgMin
+        | Reduction::ArgMax
+        | Reduction::MinArgMin
+        | Reduction::MaxArgMax => {
+            let max = matches!(
+                spec.kind,
+                Reduction::Max | Reduction::ArgMax | Reduction::MaxArgMax
+            );
+            let (cmp, inf) = if max { (">", "-") } else { ("<", "") };
+            (
+                format!(
+                    "for (int c = 0; c < {d}; c++) {{ s->v[c] = {inf}({a})INFINITY; s->i[c] = -1; }}"
+                ),
+                // NaN is never selected: comparisons with NaN are false.
+                format!(
+                    "for (int c = 0; c < {d}; c++) if (({a})fg[c] {cmp} s->v[c]) {{ s->v[c] = fg[c]; s->i[c] = j; }}"
+                ),
+                format!(
+                    "for (int c = 0; c < {d}; c++) if (o->v[c] {cmp} s->v[c]) {{ s->v[c] = o->v[c]; s->i[c] = o->i[c]; }}"
+                ),
+            )
+        }
+        Reduction::KMin(kk) | Reduction::ArgKMin(kk) | Reduction::KMinArgKMin(kk) => {
+            // Sorted insertion, layout [k][d]; equal values keep the earlier index first.
+            let _ = writeln!(
+                s,
+                "KEOPS_FN void {name}_insert({st}* s, int c, {a} x, long long j) {{\n  \
+                 if (!(x < s->v[{last} + c])) return;\n  int r = {km1};\n  \
+                 while (r > 0 && x < s->v[(r - 1) * {d} + c]) {{\n    \
+                 s->v[r * {d} + c] = s->v[(r - 1) * {d} + c]; s->i[r * {d} + c] = s->i[(r - 1) * {d} + c]; r--; }}\n  \
+                 s->v[r * {d} + c] = x; s->i[r * {d} + c] = j; }}",
+                last = (kk - 1) * d,
+                km1 = kk - 1
+            );
+            (
+                format!(
+                    "for (int c = 0; c < {}; c++) {{ s->v[c] = ({a})INFINITY; s->i[c] = -1; }}",
+                    kk * d
+                ),
+                format!("for (int c = 0; c < {d}; c++) {name}_insert(s, c, ({a})fg[c], j);"),
+                format!(
+                    "for (int c = 0; c < {d}; c++) for (int r = 0; r < {kk}; r++) {{\n    \
+                     {a} x = o->v[r * {d} + c]; long long j = o->i[r * {d} + c];\n    \
+                     if (j < 0 && x == ({a})INFINITY) break;\n    {name}_insert(s, c, x, j); }}"
+                ),
+            )
+        }
+    };
+    let _ = writeln!(s, "KEOPS_FN void {name}_init({st}* s) {{\n  {init}\n}}");
+    let _ = writeln!(
+        s,
+        "KEOPS_FN void {name}_acc({st}* s, const T* fg, long long j) {{\n  (void)j;\n  {acc}\n}}"
+    );
+    let _ = writeln!(
+        s,
+        "KEOPS_FN void {name}_combine_states({st}* s, const {st}* o) {{\n  {comb}\n}}"
+    );
+    // Kahan-compensated sums: `comp` holds the running error, removed at the end.
+    if spec.kind == Reduction::Sum {
+        let _ = writeln!(
+            s,
+            "KEOPS_FN void {name}_acc_kahan({st}* s, {a}* comp, const T* fg) {{\n  \
+             for (int c = 0; c < {d}; c++) {{ {a} y = ({a})fg[c] - comp[c]; {a} t = s->v[c] + y;\n    \
+             comp[c] = (t - s->v[c]) - y; s->v[c] = t; }}\n}}"
+        );
+    }
+    let fin = match spec.kind {
+        Reduction::Sum | Reduction::Min | Reduction::Max | Reduction::KMin(_) => {
+            format!("for (int c = 0; c < {sv}; c++) ov[c] = (T)s->v[c];")
+        }
+        Reduction::ArgMin | Reduction::ArgMax | Reduction::ArgKMin(_) => {
+            format!("for (int c = 0; c < {si}; c++) oi[c] = s->i[c];")
+        }
+        Reduction::MinArgMin | Reduction::MaxArgMax | Reduction::KMinArgKMin(_) => {
+            format!("for (int c = 0; c < {sv}; c++) {{ ov[c] = (T)s->v[c]; oi[c] = s->i[c]; }}")
+        }
+        Reduction::LogSumExp => match spec.weight_dim {
+            None => format!(
+                "for (int c = 0; c < {d}; c++) ov[c] = (T)(s->v[c] + log{f}(s->v[{d} + c]));"
+            ),
+            Some(w) => {
+                format!("for (int c = 0; c < {w}; c++) ov[c] = (T)(s->v[0] + log{f}(s->v[2 + c]));")
+            }
+        },
+        Reduction::SumSoftMaxWeight => format!(
+            "for (int c = 0; c < {}; c++) ov[c] = (T)(s->v[2 + c] / s->v[1]);",
+            dw
+        ),
+    };
+    let _ = writeln!(
+        s,
+        "KEOPS_FN void {name}_final(const {st}* s, T* ov, long long* oi) {{\n  (void)ov; (void)oi;\n  {fin}\n}}"
+    );
+    s
+}
+
+/// `{name}_fold(state, comp, a0.., j0, len)`: folds `len` rows of the reduced side into
+/// a state. Reduced-side `ak` point to the first row (row `jj` at `ak + jj*dim`), the
+/// others to their row or parameter. Block summation sums a tile into its own state
+/// first; Kahan carries `comp` across calls.
+fn fold_function(k: &KernelSpec, name: &str, dfg: usize) -> String {
+    let (a, nargs) = (k.acc.name(), k.args.len());
+    let st = format!("struct {name}_state");
+    let params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
+    let rows: String = k
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, (role, dim))| match role {
+            Role::Red => format!("a{i} + jj * {dim}, "),
+            _ => format!("a{i}, "),
+        })
+        .collect();
+    let scheme = if k.spec.kind == Reduction::Sum {
+        k.sum_scheme
+    } else {
+        SumScheme::Direct
+    };
+    let (pre, step, post) = match scheme {
+        SumScheme::Direct => (
+            String::new(),
+            format!("{name}_acc(s, fg, j0 + jj);"),
+            String::new(),
+        ),
+        SumScheme::BlockSum => (
+            format!("{st} t; {name}_init(&t);"),
+            format!("{name}_acc(&t, fg, j0 + jj);"),
+            format!("{name}_combine_states(s, &t);"),
+        ),
+        SumScheme::Kahan => (
+            String::new(),
+            format!("{name}_acc_kahan(s, comp, fg);"),
+            String::new(),
+        ),
+    };
+    format!(
+        "KEOPS_FN void {name}_fold({st}* s, {a}* comp, {params}long long j0, int len) {{\n  \
+         (void)comp; {pre}\n  \
+         for (int jj = 0; jj < len; jj++) {{\n    T fg[{dfg}];\n    \
+         {name}_pair({rows}fg);\n    {step}\n  }}\n  {post}\n}}\n"
+    )
+}
+
+/// The `__global__` kernels (CUDA only).
+fn kernels(k: &KernelSpec, name: &str, tile: usize) -> String {
+    let t = k.ty.name();
+    let a = k.acc.name();
+    let st = format!("struct {name}_state");
+    let nargs = k.args.len().max(1);
+    let (dv, di) = k.spec.output_dims();
+    let (sv, _) = k.spec.state_len();
+    let mut setup = String::new();
+    let mut load = String::new();
+    let mut smem_off = 0usize;
+    let mut fold_args = String::new();
+    for (i, &(role, dim)) in k.args.iter().enumerate() {
+        match role {
+            Role::Out if dim <= REG_DIM_MAX => {
+                let _ = writeln!(
+                    setup,
+                    "    T r{i}[{dim}]; const T* a{i} = r{i};\n    \
+                     if (i < n_out) for (int c = 0; c < {dim}; c++) r{i}[c] = args[{i}][off[{i}] + (long long)i * {dim} + c];"
+                );
+                let _ = write!(fold_args, "a{i}, ");
+            }
+            Role::Out => {
+                let _ = writeln!(
+                    setup,
+                    "    const T* a{i} = args[{i}] + off[{i}] + (long long)(i < n_out ? i : 0) * {dim};"
+                );
+                let _ = write!(fold_args, "a{i}, ");
+            }
+            Role::Param => {
+                let _ = writeln!(setup, "    const T* a{i} = args[{i}] + off[{i}];");
+                let _ = write!(fold_args, "a{i}, ");
+            }
+            Role::Red => {
+                let _ = writeln!(
+                    load,
+                    "      for (int e = threadIdx.x; e < len * {dim}; e += blockDim.x) \
+                     tile[{smem_off} + e] = args[{i}][off[{i}] + (j0 - j_base) * {dim} + e];"
+                );
+                let _ = write!(fold_args, "tile + {smem_off}, ");
+                smem_off += tile * dim;
+            }
+            Role::Unused => fold_args.push_str("0, "),
+        }
+    }
+    let kahan_fix = if k.spec.kind == Reduction::Sum && k.sum_scheme == SumScheme::Kahan {
+        format!("for (int c = 0; c < {sv}; c++) st.v[c] -= comp[c];")
+    } else {
+        String::new()
+    };
+    let out_v = if dv > 0 {
+        format!("out_v + ((long long)b * n_out + i) * {dv}")
+    } else {
+        "0".into()
+    };
+    let out_i = if di > 0 {
+        format!("out_i + ((long long)b * n_out + i) * {di}")
+    } else {
+        "0".into()
+    };
+    format!(
+        "extern \"C\" __global__ void {name}_reduce(int n_out, long long n_red, int nbatch, long long chunk,
+    long long j_base, const {t}* const* args, const long long* boff, {t}* out_v, long long* out_i, {st}* part) {{
+  extern __shared__ __align__(16) unsigned char {name}_smem[];
+  {t}* tile = ({t}*){name}_smem;
+  (void)tile;
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const long long lo = j_base + (long long)blockIdx.y * chunk;
+  const long long hi = lo + chunk < j_base + n_red ? lo + chunk : j_base + n_red;
+  for (int b = blockIdx.z; b < nbatch; b += gridDim.z) {{
+    const long long* off = boff + (long long)b * {nargs};
+    (void)off;
+{setup}    {st} st; {name}_init(&st);
+    {a} comp[{sv1}];
+    for (int c = 0; c < {sv1}; c++) comp[c] = 0;
+    for (long long j0 = lo; j0 < hi; j0 += {tile}) {{
+      const int len = hi - j0 < {tile} ? (int)(hi - j0) : {tile};
+      __syncthreads();
+{load}      __syncthreads();
+      if (i < n_out) {name}_fold(&st, comp, {fold_args}j0, len);
+    }}
+    if (i < n_out) {{
+      {kahan_fix}
+      if (part) part[((long long)b * gridDim.y + blockIdx.y) * n_out + i] = st;
+      else {name}_final(&st, {out_v}, {out_i});
+    }}
+  }}
+}}
+extern \"C\" __global__ void {name}_combine(int n_out, int nchunks, int nbatch, const {st}* part,
+    {t}* out_v, long long* out_i) {{
+  const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= (long long)nbatch * n_out) return;
+  const int b = (int)(t / n_out), i = (int)(t % n_out);
+  {st} st = part[(long long)b * nchunks * n_out + i];
+  for (int c = 1; c < nchunks; c++) {name}_combine_states(&st, &part[((long long)b * nchunks + c) * n_out + i]);
+  {name}_final(&st, {out_v}, {out_i});
+}}
+",
+        sv1 = sv.max(1),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Genred;
+
+    fn gauss(axis: usize) -> Genred {
+        Genred::new(
+            "Exp(-SqDist(x,y)) * b",
+            &["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)"],
+            Reduction::Sum,
+            axis,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn roles_follow_the_axis() {
+        let k = KernelSpec::new::<f32>(&gauss(1), &Options::default());
+        assert_eq!(k.args, vec![(Role::Out, 3), (Role::Red, 3), (Role::Red, 1)]);
+        assert_eq!(k.tile_row_bytes(), 16);
+        let k = KernelSpec::new::<f64>(&gauss(0), &Options::default());
+        assert_eq!(k.args, vec![(Role::Red, 3), (Role::Out, 3), (Role::Out, 1)]);
+        assert_eq!((k.ty, k.acc), (CType::F64, CType::F64));
+    }
+
+    #[test]
+    fn kernels_are_guarded_for_host_c() {
+        let k = KernelSpec::new::<f32>(&gauss(1), &Options::default());
+        let src = kernel_source(&k, "keops", 128);
+        let host_part = src.code.split("#ifdef __CUDACC__\nextern").next().unwrap();
+        assert!(!host_part.contains("__global__"));
+        assert!(src.code.contains("keops_reduce(") && src.code.contains("keops_combine("));
+        assert!(src.code.contains("tile[0 + e]") && src.code.contains("tile[384 + e]"));
+    }
+
+    #[test]
+    fn state_bytes_match_c_layout() {
+        let g = Genred::new(
+            "SqDist(x,y)",
+            &["x = Vi(0,3)", "y = Vj(1,3)"],
+            Reduction::ArgKMin(5),
+            1,
+        )
+        .unwrap();
+        let k = KernelSpec::new::<f32>(&g, &Options::default());
+        // 5 floats (20 bytes, padded to 24) + 5 indices.
+        assert_eq!(k.state_bytes(), 24 + 40);
+    }
+}

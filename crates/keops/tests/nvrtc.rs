@@ -1,0 +1,150 @@
+//! Every generated kernel compiled by NVRTC to CUBIN for sm_80 and sm_90, in float and
+//! double: the reduction kernel of every op case (`common::op_cases`, reduced by `Sum`)
+//! and of every reduction on both axes with every sum scheme. One kernel serves the 1D
+//! and 2D schemes (the 2D one adds `{name}_combine`, compiled here too). NVRTC runs
+//! without a GPU.
+//!
+//! NVRTC is found as the engine finds it (`KEOPS_NVRTC`, `CUDA_HOME`, the loader's
+//! path); `make test` points `KEOPS_NVRTC` at the `nvidia-cuda-nvrtc` wheel of the venv
+//! and sets `KEOPS_REQUIRE_NVRTC=1`, which turns a missing NVRTC into a failure.
+//! Elsewhere the test is skipped with a printed reason.
+
+mod common;
+
+use common::op_cases::{cases, ALIASES};
+use keops::cuda::codegen::{prelude, CType};
+use keops::cuda::kernel::{kernel_source, KernelSpec};
+use keops::cuda::nvrtc::{Arch, Nvrtc};
+use keops::formula::ops::all_specs;
+use keops::{Genred, Options, Reduction, SumScheme};
+
+fn nvrtc() -> Option<Nvrtc> {
+    let required = std::env::var("KEOPS_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+    let mut errors = Vec::new();
+    for c in keops::cuda::nvrtc::candidates() {
+        match Nvrtc::open(&c) {
+            Ok(n) => return Some(n),
+            Err(e) => errors.push(format!("{}: {e}", c.display())),
+        }
+    }
+    assert!(
+        !required,
+        "KEOPS_REQUIRE_NVRTC=1 but no NVRTC loads: {errors:?}"
+    );
+    eprintln!("SKIPPED: no NVRTC found (set KEOPS_NVRTC to libnvrtc.so): {errors:?}");
+    None
+}
+
+/// All kernels of one data type in one program (one prelude, prefixes `k0`, `k1`, ...).
+fn program(ty: CType) -> (String, usize) {
+    let mut specs: Vec<(KernelSpec, String)> = Vec::new();
+    let with_ty = |g: &Genred, opts: &Options| -> KernelSpec {
+        let mut k = KernelSpec::new::<f32>(g, opts);
+        k.ty = ty;
+        if ty == CType::F64 {
+            k.acc = CType::F64;
+        }
+        k
+    };
+    for spec in all_specs() {
+        for case in cases(spec.name).unwrap_or_default() {
+            let g = Genred::new(case, &ALIASES, Reduction::Sum, 1)
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            specs.push((with_ty(&g, &Options::default()), case.to_string()));
+        }
+    }
+    for (f, w, r) in common::reduction_cases() {
+        for axis in [0, 1] {
+            let al = common::REDUCTION_ALIASES;
+            let g = match w {
+                Some(w) => Genred::with_weight(f, w, &al, r, axis),
+                None => Genred::new(f, &al, r, axis),
+            }
+            .unwrap();
+            for scheme in [SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan] {
+                let opts = Options {
+                    sum_scheme: scheme,
+                    ..Options::default()
+                };
+                specs.push((
+                    with_ty(&g, &opts),
+                    format!("{} axis {axis} {scheme:?}", r.name()),
+                ));
+            }
+        }
+    }
+    let mut src = prelude(ty);
+    let mut index = String::new();
+    for (n, (k, what)) in specs.iter().enumerate() {
+        let code = kernel_source(k, &format!("k{n}"), 64).code;
+        // Each kernel source carries the prelude; keep one.
+        src.push_str(
+            code.strip_prefix(prelude(ty).as_str())
+                .expect("prelude first"),
+        );
+        index.push_str(&format!("// k{n}: {what}\n"));
+    }
+    (index + &src, specs.len())
+}
+
+#[test]
+fn every_kernel_compiles_to_cubin_for_sm80_and_sm90() {
+    let Some(nvrtc) = nvrtc() else { return };
+    let archs = nvrtc.supported_archs().unwrap();
+    eprintln!("NVRTC {:?} at {}", nvrtc.version(), nvrtc.path().display());
+    for ty in [CType::F32, CType::F64] {
+        let (src, n) = program(ty);
+        for arch in [Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 }] {
+            assert!(archs.contains(&(arch.major * 10 + arch.minor)), "{archs:?}");
+            let t = std::time::Instant::now();
+            let cubin = nvrtc.compile(&src, "kernels.cu", arch).unwrap_or_else(|e| {
+                let path = std::env::temp_dir().join(format!("keops-nvrtc-{}.cu", ty.name()));
+                std::fs::write(&path, &src).unwrap();
+                panic!(
+                    "{} {}: NVRTC failed (source at {}):\n{}",
+                    ty.name(),
+                    arch.sm(),
+                    path.display(),
+                    e.log
+                )
+            });
+            // An ELF image with every kernel in it.
+            assert_eq!(&cubin[..4], b"\x7fELF");
+            let text = String::from_utf8_lossy(&cubin);
+            for k in [0, n / 2, n - 1] {
+                assert!(
+                    text.contains(&format!("k{k}_reduce")),
+                    "k{k}_reduce missing"
+                );
+                assert!(
+                    text.contains(&format!("k{k}_combine")),
+                    "k{k}_combine missing"
+                );
+            }
+            eprintln!(
+                "{} {}: {n} kernels, {} bytes, {:.2?}",
+                ty.name(),
+                arch.sm(),
+                cubin.len(),
+                t.elapsed()
+            );
+        }
+    }
+}
+
+#[test]
+fn compile_errors_carry_the_log_with_line_numbers() {
+    let Some(nvrtc) = nvrtc() else { return };
+    let e = nvrtc
+        .compile(
+            "extern \"C\" __global__ void f() {\n  undefined_name = 1;\n}\n",
+            "bad.cu",
+            Arch { major: 9, minor: 0 },
+        )
+        .unwrap_err();
+    assert!(
+        e.log.contains("bad.cu(2)") && e.log.contains("undefined_name"),
+        "{}",
+        e.log
+    );
+}
