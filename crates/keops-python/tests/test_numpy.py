@@ -133,3 +133,13 @@ def test_docstring_examples_run():
     import keops.numpy
 
     assert doctest.testmod(keops.numpy).failed == 0
+
+
+def test_out_receives_the_result() -> None:
+    """``out=`` is written in place and returned, as in pykeops."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((5, 2)), rng.random((7, 2))
+    op = Genred("SqDist(x, y)", ["x = Vi(0,2)", "y = Vj(1,2)"], reduction_op="Sum", axis=1)
+    out = np.empty((5, 1))
+    assert op(x, y, out=out) is out
+    np.testing.assert_allclose(out, ((x[:, None] - y[None]) ** 2).sum((1, 2))[:, None])

@@ -289,3 +289,12 @@ def test_tensordot_against_numpy_and_gradcheck() -> None:
     assert torch.allclose(k(x, y), want)
     assert torch.autograd.gradcheck(k, (x, y))
     assert torch.autograd.gradgradcheck(k, (x, y))
+
+
+def test_out_receives_the_result() -> None:
+    """``out=`` is written in place and returned, as in pykeops."""
+    x, y = torch.rand(5, 2, dtype=torch.float64), torch.rand(7, 2, dtype=torch.float64)
+    op = Genred("SqDist(x, y)", ["x = Vi(0,2)", "y = Vj(1,2)"], reduction_op="Sum", axis=1)
+    out = torch.empty(5, 1, dtype=torch.float64)
+    assert op(x, y, out=out) is out
+    torch.testing.assert_close(out, ((x[:, None] - y[None]) ** 2).sum((1, 2))[:, None])

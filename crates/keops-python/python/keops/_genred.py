@@ -193,6 +193,18 @@ class GenredBase:
         return make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
                             device_id)
 
+    @staticmethod
+    def _result(values: Any, indices: Any, out: Any) -> Any:
+        """pykeops' return convention: both outputs as a tuple, else the one there is,
+        written into ``out`` when given."""
+        if values is not None and indices is not None:
+            return values, indices
+        result = values if values is not None else indices
+        if out is not None:
+            out[...] = result
+            return out
+        return result
+
     def __getstate__(self) -> Dict[str, Any]:
         return dict(self._init)
 

@@ -50,13 +50,7 @@ class Genred(GenredBase):
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"argument {k}: expected a NumPy array, got {type(a).__name__}")
         values, indices = _run(self.core, list(args), opts)
-        if values is not None and indices is not None:
-            return values, indices
-        result = values if values is not None else indices
-        if out is not None:
-            out[...] = result
-            return out
-        return result
+        return self._result(values, indices, out)
 
 
 LogSumExp, generic_sum, generic_logsumexp, generic_argmin, generic_argkmin = \

@@ -245,13 +245,7 @@ class Genred(GenredBase):
         """
         opts = self._options(backend, ranges, device_id)
         values, indices = _run(self.core, args, opts)
-        if values is not None and indices is not None:
-            return values, indices
-        result = values if values is not None else indices
-        if out is not None:
-            out.copy_(result)
-            return out
-        return result
+        return self._result(values, indices, out)
 
 
 LogSumExp, generic_sum, generic_logsumexp, generic_argmin, generic_argkmin = \

@@ -211,8 +211,7 @@ impl Nvrtc {
             )
             .map_err(api)?;
             let status = compile(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr());
-            let mut out = Err(fail(String::new()));
-            if status != 0 {
+            let out = if status != 0 {
                 let mut n = 0usize;
                 let mut log = String::new();
                 if log_size(prog, &mut n) == 0 && n > 1 {
@@ -224,18 +223,17 @@ impl Nvrtc {
                 if log.is_empty() {
                     log = self.error_string(status);
                 }
-                out = Err(fail(log));
+                Err(fail(log))
             } else {
                 let mut n = 0usize;
-                let r = self
-                    .check(cubin_size(prog, &mut n), "nvrtcGetCUBINSize")
+                self.check(cubin_size(prog, &mut n), "nvrtcGetCUBINSize")
                     .and_then(|_| {
                         let mut buf = vec![0u8; n];
                         self.check(get_cubin(prog, buf.as_mut_ptr().cast()), "nvrtcGetCUBIN")
                             .map(|_| buf)
-                    });
-                out = out.or(r.map_err(api));
-            }
+                    })
+                    .map_err(api)
+            };
             destroy(&mut prog);
             out
         }
