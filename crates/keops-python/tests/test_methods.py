@@ -43,6 +43,37 @@ def gauss(x, y):
     return (-(x - y) ** 2 * 1.0).sum(-1)
 
 
+def round_away(v: np.ndarray, d: int) -> np.ndarray:
+    """C's ``round`` (halves away from zero) to ``d`` decimals, as KeOps' ``Round``."""
+    return np.sign(v) * np.floor(np.abs(v) * 10.0 ** d + 0.5) / 10.0 ** d
+
+
+def rect_dense(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(x ++ y) as a row-major 3x2 matrix times y[:2], plus y[:2] times it as 2x3."""
+    x, y = np.broadcast_arrays(x, y)
+    a = np.concatenate([x, y], -1)
+    v = y[..., :2]
+    mv = np.einsum("...ik,...k->...i", a.reshape(*a.shape[:-1], 3, 2), v)
+    vm = np.einsum("...k,...ki->...i", v, a.reshape(*a.shape[:-1], 2, 3))
+    return mv + vm
+
+
+def kron2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``numpy.kron`` of (x, y0) as 2x2 with (y, x) as 2x3, per (i, j) pair."""
+    x, y = np.broadcast_arrays(x, y)
+    a = np.concatenate([x, y[..., :1]], -1).reshape(*x.shape[:-1], 2, 2)
+    b = np.concatenate([y, x], -1).reshape(*x.shape[:-1], 2, 3)
+    return np.einsum("...ij,...lm->...iljm", a, b).reshape(*x.shape[:-1], 24)
+
+
+def kron3(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``numpy.kron`` of 2x2x2 and 1x3x1 tensors, per (i, j) pair."""
+    x, y = np.broadcast_arrays(x, y)
+    a = np.concatenate([x, y, x[..., :1], y[..., :1]], -1).reshape(*x.shape[:-1], 2, 2, 2)
+    b = y.reshape(*x.shape[:-1], 1, 3, 1)
+    return np.einsum("...ijk,...lmn->...iljmkn", a, b).reshape(*x.shape[:-1], 24)
+
+
 CASES: List[Tuple[str, Callable, Callable]] = [
     ("add", lambda x, y, p: x + y, lambda x, y, p: x + y),
     ("sub_number", lambda x, y, p: 2 - x - y * 0.5, lambda x, y, p: 2 - x - y * 0.5),
@@ -82,6 +113,28 @@ CASES: List[Tuple[str, Callable, Callable]] = [
     ("tensordot", lambda x, y, p: x.keops_tensordot(y, (3,), (3,), (), (), (1, 0)).sum(-1)
      + x.concat(y).tensordot(p, (2, 3), (3,), (1,), (0,)).elem(1),
      lambda x, y, p: x.sum(-1, keepdims=True) * y.sum(-1, keepdims=True) + (y * p).sum(-1, keepdims=True)),
+    ("floor_round_mod", lambda x, y, p: (3 * x * y).floor() + (x - y).round(1) + (x * y).round()
+     + (5 * x).mod(0.7, 0.1) + (x - y).mod(y),
+     lambda x, y, p: np.floor(3 * x * y) + round_away(x - y, 1) + round_away(x * y, 0)
+     + (5 * x - 0.7 * np.floor((5 * x - 0.1) / 0.7)) + (x - y - y * np.floor((x - y) / y))),
+    ("inverse_trig", lambda x, y, p: (x - y).atan() + (x * y).asin() + (x * y).acos()
+     + y.atan2(x - 0.5),
+     lambda x, y, p: np.arctan(x - y) + np.arcsin(x * y) + np.arccos(x * y) + np.arctan2(y, x - 0.5)),
+    ("sinc", lambda x, y, p: (x - y).sinxdivx() + (2 * x - y).sinc(),
+     lambda x, y, p: np.sin(x - y) / (x - y) + np.sinc(2 * x - y)),
+    ("matvec_vecmat", lambda x, y, p: x.tensorprod(y).matvecmult(p)
+     + 2 * p.vecmatmult(x.tensorprod(y)) + x.concat(y).matvecmult(y.extract(0, 2))
+     + y.extract(0, 2).vecmatmult(x.concat(y)),
+     lambda x, y, p: x * (y * p).sum(-1, keepdims=True) + 2 * (x * p).sum(-1, keepdims=True) * y
+     + rect_dense(x, y)),
+    ("kron", lambda x, y, p: x.concat(y.elem(0)).keops_kron(y.concat(x), (2, 2), (2, 3)),
+     lambda x, y, p: kron2(x, y)),
+    ("kron3", lambda x, y, p: x.concat(y).concat(x.elem(0)).concat(y.elem(0)).keops_kron(
+        y, (2, 2, 2), (1, 3, 1)),
+     lambda x, y, p: kron3(x, y)),
+    ("factorize", lambda x, y, p: (x.sqdist(y) * (-x.sqdist(y)).exp()).factorize(x.sqdist(y))
+     + (x.sqdist(y) * x.sqdist(y).sin()).auto_factorize(),
+     lambda x, y, p: (lambda d: d * np.exp(-d) + d * np.sin(d))(((x - y) ** 2).sum(-1, keepdims=True))),
     ("one_hot", lambda x, y, p: ((x - y).elem(0).sign() + 1).one_hot(3) * x,
      lambda x, y, p: np.eye(3)[(np.sign(x[..., 0] - y[..., 0]) + 1).astype(int)] * x),
     ("coord_sum", lambda x, y, p: (x * y).sum(-1), lambda x, y, p: (x * y).sum(-1, keepdims=True)),

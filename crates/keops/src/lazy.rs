@@ -21,7 +21,7 @@
 #![allow(non_snake_case)]
 
 use crate::error::{KeopsError, Result};
-use crate::formula::{Cat, Formula, Op, Unary};
+use crate::formula::{Binary, Cat, Formula, Op, Unary};
 use crate::plan::Genred;
 use crate::reduction::Reduction;
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -141,6 +141,74 @@ impl LazyTensor {
         cos => Cos;
         /// `XLogX`.
         xlogx => XLogX;
+        /// `Floor`.
+        floor => Floor;
+        /// `Atan`.
+        atan => Atan;
+        /// `Asin`.
+        asin => Asin;
+        /// `Acos`.
+        acos => Acos;
+        /// `SinXDivX`: sin(x)/x, 1 at 0.
+        sinxdivx => SinXDivX;
+    }
+
+    /// `Sinc`: the normalised sinc, `sin(pi x) / (pi x)`.
+    pub fn sinc(&self) -> LazyTensor {
+        self.map(Formula::sinc)
+    }
+    /// `Round(self, d)`: rounded to `d` decimals.
+    pub fn round(&self, d: i32) -> LazyTensor {
+        self.map(|f| Ok(f.unary(Unary::Round(d))))
+    }
+    /// `Mod(self, modulus, offset)`: `self` brought into `[offset, offset + modulus)`.
+    pub fn modulo(&self, modulus: &LazyTensor, offset: &LazyTensor) -> LazyTensor {
+        self.map3(modulus, offset, Formula::modulo)
+    }
+    /// `Atan2(self, x)`: the angle of the point `(x, self)`.
+    pub fn atan2(&self, x: &LazyTensor) -> LazyTensor {
+        self.map2(x, |a, b| a.binary(Binary::Atan2, b))
+    }
+    /// `LessThan(self, y)`: 1 where `self < y`, else 0.
+    pub fn lt(&self, y: &LazyTensor) -> LazyTensor {
+        self.map2(y, |a, b| a.binary(Binary::LessThan, b))
+    }
+    /// `LessOrEqual(self, y)`: 1 where `self <= y`, else 0.
+    pub fn le(&self, y: &LazyTensor) -> LazyTensor {
+        self.map2(y, |a, b| a.binary(Binary::LessOrEqual, b))
+    }
+    /// 1 where `self > y`, else 0.
+    pub fn gt(&self, y: &LazyTensor) -> LazyTensor {
+        y.lt(self)
+    }
+    /// 1 where `self >= y`, else 0.
+    pub fn ge(&self, y: &LazyTensor) -> LazyTensor {
+        y.le(self)
+    }
+    /// `Equal(self, y)`: 1 where `self == y`, else 0.
+    pub fn equal(&self, y: &LazyTensor) -> LazyTensor {
+        self.map2(y, |a, b| a.binary(Binary::Equal, b))
+    }
+    /// `NotEqual(self, y)`: 1 where `self != y`, else 0.
+    pub fn not_equal(&self, y: &LazyTensor) -> LazyTensor {
+        self.map2(y, |a, b| a.binary(Binary::NotEqual, b))
+    }
+    /// `MatVecMult(self, v)`: the row-major matrix `self` times the vector `v`.
+    pub fn matvecmult(&self, v: &LazyTensor) -> LazyTensor {
+        self.map2(v, Formula::mat_vec_mult)
+    }
+    /// `VecMatMult(self, m)`: the row vector `self` times the row-major matrix `m`.
+    pub fn vecmatmult(&self, m: &LazyTensor) -> LazyTensor {
+        self.map2(m, Formula::vec_mat_mult)
+    }
+    /// `TensorProd(self, y)`: the flattened outer product.
+    pub fn tensorprod(&self, y: &LazyTensor) -> LazyTensor {
+        self.map2(y, Formula::tensor_prod)
+    }
+    /// `Kron(self, y, Ind(dims_self), Ind(dims_y))`: the Kronecker product (NumPy's
+    /// `kron`) of the row-major tensors held by `self` and `y`.
+    pub fn kron(&self, y: &LazyTensor, dims_self: &[usize], dims_y: &[usize]) -> LazyTensor {
+        self.map2(y, |a, b| a.kron(b, dims_self, dims_y))
     }
 
     /// `Pow(self, m)`.
@@ -428,5 +496,54 @@ impl Neg for LazyTensor {
     type Output = LazyTensor;
     fn neg(self) -> LazyTensor {
         -&self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formula::parse::parse;
+
+    /// Each builder method gives the formula of the KeOps string it stands for.
+    #[test]
+    fn methods_build_the_formulas_of_their_strings() {
+        let aliases = ["x = Vi(0,3)", "y = Vj(1,3)", "S = Pm(2,9)", "a = Vi(3,1)"];
+        let (x, y, s, a) = (Vi(0, 3), Vj(1, 3), Pm(2, 9), Vi(3, 1));
+        let cases: Vec<(LazyTensor, &str)> = vec![
+            (x.floor(), "Floor(x)"),
+            (
+                x.atan() + y.asin() + x.acos(),
+                "Atan(x) + Asin(y) + Acos(x)",
+            ),
+            (x.sinxdivx() * y.sinc(), "SinXDivX(x) * Sinc(y)"),
+            (x.round(2), "Round(x, 2)"),
+            (x.modulo(&y, &a), "Mod(x, y, a)"),
+            (x.atan2(&y), "Atan2(x, y)"),
+            (x.lt(&y) + x.le(&y), "LessThan(x, y) + LessOrEqual(x, y)"),
+            (x.gt(&y) + x.ge(&y), "LessThan(y, x) + LessOrEqual(y, x)"),
+            (
+                x.equal(&y) + x.not_equal(&y),
+                "Equal(x, y) + NotEqual(x, y)",
+            ),
+            (
+                s.matvecmult(&x) + x.vecmatmult(&s),
+                "MatVecMult(S, x) + VecMatMult(x, S)",
+            ),
+            (x.tensorprod(&y), "TensorProd(x, y)"),
+            (
+                x.kron(&s, &[3, 1], &[3, 3]),
+                "Kron(x, S, Ind(3,1), Ind(3,3))",
+            ),
+        ];
+        for (lazy, text) in cases {
+            assert_eq!(
+                lazy.formula().unwrap(),
+                parse(text, &aliases).unwrap(),
+                "{text}"
+            );
+        }
+        // Dimension errors surface with the op's name.
+        let e = s.matvecmult(&Vi(0, 2)).formula().unwrap_err().to_string();
+        assert!(e.contains("MatVecMult") && e.contains("multiple"), "{e}");
     }
 }

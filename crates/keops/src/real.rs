@@ -82,6 +82,18 @@ pub trait Real:
     fn powf_<M: MathMode>(self, y: Self) -> Self {
         (y * self.ln_::<M>()).exp_::<M>()
     }
+    /// Largest integer not above `x`.
+    fn floor_(self) -> Self;
+    /// Nearest integer, halves away from zero (C's `round`).
+    fn round_(self) -> Self;
+    /// Arc tangent.
+    fn atan_(self) -> Self;
+    /// Arc sine (NaN outside `[-1, 1]`).
+    fn asin_(self) -> Self;
+    /// Arc cosine (NaN outside `[-1, 1]`).
+    fn acos_(self) -> Self;
+    /// `atan2(self, x)`: the angle of the point `(x, self)`, in `[-pi, pi]`.
+    fn atan2_(self, x: Self) -> Self;
     /// True for NaN.
     #[inline(always)]
     fn is_nan_(self) -> bool {
@@ -146,6 +158,30 @@ macro_rules! impl_real_float {
             #[inline(always)]
             fn cos_<M: MathMode>(self) -> Self {
                 crate::math::$cos::<M>(self)
+            }
+            #[inline(always)]
+            fn floor_(self) -> Self {
+                self.floor()
+            }
+            #[inline(always)]
+            fn round_(self) -> Self {
+                self.round()
+            }
+            #[inline(always)]
+            fn atan_(self) -> Self {
+                self.atan()
+            }
+            #[inline(always)]
+            fn asin_(self) -> Self {
+                self.asin()
+            }
+            #[inline(always)]
+            fn acos_(self) -> Self {
+                self.acos()
+            }
+            #[inline(always)]
+            fn atan2_(self, x: Self) -> Self {
+                self.atan2(x)
             }
         }
     };
@@ -250,5 +286,23 @@ impl Real for Exact {
     }
     fn cos_<M: MathMode>(self) -> Self {
         Exact(self.0.cos())
+    }
+    fn floor_(self) -> Self {
+        Exact(self.0.floor())
+    }
+    fn round_(self) -> Self {
+        Exact(self.0.round())
+    }
+    fn atan_(self) -> Self {
+        Exact(self.0.atan())
+    }
+    fn asin_(self) -> Self {
+        Exact(self.0.asin())
+    }
+    fn acos_(self) -> Self {
+        Exact(self.0.acos())
+    }
+    fn atan2_(self, x: Self) -> Self {
+        Exact(self.0.atan2(x.0))
     }
 }

@@ -102,6 +102,14 @@ fn conventions_at_awkward_points() {
     assert_eq!(at("ClampInt(x, 0, 1)", -0.5), 0.0);
     assert_eq!(at("ClampInt(x, 0, 1)", 0.5), 1.0);
     assert_eq!(at("XLogX(x)", 1.0), 1.0);
+    // sin(x)/x is smooth at 0, with slope 0 there (KeOps' formula gives NaN).
+    assert_eq!(at("SinXDivX(x)", 0.0), 0.0);
+    assert!((at("SinXDivX(x)", 1e-3) + 1e-3 / 3.0).abs() < 1e-9);
+    assert_eq!(at("DiffClampInt(x, 0, 1)", 0.5), 0.0, "DiffClampInt' = 0");
+    assert_eq!(at("Floor(x) + Round(x, 2)", 0.5), 0.0);
+    // Mod(x, n, d): slope 1 in x, whatever the wrap.
+    assert_eq!(at("Mod(x, 0.7, 0)", 2.0), 1.0);
+    assert!((at("Atan(x)", 1.0) - 0.5).abs() < 1e-15);
     // Min/Max of coordinates: the gradient goes to the first selected coordinate only.
     let v = Formula::vi(0, 3).unwrap();
     let g = diff::grad(&v.coord_reduce(keops::formula::Op::CoordMin), &v, &one).unwrap();

@@ -81,6 +81,26 @@ fn dimension_mismatch() {
     assert_parse_err(&e, 0, &["Scalprod", "3", "2"]);
     let e = genred_err("WeightedSqNorm(y, x)", &al);
     assert_parse_err(&e, 0, &["WeightedSqNorm", "1, 3 or 9"]);
+    // The named weight layouts check their own dimension.
+    let e = genred_err("SqNormDiag(y, x)", &al);
+    assert_parse_err(&e, 0, &["SqNormDiag", "dimension 2", "expected 3"]);
+    let e = genred_err("SymSqNorm(x, x)", &al);
+    assert_parse_err(&e, 0, &["SymSqNorm", "expected 9"]);
+    let e = genred_err("SqNormIso(x, x)", &al);
+    assert_parse_err(&e, 0, &["SqNormIso", "expected 1"]);
+    // Matrix products and Kronecker shapes.
+    let e = genred_err("MatVecMult(x, y)", &al);
+    assert_parse_err(&e, 0, &["MatVecMult", "3", "not a multiple of 2"]);
+    let e = genred_err("VecMatMult(y, x)", &al);
+    assert_parse_err(&e, 0, &["VecMatMult", "3", "not a multiple of 2"]);
+    let e = genred_err("Kron(x, y, Ind(3), Ind(1,2))", &al);
+    assert_parse_err(&e, 0, &["Kron", "[3]", "[1, 2]", "rank"]);
+    let e = genred_err("Kron(x, y, Ind(3), Ind(3))", &al);
+    assert_parse_err(&e, 0, &["TensorDot", "dimension"]);
+    let e = genred_err("Kron(x, y, Ind(3))", &al);
+    assert_msg(&e, &["Kron", "Ind"]);
+    let e = genred_err("Mod(x, y, x)", &al);
+    assert_parse_err(&e, 0, &["Mod", "[3, 2, 3]"]);
     // Through the Rust API: a Dim error naming the op and the dimensions.
     let (x, y) = (Formula::vi(0, 3).unwrap(), Formula::vj(1, 2).unwrap());
     let e = x.add(&y).unwrap_err();

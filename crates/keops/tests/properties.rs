@@ -78,6 +78,8 @@ fn node_kind() -> BoxedStrategy<Node> {
         6 => proptest::sample::select(Unary::SIMPLE.to_vec()).prop_map(Node::Unary),
         1 => (-3i32..=4).prop_map(|m| Node::Unary(Unary::Pow(m))),
         1 => (-2i32..=0, 0i32..=2).prop_map(|(a, b)| Node::Unary(Unary::ClampInt(a, b))),
+        1 => (-2i32..=0, 0i32..=2).prop_map(|(a, b)| Node::Unary(Unary::DiffClampInt(a, b))),
+        1 => (-1i32..=2).prop_map(|d| Node::Unary(Unary::Round(d))),
         6 => proptest::sample::select(Binary::ALL.to_vec()).prop_map(Node::Binary),
         2 => proptest::sample::select(Ternary::ALL.to_vec()).prop_map(Node::Ternary),
         1 => Just(Node::Sum),
@@ -123,6 +125,7 @@ fn build(kind: &Node, a: &Formula, b: &Formula, c: &Formula) -> Formula {
             match t {
                 Ternary::IfElse => a.if_else(&b, &c).unwrap(),
                 Ternary::Clamp => a.clamp(&b, &c).unwrap(),
+                Ternary::Mod => a.modulo(&b, &c).unwrap(),
             }
         }
         Node::Sum => a.sum(),

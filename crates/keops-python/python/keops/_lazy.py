@@ -279,30 +279,32 @@ class GenericLazyTensor:
         """``(y | x)``: the scalar product."""
         return self._wrap(o) | self
 
-    # Comparisons give 0/1 (derivative 0), written with Step (Step(0) = 1).
+    # Comparisons give 0/1 (derivative 0), as NumPy (False for NaN, but ``!=``).
     def __ge__(self: L, o: Any) -> L:  # type: ignore[override]
         """``x >= y``, elementwise, as 0/1."""
-        return self._binary(o, "Step({} - {})")
+        return self._binary(o, "LessOrEqual({1}, {0})")
 
     def __le__(self: L, o: Any) -> L:  # type: ignore[override]
         """``x <= y``, elementwise, as 0/1."""
-        return self._binary(o, "Step({1} - {0})")
+        return self._binary(o, "LessOrEqual({0}, {1})")
 
     def __gt__(self: L, o: Any) -> L:  # type: ignore[override]
         """``x > y``, elementwise, as 0/1."""
-        return self._binary(o, "(1 - Step({1} - {0}))")
+        return self._binary(o, "LessThan({1}, {0})")
 
     def __lt__(self: L, o: Any) -> L:  # type: ignore[override]
         """``x < y``, elementwise, as 0/1."""
-        return self._binary(o, "(1 - Step({} - {}))")
+        return self._binary(o, "LessThan({0}, {1})")
 
     def __eq__(self: L, o: Any) -> L:  # type: ignore[override]
         """``x == y``, elementwise, as 0/1."""
-        return self._binary(o, "(1 - Abs(Sign({} - {})))")
+        return self._binary(o, "Equal({}, {})")
 
     def __ne__(self: L, o: Any) -> L:  # type: ignore[override]
         """``x != y``, elementwise, as 0/1."""
-        return self._binary(o, "Abs(Sign({} - {}))")
+        return self._binary(o, "NotEqual({}, {})")
+
+    __hash__ = None  # type: ignore[assignment]  # == builds a formula, as in pykeops
 
     # -- elementwise math -------------------------------------------------------------------
     def exp(self: L) -> L:
@@ -356,6 +358,45 @@ class GenericLazyTensor:
     def inv(self: L) -> L:
         """Elementwise ``1/x``."""
         return self._unary("Inv")
+
+    def floor(self: L) -> L:
+        """Elementwise floor."""
+        return self._unary("Floor")
+
+    def round(self: L, d: int = 0) -> L:
+        """Elementwise rounding to ``d`` decimals (halves away from zero)."""
+        return self._unary("Round", args=f",{int(d)}")
+
+    def mod(self: L, modulus: Any, offset: Any = 0) -> L:
+        """``self - modulus * floor((self - offset) / modulus)``: ``self`` brought into
+        ``[offset, offset + modulus)``."""
+        dim = max(self._dim, self._wrap(modulus)._dim, self._wrap(offset)._dim)
+        return self._ternary(modulus, offset, "Mod({}, {}, {})", dim)
+
+    def atan(self: L) -> L:
+        """Elementwise arc tangent."""
+        return self._unary("Atan")
+
+    def asin(self: L) -> L:
+        """Elementwise arc sine."""
+        return self._unary("Asin")
+
+    def acos(self: L) -> L:
+        """Elementwise arc cosine."""
+        return self._unary("Acos")
+
+    def atan2(self: L, x: Any) -> L:
+        """``y.atan2(x)``: the angle of the point ``(x, y)``, elementwise, in
+        ``[-pi, pi]``."""
+        return self._binary(x, "Atan2({}, {})")
+
+    def sinxdivx(self: L) -> L:
+        """Elementwise ``sin(x) / x`` (1 at 0)."""
+        return self._unary("SinXDivX")
+
+    def sinc(self: L) -> L:
+        """Elementwise normalised sinc, ``sin(pi x) / (pi x)`` (as ``numpy.sinc``)."""
+        return self._unary("Sinc")
 
     def power(self: L, p: Any) -> L:
         """``self ** p``."""
@@ -434,8 +475,9 @@ class GenericLazyTensor:
                         contfa: Sequence[int], contfb: Sequence[int], *args: Any) -> L:
         """``TensorDot``: ``self`` and ``other`` hold row-major tensors of shapes ``dimfa``
         and ``dimfb``; axes ``contfa`` are contracted with ``contfb``; the result holds
-        the kept axes of ``self`` then of ``other``, optionally permuted by ``args[0]``
-        (as ``numpy.transpose``)."""
+        the kept axes of ``self`` then of ``other``; with a permutation ``args[0]`` (as
+        keopscore), kept axis ``r`` goes to position ``args[0][r]`` (``numpy.moveaxis``
+        to those positions, i.e. ``numpy.transpose`` by its inverse)."""
         o = self._wrap(other)
         dims = [tuple(int(k) for k in v) for v in (dimfa, dimfb, contfa, contfb)]
         if len(args) > 1:
@@ -451,6 +493,42 @@ class GenericLazyTensor:
         return self._binary(o, "TensorDot({}, {}" + inds + ")", dim=out)
 
     tensordot = keops_tensordot
+
+    def keops_kron(self: L, other: Any, dimfself: Sequence[int],
+                   dimfother: Sequence[int]) -> L:
+        """Kronecker product of the row-major tensors of shapes ``dimfself`` and
+        ``dimfother`` held by ``self`` and ``other`` (as ``numpy.kron``)."""
+        o = self._wrap(other)
+        da, db = (tuple(int(k) for k in v) for v in (dimfself, dimfother))
+        inds = f", Ind({','.join(map(str, da))}), Ind({','.join(map(str, db))})"
+        return self._binary(o, "Kron({}, {}" + inds + ")", dim=self._dim * o._dim)
+
+    def matvecmult(self: L, v: Any) -> L:
+        """The matrix ``self`` (``n x p``, row-major) times the vector ``v`` (dim ``p``)."""
+        o = self._wrap(v)
+        return self._binary(o, "MatVecMult({}, {})", dim=self._dim // o._dim)
+
+    def vecmatmult(self: L, m: Any) -> L:
+        """The row vector ``self`` (dim ``n``) times the matrix ``m`` (``n x p``,
+        row-major)."""
+        o = self._wrap(m)
+        return self._binary(o, "VecMatMult({}, {})", dim=o._dim // self._dim)
+
+    def tensorprod(self: L, o: Any) -> L:
+        """Outer product, flattened row-major: ``out[k * dim(o) + l] = self[k] o[l]``."""
+        o = self._wrap(o)
+        return self._binary(o, "TensorProd({}, {})", dim=self._dim * o._dim)
+
+    def factorize(self: L, other: Any) -> L:
+        """KeOps' factorisation hint: ``self``, with the subexpression ``other``
+        computed once. Formulas here are DAGs whose shared nodes are always computed
+        once, so the value and the work are those of ``self``."""
+        return self._binary(other, "Factorize({}, {})", dim=self._dim)
+
+    def auto_factorize(self: L) -> L:
+        """KeOps' automatic factorisation: common subexpressions are always shared
+        here (see :meth:`factorize`), so this is ``self``."""
+        return self
 
     def one_hot(self: L, D: int) -> L:
         """For a scalar: the vector of dimension ``D`` with 1 at ``round(self)``, 0

@@ -6,7 +6,7 @@
 //! both targets; every op of the table has its printer here (an exhaustive `match`) or,
 //! for elementwise ops, next to its definition (`Unary::c_expr`).
 
-use crate::formula::ops::{Binary, Op, Ternary};
+use crate::formula::ops::Op;
 use crate::formula::{topo_order, Cat, Formula};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -69,6 +69,10 @@ pub fn prelude(ty: CType) -> String {
         ("sqrt", "sqrt"),
         ("abs", "fabs"),
         ("round", "round"),
+        ("floor", "floor"),
+        ("atan", "atan"),
+        ("asin", "asin"),
+        ("acos", "acos"),
     ] {
         let _ = writeln!(s, "KEOPS_FN T k_{name}(T x) {{ return {libm}{f}(x); }}");
     }
@@ -76,6 +80,10 @@ pub fn prelude(ty: CType) -> String {
     let _ = writeln!(
         s,
         "KEOPS_FN T k_pow(T x, T y) {{ return exp{f}(y * log{f}(x)); }}"
+    );
+    let _ = writeln!(
+        s,
+        "KEOPS_FN T k_atan2(T y, T x) {{ return atan2{f}(y, x); }}"
     );
     let _ = writeln!(s, "KEOPS_FN T k_rsqrt(T x) {{ return (T)1 / sqrt{f}(x); }}");
     // Integer powers by repeated squaring, as the engines (same rounding).
@@ -162,33 +170,15 @@ fn node_code(s: &mut String, op: &Op, v: &str, dim: usize, a: &[&str], d: &[usiz
             each(s, literal(op.const_value().unwrap_or(0.0)));
         }
         Op::Unary(u) => each(s, u.c_expr(&format!("{}[k]", a[0]))),
-        Op::Binary(b) => {
-            let (x, y) = (at(a[0], d[0], "k"), at(a[1], d[1], "k"));
-            each(
-                s,
-                match b {
-                    Binary::Add => format!("{x} + {y}"),
-                    Binary::Subtract => format!("{x} - {y}"),
-                    Binary::Mult => format!("{x} * {y}"),
-                    Binary::Divide => format!("{x} / {y}"),
-                    Binary::Powf => format!("k_pow({x}, {y})"),
-                },
-            )
-        }
-        Op::Ternary(t) => {
-            let (x, p, q) = (
-                at(a[0], d[0], "k"),
-                at(a[1], d[1], "k"),
-                at(a[2], d[2], "k"),
-            );
-            each(
-                s,
-                match t {
-                    Ternary::IfElse => format!("({x} >= 0 ? {p} : {q})"),
-                    Ternary::Clamp => format!("({x} < {p} ? {p} : ({x} > {q} ? {q} : {x}))"),
-                },
-            )
-        }
+        Op::Binary(b) => each(s, b.c_expr(&at(a[0], d[0], "k"), &at(a[1], d[1], "k"))),
+        Op::Ternary(t) => each(
+            s,
+            t.c_expr(
+                &at(a[0], d[0], "k"),
+                &at(a[1], d[1], "k"),
+                &at(a[2], d[2], "k"),
+            ),
+        ),
         Op::Sum | Op::SqNorm2 | Op::Scalprod | Op::SqDist => {
             let n = d.iter().copied().max().unwrap_or(1);
             let term = match op {

@@ -61,6 +61,12 @@ macro_rules! unary_ops {
             Pow(i32),
             /// `ClampInt(x, a, b)`: `x` clamped to the integer interval `[a, b]`.
             ClampInt(i32, i32),
+            /// `DiffClampInt(x, a, b)`: 1 where `a <= x <= b`, else 0 (the derivative of
+            /// `ClampInt`; 1 for NaN, as the comparisons are false).
+            DiffClampInt(i32, i32),
+            /// `Round(x, d)`: `x` rounded to `d` decimals (halves away from zero;
+            /// `round(x 10^d) / 10^d` for `d != 0`, as KeOps).
+            Round(i32),
         }
 
         impl Unary {
@@ -73,6 +79,8 @@ macro_rules! unary_ops {
                     $( Unary::$v => $name, )*
                     Unary::Pow(_) => "Pow",
                     Unary::ClampInt(..) => "ClampInt",
+                    Unary::DiffClampInt(..) => "DiffClampInt",
+                    Unary::Round(_) => "Round",
                 }
             }
 
@@ -83,6 +91,8 @@ macro_rules! unary_ops {
                     $( Unary::$v => { let $x = value; $e } )*
                     Unary::Pow(m) => powi(value, m),
                     Unary::ClampInt(a, b) => clamp(value, R::from_f64(a as f64), R::from_f64(b as f64)),
+                    Unary::DiffClampInt(a, b) => inside_int(value, R::from_f64(a as f64), R::from_f64(b as f64)),
+                    Unary::Round(d) => round_to(value, d),
                 }
             }
 
@@ -95,6 +105,14 @@ macro_rules! unary_ops {
                     Unary::ClampInt(a, b) => {
                         format!("({x} < {a} ? (T){a} : ({x} > {b} ? (T){b} : {x}))")
                     }
+                    Unary::DiffClampInt(a, b) => {
+                        format!("({x} < {a} ? (T)0 : ({x} > {b} ? (T)0 : (T)1))")
+                    }
+                    Unary::Round(0) => format!("k_round({x})"),
+                    Unary::Round(d) => {
+                        let s = 10f64.powi(d);
+                        format!("(k_round({x} * (T){s:?}) / (T){s:?})")
+                    }
                 }
             }
 
@@ -106,7 +124,8 @@ macro_rules! unary_ops {
                     $( Unary::$v => { let ($dx, $dy) = (x, y); $de } )*
                     Unary::Pow(0) => None,
                     Unary::Pow(m) => Some(Formula::int(m as i64).mul(&x.pow(m - 1))?),
-                    Unary::ClampInt(a, b) => Some(inside(x, &Formula::int(a as i64), &Formula::int(b as i64))?),
+                    Unary::ClampInt(a, b) => Some(x.unary(Unary::DiffClampInt(a, b))),
+                    Unary::DiffClampInt(..) | Unary::Round(_) => None,
                 })
             }
         }
@@ -123,6 +142,11 @@ macro_rules! unary_ops {
                         let (lo, hi) = (R::from_f64(a as f64), R::from_f64(b as f64));
                         k.run(move |x: R| clamp(x, lo, hi))
                     }
+                    Unary::DiffClampInt(a, b) => {
+                        let (lo, hi) = (R::from_f64(a as f64), R::from_f64(b as f64));
+                        k.run(move |x: R| inside_int(x, lo, hi))
+                    }
+                    Unary::Round(d) => k.run(move |x: R| round_to(x, d)),
                 }
             }
         }
@@ -186,6 +210,48 @@ unary_ops! {
     Cos "Cos" |x| x.cos_::<M>(),
         c "k_cos({x})",
         d |x, y| Some(x.unary(Unary::Sin).neg());
+    /// `sin(x) / x`, and 1 at 0.
+    SinXDivX "SinXDivX" |x| R::select(x == R::ZERO, R::ONE, x.sin_::<M>() / x),
+        c "({x} == 0 ? (T)1 : k_sin({x}) / {x})",
+        // (cos x - sin(x)/x) / x, and 0 at 0 (where KeOps' cos/x - sin/x^2 is NaN).
+        d |x, y| {
+            let at0 = x.binary(Binary::Equal, &Formula::int(0))?;
+            let slope = x.unary(Unary::Cos).sub(y)?.div(&x.add(&at0)?)?;
+            Some(Formula::int(1).sub(&at0)?.mul(&slope)?)
+        };
+    /// `floor(x)`.
+    Floor "Floor" |x| x.floor_(),
+        c "k_floor({x})",
+        d |x, y| None;
+    /// `atan(x)`.
+    Atan "Atan" |x| x.atan_(),
+        c "k_atan({x})",
+        d |x, y| Some(Formula::int(1).add(&x.unary(Unary::Square))?.unary(Unary::Inv));
+    /// `asin(x)` (NaN outside `[-1, 1]`).
+    Asin "Asin" |x| x.asin_(),
+        c "k_asin({x})",
+        d |x, y| Some(Formula::int(1).sub(&x.unary(Unary::Square))?.unary(Unary::Rsqrt));
+    /// `acos(x)` (NaN outside `[-1, 1]`).
+    Acos "Acos" |x| x.acos_(),
+        c "k_acos({x})",
+        d |x, y| Some(Formula::int(1).sub(&x.unary(Unary::Square))?.unary(Unary::Rsqrt).neg());
+}
+
+/// 1 where `a <= x <= b`, else 0 (NaN gives 1: both comparisons are false).
+#[inline(always)]
+fn inside_int<R: Real>(x: R, a: R, b: R) -> R {
+    R::select(x < a, R::ZERO, R::select(x > b, R::ZERO, R::ONE))
+}
+
+/// `x` rounded to `d` decimals as KeOps prints it: `round(x 10^d) / 10^d`.
+#[inline(always)]
+fn round_to<R: Real>(x: R, d: i32) -> R {
+    if d == 0 {
+        x.round_()
+    } else {
+        let s = R::from_f64(10f64.powi(d));
+        (x * s).round_() / s
+    }
 }
 
 /// A loop body generic over the scalar function of a unary op (see [`Unary::with_kernel`]).
@@ -243,6 +309,22 @@ pub enum Binary {
     Divide,
     /// `Powf(a, b) = exp(b ln a)`.
     Powf,
+    /// `Atan2(a, b)`: the angle of the point `(b, a)`, in `[-pi, pi]` (C's `atan2(a, b)`).
+    Atan2,
+    /// `LessThan(a, b)`: 1 where `a < b`, else 0.
+    LessThan,
+    /// `LessOrEqual(a, b)`: 1 where `a <= b`, else 0.
+    LessOrEqual,
+    /// `Equal(a, b)`: 1 where `a == b`, else 0.
+    Equal,
+    /// `NotEqual(a, b)`: 1 where `a != b`, else 0 (1 when either is NaN).
+    NotEqual,
+}
+
+/// 1 or 0.
+#[inline(always)]
+fn indicator<R: Real>(c: bool) -> R {
+    R::select(c, R::ONE, R::ZERO)
 }
 
 impl Binary {
@@ -253,6 +335,11 @@ impl Binary {
         Binary::Mult,
         Binary::Divide,
         Binary::Powf,
+        Binary::Atan2,
+        Binary::LessThan,
+        Binary::LessOrEqual,
+        Binary::Equal,
+        Binary::NotEqual,
     ];
     /// KeOps' name.
     pub fn name(self) -> &'static str {
@@ -262,6 +349,11 @@ impl Binary {
             Binary::Mult => "Mult",
             Binary::Divide => "Divide",
             Binary::Powf => "Powf",
+            Binary::Atan2 => "Atan2",
+            Binary::LessThan => "LessThan",
+            Binary::LessOrEqual => "LessOrEqual",
+            Binary::Equal => "Equal",
+            Binary::NotEqual => "NotEqual",
         }
     }
     /// Calls `k.run(f)` with this op's scalar function as its own closure type.
@@ -273,6 +365,11 @@ impl Binary {
             Binary::Mult => k.run(|a: R, b: R| a * b),
             Binary::Divide => k.run(|a: R, b: R| a / b),
             Binary::Powf => k.run(|a: R, b: R| a.powf_::<M>(b)),
+            Binary::Atan2 => k.run(|a: R, b: R| a.atan2_(b)),
+            Binary::LessThan => k.run(|a: R, b: R| indicator(a < b)),
+            Binary::LessOrEqual => k.run(|a: R, b: R| indicator(a <= b)),
+            Binary::Equal => k.run(|a: R, b: R| indicator(a == b)),
+            Binary::NotEqual => k.run(|a: R, b: R| indicator(a != b)),
         }
     }
     /// The scalar semantics.
@@ -284,6 +381,26 @@ impl Binary {
             Binary::Mult => a * b,
             Binary::Divide => a / b,
             Binary::Powf => a.powf_::<M>(b),
+            Binary::Atan2 => a.atan2_(b),
+            Binary::LessThan => indicator(a < b),
+            Binary::LessOrEqual => indicator(a <= b),
+            Binary::Equal => indicator(a == b),
+            Binary::NotEqual => indicator(a != b),
+        }
+    }
+    /// The op as a C expression of the operands `a` and `b` (expressions of type `T`).
+    pub fn c_expr(self, a: &str, b: &str) -> String {
+        match self {
+            Binary::Add => format!("{a} + {b}"),
+            Binary::Subtract => format!("{a} - {b}"),
+            Binary::Mult => format!("{a} * {b}"),
+            Binary::Divide => format!("{a} / {b}"),
+            Binary::Powf => format!("k_pow({a}, {b})"),
+            Binary::Atan2 => format!("k_atan2({a}, {b})"),
+            Binary::LessThan => format!("({a} < {b} ? (T)1 : (T)0)"),
+            Binary::LessOrEqual => format!("({a} <= {b} ? (T)1 : (T)0)"),
+            Binary::Equal => format!("({a} == {b} ? (T)1 : (T)0)"),
+            Binary::NotEqual => format!("({a} != {b} ? (T)1 : (T)0)"),
         }
     }
     /// The vjp rule: contributions of `g` (the gradient of `y = op(a, b)`) to `a` and
@@ -311,6 +428,15 @@ impl Binary {
                     Some(gy.mul(&a.unary(Unary::Log))?),
                 ]
             }
+            // d/da atan2(a, b) = b / r^2, d/db = -a / r^2.
+            Binary::Atan2 => {
+                let gr = g.div(&a.unary(Unary::Square).add(&b.unary(Unary::Square))?)?;
+                [Some(gr.mul(b)?), Some(gr.mul(a)?.neg())]
+            }
+            // Piecewise constant.
+            Binary::LessThan | Binary::LessOrEqual | Binary::Equal | Binary::NotEqual => {
+                [None, None]
+            }
         })
     }
 }
@@ -329,16 +455,19 @@ pub enum Ternary {
     IfElse,
     /// `Clamp(x, a, b)`: `x` clamped to `[a, b]`.
     Clamp,
+    /// `Mod(x, n, d) = x - n floor((x - d) / n)`: `x` brought into `[d, d + n)` (KeOps).
+    Mod,
 }
 
 impl Ternary {
     /// Every ternary op.
-    pub const ALL: &'static [Ternary] = &[Ternary::IfElse, Ternary::Clamp];
+    pub const ALL: &'static [Ternary] = &[Ternary::IfElse, Ternary::Clamp, Ternary::Mod];
     /// KeOps' name.
     pub fn name(self) -> &'static str {
         match self {
             Ternary::IfElse => "IfElse",
             Ternary::Clamp => "Clamp",
+            Ternary::Mod => "Mod",
         }
     }
     /// The scalar semantics.
@@ -347,6 +476,15 @@ impl Ternary {
         match self {
             Ternary::IfElse => R::select(a >= R::ZERO, b, c),
             Ternary::Clamp => clamp(a, b, c),
+            Ternary::Mod => a - b * ((a - c) / b).floor_(),
+        }
+    }
+    /// The op as a C expression of its operands (expressions of type `T`).
+    pub fn c_expr(self, x: &str, a: &str, b: &str) -> String {
+        match self {
+            Ternary::IfElse => format!("({x} >= 0 ? {a} : {b})"),
+            Ternary::Clamp => format!("({x} < {a} ? {a} : ({x} > {b} ? {b} : {x}))"),
+            Ternary::Mod => format!("({x} - {a} * k_floor(({x} - {b}) / {a}))"),
         }
     }
     /// The vjp rule: contributions of `g` to the three operands (before broadcast
@@ -368,6 +506,12 @@ impl Ternary {
                     Some(g.mul(&above_a.mul(&one.sub(&below_b)?)?)?),
                 ]
             }
+            // x - n Floor((x - d) / n), Floor being piecewise constant (as KeOps).
+            Ternary::Mod => [
+                Some(g.clone()),
+                Some(g.mul(&x.sub(b)?.div(a)?.unary(Unary::Floor))?.neg()),
+                None,
+            ],
         })
     }
 }
@@ -773,6 +917,22 @@ fn one_hot(pos: &Formula, d: usize) -> Result<Formula> {
     inside(pos, &range, &range)
 }
 
+/// Checks that the weight `s` of `op(s, x)` has dimension `want` (KeOps' `SqNormIso`,
+/// `SqNormDiag`, `SymSqNorm`: the layouts that `WeightedSqNorm` picks by dimension).
+fn weight_layout(op: &str, s: &Formula, x: &Formula, want: usize) -> Result<()> {
+    if s.dim == want {
+        Ok(())
+    } else {
+        Err(dim_err(
+            op,
+            format!(
+                "the weight has dimension {} for a vector of dimension {}; expected {want}",
+                s.dim, x.dim
+            ),
+        ))
+    }
+}
+
 /// A named constructor of the formula language, as the parser sees it.
 pub struct OpSpec {
     /// The name in formula strings.
@@ -840,10 +1000,31 @@ macro_rules! unary_spec {
     };
 }
 
-const UNARY_SPECS: [OpSpec; 14] =
-    unary_spec!(Minus, Square, Sqrt, Rsqrt, Inv, Exp, Log, XLogX, Abs, Sign, Step, ReLU, Sin, Cos);
+const UNARY_SPECS: [OpSpec; 19] = unary_spec!(
+    Minus, Square, Sqrt, Rsqrt, Inv, Exp, Log, XLogX, Abs, Sign, Step, ReLU, Sin, Cos, SinXDivX,
+    Floor, Atan, Asin, Acos
+);
 
-const OTHER_SPECS: [OpSpec; 36] = [
+macro_rules! binary_spec {
+    ($($v:ident),*) => {
+        [$(spec!(stringify!($v), 2, 0, |f, _n| f[0].binary(Binary::$v, &f[1])),)*]
+    };
+}
+
+const BINARY_SPECS: [OpSpec; 10] = binary_spec!(
+    Add,
+    Subtract,
+    Mult,
+    Divide,
+    Powf,
+    Atan2,
+    LessThan,
+    LessOrEqual,
+    Equal,
+    NotEqual
+);
+
+const OTHER_SPECS: [OpSpec; 44] = [
     spec!("Vi", 0, 2, |_f, n| Formula::var(
         Cat::Vi,
         usize_param("Vi", n[0])?,
@@ -875,18 +1056,24 @@ const OTHER_SPECS: [OpSpec; 36] = [
     spec!("Zero", 0, 1, |_f, n| Formula::zero(usize_param(
         "Zero", n[0]
     )?)),
-    spec!("Add", 2, 0, |f, _n| f[0].add(&f[1])),
-    spec!("Subtract", 2, 0, |f, _n| f[0].sub(&f[1])),
-    spec!("Mult", 2, 0, |f, _n| f[0].mul(&f[1])),
-    spec!("Divide", 2, 0, |f, _n| f[0].div(&f[1])),
-    spec!("Powf", 2, 0, |f, _n| f[0].powf(&f[1])),
     spec!("Pow", 1, 1, |f, n| Ok(f[0].pow(i32_param("Pow", n[0])?))),
     spec!("ClampInt", 1, 2, |f, n| Ok(f[0].unary(Unary::ClampInt(
         i32_param("ClampInt", n[0])?,
         i32_param("ClampInt", n[1])?
     )))),
+    spec!("DiffClampInt", 1, 2, |f, n| Ok(f[0].unary(
+        Unary::DiffClampInt(
+            i32_param("DiffClampInt", n[0])?,
+            i32_param("DiffClampInt", n[1])?
+        )
+    ))),
+    spec!("Round", 1, 1, |f, n| Ok(
+        f[0].unary(Unary::Round(i32_param("Round", n[0])?))
+    )),
+    spec!("Sinc", 1, 0, |f, _n| f[0].sinc()),
     spec!("IfElse", 3, 0, |f, _n| f[0].if_else(&f[1], &f[2])),
     spec!("Clamp", 3, 0, |f, _n| f[0].clamp(&f[1], &f[2])),
+    spec!("Mod", 3, 0, |f, _n| f[0].modulo(&f[1], &f[2])),
     spec!("Sum", 1, 0, |f, _n| Ok(f[0].sum())),
     spec!("SumT", 1, 1, |f, n| f[0].sum_t(usize_param("SumT", n[0])?)),
     spec!("SqNorm2", 1, 0, |f, _n| Ok(f[0].sqnorm2())),
@@ -895,6 +1082,27 @@ const OTHER_SPECS: [OpSpec; 36] = [
     spec!("SqDist", 2, 0, |f, _n| f[0].sqdist(&f[1])),
     spec!("Scalprod", 2, 0, |f, _n| f[0].scalprod(&f[1])),
     spec!("WeightedSqNorm", 2, 0, |f, _n| f[0].weighted_sqnorm(&f[1])),
+    spec!("SqNormIso", 2, 0, |f, _n| weight_layout(
+        "SqNormIso",
+        &f[0],
+        &f[1],
+        1
+    )
+    .and_then(|()| f[0].weighted_sqnorm(&f[1]))),
+    spec!("SqNormDiag", 2, 0, |f, _n| weight_layout(
+        "SqNormDiag",
+        &f[0],
+        &f[1],
+        f[1].dim
+    )
+    .and_then(|()| f[0].weighted_sqnorm(&f[1]))),
+    spec!("SymSqNorm", 2, 0, |f, _n| weight_layout(
+        "SymSqNorm",
+        &f[0],
+        &f[1],
+        f[1].dim * f[1].dim
+    )
+    .and_then(|()| f[0].weighted_sqnorm(&f[1]))),
     spec!("WeightedSqDist", 3, 0, |f, _n| f[0]
         .weighted_sqdist(&f[1], &f[2])),
     spec!("Extract", 1, 2, |f, n| f[0].extract(
@@ -925,6 +1133,26 @@ const OTHER_SPECS: [OpSpec; 36] = [
             f[0].tensordot(&f[1], TensorDot::new(da, db, ca, cb, p)?)
         },
     },
+    spec!("MatVecMult", 2, 0, |f, _n| f[0].mat_vec_mult(&f[1])),
+    spec!("VecMatMult", 2, 0, |f, _n| f[0].vec_mat_mult(&f[1])),
+    spec!("TensorProd", 2, 0, |f, _n| f[0].tensor_prod(&f[1])),
+    OpSpec {
+        name: "Kron",
+        formulas: 2,
+        ints: 2,
+        lists: true,
+        build: |f, n| match unflatten("Kron", n)?.as_slice() {
+            [da, db] => f[0].kron(&f[1], da, db),
+            _ => Err(KeopsError::Arity {
+                op: "Kron".into(),
+                msg: "expects the shapes of both operands, as Ind(...) lists".into(),
+            }),
+        },
+    },
+    // Our formulas are DAGs with shared nodes: every common subexpression is already
+    // computed once per point, so KeOps' factorisation hint is the identity here.
+    spec!("Factorize", 2, 0, |f, _n| Ok(f[0].clone())),
+    spec!("AutoFactorize", 1, 0, |f, _n| Ok(f[0].clone())),
     spec!("OneHot", 1, 1, |f, n| f[0]
         .one_hot(usize_param("OneHot", n[0])?)),
     spec!("Min", 1, 0, |f, _n| Ok(f[0].coord_reduce(Op::CoordMin))),
@@ -957,7 +1185,7 @@ const DIFF_SPECS: [OpSpec; 7] = [
 ];
 
 /// Every named constructor of the formula language.
-pub static OP_TABLE: [&[OpSpec]; 3] = [&UNARY_SPECS, &OTHER_SPECS, &DIFF_SPECS];
+pub static OP_TABLE: [&[OpSpec]; 4] = [&UNARY_SPECS, &BINARY_SPECS, &OTHER_SPECS, &DIFF_SPECS];
 
 /// Looks up a name of the formula language.
 pub fn lookup(name: &str) -> Option<&'static OpSpec> {
@@ -970,6 +1198,19 @@ pub fn lookup(name: &str) -> Option<&'static OpSpec> {
 /// Every name of the formula language (for error messages and coverage tests).
 pub fn all_specs() -> impl Iterator<Item = &'static OpSpec> {
     OP_TABLE.iter().flat_map(|t| t.iter())
+}
+
+/// The number of rows `n` of a matrix of dimension `n p` multiplied with a vector of
+/// dimension `p`.
+fn matrix_rows(op: &str, matrix: usize, p: usize) -> Result<usize> {
+    if matrix % p == 0 {
+        Ok(matrix / p)
+    } else {
+        Err(dim_err(
+            op,
+            format!("a matrix of dimension {matrix} cannot multiply a vector of dimension {p}: {matrix} is not a multiple of {p}"),
+        ))
+    }
 }
 
 /// Builds a node that cannot fail (operand dimensions already known to fit).
@@ -1151,6 +1392,13 @@ impl Formula {
             vec![self.clone(), a.clone(), b.clone()],
         )
     }
+    /// `Mod(self, n, d) = self - n Floor((self - d) / n)`.
+    pub fn modulo(&self, n: &Formula, d: &Formula) -> Result<Formula> {
+        Formula::new(
+            Op::Ternary(Ternary::Mod),
+            vec![self.clone(), n.clone(), d.clone()],
+        )
+    }
     /// `Sum(self)` (the identity on dimension 1).
     pub fn sum(&self) -> Formula {
         if self.dim == 1 {
@@ -1236,6 +1484,58 @@ impl Formula {
             Op::TensorDot(Box::new(td)),
             vec![self.clone(), other.clone()],
         )
+    }
+    /// `MatVecMult(self, v)`: the matrix `self` (`n x p`, row-major, of dimension
+    /// `n p`) times the vector `v` (dimension `p`).
+    pub fn mat_vec_mult(&self, v: &Formula) -> Result<Formula> {
+        let p = v.dim;
+        let n = matrix_rows("MatVecMult", self.dim, p)?;
+        self.tensordot(
+            v,
+            TensorDot::new(vec![n, p], vec![p], vec![1], vec![0], vec![])?,
+        )
+    }
+    /// `VecMatMult(self, m)`: the row vector `self` (dimension `n`) times the matrix `m`
+    /// (`n x p`, row-major).
+    pub fn vec_mat_mult(&self, m: &Formula) -> Result<Formula> {
+        let n = self.dim;
+        let p = matrix_rows("VecMatMult", m.dim, n)?;
+        self.tensordot(
+            m,
+            TensorDot::new(vec![n], vec![n, p], vec![0], vec![0], vec![])?,
+        )
+    }
+    /// `TensorProd(self, b)`: the outer product, `out[k * dim(b) + l] = self[k] b[l]`.
+    pub fn tensor_prod(&self, b: &Formula) -> Result<Formula> {
+        self.tensordot(
+            b,
+            TensorDot::new(vec![self.dim], vec![b.dim], vec![], vec![], vec![])?,
+        )
+    }
+    /// `Kron(self, b, Ind(dims_a), Ind(dims_b))`: the Kronecker product of two tensors of
+    /// the same rank, laid out as NumPy's `kron` (row-major).
+    pub fn kron(&self, b: &Formula, dims_a: &[usize], dims_b: &[usize]) -> Result<Formula> {
+        let r = dims_a.len();
+        if r != dims_b.len() || r == 0 {
+            return Err(dim_err(
+                "Kron",
+                format!("the shapes {dims_a:?} and {dims_b:?} must have the same, positive rank"),
+            ));
+        }
+        // The natural axes (a_0.., b_0..) go to a_0, b_0, a_1, b_1, ...: a_k to 2k, b_k
+        // to 2k + 1 (keopscore's `permute`).
+        let perm = (0..r)
+            .map(|k| 2 * k)
+            .chain((0..r).map(|k| 2 * k + 1))
+            .collect();
+        let td = TensorDot::new(dims_a.to_vec(), dims_b.to_vec(), vec![], vec![], perm)?;
+        self.tensordot(b, td)
+    }
+    /// `Sinc(self) = sin(pi x) / (pi x)` (the normalised sinc of NumPy and PyTorch).
+    pub fn sinc(&self) -> Result<Formula> {
+        Ok(Formula::float(std::f64::consts::PI)
+            .mul(self)?
+            .unary(Unary::SinXDivX))
     }
     /// `OneHot(self, d)`.
     pub fn one_hot(&self, d: usize) -> Result<Formula> {

@@ -58,6 +58,8 @@ fn open<'a>(
         Op::Unary(Unary::Minus) => one("(-", ")".into()),
         Op::Unary(Unary::Pow(m)) => one("Pow(", format!(",{m})")),
         Op::Unary(Unary::ClampInt(lo, hi)) => one("ClampInt(", format!(",{lo},{hi})")),
+        Op::Unary(Unary::DiffClampInt(lo, hi)) => one("DiffClampInt(", format!(",{lo},{hi})")),
+        Op::Unary(Unary::Round(d)) => one("Round(", format!(",{d})")),
         Op::SumT(d) => one("SumT(", format!(",{d})")),
         Op::Extract { start, dim } => one("Extract(", format!(",{start},{dim})")),
         Op::Elem(m) => one("Elem(", format!(",{m})")),

@@ -1,9 +1,10 @@
 //! `TensorDot(a, b, Ind(dims_a), Ind(dims_b), Ind(cont_a), Ind(cont_b)[, Ind(perm)])`:
 //! keopscore's tensor contraction of two flattened (row-major) tensors.
 //!
-//! The result's axes are `a`'s kept (not contracted) axes, then `b`'s, in order; with
-//! `perm` they are then permuted as NumPy's `transpose(perm)` does (`out` axis `q` is
-//! axis `perm[q]` of the unpermuted result). Contraction pairs `cont_a[t]` with
+//! The result's natural axes are `a`'s kept (not contracted) axes, then `b`'s, in order;
+//! with `perm` they are then moved as keopscore does: natural axis `r` goes to position
+//! `perm[r]` of the result (NumPy's `moveaxis(t, range(n), perm)`, which is
+//! `transpose(t, argsort(perm))`, the inverse of `torch.permute(perm)`). Contraction pairs `cont_a[t]` with
 //! `cont_b[t]`. The op is bilinear, so its vjp is two more `TensorDot`s
 //! ([`TensorDot::grad_a`], [`TensorDot::grad_b`]).
 
@@ -20,7 +21,7 @@ pub struct TensorDot {
     pub cont_a: Vec<usize>,
     /// Contracted axes of `b`, paired with `cont_a`.
     pub cont_b: Vec<usize>,
-    /// Permutation of the result's axes.
+    /// Where each natural axis of the result goes (keopscore's `permute`).
     pub perm: Vec<usize>,
     /// `(out, a, b)` flat indices: `out[o] += a[i] * b[j]`.
     terms: Vec<(u32, u32, u32)>,
@@ -127,9 +128,8 @@ impl TensorDot {
             .map(|&k| (sa[k], 0, self.dims_a[k]))
             .chain(kb.iter().map(|&k| (0, sb[k], self.dims_b[k])))
             .collect();
-        let out_dims: Vec<usize> = self.perm.iter().map(|&r| pre[r].2).collect();
+        let out_dims: Vec<usize> = inverse(&self.perm).iter().map(|&r| pre[r].2).collect();
         let so = strides(&out_dims);
-        let inv = inverse(&self.perm);
         let cont: Vec<(usize, usize, usize)> = self
             .cont_a
             .iter()
@@ -141,7 +141,7 @@ impl TensorDot {
         loop {
             let (mut o, mut ia, mut ib) = (0, 0, 0);
             for (r, &i) in idx.iter().enumerate() {
-                o += i * so[inv[r]];
+                o += i * so[self.perm[r]];
                 ia += i * pre[r].0;
                 ib += i * pre[r].1;
             }
@@ -182,7 +182,7 @@ impl TensorDot {
             .map(|&k| self.dims_a[k])
             .chain(kb.iter().map(|&k| self.dims_b[k]))
             .collect();
-        self.perm.iter().map(|&r| pre[r]).collect()
+        inverse(&self.perm).iter().map(|&r| pre[r]).collect()
     }
 
     /// Dimension of the result.
@@ -236,7 +236,8 @@ impl TensorDot {
     /// The gradient with respect to operand `me`: `g` contracted with `other` over the
     /// result axes that came from `other`, then permuted into `me`'s axis order.
     fn adjoint(&self, me: &Side<'_>, other: &Side<'_>) -> Result<TensorDot> {
-        let inv = inverse(&self.perm);
+        // Position in the result of each natural axis.
+        let inv = &self.perm;
         let out = self.out_dims();
         let cont_g: Vec<usize> = (0..other.kept.len())
             .map(|s| inv[other.offset + s])
@@ -245,7 +246,8 @@ impl TensorDot {
         let mut sorted_other = other.cont.to_vec();
         sorted_other.sort_unstable();
         let rank = |v: &[usize], x: usize| v.iter().position(|&k| k == x).unwrap_or(0);
-        let perm = (0..me.dims.len())
+        // For each axis of `me`, the natural axis of the adjoint's result that holds it.
+        let take: Vec<usize> = (0..me.dims.len())
             .map(|axis| match me.kept.iter().position(|&k| k == axis) {
                 // A kept axis: where g holds it, among g's kept axes.
                 Some(m) => rank(&g_kept, inv[me.offset + m]),
@@ -256,6 +258,7 @@ impl TensorDot {
                 }
             })
             .collect();
+        let perm = inverse(&take);
         TensorDot::new(out, other.dims.to_vec(), cont_g, other.kept.to_vec(), perm)
     }
 }
@@ -318,6 +321,24 @@ mod tests {
             apply(&full, &a, &b),
             vec![1.0 * 7.0 + 2.0 * 9.0 + 3.0 * 11.0 + 4.0 * 8.0 + 5.0 * 10.0 + 6.0 * 12.0]
         );
+    }
+
+    /// keopscore's reading of `permute` (checked against keopscore 2.3): natural axis
+    /// `r` goes to position `perm[r]`.
+    #[test]
+    fn permute_moves_natural_axes_as_keopscore() {
+        // a: [2, 3], b: [4], nothing contracted: natural axes (a0, a1, b0) of sizes
+        // (2, 3, 4); [2, 0, 1] sends a0 last, a1 first, b0 second: shape [3, 4, 2].
+        let td = TensorDot::new(vec![2, 3], vec![4], vec![], vec![], vec![2, 0, 1]).unwrap();
+        assert_eq!(td.out_dims(), vec![3, 4, 2]);
+        let a: Vec<f64> = (0..6).map(|k| k as f64).collect();
+        let b: Vec<f64> = (0..4).map(|k| 10.0f64.powi(k)).collect();
+        let out = apply(&td, &a, &b);
+        for (i0, i1, j) in
+            (0..2).flat_map(|i0| (0..3).flat_map(move |i1| (0..4).map(move |j| (i0, i1, j))))
+        {
+            assert_eq!(out[(i1 * 4 + j) * 2 + i0], a[i0 * 3 + i1] * b[j]);
+        }
     }
 
     #[test]
