@@ -135,6 +135,9 @@ fn op_cases(name: &str, side: Side) -> Option<Vec<String>> {
     let (v3, w3, v1, w1) = (o.v3, o.w3, o.v1, o.w1);
     let (pos3, pos1, nn3, nn1, v9) = (o.pos3, o.pos1, o.nn3, o.nn1, o.v9);
     let pair = side == Side::Pair;
+    let c6 = format!("Concat({v3}, {w3})");
+    let c2 = format!("Concat({v1}, {w1})");
+    let (c6, c2) = (c6.as_str(), c2.as_str());
     // A dimension-3 variable that the side's operands depend on.
     let u3 = match side {
         Side::Pair | Side::I => "x",
@@ -458,6 +461,46 @@ fn op_cases(name: &str, side: Side) -> Option<Vec<String>> {
         "Factorize" => vec![f(format!(
             "Factorize(Exp(-SqNorm2({v3})) * Sin(SqNorm2({v3})), SqNorm2({v3}))"
         ))],
+        // Complex ops: `c6` holds 3 complex numbers, `c2` one (which broadcasts).
+        "ComplexReal" | "ComplexImag" | "Conj" | "ComplexExp" | "ComplexSquareAbs"
+        | "ComplexAbs" | "ComplexAngle" | "ComplexSum" => {
+            vec![f(format!("{name}({c6})")), f(format!("{name}({c2})"))]
+        }
+        "Real2Complex" | "Imag2Complex" | "ComplexExp1j" => {
+            vec![f(format!("{name}({v3})")), f(format!("{name}({v1})"))]
+        }
+        "ComplexAdd" | "ComplexSubtract" | "ComplexMult" => {
+            let mut c = vec![
+                f(format!("{name}({c6}, Concat({w3}, {v3}))")),
+                f(format!("{name}({c2}, {c6})")),
+                f(format!("{name}({c6}, {c2})")),
+            ];
+            if pair {
+                c.push(format!("{name}(Concat(x, a), Concat(y, b))"));
+                c.push(format!("{name}(Concat(a, b), Concat(x, y))"));
+            }
+            c
+        }
+        // Denominators away from 0.
+        "ComplexDivide" => {
+            let mut c = vec![
+                f(format!("ComplexDivide({c6}, Concat({pos3}, {w3}))")),
+                f(format!("ComplexDivide({c6}, Concat({pos1}, {w1}))")),
+                f(format!("ComplexDivide({c2}, Concat({w3}, {pos3}))")),
+            ];
+            if pair {
+                c.push("ComplexDivide(Concat(x, a), Concat(Square(y) + 1, b))".to_string());
+            }
+            c
+        }
+        "ComplexRealScal" => vec![
+            f(format!("ComplexRealScal({v1}, {c6})")),
+            f(format!("ComplexRealScal({c6}, {w1})")),
+        ],
+        "ComplexSumT" => vec![
+            f(format!("ComplexSumT({c2}, 6)")),
+            f(format!("ComplexSumT({c2}, 2)")),
+        ],
         "Extract" => {
             let mut c = vec![
                 f(format!("Extract({v3}, 1, 2)")),
@@ -646,6 +689,7 @@ fn is_unary(name: &str) -> bool {
     all_specs().any(|s| s.name == name && s.formulas == 1 && s.ints == 0)
         && !is_differential(name)
         && !VECTOR.contains(&name)
+        && !COMPLEX.contains(&name)
 }
 
 fn is_differential(name: &str) -> bool {
@@ -704,6 +748,27 @@ const BINARY_TERNARY: &[&str] = &[
     "Mod",
 ];
 
+/// Complex ops.
+const COMPLEX: &[&str] = &[
+    "ComplexReal",
+    "ComplexImag",
+    "Real2Complex",
+    "Imag2Complex",
+    "ComplexAdd",
+    "ComplexSubtract",
+    "ComplexMult",
+    "ComplexDivide",
+    "ComplexRealScal",
+    "Conj",
+    "ComplexExp",
+    "ComplexExp1j",
+    "ComplexSquareAbs",
+    "ComplexAbs",
+    "ComplexAngle",
+    "ComplexSum",
+    "ComplexSumT",
+];
+
 /// Ops on whole vectors.
 const VECTOR: &[&str] = &[
     "Sum",
@@ -737,6 +802,11 @@ const VECTOR: &[&str] = &[
 ];
 
 #[test]
+fn complex_ops() {
+    check_ops(|n| COMPLEX.contains(&n));
+}
+
+#[test]
 fn variables_constants_and_parametrised_ops() {
     check_ops(|n| PARAMETRISED.contains(&n));
 }
@@ -756,8 +826,9 @@ fn vector_ops() {
 /// and every op appears with tile operands and with hoisted operands.
 #[test]
 fn every_op_of_the_table_is_tested() {
-    let groups: [&dyn Fn(&str) -> bool; 5] = [
+    let groups: [&dyn Fn(&str) -> bool; 6] = [
         &is_unary,
+        &|n: &str| COMPLEX.contains(&n),
         &|n: &str| PARAMETRISED.contains(&n),
         &|n: &str| BINARY_TERNARY.contains(&n),
         &|n: &str| VECTOR.contains(&n),
@@ -803,7 +874,7 @@ fn every_op_of_the_table_is_tested() {
         }
     }
     // The table's size as of writing: a smaller table means a lost op.
-    assert!(names.len() >= 79, "only {} ops in the table", names.len());
+    assert!(names.len() >= 97, "only {} ops in the table", names.len());
 }
 
 /// Mixed broadcasting through the Rust constructors as well (not only the parser): the

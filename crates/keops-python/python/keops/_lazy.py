@@ -89,17 +89,39 @@ class GenericLazyTensor:
         """Repeats the rows (axis -2) ``times`` times, each in place or the whole block."""
         raise NotImplementedError
 
+    @staticmethod
+    def _complex_as_real(x: Any) -> Optional[Array]:
+        """For a complex array: its real view ``(..., 2D)`` (re, im interleaved), else
+        ``None``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _real_as_complex(a: Array) -> Array:
+        """The inverse of ``_complex_as_real``: ``(..., 2D)`` reals to ``(..., D)``
+        complex numbers."""
+        raise NotImplementedError
+
     # -- construction -------------------------------------------------------------------
     def __init__(self, x: Any = None, axis: Optional[int] = None) -> None:
         self._vars: List[Tuple[Array, str]] = []
         self._formula = ""
         self._dim = 1
+        #: Complex (pykeops' ComplexLazyTensor): ``_dim`` reals hold ``_dim / 2``
+        #: complex numbers, interleaved.
+        self._complex = False
         if x is None:
             return
         if isinstance(x, (int, float)) and not isinstance(x, bool):
             self._formula = _literal(x)
             return
-        a = self._as_array(x)
+        if isinstance(x, complex):
+            self._formula = (f"(Real2Complex({_literal(x.real)}) + "
+                             f"Imag2Complex({_literal(x.imag)}))")
+            self._dim, self._complex = 2, True
+            return
+        a = self._complex_as_real(x)
+        self._complex = a is not None
+        a = self._as_array(x) if a is None else a
         if a.ndim == 0:
             a = a.reshape(1)
         if axis is not None:
@@ -129,7 +151,8 @@ class GenericLazyTensor:
     def _variable_of(cls: Any, x: Any, cat: str) -> Any:
         """A variable of category ``cat`` ("i", "j", "p") wrapping ``x`` (``(..., n, d)``
         for i/j, ``(..., d)`` for a parameter)."""
-        a = cls._as_array(x)
+        c = cls._complex_as_real(x)
+        a = cls._as_array(x) if c is None else c
         if a.ndim == 0:
             a = a.reshape(1)
         if a.ndim < (1 if cat == "p" else 2):
@@ -137,14 +160,16 @@ class GenericLazyTensor:
                              f"{tuple(a.shape)}")
         out = cls()
         out._vars, out._formula, out._dim = [(a, cat)], "\x000", int(a.shape[-1])
+        out._complex = c is not None
         return out
 
     def _wrap(self: L, x: Any) -> L:
         return x if isinstance(x, GenericLazyTensor) else type(self)(x)
 
-    def _new(self: L, formula: str, vars_: List[Tuple[Array, str]], dim: int) -> L:
+    def _new(self: L, formula: str, vars_: List[Tuple[Array, str]], dim: int,
+             cplx: bool = False) -> L:
         out = type(self)()
-        out._formula, out._vars, out._dim = formula, vars_, dim
+        out._formula, out._vars, out._dim, out._complex = formula, vars_, dim, cplx
         return out
 
     def _join(self, other: "GenericLazyTensor") -> Tuple[List[Tuple[Array, str]], str, str]:
@@ -161,11 +186,20 @@ class GenericLazyTensor:
                 vars_.append((arr, cat))
         return vars_, self._formula, _renumber(other._formula, mapping)
 
+    def _real_only(self, what: str, *others: Any) -> None:
+        if self._complex or any(isinstance(o, GenericLazyTensor) and o._complex
+                                or isinstance(o, complex) for o in others):
+            raise TypeError(f"{what} is not defined for complex LazyTensors; complex ones "
+                            "support + - * /, exp, abs, angle, conj, real, imag, sum")
+
     def _unary(self: L, name: str, dim: Optional[int] = None, args: str = "") -> L:
+        if name != "Minus":
+            self._real_only(name)
         return self._new(f"{name}({self._formula}{args})", self._vars,
-                         self._dim if dim is None else dim)
+                         self._dim if dim is None else dim, self._complex)
 
     def _binary(self: L, other: Any, fmt: str, dim: Optional[int] = None) -> L:
+        self._real_only(fmt.split("(")[0] or fmt.strip("(){} "), other)
         o = self._wrap(other)
         if dim is None and self._dim != o._dim and 1 not in (self._dim, o._dim):
             raise ValueError(f"operands of dimensions {self._dim} and {o._dim} do not "
@@ -174,6 +208,7 @@ class GenericLazyTensor:
         return self._new(fmt.format(a, b), vars_, max(self._dim, o._dim) if dim is None else dim)
 
     def _ternary(self: L, a: Any, b: Any, fmt: str, dim: int) -> L:
+        self._real_only(fmt.split("(")[0], a, b)
         la, lb = self._wrap(a), self._wrap(b)
         vars_, f0, fa = self._join(la)
         vars2, f0, fb = self._new(f0, vars_, self._dim)._join(lb)
@@ -195,7 +230,8 @@ class GenericLazyTensor:
                 batch = tuple(max(a, b) for a, b in zip(lead, (1,) * (len(lead) - len(batch)) + batch))
             else:
                 batch = tuple(max(a, b) for a, b in zip((1,) * (len(batch) - len(lead)) + lead, batch))
-        return tuple(int(b) for b in batch) + (n, m, self._dim)
+        return tuple(int(b) for b in batch) + (n, m, self._dim // 2 if self._complex
+                                              else self._dim)
 
     @property
     def ndim(self) -> int:
@@ -208,8 +244,12 @@ class GenericLazyTensor:
 
     @property
     def dtype(self) -> Any:
-        """The dtype of the wrapped arrays (``None`` for a constant)."""
-        return self._vars[0][0].dtype if self._vars else None
+        """The dtype of the wrapped arrays (``None`` for a constant); complex64 or
+        complex128 for a complex LazyTensor."""
+        if not self._vars:
+            return None
+        a = self._vars[0][0]
+        return self._real_as_complex(a[..., :2]).dtype if self._complex else a.dtype
 
     @property
     def formula(self) -> str:
@@ -221,8 +261,75 @@ class GenericLazyTensor:
 
     __hash__ = object.__hash__
 
+    # -- complex numbers (pykeops' ComplexLazyTensor) ------------------------------------
+    def _is_complex_operand(self, o: Any) -> bool:
+        return self._complex or isinstance(o, complex) or (
+            isinstance(o, GenericLazyTensor) and o._complex)
+
+    def _lift(self: L) -> L:
+        """A complex LazyTensor: ``self``, or ``Real2Complex(self)`` for a real one."""
+        if self._complex:
+            return self
+        return self._new(f"Real2Complex({self._formula})", self._vars, 2 * self._dim, True)
+
+    def _complex_binary(self: L, o: Any, op: str) -> L:
+        """``op(self, o)`` with real operands lifted to complex (pykeops' rules)."""
+        a, b = self._wrap(self), self._wrap(o)
+        if op == "ComplexMult":
+            # A real scalar scales (ComplexRealScal), as pykeops.
+            for s, z in ((a, b), (b, a)):
+                if not s._complex and s._dim == 1 and z._complex:
+                    vars_, fs, fz = s._join(z)
+                    return self._new(f"ComplexRealScal({fs}, {fz})", vars_, z._dim, True)
+        a, b = a._lift(), b._lift()
+        if a._dim != b._dim and 2 not in (a._dim, b._dim):
+            raise ValueError(f"{op}: complex operands of {a._dim // 2} and {b._dim // 2} "
+                             "numbers do not broadcast (equal, or one of them 1)")
+        vars_, fa, fb = a._join(b)
+        return self._new(f"{op}({fa}, {fb})", vars_, max(a._dim, b._dim), True)
+
+    def _complex_unary(self: L, name: str, dim: int, cplx: bool) -> L:
+        if not self._complex:
+            raise TypeError(f"{name} needs a complex LazyTensor")
+        return self._new(f"{name}({self._formula})", self._vars, dim, cplx)
+
+    @property
+    def real(self: L) -> L:
+        """Real parts of a complex LazyTensor (a real LazyTensor)."""
+        return self._complex_unary("ComplexReal", self._dim // 2, False)
+
+    @property
+    def imag(self: L) -> L:
+        """Imaginary parts of a complex LazyTensor (a real LazyTensor)."""
+        return self._complex_unary("ComplexImag", self._dim // 2, False)
+
+    def angle(self: L) -> L:
+        """Arguments of a complex LazyTensor, in ``[-pi, pi]``."""
+        return self._complex_unary("ComplexAngle", self._dim // 2, False)
+
+    def conj(self: L) -> L:
+        """Complex conjugate."""
+        return self._complex_unary("Conj", self._dim, True)
+
+    def real2complex(self: L) -> L:
+        """A real LazyTensor as the real parts of a complex one."""
+        self._real_only("real2complex")
+        return self._lift()
+
+    def imag2complex(self: L) -> L:
+        """A real LazyTensor as the imaginary parts of a complex one."""
+        self._real_only("imag2complex")
+        return self._new(f"Imag2Complex({self._formula})", self._vars, 2 * self._dim, True)
+
+    def exp1j(self: L) -> L:
+        """``exp(1j * self)`` for a real LazyTensor."""
+        self._real_only("exp1j")
+        return self._new(f"ComplexExp1j({self._formula})", self._vars, 2 * self._dim, True)
+
     def __add__(self: L, o: Any) -> L:
         """``x + y`` (dimension-1 operands broadcast)."""
+        if self._is_complex_operand(o):
+            return self._complex_binary(o, "ComplexAdd")
         return self._binary(o, "({} + {})")
 
     def __radd__(self: L, o: Any) -> L:
@@ -231,6 +338,8 @@ class GenericLazyTensor:
 
     def __sub__(self: L, o: Any) -> L:
         """``x - y``."""
+        if self._is_complex_operand(o):
+            return self._complex_binary(o, "ComplexSubtract")
         return self._binary(o, "({} - {})")
 
     def __rsub__(self: L, o: Any) -> L:
@@ -239,6 +348,8 @@ class GenericLazyTensor:
 
     def __mul__(self: L, o: Any) -> L:
         """``x * y``, elementwise."""
+        if self._is_complex_operand(o):
+            return self._complex_binary(o, "ComplexMult")
         return self._binary(o, "({} * {})")
 
     def __rmul__(self: L, o: Any) -> L:
@@ -247,6 +358,8 @@ class GenericLazyTensor:
 
     def __truediv__(self: L, o: Any) -> L:
         """``x / y``, elementwise."""
+        if self._is_complex_operand(o):
+            return self._complex_binary(o, "ComplexDivide")
         return self._binary(o, "({} / {})")
 
     def __rtruediv__(self: L, o: Any) -> L:
@@ -258,8 +371,8 @@ class GenericLazyTensor:
         return self._unary("Minus")
 
     def __abs__(self: L) -> L:
-        """``abs(x)``."""
-        return self._unary("Abs")
+        """``abs(x)`` (the moduli, for a complex LazyTensor)."""
+        return self.abs()
 
     def __pow__(self: L, p: Any) -> L:
         """``x ** p``: integer powers, square roots, or ``Powf`` for other exponents."""
@@ -308,7 +421,9 @@ class GenericLazyTensor:
 
     # -- elementwise math -------------------------------------------------------------------
     def exp(self: L) -> L:
-        """Elementwise exponential."""
+        """Elementwise exponential (complex for a complex LazyTensor)."""
+        if self._complex:
+            return self._complex_unary("ComplexExp", self._dim, True)
         return self._unary("Exp")
 
     def log(self: L) -> L:
@@ -340,7 +455,9 @@ class GenericLazyTensor:
         return self._unary("Square")
 
     def abs(self: L) -> L:
-        """Elementwise absolute value."""
+        """Elementwise absolute value (the moduli, for a complex LazyTensor)."""
+        if self._complex:
+            return self._complex_unary("ComplexAbs", self._dim // 2, False)
         return self._unary("Abs")
 
     def sign(self: L) -> L:
@@ -612,6 +729,8 @@ class GenericLazyTensor:
                              "the symbolic matrix; use dim=0 (over i) or dim=1 (over j)")
         if not self._vars:
             raise ValueError(f"{reduction}: the formula has no variable")
+        if self._complex and (reduction != "Sum" or weight is not None):
+            raise TypeError(f"{reduction} is not defined for complex LazyTensors (sum is)")
         if kwargs.get("ranges") is not None:
             raise NotImplementedError("ranges (block-sparse reductions) are not supported yet")
         opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
@@ -623,6 +742,8 @@ class GenericLazyTensor:
         formula, aliases = base._named()
         core = compile_core(formula, aliases, reduction, ax, k, f2)
         values, indices = self._run(core, [a for a, _ in base._vars], opts)
+        if self._complex:
+            return self._real_as_complex(values)
         if values is not None and indices is not None:
             return values, indices
         return values if values is not None else indices
@@ -630,6 +751,8 @@ class GenericLazyTensor:
     def sum(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
         """Sum over ``i`` (dim 0) or ``j`` (dim 1); over the coordinates for dim -1."""
         if self._axis(dim, axis) is None:
+            if self._complex:
+                return self._complex_unary("ComplexSum", 2, True)
             return self._unary("Sum", dim=1)
         return self._reduce("Sum", dim, axis, **kwargs)
 
@@ -747,7 +870,10 @@ class GenericLazyTensor:
             else:
                 arrays.append(a)
         values, _ = self._run(core, arrays, make_options())
-        return values.reshape(tuple(values.shape[:-2]) + (n, m, d))
+        if self._complex:
+            d *= 2
+        values = values.reshape(tuple(values.shape[:-2]) + (n, m, d))
+        return self._real_as_complex(values) if self._complex else values
 
 
 def variable_constructors(cls: Any) -> Tuple[Callable[[Any], Any], ...]:

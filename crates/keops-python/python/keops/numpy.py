@@ -70,6 +70,20 @@ class LazyTensor(GenericLazyTensor):
     _run = staticmethod(_run)
 
     @staticmethod
+    def _complex_as_real(x: Any) -> Optional[np.ndarray]:
+        if not np.iscomplexobj(x):
+            return None
+        a = np.ascontiguousarray(x)
+        if a.dtype not in (np.complex64, np.complex128):
+            raise TypeError(f"LazyTensor: expected a complex64 or complex128 array, got {a.dtype}")
+        return a.view(np.float32 if a.dtype == np.complex64 else np.float64)
+
+    @staticmethod
+    def _real_as_complex(a: np.ndarray) -> np.ndarray:
+        a = np.ascontiguousarray(a)
+        return a.view(np.complex64 if a.dtype == np.float32 else np.complex128)
+
+    @staticmethod
     def _repeat_rows(a: np.ndarray, times: int, interleave: bool) -> np.ndarray:
         if interleave:
             return np.repeat(a, times, axis=-2)

@@ -266,6 +266,20 @@ class LazyTensor(GenericLazyTensor):
     _run = staticmethod(_run)
 
     @staticmethod
+    def _complex_as_real(x: Any) -> Optional[torch.Tensor]:
+        if not (isinstance(x, torch.Tensor) and x.is_complex()):
+            return None
+        if x.dtype not in (torch.complex64, torch.complex128):
+            raise TypeError(f"LazyTensor: expected a complex64 or complex128 tensor, got {x.dtype}")
+        r = torch.view_as_real(x.resolve_conj())
+        return r.reshape(tuple(x.shape[:-1]) + (2 * x.shape[-1],)) if x.ndim else r.reshape(2)
+
+    @staticmethod
+    def _real_as_complex(a: torch.Tensor) -> torch.Tensor:
+        pairs = a.reshape(tuple(a.shape[:-1]) + (a.shape[-1] // 2, 2)).contiguous()
+        return torch.view_as_complex(pairs)
+
+    @staticmethod
     def _repeat_rows(a: torch.Tensor, times: int, interleave: bool) -> torch.Tensor:
         if interleave:
             return a.repeat_interleave(times, dim=-2)

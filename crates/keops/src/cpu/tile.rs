@@ -333,6 +333,24 @@ fn apply<T: Real, M: MathMode>(
                 copy_lane(&mut out[c * tile..(c + 1) * tile], l);
             }
         }
+        Op::ComplexPart { imag } => {
+            for c in 0..dim {
+                copy_lane(
+                    &mut out[c * tile..(c + 1) * tile],
+                    lane(0, 2 * c + imag as usize),
+                );
+            }
+        }
+        Op::ToComplex { imag } => {
+            for c in 0..dim {
+                let dst = &mut out[c * tile..(c + 1) * tile];
+                if c % 2 == imag as usize {
+                    copy_lane(dst, lane(0, c / 2));
+                } else {
+                    dst.fill(T::ZERO);
+                }
+            }
+        }
         Op::ElemT { m, .. } => {
             out.fill(T::ZERO);
             copy_lane(&mut out[m * tile..(m + 1) * tile], lane(0, 0));

@@ -220,6 +220,11 @@ fn node_code(s: &mut String, op: &Op, v: &str, dim: usize, a: &[&str], d: &[usiz
             format!("(k < {0} ? {1}[k] : {2}[k - {0}])", d[0], a[0], a[1]),
         ),
         Op::Elem(m) => each(s, format!("{}[{m}]", a[0])),
+        Op::ComplexPart { imag } => each(s, format!("{}[2 * k + {}]", a[0], *imag as u8)),
+        Op::ToComplex { imag } => each(
+            s,
+            format!("(k % 2 == {} ? {}[k / 2] : (T)0)", *imag as u8, a[0]),
+        ),
         Op::ElemT { m, .. } => each(s, format!("(k == {m} ? {}[0] : (T)0)", a[0])),
         Op::OneHot(_) => each(s, format!("(k_round({}[0]) == (T)k ? (T)1 : (T)0)", a[0])),
         Op::TensorDot(td) => {

@@ -89,6 +89,20 @@ pub fn apply<R: Real, M: MathMode>(op: &Op, args: &[&[R]], out: &mut [R]) {
                 *o = if k == c as f64 { R::ONE } else { R::ZERO };
             }
         }
+        Op::ComplexPart { imag } => {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = args[0][2 * k + imag as usize];
+            }
+        }
+        Op::ToComplex { imag } => {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = if k % 2 == imag as usize {
+                    args[0][k / 2]
+                } else {
+                    R::ZERO
+                };
+            }
+        }
         Op::CoordMin | Op::CoordMax | Op::CoordArgMin | Op::CoordArgMax => {
             let a = args[0];
             let is_min = matches!(op, Op::CoordMin | Op::CoordArgMin);

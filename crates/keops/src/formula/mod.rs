@@ -10,6 +10,7 @@
 //! - [`eval`]: the f64 reference evaluator, the oracle of every test;
 //! - [`diff`]: symbolic differentiation (`Grad`, `Diff`, `Laplacian`, ...).
 
+pub mod complex;
 pub mod diff;
 pub mod eval;
 pub mod ops;

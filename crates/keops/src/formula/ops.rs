@@ -587,6 +587,20 @@ pub enum Op {
     CoordArgMin,
     /// `ArgMax(x)`: position of the largest coordinate.
     CoordArgMax,
+    /// `ComplexReal(z)` / `ComplexImag(z)`: the real (imaginary) parts of a complex
+    /// vector stored as interleaved `[re_0, im_0, re_1, im_1, ...]` (dimension `2n` to
+    /// `n`). With [`Op::ToComplex`], the primitives every complex op is built from (see
+    /// [`super::complex`]).
+    ComplexPart {
+        /// The imaginary parts (else the real parts).
+        imag: bool,
+    },
+    /// `Real2Complex(x)` / `Imag2Complex(x)`: the complex vector with real (imaginary)
+    /// parts `x` and zero imaginary (real) parts (dimension `n` to `2n`).
+    ToComplex {
+        /// `x` are the imaginary parts (else the real parts).
+        imag: bool,
+    },
 }
 
 fn dim_err(op: &str, msg: String) -> KeopsError {
@@ -637,6 +651,10 @@ impl Op {
             Op::CoordMax => "Max",
             Op::CoordArgMin => "ArgMin",
             Op::CoordArgMax => "ArgMax",
+            Op::ComplexPart { imag: false } => "ComplexReal",
+            Op::ComplexPart { imag: true } => "ComplexImag",
+            Op::ToComplex { imag: false } => "Real2Complex",
+            Op::ToComplex { imag: true } => "Imag2Complex",
         }
     }
 
@@ -655,7 +673,9 @@ impl Op {
             | Op::CoordMin
             | Op::CoordMax
             | Op::CoordArgMin
-            | Op::CoordArgMax => 1,
+            | Op::CoordArgMax
+            | Op::ComplexPart { .. }
+            | Op::ToComplex { .. } => 1,
             Op::Binary(_)
             | Op::SqDist
             | Op::Scalprod
@@ -750,6 +770,8 @@ impl Op {
                 Ok(dim)
             }
             Op::Concat => Ok(dims[0] + dims[1]),
+            Op::ComplexPart { .. } => super::complex::complex_len(name, dims[0]),
+            Op::ToComplex { .. } => Ok(2 * dims[0]),
             Op::TensorDot(ref td) => {
                 if dims[0] != td.dim_a() || dims[1] != td.dim_b() {
                     return Err(dim_err(
@@ -883,6 +905,9 @@ impl Op {
                 vec![Some(g.mul(&one_hot(&pos, a[0].dim)?)?)]
             }
             Op::CoordArgMin | Op::CoordArgMax => vec![None],
+            // Linear, each the adjoint of the other.
+            Op::ComplexPart { imag } => vec![Some(g.to_complex(imag))],
+            Op::ToComplex { imag } => vec![Some(g.complex_part(imag)?)],
         })
     }
 }
@@ -1167,6 +1192,29 @@ const OTHER_SPECS: [OpSpec; 44] = [
 
 use super::diff;
 
+/// Complex ops (see [`super::complex`]): two primitives, the rest expanded when built.
+const COMPLEX_SPECS: [OpSpec; 17] = [
+    spec!("ComplexReal", 1, 0, |f, _n| f[0].complex_part(false)),
+    spec!("ComplexImag", 1, 0, |f, _n| f[0].complex_part(true)),
+    spec!("Real2Complex", 1, 0, |f, _n| Ok(f[0].to_complex(false))),
+    spec!("Imag2Complex", 1, 0, |f, _n| Ok(f[0].to_complex(true))),
+    spec!("ComplexAdd", 2, 0, |f, _n| f[0].complex_add(&f[1])),
+    spec!("ComplexSubtract", 2, 0, |f, _n| f[0].complex_sub(&f[1])),
+    spec!("ComplexMult", 2, 0, |f, _n| f[0].complex_mult(&f[1])),
+    spec!("ComplexDivide", 2, 0, |f, _n| f[0].complex_divide(&f[1])),
+    spec!("ComplexRealScal", 2, 0, |f, _n| f[0]
+        .complex_real_scal(&f[1])),
+    spec!("Conj", 1, 0, |f, _n| f[0].conj()),
+    spec!("ComplexExp", 1, 0, |f, _n| f[0].complex_exp()),
+    spec!("ComplexExp1j", 1, 0, |f, _n| f[0].complex_exp1j()),
+    spec!("ComplexSquareAbs", 1, 0, |f, _n| f[0].complex_square_abs()),
+    spec!("ComplexAbs", 1, 0, |f, _n| f[0].complex_abs()),
+    spec!("ComplexAngle", 1, 0, |f, _n| f[0].complex_angle()),
+    spec!("ComplexSum", 1, 0, |f, _n| f[0].complex_sum()),
+    spec!("ComplexSumT", 1, 1, |f, n| f[0]
+        .complex_sum_t(usize_param("ComplexSumT", n[0])?)),
+];
+
 /// KeOps' differential operators, expanded when built (see [`diff`]).
 const DIFF_SPECS: [OpSpec; 7] = [
     spec!("Grad", 3, 0, |f, _n| diff::grad(&f[0], &f[1], &f[2])),
@@ -1185,7 +1233,13 @@ const DIFF_SPECS: [OpSpec; 7] = [
 ];
 
 /// Every named constructor of the formula language.
-pub static OP_TABLE: [&[OpSpec]; 4] = [&UNARY_SPECS, &BINARY_SPECS, &OTHER_SPECS, &DIFF_SPECS];
+pub static OP_TABLE: [&[OpSpec]; 5] = [
+    &UNARY_SPECS,
+    &BINARY_SPECS,
+    &OTHER_SPECS,
+    &COMPLEX_SPECS,
+    &DIFF_SPECS,
+];
 
 /// Looks up a name of the formula language.
 pub fn lookup(name: &str) -> Option<&'static OpSpec> {
@@ -1540,6 +1594,14 @@ impl Formula {
     /// `OneHot(self, d)`.
     pub fn one_hot(&self, d: usize) -> Result<Formula> {
         Formula::new(Op::OneHot(d), vec![self.clone()])
+    }
+    /// `ComplexReal(self)` or `ComplexImag(self)` (`self` of even dimension).
+    pub fn complex_part(&self, imag: bool) -> Result<Formula> {
+        Formula::new(Op::ComplexPart { imag }, vec![self.clone()])
+    }
+    /// `Real2Complex(self)` or `Imag2Complex(self)`.
+    pub fn to_complex(&self, imag: bool) -> Formula {
+        node(Op::ToComplex { imag }, vec![self.clone()])
     }
     /// `Min`, `Max`, `ArgMin` or `ArgMax` over the coordinates of `self`.
     pub fn coord_reduce(&self, op: Op) -> Formula {
