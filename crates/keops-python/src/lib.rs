@@ -268,10 +268,17 @@ fn gpu_available() -> bool {
     keops::cuda::available()
 }
 
+/// Every name of the formula language (the op table), for coverage tests and tools.
+#[pyfunction]
+fn op_names() -> Vec<&'static str> {
+    keops::formula::ops::all_specs().map(|s| s.name).collect()
+}
+
 #[pymodule]
 fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Genred>()?;
     m.add_function(wrap_pyfunction!(gpu_available, m)?)?;
+    m.add_function(wrap_pyfunction!(op_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

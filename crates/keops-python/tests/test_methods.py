@@ -58,6 +58,35 @@ def rect_dense(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return mv + vm
 
 
+def bspline_dense(t: np.ndarray, x: np.ndarray, order: int) -> np.ndarray:
+    """Cox-de Boor (0/0 = 0) on the last axis, vectorised over the leading ones."""
+    lead = np.broadcast_shapes(t.shape[:-1], x.shape[:-1])
+    t, x = np.broadcast_to(t, lead + t.shape[-1:]), np.broadcast_to(x[..., :1], lead + (1,))
+    b = ((t[..., :-1] <= x) & (x < t[..., 1:])).astype(float)
+    frac = lambda a, d: np.where(d > 0, a / np.where(d > 0, d, 1), 0.0)  # noqa: E731
+    for k in range(1, order + 1):
+        K = t.shape[-1]
+        i = np.arange(K - 1 - k)
+        b = (frac(x - t[..., i], t[..., i + k] - t[..., i]) * b[..., i]
+             + frac(t[..., i + k + 1] - x, t[..., i + k + 1] - t[..., i + 1]) * b[..., i + 1])
+    return b
+
+
+def softdtw_dense(x: np.ndarray, y: np.ndarray, g: float) -> np.ndarray:
+    """Soft-DTW (squared differences) of the series on the last axes, per (i, j)."""
+    x, y = np.broadcast_arrays(x, y)
+    n, m = x.shape[-1], y.shape[-1]
+    r = np.full(x.shape[:-1] + (n + 1, m + 1), np.inf)
+    r[..., 0, 0] = 0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            c = np.stack([r[..., i - 1, j - 1], r[..., i - 1, j], r[..., i, j - 1]])
+            mn = c.min(0)
+            r[..., i, j] = (x[..., i - 1] - y[..., j - 1]) ** 2 + mn - g * np.log(
+                np.exp(-(c - mn) / g).sum(0))
+    return r[..., n, m][..., None]
+
+
 def kron2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``numpy.kron`` of (x, y0) as 2x2 with (y, x) as 2x3, per (i, j) pair."""
     x, y = np.broadcast_arrays(x, y)
@@ -132,6 +161,20 @@ CASES: List[Tuple[str, Callable, Callable]] = [
     ("kron3", lambda x, y, p: x.concat(y).concat(x.elem(0)).concat(y.elem(0)).keops_kron(
         y, (2, 2, 2), (1, 3, 1)),
      lambda x, y, p: kron3(x, y)),
+    # Sorted knots (a parameter), evaluated at 2.5 y_0 + x_0 / 10.
+    ("bspline", lambda x, y, p: p.concat(p + 1).concat(p + 2).bspline(
+        y.elem(0) * 2.5 + x.elem(0) / 10, 2)
+     + p.concat(p + 1).bspline(y.elem(1) * 2, 0).sum(-1),
+     lambda x, y, p: bspline_dense(np.concatenate([p, p + 1, p + 2]), 2.5 * y[..., :1]
+                                   + x[..., :1] / 10, 2)
+     + bspline_dense(np.concatenate([p, p + 1]), 2 * y[..., 1:2], 0).sum(-1, keepdims=True)),
+    ("softdtw", lambda x, y, p: x.softdtw_sqdist(y, 0.5) + (x * 2).softdtw_sqdist(y, p.elem(0)),
+     lambda x, y, p: softdtw_dense(x, y, 0.5) + softdtw_dense(2 * x, y, P[0])),
+    ("trace_operator", lambda x, y, p: (x * y * p).trace_operator(x),
+     lambda x, y, p: (y * p).sum(-1, keepdims=True)),
+    ("difference_matrix", lambda x, y, p: x.difference_matrix(y.extract(0, 2)),
+     lambda x, y, p: (x[..., None, :] - y[..., :2, None]).reshape(
+         *np.broadcast_shapes(x.shape[:-1], y.shape[:-1]), 2 * D)),
     ("factorize", lambda x, y, p: (x.sqdist(y) * (-x.sqdist(y)).exp()).factorize(x.sqdist(y))
      + (x.sqdist(y) * x.sqdist(y).sin()).auto_factorize(),
      lambda x, y, p: (lambda d: d * np.exp(-d) + d * np.sin(d))(((x - y) ** 2).sum(-1, keepdims=True))),

@@ -298,3 +298,26 @@ def test_out_receives_the_result() -> None:
     out = torch.empty(5, 1, dtype=torch.float64)
     assert op(x, y, out=out) is out
     torch.testing.assert_close(out, ((x[:, None] - y[None]) ** 2).sum((1, 2))[:, None])
+
+
+@pytest.mark.parametrize("name", ["trig_mod", "matrix", "kron", "bspline", "softdtw"])
+def test_new_ops_gradcheck(name: str) -> None:
+    """``torch.autograd.gradcheck`` through the ops of keopscore 2.3 added with issue 6."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(3, 4, generator=g, dtype=torch.float64) + 0.2).requires_grad_()
+    y = (torch.rand(5, 4, generator=g, dtype=torch.float64) + 0.2).requires_grad_()
+
+    def k(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        xi, yj = Vi(x), Vj(y)
+        f = {
+            "trig_mod": lambda: (xi - yj).atan() + xi.atan2(yj) + (xi * yj * 0.5).asin()
+            + (3 * xi).mod(yj + 1) + (xi - yj).sinc(),
+            "matrix": lambda: xi.matvecmult(yj.extract(0, 2)).concat(
+                yj.extract(0, 2).vecmatmult(xi)) + xi.tensorprod(yj).sum(-1),
+            "kron": lambda: xi.keops_kron(yj, (2, 2), (2, 2)),
+            "bspline": lambda: (xi.concat(xi + 1)).bspline(yj.elem(0) + 0.5, 2),
+            "softdtw": lambda: xi.softdtw_sqdist(yj, yj.elem(1) + 0.1),
+        }[name]()
+        return f.sum(dim=1)
+
+    assert torch.autograd.gradcheck(k, (x, y))

@@ -455,6 +455,25 @@ fn op_cases(name: &str, side: Side) -> Option<Vec<String>> {
             }
             c
         }
+        "ExtractT" => vec![
+            f(format!("ExtractT({v3}, 2, 6)")),
+            f(format!("ExtractT({v1}, 0, 3)")),
+        ],
+        "DifferenceMatrix" => vec![
+            f(format!("DifferenceMatrix({v3}, {w3})")),
+            f(format!("DifferenceMatrix({v1}, Extract({w3}, 0, 2))")),
+        ],
+        "BSpline" => vec![
+            f(format!("BSpline(Concat({v3}, {w3}), {v1}, 2)")),
+            f(format!("BSpline(Concat({v3}, {w3}), {w1}, 0)")),
+            f(format!(
+                "BSpline(Concat(Concat({v3}, {w3}), {w3} + 1), {v1}, 3)"
+            )),
+        ],
+        "SoftDTW_SqDist" => vec![
+            f(format!("SoftDTW_SqDist({v3}, {w3}, {pos1})")),
+            f(format!("SoftDTW_SqDist({v1}, Concat({w3}, {v3}), {pos1})")),
+        ],
         "AutoFactorize" => vec![f(format!(
             "AutoFactorize(Exp(-SqNorm2({v3})) * SqNorm2({v3}))"
         ))],
@@ -795,6 +814,10 @@ const VECTOR: &[&str] = &[
     "Kron",
     "Factorize",
     "AutoFactorize",
+    "ExtractT",
+    "DifferenceMatrix",
+    "BSpline",
+    "SoftDTW_SqDist",
     "Min",
     "Max",
     "ArgMin",

@@ -620,6 +620,24 @@ class GenericLazyTensor:
         inds = f", Ind({','.join(map(str, da))}), Ind({','.join(map(str, db))})"
         return self._binary(o, "Kron({}, {}" + inds + ")", dim=self._dim * o._dim)
 
+    def bspline(self: L, x: Any, k: int = 0) -> L:
+        """``BSpline(knots, x, k)``: the ``dim(self) - k - 1`` B-spline basis functions
+        of degree ``k`` on the knots ``self`` at the scalar ``x``."""
+        o = self._wrap(x)
+        return self._binary(o, "BSpline({}, {}" + f", {int(k)})",
+                            dim=self._dim - int(k) - 1)
+
+    def softdtw_sqdist(self: L, y: Any, gamma: Any) -> L:
+        """Soft-DTW discrepancy between the series ``self`` and ``y`` for the squared
+        difference cost, with smoothing ``gamma`` (a scalar)."""
+        return self._ternary(y, gamma, "SoftDTW_SqDist({}, {}, {})", 1)
+
+    def difference_matrix(self: L, y: Any) -> L:
+        """The row-major ``(dim(y), dim(self))`` matrix of differences, flattened:
+        ``out[j * dim(self) + i] = self[i] - y[j]``."""
+        o = self._wrap(y)
+        return self._binary(o, "DifferenceMatrix({}, {})", dim=self._dim * o._dim)
+
     def matvecmult(self: L, v: Any) -> L:
         """The matrix ``self`` (``n x p``, row-major) times the vector ``v`` (dim ``p``)."""
         o = self._wrap(v)
@@ -699,6 +717,12 @@ class GenericLazyTensor:
         """``GradMatrix(F, v)``: the Jacobian, flattened (``dim F * dim v``)."""
         self._variable(v, "grad_matrix")
         return self._binary(v, "GradMatrix({}, {})", dim=self._dim * v._dim)
+
+    def trace_operator(self: L, v: "GenericLazyTensor") -> L:
+        """``TraceOperator(F, v)``: for ``F`` linear in the variable ``v`` (same
+        dimension), the trace of that linear map (a scalar)."""
+        self._variable(v, "trace_operator")
+        return self._binary(v, "TraceOperator({}, {})", dim=1)
 
     # -- reductions ---------------------------------------------------------------------------
     def _named(self) -> Tuple[str, Tuple[str, ...]]:

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod ops;
 pub mod parse;
 mod print;
+mod recurrence;
 pub mod tensordot;
 
 use std::collections::HashMap;

@@ -871,17 +871,7 @@ impl Op {
                 let (gs, gx) = super::diff::partials(weighted_sqnorm_expansion, s, x, g)?;
                 vec![Some(gs), Some(gx)]
             }
-            Op::Extract { start, dim } => {
-                let n = a[0].dim;
-                let mut out = g.clone();
-                if start > 0 {
-                    out = Formula::zero(start)?.concat(&out)?;
-                }
-                if start + dim < n {
-                    out = out.concat(&Formula::zero(n - start - dim)?)?;
-                }
-                vec![Some(out)]
-            }
+            Op::Extract { start, .. } => vec![Some(g.extract_t(start, a[0].dim)?)],
             // Bilinear: each operand's gradient contracts g with the other one.
             Op::TensorDot(ref td) => vec![
                 Some(g.tensordot(&a[1], td.grad_a()?)?),
@@ -1049,7 +1039,7 @@ const BINARY_SPECS: [OpSpec; 10] = binary_spec!(
     NotEqual
 );
 
-const OTHER_SPECS: [OpSpec; 44] = [
+const OTHER_SPECS: [OpSpec; 48] = [
     spec!("Vi", 0, 2, |_f, n| Formula::var(
         Cat::Vi,
         usize_param("Vi", n[0])?,
@@ -1135,6 +1125,16 @@ const OTHER_SPECS: [OpSpec; 44] = [
         usize_param("Extract", n[1])?
     )),
     spec!("Concat", 2, 0, |f, _n| f[0].concat(&f[1])),
+    spec!("ExtractT", 1, 2, |f, n| f[0].extract_t(
+        usize_param("ExtractT", n[0])?,
+        usize_param("ExtractT", n[1])?
+    )),
+    spec!("DifferenceMatrix", 2, 0, |f, _n| f[0]
+        .difference_matrix(&f[1])),
+    spec!("BSpline", 2, 1, |f, n| f[0]
+        .bspline(&f[1], usize_param("BSpline", n[0])?)),
+    spec!("SoftDTW_SqDist", 3, 0, |f, _n| f[0]
+        .softdtw_sqdist(&f[1], &f[2])),
     spec!("Elem", 1, 1, |f, n| f[0].elem(usize_param("Elem", n[0])?)),
     spec!("ElemT", 1, 2, |f, n| f[0].elem_t(
         usize_param("ElemT", n[0])?,
@@ -1516,6 +1516,35 @@ impl Formula {
             return Ok(self.clone());
         }
         Formula::new(Op::Extract { start, dim }, vec![self.clone()])
+    }
+    /// `ExtractT(self, start, dim)`: the vector of dimension `dim` holding `self` at
+    /// `start..start + self.dim` and zeros elsewhere (the adjoint of `Extract`).
+    pub fn extract_t(&self, start: usize, dim: usize) -> Result<Formula> {
+        if start + self.dim > dim {
+            return Err(dim_err(
+                "ExtractT",
+                format!(
+                    "a vector of dimension {} at {start} does not fit in dimension {dim}",
+                    self.dim
+                ),
+            ));
+        }
+        let mut out = self.clone();
+        if start > 0 {
+            out = Formula::zero(start)?.concat(&out)?;
+        }
+        if start + self.dim < dim {
+            out = out.concat(&Formula::zero(dim - start - self.dim)?)?;
+        }
+        Ok(out)
+    }
+    /// `DifferenceMatrix(self, y)`: `out[j * n + i] = self[i] - y[j]` (`n = self.dim`),
+    /// the row-major `(dim(y), n)` matrix of differences (pykeops' `difference_matrix`).
+    pub fn difference_matrix(&self, y: &Formula) -> Result<Formula> {
+        let ones = |d: usize| Formula::int(1).sum_t(d);
+        ones(y.dim)?
+            .tensor_prod(self)?
+            .sub(&y.tensor_prod(&ones(self.dim)?)?)
     }
     /// `Concat(self, other)`.
     pub fn concat(&self, other: &Formula) -> Result<Formula> {

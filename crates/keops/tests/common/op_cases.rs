@@ -66,6 +66,13 @@ pub fn cases(name: &str) -> Option<Vec<&'static str>> {
             "Kron(S, Concat(x, b), Ind(3,3), Ind(2,2))",
             "Kron(x, y, Ind(3), Ind(3))",
         ],
+        "ExtractT" => vec!["ExtractT(x * y, 1, 5)"],
+        "DifferenceMatrix" => vec!["DifferenceMatrix(x, y * a)"],
+        "BSpline" => vec![
+            "BSpline(Concat(Concat(x, y), Concat(x, y) * 2), a, 2)",
+            "BSpline(Concat(x, y + 1), b, 1) * a",
+        ],
+        "SoftDTW_SqDist" => vec!["SoftDTW_SqDist(x, y, a)", "SoftDTW_SqDist(x * a, y, p)"],
         "AutoFactorize" => vec!["AutoFactorize(Exp(-SqDist(x, y)) * SqDist(x, y))"],
         "Factorize" => vec!["Factorize(Exp(-SqDist(x, y)) * Sin(SqDist(x, y)), SqDist(x, y))"],
         "ComplexReal" => vec!["ComplexReal(Concat(x, y) * a)"],
