@@ -293,6 +293,13 @@ proptest! {
     /// the transpose of `Grad`.
     #[test]
     fn gradients_match_finite_differences(f in formula(), seed in any::<u64>()) {
+        // Staircases (Floor, Round, Mod) have derivative 0 almost everywhere, but on a
+        // steep operand finite differences measure the slope of the stairs: no test.
+        prop_assume!(!f.topo_order().iter().any(|n| matches!(
+            n.op,
+            keops::formula::Op::Unary(Unary::Floor | Unary::Round(_))
+                | keops::formula::Op::Ternary(Ternary::Mod)
+        )));
         let mut rng = Rng::new(seed);
         let e = Formula::pm(90, f.dim).unwrap();
         for v in f.variables() {
