@@ -74,24 +74,26 @@ impl Formula {
         lift(re)?.to_complex(false).add(&lift(im)?.to_complex(true))
     }
 
+    /// `op(self, b)` for `Add` or `Subtract`, which act on real and imaginary parts
+    /// alike: the real op itself when the dimensions are equal, else on the parts (one
+    /// of them a broadcast complex scalar).
+    fn complex_partwise(&self, op: Binary, name: &str, b: &Formula) -> Result<Formula> {
+        check_pair(name, self, b)?;
+        if self.dim == b.dim {
+            return self.binary(op, b);
+        }
+        let ((ar, ai), (br, bi)) = (self.parts(name)?, b.parts(name)?);
+        Formula::from_parts(&ar.binary(op, &br)?, &ai.binary(op, &bi)?)
+    }
+
     /// `ComplexAdd(self, b)`.
     pub fn complex_add(&self, b: &Formula) -> Result<Formula> {
-        check_pair("ComplexAdd", self, b)?;
-        if self.dim == b.dim {
-            return self.add(b);
-        }
-        let ((ar, ai), (br, bi)) = (self.parts("ComplexAdd")?, b.parts("ComplexAdd")?);
-        Formula::from_parts(&ar.add(&br)?, &ai.add(&bi)?)
+        self.complex_partwise(Binary::Add, "ComplexAdd", b)
     }
 
     /// `ComplexSubtract(self, b)`.
     pub fn complex_sub(&self, b: &Formula) -> Result<Formula> {
-        check_pair("ComplexSubtract", self, b)?;
-        if self.dim == b.dim {
-            return self.sub(b);
-        }
-        let ((ar, ai), (br, bi)) = (self.parts("ComplexSubtract")?, b.parts("ComplexSubtract")?);
-        Formula::from_parts(&ar.sub(&br)?, &ai.sub(&bi)?)
+        self.complex_partwise(Binary::Subtract, "ComplexSubtract", b)
     }
 
     /// `ComplexMult(self, b)`: the elementwise complex product.

@@ -270,6 +270,17 @@ pub trait Kernel2<R: Real> {
     fn run<F: Fn(R, R) -> R + Copy>(self, f: F) -> Self::Out;
 }
 
+/// A [`Kernel2`] that evaluates the op's function at one pair of operands.
+struct At<R>(R, R);
+
+impl<R: Real> Kernel2<R> for At<R> {
+    type Out = R;
+    #[inline(always)]
+    fn run<F: Fn(R, R) -> R + Copy>(self, f: F) -> R {
+        f(self.0, self.1)
+    }
+}
+
 /// `x^m` for an integer `m`, by repeated squaring (the loop depends on `m` only).
 #[inline(always)]
 pub fn powi<R: Real>(x: R, m: i32) -> R {
@@ -372,21 +383,10 @@ impl Binary {
             Binary::NotEqual => k.run(|a: R, b: R| indicator(a != b)),
         }
     }
-    /// The scalar semantics.
+    /// The scalar semantics (the expression [`Binary::with_kernel`] holds).
     #[inline(always)]
     pub fn apply<R: Real, M: MathMode>(self, a: R, b: R) -> R {
-        match self {
-            Binary::Add => a + b,
-            Binary::Subtract => a - b,
-            Binary::Mult => a * b,
-            Binary::Divide => a / b,
-            Binary::Powf => a.powf_::<M>(b),
-            Binary::Atan2 => a.atan2_(b),
-            Binary::LessThan => indicator(a < b),
-            Binary::LessOrEqual => indicator(a <= b),
-            Binary::Equal => indicator(a == b),
-            Binary::NotEqual => indicator(a != b),
-        }
+        self.with_kernel::<R, M, _>(At(a, b))
     }
     /// The op as a C expression of the operands `a` and `b` (expressions of type `T`).
     pub fn c_expr(self, a: &str, b: &str) -> String {
@@ -932,11 +932,11 @@ fn one_hot(pos: &Formula, d: usize) -> Result<Formula> {
     inside(pos, &range, &range)
 }
 
-/// Checks that the weight `s` of `op(s, x)` has dimension `want` (KeOps' `SqNormIso`,
-/// `SqNormDiag`, `SymSqNorm`: the layouts that `WeightedSqNorm` picks by dimension).
-fn weight_layout(op: &str, s: &Formula, x: &Formula, want: usize) -> Result<()> {
+/// `WeightedSqNorm(s, x)` for a weight `s` that must have dimension `want` (KeOps'
+/// `SqNormIso`, `SqNormDiag`, `SymSqNorm`: the layouts `WeightedSqNorm` picks by dimension).
+fn weight_layout(op: &str, s: &Formula, x: &Formula, want: usize) -> Result<Formula> {
     if s.dim == want {
-        Ok(())
+        s.weighted_sqnorm(x)
     } else {
         Err(dim_err(
             op,
@@ -1102,22 +1102,19 @@ const OTHER_SPECS: [OpSpec; 48] = [
         &f[0],
         &f[1],
         1
-    )
-    .and_then(|()| f[0].weighted_sqnorm(&f[1]))),
+    )),
     spec!("SqNormDiag", 2, 0, |f, _n| weight_layout(
         "SqNormDiag",
         &f[0],
         &f[1],
         f[1].dim
-    )
-    .and_then(|()| f[0].weighted_sqnorm(&f[1]))),
+    )),
     spec!("SymSqNorm", 2, 0, |f, _n| weight_layout(
         "SymSqNorm",
         &f[0],
         &f[1],
         f[1].dim * f[1].dim
-    )
-    .and_then(|()| f[0].weighted_sqnorm(&f[1]))),
+    )),
     spec!("WeightedSqDist", 3, 0, |f, _n| f[0]
         .weighted_sqdist(&f[1], &f[2])),
     spec!("Extract", 1, 2, |f, n| f[0].extract(

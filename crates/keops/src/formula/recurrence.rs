@@ -72,10 +72,12 @@ impl Formula {
             })
             .collect::<Result<_>>()?;
         for k in 1..=order {
+            // B_{i,k} uses w(i, k) and w(i + 1, k): each weight serves two splines.
+            let ws: Vec<Formula> = (0..k_knots - k).map(|i| w(i, k)).collect::<Result<_>>()?;
             b = (0..k_knots - 1 - k)
                 .map(|i| {
-                    let one_minus = Formula::int(1).sub(&w(i + 1, k)?)?;
-                    w(i, k)?.mul(&b[i])?.add(&one_minus.mul(&b[i + 1])?)
+                    let one_minus = Formula::int(1).sub(&ws[i + 1])?;
+                    ws[i].mul(&b[i])?.add(&one_minus.mul(&b[i + 1])?)
                 })
                 .collect::<Result<_>>()?;
         }
