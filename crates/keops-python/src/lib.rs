@@ -7,7 +7,10 @@
 //! (`python/keops/numpy.py`).
 
 use keops::{AccType, Arg, Backend, Element, KeopsError, Options, Reduced, Reduction, SumScheme};
-use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods};
+use std::sync::Arc;
+
+mod cluster;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -146,7 +149,8 @@ impl Genred {
 
     /// Runs the reduction on C-contiguous float32 or float64 arrays (all of one dtype).
     /// Returns `(values, indices)`, either possibly `None`.
-    #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0))]
+    /// `ranges` makes it block-sparse (see [`Ranges`]).
+    #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn __call__<'py>(
         &self,
@@ -157,6 +161,7 @@ impl Genred {
         threads: Option<usize>,
         backend: &str,
         device_id: usize,
+        ranges: Option<PyRef<'py, Ranges>>,
     ) -> PyResult<Outputs<'py>> {
         let (backend, gpu_scheme) = Backend::with_scheme(backend).map_err(to_py)?;
         let opts = Options {
@@ -175,6 +180,7 @@ impl Genred {
             backend,
             gpu_scheme,
             device_id,
+            ranges: ranges.map(|r| r.inner.clone()),
             ..Options::default()
         };
         match args.first() {
@@ -261,6 +267,59 @@ impl Genred {
     }
 }
 
+/// KeOps' block-sparse `ranges`, checked once: built from the six int64 arrays
+/// `(ranges_i, slices_i, redranges_j, ranges_j, slices_j, redranges_i)`.
+#[pyclass(module = "keops._keops", frozen)]
+struct Ranges {
+    inner: Arc<keops::Ranges>,
+}
+
+#[pymethods]
+impl Ranges {
+    /// Checks the six arrays (`(n, 2)` ranges flattened or not; see `keops::Ranges`).
+    #[new]
+    fn new(arrays: Vec<PyReadonlyArray1<'_, i64>>) -> PyResult<Self> {
+        let a: Vec<&[i64]> = arrays
+            .iter()
+            .map(|a| {
+                a.as_slice()
+                    .map_err(|_| PyValueError::new_err("ranges: arrays must be contiguous"))
+            })
+            .collect::<PyResult<_>>()?;
+        let [ri, si, rj, rj2, sj, ri2] = a[..] else {
+            return Err(PyValueError::new_err(format!(
+                "ranges: expected 6 arrays (ranges_i, slices_i, redranges_j, ranges_j, slices_j, redranges_i), got {}",
+                a.len()
+            )));
+        };
+        let inner = keops::Ranges::from_keops(ri, si, rj, rj2, sj, ri2).map_err(to_py)?;
+        Ok(Ranges {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The six arrays, `(n, 2)` ones flattened (reduced ranges sorted per cluster).
+    fn to_keops<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyArray1<i64>>> {
+        self.inner
+            .to_keops()
+            .into_iter()
+            .map(|v| PyArray1::from_vec(py, v))
+            .collect()
+    }
+
+    /// For a reduction along `axis` with `n_out` output rows in each of `nbatch` batch
+    /// entries: which rows visit no pair (their gradients are 0).
+    fn empty_rows<'py>(
+        &self,
+        py: Python<'py>,
+        axis: usize,
+        n_out: usize,
+        nbatch: usize,
+    ) -> Bound<'py, PyArray1<bool>> {
+        PyArray1::from_vec(py, self.inner.for_axis(axis).empty_rows(nbatch * n_out))
+    }
+}
+
 /// The compiled core of `keops`.
 /// Whether reductions can run on a GPU here: a CUDA driver, a device and NVRTC.
 #[pyfunction]
@@ -277,6 +336,8 @@ fn op_names() -> Vec<&'static str> {
 #[pymodule]
 fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Genred>()?;
+    m.add_class::<Ranges>()?;
+    cluster::register(m)?;
     m.add_function(wrap_pyfunction!(gpu_available, m)?)?;
     m.add_function(wrap_pyfunction!(op_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

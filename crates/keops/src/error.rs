@@ -71,6 +71,14 @@ pub enum KeopsError {
         /// Details.
         msg: String,
     },
+    /// A block-sparse `ranges` argument is malformed or does not fit the data.
+    #[error("ranges: {part} {msg}")]
+    Ranges {
+        /// Which of KeOps' six arrays (`ranges_i`, `slices_i`, `redranges_j`, ...).
+        part: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
     /// The requested backend is not available on this machine.
     #[error("backend {backend} is not available: {msg}")]
     Backend {

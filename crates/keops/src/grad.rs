@@ -235,7 +235,7 @@ impl Gradient {
         output_grad: &Arg<'_, T>,
         opts: &Options,
     ) -> Result<Array<T>> {
-        let problem = Problem::new(&self.forward, args)?;
+        let problem = Problem::new(&self.forward, args)?.with_ranges(opts.ranges.as_deref())?;
         let (shape_v, shape_i) = problem.output_shapes();
         let expected = if self.forward.spec().output_dims().0 > 0 {
             shape_v
@@ -298,7 +298,16 @@ impl Gradient {
                         }
                     });
                 }
-                let out = values(genred.call_with(&all, opts)?.values)?;
+                let mut out = values(genred.call_with(&all, opts)?.values)?;
+                if genred.spec().kind == Reduction::SumSoftMaxWeight && self.side != Side::Reduced {
+                    // A soft-max average over no pair is 0/0; its gradient is 0.
+                    let dim = genred.spec().output_dims().0;
+                    for (row, empty) in problem.empty_rows().into_iter().enumerate() {
+                        if empty {
+                            out.data[row * dim..(row + 1) * dim].fill(T::ZERO);
+                        }
+                    }
+                }
                 let out = if self.side == Side::Param {
                     sum_rows(out)
                 } else {

@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod cpu;
 pub mod cuda;
 pub mod error;
@@ -33,6 +34,7 @@ pub mod jvp;
 pub mod lazy;
 pub mod math;
 pub mod plan;
+pub mod ranges;
 pub mod real;
 pub mod reduction;
 pub mod reference;
@@ -45,4 +47,5 @@ pub use lazy::{LazyTensor, Pm, Vi, Vj};
 pub use plan::{
     AccType, Arg, Array, Backend, CpuKernel, Element, Genred, Options, Reduced, SumScheme,
 };
+pub use ranges::{Blocks, Ranges};
 pub use reduction::Reduction;

@@ -121,7 +121,7 @@ impl Backend {
 }
 
 /// Options of a call, with KeOps' defaults.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
     /// Precision of in-tile sums.
     pub dtype_acc: AccType,
@@ -140,6 +140,9 @@ pub struct Options {
     /// Caps the CPU instruction set (`None`: the best this CPU has; the environment
     /// variable `KEOPS_CPU_ISA` caps it too). For testing and comparing code paths.
     pub isa: Option<crate::cpu::Isa>,
+    /// Block-sparse mode: the blocks of the symbolic matrix to visit (KeOps' `ranges`),
+    /// shared by every reduction of a call (gradients use the other half).
+    pub ranges: Option<std::sync::Arc<crate::ranges::Ranges>>,
 }
 
 /// What a formula expects of one argument.
@@ -325,7 +328,7 @@ impl Genred {
 
     /// Runs the reduction.
     pub fn call_with<T: Element>(&self, args: &[Arg<'_, T>], opts: &Options) -> Result<Reduced<T>> {
-        let problem = Problem::new(self, args)?;
+        let problem = Problem::new(self, args)?.with_ranges(opts.ranges.as_deref())?;
         let gpu = match opts.backend {
             Backend::Gpu => true,
             Backend::Cpu => false,
@@ -423,6 +426,8 @@ pub struct Problem<'a, T> {
     pub n_i: usize,
     /// Number of `j` rows.
     pub n_j: usize,
+    /// Block-sparse mode: the blocks to visit (checked against the sizes).
+    pub ranges: Option<&'a crate::ranges::Blocks>,
 }
 
 impl<'a, T: Element> Problem<'a, T> {
@@ -568,6 +573,7 @@ impl<'a, T: Element> Problem<'a, T> {
             // A side with no variable has one row, as in KeOps.
             n_i: n[0].unwrap_or(1),
             n_j: n[1].unwrap_or(1),
+            ranges: None,
         };
         if let Some(k) = genred.spec.kind.k() {
             let (_, n_red) = problem.sizes();
@@ -579,6 +585,29 @@ impl<'a, T: Element> Problem<'a, T> {
             }
         }
         Ok(problem)
+    }
+
+    /// Restricts the problem to the blocks of `ranges` (its half for this axis),
+    /// checked against the sizes.
+    pub fn with_ranges(mut self, ranges: Option<&'a crate::ranges::Ranges>) -> Result<Self> {
+        if let Some(r) = ranges {
+            r.check(self.n_i, self.n_j, self.batch_len())?;
+            self.ranges = Some(r.for_axis(self.genred.axis));
+        }
+        Ok(self)
+    }
+
+    /// For each output row (over the flattened batch), whether its reduction visits no
+    /// pair: every row when the reduced axis is empty, and in block-sparse mode the rows
+    /// in no cluster or in a cluster without reduced ranges.
+    pub fn empty_rows(&self) -> Vec<bool> {
+        let (n_out, n_red) = self.sizes();
+        let total = self.batch_len() * n_out;
+        match self.ranges {
+            _ if n_red == 0 => vec![true; total],
+            None => vec![false; total],
+            Some(blocks) => blocks.empty_rows(total),
+        }
     }
 
     /// Number of batch entries.

@@ -177,3 +177,64 @@ fn two_threads_at_once() {
         }
     });
 }
+
+#[test]
+fn block_sparse_matches_the_cpu_engine() {
+    if !gpu() {
+        return;
+    }
+    let al = common::REDUCTION_ALIASES;
+    for batch in [vec![], vec![2]] {
+        let nb = batch.iter().product::<usize>();
+        let (ni, nj) = (300, 700);
+        let inp = inputs(ni, nj, &batch, 9);
+        // Clusters of 37 (i) and 53 (j) rows per batch entry, a third of the pairs kept,
+        // some clusters with nothing kept (their rows hold the empty reduction).
+        let cl = |n: usize, size: usize| -> Vec<std::ops::Range<usize>> {
+            (0..nb)
+                .flat_map(|b| {
+                    (0..n.div_ceil(size))
+                        .map(move |c| b * n + c * size..b * n + ((c + 1) * size).min(n))
+                })
+                .collect()
+        };
+        let (ci, cj) = (cl(ni, 37), cl(nj, 53));
+        let keep: Vec<bool> = (0..ci.len() * cj.len())
+            .map(|t| {
+                let (a, c) = (t / cj.len(), t % cj.len());
+                ci[a].start / ni == cj[c].start / nj && (a + 2 * c) % 3 == 0 && a % 5 != 4
+            })
+            .collect();
+        let ranges = std::sync::Arc::new(keops::cluster::from_matrix(&ci, &cj, &keep).unwrap());
+        for (f, w, r) in common::reduction_cases() {
+            for axis in [0, 1] {
+                let g = match w {
+                    Some(w) => Genred::with_weight(f, w, &al, r, axis),
+                    None => Genred::new(f, &al, r, axis),
+                }
+                .unwrap();
+                let cpu = Options {
+                    ranges: Some(ranges.clone()),
+                    ..Options::default()
+                };
+                let want = run_as::<f64>(&g, &inp, &cpu).unwrap();
+                for sum in [SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan] {
+                    let o = Options {
+                        ranges: Some(ranges.clone()),
+                        ..opts(GpuScheme::Auto, sum)
+                    };
+                    let ctx = format!(
+                        "block-sparse {} axis {axis} {sum:?} batch {batch:?}",
+                        r.name()
+                    );
+                    let scale = vec![100.0; want.values.as_ref().map_or(0, |v| v.data.len())];
+                    let got = run_as::<f64>(&g, &inp, &o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    check_values(&got, &want, Some(&scale), tol_for::<f64>(), &ctx);
+                    check_indices_exact(&got, &want, &ctx);
+                    let got = run_as::<f32>(&g, &inp, &o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    check_values(&got, &want, Some(&scale), tol_for::<f32>(), &ctx);
+                }
+            }
+        }
+    }
+}

@@ -20,17 +20,6 @@ use keops::{
     SumScheme,
 };
 
-fn aliases(bd: usize) -> Vec<String> {
-    vec![
-        "x = Vi(0,3)".into(),
-        "y = Vj(1,3)".into(),
-        format!("b = Vj(2,{bd})"),
-        "g = Pm(3,1)".into(),
-    ]
-}
-
-const GAUSS: &str = "Exp(-SqDist(x,y) * g) * b";
-
 /// Shapes of the four arguments' batch dimensions (x, y, b, g).
 #[derive(Clone, Debug)]
 struct Batch {
@@ -110,68 +99,6 @@ fn inputs(batch: &Batch, n: usize, m: usize, bd: usize, seed: u64) -> Inputs {
     inp.push(&cat(batch.b, &[m, bd]), || r.uniform(0.05, 1.0));
     inp.push(&cat(batch.g, &[1]), || r.uniform(0.5, 2.0));
     inp
-}
-
-/// The reductions to test: `Reduction::ALL` and the K-min family with K = 1 and 5.
-fn reductions() -> Vec<Reduction> {
-    let mut v: Vec<Reduction> = Reduction::ALL.to_vec();
-    for k in [1, 5] {
-        v.extend([
-            Reduction::KMin(k),
-            Reduction::ArgKMin(k),
-            Reduction::KMinArgKMin(k),
-        ]);
-    }
-    v
-}
-
-/// A named Genred of the test suite.
-struct Case {
-    name: String,
-    genred: Genred,
-    /// Dimension of the weight `b` the inputs need.
-    bd: usize,
-}
-
-/// Every (formula, reduction) case for an axis.
-fn cases(axis: usize) -> Vec<Case> {
-    let mut out = Vec::new();
-    for red in reductions() {
-        if red == Reduction::SumSoftMaxWeight {
-            for bd in [1, 2] {
-                out.push(Case {
-                    name: format!("SumSoftMaxWeight(-g SqDist, b{bd})"),
-                    genred: Genred::with_weight("-SqDist(x,y) * g", "b", &aliases(bd), red, axis)
-                        .unwrap(),
-                    bd,
-                });
-            }
-            continue;
-        }
-        for bd in [1, 2] {
-            out.push(Case {
-                name: format!("{}(Gauss, b{bd})", red.name()),
-                genred: Genred::new(GAUSS, &aliases(bd), red, axis).unwrap(),
-                bd,
-            });
-        }
-        out.push(Case {
-            name: format!("{}(SqDist)", red.name()),
-            genred: Genred::new("SqDist(x,y)", &aliases(1), red, axis).unwrap(),
-            bd: 1,
-        });
-        if red == Reduction::LogSumExp {
-            for bd in [1, 2] {
-                out.push(Case {
-                    name: format!("LogSumExp(-g SqDist, weight b{bd})"),
-                    genred: Genred::with_weight("-SqDist(x,y) * g", "b", &aliases(bd), red, axis)
-                        .unwrap(),
-                    bd,
-                });
-            }
-        }
-    }
-    out
 }
 
 /// The output shapes documented on `Reduced` (plan.rs): `[..batch, n, D]`, and
@@ -757,7 +684,10 @@ fn float32_accuracy_of_long_sums() {
     let mut failures = Vec::new();
     for (name, opts) in schemes {
         for kernel in [CpuKernel::Auto, CpuKernel::TileProgram] {
-            let opts = Options { kernel, ..opts };
+            let opts = Options {
+                kernel,
+                ..opts.clone()
+            };
             let t = std::time::Instant::now();
             let got = g.call_with(&args, &opts).unwrap().values.unwrap().data;
             let errs: Vec<f64> = got
@@ -955,7 +885,7 @@ fn fused_radial_kernels_match_the_oracle() {
                     }
                     let want = reference::reduce(&g, &inp.args_f64()).unwrap();
                     let scale = sum_magnitude(&g, &inp);
-                    for opts in schemes {
+                    for opts in schemes.iter().cloned() {
                         let opts = Options {
                             kernel: CpuKernel::Fused,
                             ..opts

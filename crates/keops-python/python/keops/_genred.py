@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _keops
+from ._cluster import as_ranges
 
 #: Reductions whose values are differentiated as reductions (the rest: at the selected
 #: pairs, or not at all).
@@ -40,17 +41,21 @@ class Options:
     sum_scheme: str = "auto"
     backend: str = "auto"
     device_id: int = 0
+    #: Block-sparse mode: a checked ``keops._keops.Ranges`` (see ``as_ranges``).
+    ranges: Any = None
 
     def kwargs(self) -> Dict[str, Any]:
         """As keyword arguments of the Rust call."""
         return {"dtype_acc": self.dtype_acc, "sum_scheme": self.sum_scheme,
-                "backend": self.backend, "device_id": self.device_id}
+                "backend": self.backend, "device_id": self.device_id,
+                "ranges": self.ranges}
 
 
 def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
                  sum_scheme: str = "auto", backend: str = "auto",
-                 device_id: int = -1) -> Options:
-    """Checks and normalises pykeops' options (``device_id=-1``: the default GPU, 0)."""
+                 device_id: int = -1, ranges: Any = None) -> Options:
+    """Checks and normalises pykeops' options (``device_id=-1``: the default GPU, 0;
+    ``ranges``: pykeops' 6-tuple, checked here)."""
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if dtype_acc not in ("auto", "float16", "float32", "float64"):
@@ -58,7 +63,7 @@ def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
     if not isinstance(device_id, int) or device_id < -1:
         raise ValueError(f"invalid device_id {device_id!r}: expected -1 (default) or a GPU number")
     return Options("float64" if use_double_acc else dtype_acc, sum_scheme, backend,
-                   max(device_id, 0))
+                   max(device_id, 0), as_ranges(ranges))
 
 
 class Core:
@@ -186,12 +191,8 @@ class GenredBase:
         return self.core.g.formula
 
     def _options(self, backend: str, ranges: Any, device_id: int = -1) -> Options:
-        if ranges is not None:
-            raise NotImplementedError(
-                "ranges (block-sparse reductions) are not supported yet: drop the ranges "
-                "argument to compute the dense reduction")
         return make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
-                            device_id)
+                            device_id, ranges)
 
     @staticmethod
     def _result(values: Any, indices: Any, out: Any) -> Any:

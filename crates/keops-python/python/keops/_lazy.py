@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
+from ._cluster import same_ranges, swap_axes
 from ._genred import Core, Options, compile_core, make_options
 
 Number = Union[int, float]
@@ -72,6 +73,10 @@ class GenericLazyTensor:
         a = K_ij @ b                                  # (N, E)
         nn = ((x_i - y_j) ** 2).sum(-1).argKmin(5, dim=1)   # (N, 5) indices
     """
+
+    #: Block-sparsity pattern (pykeops' ``ranges`` 6-tuple) used by reductions; kept by
+    #: the operations, swapped by ``t()``.
+    ranges: Any = None
 
     # -- backend hooks ----------------------------------------------------------------
     @classmethod
@@ -167,9 +172,15 @@ class GenericLazyTensor:
         return x if isinstance(x, GenericLazyTensor) else type(self)(x)
 
     def _new(self: L, formula: str, vars_: List[Tuple[Array, str]], dim: int,
-             cplx: bool = False) -> L:
+             cplx: bool = False, other: Optional["GenericLazyTensor"] = None) -> L:
         out = type(self)()
         out._formula, out._vars, out._dim, out._complex = formula, vars_, dim, cplx
+        out.ranges = self.ranges
+        if other is not None and other.ranges is not None:
+            if self.ranges is not None and not same_ranges(self.ranges, other.ranges):
+                raise ValueError("the operands have different block-sparsity patterns "
+                                 "(ranges); set the same ranges on both, or on one only")
+            out.ranges = other.ranges
         return out
 
     def _join(self, other: "GenericLazyTensor") -> Tuple[List[Tuple[Array, str]], str, str]:
@@ -205,14 +216,16 @@ class GenericLazyTensor:
             raise ValueError(f"operands of dimensions {self._dim} and {o._dim} do not "
                              "broadcast (equal, or one of them 1)")
         vars_, a, b = self._join(o)
-        return self._new(fmt.format(a, b), vars_, max(self._dim, o._dim) if dim is None else dim)
+        return self._new(fmt.format(a, b), vars_, max(self._dim, o._dim) if dim is None else dim,
+                         other=o)
 
     def _ternary(self: L, a: Any, b: Any, fmt: str, dim: int) -> L:
         self._real_only(fmt.split("(")[0], a, b)
         la, lb = self._wrap(a), self._wrap(b)
         vars_, f0, fa = self._join(la)
-        vars2, f0, fb = self._new(f0, vars_, self._dim)._join(lb)
-        return self._new(fmt.format(f0, fa, fb), vars2, dim)
+        mid = self._new(f0, vars_, self._dim, other=la)
+        vars2, f0, fb = mid._join(lb)
+        return mid._new(fmt.format(f0, fa, fb), vars2, dim, other=lb)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -280,13 +293,13 @@ class GenericLazyTensor:
             for s, z in ((a, b), (b, a)):
                 if not s._complex and s._dim == 1 and z._complex:
                     vars_, fs, fz = s._join(z)
-                    return self._new(f"ComplexRealScal({fs}, {fz})", vars_, z._dim, True)
+                    return s._new(f"ComplexRealScal({fs}, {fz})", vars_, z._dim, True, other=z)
         a, b = a._lift(), b._lift()
         if a._dim != b._dim and 2 not in (a._dim, b._dim):
             raise ValueError(f"{op}: complex operands of {a._dim // 2} and {b._dim // 2} "
                              "numbers do not broadcast (equal, or one of them 1)")
         vars_, fa, fb = a._join(b)
-        return self._new(f"{op}({fa}, {fb})", vars_, max(a._dim, b._dim), True)
+        return a._new(f"{op}({fa}, {fb})", vars_, max(a._dim, b._dim), True, other=b)
 
     def _complex_unary(self: L, name: str, dim: int, cplx: bool) -> L:
         if not self._complex:
@@ -680,7 +693,9 @@ class GenericLazyTensor:
     def t(self: L) -> L:
         """Swaps the ``i`` and ``j`` axes: ``K.t()`` has shape ``(..., M, N, D)``."""
         swap = {"i": "j", "j": "i", "p": "p"}
-        return self._new(self._formula, [(a, swap[c]) for a, c in self._vars], self._dim)
+        out = self._new(self._formula, [(a, swap[c]) for a, c in self._vars], self._dim)
+        out.ranges = swap_axes(self.ranges)
+        return out
 
     @property
     def T(self: L) -> L:
@@ -755,14 +770,15 @@ class GenericLazyTensor:
             raise ValueError(f"{reduction}: the formula has no variable")
         if self._complex and (reduction != "Sum" or weight is not None):
             raise TypeError(f"{reduction} is not defined for complex LazyTensors (sum is)")
-        if kwargs.get("ranges") is not None:
-            raise NotImplementedError("ranges (block-sparse reductions) are not supported yet")
-        opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
-                            kwargs.get("sum_scheme", "auto"), kwargs.get("backend", "auto"))
         base, f2 = self, None
         if weight is not None:
-            vars_, f1, fw = self._join(self._wrap(weight))
-            base, f2 = self._new(f1, vars_, self._dim), _name(fw)
+            w = self._wrap(weight)
+            vars_, f1, fw = self._join(w)
+            base, f2 = self._new(f1, vars_, self._dim, other=w), _name(fw)
+        ranges = kwargs.get("ranges")
+        opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
+                            kwargs.get("sum_scheme", "auto"), kwargs.get("backend", "auto"),
+                            ranges=base.ranges if ranges is None else ranges)
         formula, aliases = base._named()
         core = compile_core(formula, aliases, reduction, ax, k, f2)
         values, indices = self._run(core, [a for a, _ in base._vars], opts)

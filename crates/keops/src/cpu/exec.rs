@@ -81,7 +81,7 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
     let p = &r.prog;
     // Ops run over whole tiles (zero-filled past the last row), so a short reduced
     // range gets a shorter tile: rows of a small problem do not pay for 1,024 lanes.
-    let tile = p.tile.min(job.red.len().next_multiple_of(16)).max(16);
+    let tile = p.tile.min(job.longest_red().next_multiple_of(16)).max(16);
     let mut regs = Regs::<T>::new(&p.reg_dims, tile);
     let sl = p.scalar_len;
     let mut params = vec![T::ZERO; sl];
@@ -96,31 +96,33 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
     let (sv, si) = r.spec.state_len();
     let mut tmp = vec![T::ZERO; tile];
     let data_fn = |k: usize| data[k];
-    let mut j0 = job.red.start;
-    while j0 < job.red.end {
-        let len = tile.min(job.red.end - j0);
-        for ins in &p.tile_instrs {
-            exec::<T, M>(ins, &mut regs, &params, &data_fn, j0, len);
-        }
-        for row in 0..rows {
-            let s = &scal[row * sl..(row + 1) * sl];
-            for ins in &p.pair_instrs {
-                exec::<T, M>(ins, &mut regs, s, &data_fn, j0, len);
+    for red in &job.red {
+        let mut j0 = red.start;
+        while j0 < red.end {
+            let len = tile.min(red.end - j0);
+            for ins in &p.tile_instrs {
+                exec::<T, M>(ins, &mut regs, &params, &data_fn, j0, len);
             }
-            accumulate::<T, A, M>(
-                &r.spec,
-                r.scheme,
-                &regs,
-                &p.roots,
-                p.product,
-                len,
-                j0,
-                &mut block.vals[row * sv..(row + 1) * sv],
-                &mut block.idx[row * si..(row + 1) * si],
-                &mut tmp,
-            );
+            for row in 0..rows {
+                let s = &scal[row * sl..(row + 1) * sl];
+                for ins in &p.pair_instrs {
+                    exec::<T, M>(ins, &mut regs, s, &data_fn, j0, len);
+                }
+                accumulate::<T, A, M>(
+                    &r.spec,
+                    r.scheme,
+                    &regs,
+                    &p.roots,
+                    p.product,
+                    len,
+                    j0,
+                    &mut block.vals[row * sv..(row + 1) * sv],
+                    &mut block.idx[row * si..(row + 1) * si],
+                    &mut tmp,
+                );
+            }
+            j0 += len;
         }
-        j0 += len;
     }
 }
 

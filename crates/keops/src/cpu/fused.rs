@@ -368,35 +368,37 @@ fn radial_loop<T: Element, A: Real>(
     // Tiles outside, rows inside: a tile of y and b (a few KiB) stays in L1 for the
     // whole row block instead of streaming all of y from memory once per row. Each
     // row still sees the tiles in order, so results do not depend on the loop order.
-    let mut j0 = job.red.start;
-    while j0 < job.red.end {
-        let len = TB.min(job.red.end - j0);
-        for (row, i) in job.rows.clone().enumerate() {
-            let xi = &x[i * d..(i + 1) * d];
-            let state = &mut block.vals[row * e..(row + 1) * e];
-            let r2 = &mut r2[..len];
-            r2.fill(T::ZERO);
-            for (c, &xc) in xi.iter().enumerate() {
-                let yc = &prep.y[c * n + j0..c * n + j0 + len];
-                for (o, &yv) in r2.iter_mut().zip(yc) {
-                    let t = xc - yv;
-                    *o += t * t;
+    for red in &job.red {
+        let mut j0 = red.start;
+        while j0 < red.end {
+            let len = TB.min(red.end - j0);
+            for (row, i) in job.rows.clone().enumerate() {
+                let xi = &x[i * d..(i + 1) * d];
+                let state = &mut block.vals[row * e..(row + 1) * e];
+                let r2 = &mut r2[..len];
+                r2.fill(T::ZERO);
+                for (c, &xc) in xi.iter().enumerate() {
+                    let yc = &prep.y[c * n + j0..c * n + j0 + len];
+                    for (o, &yv) in r2.iter_mut().zip(yc) {
+                        let t = xc - yv;
+                        *o += t * t;
+                    }
+                }
+                let k = &mut k[..len];
+                for (o, &v) in k.iter_mut().zip(r2.iter()) {
+                    *o = profile(v);
+                }
+                if prep.b.is_empty() {
+                    state[0] += prep.scale * tile_sum::<T, A>(k, None, r.scheme);
+                } else {
+                    for (c, s) in state.iter_mut().enumerate() {
+                        let bc = &prep.b[c * n + j0..c * n + j0 + len];
+                        *s += prep.scale * tile_sum::<T, A>(k, Some(bc), r.scheme);
+                    }
                 }
             }
-            let k = &mut k[..len];
-            for (o, &v) in k.iter_mut().zip(r2.iter()) {
-                *o = profile(v);
-            }
-            if prep.b.is_empty() {
-                state[0] += prep.scale * tile_sum::<T, A>(k, None, r.scheme);
-            } else {
-                for (c, s) in state.iter_mut().enumerate() {
-                    let bc = &prep.b[c * n + j0..c * n + j0 + len];
-                    *s += prep.scale * tile_sum::<T, A>(k, Some(bc), r.scheme);
-                }
-            }
+            j0 += len;
         }
-        j0 += len;
     }
 }
 

@@ -30,8 +30,15 @@ pub struct Job {
     pub batch: usize,
     /// Output rows.
     pub rows: Range<usize>,
-    /// Reduced rows.
-    pub red: Range<usize>,
+    /// Reduced rows: one range, or a block-sparse cluster's ranges (sorted, disjoint).
+    pub red: Vec<Range<usize>>,
+}
+
+impl Job {
+    /// The longest of the reduced ranges (tiles need not be longer).
+    pub fn longest_red(&self) -> usize {
+        self.red.iter().map(|r| r.len()).max().unwrap_or(0)
+    }
 }
 
 /// The reduction states of a job's rows (row-major, `state_len` per row).
@@ -117,10 +124,13 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
     // Small problems run on the calling thread: waking pool threads costs more than the
     // work (tens of microseconds), and a caller's own threads stay independent.
     let (n_out, n_red) = problem.sizes();
-    let pairs = problem
-        .batch_len()
-        .saturating_mul(n_out)
-        .saturating_mul(n_red);
+    let pairs = match problem.ranges {
+        Some(blocks) => blocks.pairs(),
+        None => problem
+            .batch_len()
+            .saturating_mul(n_out)
+            .saturating_mul(n_red),
+    };
     match opts.threads {
         _ if pairs < SERIAL_PAIRS => go(1),
         Some(1) => go(1),
@@ -132,16 +142,41 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
 /// Below this many pairs, a reduction runs on the calling thread.
 const SERIAL_PAIRS: usize = 1 << 16;
 
-/// Splits the problem into jobs, runs them in parallel, combines and finalizes.
-fn drive<T: Element, R: BlockRunner>(
-    problem: &Problem<'_, T>,
-    runner: &R,
-    threads: usize,
-    isa_cap: Option<Isa>,
-) -> Result<Reduced<T>> {
-    let spec = *problem.genred.spec();
+/// The jobs of a problem, in groups: the jobs of one group share a batch entry and output
+/// rows, and their states are combined in order. Dense: row blocks, the reduced axis cut
+/// into chunks when there are too few row blocks for the threads. Block-sparse: row
+/// blocks of each cluster, with the cluster's reduced ranges.
+fn plan_jobs<T: Element>(problem: &Problem<'_, T>, threads: usize) -> Vec<Vec<Job>> {
     let (n_out, n_red) = problem.sizes();
     let nb = problem.batch_len();
+    if let Some(blocks) = problem.ranges {
+        let mut groups = Vec::new();
+        for (k, r) in blocks.ranges.iter().enumerate() {
+            if r.is_empty() {
+                continue;
+            }
+            // Indices run over the flattened batch; checked to stay in one entry.
+            let b = r.start / n_out.max(1);
+            let (o, ro) = (b * n_out, b * n_red);
+            let red: Vec<Range<usize>> = blocks
+                .reduced(k)
+                .iter()
+                .filter(|q| !q.is_empty())
+                .map(|q| q.start - ro..q.end - ro)
+                .collect();
+            let mut start = r.start - o;
+            while start < r.end - o {
+                let end = (start + ROW_BLOCK).min(r.end - o);
+                groups.push(vec![Job {
+                    batch: b,
+                    rows: start..end,
+                    red: red.clone(),
+                }]);
+                start = end;
+            }
+        }
+        return groups;
+    }
     let row_blocks = n_out.div_ceil(ROW_BLOCK);
     let want = 4 * threads;
     let chunks = if nb * row_blocks >= want || n_red < 2 * MIN_RED_CHUNK {
@@ -152,20 +187,38 @@ fn drive<T: Element, R: BlockRunner>(
             .max(1)
     };
     let chunk_len = n_red.div_ceil(chunks).max(1);
-    let mut jobs = Vec::with_capacity(nb * row_blocks * chunks);
+    let mut groups = Vec::with_capacity(nb * row_blocks);
     for b in 0..nb {
         for rb in 0..row_blocks {
             let rows = rb * ROW_BLOCK..((rb + 1) * ROW_BLOCK).min(n_out);
-            for c in 0..chunks {
-                let red = (c * chunk_len).min(n_red)..((c + 1) * chunk_len).min(n_red);
-                jobs.push(Job {
-                    batch: b,
-                    rows: rows.clone(),
-                    red,
-                });
-            }
+            groups.push(
+                (0..chunks)
+                    .map(|c| Job {
+                        batch: b,
+                        rows: rows.clone(),
+                        red: std::iter::once(
+                            (c * chunk_len).min(n_red)..((c + 1) * chunk_len).min(n_red),
+                        )
+                        .collect(),
+                    })
+                    .collect(),
+            );
         }
     }
+    groups
+}
+
+/// Splits the problem into jobs, runs them in parallel, combines and finalizes.
+fn drive<T: Element, R: BlockRunner>(
+    problem: &Problem<'_, T>,
+    runner: &R,
+    threads: usize,
+    isa_cap: Option<Isa>,
+) -> Result<Reduced<T>> {
+    let spec = *problem.genred.spec();
+    let (n_out, _) = problem.sizes();
+    let nb = problem.batch_len();
+    let groups = plan_jobs(problem, threads);
     let (sv, si) = spec.state_len();
     let isa = Isa::select(isa_cap);
     let run_job = |job: &Job| {
@@ -180,15 +233,16 @@ fn drive<T: Element, R: BlockRunner>(
                 &mut block.idx[r * si..(r + 1) * si],
             );
         }
-        if !job.red.is_empty() {
+        if job.longest_red() > 0 {
             runner.run(isa, job, &mut block);
         }
         block
     };
+    let jobs: Vec<&Job> = groups.iter().flatten().collect();
     let blocks: Vec<Block> = if threads == 1 {
-        jobs.iter().map(run_job).collect()
+        jobs.iter().map(|j| run_job(j)).collect()
     } else {
-        jobs.par_iter().map(run_job).collect()
+        jobs.par_iter().map(|j| run_job(j)).collect()
     };
 
     let (dv, di) = spec.output_dims();
@@ -196,17 +250,26 @@ fn drive<T: Element, R: BlockRunner>(
     let mut out_v = vec![T::ZERO; total_rows * dv];
     let mut out_i = vec![0i64; total_rows * di];
     let mut fin_v = vec![0.0f64; dv];
-    for (g, group) in blocks.chunks(chunks).enumerate() {
-        let (b, rb) = (g / row_blocks.max(1), g % row_blocks.max(1));
-        let mut acc = group[0].clone();
-        for other in &group[1..] {
-            let rows = acc.vals.len() / sv.max(1);
-            let rows = if sv == 0 {
-                acc.idx.len() / si.max(1)
-            } else {
-                rows
-            };
-            for r in 0..rows {
+    let mut finalize = |o: usize, vals: &[f64], idx: &[i64]| {
+        spec.finalize(vals, idx, &mut fin_v, &mut out_i[o * di..(o + 1) * di]);
+        for (d, &v) in out_v[o * dv..(o + 1) * dv].iter_mut().zip(&fin_v) {
+            *d = T::from_f64(v);
+        }
+    };
+    if problem.ranges.is_some() {
+        // Rows in no cluster hold the value of an empty reduction, as in KeOps.
+        let (mut vals, mut idx) = (vec![0.0; sv], vec![0i64; si]);
+        spec.init(&mut vals, &mut idx);
+        for o in 0..total_rows {
+            finalize(o, &vals, &idx);
+        }
+    }
+    let mut blocks = blocks.into_iter();
+    for group in &groups {
+        let mut acc = blocks.next().expect("one block per job");
+        for _ in 1..group.len() {
+            let other = blocks.next().expect("one block per job");
+            for r in 0..group[0].rows.len() {
                 spec.combine(
                     (
                         &mut acc.vals[r * sv..(r + 1) * sv],
@@ -219,19 +282,13 @@ fn drive<T: Element, R: BlockRunner>(
                 );
             }
         }
-        let row0 = rb * ROW_BLOCK;
-        let nrows = ((rb + 1) * ROW_BLOCK).min(n_out) - row0;
-        for r in 0..nrows {
-            let o = b * n_out + row0 + r;
-            spec.finalize(
+        let job = &group[0];
+        for (r, row) in job.rows.clone().enumerate() {
+            finalize(
+                job.batch * n_out + row,
                 &acc.vals[r * sv..(r + 1) * sv],
                 &acc.idx[r * si..(r + 1) * si],
-                &mut fin_v,
-                &mut out_i[o * di..(o + 1) * di],
             );
-            for (d, &v) in out_v[o * dv..(o + 1) * dv].iter_mut().zip(&fin_v) {
-                *d = T::from_f64(v);
-            }
         }
     }
     Ok(Reduced::assemble(

@@ -114,6 +114,8 @@ pub struct KernelSource {
     pub reduce: String,
     /// Name of the kernel combining partial states (2D scheme).
     pub combine: String,
+    /// Name of the block-sparse reduction kernel.
+    pub reduce_ranges: String,
 }
 
 /// Prints `spec` as functions and kernels prefixed by `name`, tiles of `tile` rows.
@@ -128,6 +130,13 @@ pub struct KernelSource {
 ///
 /// `{name}_combine(int n_out, int nchunks, int nbatch, const STATE* part, T* out_v,
 ///  long long* out_i)`: one thread per output row.
+///
+/// `{name}_reduce_ranges(int n_out, const long long* task, const long long* red,
+///  const T* const* args, const long long* boff, T* out_v, long long* out_i)`: block
+/// `x` runs `task[5x..5x+5] = (b, row_start, row_end, q_start, q_end)`: rows
+/// `row_start..row_end` of batch entry `b` (at most one block) reduced over the ranges
+/// `red[2q], red[2q+1]` (rows of entry `b`) for `q` in `q_start..q_end`. Rows in no task
+/// are not written (the caller fills them with the empty reduction).
 pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize) -> KernelSource {
     let mut s = super::codegen::prelude(k.ty);
     s.push_str(&device_functions(k, name));
@@ -138,6 +147,7 @@ pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize) -> KernelSource {
         code: s,
         reduce: format!("{name}_reduce"),
         combine: format!("{name}_combine"),
+        reduce_ranges: format!("{name}_reduce_ranges"),
     }
 }
 
@@ -397,14 +407,14 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize) -> String {
                 let _ = writeln!(
                     setup,
                     "    T r{i}[{dim}]; const T* a{i} = r{i};\n    \
-                     if (i < n_out) for (int c = 0; c < {dim}; c++) r{i}[c] = args[{i}][off[{i}] + (long long)i * {dim} + c];"
+                     if (live) for (int c = 0; c < {dim}; c++) r{i}[c] = args[{i}][off[{i}] + (long long)i * {dim} + c];"
                 );
                 let _ = write!(fold_args, "a{i}, ");
             }
             Role::Out => {
                 let _ = writeln!(
                     setup,
-                    "    const T* a{i} = args[{i}] + off[{i}] + (long long)(i < n_out ? i : 0) * {dim};"
+                    "    const T* a{i} = args[{i}] + off[{i}] + (long long)(live ? i : 0) * {dim};"
                 );
                 let _ = write!(fold_args, "a{i}, ");
             }
@@ -439,28 +449,40 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize) -> String {
     } else {
         "0".into()
     };
+    // One output row per thread, folding the tiles of [lo, hi) into its state.
+    let fold_range = format!(
+        "    for (long long j0 = lo; j0 < hi; j0 += {tile}) {{
+      const int len = hi - j0 < {tile} ? (int)(hi - j0) : {tile};
+      __syncthreads();
+{load}      __syncthreads();
+      if (live) {name}_fold(&st, comp, {fold_args}j0, len);
+    }}
+"
+    );
+    let init = format!(
+        "{st} st; {name}_init(&st);
+    {a} comp[{sv1}];
+    for (int c = 0; c < {sv1}; c++) comp[c] = 0;",
+        sv1 = sv.max(1)
+    );
+    let head = format!(
+        "extern __shared__ __align__(16) unsigned char {name}_smem[];
+  {t}* tile = ({t}*){name}_smem;
+  (void)tile;"
+    );
     format!(
         "extern \"C\" __global__ void {name}_reduce(int n_out, long long n_red, int nbatch, long long chunk,
     long long j_base, const {t}* const* args, const long long* boff, {t}* out_v, long long* out_i, {st}* part) {{
-  extern __shared__ __align__(16) unsigned char {name}_smem[];
-  {t}* tile = ({t}*){name}_smem;
-  (void)tile;
+  {head}
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const bool live = i < n_out;
   const long long lo = j_base + (long long)blockIdx.y * chunk;
   const long long hi = lo + chunk < j_base + n_red ? lo + chunk : j_base + n_red;
   for (int b = blockIdx.z; b < nbatch; b += gridDim.z) {{
     const long long* off = boff + (long long)b * {nargs};
     (void)off;
-{setup}    {st} st; {name}_init(&st);
-    {a} comp[{sv1}];
-    for (int c = 0; c < {sv1}; c++) comp[c] = 0;
-    for (long long j0 = lo; j0 < hi; j0 += {tile}) {{
-      const int len = hi - j0 < {tile} ? (int)(hi - j0) : {tile};
-      __syncthreads();
-{load}      __syncthreads();
-      if (i < n_out) {name}_fold(&st, comp, {fold_args}j0, len);
-    }}
-    if (i < n_out) {{
+{setup}    {init}
+{fold_range}    if (live) {{
       {kahan_fix}
       if (part) part[((long long)b * gridDim.y + blockIdx.y) * n_out + i] = st;
       else {name}_final(&st, {out_v}, {out_i});
@@ -476,8 +498,27 @@ extern \"C\" __global__ void {name}_combine(int n_out, int nchunks, int nbatch, 
   for (int c = 1; c < nchunks; c++) {name}_combine_states(&st, &part[((long long)b * nchunks + c) * n_out + i]);
   {name}_final(&st, {out_v}, {out_i});
 }}
-",
-        sv1 = sv.max(1),
+extern \"C\" __global__ void {name}_reduce_ranges(int n_out, const long long* task, const long long* red,
+    const {t}* const* args, const long long* boff, {t}* out_v, long long* out_i) {{
+  {head}
+  const long long* tk = task + 5 * (long long)blockIdx.x;
+  const int b = (int)tk[0];
+  const int i = (int)tk[1] + threadIdx.x;
+  const bool live = i < tk[2];
+  const long long j_base = 0;
+  (void)j_base; (void)n_out;
+  const long long* off = boff + (long long)b * {nargs};
+  (void)off;
+{setup}  {init}
+  for (long long q = tk[3]; q < tk[4]; q++) {{
+    const long long lo = red[2 * q], hi = red[2 * q + 1];
+{fold_range}  }}
+  if (live) {{
+    {kahan_fix}
+    {name}_final(&st, {out_v}, {out_i});
+  }}
+}}
+"
     )
 }
 

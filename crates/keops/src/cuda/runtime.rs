@@ -80,6 +80,7 @@ pub fn available() -> bool {
 struct Kernels {
     reduce: sys::CUfunction,
     combine: sys::CUfunction,
+    reduce_ranges: sys::CUfunction,
     _module: sys::CUmodule,
 }
 // SAFETY: CUDA functions and modules are usable from any thread of the process once
@@ -196,6 +197,7 @@ impl Device {
         let k = Arc::new(Kernels {
             reduce: get(&src.reduce)?,
             combine: get(&src.combine)?,
+            reduce_ranges: get(&src.reduce_ranges)?,
             _module: module,
         });
         self.kernels
@@ -310,6 +312,100 @@ unsafe fn launch(
     r
 }
 
+/// Host outputs holding the value of an empty reduction in each of `rows` rows.
+fn empty_outputs<T: Element>(
+    spec: &crate::reduction::ReductionSpec,
+    rows: usize,
+) -> (Vec<T>, Vec<i64>) {
+    let (sv, si) = spec.state_len();
+    let (dv, di) = spec.output_dims();
+    let (mut s, mut t) = (vec![0.0; sv], vec![0i64; si]);
+    spec.init(&mut s, &mut t);
+    let (mut v, mut i) = (vec![0.0; dv], vec![0i64; di]);
+    spec.finalize(&s, &t, &mut v, &mut i);
+    let v: Vec<T> = v.into_iter().map(T::from_f64).collect();
+    let mut out_v = v.repeat(rows);
+    let mut out_i = i.repeat(rows);
+    // The driver refuses empty allocations.
+    out_v.resize(out_v.len().max(1), T::ZERO);
+    out_i.resize(out_i.len().max(1), 0);
+    (out_v, out_i)
+}
+
+/// The tasks of the block-sparse kernel (see `kernel_source`): each cluster of output
+/// rows cut into blocks of `block` rows, with the cluster's reduced ranges (made local to
+/// the batch entry) in `red`.
+pub fn ranges_tasks(
+    blocks: &crate::ranges::Blocks,
+    n_out: usize,
+    n_red: usize,
+    block: usize,
+) -> (Vec<i64>, Vec<i64>) {
+    let (mut task, mut red) = (Vec::new(), Vec::new());
+    for (k, r) in blocks.ranges.iter().enumerate() {
+        if r.is_empty() {
+            continue;
+        }
+        let b = r.start / n_out.max(1);
+        let q0 = red.len() / 2;
+        for q in blocks.reduced(k).iter().filter(|q| !q.is_empty()) {
+            red.extend([(q.start - b * n_red) as i64, (q.end - b * n_red) as i64]);
+        }
+        let q1 = red.len() / 2;
+        if q1 == q0 {
+            continue; // nothing to reduce: the rows keep the empty value
+        }
+        let mut start = r.start - b * n_out;
+        while start < r.end - b * n_out {
+            let end = (start + block).min(r.end - b * n_out);
+            task.extend([b as i64, start as i64, end as i64, q0 as i64, q1 as i64]);
+            start = end;
+        }
+    }
+    (task, red)
+}
+
+/// Launches the block-sparse kernel: `tasks = (count, task pointer, ranges pointer)`,
+/// `table = (argument pointers, batch offsets)`, `outs = (values, indices)`.
+///
+/// # Safety
+/// As [`launch`]; the tasks and ranges are those of [`ranges_tasks`] for this problem.
+unsafe fn launch_ranges(
+    k: &Kernels,
+    l: &Launch,
+    n_out: usize,
+    tasks: (usize, u64, u64),
+    table: (u64, u64),
+    outs: (u64, u64),
+    stream: sys::CUstream,
+) -> Result<()> {
+    let mut n_out = i32::try_from(n_out)
+        .map_err(|_| KeopsError::Arguments(format!("rows ({n_out}) exceed 2^31 on the GPU")))?;
+    let (mut tk, mut rd) = (tasks.1, tasks.2);
+    let (mut args, mut boff) = table;
+    let (mut ov, mut oi) = outs;
+    let mut params: Vec<*mut c_void> = vec![
+        (&mut n_out as *mut i32).cast(),
+        (&mut tk as *mut u64).cast(),
+        (&mut rd as *mut u64).cast(),
+        (&mut args as *mut u64).cast(),
+        (&mut boff as *mut u64).cast(),
+        (&mut ov as *mut u64).cast(),
+        (&mut oi as *mut u64).cast(),
+    ];
+    cu(
+        result::launch_kernel(
+            k.reduce_ranges,
+            (tasks.0 as u32, 1, 1),
+            (l.block as u32, 1, 1),
+            l.smem as u32,
+            stream,
+            &mut params,
+        ),
+        "launching the block-sparse reduction",
+    )
+}
+
 /// What a call reports about its kernel.
 #[derive(Clone, Copy, Debug)]
 pub struct CallInfo {
@@ -355,15 +451,54 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<(Redu
     let table = cu(stream.clone_htod(&table), "copying the argument table")?;
     let (dv, di) = genred.spec().output_dims();
     let rows = nbatch * n_out;
-    let out_v = cu(
-        stream.alloc_zeros::<T>((rows * dv).max(1)),
-        "allocating the output",
-    )?;
-    let out_i = cu(
-        stream.alloc_zeros::<i64>((rows * di).max(1)),
-        "allocating the output",
-    )?;
-    {
+    let (out_v, out_i) = match problem.ranges {
+        // Rows in no block keep the value of an empty reduction.
+        Some(_) => {
+            let (v, i) = empty_outputs::<T>(genred.spec(), rows);
+            (
+                cu(stream.clone_htod(&v), "copying the output")?,
+                cu(stream.clone_htod(&i), "copying the output")?,
+            )
+        }
+        None => (
+            cu(
+                stream.alloc_zeros::<T>((rows * dv).max(1)),
+                "allocating the output",
+            )?,
+            cu(
+                stream.alloc_zeros::<i64>((rows * di).max(1)),
+                "allocating the output",
+            )?,
+        ),
+    };
+    // Device buffers of the block-sparse tasks, alive until the stream is synchronised.
+    let mut task_bufs = Vec::new();
+    if let Some(blocks) = problem.ranges {
+        let (task, red) = ranges_tasks(blocks, n_out, n_red, l.block);
+        if !task.is_empty() {
+            task_bufs.push(cu(stream.clone_htod(&task), "copying the block tasks")?);
+            task_bufs.push(cu(stream.clone_htod(&red), "copying the block ranges")?);
+            let (task_d, red_d) = (&task_bufs[0], &task_bufs[1]);
+            let t = table.device_ptr(&stream);
+            let v = out_v.device_ptr(&stream);
+            let i = out_i.device_ptr(&stream);
+            let (tk, rd) = (task_d.device_ptr(&stream), red_d.device_ptr(&stream));
+            let ptr = |p: sys::CUdeviceptr, used: bool| if used { p } else { 0 };
+            // SAFETY: tasks and ranges index rows of the problem's arguments (checked by
+            // `Ranges::check`); table and outputs were sized from the same problem.
+            unsafe {
+                launch_ranges(
+                    &k,
+                    &l,
+                    n_out,
+                    (task.len() / 5, tk.0, rd.0),
+                    (t.0, t.0 + 8 * nargs as u64),
+                    (ptr(v.0, dv > 0), ptr(i.0, di > 0)),
+                    stream.cu_stream(),
+                )?;
+            }
+        }
+    } else {
         let t = table.device_ptr(&stream);
         let v = out_v.device_ptr(&stream);
         let i = out_i.device_ptr(&stream);
@@ -391,10 +526,38 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<(Redu
     let mut values = cu(stream.clone_dtoh(&out_v), "copying the output back")?;
     let mut indices = cu(stream.clone_dtoh(&out_i), "copying the output back")?;
     cu(stream.synchronize(), "running the reduction")?;
+    drop(task_bufs);
     values.truncate(rows * dv);
     indices.truncate(rows * di);
     Ok((
         Reduced::assemble(values, indices, problem.output_shapes(), (dv, di)),
         CallInfo { launch: l, origin },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges_tasks;
+    use crate::ranges::Blocks;
+
+    #[test]
+    fn block_tasks_cut_clusters_into_blocks_of_their_batch_entry() {
+        // Two batch entries of 10 output rows and 8 reduced rows.
+        let blocks = Blocks {
+            ranges: vec![0..7, 7..10, 10..20],
+            slices: vec![2, 2, 3],
+            redranges: vec![0..3, 5..8, 8..16],
+        };
+        let (task, red) = ranges_tasks(&blocks, 10, 8, 4);
+        // Cluster 0: rows 0..4, 4..7 over ranges 0 and 1; cluster 1 has nothing to
+        // reduce; cluster 2 (entry 1): rows 0..4, 4..8, 8..10 over range 2, made local.
+        assert_eq!(
+            task,
+            vec![
+                0, 0, 4, 0, 2, 0, 4, 7, 0, 2, //
+                1, 0, 4, 2, 3, 1, 4, 8, 2, 3, 1, 8, 10, 2, 3
+            ]
+        );
+        assert_eq!(red, vec![0, 3, 5, 8, 0, 8]);
+    }
 }

@@ -9,7 +9,7 @@ pub mod op_cases;
 use keops::formula::eval::PointEvaluator;
 use keops::formula::{Cat, Formula};
 use keops::plan::Problem;
-use keops::{Arg, Element, Genred, Reduced};
+use keops::{Arg, Element, Genred, Reduced, Reduction};
 
 /// A small deterministic generator (splitmix64): the tests need no `rand`.
 #[derive(Clone, Debug)]
@@ -418,4 +418,80 @@ pub fn reduction_cases() -> Vec<(&'static str, Option<&'static str>, keops::Redu
         }
     }
     v
+}
+
+/// Variables of [`cases`]: `x`, `y` (dimension 3), the weight `b` and the scale `g`.
+pub fn aliases(bd: usize) -> Vec<String> {
+    vec![
+        "x = Vi(0,3)".into(),
+        "y = Vj(1,3)".into(),
+        format!("b = Vj(2,{bd})"),
+        "g = Pm(3,1)".into(),
+    ]
+}
+
+pub const GAUSS: &str = "Exp(-SqDist(x,y) * g) * b";
+
+/// The reductions to test: `Reduction::ALL` and the K-min family with K = 1 and 5.
+pub fn reductions() -> Vec<Reduction> {
+    let mut v: Vec<Reduction> = Reduction::ALL.to_vec();
+    for k in [1, 5] {
+        v.extend([
+            Reduction::KMin(k),
+            Reduction::ArgKMin(k),
+            Reduction::KMinArgKMin(k),
+        ]);
+    }
+    v
+}
+
+/// A named Genred of the test suite.
+pub struct Case {
+    /// What the case is.
+    pub name: String,
+    /// The reduction.
+    pub genred: Genred,
+    /// Dimension of the weight `b` the inputs need.
+    pub bd: usize,
+}
+
+/// Every (formula, reduction) case for an axis.
+pub fn cases(axis: usize) -> Vec<Case> {
+    let mut out = Vec::new();
+    for red in reductions() {
+        if red == Reduction::SumSoftMaxWeight {
+            for bd in [1, 2] {
+                out.push(Case {
+                    name: format!("SumSoftMaxWeight(-g SqDist, b{bd})"),
+                    genred: Genred::with_weight("-SqDist(x,y) * g", "b", &aliases(bd), red, axis)
+                        .unwrap(),
+                    bd,
+                });
+            }
+            continue;
+        }
+        for bd in [1, 2] {
+            out.push(Case {
+                name: format!("{}(Gauss, b{bd})", red.name()),
+                genred: Genred::new(GAUSS, &aliases(bd), red, axis).unwrap(),
+                bd,
+            });
+        }
+        out.push(Case {
+            name: format!("{}(SqDist)", red.name()),
+            genred: Genred::new("SqDist(x,y)", &aliases(1), red, axis).unwrap(),
+            bd: 1,
+        });
+        if red == Reduction::LogSumExp {
+            for bd in [1, 2] {
+                out.push(Case {
+                    name: format!("LogSumExp(-g SqDist, weight b{bd})"),
+                    genred: Genred::with_weight("-SqDist(x,y) * g", "b", &aliases(bd), red, axis)
+                        .unwrap(),
+                    bd,
+                });
+            }
+        }
+    }
+    out
 }

@@ -15,8 +15,8 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ._genred import Core, GenredBase, Options, reduction_shortcuts
-from ._lazy import GenericLazyTensor, variable_constructors
+from .._genred import Core, GenredBase, Options, reduction_shortcuts
+from .._lazy import GenericLazyTensor, variable_constructors
 
 __all__ = ["Genred", "LogSumExp", "LazyTensor", "Vi", "Vj", "Pm",
            "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]

@@ -20,13 +20,15 @@ torch.Size([100, 3])
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ._genred import ARG, SELECT, SMOOTH, Core, GenredBase, Options, reduction_shortcuts
-from ._lazy import GenericLazyTensor, variable_constructors
+from .._genred import ARG, SELECT, SMOOTH, Core, GenredBase, Options, reduction_shortcuts
+from .._lazy import GenericLazyTensor, variable_constructors
 
 __all__ = ["Genred", "LogSumExp", "LazyTensor", "Vi", "Vj", "Pm",
            "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
@@ -119,6 +121,8 @@ class _Reduce(torch.autograd.Function):
                         lse.append(_Reduce.apply(core.variant("LogSumExp"), opts, *args))
                     extra.append(lse[0])
             r = _Reduce.apply(gcore, opts, *args, *extra)
+            if gcore.reduction == "SumSoftMaxWeight" and opts.ranges is not None:
+                r = _zero_empty_rows(r, gcore, opts)
             if core.args[k][0] == "Pm":  # type: ignore[index]
                 r = r.sum(-2)
             grads.append(r.sum_to_size(a.shape))
@@ -139,6 +143,15 @@ class _Reduce(torch.autograd.Function):
     def vmap(info: Any, in_dims: Tuple[Optional[int], ...], core: Core, opts: Options,
              *args: torch.Tensor) -> Tuple[torch.Tensor, int]:
         return _Reduce.apply(core, opts, *_batch_first(core, in_dims[2:], args)), 0
+
+
+def _zero_empty_rows(r: torch.Tensor, core: Core, opts: Options) -> torch.Tensor:
+    """A soft-max average over no pair is 0/0: in a gradient, such rows (in no block of
+    the ranges) contribute 0."""
+    n_out = r.shape[-2]
+    nbatch = r[..., 0, 0].numel()
+    empty = torch.from_numpy(opts.ranges.empty_rows(core.axis, n_out, nbatch))
+    return r.masked_fill(empty.reshape(r.shape[:-1] + (1,)).to(r.device), 0.0)
 
 
 class _Indices(torch.autograd.Function):
@@ -181,7 +194,10 @@ def _at_selected(core: Core, opts: Options, args: Sequence[torch.Tensor],
     s = 1
     for t in idx.shape[-tail + 1:]:
         s *= t
-    flat = idx.reshape(batch + (n * s,))
+    # Rows in no block of the ranges select nothing (index -1): read row 0 there, and
+    # put the empty reduction's value (+-inf, no gradient) back below.
+    empty = idx < 0
+    flat = idx.clamp_min(0).reshape(batch + (n * s,))
     moved = []
     for a, decl in zip(args, core.args):
         cat = decl[0] if decl is not None else "Pm"
@@ -193,10 +209,15 @@ def _at_selected(core: Core, opts: Options, args: Sequence[torch.Tensor],
             moved.append(a.repeat_interleave(s, dim=-2))
         else:
             moved.append(a)
-    at = _Reduce.apply(core.pointwise(), opts, *moved).reshape(batch + (n, s, d))
+    # The pointwise evaluation is dense: pairs (row, selected row), no ranges.
+    dense = dataclasses.replace(opts, ranges=None)
+    at = _Reduce.apply(core.pointwise(), dense, *moved).reshape(batch + (n, s, d))
     coord = (torch.arange(s, device=at.device) % d).reshape((1,) * (len(batch) + 1) + (s, 1))
-    vals = at.gather(-1, coord.expand(batch + (n, s, 1))).squeeze(-1)
-    return vals.reshape(idx.shape)
+    vals = at.gather(-1, coord.expand(batch + (n, s, 1))).squeeze(-1).reshape(idx.shape)
+    if bool(empty.any()):
+        fill = -math.inf if core.reduction in ("Max", "Max_ArgMax") else math.inf
+        vals = vals.masked_fill(empty, fill)
+    return vals
 
 
 def _differentiable(args: Sequence[torch.Tensor]) -> bool:
