@@ -6,7 +6,7 @@
 //! that carry the Rust message. The pykeops-compatible API lives in Python
 //! (`python/keops/numpy.py`).
 
-use keops::{AccType, Arg, Backend, Element, KeopsError, Options, Reduced, Reduction, SumScheme};
+use keops::{AccType, Arg, Backend, Element, KeopsError, Options, Reduction, SumScheme};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods};
 use std::sync::Arc;
 
@@ -163,36 +163,126 @@ impl Genred {
         device_id: usize,
         ranges: Option<PyRef<'py, Ranges>>,
     ) -> PyResult<Outputs<'py>> {
-        let (backend, gpu_scheme) = Backend::with_scheme(backend).map_err(to_py)?;
-        let opts = Options {
-            dtype_acc: match dtype_acc {
-                "auto" => AccType::Auto,
-                "float32" | "float16" => AccType::Auto,
-                "float64" => AccType::Float64,
-                other => {
-                    return Err(PyValueError::new_err(format!(
-                        "invalid option dtype_acc: {other:?} is not one of \"auto\", \"float32\", \"float64\""
-                    )))
-                }
-            },
-            sum_scheme: SumScheme::from_name(sum_scheme).map_err(to_py)?,
-            threads,
-            backend,
-            gpu_scheme,
-            device_id,
-            ranges: ranges.map(|r| r.inner.clone()),
-            ..Options::default()
+        let opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
+        macro_rules! go {
+            ($t:ty) => {
+                with_args::<$t, _>(py, &args, |a| self.inner.call_with(a, &opts))
+                    .and_then(|out| Ok((to_numpy(py, out.values)?, to_numpy(py, out.indices)?)))
+            };
+        }
+        dispatch!(args, go)
+    }
+
+    /// Solves `(K + alpha I) a = b` by conjugate gradients (`keops::solve`), this `Sum`
+    /// being `K a` with the unknown at argument `var` (where `args` holds `b`).
+    /// Returns `(a, iterations, residual, converged)`; `callback(iteration, residual)`
+    /// runs after each iteration (an exception it raises, or Ctrl-C, stops the solve).
+    #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None))]
+    #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
+    fn solve<'py>(
+        &self,
+        py: Python<'py>,
+        args: Vec<Bound<'py, PyAny>>,
+        var: usize,
+        alpha: f64,
+        eps: f64,
+        max_iter: Option<usize>,
+        callback: Option<Py<PyAny>>,
+        dtype_acc: &str,
+        sum_scheme: &str,
+        threads: Option<usize>,
+        backend: &str,
+        device_id: usize,
+        ranges: Option<PyRef<'py, Ranges>>,
+    ) -> PyResult<(Bound<'py, PyAny>, usize, f64, bool)> {
+        let opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
+        let solver =
+            keops::solve::KernelSolve::from_genred(self.inner.clone(), var).map_err(to_py)?;
+        let params = keops::solve::SolveOptions {
+            alpha,
+            eps,
+            max_iter,
         };
-        match args.first() {
-            Some(a) if a.downcast::<PyArrayDyn<f32>>().is_ok() => self.run::<f32>(py, &args, &opts),
-            Some(a) if a.downcast::<PyArrayDyn<f64>>().is_ok() => self.run::<f64>(py, &args, &opts),
+        let mut raised: Option<PyErr> = None;
+        let mut progress = |p: keops::solve::Progress| -> bool {
+            Python::attach(|py| {
+                let r = py.check_signals().and_then(|_| match &callback {
+                    Some(f) => f.call1(py, (p.iteration, p.residual)).map(|_| ()),
+                    None => Ok(()),
+                });
+                match r {
+                    Ok(()) => true,
+                    Err(e) => {
+                        raised = Some(e);
+                        false
+                    }
+                }
+            })
+        };
+        macro_rules! go {
+            ($t:ty) => {
+                with_args::<$t, _>(py, &args, |a| {
+                    solver.call_with(a, &params, &opts, &mut progress)
+                })
+                .and_then(|sol| {
+                    let x = to_numpy(py, Some(sol.x))?.expect("an array");
+                    Ok((x, sol.iterations, sol.residual, sol.converged))
+                })
+            };
+        }
+        let out = dispatch!(args, go);
+        match raised {
+            Some(e) => Err(e),
+            None => out,
+        }
+    }
+}
+
+/// Runs `go!(f32)` or `go!(f64)` by the dtype of the first argument.
+macro_rules! dispatch {
+    ($args:expr, $go:ident) => {
+        match $args.first() {
+            Some(a) if a.downcast::<PyArrayDyn<f32>>().is_ok() => $go!(f32),
+            Some(a) if a.downcast::<PyArrayDyn<f64>>().is_ok() => $go!(f64),
             Some(a) => Err(PyTypeError::new_err(format!(
                 "argument 0: expected a float32 or float64 NumPy array, got {}",
                 describe(a)
             ))),
-            None => self.run::<f64>(py, &args, &opts),
+            None => $go!(f64),
         }
-    }
+    };
+}
+use dispatch;
+
+/// The engine options from pykeops' keyword options.
+fn options(
+    dtype_acc: &str,
+    sum_scheme: &str,
+    threads: Option<usize>,
+    backend: &str,
+    device_id: usize,
+    ranges: Option<PyRef<'_, Ranges>>,
+) -> PyResult<Options> {
+    let (backend, gpu_scheme) = Backend::with_scheme(backend).map_err(to_py)?;
+    Ok(Options {
+        dtype_acc: match dtype_acc {
+            "auto" => AccType::Auto,
+            "float32" | "float16" => AccType::Auto,
+            "float64" => AccType::Float64,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "invalid option dtype_acc: {other:?} is not one of \"auto\", \"float32\", \"float64\""
+                )))
+            }
+        },
+        sum_scheme: SumScheme::from_name(sum_scheme).map_err(to_py)?,
+        threads,
+        backend,
+        gpu_scheme,
+        device_id,
+        ranges: ranges.map(|r| r.inner.clone()),
+        ..Options::default()
+    })
 }
 
 /// An owned result array as a NumPy array (no copy: NumPy takes the buffer).
@@ -227,44 +317,41 @@ fn describe(a: &Bound<'_, PyAny>) -> String {
     }
 }
 
-impl Genred {
-    fn run<'py, T: Element + numpy::Element>(
-        &self,
-        py: Python<'py>,
-        args: &[Bound<'py, PyAny>],
-        opts: &Options,
-    ) -> PyResult<Outputs<'py>> {
-        let want = std::any::type_name::<T>();
-        let arrays = args
-            .iter()
-            .enumerate()
-            .map(|(k, a)| {
-                let arr = a.downcast::<PyArrayDyn<T>>().map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "argument {k}: expected {} like argument 0, got {}",
-                        if want == "f32" { "float32" } else { "float64" },
-                        describe(a)
-                    ))
-                })?;
-                arr.try_readonly().map_err(|e| {
-                    PyValueError::new_err(format!("argument {k}: cannot be borrowed: {e}"))
-                })
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        let mut slices = Vec::with_capacity(arrays.len());
-        for (k, a) in arrays.iter().enumerate() {
-            let data = a.as_slice().map_err(|_| {
-                PyValueError::new_err(format!(
-                    "argument {k}: the array is not C-contiguous (pass numpy.ascontiguousarray(...))"
+/// Borrows the arrays as [`Arg`]s of type `T` (read-only, C-contiguous, no copies)
+/// and runs `f` on them with the GIL released.
+fn with_args<'py, T: Element + numpy::Element, R: Send>(
+    py: Python<'py>,
+    args: &[Bound<'py, PyAny>],
+    f: impl FnOnce(&[Arg<'_, T>]) -> Result<R, KeopsError> + Send,
+) -> PyResult<R> {
+    let want = std::any::type_name::<T>();
+    let arrays = args
+        .iter()
+        .enumerate()
+        .map(|(k, a)| {
+            let arr = a.downcast::<PyArrayDyn<T>>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "argument {k}: expected {} like argument 0, got {}",
+                    if want == "f32" { "float32" } else { "float64" },
+                    describe(a)
                 ))
             })?;
-            slices.push(Arg::new(data, a.shape()));
-        }
-        // Arrays stay borrowed (read-only) while the GIL is released.
-        let out: Result<Reduced<T>, KeopsError> = py.detach(|| self.inner.call_with(&slices, opts));
-        let out = out.map_err(to_py)?;
-        Ok((to_numpy(py, out.values)?, to_numpy(py, out.indices)?))
+            arr.try_readonly().map_err(|e| {
+                PyValueError::new_err(format!("argument {k}: cannot be borrowed: {e}"))
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let mut slices = Vec::with_capacity(arrays.len());
+    for (k, a) in arrays.iter().enumerate() {
+        let data = a.as_slice().map_err(|_| {
+            PyValueError::new_err(format!(
+                "argument {k}: the array is not C-contiguous (pass numpy.ascontiguousarray(...))"
+            ))
+        })?;
+        slices.push(Arg::new(data, a.shape()));
     }
+    // Arrays stay borrowed (read-only) while the GIL is released.
+    py.detach(|| f(&slices)).map_err(to_py)
 }
 
 /// KeOps' block-sparse `ranges`, checked once: built from the six int64 arrays
@@ -333,11 +420,36 @@ fn op_names() -> Vec<&'static str> {
     keops::formula::ops::all_specs().map(|s| s.name).collect()
 }
 
+/// The argument position of the variable named `name` in `aliases`.
+#[pyfunction]
+fn alias_position(aliases: Vec<String>, name: &str) -> PyResult<usize> {
+    let al = keops::formula::parse::Aliases::parse(&aliases).map_err(to_py)?;
+    keops::formula::parse::parse_with(name, &al)
+        .ok()
+        .and_then(|f| f.as_var().map(|(_, k)| k))
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "varinvalias {name:?} is not a variable of the aliases {aliases:?}"
+            ))
+        })
+}
+
+/// Checks that `genred` (a `Sum`) can be solved for argument `var` (see
+/// `keops::solve::KernelSolve::from_genred`).
+#[pyfunction]
+fn check_solve(genred: PyRef<'_, Genred>, var: usize) -> PyResult<()> {
+    keops::solve::KernelSolve::from_genred(genred.inner.clone(), var)
+        .map(|_| ())
+        .map_err(to_py)
+}
+
 #[pymodule]
 fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Genred>()?;
     m.add_class::<Ranges>()?;
     cluster::register(m)?;
+    m.add_function(wrap_pyfunction!(alias_position, m)?)?;
+    m.add_function(wrap_pyfunction!(check_solve, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_available, m)?)?;
     m.add_function(wrap_pyfunction!(op_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

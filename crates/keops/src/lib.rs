@@ -38,6 +38,7 @@ pub mod ranges;
 pub mod real;
 pub mod reduction;
 pub mod reference;
+pub mod solve;
 
 pub use error::{KeopsError, Result};
 pub use formula::{Cat, Formula};

@@ -90,6 +90,11 @@ class GenericLazyTensor:
         raise NotImplementedError
 
     @staticmethod
+    def _solve(core: Core, var: int, arrays: List[Array], params: Any, opts: Options) -> Any:
+        """Solves ``(K + alpha I) a = b`` (``arrays[var]`` is ``b``); see ``_solve.py``."""
+        raise NotImplementedError
+
+    @staticmethod
     def _repeat_rows(a: Array, times: int, interleave: bool) -> Array:
         """Repeats the rows (axis -2) ``times`` times, each in place or the whole block."""
         raise NotImplementedError
@@ -881,6 +886,59 @@ class GenericLazyTensor:
     def rmatvec(self, v: Array) -> Any:
         """``K.T @ v``."""
         return self.T @ v
+
+    def solve(self, other: Any, var: Optional["GenericLazyTensor"] = None, call: bool = True,
+              alpha: float = 1e-10, eps: float = 1e-6, **kwargs: Any) -> Any:
+        """Solves ``(K + alpha I) a = b`` by conjugate gradients (pykeops' ``solve``).
+
+        ``self`` is ``K`` (a symmetric positive kernel, ``(N, N, 1)``) and ``other`` is
+        ``b``, an ``(..., N, E)`` array indexed by ``i`` (or a LazyTensor wrapping one):
+        returns ``a`` with ``sum_j K_ij a_j + alpha a_i = b_i``, each column of ``b``
+        solved independently. With ``var`` (a ``Vj`` variable of ``self``), ``self``
+        is ``K a`` itself, linear in ``var``. Keyword arguments as ``KernelSolve``'s call
+        (``eps``, ``max_iter``, ``ranges``, ``backend``, ``verbose``, ``callback``,
+        ``return_info``); differentiable in PyTorch.
+        """
+        if not call:
+            raise NotImplementedError("solve(call=False) (a symbolic solve) is not supported; "
+                                      "call solve() with the right-hand side")
+        if isinstance(other, GenericLazyTensor):
+            if not (len(other._vars) == 1 and other._formula == "\x000" and other._vars[0][1] == "i"):
+                raise ValueError("solve: the right-hand side must be an array, or a LazyTensor "
+                                 "wrapping one i-indexed array")
+            other = other._vars[0][0]
+        b = self._as_array(other)
+        if b.ndim == 1:
+            b = b.reshape(tuple(b.shape) + (1,))
+        if var is None:
+            if self._dim != 1:
+                raise ValueError(f"solve needs a scalar K (last dimension 1), got shape {self.shape}")
+            unknown = type(self)._variable_of(b, "j")
+            expr = self * unknown
+        else:
+            self._variable(var, "solve")
+            if var._vars[0][1] != "j":
+                raise ValueError("solve: var must be a Vj variable (the system sums over j)")
+            unknown, expr = var, self
+        pos = [k for k, (a, c) in enumerate(expr._vars) if a is unknown._vars[0][0] and c == "j"]
+        if not pos:
+            raise ValueError("solve: the formula does not use var")
+        arrays = [a for a, _ in expr._vars]
+        arrays[pos[0]] = b
+        formula, aliases = expr._named()
+        core = compile_core(formula, aliases, "Sum", 1, None, None)
+        from . import _keops
+        from ._solve import SolveParams
+        _keops.check_solve(core.g, pos[0])
+        params = SolveParams(float(alpha), float(eps), kwargs.get("max_iter"),
+                             kwargs.get("verbose", False), kwargs.get("callback"))
+        ranges = kwargs.get("ranges")
+        opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
+                            kwargs.get("sum_scheme", "auto"), kwargs.get("backend", "auto"),
+                            kwargs.get("device_id", -1),
+                            expr.ranges if ranges is None else ranges)
+        x = self._solve(core, pos[0], arrays, params, opts)
+        return (x, params.infos[0]) if kwargs.get("return_info") else x
 
     # -- dense evaluation -------------------------------------------------------------------
     def dense(self) -> Array:

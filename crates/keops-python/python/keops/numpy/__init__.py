@@ -17,9 +17,11 @@ import numpy as np
 
 from .._genred import Core, GenredBase, Options, reduction_shortcuts
 from .._lazy import GenericLazyTensor, variable_constructors
+from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
 
-__all__ = ["Genred", "LogSumExp", "LazyTensor", "Vi", "Vj", "Pm",
-           "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
+__all__ = ["Genred", "LogSumExp", "KernelSolve", "LazyTensor", "Vi", "Vj", "Pm",
+           "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin",
+           "ConvergenceWarning", "SolveInfo"]
 
 
 def _run(core: Core, arrays: List[Any], opts: Options) -> Tuple[Any, Any]:
@@ -57,6 +59,28 @@ LogSumExp, generic_sum, generic_logsumexp, generic_argmin, generic_argkmin = \
     reduction_shortcuts(Genred)
 
 
+def _solve(core: Core, var: int, arrays: List[Any], params: SolveParams,
+           opts: Options) -> np.ndarray:
+    for k, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"argument {k}: expected a NumPy array, got {type(a).__name__}")
+    return run_solve(core, var, [np.ascontiguousarray(a) for a in arrays], params, opts)
+
+
+class KernelSolve(KernelSolveBase):
+    __doc__ = KernelSolveBase.__doc__
+
+    def __call__(self, *args: np.ndarray, backend: str = "auto", device_id: int = -1,
+                 alpha: float = 1e-10, eps: float = 1e-6, ranges: Optional[Any] = None,
+                 max_iter: Optional[int] = None, verbose: bool = False,
+                 callback: Optional[Any] = None, return_info: bool = False) -> Any:
+        """Solves on NumPy arrays (``b`` in the unknown's place)."""
+        params, opts = self._params(backend, device_id, ranges, alpha, eps, max_iter,
+                                    verbose, callback)
+        x = _solve(self.core, self.var, list(args), params, opts)
+        return (x, params.infos[0]) if return_info else x
+
+
 class LazyTensor(GenericLazyTensor):
     __doc__ = GenericLazyTensor.__doc__
 
@@ -68,6 +92,7 @@ class LazyTensor(GenericLazyTensor):
         return a
 
     _run = staticmethod(_run)
+    _solve = staticmethod(_solve)
 
     @staticmethod
     def _complex_as_real(x: Any) -> Optional[np.ndarray]:

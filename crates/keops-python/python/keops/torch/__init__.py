@@ -29,9 +29,11 @@ import torch.autograd.forward_ad as fwAD
 
 from .._genred import ARG, SELECT, SMOOTH, Core, GenredBase, Options, reduction_shortcuts
 from .._lazy import GenericLazyTensor, variable_constructors
+from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
 
-__all__ = ["Genred", "LogSumExp", "LazyTensor", "Vi", "Vj", "Pm",
-           "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
+__all__ = ["Genred", "LogSumExp", "KernelSolve", "LazyTensor", "Vi", "Vj", "Pm",
+           "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin",
+           "ConvergenceWarning", "SolveInfo"]
 
 _FLOATS = (torch.float32, torch.float64)
 
@@ -98,35 +100,7 @@ class _Reduce(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
         *args, out = ctx.saved_tensors
-        core, opts = ctx.core, ctx.opts
-        grads: List[Optional[torch.Tensor]] = [None, None]
-        lse: List[torch.Tensor] = []  # log sum exp F, computed once if a rule needs it
-        for k, a in enumerate(args):
-            if not ctx.needs_input_grad[2 + k]:
-                grads.append(None)
-                continue
-            spec = core.grad(k)
-            if spec is None:
-                grads.append(torch.zeros_like(a))
-                continue
-            gcore, extras = spec
-            extra = []
-            for x in extras:
-                if x == "output_grad":
-                    extra.append(g)
-                elif x == "output":
-                    extra.append(out)
-                else:  # "logsumexp"
-                    if not lse:
-                        lse.append(_Reduce.apply(core.variant("LogSumExp"), opts, *args))
-                    extra.append(lse[0])
-            r = _Reduce.apply(gcore, opts, *args, *extra)
-            if gcore.reduction == "SumSoftMaxWeight" and opts.ranges is not None:
-                r = _zero_empty_rows(r, gcore, opts)
-            if core.args[k][0] == "Pm":  # type: ignore[index]
-                r = r.sum(-2)
-            grads.append(r.sum_to_size(a.shape))
-        return tuple(grads)
+        return (None, None, *_vjp(ctx.core, ctx.opts, args, out, g, ctx.needs_input_grad[2:]))
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Optional[torch.Tensor]) -> torch.Tensor:
@@ -143,6 +117,41 @@ class _Reduce(torch.autograd.Function):
     def vmap(info: Any, in_dims: Tuple[Optional[int], ...], core: Core, opts: Options,
              *args: torch.Tensor) -> Tuple[torch.Tensor, int]:
         return _Reduce.apply(core, opts, *_batch_first(core, in_dims[2:], args)), 0
+
+
+def _vjp(core: Core, opts: Options, args: Sequence[torch.Tensor], out: Optional[torch.Tensor],
+         g: torch.Tensor, needs: Sequence[bool]) -> List[Optional[torch.Tensor]]:
+    """The gradients of ``<g, core(args)>`` with respect to the arguments that ``needs``
+    marks (``out``: the forward output, for the rules that read it), each a reduction
+    through :class:`_Reduce`, so differentiable again."""
+    grads: List[Optional[torch.Tensor]] = []
+    lse: List[torch.Tensor] = []  # log sum exp F, computed once if a rule needs it
+    for k, a in enumerate(args):
+        if not needs[k]:
+            grads.append(None)
+            continue
+        spec = core.grad(k)
+        if spec is None:
+            grads.append(torch.zeros_like(a))
+            continue
+        gcore, extras = spec
+        extra = []
+        for x in extras:
+            if x == "output_grad":
+                extra.append(g)
+            elif x == "output":
+                extra.append(out)
+            else:  # "logsumexp"
+                if not lse:
+                    lse.append(_Reduce.apply(core.variant("LogSumExp"), opts, *args))
+                extra.append(lse[0])
+        r = _Reduce.apply(gcore, opts, *args, *extra)
+        if gcore.reduction == "SumSoftMaxWeight" and opts.ranges is not None:
+            r = _zero_empty_rows(r, gcore, opts)
+        if core.args[k][0] == "Pm":  # type: ignore[index]
+            r = r.sum(-2)
+        grads.append(r.sum_to_size(a.shape))
+    return grads
 
 
 def _zero_empty_rows(r: torch.Tensor, core: Core, opts: Options) -> torch.Tensor:
@@ -214,10 +223,9 @@ def _at_selected(core: Core, opts: Options, args: Sequence[torch.Tensor],
     at = _Reduce.apply(core.pointwise(), dense, *moved).reshape(batch + (n, s, d))
     coord = (torch.arange(s, device=at.device) % d).reshape((1,) * (len(batch) + 1) + (s, 1))
     vals = at.gather(-1, coord.expand(batch + (n, s, 1))).squeeze(-1).reshape(idx.shape)
-    if bool(empty.any()):
-        fill = -math.inf if core.reduction in ("Max", "Max_ArgMax") else math.inf
-        vals = vals.masked_fill(empty, fill)
-    return vals
+    # Unconditional (no data-dependent branch, so vmap works).
+    fill = -math.inf if core.reduction in ("Max", "Max_ArgMax") else math.inf
+    return vals.masked_fill(empty, fill)
 
 
 def _differentiable(args: Sequence[torch.Tensor]) -> bool:
@@ -273,6 +281,63 @@ LogSumExp, generic_sum, generic_logsumexp, generic_argmin, generic_argkmin = \
     reduction_shortcuts(Genred)
 
 
+class _Solve(torch.autograd.Function):
+    """A kernel solve ``a = (K + alpha I)^-1 b``. Its backward is a second solve (``K`` is
+    symmetric): ``db = (K + alpha I)^-1 g``, and for the other arguments the gradient of
+    ``-<db, K a>`` with ``a`` fixed, through the reductions' own rules."""
+
+    @staticmethod
+    def forward(core: Core, var: int, params: SolveParams, opts: Options,  # type: ignore[override]
+                *args: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run_solve(core, var, [_numpy(a) for a in args], params, opts))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: torch.Tensor) -> None:
+        core, var, params, opts, *args = inputs
+        ctx.core, ctx.var, ctx.params, ctx.opts = core, var, params, opts
+        ctx.save_for_backward(*args, output)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
+        *args, a = ctx.saved_tensors
+        var = ctx.var
+        gargs = list(args)
+        gargs[var] = g.contiguous()
+        db = _Solve.apply(ctx.core, var, ctx.params, ctx.opts, *gargs)
+        needs = [n and k != var for k, n in enumerate(ctx.needs_input_grad[4:])]
+        fargs = list(args)
+        fargs[var] = a
+        grads = _vjp(ctx.core, ctx.opts, fargs, None, -db, needs) if any(needs) else \
+            [None] * len(args)
+        if ctx.needs_input_grad[4 + var]:
+            grads[var] = db.sum_to_size(args[var].shape)
+        return (None, None, None, None, *grads)
+
+
+def _solve(core: Core, var: int, args: Sequence[torch.Tensor], params: SolveParams,
+           opts: Options) -> torch.Tensor:
+    args = list(args)
+    _check(args)
+    if not _differentiable(args):
+        return torch.from_numpy(run_solve(core, var, [_numpy(a) for a in args], params, opts))
+    return _Solve.apply(core, var, params, opts, *args)
+
+
+class KernelSolve(KernelSolveBase):
+    __doc__ = KernelSolveBase.__doc__
+
+    def __call__(self, *args: torch.Tensor, backend: str = "auto", device_id: int = -1,
+                 alpha: float = 1e-10, eps: float = 1e-6, ranges: Optional[Any] = None,
+                 max_iter: Optional[int] = None, verbose: bool = False,
+                 callback: Optional[Any] = None, return_info: bool = False) -> Any:
+        """Solves on CPU tensors (``b`` in the unknown's place), differentiably with
+        respect to every argument (the backward is a second solve)."""
+        params, opts = self._params(backend, device_id, ranges, alpha, eps, max_iter,
+                                    verbose, callback)
+        x = _solve(self.core, self.var, args, params, opts)
+        return (x, params.infos[0]) if return_info else x
+
+
 class LazyTensor(GenericLazyTensor):
     __doc__ = GenericLazyTensor.__doc__
 
@@ -285,6 +350,7 @@ class LazyTensor(GenericLazyTensor):
         return x
 
     _run = staticmethod(_run)
+    _solve = staticmethod(_solve)
 
     @staticmethod
     def _complex_as_real(x: Any) -> Optional[torch.Tensor]:

@@ -1,0 +1,129 @@
+"""pykeops' ``KernelSolve`` for both front ends: ``(K + alpha I) a = b`` by conjugate
+gradients in Rust (``keops::solve``), where ``K a`` is a ``Sum`` reduction linear in the
+variable ``varinvalias``. Every column of ``b`` (and batch entry) is its own system; one
+reduction per iteration serves them all.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from . import _keops
+from ._genred import Core, Options, compile_core, make_options
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """A conjugate-gradient solve stopped at its iteration limit before meeting ``eps``."""
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """How a solve went."""
+
+    #: Iterations done (one reduction each).
+    iterations: int
+    #: The largest root-mean-square residual ``|r| / sqrt(n)`` over the systems.
+    residual: float
+    #: Whether every system met ``|r| / sqrt(n) < eps``.
+    converged: bool
+
+
+@dataclass
+class SolveParams:
+    """The parameters of one solve (passed through autograd unchanged)."""
+
+    alpha: float = 1e-10
+    eps: float = 1e-6
+    max_iter: Optional[int] = None
+    verbose: bool = False
+    callback: Optional[Callable[[int, float], Any]] = None
+    #: Filled by each solve (the forward one first).
+    infos: List[SolveInfo] = field(default_factory=list)
+
+
+def run_solve(core: Core, var: int, arrays: Sequence[Any], params: SolveParams,
+              opts: Options) -> Any:
+    """Solves on C-contiguous NumPy arrays (``arrays[var]`` is ``b``); warns with
+    :class:`ConvergenceWarning` when the iteration limit is reached."""
+    if params.alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {params.alpha}")
+    start, last = time.monotonic(), [0.0]
+
+    def progress(it: int, res: float) -> None:
+        if params.verbose and (time.monotonic() - last[0] > 0.5 or res < params.eps):
+            last[0] = time.monotonic()
+            print(f"KernelSolve: iteration {it}, residual {res:.3e} (eps {params.eps:g}), "
+                  f"{last[0] - start:.1f} s", file=sys.stderr)
+        if params.callback is not None:
+            params.callback(it, res)
+
+    hook = progress if (params.verbose or params.callback is not None) else None
+    x, it, res, ok = core.g.solve(list(arrays), var, float(params.alpha), float(params.eps),
+                                  params.max_iter, hook, **opts.kwargs())
+    params.infos.append(SolveInfo(it, res, ok))
+    if not ok:
+        warnings.warn(
+            f"KernelSolve did not converge: after {it} iterations the residual is {res:.3e} "
+            f"> eps = {params.eps:g}; raise max_iter, alpha (regularisation) or eps, or check "
+            "that the kernel is positive definite", ConvergenceWarning, stacklevel=4)
+    return x
+
+
+class KernelSolveBase:
+    """pykeops' ``KernelSolve``: solves ``(K + alpha I) a = b`` for ``a``.
+
+    Args:
+        formula: ``K a`` as a formula linear in the unknown, e.g.
+            ``"Exp(-SqDist(x,y) * g) * a"``.
+        aliases: variable declarations, the unknown included (``"a = Vj(1)"``).
+        varinvalias: the alias of the unknown: a ``Vj`` variable for ``axis=1``
+            (``K_ij a_j`` summed over ``j``), ``Vi`` for ``axis=0``, of the formula's
+            dimension (its columns are independent right-hand sides).
+        axis: 1 reduces over ``j``, 0 over ``i``.
+        dtype_acc, use_double_acc, sum_scheme: as ``Genred``.
+
+    Calling it with the arguments of the formula, ``b`` in the unknown's place, returns
+    ``a`` (shape of ``b``). Keyword arguments: ``alpha`` (ridge, default 1e-10), ``eps``
+    (stop when the root-mean-square residual of every system is below it, default
+    1e-6), ``max_iter`` (default ``min(10 n, 10000)``; reaching it warns with
+    :class:`ConvergenceWarning`), ``ranges``, ``backend``, ``device_id``, ``verbose``
+    (progress on stderr), ``callback(iteration, residual)``, ``return_info`` (also
+    return a :class:`SolveInfo`).
+    """
+
+    def __init__(self, formula: str, aliases: Sequence[str], varinvalias: str, axis: int = 0,
+                 dtype: Optional[str] = None, opt_arg: Optional[int] = None,
+                 cuda_type: Optional[str] = None, dtype_acc: str = "auto",
+                 use_double_acc: bool = False, sum_scheme: str = "auto",
+                 enable_chunks: bool = True, rec_multVar_highdim: Any = None) -> None:
+        self.core = compile_core(formula, tuple(aliases), "Sum", int(axis), None, None)
+        self.var: int = _keops.alias_position(list(aliases), varinvalias)
+        # Checks the unknown's side and dimension now, with a clear message.
+        _keops.check_solve(self.core.g, self.var)
+        self.axis = int(axis)
+        self.opts = make_options(dtype_acc, use_double_acc, sum_scheme)
+        self._init: Dict[str, Any] = dict(formula=formula, aliases=list(aliases),
+                                          varinvalias=varinvalias, axis=int(axis),
+                                          dtype_acc=dtype_acc, use_double_acc=use_double_acc,
+                                          sum_scheme=sum_scheme)
+
+    def _params(self, backend: str, device_id: int, ranges: Any, alpha: float, eps: float,
+                max_iter: Optional[int], verbose: bool,
+                callback: Optional[Callable[[int, float], Any]]) -> tuple:
+        opts = make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
+                            device_id, ranges)
+        return SolveParams(float(alpha), float(eps), max_iter, verbose, callback), opts
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return dict(self._init)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__module__}.KernelSolve({self.core.g.formula!r}, "
+                f"var={self.var}, axis={self.axis})")
