@@ -40,7 +40,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet numpy pytest maturin torch nvidia-cuda-nvrtc
+	$(VPY) -m pip install --quiet numpy pytest maturin torch nvidia-cuda-nvrtc matplotlib scikit-learn tqdm
 	touch $@
 
 clean:
