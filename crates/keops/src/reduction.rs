@@ -345,6 +345,18 @@ impl ReductionSpec {
         }
     }
 
+    /// The outputs (values, indices) of one row that reduces no pair: 0 for sums,
+    /// `-inf` for log-sum-exp, `+-inf` for extrema, index -1 (soft-max averages: 0/0).
+    pub fn empty_output(&self) -> (Vec<f64>, Vec<i64>) {
+        let (sv, si) = self.state_len();
+        let (dv, di) = self.output_dims();
+        let (mut s, mut t) = (vec![0.0; sv], vec![0i64; si]);
+        self.init(&mut s, &mut t);
+        let (mut v, mut i) = (vec![0.0; dv], vec![0i64; di]);
+        self.finalize(&s, &t, &mut v, &mut i);
+        (v, i)
+    }
+
     /// Turns a state into the outputs (values, indices) of one row.
     pub fn finalize(&self, vals: &[f64], idx: &[i64], out_v: &mut [f64], out_i: &mut [i64]) {
         let d = self.dim;

@@ -196,15 +196,15 @@ impl KernelSolve {
         drop(problem);
         let max_iter = params.max_iter.unwrap_or((10 * n).min(10_000));
         let systems = nb * d;
-        // Per system (batch entry e, column c): |v|^2 and <u, v>.
+        // The system (batch entry, column) of flat index t, and <u, v> per system.
+        let sys = |t: usize| (t / (n * d)) * d + t % d;
         let dot = |u: &[f64], v: &[f64]| -> Vec<f64> {
             let mut s = vec![0.0; systems];
             for (t, (x, y)) in u.iter().zip(v).enumerate() {
-                s[(t / (n * d)) * d + t % d] += x * y;
+                s[sys(t)] += x * y;
             }
             s
         };
-        let sys = |t: usize| (t / (n * d)) * d + t % d;
         let tol = n as f64 * params.eps * params.eps;
         let mut x = vec![0.0f64; b.len()];
         let mut r = b.clone();

@@ -57,17 +57,12 @@ fn every_reduction_matches_the_oracle() {
     if !gpu() {
         return;
     }
-    let al = common::REDUCTION_ALIASES;
     // Sizes that leave partial tiles and partial blocks; a batch.
     for (ni, nj, batch) in [(300, 1000, vec![]), (7, 5000, vec![]), (50, 70, vec![3])] {
         let inp = inputs(ni, nj, &batch, 5);
         for (f, w, r) in common::reduction_cases() {
             for axis in [0, 1] {
-                let g = match w {
-                    Some(w) => Genred::with_weight(f, w, &al, r, axis),
-                    None => Genred::new(f, &al, r, axis),
-                }
-                .unwrap();
+                let g = common::reduction_case_genred(f, w, r, axis);
                 for scheme in [GpuScheme::OneD, GpuScheme::TwoD, GpuScheme::Auto] {
                     for sum in [SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan] {
                         let ctx = format!(
@@ -183,7 +178,6 @@ fn block_sparse_matches_the_cpu_engine() {
     if !gpu() {
         return;
     }
-    let al = common::REDUCTION_ALIASES;
     for batch in [vec![], vec![2]] {
         let nb = batch.iter().product::<usize>();
         let (ni, nj) = (300, 700);
@@ -208,11 +202,7 @@ fn block_sparse_matches_the_cpu_engine() {
         let ranges = std::sync::Arc::new(keops::cluster::from_matrix(&ci, &cj, &keep).unwrap());
         for (f, w, r) in common::reduction_cases() {
             for axis in [0, 1] {
-                let g = match w {
-                    Some(w) => Genred::with_weight(f, w, &al, r, axis),
-                    None => Genred::new(f, &al, r, axis),
-                }
-                .unwrap();
+                let g = common::reduction_case_genred(f, w, r, axis);
                 let cpu = Options {
                     ranges: Some(ranges.clone()),
                     ..Options::default()

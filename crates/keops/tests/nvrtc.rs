@@ -55,12 +55,7 @@ fn program(ty: CType) -> (String, usize) {
     }
     for (f, w, r) in common::reduction_cases() {
         for axis in [0, 1] {
-            let al = common::REDUCTION_ALIASES;
-            let g = match w {
-                Some(w) => Genred::with_weight(f, w, &al, r, axis),
-                None => Genred::new(f, &al, r, axis),
-            }
-            .unwrap();
+            let g = common::reduction_case_genred(f, w, r, axis);
             for scheme in [SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan] {
                 let opts = Options {
                     sum_scheme: scheme,

@@ -17,8 +17,10 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
+from . import _keops
 from ._cluster import same_ranges, swap_axes
 from ._genred import Core, Options, compile_core, make_options
+from ._solve import SolveParams
 
 Number = Union[int, float]
 #: A NumPy array or a PyTorch tensor, depending on the front end.
@@ -927,8 +929,6 @@ class GenericLazyTensor:
         arrays[pos[0]] = b
         formula, aliases = expr._named()
         core = compile_core(formula, aliases, "Sum", 1, None, None)
-        from . import _keops
-        from ._solve import SolveParams
         _keops.check_solve(core.g, pos[0])
         params = SolveParams(float(alpha), float(eps), kwargs.get("max_iter"),
                              kwargs.get("verbose", False), kwargs.get("callback"))

@@ -111,12 +111,24 @@ class KernelSolveBase:
                                           dtype_acc=dtype_acc, use_double_acc=use_double_acc,
                                           sum_scheme=sum_scheme)
 
-    def _params(self, backend: str, device_id: int, ranges: Any, alpha: float, eps: float,
-                max_iter: Optional[int], verbose: bool,
-                callback: Optional[Callable[[int, float], Any]]) -> tuple:
+    @staticmethod
+    def _solve(core: Core, var: int, args: List[Any], params: SolveParams,
+               opts: Options) -> Any:
+        """The front end's solve on its arrays (``args[var]`` is ``b``)."""
+        raise NotImplementedError
+
+    def __call__(self, *args: Any, backend: str = "auto", device_id: int = -1,
+                 alpha: float = 1e-10, eps: float = 1e-6, ranges: Optional[Any] = None,
+                 max_iter: Optional[int] = None, verbose: bool = False,
+                 callback: Optional[Callable[[int, float], Any]] = None,
+                 return_info: bool = False) -> Any:
+        """Solves with ``b`` in the unknown's place (see the class docs for the
+        options); returns ``a``, or ``(a, SolveInfo)`` with ``return_info``."""
         opts = make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
                             device_id, ranges)
-        return SolveParams(float(alpha), float(eps), max_iter, verbose, callback), opts
+        params = SolveParams(float(alpha), float(eps), max_iter, verbose, callback)
+        x = self._solve(self.core, self.var, list(args), params, opts)
+        return (x, params.infos[0]) if return_info else x
 
     def __getstate__(self) -> Dict[str, Any]:
         return dict(self._init)

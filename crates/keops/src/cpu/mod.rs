@@ -247,23 +247,16 @@ fn drive<T: Element, R: BlockRunner>(
 
     let (dv, di) = spec.output_dims();
     let total_rows = nb * n_out;
-    let mut out_v = vec![T::ZERO; total_rows * dv];
-    let mut out_i = vec![0i64; total_rows * di];
-    let mut fin_v = vec![0.0f64; dv];
-    let mut finalize = |o: usize, vals: &[f64], idx: &[i64]| {
-        spec.finalize(vals, idx, &mut fin_v, &mut out_i[o * di..(o + 1) * di]);
-        for (d, &v) in out_v[o * dv..(o + 1) * dv].iter_mut().zip(&fin_v) {
-            *d = T::from_f64(v);
-        }
-    };
-    if problem.ranges.is_some() {
+    let (mut out_v, mut out_i) = match problem.ranges {
         // Rows in no cluster hold the value of an empty reduction, as in KeOps.
-        let (mut vals, mut idx) = (vec![0.0; sv], vec![0i64; si]);
-        spec.init(&mut vals, &mut idx);
-        for o in 0..total_rows {
-            finalize(o, &vals, &idx);
+        Some(_) => {
+            let (v, i) = spec.empty_output();
+            let v: Vec<T> = v.into_iter().map(T::from_f64).collect();
+            (v.repeat(total_rows), i.repeat(total_rows))
         }
-    }
+        None => (vec![T::ZERO; total_rows * dv], vec![0i64; total_rows * di]),
+    };
+    let mut fin_v = vec![0.0f64; dv];
     let mut blocks = blocks.into_iter();
     for group in &groups {
         let mut acc = blocks.next().expect("one block per job");
@@ -284,11 +277,16 @@ fn drive<T: Element, R: BlockRunner>(
         }
         let job = &group[0];
         for (r, row) in job.rows.clone().enumerate() {
-            finalize(
-                job.batch * n_out + row,
+            let o = job.batch * n_out + row;
+            spec.finalize(
                 &acc.vals[r * sv..(r + 1) * sv],
                 &acc.idx[r * si..(r + 1) * si],
+                &mut fin_v,
+                &mut out_i[o * di..(o + 1) * di],
             );
+            for (d, &v) in out_v[o * dv..(o + 1) * dv].iter_mut().zip(&fin_v) {
+                *d = T::from_f64(v);
+            }
         }
     }
     Ok(Reduced::assemble(

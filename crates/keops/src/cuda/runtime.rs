@@ -317,12 +317,7 @@ fn empty_outputs<T: Element>(
     spec: &crate::reduction::ReductionSpec,
     rows: usize,
 ) -> (Vec<T>, Vec<i64>) {
-    let (sv, si) = spec.state_len();
-    let (dv, di) = spec.output_dims();
-    let (mut s, mut t) = (vec![0.0; sv], vec![0i64; si]);
-    spec.init(&mut s, &mut t);
-    let (mut v, mut i) = (vec![0.0; dv], vec![0i64; di]);
-    spec.finalize(&s, &t, &mut v, &mut i);
+    let (v, i) = spec.empty_output();
     let v: Vec<T> = v.into_iter().map(T::from_f64).collect();
     let mut out_v = v.repeat(rows);
     let mut out_i = i.repeat(rows);

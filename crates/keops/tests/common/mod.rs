@@ -400,6 +400,16 @@ fn self_or_empty(p: &Point, c: Cat, i: usize) -> &[f64] {
 pub const REDUCTION_ALIASES: [&str; 4] =
     ["x = Vi(0,2)", "y = Vj(1,2)", "b = Vj(2,1)", "p = Pm(3,1)"];
 
+/// The Genred of a [`reduction_cases`] entry along `axis`.
+pub fn reduction_case_genred(f: &str, w: Option<&str>, r: keops::Reduction, axis: usize) -> Genred {
+    let al = REDUCTION_ALIASES;
+    match w {
+        Some(w) => Genred::with_weight(f, w, &al, r, axis),
+        None => Genred::new(f, &al, r, axis),
+    }
+    .unwrap_or_else(|e| panic!("{f} {r:?} axis {axis}: {e}"))
+}
+
 /// One formula per reduction kind, (formula, weight, reduction), on
 /// [`REDUCTION_ALIASES`]: vector-valued where the reduction allows it, LogSumExp also
 /// weighted. Used by the generated-kernel tests (host C, NVRTC, GPU).

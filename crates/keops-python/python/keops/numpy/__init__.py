@@ -69,16 +69,7 @@ def _solve(core: Core, var: int, arrays: List[Any], params: SolveParams,
 
 class KernelSolve(KernelSolveBase):
     __doc__ = KernelSolveBase.__doc__
-
-    def __call__(self, *args: np.ndarray, backend: str = "auto", device_id: int = -1,
-                 alpha: float = 1e-10, eps: float = 1e-6, ranges: Optional[Any] = None,
-                 max_iter: Optional[int] = None, verbose: bool = False,
-                 callback: Optional[Any] = None, return_info: bool = False) -> Any:
-        """Solves on NumPy arrays (``b`` in the unknown's place)."""
-        params, opts = self._params(backend, device_id, ranges, alpha, eps, max_iter,
-                                    verbose, callback)
-        x = _solve(self.core, self.var, list(args), params, opts)
-        return (x, params.infos[0]) if return_info else x
+    _solve = staticmethod(_solve)
 
 
 class LazyTensor(GenericLazyTensor):

@@ -325,17 +325,8 @@ def _solve(core: Core, var: int, args: Sequence[torch.Tensor], params: SolvePara
 
 class KernelSolve(KernelSolveBase):
     __doc__ = KernelSolveBase.__doc__
-
-    def __call__(self, *args: torch.Tensor, backend: str = "auto", device_id: int = -1,
-                 alpha: float = 1e-10, eps: float = 1e-6, ranges: Optional[Any] = None,
-                 max_iter: Optional[int] = None, verbose: bool = False,
-                 callback: Optional[Any] = None, return_info: bool = False) -> Any:
-        """Solves on CPU tensors (``b`` in the unknown's place), differentiably with
-        respect to every argument (the backward is a second solve)."""
-        params, opts = self._params(backend, device_id, ranges, alpha, eps, max_iter,
-                                    verbose, callback)
-        x = _solve(self.core, self.var, args, params, opts)
-        return (x, params.infos[0]) if return_info else x
+    # On CPU tensors, differentiably with respect to every argument.
+    _solve = staticmethod(_solve)
 
 
 class LazyTensor(GenericLazyTensor):
