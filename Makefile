@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 # Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
 ARGS ?=
 
-.PHONY: demo test lint bench venv python clean
+.PHONY: demo test lint bench bench-rust venv python clean
 
 demo: python
 	$(CARGO) build --workspace --release
@@ -30,9 +30,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features --release -- -D warnings
 
-# Benchmarks, not tests: side-by-side ratios measured in one run. NumPy (and pykeops,
-# when installed in the venv: `.venv/bin/pip install pykeops`) are the peers.
-bench: venv
+# Benchmarks, not tests: side-by-side ratios measured in one run, e.g.
+# `make bench ARGS="--quick"`. Dense NumPy and PyTorch are the peers, and pykeops when it
+# is installed in the venv (`.venv/bin/pip install pykeops==2.3`). Tables, bench.png and
+# results.json go to benchmarks/out/.
+bench: python
+	$(VPY) benchmarks/bench.py $(ARGS)
+
+# The Rust engine alone (`keops bench`: no Python in the timed path), NumPy and pykeops
+# as references.
+bench-rust: venv
 	KEOPS_PYTHON=$(VPY) $(CARGO) run --release -p keops-cli -- bench $(ARGS)
 
 venv: $(VENV)/.installed

@@ -1,4 +1,4 @@
-"""Block-sparse reductions and KernelSolve, measured side by side in one run (ratios).
+"""Block-sparse reductions, and a block-sparse KernelSolve, measured in one run (ratios).
 
 1. A Gaussian kernel sum on N uniform points of the unit cube (float64), dense vs
    block-sparse (``grid_cluster`` + ``from_matrix``) keeping about 5% and 20% of the
@@ -7,10 +7,10 @@
    float64, because in float32 the far pairs' exp(-g d^2) are subnormal numbers, which
    stall x86 CPUs: the dense sum would be slowed by exactly the pairs that block-sparsity
    skips, flattering the ratio.
-2. KernelSolve vs a dense Cholesky factorisation (torch.linalg) for N = 5,000, the same
-   system (float64), and KernelSolve's time per iteration as N grows.
-3. A Gaussian-process regression on 10^5 points (block-sparse kernel, KernelSolve), its
+2. A Gaussian-process regression on 10^5 points (block-sparse kernel, KernelSolve), its
    test error against the noiseless function.
+
+KernelSolve against dense solves, as N grows, is a case of ``benchmarks/bench.py``.
 
 Usage: ``.venv/bin/python benchmarks/sparse_solve_bench.py [--quick]``
 """
@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from typing import Any, Callable, Tuple
 
 import numpy as np
-import torch
 
-from keops.numpy import ConvergenceWarning, Genred, KernelSolve
+from keops.numpy import Genred, KernelSolve
 from keops.numpy.cluster import cluster_ranges_centroids, from_matrix, grid_cluster, sort_clusters
 
 GAUSS = ["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)", "g = Pm(3,1)"]
@@ -82,40 +80,6 @@ def block_sparse(quick: bool) -> None:
                   f"({note})  block-sparse {t_sparse:7.2f} s  speed-up x{t_dense / t_sparse:5.1f}")
 
 
-def solver(quick: bool) -> None:
-    print("== KernelSolve vs dense Cholesky (float64, D = 3, Gaussian kernel, alpha = 0.1) ==")
-    ks = KernelSolve("Exp(-SqDist(x,y) * g) * a", ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)",
-                                                   "g = Pm(1)"], "a", axis=1)
-    gam = np.array([50.0])
-    for n in ([2_000, 5_000] if quick else [5_000, 10_000, 20_000, 50_000, 100_000]):
-        rng = np.random.default_rng(1)
-        x = rng.random((n, 3))
-        b = rng.normal(size=(n, 1))
-        if n > 20_000:
-            # A full solve takes hundreds of iterations (~1 s each at 5e4 on 2 cores):
-            # time a few iterations only.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                t, (_, info) = timed(lambda: ks(x, x, b, gam, alpha=0.1, max_iter=3,
-                                                return_info=True))
-            print(f"N = {n:>7,}  KernelSolve {t / info.iterations * 1e3:9.1f} ms per iteration "
-                  "(3 iterations timed)")
-            continue
-        t_ks, (a, info) = timed(lambda: ks(x, x, b, gam, alpha=0.1, eps=1e-8, return_info=True))
-        line = (f"N = {n:>7,}  KernelSolve {t_ks:7.2f} s ({info.iterations} iterations, "
-                f"{t_ks / info.iterations * 1e3:7.1f} ms each)")
-        if n <= 5_000:
-            def chol() -> np.ndarray:
-                xt = torch.from_numpy(x)
-                K = torch.exp(-torch.cdist(xt, xt) ** 2 * 50.0) + 0.1 * torch.eye(n, dtype=xt.dtype)
-                L = torch.linalg.cholesky(K)
-                return torch.cholesky_solve(torch.from_numpy(b), L).numpy()
-            t_ch, want = timed(chol)
-            err = np.abs(a - want).max() / np.abs(want).max()
-            line += f"  dense Cholesky {t_ch:6.2f} s  ratio x{t_ch / t_ks:5.2f}  rel. diff {err:.1e}"
-        print(line)
-
-
 def gp_regression(quick: bool) -> None:
     n = 20_000 if quick else 100_000
     print(f"== Gaussian-process regression on {n:,} points (2-D, block-sparse kernel) ==")
@@ -147,9 +111,9 @@ def gp_regression(quick: bool) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    p.add_argument("--only", choices=["sparse", "solve", "gp"], help="one part only")
+    p.add_argument("--only", choices=["sparse", "gp"], help="one part only")
     args = p.parse_args()
-    for name, part in (("sparse", block_sparse), ("solve", solver), ("gp", gp_regression)):
+    for name, part in (("sparse", block_sparse), ("gp", gp_regression)):
         if args.only in (None, name):
             part(args.quick)
 

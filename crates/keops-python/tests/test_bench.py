@@ -1,0 +1,124 @@
+"""The ``make bench`` suite (``benchmarks/bench.py``) at its ``--tiny`` size, and its
+pieces: the sweep's budget and memory guard, the check against keops-rs, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, List
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
+
+pytest.importorskip("matplotlib", reason="the bench plots need matplotlib (make venv installs it)")
+pytest.importorskip("tqdm", reason="the bench needs tqdm (make venv installs it)")
+sys.path.insert(0, str(BENCH))
+
+from keops_bench import report  # noqa: E402
+from keops_bench.cases import CASES, find_cases  # noqa: E402
+from keops_bench.methods import NumpyDense, find_methods  # noqa: E402
+from keops_bench.runner import (BUDGET, OK, OOM, Point, Settings, measure,  # noqa: E402
+                                predict, run_case)
+
+PEERS = "keops-rs,numpy,torch"  # pykeops, when installed, compiles for minutes
+
+
+def bench(tmp_path: Path, *extra: str) -> str:
+    out = subprocess.run([sys.executable, str(BENCH / "bench.py"), "--tiny", "--no-progress",
+                          "--methods", PEERS, "--out", str(tmp_path), *extra],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_tiny_run_measures_every_case_and_writes_the_report(tmp_path: Path) -> None:
+    text = bench(tmp_path)
+    for case in CASES:
+        assert f"== {case.title} ==" in text
+    run = json.loads((tmp_path / "results.json").read_text())
+    assert run["methods_run"] == ["keops-rs", "NumPy", "PyTorch"]
+    for key, res in run["results"].items():
+        tol = next(c.tol for c in CASES if c.key == key)
+        for name, pts in res["points"].items():
+            assert [p["n"] for p in pts][-2:] == [1000, 2000], (key, name)
+            assert all(p["status"] == OK and p["time"] > 0 for p in pts), (key, name, pts)
+            if name != "keops-rs":  # checked against keops-rs at each N
+                assert all(p["err"] is not None and p["err"] <= tol for p in pts), (key, pts)
+    assert (tmp_path / "bench.png").stat().st_size > 20_000
+    md = (tmp_path / "bench.md").read_text()
+    assert "## Summary" in md and "| N = M | keops-rs | NumPy | PyTorch |" in md
+    # the plot and tables can be remade from the JSON
+    again = tmp_path / "again"
+    out = subprocess.run([sys.executable, str(BENCH / "bench.py"), "--redraw",
+                          str(tmp_path / "results.json"), "--out", str(again)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (again / "bench.png").exists()
+
+
+def test_out_of_memory_and_budget_are_shown_not_run(tmp_path: Path) -> None:
+    # 1 MiB for dense methods: N = 1,000 needs 8 MB; a 1 ms budget stops keops-rs after
+    # its first size.
+    text = bench(tmp_path, "--cases", "gauss,knn3", "--mem-limit", str(2**-10),
+                 "--budget", "0.001")
+    run = json.loads((tmp_path / "results.json").read_text())
+    gauss = run["results"]["gauss"]["points"]
+    assert [p["status"] for p in gauss["NumPy"]] == [OK, OOM]  # N = 100 fits
+    assert "needs" in gauss["NumPy"][1]["note"]
+    assert gauss["keops-rs"][-1]["status"] == BUDGET
+    knn = run["results"]["knn3"]["points"]
+    assert knn["PyTorch"][0]["status"] == OOM
+    assert "OOM" in text and "> 0.001 s" in text
+
+
+def test_a_wrong_result_is_flagged() -> None:
+    class Wrong(NumpyDense):
+        name = "wrong"
+
+        def gauss(self, case: Any, d: Any) -> Any:
+            right = super().gauss(case, d)
+            return lambda: right() * (1 + 1e-3)
+
+    case = find_cases(["gauss"])[0]
+    keops = [m for m in find_methods(["keops-rs"])[0]]
+    res = run_case(case, keops + [Wrong()], Settings(max_n=1000, repeat_s=0.01))
+    pts = res.points["wrong"]
+    assert all(p.status == OK and p.mismatch for p in pts), pts
+    assert all(abs(p.err - 1e-3) < 1e-4 for p in pts)
+    assert not any(p.mismatch for p in res.points["keops-rs"])
+
+
+def test_predict_uses_the_steeper_of_nominal_and_observed_growth() -> None:
+    pts: List[Point] = [Point(1000, OK, time=0.2), Point(2000, OK, time=1.6)]  # slope 3
+    assert predict([], 10, 2.0) == 0.0
+    assert predict(pts, 4000, 2.0) == pytest.approx(12.8)
+    assert predict(pts[1:], 4000, 2.0) == pytest.approx(6.4)
+    fast = [Point(1000, OK, time=0.001), Point(2000, OK, time=0.0011)]  # noise: nominal
+    assert predict(fast, 4000, 2.0) == pytest.approx(0.0044)
+
+
+def test_measure_times_slow_calls_once_after_the_first_size() -> None:
+    calls: List[int] = []
+    run = lambda: calls.append(1) or np.zeros(1)  # noqa: E731
+    t, reps, _ = measure(run, lambda: None, Settings(repeat_s=0.0, max_reps=3), first=False)
+    assert reps == 1 and len(calls) == 1  # the warm-up call counted
+    calls.clear()
+    t, reps, _ = measure(run, lambda: None, Settings(repeat_s=1e9, max_reps=3), first=True)
+    assert reps == 3 and len(calls) == 4
+
+
+def test_sizes_and_formats() -> None:
+    assert find_cases(["knn3"])[0].sizes[:4] == [1000, 2000, 5000, 10_000]
+    assert report.fmt_n(200_000) == "2e5" and report.fmt_n(200_000, True) == "2·10^5"
+    assert report.fmt_n(100) == "100" and report.fmt_n(3_000) == "3e3"
+    assert report.cell_text(Point(10, OK, time=2.0), Point(10, OK, time=0.5), 60) == \
+        "2 s (4.00x)"
+    assert report.cell_text(Point(10, OOM), None, 60) == "OOM"
+    with pytest.raises(ValueError, match="unknown case"):
+        find_cases(["nope"])
+    with pytest.raises(ValueError, match="unknown method"):
+        find_methods(["nope"])
