@@ -60,6 +60,12 @@ pub trait Real:
     }
     /// `a * b + c`, fused where the target has FMA.
     fn mul_add_(self, b: Self, c: Self) -> Self;
+    /// `a * b + c`, fused when `M` says the calling code is compiled with FMA (one
+    /// instruction there; two roundings otherwise).
+    #[inline(always)]
+    fn fma_<M: MathMode>(self, b: Self, c: Self) -> Self {
+        self * b + c
+    }
     /// Absolute value.
     fn abs_(self) -> Self;
     /// Square root.
@@ -130,6 +136,14 @@ macro_rules! impl_real_float {
                 // `mul_add` is a libm call when the target has no FMA: only use it when it
                 // is a single instruction.
                 if cfg!(target_feature = "fma") {
+                    self.mul_add(b, c)
+                } else {
+                    self * b + c
+                }
+            }
+            #[inline(always)]
+            fn fma_<M: MathMode>(self, b: Self, c: Self) -> Self {
+                if M::FMA {
                     self.mul_add(b, c)
                 } else {
                     self * b + c

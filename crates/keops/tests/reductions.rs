@@ -1192,3 +1192,44 @@ fn ties_resolve_to_the_smallest_index() {
         }
     }
 }
+
+#[test]
+fn high_dimensional_distances_and_scalar_products() {
+    // D >= 8 takes the register-chunked loop (64 lanes at a time, a remainder after
+    // them); the per-row vector is either operand and either side; tiles of 240 lanes
+    // (M = 300) and short ones (M = 37) both cross a chunk boundary.
+    let mut rng = Rng::new(11);
+    for d in [8, 13, 64] {
+        for (n, m) in [(37, 300), (300, 37)] {
+            let mut inp = Inputs::new();
+            inp.push(&[n, d], || rng.uniform(-1.0, 1.0));
+            inp.push(&[m, d], || rng.uniform(-1.0, 1.0));
+            let aliases = [format!("x = Vi(0,{d})"), format!("y = Vj(1,{d})")];
+            let aliases: Vec<&str> = aliases.iter().map(String::as_str).collect();
+            for (f, red) in [
+                ("SqDist(x,y)", Reduction::ArgKMin(5)),
+                ("SqDist(y,x)", Reduction::Min),
+                ("Scalprod(x,y)", Reduction::Sum),
+                ("Scalprod(y,x)", Reduction::Max),
+            ] {
+                for axis in [1, 0] {
+                    let g = Genred::new(f, &aliases, red, axis).unwrap();
+                    let ctx = format!("{f} {red:?} axis {axis}, D={d}, N={n}, M={m}");
+                    let want = reference::reduce(&g, &inp.args_f64()).unwrap();
+                    let got = run_as::<f64>(&g, &inp, &Options::default()).unwrap();
+                    check_values(&got, &want, None, TOL_F64, &ctx);
+                    check_indices_exact(&got, &want, &ctx);
+                    let got = run_as::<f32>(&g, &inp, &Options::default()).unwrap();
+                    // sums of up to 64 O(1) products: absolute f32 rounding ~ 1e-5
+                    check_values(
+                        &got,
+                        &want,
+                        Some(&vec![d as f64; n.max(m) * 5]),
+                        TOL_F32,
+                        &ctx,
+                    );
+                }
+            }
+        }
+    }
+}

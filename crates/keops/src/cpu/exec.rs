@@ -1,9 +1,9 @@
 //! Running a tile program over a block of output rows and a range of reduced rows.
 
 use super::accumulate::accumulate;
-use super::program::{ScalarStep, TileProgram};
+use super::program::{Instr, ScalarStep, TileProgram};
 use super::simd::multiversion;
-use super::tile::{exec, Regs};
+use super::tile::{exec, ArgData, Regs};
 use super::{Block, BlockRunner, Job};
 use crate::formula::{eval, Cat};
 use crate::plan::{AccType, Element, Options, Problem, SumScheme};
@@ -18,6 +18,9 @@ pub struct TileRunner<'p, 'a, T> {
     scheme: SumScheme,
     acc64: bool,
     out_cat: Cat,
+    /// Per batch entry and argument: the reduced-side arguments of dimension > 1 that
+    /// the program loads, dimension-major (see [`ArgData::DimMajor`]).
+    dim_major: Vec<Vec<Option<Vec<T>>>>,
 }
 
 impl<'p, 'a, T: Element> TileRunner<'p, 'a, T> {
@@ -27,13 +30,36 @@ impl<'p, 'a, T: Element> TileRunner<'p, 'a, T> {
         let out_cat = if g.axis() == 1 { Cat::Vi } else { Cat::Vj };
         let mut roots = vec![g.formula().clone()];
         roots.extend(g.weight().cloned());
+        let prog = TileProgram::compile(
+            &roots,
+            out_cat,
+            g.spec().kind == crate::reduction::Reduction::Sum,
+        );
+        let (_, n_red) = problem.sizes();
+        let loaded: Vec<(usize, usize)> = prog
+            .tile_instrs
+            .iter()
+            .chain(&prog.pair_instrs)
+            .filter_map(|ins| match *ins {
+                Instr::Load { arg, dim, .. } if dim > 1 => Some((arg, dim)),
+                _ => None,
+            })
+            .collect();
+        let dim_major = (0..problem.batch_len())
+            .map(|b| {
+                let data = super::batch_data(problem, b);
+                (0..data.len())
+                    .map(|k| {
+                        let &(_, dim) = loaded.iter().find(|(a, _)| *a == k)?;
+                        Some(super::transpose(data[k], n_red, dim))
+                    })
+                    .collect()
+            })
+            .collect();
         TileRunner {
             problem,
-            prog: TileProgram::compile(
-                &roots,
-                out_cat,
-                g.spec().kind == crate::reduction::Reduction::Sum,
-            ),
+            dim_major,
+            prog,
             spec: *g.spec(),
             scheme: opts.sum_scheme,
             acc64: opts.dtype_acc == AccType::Float64,
@@ -95,7 +121,12 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
     }
     let (sv, si) = r.spec.state_len();
     let mut tmp = vec![T::ZERO; tile];
-    let data_fn = |k: usize| data[k];
+    let (_, n_red) = r.problem.sizes();
+    let dim_major = &r.dim_major[job.batch];
+    let data_fn = |k: usize| match &dim_major[k] {
+        Some(t) => ArgData::DimMajor(t, n_red),
+        None => ArgData::Rows(data[k]),
+    };
     for red in &job.red {
         let mut j0 = red.start;
         while j0 < red.end {

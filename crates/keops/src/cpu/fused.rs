@@ -270,16 +270,6 @@ pub struct FusedRunner<'p, 'a, T> {
     acc64: bool,
 }
 
-fn transpose<T: Element>(src: &[T], rows: usize, dim: usize) -> Vec<T> {
-    let mut out = vec![T::ZERO; rows * dim];
-    for (r, row) in src.chunks_exact(dim).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
-        }
-    }
-    out
-}
-
 impl<'p, 'a, T: Element> FusedRunner<'p, 'a, T> {
     /// The fused kernel for this problem, if one matches.
     pub fn new(problem: &'p Problem<'a, T>, opts: &Options) -> Option<Self> {
@@ -298,9 +288,9 @@ impl<'p, 'a, T: Element> FusedRunner<'p, 'a, T> {
             .map(|bi| {
                 let data = batch_data(problem, bi);
                 Prepared {
-                    y: transpose(data[m.y], n_red, m.dim),
+                    y: super::transpose(data[m.y], n_red, m.dim),
                     b: m.b
-                        .map(|k| transpose(data[k], n_red, e))
+                        .map(|k| super::transpose(data[k], n_red, e))
                         .unwrap_or_default(),
                     coef: T::from_f64(eval_product(&m.coef, problem, &data)),
                     scale: eval_product(&m.scale, problem, &data),

@@ -56,6 +56,17 @@ pub trait BlockRunner: Sync {
     fn run(&self, isa: Isa, job: &Job, block: &mut Block);
 }
 
+/// A row-major `(rows, dim)` array as `dim` rows of `rows` values.
+fn transpose<T: Element>(src: &[T], rows: usize, dim: usize) -> Vec<T> {
+    let mut out = vec![T::ZERO; rows * dim];
+    for (r, row) in src.chunks_exact(dim).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
+}
+
 /// The arguments' data for one batch entry.
 pub fn batch_data<'a, T: Element>(p: &Problem<'a, T>, b: usize) -> Vec<&'a [T]> {
     p.args

@@ -103,22 +103,50 @@ impl<T: Real> Kernel2<T> for Map2<'_, T> {
     }
 }
 
-/// Loads rows `j0..j0+len` of a row-major `(n, dim)` array into a dimension-major
-/// register, zero-filling the lanes past `len`.
+/// A reduced-side argument's values for the current batch entry.
+#[derive(Clone, Copy)]
+pub enum ArgData<'d, T> {
+    /// Row-major `(n, dim)`, as the caller gave it.
+    Rows(&'d [T]),
+    /// Dimension-major: `dim` rows of `n` values (prepared once per call, so that a
+    /// tile load is `dim` contiguous copies rather than a strided gather per job).
+    DimMajor(&'d [T], usize),
+}
+
+/// Loads rows `j0..j0+len` of an argument into a dimension-major register,
+/// zero-filling the lanes past `len`.
 #[inline(always)]
-pub fn load<T: Real>(dst: &mut [T], data: &[T], dim: usize, j0: usize, len: usize, tile: usize) {
-    let rows = &data[j0 * dim..(j0 + len) * dim];
-    if dim == 1 {
-        dst[..len].copy_from_slice(rows);
-        dst[len..tile].fill(T::ZERO);
-        return;
-    }
-    for c in 0..dim {
-        let out = &mut dst[c * tile..(c + 1) * tile];
-        for (t, o) in out[..len].iter_mut().enumerate() {
-            *o = rows[t * dim + c];
+pub fn load<T: Real>(
+    dst: &mut [T],
+    data: ArgData<'_, T>,
+    dim: usize,
+    j0: usize,
+    len: usize,
+    tile: usize,
+) {
+    match data {
+        ArgData::DimMajor(data, n) => {
+            for c in 0..dim {
+                let out = &mut dst[c * tile..(c + 1) * tile];
+                out[..len].copy_from_slice(&data[c * n + j0..c * n + j0 + len]);
+                out[len..].fill(T::ZERO);
+            }
         }
-        out[len..].fill(T::ZERO);
+        ArgData::Rows(data) => {
+            let rows = &data[j0 * dim..(j0 + len) * dim];
+            if dim == 1 {
+                dst[..len].copy_from_slice(rows);
+                dst[len..tile].fill(T::ZERO);
+                return;
+            }
+            for c in 0..dim {
+                let out = &mut dst[c * tile..(c + 1) * tile];
+                for (t, o) in out[..len].iter_mut().enumerate() {
+                    *o = rows[t * dim + c];
+                }
+                out[len..].fill(T::ZERO);
+            }
+        }
     }
 }
 
@@ -129,7 +157,7 @@ pub fn exec<'d, T: Real, M: MathMode>(
     ins: &Instr,
     regs: &mut Regs<T>,
     scal: &[T],
-    data: &dyn Fn(usize) -> &'d [T],
+    data: &dyn Fn(usize) -> ArgData<'d, T>,
     j0: usize,
     len: usize,
 ) {
@@ -170,7 +198,8 @@ pub fn exec<'d, T: Real, M: MathMode>(
     }
 }
 
-/// Sum over coordinates of `f(a_c, b_c)` for each lane (with broadcasting).
+/// Sum over coordinates of `f(a_c, b_c)` for each lane (with broadcasting), given as
+/// `step(acc, a_c, b_c) = acc + f(a_c, b_c)` (so that it can be one fused multiply-add).
 #[inline(always)]
 fn reduce2<T: Real>(
     out: &mut [T],
@@ -179,8 +208,23 @@ fn reduce2<T: Real>(
     scal: &[T],
     a: Src,
     b: Src,
-    f: impl Fn(T, T) -> T + Copy,
+    step: impl Fn(T, T, T) -> T + Copy,
 ) {
+    // A per-row vector against a tile of `d >= HIGH_DIM` coordinates (k-NN, scalar
+    // products in high dimensions): each chunk of lanes keeps its sums in registers
+    // across all coordinates, where the loop below loads and stores `out` once per four.
+    if d >= HIGH_DIM {
+        if let Some((x, y, swapped)) = row_and_tile(d, regs, scal, a, b) {
+            let tile = regs.tile;
+            if swapped {
+                splat_tile(out, x, y, tile, |acc, s, t| step(acc, t, s));
+            } else {
+                splat_tile(out, x, y, tile, step);
+            }
+            return;
+        }
+    }
+    let f = |x: T, y: T| step(T::ZERO, x, y);
     out.fill(T::ZERO);
     // Four coordinates per pass over `out` where the operands allow it: high
     // dimensions (k-NN in D = 64) would otherwise load and store `out` once per
@@ -239,6 +283,69 @@ fn reduce2<T: Real>(
     }
 }
 
+/// Dimension from which [`reduce2`] keeps lane sums in registers (see `reduce2`).
+const HIGH_DIM: usize = 8;
+/// Lanes summed in registers at once: enough independent accumulators to keep the FMA
+/// units busy (4 AVX-512 registers of f32), few enough not to spill.
+const LANE_CHUNK: usize = 64;
+
+/// The per-row vector and the tile (and whether they come in that order) when one of
+/// `a`, `b` is each, both of dimension `d`.
+#[inline(always)]
+fn row_and_tile<'r, T: Real>(
+    d: usize,
+    regs: &'r Regs<T>,
+    scal: &'r [T],
+    a: Src,
+    b: Src,
+) -> Option<(&'r [T], &'r [T], bool)> {
+    let tile = regs.tile;
+    let view = |s: Src| match s {
+        Src::Scalar { off, dim } if dim == d => Some((true, &scal[off..off + d])),
+        Src::Tile { reg, start, dim } if dim == d => {
+            Some((false, &regs.regs[reg][start * tile..(start + d) * tile]))
+        }
+        _ => None,
+    };
+    match (view(a)?, view(b)?) {
+        ((true, x), (false, y)) => Some((x, y, false)),
+        ((false, y), (true, x)) => Some((x, y, true)),
+        _ => None,
+    }
+}
+
+/// `out[t] = sum_c f(x[c], y[c * tile + t])`, lanes in chunks summed in registers.
+#[inline(always)]
+fn splat_tile<T: Real>(
+    out: &mut [T],
+    x: &[T],
+    y: &[T],
+    tile: usize,
+    step: impl Fn(T, T, T) -> T + Copy,
+) {
+    let mut chunks = out.chunks_exact_mut(LANE_CHUNK);
+    let mut t0 = 0;
+    for o in &mut chunks {
+        let mut acc = [T::ZERO; LANE_CHUNK];
+        for (c, &xc) in x.iter().enumerate() {
+            let yc = &y[c * tile + t0..c * tile + t0 + LANE_CHUNK];
+            for (a, &v) in acc.iter_mut().zip(yc) {
+                *a = step(*a, xc, v);
+            }
+        }
+        o.copy_from_slice(&acc);
+        t0 += LANE_CHUNK;
+    }
+    let rest = chunks.into_remainder();
+    rest.fill(T::ZERO);
+    for (c, &xc) in x.iter().enumerate() {
+        let yc = &y[c * tile + t0..c * tile + t0 + rest.len()];
+        for (o, &v) in rest.iter_mut().zip(yc) {
+            *o = step(*o, xc, v);
+        }
+    }
+}
+
 #[inline(always)]
 fn apply<T: Real, M: MathMode>(
     op: &Op,
@@ -278,19 +385,23 @@ fn apply<T: Real, M: MathMode>(
                 }
             }
         }
-        Op::SqDist => {
-            let d = args[0].dim().max(args[1].dim());
-            reduce2(out, d, regs, scal, args[0], args[1], |x, y| {
-                (x - y) * (x - y)
-            });
+        // Sums over coordinates; `s` is the running sum.
+        Op::SqDist | Op::Scalprod | Op::SqNorm2 | Op::Sum => {
+            let (x, y) = (args[0], *args.get(1).unwrap_or(&args[0]));
+            let d = x.dim().max(y.dim());
+            // A macro, not a closure: each step must be its own monomorphised loop.
+            macro_rules! sum_of {
+                ($step:expr) => {
+                    reduce2(out, d, regs, scal, x, y, $step)
+                };
+            }
+            match *op {
+                Op::SqDist => sum_of!(|s: T, a: T, b: T| (a - b).fma_::<M>(a - b, s)),
+                Op::Scalprod => sum_of!(|s: T, a: T, b: T| a.fma_::<M>(b, s)),
+                Op::SqNorm2 => sum_of!(|s: T, a: T, _| a.fma_::<M>(a, s)),
+                _ => sum_of!(|s: T, a: T, _| s + a),
+            }
         }
-        Op::Scalprod => reduce2(out, args[0].dim(), regs, scal, args[0], args[1], |x, y| {
-            x * y
-        }),
-        Op::SqNorm2 => reduce2(out, args[0].dim(), regs, scal, args[0], args[0], |x, _| {
-            x * x
-        }),
-        Op::Sum => reduce2(out, args[0].dim(), regs, scal, args[0], args[0], |x, _| x),
         Op::WeightedSqNorm => {
             let (s, x) = (args[0], args[1]);
             let d = x.dim();
