@@ -25,13 +25,14 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from keops_bench import report  # noqa: E402
 from keops_bench.cases import find_cases  # noqa: E402
-from keops_bench.runner import ERROR, CaseResult, Progress, Settings, run_case  # noqa: E402
+from keops_bench.runner import (ERROR, CaseResult, Point, Progress, Settings,  # noqa: E402
+                                run_case)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -65,15 +66,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
         s.budget_s = min(s.budget_s, 5.0)
     if args.tiny:
-        s.budget_s, s.max_n, s.repeat_s, s.max_reps = min(s.budget_s, 5.0), 2000, 0.05, 5
-        s.max_n = min(s.max_n, args.max_n)
+        s.budget_s, s.repeat_s, s.max_reps = min(s.budget_s, 5.0), 0.05, 5
+        s.max_n = min(2000, args.max_n)
     return s
 
 
-def write_report(payload: Dict, results: Dict[str, CaseResult], out: str) -> List[str]:
+def write_report(payload: Dict, results: Dict[str, CaseResult],
+                 out: str) -> List[Tuple[str, str, Point]]:
     """Prints the tables, writes ``bench.md``, ``bench.png`` and ``results.json``; returns
-    the problems found (errors, mismatches)."""
-    cases = find_cases([k for k in payload["cases"]])
+    the problems found (errors, mismatches) as ``(case, method, point)``."""
+    cases = find_cases(payload["cases"])
     names = payload["methods_run"]
     budget = payload["settings"]["budget_s"]
     machine = payload["machine"]
@@ -96,7 +98,7 @@ def write_report(payload: Dict, results: Dict[str, CaseResult], out: str) -> Lis
         for name, pts in res.points.items():
             for p in pts:
                 if p.status == ERROR or p.mismatch:
-                    problems.append(f"{case.key} {name} N={p.n}: {p.note}")
+                    problems.append((case.key, name, p))
     legend = report.legend_lines(budget)
     print("\n" + "\n".join(legend))
     md += legend
@@ -107,8 +109,8 @@ def write_report(payload: Dict, results: Dict[str, CaseResult], out: str) -> Lis
         f", {machine['gpu']}" if "gpu" in machine else "")
     report.plot(cases, results, names, title, budget, os.path.join(out, "bench.png"))
     report.save_json(os.path.join(out, "results.json"), payload)
-    for p in problems:
-        print(f"problem: {p}")
+    for key, name, p in problems:
+        print(f"problem: {key} {name} N={p.n}: {p.note}")
     print(f"wrote {out}/bench.png, bench.md, results.json")
     return problems
 
@@ -151,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     payload["total_s"] = time.perf_counter() - start
     problems = write_report(payload, results, args.out)
     print(f"total {payload['total_s']:.0f} s")
-    return 1 if any(p.split()[1].startswith("keops-rs") for p in problems) else 0
+    return 1 if any(name.startswith("keops-rs") for _, name, _ in problems) else 0
 
 
 if __name__ == "__main__":

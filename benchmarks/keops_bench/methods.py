@@ -22,6 +22,11 @@ SOLVE_FORMULA = "Exp(-SqDist(x,y) * g) * a"
 SOLVE_ALIASES = ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)", "g = Pm(1)"]
 
 
+def method_key(name: str) -> str:
+    """A method's name on the command line: lower case, dashes (``torch-gpu``)."""
+    return name.lower().replace(" ", "-").replace("pytorch", "torch")
+
+
 class Method:
     """A way of computing the cases: a column of the tables, a line of the plots."""
 
@@ -36,8 +41,8 @@ class Method:
 
     @property
     def key(self) -> str:
-        """The name on the command line (``--methods``): lower case, dashes."""
-        return self.name.lower().replace(" ", "-").replace("pytorch", "torch")
+        """The name on the command line (``--methods``)."""
+        return method_key(self.name)
 
     def thunk(self, case: Case, data: Data) -> Thunk:
         """The measured computation of ``case`` on ``data``."""
@@ -55,8 +60,22 @@ class Method:
         return 0.0
 
 
+class TorchMethod(Method):
+    """A method on torch tensors of one device (inputs moved there, untimed)."""
+
+    torch_device = torch.device("cpu")
+
+    def prepare(self, data: Data) -> Data:
+        d = self.torch_device
+        return Data(data.x.to(d), data.y.to(d), data.b.to(d), data.g.to(d))
+
+    def sync(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+
+
 # --------------------------------------------------------------------------- LazyTensor
-class LazyMethod(Method):
+class LazyMethod(TorchMethod):
     """keops-rs or pykeops through their torch front end (``LazyTensor``, ``KernelSolve``),
     with an explicit backend; inputs on ``torch_device``."""
 
@@ -66,14 +85,6 @@ class LazyMethod(Method):
         self.device = "GPU" if backend.startswith("GPU") else "CPU"
         self.torch_device = torch.device(torch_device)
         self.version = version
-
-    def prepare(self, data: Data) -> Data:
-        d = self.torch_device
-        return Data(data.x.to(d), data.y.to(d), data.b.to(d), data.g.to(d))
-
-    def sync(self) -> None:
-        if self.torch_device.type == "cuda":
-            torch.cuda.synchronize(self.torch_device)
 
     def _sqdist(self, x: torch.Tensor, y: torch.Tensor) -> Any:
         LT = self.module.LazyTensor
@@ -106,7 +117,7 @@ class LazyMethod(Method):
 
 
 # --------------------------------------------------------------------------- dense torch
-class TorchDense(Method):
+class TorchDense(TorchMethod):
     """Plain PyTorch: the N x M matrix, then a matrix product, ``topk``, ``logsumexp``
     or a Cholesky solve; autograd for the gradient."""
 
@@ -117,14 +128,6 @@ class TorchDense(Method):
         self.device = "GPU" if self.torch_device.type == "cuda" else "CPU"
         self.name = "PyTorch" + (" GPU" if self.device == "GPU" else "")
         self.version = f"torch {torch.__version__}"
-
-    def prepare(self, data: Data) -> Data:
-        d = self.torch_device
-        return Data(data.x.to(d), data.y.to(d), data.b.to(d), data.g.to(d))
-
-    def sync(self) -> None:
-        if self.torch_device.type == "cuda":
-            torch.cuda.synchronize(self.torch_device)
 
     def mem_bytes(self, case: Case, n: int) -> float:
         # Matrices of N x M held at once: cdist and its temporaries, exp, autograd's saved
@@ -288,8 +291,7 @@ def find_methods(wanted: Optional[Sequence[str]] = None) -> Tuple[List[Method], 
         missing["pykeops"] = f"not importable ({type(e).__name__}: {e}); "\
             "`.venv/bin/pip install pykeops==2.3` adds it"
     if wanted:
-        known = {m.key for m in methods} | {k.lower().replace(" ", "-").replace("pytorch", "torch")
-                                            for k in missing}
+        known = {m.key for m in methods} | {method_key(k) for k in missing}
         unknown = set(wanted) - known
         if unknown:
             raise ValueError(f"unknown method(s) {sorted(unknown)}: choose from {sorted(known)}")

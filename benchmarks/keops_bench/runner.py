@@ -138,14 +138,15 @@ def run_case(case: Case, methods: Sequence[Method], settings: Settings,
     reference of the errors)."""
     sizes = [n for n in case.sizes if n <= settings.max_n]
     out = CaseResult(case.key, {m.name: [] for m in methods})
-    active = {m.name: True for m in methods}
+    # A method runs on until a size gives it no time (OOM, budget, error).
+    running = lambda m: all(p.status == OK for p in out.points[m.name][-1:])  # noqa: E731
     for k, n in enumerate(sizes):
-        if not any(active.values()):
+        if not any(running(m) for m in methods):
             break
         data = case.data(n, settings.seed)
         ref: Any = None
         for m in methods:
-            if not active[m.name]:
+            if not running(m):
                 continue
             pts = out.points[m.name]
             point, result = _run_point(case, m, n, data, pts, settings, progress)
@@ -162,7 +163,6 @@ def run_case(case: Case, methods: Sequence[Method], settings: Settings,
                         point.status, point.note = ERROR, f"cannot compare: {e}"
             del result
             if point.status != OK:
-                active[m.name] = False
                 progress.step(len(sizes) - k)  # this size and the ones it will skip
             else:
                 progress.step(1)
@@ -171,7 +171,7 @@ def run_case(case: Case, methods: Sequence[Method], settings: Settings,
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     for m in methods:  # the sizes of methods still running when the list ran out
-        if active[m.name]:
+        if running(m):
             progress.step(len(sizes) - len(out.points[m.name]))
     return out
 
