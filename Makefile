@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 # Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
 ARGS ?=
 
-.PHONY: demo test lint bench bench-rust venv python clean
+.PHONY: demo test lint bench bench-rust gpu-bundle venv python clean
 
 demo: python
 	$(CARGO) build --workspace --release
@@ -19,7 +19,7 @@ demo: python
 test: lint python
 	KEOPS_NVRTC="$$($(VPY) -c 'import os, keops; print(os.environ.get("KEOPS_NVRTC", ""))')" \
 	KEOPS_REQUIRE_NVRTC=1 $(CARGO) test --workspace --release --all-features
-	$(VPY) -m pytest -q crates/keops-python/tests
+	$(VPY) -m pytest -q -rs crates/keops-python/tests
 
 # The Python package `keops`, built by maturin and installed into the venv the way a
 # user would (`pip install ./crates/keops-python`).
@@ -41,6 +41,12 @@ bench: python
 # as references.
 bench-rust: venv
 	KEOPS_PYTHON=$(VPY) $(CARGO) run --release -p keops-cli -- bench $(ARGS)
+
+# For a GPU machine without Rust or network: the GPU test binary, cuda_info, the keops
+# wheel and pykeops' wheels into .gpu/; there, `scripts/gpu_check.sh [rust cache python
+# bench]` runs the GPU checks (README, "GPU checks").
+gpu-bundle: venv
+	VPY=$(VPY) scripts/gpu_bundle.sh
 
 venv: $(VENV)/.installed
 

@@ -269,9 +269,10 @@ def find_methods(wanted: Optional[Sequence[str]] = None) -> Tuple[List[Method], 
     kv = f"keops-rs {keops.__version__}"
     methods.append(LazyMethod("keops-rs", kt, "CPU", "cpu", kv))
     if keops.gpu_available():
-        # keops-rs reads host tensors today (CUDA tensors in place are still to come):
-        # its GPU times include the transfers.
-        methods.append(LazyMethod("keops-rs GPU", kt, "GPU", "cpu", kv))
+        # CUDA tensors, reduced in place (as pykeops GPU); where torch has no CUDA,
+        # host tensors, whose times then include the transfers.
+        methods.append(LazyMethod("keops-rs GPU", kt, "GPU",
+                                  "cuda" if torch.cuda.is_available() else "cpu", kv))
     else:
         missing["keops-rs GPU"] = "no CUDA device or driver (keops.gpu_available() is False)"
     methods.append(NumpyDense())

@@ -6,7 +6,10 @@
 //! that carry the Rust message. The pykeops-compatible API lives in Python
 //! (`python/keops/numpy.py`).
 
-use keops::{AccType, Arg, Backend, Element, KeopsError, Options, Reduction, SumScheme};
+use keops::cuda::{DeviceArg, DeviceOutputs};
+use keops::{
+    AccType, Arg, Backend, Element, KeopsError, Layout, MultiGpu, Options, Reduction, SumScheme,
+};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods};
 use std::sync::Arc;
 
@@ -26,6 +29,9 @@ fn to_py(e: KeopsError) -> PyErr {
 
 /// What a reduction returns to Python: values and indices, either possibly absent.
 type Outputs<'py> = (Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>);
+
+/// Output shapes (values, indices), either possibly absent.
+type OutputShapes = (Option<Vec<usize>>, Option<Vec<usize>>);
 
 /// A reduction of a symbolic matrix, checked once and callable many times.
 #[pyclass(module = "keops._keops", frozen)]
@@ -150,7 +156,7 @@ impl Genred {
     /// Runs the reduction on C-contiguous float32 or float64 arrays (all of one dtype).
     /// Returns `(values, indices)`, either possibly `None`.
     /// `ranges` makes it block-sparse (see [`Ranges`]).
-    #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None))]
+    #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn __call__<'py>(
         &self,
@@ -162,8 +168,10 @@ impl Genred {
         backend: &str,
         device_id: usize,
         ranges: Option<PyRef<'py, Ranges>>,
+        multi_gpu: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Outputs<'py>> {
-        let opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
+        let mut opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
+        opts.multi_gpu = multi_gpu_option(multi_gpu)?;
         macro_rules! go {
             ($t:ty) => {
                 with_args::<$t, _>(py, &args, |a| self.inner.call_with(a, &opts))
@@ -173,11 +181,89 @@ impl Genred {
         dispatch!(args, go)
     }
 
+    /// The output shapes `(values, indices)` for arguments of shapes `shapes`, `None`
+    /// for an output the reduction does not produce.
+    fn output_shapes(&self, shapes: Vec<Vec<usize>>) -> PyResult<OutputShapes> {
+        let shapes: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
+        let (v, i) = Layout::new(&self.inner, &shapes)
+            .map_err(to_py)?
+            .output_shapes();
+        let (dv, di) = self.inner.spec().output_dims();
+        Ok(((dv > 0).then_some(v), (di > 0).then_some(i)))
+    }
+
+    /// Runs the reduction on arrays already in GPU memory (PyTorch CUDA tensors), in
+    /// place on CUDA stream `stream` of device `device_id`: `ptrs`/`shapes`/`strides`
+    /// (in elements) of the arguments, all of `dtype` (`"float32"` or `"float64"`), and
+    /// the addresses of contiguous outputs of the shapes `output_shapes` gives (0 for
+    /// one that is `None`). Returns once queued, without synchronising.
+    ///
+    /// Internal to `keops.torch`, which passes live tensors of the right shapes: the
+    /// addresses are checked to be memory of the device, not their extents.
+    #[pyo3(signature = (ptrs, shapes, strides, dtype, out_values, out_indices, stream, dtype_acc="auto", sum_scheme="auto", backend="GPU", device_id=0, ranges=None))]
+    #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
+    fn call_device(
+        &self,
+        py: Python<'_>,
+        ptrs: Vec<u64>,
+        shapes: Vec<Vec<usize>>,
+        strides: Vec<Vec<usize>>,
+        dtype: &str,
+        out_values: u64,
+        out_indices: u64,
+        stream: u64,
+        dtype_acc: &str,
+        sum_scheme: &str,
+        backend: &str,
+        device_id: usize,
+        ranges: Option<PyRef<'_, Ranges>>,
+    ) -> PyResult<()> {
+        let opts = options(dtype_acc, sum_scheme, None, backend, device_id, ranges)?;
+        if opts.backend == Backend::Cpu {
+            return Err(PyValueError::new_err(
+                "backend 'CPU' cannot reduce GPU arrays in place",
+            ));
+        }
+        if ptrs.len() != shapes.len() || strides.len() != shapes.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} pointers, {} shapes and {} stride lists",
+                ptrs.len(),
+                shapes.len(),
+                strides.len()
+            )));
+        }
+        let args: Vec<DeviceArg> = ptrs
+            .into_iter()
+            .zip(shapes)
+            .zip(strides)
+            .map(|((ptr, shape), strides)| DeviceArg {
+                ptr,
+                shape,
+                strides,
+            })
+            .collect();
+        let out = DeviceOutputs {
+            values: out_values,
+            indices: out_indices,
+        };
+        // SAFETY: `keops.torch` passes the addresses, shapes and strides of live tensors
+        // of `device_id` and outputs it allocated with `output_shapes`; it keeps them
+        // alive (torch's allocator orders reuse on the stream we run on).
+        let run = |g: &keops::Genred| match dtype {
+            "float32" => unsafe { keops::cuda::run_in_place::<f32>(g, &args, out, stream, &opts) },
+            "float64" => unsafe { keops::cuda::run_in_place::<f64>(g, &args, out, stream, &opts) },
+            other => Err(KeopsError::Arguments(format!(
+                "dtype {other:?}: expected float32 or float64"
+            ))),
+        };
+        py.detach(|| run(&self.inner).map(|_| ())).map_err(to_py)
+    }
+
     /// Solves `(K + alpha I) a = b` by conjugate gradients (`keops::solve`), this `Sum`
     /// being `K a` with the unknown at argument `var` (where `args` holds `b`).
     /// Returns `(a, iterations, residual, converged)`; `callback(iteration, residual)`
     /// runs after each iteration (an exception it raises, or Ctrl-C, stops the solve).
-    #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None))]
+    #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn solve<'py>(
         &self,
@@ -194,8 +280,10 @@ impl Genred {
         backend: &str,
         device_id: usize,
         ranges: Option<PyRef<'py, Ranges>>,
+        multi_gpu: Option<Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, usize, f64, bool)> {
-        let opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
+        let mut opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
+        opts.multi_gpu = multi_gpu_option(multi_gpu)?;
         let solver =
             keops::solve::KernelSolve::from_genred(self.inner.clone(), var).map_err(to_py)?;
         let params = keops::solve::SolveOptions {
@@ -283,6 +371,22 @@ fn options(
         ranges: ranges.map(|r| r.inner.clone()),
         ..Options::default()
     })
+}
+
+/// `multi_gpu`: `None` (one GPU), `"all"`, or a list of CUDA ordinals.
+fn multi_gpu_option(m: Option<Bound<'_, PyAny>>) -> PyResult<MultiGpu> {
+    match m {
+        None => Ok(MultiGpu::Off),
+        Some(m) if m.extract::<String>().is_ok_and(|s| s == "all") => Ok(MultiGpu::All),
+        Some(m) => m
+            .extract::<Vec<usize>>()
+            .map(MultiGpu::Devices)
+            .map_err(|_| {
+                PyValueError::new_err(format!(
+                    "invalid multi_gpu {m}: expected \"all\" or a list of GPU numbers"
+                ))
+            }),
+    }
 }
 
 /// An owned result array as a NumPy array (no copy: NumPy takes the buffer).
@@ -414,6 +518,12 @@ fn gpu_available() -> bool {
     keops::cuda::available()
 }
 
+/// Whether `backend="auto"` runs reductions on a GPU here (see `keops::plan::auto_uses_gpu`).
+#[pyfunction]
+fn auto_uses_gpu() -> bool {
+    keops::plan::auto_uses_gpu()
+}
+
 /// Every name of the formula language (the op table), for coverage tests and tools.
 #[pyfunction]
 fn op_names() -> Vec<&'static str> {
@@ -451,6 +561,7 @@ fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(alias_position, m)?)?;
     m.add_function(wrap_pyfunction!(check_solve, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_available, m)?)?;
+    m.add_function(wrap_pyfunction!(auto_uses_gpu, m)?)?;
     m.add_function(wrap_pyfunction!(op_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -321,3 +321,43 @@ def test_new_ops_gradcheck(name: str) -> None:
         return f.sum(dim=1)
 
     assert torch.autograd.gradcheck(k, (x, y))
+
+
+# -- devices --------------------------------------------------------------------------------------
+def test_rows_contiguous_keeps_strided_batches_and_copies_strided_rows() -> None:
+    """What CUDA tensors are passed in place with: batch strides are free (a slice of a
+    batch, an expanded batch), rows must be contiguous (else a copy is made)."""
+    from keops.torch import _rows_contiguous
+    base = torch.randn(4, 5, 3)
+    for view in (base[::2], base[:, :, :].expand(2, 4, 5, 3), base[1], torch.randn(7, 1)[2:]):
+        assert _rows_contiguous(view) is view
+    for view in (base[:, :, :2], base.transpose(-1, -2), base[:, ::2], torch.randn(7, 1)[::3]):
+        c = _rows_contiguous(view)
+        assert c is not view and c.is_contiguous() and torch.equal(c, view)
+
+
+def test_device_id_options() -> None:
+    """``device_id``: a GPU number, or ``"all"`` / a list of GPU numbers to split one
+    reduction over several GPUs; anything else is an error naming the option."""
+    import keops
+    from keops._genred import make_options
+    assert make_options(device_id=-1).device_id == 0
+    assert make_options(device_id=2).device_id == 2
+    assert make_options(device_id="all").multi_gpu == "all"
+    assert make_options(device_id=[0, 1]).multi_gpu == (0, 1)
+    for bad in ("first", [], [0, -1], [0.5], -2, True):
+        with pytest.raises(ValueError, match="device_id"):
+            make_options(device_id=bad)
+    x, y, b, p = [a.detach() for a in data()]
+    with pytest.raises(ValueError, match="device_id"):
+        Vi(x).sqdist(Vj(y)).sum(dim=1, device_id="first")
+    # The CPU ignores it; the GPU runs the split, or says that there is no GPU.
+    want = k_gauss(x, y, b, p)
+    g = Genred("Exp(-SqDist(x,y)*p) * b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)", "p = Pm(1)"],
+               axis=1)
+    assert torch.allclose(g(x, y, b, p, backend="CPU", device_id="all"), want)
+    if keops.gpu_available():
+        assert torch.allclose(g(x, y, b, p, backend="GPU", device_id=[0, 0]), want)
+    else:
+        with pytest.raises(RuntimeError, match="GPU"):
+            g(x, y, b, p, backend="GPU", device_id=[0, 0])

@@ -1,10 +1,13 @@
 //! What the CUDA engine finds on this machine, and what compiling a kernel costs:
 //! `cargo run --release -p keops --example cuda_info`. Runs without a GPU (NVRTC only).
+//! With a GPU it also runs a reduction twice and says where its kernel came from: run it
+//! twice (same `KEOPS_CACHE_DIR`) and the second process reads the CUBIN from disk.
 
 use keops::cuda::cache::{self, KernelCache};
 use keops::cuda::kernel::{kernel_source, KernelSpec};
 use keops::cuda::nvrtc::{Arch, Nvrtc};
-use keops::{Genred, Options, Reduction};
+use keops::plan::Problem;
+use keops::{Arg, Backend, Genred, Options, Reduction};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,5 +47,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "same kernel, new process: {origin:?} in {:.1?}",
         t.elapsed()
     );
+    if keops::cuda::available() {
+        on_the_gpu(&g)?;
+    }
+    Ok(())
+}
+
+/// A Gaussian sum on the GPU, called twice: the first call's kernel is compiled, read
+/// from the disk cache (a process ran it before) or already loaded; the second is in
+/// memory.
+fn on_the_gpu(g: &Genred) -> Result<(), Box<dyn std::error::Error>> {
+    let dev = keops::cuda::runtime::device(0)?;
+    println!("GPU 0: {} ({}, {} SMs)", dev.name, dev.arch.sm(), dev.sms);
+    let n = 100_000;
+    let x: Vec<f32> = (0..3 * n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+    let args = [
+        Arg::new(&x, [n, 3]),
+        Arg::new(&x, [n, 3]),
+        Arg::new(&b, [n, 1]),
+    ];
+    let problem = Problem::new(g, &args)?;
+    let opts = Options {
+        backend: Backend::Gpu,
+        ..Options::default()
+    };
+    for call in ["first call", "second call"] {
+        let t = Instant::now();
+        let (_, info) = keops::cuda::runtime::run(&problem, &opts)?;
+        println!(
+            "Gaussian sum, N = M = {n}, {call}: kernel {:?}, {:.1?} in all ({:?})",
+            info.origin,
+            t.elapsed(),
+            info.launch.scheme
+        );
+    }
     Ok(())
 }

@@ -255,7 +255,7 @@ impl Gradient {
         // The output gradient as rows: [..batch, n, K*D] for the K-min family.
         let (n_out, _) = problem.sizes();
         let row_shape = |dim: usize| {
-            let mut s = problem.batch.clone();
+            let mut s = problem.layout.batch.clone();
             s.extend([n_out, dim]);
             s
         };
@@ -393,7 +393,7 @@ impl Gradient {
                 }
             }
         }
-        let mut shape = problem.batch.clone();
+        let mut shape = problem.layout.batch.clone();
         if self.side != Side::Param {
             shape.push(rows);
         }

@@ -46,7 +46,8 @@ pub use grad::{Extra, Gradient};
 
 pub use lazy::{LazyTensor, Pm, Vi, Vj};
 pub use plan::{
-    AccType, Arg, Array, Backend, CpuKernel, Element, Genred, Options, Reduced, SumScheme,
+    AccType, Arg, Array, Backend, CpuKernel, Element, Genred, GpuScheme, Layout, MultiGpu, Options,
+    Reduced, SumScheme,
 };
 pub use ranges::{Blocks, Ranges};
 pub use reduction::Reduction;

@@ -96,6 +96,21 @@ pub enum GpuScheme {
     TwoD,
 }
 
+/// One reduction over several GPUs: the reduced axis is split among them in parts
+/// proportional to their multiprocessor counts, each computes the partial states of
+/// every output row over its part, and the first combines them in index order (so
+/// results, ties of `ArgMin` included, are those of one GPU).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MultiGpu {
+    /// One GPU: `Options::device_id`.
+    #[default]
+    Off,
+    /// Every visible GPU.
+    All,
+    /// These GPUs (CUDA ordinals, in order; one listed twice gets two parts).
+    Devices(Vec<usize>),
+}
+
 impl Backend {
     /// From pykeops' option string (`"auto"`, `"CPU"`, `"GPU"`, `"GPU_1D"`, `"GPU_2D"`).
     pub fn from_name(s: &str) -> Result<Backend> {
@@ -137,6 +152,8 @@ pub struct Options {
     pub gpu_scheme: GpuScheme,
     /// Which GPU (CUDA ordinal).
     pub device_id: usize,
+    /// Several GPUs for one reduction (host data only; `device_id` is then unused).
+    pub multi_gpu: MultiGpu,
     /// Caps the CPU instruction set (`None`: the best this CPU has; the environment
     /// variable `KEOPS_CPU_ISA` caps it too). For testing and comparing code paths.
     pub isa: Option<crate::cpu::Isa>,
@@ -332,7 +349,7 @@ impl Genred {
         let gpu = match opts.backend {
             Backend::Gpu => true,
             Backend::Cpu => false,
-            Backend::Auto => AUTO_PICKS_GPU && crate::cuda::available(),
+            Backend::Auto => auto_uses_gpu(),
         };
         if gpu {
             crate::cuda::runtime::run(&problem, opts).map(|r| r.0)
@@ -346,6 +363,11 @@ impl Genred {
 /// suite has run on a device (issue 5): until then only an explicit `Backend::Gpu`
 /// reaches the unvalidated GPU code, and `Auto` always runs on the CPU.
 const AUTO_PICKS_GPU: bool = false;
+
+/// Whether `Backend::Auto` runs reductions on the GPU here.
+pub fn auto_uses_gpu() -> bool {
+    AUTO_PICKS_GPU && crate::cuda::available()
+}
 
 /// One input array: row-major data and its shape (`[..batch, n, dim]` for `Vi`/`Vj`,
 /// `[..batch, dim]` for `Pm`).
@@ -409,14 +431,11 @@ impl<T> Reduced<T> {
     }
 }
 
-/// A checked call: a [`Genred`] with arguments whose shapes fit, batch dimensions
-/// broadcast, and sizes known. This is what engines execute.
-#[derive(Debug)]
-pub struct Problem<'a, T> {
-    /// The reduction.
-    pub genred: &'a Genred,
-    /// The arguments, by position.
-    pub args: Vec<Arg<'a, T>>,
+/// The checked shapes of a call: batch dimensions broadcast, sizes known, and where
+/// each argument's batch entries start. Host and device data share it (device arrays
+/// bring their own strides).
+#[derive(Clone, Debug)]
+pub struct Layout {
     /// Broadcast batch shape.
     pub batch: Vec<usize>,
     /// For each argument, the stride (in elements) of each batch dimension (0 where
@@ -426,39 +445,63 @@ pub struct Problem<'a, T> {
     pub n_i: usize,
     /// Number of `j` rows.
     pub n_j: usize,
-    /// Block-sparse mode: the blocks to visit (checked against the sizes).
-    pub ranges: Option<&'a crate::ranges::Blocks>,
+    axis: usize,
+    spec: ReductionSpec,
 }
 
-impl<'a, T: Element> Problem<'a, T> {
-    /// Checks `args` against `genred`'s declarations.
-    pub fn new(genred: &'a Genred, args: &[Arg<'a, T>]) -> Result<Self> {
+impl Layout {
+    /// Checks the shapes of C-contiguous arguments against `genred`'s declarations.
+    pub fn new(genred: &Genred, shapes: &[&[usize]]) -> Result<Layout> {
+        Self::build(genred, shapes, None)
+    }
+
+    /// As [`Layout::new`] for arrays with `strides` (in elements, one per dimension):
+    /// each argument's rows must be contiguous (stride 1 along its last dimension, and
+    /// a row stride equal to its dimension); batch dimensions may have any stride (0 to
+    /// broadcast).
+    pub fn with_strides(
+        genred: &Genred,
+        shapes: &[&[usize]],
+        strides: &[&[usize]],
+    ) -> Result<Layout> {
+        if strides.len() != shapes.len() {
+            return Err(KeopsError::Arguments(format!(
+                "{} shapes but {} stride lists",
+                shapes.len(),
+                strides.len()
+            )));
+        }
+        Self::build(genred, shapes, Some(strides))
+    }
+
+    fn build(genred: &Genred, shapes: &[&[usize]], strides: Option<&[&[usize]]>) -> Result<Layout> {
         let decls = &genred.args;
-        if args.len() < decls.len() {
+        if shapes.len() < decls.len() {
             return Err(KeopsError::Arguments(format!(
                 "the formula uses {} argument(s) but {} were given",
                 decls.len(),
-                args.len()
+                shapes.len()
             )));
         }
-        if args.len() > decls.len() {
+        if shapes.len() > decls.len() {
             return Err(KeopsError::Arguments(format!(
                 "{} argument(s) given but the formula uses only {} (argument {} is extra)",
-                args.len(),
+                shapes.len(),
                 decls.len(),
                 decls.len()
             )));
         }
         // Each argument's batch dims = its shape minus the trailing [n, d] or [d].
         let mut nbatch = 0;
-        for (k, (a, d)) in args.iter().zip(decls).enumerate() {
+        let mut bases = Vec::with_capacity(shapes.len());
+        for (k, (&shape, d)) in shapes.iter().zip(decls).enumerate() {
             let d = d.ok_or_else(|| KeopsError::Argument {
                 index: k,
                 msg: "no variable of the formula uses this argument".into(),
             })?;
             let base = if d.cat == Cat::Pm { 1 } else { 2 };
-            let scalar_pm = d.cat == Cat::Pm && d.dim == 1 && a.shape.is_empty();
-            if a.shape.len() < base && !scalar_pm {
+            let scalar_pm = d.cat == Cat::Pm && d.dim == 1 && shape.is_empty();
+            if shape.len() < base && !scalar_pm {
                 return Err(KeopsError::Argument {
                     index: k,
                     msg: format!(
@@ -470,11 +513,11 @@ impl<'a, T: Element> Problem<'a, T> {
                         } else {
                             format!("(..., {})", d.dim)
                         },
-                        a.shape
+                        shape
                     ),
                 });
             }
-            let last = a.shape.last().copied().unwrap_or(1);
+            let last = shape.last().copied().unwrap_or(1);
             if last != d.dim {
                 return Err(KeopsError::Argument {
                     index: k,
@@ -483,44 +526,28 @@ impl<'a, T: Element> Problem<'a, T> {
                         d.cat.name(),
                         d.dim,
                         d.dim,
-                        a.shape
+                        shape
                     ),
                 });
             }
-            let expected = a
-                .shape
-                .iter()
-                .try_fold(1usize, |acc, &s| acc.checked_mul(s))
-                .ok_or_else(|| KeopsError::Argument {
-                    index: k,
-                    msg: format!("shape {:?} has more elements than memory can hold", a.shape),
-                })?;
-            if a.data.len() != expected {
-                return Err(KeopsError::Argument {
-                    index: k,
-                    msg: format!(
-                        "shape {:?} needs {expected} values, got {}",
-                        a.shape,
-                        a.data.len()
-                    ),
-                });
+            if let Some(strides) = strides {
+                check_rows_contiguous(k, shape, strides[k], base)?;
             }
-            nbatch = nbatch.max(a.shape.len().saturating_sub(base));
+            nbatch = nbatch.max(shape.len().saturating_sub(base));
+            bases.push((d, base));
         }
         let mut batch = vec![1usize; nbatch];
         let mut n = [None::<usize>; 2];
-        for (k, (a, d)) in args.iter().zip(decls).enumerate() {
-            let d = d.expect("checked above");
-            let base = if d.cat == Cat::Pm { 1 } else { 2 };
-            let lead = a.shape.len().saturating_sub(base);
-            for (t, &b) in a.shape[..lead].iter().enumerate() {
+        for (k, (&shape, &(d, base))) in shapes.iter().zip(&bases).enumerate() {
+            let lead = shape.len().saturating_sub(base);
+            for (t, &b) in shape[..lead].iter().enumerate() {
                 let slot = &mut batch[nbatch - lead + t];
                 if b != 1 && *slot != 1 && b != *slot {
                     return Err(KeopsError::Argument {
                         index: k,
                         msg: format!(
                             "batch dimensions {:?} do not broadcast with the others ({:?})",
-                            &a.shape[..lead],
+                            &shape[..lead],
                             batch
                         ),
                     });
@@ -530,7 +557,7 @@ impl<'a, T: Element> Problem<'a, T> {
                 }
             }
             if d.cat != Cat::Pm {
-                let rows = a.shape[a.shape.len() - 2];
+                let rows = shape[shape.len() - 2];
                 let slot = &mut n[d.cat as usize];
                 match *slot {
                     Some(r) if r != rows => {
@@ -547,36 +574,37 @@ impl<'a, T: Element> Problem<'a, T> {
                 }
             }
         }
-        let batch_strides = args
+        let batch_strides = shapes
             .iter()
-            .zip(decls)
-            .map(|(a, d)| {
-                let d = d.expect("checked above");
-                let base = if d.cat == Cat::Pm { 1 } else { 2 };
-                let lead = a.shape.len().saturating_sub(base);
-                let mut strides = vec![0usize; nbatch];
-                let mut s: usize = a.shape[lead..].iter().product();
+            .zip(&bases)
+            .enumerate()
+            .map(|(k, (&shape, &(_, base)))| {
+                let lead = shape.len().saturating_sub(base);
+                let mut out = vec![0usize; nbatch];
+                let mut s: usize = shape[lead..].iter().product();
                 for t in (0..lead).rev() {
-                    if a.shape[t] != 1 {
-                        strides[nbatch - lead + t] = s;
+                    if shape[t] != 1 {
+                        out[nbatch - lead + t] = match strides {
+                            Some(st) => st[k][t],
+                            None => s,
+                        };
                     }
-                    s *= a.shape[t];
+                    s *= shape[t];
                 }
-                strides
+                out
             })
             .collect();
-        let problem = Problem {
-            genred,
-            args: args.to_vec(),
+        let layout = Layout {
             batch,
             batch_strides,
             // A side with no variable has one row, as in KeOps.
             n_i: n[0].unwrap_or(1),
             n_j: n[1].unwrap_or(1),
-            ranges: None,
+            axis: genred.axis,
+            spec: genred.spec,
         };
         if let Some(k) = genred.spec.kind.k() {
-            let (_, n_red) = problem.sizes();
+            let (_, n_red) = layout.sizes();
             if k > n_red {
                 return Err(KeopsError::Reduction {
                     reduction: genred.spec.kind.name().into(),
@@ -584,30 +612,7 @@ impl<'a, T: Element> Problem<'a, T> {
                 });
             }
         }
-        Ok(problem)
-    }
-
-    /// Restricts the problem to the blocks of `ranges` (its half for this axis),
-    /// checked against the sizes.
-    pub fn with_ranges(mut self, ranges: Option<&'a crate::ranges::Ranges>) -> Result<Self> {
-        if let Some(r) = ranges {
-            r.check(self.n_i, self.n_j, self.batch_len())?;
-            self.ranges = Some(r.for_axis(self.genred.axis));
-        }
-        Ok(self)
-    }
-
-    /// For each output row (over the flattened batch), whether its reduction visits no
-    /// pair: every row when the reduced axis is empty, and in block-sparse mode the rows
-    /// in no cluster or in a cluster without reduced ranges.
-    pub fn empty_rows(&self) -> Vec<bool> {
-        let (n_out, n_red) = self.sizes();
-        let total = self.batch_len() * n_out;
-        match self.ranges {
-            _ if n_red == 0 => vec![true; total],
-            None => vec![false; total],
-            Some(blocks) => blocks.empty_rows(total),
-        }
+        Ok(layout)
     }
 
     /// Number of batch entries.
@@ -629,16 +634,16 @@ impl<'a, T: Element> Problem<'a, T> {
 
     /// Number of output rows and of reduced rows.
     pub fn sizes(&self) -> (usize, usize) {
-        if self.genred.axis == 1 {
+        if self.axis == 1 {
             (self.n_i, self.n_j)
         } else {
             (self.n_j, self.n_i)
         }
     }
 
-    /// Shapes of the outputs (values, indices).
+    /// Shapes of the outputs (values, indices), row-major.
     pub fn output_shapes(&self) -> (Vec<usize>, Vec<usize>) {
-        let spec = self.genred.spec;
+        let spec = self.spec;
         let (n_out, _) = self.sizes();
         let mut base = self.batch.clone();
         base.push(n_out);
@@ -653,6 +658,124 @@ impl<'a, T: Element> Problem<'a, T> {
         };
         let (dv, di) = spec.output_dims();
         (shape(dv), shape(di))
+    }
+}
+
+/// Rows of argument `k` must be contiguous: the engines read a row as `dim` values in
+/// a row and rows `dim` apart (batch dimensions are free: they become offsets).
+fn check_rows_contiguous(k: usize, shape: &[usize], strides: &[usize], base: usize) -> Result<()> {
+    if strides.len() != shape.len() {
+        return Err(KeopsError::Argument {
+            index: k,
+            msg: format!("shape {shape:?} but strides {strides:?}: one stride per dimension"),
+        });
+    }
+    let nd = shape.len();
+    let dim = shape.last().copied().unwrap_or(1);
+    let coord_ok = nd == 0 || dim <= 1 || strides[nd - 1] == 1;
+    let rows_ok = base == 1 || nd < 2 || shape[nd - 2] <= 1 || strides[nd - 2] == dim;
+    if coord_ok && rows_ok {
+        return Ok(());
+    }
+    Err(KeopsError::Argument {
+        index: k,
+        msg: format!(
+            "shape {shape:?} with strides {strides:?}: rows must be contiguous (strides \
+             (..., {dim}, 1)); make a contiguous copy (e.g. tensor.contiguous())"
+        ),
+    })
+}
+
+/// A checked call: a [`Genred`] with arguments whose shapes fit, batch dimensions
+/// broadcast, and sizes known. This is what engines execute.
+#[derive(Debug)]
+pub struct Problem<'a, T> {
+    /// The reduction.
+    pub genred: &'a Genred,
+    /// The arguments, by position.
+    pub args: Vec<Arg<'a, T>>,
+    /// Their checked shapes.
+    pub layout: Layout,
+    /// Block-sparse mode: the blocks to visit (checked against the sizes).
+    pub ranges: Option<&'a crate::ranges::Blocks>,
+}
+
+impl<'a, T: Element> Problem<'a, T> {
+    /// Checks `args` against `genred`'s declarations.
+    pub fn new(genred: &'a Genred, args: &[Arg<'a, T>]) -> Result<Self> {
+        // Each array against its own shape first: the cross-argument checks of the
+        // layout come after.
+        for (k, a) in args.iter().enumerate() {
+            let expected = a
+                .shape
+                .iter()
+                .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+                .ok_or_else(|| KeopsError::Argument {
+                    index: k,
+                    msg: format!("shape {:?} has more elements than memory can hold", a.shape),
+                })?;
+            if a.data.len() != expected {
+                return Err(KeopsError::Argument {
+                    index: k,
+                    msg: format!(
+                        "shape {:?} needs {expected} values, got {}",
+                        a.shape,
+                        a.data.len()
+                    ),
+                });
+            }
+        }
+        let shapes: Vec<&[usize]> = args.iter().map(|a| a.shape.as_slice()).collect();
+        let layout = Layout::new(genred, &shapes)?;
+        Ok(Problem {
+            genred,
+            args: args.to_vec(),
+            layout,
+            ranges: None,
+        })
+    }
+
+    /// Restricts the problem to the blocks of `ranges` (its half for this axis),
+    /// checked against the sizes.
+    pub fn with_ranges(mut self, ranges: Option<&'a crate::ranges::Ranges>) -> Result<Self> {
+        if let Some(r) = ranges {
+            r.check(self.layout.n_i, self.layout.n_j, self.batch_len())?;
+            self.ranges = Some(r.for_axis(self.genred.axis));
+        }
+        Ok(self)
+    }
+
+    /// For each output row (over the flattened batch), whether its reduction visits no
+    /// pair: every row when the reduced axis is empty, and in block-sparse mode the rows
+    /// in no cluster or in a cluster without reduced ranges.
+    pub fn empty_rows(&self) -> Vec<bool> {
+        let (n_out, n_red) = self.sizes();
+        let total = self.batch_len() * n_out;
+        match self.ranges {
+            _ if n_red == 0 => vec![true; total],
+            None => vec![false; total],
+            Some(blocks) => blocks.empty_rows(total),
+        }
+    }
+
+    /// Number of batch entries.
+    pub fn batch_len(&self) -> usize {
+        self.layout.batch_len()
+    }
+
+    /// Offset of argument `k`'s data for the flat batch index `b`.
+    pub fn batch_offset(&self, k: usize, b: usize) -> usize {
+        self.layout.batch_offset(k, b)
+    }
+
+    /// Number of output rows and of reduced rows.
+    pub fn sizes(&self) -> (usize, usize) {
+        self.layout.sizes()
+    }
+
+    /// Shapes of the outputs (values, indices).
+    pub fn output_shapes(&self) -> (Vec<usize>, Vec<usize>) {
+        self.layout.output_shapes()
     }
 }
 
@@ -716,5 +839,66 @@ mod ndarray_io {
                 "a transposed view is not C-contiguous"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauss() -> Genred {
+        Genred::new(
+            "Exp(-SqDist(x,y)) * b",
+            &["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)"],
+            Reduction::Sum,
+            1,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn strided_layouts_take_their_batch_strides() {
+        // x: a (2, 5, 3) view of a (2, 8, 3) buffer; y broadcast over the batch
+        // (expand: stride 0); b a (1, 4, 1) array.
+        let l = Layout::with_strides(
+            &gauss(),
+            &[&[2, 5, 3], &[2, 4, 3], &[1, 4, 1]],
+            &[&[24, 3, 1], &[0, 3, 1], &[4, 1, 1]],
+        )
+        .unwrap();
+        assert_eq!((l.batch.clone(), l.n_i, l.n_j), (vec![2], 5, 4));
+        assert_eq!(l.batch_strides, vec![vec![24], vec![0], vec![0]]);
+        assert_eq!((l.batch_offset(0, 1), l.batch_offset(1, 1)), (24, 0));
+        // Contiguous strides give the same layout as `Layout::new`.
+        let shapes: [&[usize]; 3] = [&[2, 5, 3], &[4, 3], &[4, 1]];
+        let a = Layout::new(&gauss(), &shapes).unwrap();
+        let b = Layout::with_strides(&gauss(), &shapes, &[&[15, 3, 1], &[3, 1], &[1, 1]]).unwrap();
+        assert_eq!(
+            (a.output_shapes(), a.batch_strides),
+            (b.output_shapes(), b.batch_strides)
+        );
+    }
+
+    #[test]
+    fn rows_must_be_contiguous() {
+        let shapes: [&[usize]; 3] = [&[5, 3], &[4, 3], &[4, 1]];
+        // x[:, ::2]-like (coordinates 2 apart), then x.T-like (rows 1 apart).
+        for bad in [[6, 2], [1, 5]] {
+            let e = Layout::with_strides(&gauss(), &shapes, &[&bad, &[3, 1], &[1, 1]])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("argument 0") && e.contains("contiguous"), "{e}");
+        }
+        // Rows of one value, or a single row, have free strides.
+        Layout::with_strides(
+            &gauss(),
+            &[&[1, 3], &[4, 3], &[4, 1]],
+            &[&[7, 1], &[3, 1], &[1, 9]],
+        )
+        .unwrap();
+        let e = Layout::with_strides(&gauss(), &shapes, &[&[3, 1], &[3, 1]]).unwrap_err();
+        assert!(e.to_string().contains("3 shapes but 2 stride lists"), "{e}");
+        let e = Layout::with_strides(&gauss(), &shapes, &[&[3, 1], &[3, 1], &[1]]).unwrap_err();
+        assert!(e.to_string().contains("one stride per dimension"), "{e}");
     }
 }

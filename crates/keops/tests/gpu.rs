@@ -1,15 +1,19 @@
 //! The CUDA engine on a GPU: every reduction (both axes, every sum scheme, batch dims)
 //! and every op case against the f64 oracle in f32 and f64, with the 1D and 2D schemes
-//! forced; calls from two threads at once; empty reductions. Skipped, with a printed
+//! forced; calls from two threads at once; empty reductions; arrays already on the GPU
+//! reduced in place on a caller's stream; one reduction split over GPUs. Skipped, with a printed
 //! reason, where no GPU can run (no driver, no device or no NVRTC).
 
 mod common;
 
 use common::op_cases::{cases, ALIASES};
 use common::{check_indices_exact, check_values, run_as, tol_for, Inputs, Rng};
+use keops::cuda::{run_in_place, DeviceArg, DeviceOutputs};
 use keops::formula::ops::all_specs;
 use keops::plan::GpuScheme;
-use keops::{Backend, Element, Genred, Options, Reduction, SumScheme};
+use keops::{
+    Array, Backend, Element, Genred, Layout, MultiGpu, Options, Reduced, Reduction, SumScheme,
+};
 
 fn gpu() -> bool {
     if let Err(e) = keops::cuda::driver() {
@@ -227,4 +231,218 @@ fn block_sparse_matches_the_cpu_engine() {
             }
         }
     }
+}
+
+#[test]
+fn multi_gpu_matches_the_oracle() {
+    if !gpu() {
+        return;
+    }
+    // Three parts on device 0 run the whole split-and-combine path on one GPU; `All`
+    // uses every visible GPU.
+    for multi in [MultiGpu::Devices(vec![0, 0, 0]), MultiGpu::All] {
+        for (ni, nj, batch) in [(300, 1000, vec![]), (50, 70, vec![3]), (7, 2, vec![])] {
+            let inp = inputs(ni, nj, &batch, 6);
+            for (f, w, r) in common::reduction_cases() {
+                if r.k().is_some_and(|k| k > ni.min(nj)) {
+                    continue;
+                }
+                for axis in [0, 1] {
+                    let g = common::reduction_case_genred(f, w, r, axis);
+                    let o = Options {
+                        multi_gpu: multi.clone(),
+                        ..opts(GpuScheme::Auto, SumScheme::Kahan)
+                    };
+                    let ctx = format!("{multi:?} {} axis {axis} {ni}x{nj}{batch:?}", r.name());
+                    check::<f32>(&g, &inp, &o, &format!("{ctx} f32"));
+                    check::<f64>(&g, &inp, &o, &format!("{ctx} f64"));
+                }
+            }
+        }
+    }
+}
+
+/// What is refused before any device is touched: these run on every machine.
+#[test]
+fn gpu_paths_refuse_bad_requests_before_touching_a_device() {
+    let g = common::reduction_case_genred("SqDist(x,y)", None, Reduction::Sum, 1);
+    let inp = inputs(10, 10, &[], 1);
+    let o = Options {
+        multi_gpu: MultiGpu::Devices(vec![]),
+        ..opts(GpuScheme::Auto, SumScheme::BlockSum)
+    };
+    let e = run_as::<f32>(&g, &inp, &o).unwrap_err().to_string();
+    assert!(e.contains("multi_gpu") && e.contains("no device"), "{e}");
+    let ranges = keops::cluster::from_matrix(&[0..5, 5..10], &[0..4, 4..10], &[true; 4]).unwrap();
+    let o = Options {
+        multi_gpu: MultiGpu::Devices(vec![0, 0]),
+        ranges: Some(std::sync::Arc::new(ranges)),
+        ..opts(GpuScheme::Auto, SumScheme::BlockSum)
+    };
+    let e = run_as::<f32>(&g, &inp, &o).unwrap_err().to_string();
+    assert!(e.contains("multi_gpu") && e.contains("ranges"), "{e}");
+    // In place: one GPU, rows contiguous; without a GPU, an error naming what is missing.
+    let args: Vec<DeviceArg> = inp
+        .shapes
+        .iter()
+        .map(|s| DeviceArg {
+            ptr: 0,
+            shape: s.clone(),
+            strides: if s.len() == 2 { vec![s[1], 1] } else { vec![1] },
+        })
+        .collect();
+    let outs = DeviceOutputs {
+        values: 0,
+        indices: 0,
+    };
+    let multi = Options {
+        multi_gpu: MultiGpu::All,
+        ..Options::default()
+    };
+    // SAFETY: every call below is refused before it reads any pointer.
+    let e = unsafe { run_in_place::<f32>(&g, &args, outs, 0, &multi) }.unwrap_err();
+    assert!(e.to_string().contains("multi_gpu"), "{e}");
+    let mut strided = args.clone();
+    strided[0].strides = vec![1, 10];
+    let e = unsafe { run_in_place::<f32>(&g, &strided, outs, 0, &Options::default()) }
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("argument 0") && e.contains("contiguous"), "{e}");
+    if keops::cuda::driver().is_err() {
+        let e = unsafe { run_in_place::<f32>(&g, &args, outs, 0, &Options::default()) }
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GPU") && e.contains("no CUDA driver"), "{e}");
+    }
+}
+
+/// `inp` as f32 device arrays on `stream`; argument 0 with its batch entries `pad`
+/// values apart (a strided view), the others contiguous.
+fn upload(
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    inp: &common::Inputs,
+    pad: usize,
+) -> (Vec<cudarc::driver::CudaSlice<f32>>, Vec<DeviceArg>) {
+    use cudarc::driver::DevicePtr;
+    let (mut bufs, mut args) = (Vec::new(), Vec::new());
+    for (k, (d, shape)) in inp.data.iter().zip(&inp.shapes).enumerate() {
+        let nd = shape.len();
+        let mut strides = vec![0; nd];
+        let mut s = 1;
+        for t in (0..nd).rev() {
+            strides[t] = s;
+            s *= shape[t];
+        }
+        let mut host: Vec<f32> = d.iter().map(|&v| v as f32).collect();
+        if k == 0 && nd == 3 {
+            let entry = shape[1] * shape[2];
+            host = host
+                .chunks(entry)
+                .flat_map(|c| {
+                    c.iter()
+                        .copied()
+                        .chain(std::iter::repeat(f32::NAN).take(pad))
+                })
+                .collect();
+            strides[0] = entry + pad;
+        }
+        let buf = stream.clone_htod(&host).unwrap();
+        let (ptr, _sync) = buf.device_ptr(stream);
+        args.push(DeviceArg {
+            ptr,
+            shape: shape.clone(),
+            strides,
+        });
+        drop(_sync);
+        bufs.push(buf);
+    }
+    (bufs, args)
+}
+
+#[test]
+fn device_arrays_are_reduced_in_place() {
+    if !gpu() {
+        return;
+    }
+    use cudarc::driver::{CudaContext, DevicePtr};
+    let ctx = CudaContext::new(0).unwrap();
+    let stream = ctx.new_stream().unwrap();
+    let inp = inputs(50, 700, &[3], 4);
+    for (f, w, r) in common::reduction_cases() {
+        for axis in [0, 1] {
+            let g = common::reduction_case_genred(f, w, r, axis);
+            let want = keops::reference::reduce(&g, &inp.args_f64()).unwrap();
+            let (_bufs, args) = upload(&stream, &inp, 7);
+            let shapes: Vec<&[usize]> = inp.shapes.iter().map(|s| s.as_slice()).collect();
+            let (sv, si) = Layout::new(&g, &shapes).unwrap().output_shapes();
+            let nv = if g.spec().output_dims().0 > 0 {
+                sv.iter().product()
+            } else {
+                0
+            };
+            let ni = if g.spec().output_dims().1 > 0 {
+                si.iter().product()
+            } else {
+                0
+            };
+            let out_v = stream.alloc_zeros::<f32>(nv.max(1)).unwrap();
+            let out_i = stream.alloc_zeros::<i64>(ni.max(1)).unwrap();
+            let (pv, _gv) = out_v.device_ptr(&stream);
+            let (pi, _gi) = out_i.device_ptr(&stream);
+            let outs = DeviceOutputs {
+                values: pv,
+                indices: pi,
+            };
+            for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
+                let o = opts(scheme, SumScheme::BlockSum);
+                // SAFETY: the buffers hold what the shapes and strides say, on device 0,
+                // and live until the stream is synchronised below.
+                unsafe { run_in_place::<f32>(&g, &args, outs, stream.cu_stream() as u64, &o) }
+                    .unwrap();
+                stream.synchronize().unwrap();
+                let got = Reduced {
+                    values: (nv > 0).then(|| Array {
+                        data: stream.clone_dtoh(&out_v).unwrap()[..nv].to_vec(),
+                        shape: sv.clone(),
+                    }),
+                    indices: (ni > 0).then(|| Array {
+                        data: stream.clone_dtoh(&out_i).unwrap()[..ni].to_vec(),
+                        shape: si.clone(),
+                    }),
+                };
+                let ctx = format!("in place {} axis {axis} {scheme:?}", r.name());
+                let scale = common::sum_magnitude(&g, &inp);
+                let scale = (r == Reduction::Sum).then_some(&scale[..]);
+                check_values(&got, &want, scale, tol_for::<f32>(), &ctx);
+                check_indices_exact(&got, &want, &ctx);
+            }
+        }
+    }
+    // Host memory, and rows that are not contiguous, are refused with the argument named.
+    let g = common::reduction_case_genred("SqDist(x,y)", None, Reduction::Sum, 1);
+    let inp = inputs(10, 20, &[], 2);
+    let (_bufs, mut args) = upload(&stream, &inp, 0);
+    let host = [0f32; 64];
+    args[1].ptr = host.as_ptr() as u64;
+    let out = stream.alloc_zeros::<f32>(10).unwrap();
+    let (po, _g) = out.device_ptr(&stream);
+    let outs = DeviceOutputs {
+        values: po,
+        indices: 0,
+    };
+    let o = opts(GpuScheme::Auto, SumScheme::BlockSum);
+    // SAFETY: refused before any launch.
+    let e = unsafe { run_in_place::<f32>(&g, &args, outs, stream.cu_stream() as u64, &o) }
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("argument 1") && e.contains("not CUDA device memory"),
+        "{e}"
+    );
+    args[1].strides = vec![1, 20];
+    // SAFETY: as above.
+    let e = unsafe { run_in_place::<f32>(&g, &args, outs, stream.cu_stream() as u64, &o) }
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("argument 1") && e.contains("contiguous"), "{e}");
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _keops
 from ._cluster import as_ranges
@@ -43,27 +43,56 @@ class Options:
     device_id: int = 0
     #: Block-sparse mode: a checked ``keops._keops.Ranges`` (see ``as_ranges``).
     ranges: Any = None
+    #: One reduction over several GPUs: ``"all"`` or a tuple of GPU numbers (``None``:
+    #: one GPU, ``device_id``).
+    multi_gpu: Union[None, str, Tuple[int, ...]] = None
 
     def kwargs(self) -> Dict[str, Any]:
         """As keyword arguments of the Rust call."""
         return {"dtype_acc": self.dtype_acc, "sum_scheme": self.sum_scheme,
                 "backend": self.backend, "device_id": self.device_id,
-                "ranges": self.ranges}
+                "ranges": self.ranges,
+                "multi_gpu": None if self.multi_gpu is None else
+                ("all" if self.multi_gpu == "all" else list(self.multi_gpu))}
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the reduction runs on a GPU: asked for, or ``"auto"`` where it picks
+        one."""
+        if self.backend == "auto":
+            return bool(_keops.auto_uses_gpu())
+        return self.backend != "CPU"
+
+
+#: What ``device_id`` accepts: a GPU number (-1: the default, 0), or, to split one
+#: reduction over several GPUs, ``"all"`` or a sequence of GPU numbers.
+DeviceId = Union[int, str, Sequence[int]]
 
 
 def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
                  sum_scheme: str = "auto", backend: str = "auto",
-                 device_id: int = -1, ranges: Any = None) -> Options:
+                 device_id: DeviceId = -1, ranges: Any = None) -> Options:
     """Checks and normalises pykeops' options (``device_id=-1``: the default GPU, 0;
+    ``"all"`` or a list of GPU numbers: the reduction split over those GPUs;
     ``ranges``: pykeops' 6-tuple, checked here)."""
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if dtype_acc not in ("auto", "float16", "float32", "float64"):
         raise ValueError(f"invalid dtype_acc {dtype_acc!r}: expected 'auto', 'float32' or 'float64'")
-    if not isinstance(device_id, int) or device_id < -1:
+    multi: Union[None, str, Tuple[int, ...]] = None
+    if isinstance(device_id, str) or not isinstance(device_id, int):
+        ids = device_id
+        if ids != "all" and not (isinstance(ids, (list, tuple)) and len(ids) > 0 and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
+            raise ValueError(f"invalid device_id {device_id!r}: expected -1 (default), a GPU "
+                             "number, or \"all\" or a list of GPU numbers to split the "
+                             "reduction over several GPUs")
+        multi = "all" if ids == "all" else tuple(ids)  # type: ignore[arg-type]
+        device_id = 0
+    elif isinstance(device_id, bool) or device_id < -1:
         raise ValueError(f"invalid device_id {device_id!r}: expected -1 (default) or a GPU number")
     return Options("float64" if use_double_acc else dtype_acc, sum_scheme, backend,
-                   max(device_id, 0), as_ranges(ranges))
+                   max(int(device_id), 0), as_ranges(ranges), multi)
 
 
 class Core:
@@ -96,6 +125,26 @@ class Core:
     def __call__(self, arrays: Sequence[Any], opts: Options) -> Tuple[Any, Any]:
         """Runs on C-contiguous NumPy arrays; returns ``(values, indices)``."""
         return self.g(list(arrays), **opts.kwargs())
+
+    def call_device(self, ptrs: Sequence[int], shapes: Sequence[Tuple[int, ...]],
+                    strides: Sequence[Tuple[int, ...]], dtype: str, outputs: Tuple[int, int],
+                    stream: int, device: int, opts: Options) -> None:
+        """Queues the reduction on arrays in GPU memory (see ``_keops.Genred.call_device``):
+        on ``stream`` of GPU ``device``, into the outputs at addresses ``outputs``."""
+        if opts.multi_gpu is not None:
+            raise ValueError("device_id: a reduction split over several GPUs takes CPU "
+                             "tensors (tensors already on a GPU are reduced on that GPU)")
+        self.g.call_device(list(ptrs), [list(s) for s in shapes], [list(s) for s in strides],
+                           dtype, outputs[0], outputs[1], stream,
+                           dtype_acc=opts.dtype_acc, sum_scheme=opts.sum_scheme,
+                           backend="GPU" if opts.backend == "auto" else opts.backend,
+                           device_id=device, ranges=opts.ranges)
+
+    def output_shapes(self, shapes: Sequence[Tuple[int, ...]]
+                      ) -> Tuple[Optional[List[int]], Optional[List[int]]]:
+        """The shapes of the values and indices for arguments of ``shapes`` (``None``:
+        an output this reduction does not produce)."""
+        return self.g.output_shapes([list(s) for s in shapes])
 
     def grad(self, k: int) -> Optional[Tuple["Core", List[str]]]:
         """The gradient reduction w.r.t. argument ``k`` and its extra inputs (see Rust)."""
@@ -190,7 +239,7 @@ class GenredBase:
         """The parsed formula, printed in KeOps syntax."""
         return self.core.g.formula
 
-    def _options(self, backend: str, ranges: Any, device_id: int = -1) -> Options:
+    def _options(self, backend: str, ranges: Any, device_id: DeviceId = -1) -> Options:
         return make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
                             device_id, ranges)
 

@@ -785,6 +785,7 @@ class GenericLazyTensor:
         ranges = kwargs.get("ranges")
         opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
                             kwargs.get("sum_scheme", "auto"), kwargs.get("backend", "auto"),
+                            kwargs.get("device_id", -1),
                             ranges=base.ranges if ranges is None else ranges)
         formula, aliases = base._named()
         core = compile_core(formula, aliases, reduction, ax, k, f2)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import _keops
-from ._genred import Core, Options, compile_core, make_options
+from ._genred import Core, DeviceId, Options, compile_core, make_options
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -117,7 +117,7 @@ class KernelSolveBase:
         """The front end's solve on its arrays (``args[var]`` is ``b``)."""
         raise NotImplementedError
 
-    def __call__(self, *args: Any, backend: str = "auto", device_id: int = -1,
+    def __call__(self, *args: Any, backend: str = "auto", device_id: DeviceId = -1,
                  alpha: float = 1e-10, eps: float = 1e-6, ranges: Optional[Any] = None,
                  max_iter: Optional[int] = None, verbose: bool = False,
                  callback: Optional[Callable[[int, float], Any]] = None,

@@ -8,12 +8,14 @@
 //! back).
 
 use super::cache::{self, KernelCache, Origin};
+use super::codegen::CType;
 use super::kernel::{kernel_source, KernelSpec};
 use super::nvrtc::{Arch, Nvrtc};
 use super::scheme::{self, Launch, Scheme};
 use crate::error::{KeopsError, Result};
-use crate::plan::{Element, Options, Problem, Reduced};
-use cudarc::driver::{result, sys, CudaContext, DevicePtr, DriverError};
+use crate::plan::{Element, Genred, Layout, MultiGpu, Options, Problem, Reduced};
+use crate::ranges::Blocks;
+use cudarc::driver::{result, sys, CudaContext, DriverError};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
@@ -27,7 +29,7 @@ pub struct DriverInfo {
     pub devices: usize,
 }
 
-fn cu<T>(r: std::result::Result<T, DriverError>, what: &str) -> Result<T> {
+pub(crate) fn cu<T>(r: std::result::Result<T, DriverError>, what: &str) -> Result<T> {
     r.map_err(|e| {
         let text = e
             .error_string()
@@ -76,8 +78,8 @@ pub fn available() -> bool {
     driver().is_ok_and(|d| Nvrtc::get(Some(d.version / 1000)).is_ok())
 }
 
-/// A loaded module's two kernels.
-struct Kernels {
+/// A loaded module's kernels.
+pub(crate) struct Kernels {
     reduce: sys::CUfunction,
     combine: sys::CUfunction,
     reduce_ranges: sys::CUfunction,
@@ -90,7 +92,7 @@ unsafe impl Sync for Kernels {}
 
 /// One GPU: its primary context and the kernels loaded on it.
 pub struct Device {
-    ctx: Arc<CudaContext>,
+    pub(crate) ctx: Arc<CudaContext>,
     /// Its architecture.
     pub arch: Arch,
     /// Number of multiprocessors.
@@ -208,61 +210,196 @@ impl Device {
     }
 }
 
-/// The sizes of a launch.
-#[derive(Clone, Copy, Debug)]
-pub struct Geometry {
-    /// Output rows per batch entry.
-    pub n_out: usize,
-    /// Reduced rows.
-    pub n_red: usize,
-    /// Batch entries.
-    pub nbatch: usize,
+/// Device memory allocated and freed in the order of a stream: no synchronisation, and
+/// freed (after the work queued before it) on every path, errors included.
+pub(crate) struct StreamBuf {
+    /// The device address.
+    pub ptr: sys::CUdeviceptr,
+    stream: sys::CUstream,
 }
 
-/// Launches a reduction on device data, on `stream`, without synchronising.
+impl StreamBuf {
+    /// `bytes` of uninitialised memory (at least one: the driver refuses empty ones).
+    pub fn alloc(bytes: usize, stream: sys::CUstream, what: &str) -> Result<StreamBuf> {
+        // SAFETY: a fresh allocation, used on this stream only.
+        let ptr = cu(unsafe { result::malloc_async(stream, bytes.max(1)) }, what)?;
+        Ok(StreamBuf { ptr, stream })
+    }
+
+    /// A copy of `data`.
+    pub fn upload<T>(data: &[T], stream: sys::CUstream, what: &str) -> Result<StreamBuf> {
+        let b = Self::alloc(std::mem::size_of_val(data), stream, what)?;
+        upload_to(b.ptr, data, stream, what)?;
+        Ok(b)
+    }
+}
+
+impl Drop for StreamBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `alloc` on this stream; a failure here (after an earlier
+        // error of the context) cannot be reported and leaves nothing to undo.
+        let _ = unsafe { result::free_async(self.ptr, self.stream) };
+    }
+}
+
+/// Copies `data` to `dst` in the order of `stream`. Pageable copies are staged before
+/// the call returns, so `data` may be dropped right after.
+fn upload_to<T>(dst: u64, data: &[T], stream: sys::CUstream, what: &str) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: the callers give `dst` room for `data`.
+    cu(
+        unsafe { result::memcpy_htod_async(dst, data, stream) },
+        what,
+    )
+}
+
+/// Copies `len` values from `src` to the host once the stream's work is done.
+pub(crate) fn download<T: Clone + Default>(
+    src: u64,
+    len: usize,
+    stream: sys::CUstream,
+) -> Result<Vec<T>> {
+    let mut out = vec![T::default(); len];
+    if len > 0 {
+        // SAFETY: `src` holds `len` values of `T` written by work on this stream.
+        cu(
+            unsafe { result::memcpy_dtoh_async(&mut out, src, stream) },
+            "copying the output back",
+        )?;
+    }
+    // SAFETY: a stream of the current context.
+    cu(
+        unsafe { sys::cuStreamSynchronize(stream) }.result(),
+        "running the reduction",
+    )?;
+    Ok(out)
+}
+
+/// What the reduction kernel produces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target {
+    /// Finalized outputs: values and indices (0 where the reduction has none).
+    Outputs(u64, u64),
+    /// The partial states of every chunk, `[batch][chunk][output row]`, not combined
+    /// (one part of a multi-GPU reduction).
+    States(u64),
+}
+
+/// One reduction to queue: arguments at device pointers laid out as `layout` says.
+pub(crate) struct Call<'a> {
+    pub layout: &'a Layout,
+    pub ranges: Option<&'a Blocks>,
+    /// One device pointer per argument (reduced-side ones may hold only a part).
+    pub ptrs: &'a [u64],
+    /// Reduced-side arguments hold rows `j_base..j_base + n_red` of the whole problem
+    /// (indices are reported in the whole problem).
+    pub j_base: usize,
+    pub target: Target,
+}
+
+/// Queues `call` on `stream` (the device's context current): the argument table, the
+/// reduction kernel (the block-sparse one with `ranges`), and with the 2D scheme the
+/// combination of partial states. Returns without synchronising; temporaries are
+/// freed in stream order.
 ///
 /// # Safety
-/// `table` points to `nargs` device pointers (as `u64`) followed by the
-/// `nbatch * nargs` batch offsets (`i64`, in elements); every argument holds the rows
-/// its shape says; `out_v`/`out_i` hold `nbatch * n_out` rows of the output dims (or
-/// are 0 where the reduction has none); all of them on the device of `dev`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn launch(
+/// Every pointer of `call` is memory of this device holding what `layout` says
+/// (outputs: `batch * n_out` rows of the output dims; states: `batch * chunks * n_out`
+/// states), alive until the queued work is done.
+pub(crate) unsafe fn enqueue(
     k: &Kernels,
     spec: &KernelSpec,
     l: &Launch,
-    g: Geometry,
-    nargs: usize,
-    table: u64,
-    out_v: u64,
-    out_i: u64,
+    call: &Call<'_>,
     stream: sys::CUstream,
 ) -> Result<()> {
-    if g.n_out == 0 || g.nbatch == 0 {
+    let layout = call.layout;
+    let (n_out, n_red) = layout.sizes();
+    let nbatch = layout.batch_len();
+    let nargs = call.ptrs.len();
+    if n_out == 0 || nbatch == 0 {
         return Ok(());
     }
     let as_i32 = |v: usize, what: &str| {
         i32::try_from(v)
             .map_err(|_| KeopsError::Arguments(format!("{what} ({v}) exceeds 2^31 on the GPU")))
     };
-    let (mut n_out, mut nbatch) = (as_i32(g.n_out, "rows")?, as_i32(g.nbatch, "batch size")?);
-    let (mut n_red, mut chunk, mut j_base) = (g.n_red as i64, l.chunk as i64, 0i64);
-    let (mut args, mut boff) = (table, table + 8 * nargs as u64);
-    let (mut ov, mut oi) = (out_v, out_i);
+    let (mut n_out_c, mut nbatch_c) = (as_i32(n_out, "rows")?, as_i32(nbatch, "batch size")?);
+    let mut table: Vec<i64> = call.ptrs.iter().map(|&p| p as i64).collect();
+    for b in 0..nbatch {
+        table.extend((0..nargs).map(|a| layout.batch_offset(a, b) as i64));
+    }
+    let table = StreamBuf::upload(&table, stream, "copying the argument table")?;
+    let (mut args, mut boff) = (table.ptr, table.ptr + 8 * nargs as u64);
+    let dim = |v: usize| v as u32;
+
+    if let Some(blocks) = call.ranges {
+        let Target::Outputs(ov, oi) = call.target else {
+            return Err(KeopsError::Option {
+                name: "ranges".into(),
+                msg: "block-sparse reductions run on one GPU".into(),
+            });
+        };
+        // Rows in no block keep the value of an empty reduction.
+        let (v, i) = empty_outputs::<f64>(spec, nbatch * n_out);
+        match spec.ty {
+            CType::F32 => {
+                let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                upload_to(ov, &v, stream, "filling the output")?;
+            }
+            CType::F64 => upload_to(ov, &v, stream, "filling the output")?,
+        }
+        upload_to(oi, &i, stream, "filling the output")?;
+        let (task, red) = ranges_tasks(blocks, n_out, n_red, l.block);
+        if task.is_empty() {
+            return Ok(());
+        }
+        let task_d = StreamBuf::upload(&task, stream, "copying the block tasks")?;
+        let red_d = StreamBuf::upload(&red, stream, "copying the block ranges")?;
+        let (mut tk, mut rd, mut ov, mut oi) = (task_d.ptr, red_d.ptr, ov, oi);
+        let mut params: Vec<*mut c_void> = vec![
+            (&mut n_out_c as *mut i32).cast(),
+            (&mut tk as *mut u64).cast(),
+            (&mut rd as *mut u64).cast(),
+            (&mut args as *mut u64).cast(),
+            (&mut boff as *mut u64).cast(),
+            (&mut ov as *mut u64).cast(),
+            (&mut oi as *mut u64).cast(),
+        ];
+        return cu(
+            result::launch_kernel(
+                k.reduce_ranges,
+                (dim(task.len() / 5), 1, 1),
+                (dim(l.block), 1, 1),
+                dim(l.smem),
+                stream,
+                &mut params,
+            ),
+            "launching the block-sparse reduction",
+        );
+    }
+
+    let (mut n_red_c, mut chunk, mut j_base) = (n_red as i64, l.chunk as i64, call.j_base as i64);
     let nchunks = l.grid.1;
-    let part_bytes = g.nbatch * nchunks * g.n_out * spec.state_bytes();
-    let mut part: u64 = if l.scheme == Scheme::TwoD {
-        cu(
-            result::malloc_async(stream, part_bytes.max(1)),
-            "allocating partial states",
-        )?
-    } else {
-        0
+    // The 2D scheme's partial states, combined below (freed in stream order).
+    let mut own_part = None;
+    let (mut ov, mut oi, mut part) = match call.target {
+        Target::Outputs(ov, oi) if l.scheme == Scheme::TwoD => {
+            let bytes = nbatch * nchunks * n_out * spec.state_bytes();
+            let p = StreamBuf::alloc(bytes, stream, "allocating partial states")?;
+            let ptr = p.ptr;
+            own_part = Some(p);
+            (ov, oi, ptr)
+        }
+        Target::Outputs(ov, oi) => (ov, oi, 0),
+        Target::States(p) => (0, 0, p),
     };
     let mut params: Vec<*mut c_void> = vec![
-        (&mut n_out as *mut i32).cast(),
-        (&mut n_red as *mut i64).cast(),
-        (&mut nbatch as *mut i32).cast(),
+        (&mut n_out_c as *mut i32).cast(),
+        (&mut n_red_c as *mut i64).cast(),
+        (&mut nbatch_c as *mut i32).cast(),
         (&mut chunk as *mut i64).cast(),
         (&mut j_base as *mut i64).cast(),
         (&mut args as *mut u64).cast(),
@@ -271,8 +408,7 @@ unsafe fn launch(
         (&mut oi as *mut u64).cast(),
         (&mut part as *mut u64).cast(),
     ];
-    let dim = |v: usize| v as u32;
-    let r = cu(
+    cu(
         result::launch_kernel(
             k.reduce,
             (dim(l.grid.0), dim(l.grid.1), dim(l.grid.2)),
@@ -282,49 +418,60 @@ unsafe fn launch(
             &mut params,
         ),
         "launching the reduction",
-    );
-    if r.is_ok() && l.scheme == Scheme::TwoD {
-        let mut nchunks = nchunks as i32;
-        let mut params: Vec<*mut c_void> = vec![
-            (&mut n_out as *mut i32).cast(),
-            (&mut nchunks as *mut i32).cast(),
-            (&mut nbatch as *mut i32).cast(),
-            (&mut part as *mut u64).cast(),
-            (&mut ov as *mut u64).cast(),
-            (&mut oi as *mut u64).cast(),
-        ];
-        let rows = g.nbatch * g.n_out;
-        cu(
-            result::launch_kernel(
-                k.combine,
-                (dim(rows.div_ceil(256)), 1, 1),
-                (256, 1, 1),
-                0,
-                stream,
-                &mut params,
-            ),
-            "launching the combination of partial states",
-        )?;
+    )?;
+    if let Some(p) = &own_part {
+        combine(k, (n_out, nchunks, nbatch), p.ptr, (ov, oi), stream)?;
     }
-    if part != 0 {
-        cu(result::free_async(part, stream), "freeing partial states")?;
-    }
-    r
+    Ok(())
 }
 
-/// Host outputs holding the value of an empty reduction in each of `rows` rows.
-fn empty_outputs<T: Element>(
-    spec: &crate::reduction::ReductionSpec,
-    rows: usize,
-) -> (Vec<T>, Vec<i64>) {
-    let (v, i) = spec.empty_output();
+/// Queues `{name}_combine`: the `nchunks` partial states of each of `nbatch * n_out`
+/// rows at `part` (`[batch][chunk][row]`), combined in index order and finalized.
+///
+/// # Safety
+/// As [`enqueue`].
+pub(crate) unsafe fn combine(
+    k: &Kernels,
+    (n_out, nchunks, nbatch): (usize, usize, usize),
+    part: u64,
+    (ov, oi): (u64, u64),
+    stream: sys::CUstream,
+) -> Result<()> {
+    let rows = nbatch * n_out;
+    if rows == 0 {
+        return Ok(());
+    }
+    let c = |v: usize| {
+        i32::try_from(v).map_err(|_| KeopsError::Arguments(format!("{v} exceeds 2^31 on the GPU")))
+    };
+    let (mut n_out, mut nchunks, mut nbatch) = (c(n_out)?, c(nchunks)?, c(nbatch)?);
+    let (mut part, mut ov, mut oi) = (part, ov, oi);
+    let mut params: Vec<*mut c_void> = vec![
+        (&mut n_out as *mut i32).cast(),
+        (&mut nchunks as *mut i32).cast(),
+        (&mut nbatch as *mut i32).cast(),
+        (&mut part as *mut u64).cast(),
+        (&mut ov as *mut u64).cast(),
+        (&mut oi as *mut u64).cast(),
+    ];
+    cu(
+        result::launch_kernel(
+            k.combine,
+            (rows.div_ceil(256) as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            stream,
+            &mut params,
+        ),
+        "launching the combination of partial states",
+    )
+}
+
+/// The value of an empty reduction in each of `rows` rows: (values, indices).
+fn empty_outputs<T: Element>(spec: &KernelSpec, rows: usize) -> (Vec<T>, Vec<i64>) {
+    let (v, i) = spec.spec.empty_output();
     let v: Vec<T> = v.into_iter().map(T::from_f64).collect();
-    let mut out_v = v.repeat(rows);
-    let mut out_i = i.repeat(rows);
-    // The driver refuses empty allocations.
-    out_v.resize(out_v.len().max(1), T::ZERO);
-    out_i.resize(out_i.len().max(1), 0);
-    (out_v, out_i)
+    (v.repeat(rows), i.repeat(rows))
 }
 
 /// The tasks of the block-sparse kernel (see `kernel_source`): each cluster of output
@@ -360,174 +507,234 @@ pub fn ranges_tasks(
     (task, red)
 }
 
-/// Launches the block-sparse kernel: `tasks = (count, task pointer, ranges pointer)`,
-/// `table = (argument pointers, batch offsets)`, `outs = (values, indices)`.
-///
-/// # Safety
-/// As [`launch`]; the tasks and ranges are those of [`ranges_tasks`] for this problem.
-unsafe fn launch_ranges(
-    k: &Kernels,
-    l: &Launch,
-    n_out: usize,
-    tasks: (usize, u64, u64),
-    table: (u64, u64),
-    outs: (u64, u64),
-    stream: sys::CUstream,
-) -> Result<()> {
-    let mut n_out = i32::try_from(n_out)
-        .map_err(|_| KeopsError::Arguments(format!("rows ({n_out}) exceed 2^31 on the GPU")))?;
-    let (mut tk, mut rd) = (tasks.1, tasks.2);
-    let (mut args, mut boff) = table;
-    let (mut ov, mut oi) = outs;
-    let mut params: Vec<*mut c_void> = vec![
-        (&mut n_out as *mut i32).cast(),
-        (&mut tk as *mut u64).cast(),
-        (&mut rd as *mut u64).cast(),
-        (&mut args as *mut u64).cast(),
-        (&mut boff as *mut u64).cast(),
-        (&mut ov as *mut u64).cast(),
-        (&mut oi as *mut u64).cast(),
-    ];
-    cu(
-        result::launch_kernel(
-            k.reduce_ranges,
-            (tasks.0 as u32, 1, 1),
-            (l.block as u32, 1, 1),
-            l.smem as u32,
-            stream,
-            &mut params,
-        ),
-        "launching the block-sparse reduction",
-    )
-}
-
 /// What a call reports about its kernel.
 #[derive(Clone, Copy, Debug)]
 pub struct CallInfo {
-    /// The launch plan.
+    /// The launch plan (of the first GPU for a multi-GPU call).
     pub launch: Launch,
     /// Where the kernel came from (compiled now, disk or memory cache).
     pub origin: Origin,
 }
 
-/// Runs a problem whose data is on the host: copies in, launches, copies back.
-pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<(Reduced<T>, CallInfo)> {
-    let dev = device(opts.device_id)?;
-    let genred = problem.genred;
+/// A device made current, with its kernels for a reduction and a launch plan.
+pub(crate) struct Prepared {
+    pub dev: Arc<Device>,
+    pub spec: KernelSpec,
+    pub launch: Launch,
+    pub kernels: Arc<Kernels>,
+    pub origin: Origin,
+}
+
+/// Device `id` bound to this thread, its kernels for `genred` and the launch plan for
+/// `layout`.
+pub(crate) fn prepare<T: Element>(
+    id: usize,
+    genred: &Genred,
+    layout: &Layout,
+    opts: &Options,
+) -> Result<Prepared> {
+    let dev = device(id)?;
     let spec = KernelSpec::new::<T>(genred, opts);
-    let (n_out, n_red) = problem.sizes();
-    let nbatch = problem.batch_len();
+    let (n_out, n_red) = layout.sizes();
     let l = scheme::plan(
         n_out,
         n_red,
-        nbatch,
+        layout.batch_len(),
         spec.tile_row_bytes(),
         dev.sms,
         opts.gpu_scheme,
     )?;
     let (k, origin) = dev.kernels(&spec, l.tile)?;
+    cu(dev.ctx.bind_to_thread(), "binding the context")?;
+    Ok(Prepared {
+        dev,
+        spec,
+        launch: l,
+        kernels: k,
+        origin,
+    })
+}
+
+/// Copies host arguments to the device (a one-value buffer for an empty one).
+pub(crate) fn upload_args<T: Element>(
+    args: &[crate::plan::Arg<'_, T>],
+    stream: sys::CUstream,
+) -> Result<Vec<StreamBuf>> {
+    args.iter()
+        .map(|a| StreamBuf::upload(a.data, stream, "copying an argument"))
+        .collect()
+}
+
+/// Runs a problem whose data is on the host: copies in, launches, copies back; over
+/// several GPUs with `opts.multi_gpu`.
+pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<(Reduced<T>, CallInfo)> {
+    if let Some(ids) = super::multi::devices(&opts.multi_gpu)? {
+        if ids.len() > 1 {
+            return super::multi::run(problem, opts, &ids);
+        }
+        let opts = Options {
+            device_id: ids[0],
+            multi_gpu: MultiGpu::Off,
+            ..opts.clone()
+        };
+        return run(problem, &opts);
+    }
+    let genred = problem.genred;
+    let layout = &problem.layout;
+    let Prepared {
+        dev,
+        spec,
+        launch: l,
+        kernels: k,
+        origin,
+    } = prepare::<T>(opts.device_id, genred, layout, opts)?;
     let stream = cu(dev.ctx.new_stream(), "creating a stream")?;
-    let nargs = problem.args.len();
-    // Empty arrays still get a (one-value) buffer: the driver refuses empty allocations.
-    let one = [T::ZERO];
-    let bufs = problem
-        .args
-        .iter()
-        .map(|a| {
-            let data = if a.data.is_empty() { &one[..] } else { a.data };
-            cu(stream.clone_htod(data), "copying an argument")
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let ptrs: Vec<_> = bufs.iter().map(|b| b.device_ptr(&stream)).collect();
-    let mut table: Vec<i64> = ptrs.iter().map(|p| p.0 as i64).collect();
-    for b in 0..nbatch {
-        table.extend((0..nargs).map(|k| problem.batch_offset(k, b) as i64));
-    }
-    let table = cu(stream.clone_htod(&table), "copying the argument table")?;
+    let s = stream.cu_stream();
+    let bufs = upload_args(&problem.args, s)?;
+    let ptrs: Vec<u64> = bufs.iter().map(|b| b.ptr).collect();
     let (dv, di) = genred.spec().output_dims();
-    let rows = nbatch * n_out;
-    let (out_v, out_i) = match problem.ranges {
-        // Rows in no block keep the value of an empty reduction.
-        Some(_) => {
-            let (v, i) = empty_outputs::<T>(genred.spec(), rows);
-            (
-                cu(stream.clone_htod(&v), "copying the output")?,
-                cu(stream.clone_htod(&i), "copying the output")?,
-            )
-        }
-        None => (
-            cu(
-                stream.alloc_zeros::<T>((rows * dv).max(1)),
-                "allocating the output",
-            )?,
-            cu(
-                stream.alloc_zeros::<i64>((rows * di).max(1)),
-                "allocating the output",
-            )?,
-        ),
+    let rows = problem.batch_len() * problem.sizes().0;
+    let out_v = StreamBuf::alloc(
+        rows * dv * std::mem::size_of::<T>(),
+        s,
+        "allocating the output",
+    )?;
+    let out_i = StreamBuf::alloc(rows * di * 8, s, "allocating the output")?;
+    let ptr = |b: &StreamBuf, used: bool| if used { b.ptr } else { 0 };
+    let call = Call {
+        layout,
+        ranges: problem.ranges,
+        ptrs: &ptrs,
+        j_base: 0,
+        target: Target::Outputs(ptr(&out_v, dv > 0), ptr(&out_i, di > 0)),
     };
-    // Device buffers of the block-sparse tasks, alive until the stream is synchronised.
-    let mut task_bufs = Vec::new();
-    if let Some(blocks) = problem.ranges {
-        let (task, red) = ranges_tasks(blocks, n_out, n_red, l.block);
-        if !task.is_empty() {
-            task_bufs.push(cu(stream.clone_htod(&task), "copying the block tasks")?);
-            task_bufs.push(cu(stream.clone_htod(&red), "copying the block ranges")?);
-            let (task_d, red_d) = (&task_bufs[0], &task_bufs[1]);
-            let t = table.device_ptr(&stream);
-            let v = out_v.device_ptr(&stream);
-            let i = out_i.device_ptr(&stream);
-            let (tk, rd) = (task_d.device_ptr(&stream), red_d.device_ptr(&stream));
-            let ptr = |p: sys::CUdeviceptr, used: bool| if used { p } else { 0 };
-            // SAFETY: tasks and ranges index rows of the problem's arguments (checked by
-            // `Ranges::check`); table and outputs were sized from the same problem.
-            unsafe {
-                launch_ranges(
-                    &k,
-                    &l,
-                    n_out,
-                    (task.len() / 5, tk.0, rd.0),
-                    (t.0, t.0 + 8 * nargs as u64),
-                    (ptr(v.0, dv > 0), ptr(i.0, di > 0)),
-                    stream.cu_stream(),
-                )?;
-            }
-        }
-    } else {
-        let t = table.device_ptr(&stream);
-        let v = out_v.device_ptr(&stream);
-        let i = out_i.device_ptr(&stream);
-        let ptr = |p: sys::CUdeviceptr, used: bool| if used { p } else { 0 };
-        // SAFETY: the table and outputs were sized above from the same problem.
-        unsafe {
-            launch(
-                &k,
-                &spec,
-                &l,
-                Geometry {
-                    n_out,
-                    n_red,
-                    nbatch,
-                },
-                nargs,
-                t.0,
-                ptr(v.0, dv > 0),
-                ptr(i.0, di > 0),
-                stream.cu_stream(),
-            )?;
-        }
-    }
-    drop(ptrs);
-    let mut values = cu(stream.clone_dtoh(&out_v), "copying the output back")?;
-    let mut indices = cu(stream.clone_dtoh(&out_i), "copying the output back")?;
-    cu(stream.synchronize(), "running the reduction")?;
-    drop(task_bufs);
-    values.truncate(rows * dv);
-    indices.truncate(rows * di);
+    // SAFETY: the buffers were sized above from the same problem, on this device, and
+    // live until the downloads below have synchronised the stream.
+    unsafe { enqueue(&k, &spec, &l, &call, s)? };
+    let values = download::<T>(out_v.ptr, rows * dv, s)?;
+    let indices = download::<i64>(out_i.ptr, rows * di, s)?;
     Ok((
         Reduced::assemble(values, indices, problem.output_shapes(), (dv, di)),
         CallInfo { launch: l, origin },
     ))
+}
+
+/// An array already in GPU memory (a PyTorch CUDA tensor): its address, shape and
+/// strides in elements (rows contiguous, see [`Layout::with_strides`]).
+#[derive(Clone, Debug)]
+pub struct DeviceArg {
+    /// Device address of element `[0, ..., 0]`.
+    pub ptr: u64,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Strides, in elements.
+    pub strides: Vec<usize>,
+}
+
+/// Where a reduction on device data writes: contiguous arrays of the shapes
+/// [`Layout::output_shapes`] gives (0 for one the reduction does not produce).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceOutputs {
+    /// Device address of the values.
+    pub values: u64,
+    /// Device address of the indices (`i64`).
+    pub indices: u64,
+}
+
+/// Where `ptr` lives: `Some(device ordinal)`, or `None` for memory the driver does not
+/// know (host memory, a freed or invented address).
+fn pointer_device(ptr: u64) -> Option<usize> {
+    let mut ord: i32 = -1;
+    // SAFETY: writes one int; the driver validates `ptr`.
+    let r = unsafe {
+        sys::cuPointerGetAttribute(
+            (&mut ord as *mut i32).cast(),
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+            ptr,
+        )
+    };
+    (r == sys::CUresult::CUDA_SUCCESS && ord >= 0).then_some(ord as usize)
+}
+
+/// Checks that a non-empty array at `ptr` is memory of device `dev`.
+fn check_pointer(ptr: u64, elements: usize, dev: usize, what: &str) -> Result<()> {
+    if elements == 0 {
+        return Ok(());
+    }
+    match pointer_device(ptr) {
+        Some(d) if d == dev => Ok(()),
+        Some(d) => Err(KeopsError::Arguments(format!(
+            "{what} is on cuda:{d} but the reduction runs on cuda:{dev}"
+        ))),
+        None => Err(KeopsError::Arguments(format!(
+            "{what} (address {ptr:#x}) is not CUDA device memory"
+        ))),
+    }
+}
+
+/// Runs `genred` on arrays already in GPU memory, on the caller's `stream` (a
+/// `CUstream` of device `opts.device_id`'s primary context, e.g. PyTorch's current
+/// stream; 0 for the legacy default stream), writing into `out`. Returns once the work
+/// is queued: no copy of the data and no synchronisation (temporaries are allocated and
+/// freed in stream order). Every pointer is checked to be memory of that device.
+///
+/// # Safety
+/// Each `args[k]` holds the elements its shape and strides address and `out` the
+/// output arrays, all alive and not written by other work until the stream reaches
+/// this reduction's end.
+pub unsafe fn run_in_place<T: Element>(
+    genred: &Genred,
+    args: &[DeviceArg],
+    out: DeviceOutputs,
+    stream: u64,
+    opts: &Options,
+) -> Result<CallInfo> {
+    if opts.multi_gpu != MultiGpu::Off {
+        return Err(KeopsError::Option {
+            name: "multi_gpu".into(),
+            msg: "splits host data over GPUs; arrays already on a GPU are reduced there".into(),
+        });
+    }
+    let shapes: Vec<&[usize]> = args.iter().map(|a| a.shape.as_slice()).collect();
+    let strides: Vec<&[usize]> = args.iter().map(|a| a.strides.as_slice()).collect();
+    let layout = Layout::with_strides(genred, &shapes, &strides)?;
+    let ranges = match &opts.ranges {
+        Some(r) => {
+            r.check(layout.n_i, layout.n_j, layout.batch_len())?;
+            Some(r.for_axis(genred.axis()))
+        }
+        None => None,
+    };
+    let Prepared {
+        spec,
+        launch: l,
+        kernels: k,
+        origin,
+        ..
+    } = prepare::<T>(opts.device_id, genred, &layout, opts)?;
+    let id = opts.device_id;
+    for (i, a) in args.iter().enumerate() {
+        let n = a.shape.iter().product::<usize>();
+        check_pointer(a.ptr, n, id, &format!("argument {i}"))?;
+    }
+    let (dv, di) = genred.spec().output_dims();
+    let rows = layout.batch_len() * layout.sizes().0;
+    let outs = (
+        if dv > 0 { out.values } else { 0 },
+        if di > 0 { out.indices } else { 0 },
+    );
+    check_pointer(outs.0, rows * dv, id, "the values output")?;
+    check_pointer(outs.1, rows * di, id, "the indices output")?;
+    let ptrs: Vec<u64> = args.iter().map(|a| a.ptr).collect();
+    let call = Call {
+        layout: &layout,
+        ranges,
+        ptrs: &ptrs,
+        j_base: 0,
+        target: Target::Outputs(outs.0, outs.1),
+    };
+    enqueue(&k, &spec, &l, &call, stream as usize as sys::CUstream)?;
+    Ok(CallInfo { launch: l, origin })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .._genred import Core, GenredBase, Options, reduction_shortcuts
+from .._genred import Core, DeviceId, GenredBase, Options, reduction_shortcuts
 from .._lazy import GenericLazyTensor, variable_constructors
 from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
 
@@ -36,7 +36,7 @@ class Genred(GenredBase):
         self,
         *args: np.ndarray,
         backend: str = "auto",
-        device_id: int = -1,
+        device_id: DeviceId = -1,
         ranges: Optional[Any] = None,
         out: Optional[np.ndarray] = None,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:

@@ -27,7 +27,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .._genred import ARG, SELECT, SMOOTH, Core, GenredBase, Options, reduction_shortcuts
+from .._genred import (ARG, SELECT, SMOOTH, Core, DeviceId, GenredBase, Options,
+                       reduction_shortcuts)
 from .._lazy import GenericLazyTensor, variable_constructors
 from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
 
@@ -40,28 +41,73 @@ _FLOATS = (torch.float32, torch.float64)
 
 def _check(args: Sequence[Any]) -> None:
     """Types, devices and dtypes of the arguments, with messages that name them."""
-    first = None
+    first: Optional[torch.Tensor] = None
     for k, a in enumerate(args):
         if not isinstance(a, torch.Tensor):
             raise TypeError(f"argument {k}: expected a torch.Tensor, got {type(a).__name__}")
-        if a.device.type != "cpu":
-            raise RuntimeError(
-                f"argument {k} is on {a.device}: passing CUDA tensors in place is not "
-                "supported yet; move the inputs with .cpu() and pass backend='GPU' to run "
-                "on the GPU with host copies (results come back on the CPU)")
+        if a.device.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"argument {k} is on {a.device}: keops reduces CPU and CUDA "
+                               "tensors")
         if a.dtype not in _FLOATS:
             raise TypeError(f"argument {k}: expected a float32 or float64 tensor, got {a.dtype}")
         if first is None:
-            first = a.dtype
-        elif a.dtype != first:
-            raise TypeError(f"argument {k} is {a.dtype} but argument 0 is {first}: keops does "
-                            "not mix precisions (convert with .float() or .double())")
+            first = a
+        elif a.dtype != first.dtype:
+            raise TypeError(f"argument {k} is {a.dtype} but argument 0 is {first.dtype}: keops "
+                            "does not mix precisions (convert with .float() or .double())")
+        elif a.device != first.device:
+            raise RuntimeError(f"argument {k} is on {a.device} but argument 0 is on "
+                               f"{first.device}: move all the tensors to one device")
 
 
 def _numpy(a: torch.Tensor) -> Any:
-    """A NumPy view of a CPU tensor (a contiguous copy first when it is not contiguous)."""
-    a = a.detach()
+    """A NumPy view of a CPU tensor (a contiguous copy first when it is not contiguous; a
+    host copy of a CUDA tensor)."""
+    a = a.detach().cpu()
     return (a if a.is_contiguous() else a.contiguous()).numpy()
+
+
+def _rows_contiguous(a: torch.Tensor) -> torch.Tensor:
+    """``a``, or a contiguous copy where its rows are not contiguous (the engines read a
+    row as consecutive values, rows one row apart; batch dimensions may be strided)."""
+    if a.ndim == 0 or a.shape[-1] <= 1 or a.stride(-1) == 1:
+        if a.ndim < 2 or a.shape[-2] <= 1 or a.stride(-2) == a.shape[-1]:
+            return a
+    return a.contiguous()
+
+
+def _engine(core: Core, args: Sequence[torch.Tensor], opts: Options
+            ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """One engine call on checked tensors, results on their device: CPU tensors through
+    NumPy views; CUDA tensors in place on PyTorch's current stream when the reduction runs
+    on their GPU, else through host copies (``backend="CPU"``, a reduction split over
+    several GPUs, or ``"auto"`` where it stays on the CPU)."""
+    device = args[0].device if args else torch.device("cpu")
+    if device.type == "cuda" and opts.on_gpu and opts.multi_gpu is None:
+        return _in_place(core, args, opts, device)
+    values, indices = core([_numpy(a) for a in args], opts)
+    return (None if values is None else torch.from_numpy(values).to(device),
+            None if indices is None else torch.from_numpy(indices).to(device))
+
+
+def _in_place(core: Core, args: Sequence[torch.Tensor], opts: Options, device: torch.device
+              ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """A reduction of CUDA tensors on their GPU: no copy (but of rows that are not
+    contiguous) and no synchronisation, queued on PyTorch's current stream; the outputs
+    are allocated by PyTorch there, so its allocator orders their reuse."""
+    args = [_rows_contiguous(a.detach()) for a in args]
+    shapes = [tuple(a.shape) for a in args]
+    vshape, ishape = core.output_shapes(shapes)
+    values = None if vshape is None else torch.empty(vshape, dtype=args[0].dtype, device=device)
+    indices = None if ishape is None else torch.empty(ishape, dtype=torch.int64, device=device)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    core.call_device([a.data_ptr() for a in args], shapes, [tuple(a.stride()) for a in args],
+                     "float32" if args[0].dtype == torch.float32 else "float64",
+                     (0 if values is None else values.data_ptr(),
+                      0 if indices is None else indices.data_ptr()),
+                     stream, device.index if device.index is not None else
+                     torch.cuda.current_device(), opts)
+    return values, indices
 
 
 def _batch_first(core: Core, in_dims: Sequence[Optional[int]], args: Sequence[torch.Tensor]
@@ -87,8 +133,7 @@ class _Reduce(torch.autograd.Function):
 
     @staticmethod
     def forward(core: Core, opts: Options, *args: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        values, _ = core([_numpy(a) for a in args], opts)
-        return torch.from_numpy(values)
+        return _engine(core, args, opts)[0]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: torch.Tensor) -> None:
@@ -169,8 +214,7 @@ class _Indices(torch.autograd.Function):
 
     @staticmethod
     def forward(core: Core, opts: Options, *args: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        _, indices = core([_numpy(a) for a in args], opts)
-        return torch.from_numpy(indices)
+        return _engine(core, args, opts)[1]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: torch.Tensor) -> None:
@@ -242,9 +286,7 @@ def _run(core: Core, args: Sequence[torch.Tensor], opts: Options) -> Tuple[Any, 
     _check(args)
     if not _differentiable(args):
         # Nothing to record: one engine call, no autograd bookkeeping.
-        values, indices = core([_numpy(a) for a in args], opts)
-        return (None if values is None else torch.from_numpy(values),
-                None if indices is None else torch.from_numpy(indices))
+        return _engine(core, args, opts)
     red = core.reduction
     if red in SMOOTH:
         return _Reduce.apply(core, opts, *args), None
@@ -262,15 +304,19 @@ class Genred(GenredBase):
         self,
         *args: torch.Tensor,
         backend: str = "auto",
-        device_id: int = -1,
+        device_id: DeviceId = -1,
         ranges: Optional[Any] = None,
         out: Optional[torch.Tensor] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """Runs the reduction on CPU tensors (float32 or float64, all alike), differentiably.
+        """Runs the reduction on tensors (float32 or float64, all alike, on one device),
+        differentiably.
 
         ``Vi``/``Vj`` arguments have shape ``(..., n, d)``, parameters ``(..., d)``;
         leading batch dimensions broadcast. Returns the values, the indices (int64), or
-        both as a tuple (``Min_ArgMin``, ``KMin_ArgKMin``).
+        both as a tuple (``Min_ArgMin``, ``KMin_ArgKMin``), on the arguments' device.
+        CUDA tensors are reduced in place on their GPU, on PyTorch's current stream
+        (``backend="GPU"``, or ``"auto"`` where it picks the GPU); ``device_id="all"``
+        or a list of GPU numbers splits one reduction over several GPUs.
         """
         opts = self._options(backend, ranges, device_id)
         values, indices = _run(self.core, args, opts)
@@ -289,7 +335,7 @@ class _Solve(torch.autograd.Function):
     @staticmethod
     def forward(core: Core, var: int, params: SolveParams, opts: Options,  # type: ignore[override]
                 *args: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(run_solve(core, var, [_numpy(a) for a in args], params, opts))
+        return _solve_host(core, var, args, params, opts)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: torch.Tensor) -> None:
@@ -314,12 +360,21 @@ class _Solve(torch.autograd.Function):
         return (None, None, None, None, *grads)
 
 
+def _solve_host(core: Core, var: int, args: Sequence[torch.Tensor], params: SolveParams,
+                opts: Options) -> torch.Tensor:
+    """The conjugate-gradient loop runs in Rust on host vectors (each iteration's
+    reduction on the engine the options pick): CUDA tensors go through host copies and
+    the solution comes back to their device."""
+    x = torch.from_numpy(run_solve(core, var, [_numpy(a) for a in args], params, opts))
+    return x.to(args[0].device) if args else x
+
+
 def _solve(core: Core, var: int, args: Sequence[torch.Tensor], params: SolveParams,
            opts: Options) -> torch.Tensor:
     args = list(args)
     _check(args)
     if not _differentiable(args):
-        return torch.from_numpy(run_solve(core, var, [_numpy(a) for a in args], params, opts))
+        return _solve_host(core, var, args, params, opts)
     return _Solve.apply(core, var, params, opts, *args)
 
 
