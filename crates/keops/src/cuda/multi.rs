@@ -10,8 +10,8 @@
 //! and finalizes them: results are those of one GPU, ties included.
 
 use super::runtime::{
-    combine, download, enqueue, prepare, run as run_one, upload_args, Call, CallInfo, Prepared,
-    StreamBuf, Target,
+    combine, download, enqueue, prepare, run as run_one, upload_args, Call, CallInfo, OutputBufs,
+    Prepared, StreamBuf, Target,
 };
 use crate::error::{KeopsError, Result};
 use crate::formula::Cat;
@@ -189,32 +189,19 @@ pub fn run<T: Element>(
     let stream = super::runtime::cu(dev0.ctx.new_stream(), "creating a stream")?;
     let s = stream.cu_stream();
     let part = StreamBuf::upload(&states, s, "copying partial states")?;
-    let (dv, di) = problem.genred.spec().output_dims();
-    let rows = nbatch * n_out;
-    let out_v = StreamBuf::alloc(
-        rows * dv * std::mem::size_of::<T>(),
-        s,
-        "allocating the output",
-    )?;
-    let out_i = StreamBuf::alloc(rows * di * 8, s, "allocating the output")?;
-    let used = |b: &StreamBuf, u: bool| if u { b.ptr } else { 0 };
+    let out = OutputBufs::alloc(problem, s)?;
     // SAFETY: states and outputs were sized above, on this device, and live until the
-    // downloads have synchronised the stream.
+    // download has synchronised the stream.
     unsafe {
         combine(
             &k,
             (n_out, total_chunks, nbatch),
             part.ptr,
-            (used(&out_v, dv > 0), used(&out_i, di > 0)),
+            out.pointers(),
             s,
         )?
     };
-    let values = download::<T>(out_v.ptr, rows * dv, s)?;
-    let indices = download::<i64>(out_i.ptr, rows * di, s)?;
-    Ok((
-        Reduced::assemble(values, indices, problem.output_shapes(), (dv, di)),
-        results[0].2,
-    ))
+    Ok((out.download(problem, s)?, results[0].2))
 }
 
 #[cfg(test)]

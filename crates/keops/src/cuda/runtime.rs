@@ -592,31 +592,73 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<(Redu
     let s = stream.cu_stream();
     let bufs = upload_args(&problem.args, s)?;
     let ptrs: Vec<u64> = bufs.iter().map(|b| b.ptr).collect();
-    let (dv, di) = genred.spec().output_dims();
-    let rows = problem.batch_len() * problem.sizes().0;
-    let out_v = StreamBuf::alloc(
-        rows * dv * std::mem::size_of::<T>(),
-        s,
-        "allocating the output",
-    )?;
-    let out_i = StreamBuf::alloc(rows * di * 8, s, "allocating the output")?;
-    let ptr = |b: &StreamBuf, used: bool| if used { b.ptr } else { 0 };
+    let out = OutputBufs::alloc(problem, s)?;
     let call = Call {
         layout,
         ranges: problem.ranges,
         ptrs: &ptrs,
         j_base: 0,
-        target: Target::Outputs(ptr(&out_v, dv > 0), ptr(&out_i, di > 0)),
+        target: out.target(),
     };
-    // SAFETY: the buffers were sized above from the same problem, on this device, and
-    // live until the downloads below have synchronised the stream.
+    // SAFETY: the buffers were sized from the same problem, on this device, and live
+    // until the download has synchronised the stream.
     unsafe { enqueue(&k, &spec, &l, &call, s)? };
-    let values = download::<T>(out_v.ptr, rows * dv, s)?;
-    let indices = download::<i64>(out_i.ptr, rows * di, s)?;
-    Ok((
-        Reduced::assemble(values, indices, problem.output_shapes(), (dv, di)),
-        CallInfo { launch: l, origin },
-    ))
+    Ok((out.download(problem, s)?, CallInfo { launch: l, origin }))
+}
+
+/// Device buffers for a problem's outputs (values and indices), on one stream.
+pub(crate) struct OutputBufs {
+    values: StreamBuf,
+    indices: StreamBuf,
+    dims: (usize, usize),
+    rows: usize,
+}
+
+impl OutputBufs {
+    /// Uninitialised outputs for `problem` (the kernels write every row).
+    pub fn alloc<T: Element>(problem: &Problem<'_, T>, s: sys::CUstream) -> Result<Self> {
+        let (dv, di) = problem.genred.spec().output_dims();
+        let rows = problem.batch_len() * problem.sizes().0;
+        let size = std::mem::size_of::<T>();
+        Ok(OutputBufs {
+            values: StreamBuf::alloc(rows * dv * size, s, "allocating the output")?,
+            indices: StreamBuf::alloc(rows * di * 8, s, "allocating the output")?,
+            dims: (dv, di),
+            rows,
+        })
+    }
+
+    /// The output addresses (0 for one the reduction does not produce).
+    pub fn pointers(&self) -> (u64, u64) {
+        let (dv, di) = self.dims;
+        (
+            if dv > 0 { self.values.ptr } else { 0 },
+            if di > 0 { self.indices.ptr } else { 0 },
+        )
+    }
+
+    /// The kernel's target: these outputs.
+    pub fn target(&self) -> Target {
+        let (v, i) = self.pointers();
+        Target::Outputs(v, i)
+    }
+
+    /// The outputs on the host, once the stream's work is done.
+    pub fn download<T: Element>(
+        &self,
+        problem: &Problem<'_, T>,
+        s: sys::CUstream,
+    ) -> Result<Reduced<T>> {
+        let (dv, di) = self.dims;
+        let values = download::<T>(self.values.ptr, self.rows * dv, s)?;
+        let indices = download::<i64>(self.indices.ptr, self.rows * di, s)?;
+        Ok(Reduced::assemble(
+            values,
+            indices,
+            problem.output_shapes(),
+            self.dims,
+        ))
+    }
 }
 
 /// An array already in GPU memory (a PyTorch CUDA tensor): its address, shape and
