@@ -15,10 +15,12 @@ demo: python
 	$(CARGO) run --release -p keops --example kde -- $(ARGS)
 
 # The CUDA tests compile every generated kernel with NVRTC (no GPU needed): the
-# nvidia-cuda-nvrtc wheel of the venv, found by the package's own lookup.
+# nvidia-cuda-nvrtc wheel of the venv, found by the package's own lookup. The GPU suite
+# then runs again under the CUDA simulator (two simulated devices, kernels on the CPU).
 test: lint python
 	KEOPS_NVRTC="$$($(VPY) -c 'import os, keops; print(os.environ.get("KEOPS_NVRTC", ""))')" \
 	KEOPS_REQUIRE_NVRTC=1 $(CARGO) test --workspace --release --all-features
+	KEOPS_CUDA_SIMULATOR=2 $(CARGO) test --release -p keops --test gpu
 	$(VPY) -m pytest -q -rs crates/keops-python/tests
 
 # The Python package `keops`, built by maturin and installed into the venv the way a

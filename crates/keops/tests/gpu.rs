@@ -2,22 +2,34 @@
 //! and every op case against the f64 oracle in f32 and f64, with the 1D and 2D schemes
 //! forced; calls from two threads at once; empty reductions; arrays already on the GPU
 //! reduced in place on a caller's stream; one reduction split over GPUs. Skipped, with a printed
-//! reason, where no GPU can run (no driver, no device or no NVRTC).
+//! reason, where no GPU can run (no driver, no device or no NVRTC). `make test` also runs
+//! them under the CUDA simulator (`KEOPS_CUDA_SIMULATOR=2`: the generated kernels built
+//! as host C++ and launched with their real plans on the CPU), op cases excepted.
 
 mod common;
 
 use common::op_cases::{cases, ALIASES};
-use common::{check_indices_exact, check_values, run_as, tol_for, Inputs, Rng};
-use keops::cuda::{run_in_place, DeviceArg, DeviceOutputs};
+use common::{check_indices, check_indices_exact, check_values, run_as, tol_for, Inputs, Rng};
+use keops::cuda::{run_in_place, DeviceArg, DeviceBuffer, DeviceOutputs};
 use keops::formula::ops::all_specs;
 use keops::plan::GpuScheme;
 use keops::{
     Array, Backend, Element, Genred, Layout, MultiGpu, Options, Reduced, Reduction, SumScheme,
 };
 
+/// Whether a GPU (or the simulator) runs these tests; the simulator asked for but
+/// unable to run is a failure, not a skip.
 fn gpu() -> bool {
+    if keops::cuda::sim::on() {
+        assert!(
+            keops::cuda::available(),
+            "KEOPS_CUDA_SIMULATOR is set but the simulator cannot run: {:?}",
+            keops::cuda::driver().err()
+        );
+        return true;
+    }
     if let Err(e) = keops::cuda::driver() {
-        eprintln!("SKIPPED: no GPU: {e}");
+        eprintln!("SKIPPED: no GPU: {e} (KEOPS_CUDA_SIMULATOR=2 runs these tests on the CPU)");
         return false;
     }
     if !keops::cuda::available() {
@@ -47,13 +59,27 @@ fn inputs(ni: usize, nj: usize, batch: &[usize], seed: u64) -> Inputs {
     inp
 }
 
+/// The oracle's result for `g` on `inp`, and the scale of sums' tolerance.
+struct Expected {
+    want: Reduced<f64>,
+    scale: Option<Vec<f64>>,
+}
+
+fn expected(g: &Genred, inp: &Inputs) -> Expected {
+    Expected {
+        want: keops::reference::reduce(g, &inp.args_f64()).unwrap(),
+        scale: (g.spec().kind == Reduction::Sum).then(|| common::sum_magnitude(g, inp)),
+    }
+}
+
+fn check_against<T: Element>(g: &Genred, inp: &Inputs, e: &Expected, o: &Options, ctx: &str) {
+    let got = run_as::<T>(g, inp, o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+    check_values(&got, &e.want, e.scale.as_deref(), tol_for::<T>(), ctx);
+    check_indices(&got, &e.want, g, inp, ctx);
+}
+
 fn check<T: Element>(g: &Genred, inp: &Inputs, o: &Options, ctx: &str) {
-    let want = keops::reference::reduce(g, &inp.args_f64()).unwrap();
-    let got = run_as::<T>(g, inp, o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    let scale = common::sum_magnitude(g, inp);
-    let scale = (g.spec().kind == Reduction::Sum).then_some(&scale[..]);
-    check_values(&got, &want, scale, tol_for::<T>(), ctx);
-    check_indices_exact(&got, &want, ctx);
+    check_against::<T>(g, inp, &expected(g, inp), o, ctx);
 }
 
 #[test]
@@ -67,14 +93,22 @@ fn every_reduction_matches_the_oracle() {
         for (f, w, r) in common::reduction_cases() {
             for axis in [0, 1] {
                 let g = common::reduction_case_genred(f, w, r, axis);
+                let e = expected(&g, &inp);
+                // The summation scheme matters to sums only.
+                let sums = if r == Reduction::Sum {
+                    &[SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan][..]
+                } else {
+                    &[SumScheme::BlockSum][..]
+                };
                 for scheme in [GpuScheme::OneD, GpuScheme::TwoD, GpuScheme::Auto] {
-                    for sum in [SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan] {
+                    for &sum in sums {
                         let ctx = format!(
                             "{} axis {axis} {scheme:?} {sum:?} {ni}x{nj}{batch:?}",
                             r.name()
                         );
-                        check::<f32>(&g, &inp, &opts(scheme, sum), &format!("{ctx} f32"));
-                        check::<f64>(&g, &inp, &opts(scheme, sum), &format!("{ctx} f64"));
+                        let o = opts(scheme, sum);
+                        check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} f32"));
+                        check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} f64"));
                     }
                 }
             }
@@ -85,6 +119,12 @@ fn every_reduction_matches_the_oracle() {
 #[test]
 fn every_op_matches_the_oracle() {
     if !gpu() {
+        return;
+    }
+    if keops::cuda::sim::on() {
+        // One build per op and type (hundreds); tests/codegen.rs runs the same per-pair
+        // code of every op as host C against the oracle.
+        eprintln!("SKIPPED under the simulator: the op cases are tests/codegen.rs' work");
         return;
     }
     for spec in all_specs() {
@@ -161,9 +201,15 @@ fn two_threads_at_once() {
             s.spawn(move || {
                 let mut rng = Rng::new(t);
                 let mut inp = Inputs::new();
-                inp.push(&[3000, 3], || rng.uniform(-1.0, 1.0))
-                    .push(&[4000, 3], || rng.uniform(-1.0, 1.0))
-                    .push(&[4000, 1], || rng.uniform(-1.0, 1.0));
+                // Smaller under the simulator, which runs the blocks one by one.
+                let (n, m) = if keops::cuda::sim::on() {
+                    (500, 700)
+                } else {
+                    (3000, 4000)
+                };
+                inp.push(&[n, 3], || rng.uniform(-1.0, 1.0))
+                    .push(&[m, 3], || rng.uniform(-1.0, 1.0))
+                    .push(&[m, 1], || rng.uniform(-1.0, 1.0));
                 for _ in 0..5 {
                     check::<f32>(
                         g,
@@ -212,7 +258,12 @@ fn block_sparse_matches_the_cpu_engine() {
                     ..Options::default()
                 };
                 let want = run_as::<f64>(&g, &inp, &cpu).unwrap();
-                for sum in [SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan] {
+                let sums = if r == Reduction::Sum {
+                    &[SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan][..]
+                } else {
+                    &[SumScheme::BlockSum][..]
+                };
+                for &sum in sums {
                     let o = Options {
                         ranges: Some(ranges.clone()),
                         ..opts(GpuScheme::Auto, sum)
@@ -240,22 +291,23 @@ fn multi_gpu_matches_the_oracle() {
     }
     // Three parts on device 0 run the whole split-and-combine path on one GPU; `All`
     // uses every visible GPU.
-    for multi in [MultiGpu::Devices(vec![0, 0, 0]), MultiGpu::All] {
-        for (ni, nj, batch) in [(300, 1000, vec![]), (50, 70, vec![3]), (7, 2, vec![])] {
-            let inp = inputs(ni, nj, &batch, 6);
-            for (f, w, r) in common::reduction_cases() {
-                if r.k().is_some_and(|k| k > ni.min(nj)) {
-                    continue;
-                }
-                for axis in [0, 1] {
-                    let g = common::reduction_case_genred(f, w, r, axis);
+    for (ni, nj, batch) in [(300, 1000, vec![]), (50, 70, vec![3]), (7, 2, vec![])] {
+        let inp = inputs(ni, nj, &batch, 6);
+        for (f, w, r) in common::reduction_cases() {
+            if r.k().is_some_and(|k| k > ni.min(nj)) {
+                continue;
+            }
+            for axis in [0, 1] {
+                let g = common::reduction_case_genred(f, w, r, axis);
+                let e = expected(&g, &inp);
+                for multi in [MultiGpu::Devices(vec![0, 0, 0]), MultiGpu::All] {
                     let o = Options {
                         multi_gpu: multi.clone(),
                         ..opts(GpuScheme::Auto, SumScheme::Kahan)
                     };
                     let ctx = format!("{multi:?} {} axis {axis} {ni}x{nj}{batch:?}", r.name());
-                    check::<f32>(&g, &inp, &o, &format!("{ctx} f32"));
-                    check::<f64>(&g, &inp, &o, &format!("{ctx} f64"));
+                    check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} f32"));
+                    check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} f64"));
                 }
             }
         }
@@ -316,14 +368,9 @@ fn gpu_paths_refuse_bad_requests_before_touching_a_device() {
     }
 }
 
-/// `inp` as f32 device arrays on `stream`; argument 0 with its batch entries `pad`
-/// values apart (a strided view), the others contiguous.
-fn upload(
-    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
-    inp: &common::Inputs,
-    pad: usize,
-) -> (Vec<cudarc::driver::CudaSlice<f32>>, Vec<DeviceArg>) {
-    use cudarc::driver::DevicePtr;
+/// `inp` as f32 device arrays of GPU 0; argument 0 with its batch entries `pad` values
+/// apart (a strided view), the others contiguous.
+fn upload(inp: &common::Inputs, pad: usize) -> (Vec<DeviceBuffer>, Vec<DeviceArg>) {
     let (mut bufs, mut args) = (Vec::new(), Vec::new());
     for (k, (d, shape)) in inp.data.iter().zip(&inp.shapes).enumerate() {
         let nd = shape.len();
@@ -346,14 +393,12 @@ fn upload(
                 .collect();
             strides[0] = entry + pad;
         }
-        let buf = stream.clone_htod(&host).unwrap();
-        let (ptr, _sync) = buf.device_ptr(stream);
+        let buf = DeviceBuffer::from_slice(0, &host).unwrap();
         args.push(DeviceArg {
-            ptr,
+            ptr: buf.ptr(),
             shape: shape.clone(),
             strides,
         });
-        drop(_sync);
         bufs.push(buf);
     }
     (bufs, args)
@@ -364,15 +409,18 @@ fn device_arrays_are_reduced_in_place() {
     if !gpu() {
         return;
     }
-    use cudarc::driver::{CudaContext, DevicePtr};
-    let ctx = CudaContext::new(0).unwrap();
-    let stream = ctx.new_stream().unwrap();
+    // A stream of the caller's (the simulator's streams are its own).
+    let cuda = (!keops::cuda::sim::on()).then(|| {
+        let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+        ctx.new_stream().unwrap()
+    });
+    let stream = cuda.as_ref().map_or(0, |s| s.cu_stream() as u64);
     let inp = inputs(50, 700, &[3], 4);
     for (f, w, r) in common::reduction_cases() {
         for axis in [0, 1] {
             let g = common::reduction_case_genred(f, w, r, axis);
             let want = keops::reference::reduce(&g, &inp.args_f64()).unwrap();
-            let (_bufs, args) = upload(&stream, &inp, 7);
+            let (_bufs, args) = upload(&inp, 7);
             let shapes: Vec<&[usize]> = inp.shapes.iter().map(|s| s.as_slice()).collect();
             let (sv, si) = Layout::new(&g, &shapes).unwrap().output_shapes();
             let nv = if g.spec().output_dims().0 > 0 {
@@ -385,28 +433,24 @@ fn device_arrays_are_reduced_in_place() {
             } else {
                 0
             };
-            let out_v = stream.alloc_zeros::<f32>(nv.max(1)).unwrap();
-            let out_i = stream.alloc_zeros::<i64>(ni.max(1)).unwrap();
-            let (pv, _gv) = out_v.device_ptr(&stream);
-            let (pi, _gi) = out_i.device_ptr(&stream);
+            let out_v = DeviceBuffer::alloc(0, 4 * nv).unwrap();
+            let out_i = DeviceBuffer::alloc(0, 8 * ni).unwrap();
             let outs = DeviceOutputs {
-                values: pv,
-                indices: pi,
+                values: out_v.ptr(),
+                indices: out_i.ptr(),
             };
             for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
                 let o = opts(scheme, SumScheme::BlockSum);
                 // SAFETY: the buffers hold what the shapes and strides say, on device 0,
-                // and live until the stream is synchronised below.
-                unsafe { run_in_place::<f32>(&g, &args, outs, stream.cu_stream() as u64, &o) }
-                    .unwrap();
-                stream.synchronize().unwrap();
+                // and live until `to_vec` has waited for the device.
+                unsafe { run_in_place::<f32>(&g, &args, outs, stream, &o) }.unwrap();
                 let got = Reduced {
                     values: (nv > 0).then(|| Array {
-                        data: stream.clone_dtoh(&out_v).unwrap()[..nv].to_vec(),
+                        data: out_v.to_vec::<f32>(nv).unwrap(),
                         shape: sv.clone(),
                     }),
                     indices: (ni > 0).then(|| Array {
-                        data: stream.clone_dtoh(&out_i).unwrap()[..ni].to_vec(),
+                        data: out_i.to_vec::<i64>(ni).unwrap(),
                         shape: si.clone(),
                     }),
                 };
@@ -414,25 +458,24 @@ fn device_arrays_are_reduced_in_place() {
                 let scale = common::sum_magnitude(&g, &inp);
                 let scale = (r == Reduction::Sum).then_some(&scale[..]);
                 check_values(&got, &want, scale, tol_for::<f32>(), &ctx);
-                check_indices_exact(&got, &want, &ctx);
+                check_indices(&got, &want, &g, &inp, &ctx);
             }
         }
     }
     // Host memory, and rows that are not contiguous, are refused with the argument named.
     let g = common::reduction_case_genred("SqDist(x,y)", None, Reduction::Sum, 1);
     let inp = inputs(10, 20, &[], 2);
-    let (_bufs, mut args) = upload(&stream, &inp, 0);
+    let (_bufs, mut args) = upload(&inp, 0);
     let host = [0f32; 64];
     args[1].ptr = host.as_ptr() as u64;
-    let out = stream.alloc_zeros::<f32>(10).unwrap();
-    let (po, _g) = out.device_ptr(&stream);
+    let out = DeviceBuffer::alloc(0, 40).unwrap();
     let outs = DeviceOutputs {
-        values: po,
+        values: out.ptr(),
         indices: 0,
     };
     let o = opts(GpuScheme::Auto, SumScheme::BlockSum);
     // SAFETY: refused before any launch.
-    let e = unsafe { run_in_place::<f32>(&g, &args, outs, stream.cu_stream() as u64, &o) }
+    let e = unsafe { run_in_place::<f32>(&g, &args, outs, stream, &o) }
         .unwrap_err()
         .to_string();
     assert!(
@@ -441,7 +484,7 @@ fn device_arrays_are_reduced_in_place() {
     );
     args[1].strides = vec![1, 20];
     // SAFETY: as above.
-    let e = unsafe { run_in_place::<f32>(&g, &args, outs, stream.cu_stream() as u64, &o) }
+    let e = unsafe { run_in_place::<f32>(&g, &args, outs, stream, &o) }
         .unwrap_err()
         .to_string();
     assert!(e.contains("argument 1") && e.contains("contiguous"), "{e}");

@@ -140,7 +140,8 @@ pub struct KernelSource {
 pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize) -> KernelSource {
     let mut s = super::codegen::prelude(k.ty);
     s.push_str(&device_functions(k, name));
-    s.push_str("#ifdef __CUDACC__\n");
+    // The kernels are device code (NVRTC) or the simulator's host C++ (`sim`).
+    s.push_str("#if defined(__CUDACC__) || defined(KEOPS_SIM)\n");
     s.push_str(&kernels(k, name, tile));
     s.push_str("#endif\n");
     KernelSource {
@@ -551,7 +552,11 @@ mod tests {
     fn kernels_are_guarded_for_host_c() {
         let k = KernelSpec::new::<f32>(&gauss(1), &Options::default());
         let src = kernel_source(&k, "keops", 128);
-        let host_part = src.code.split("#ifdef __CUDACC__\nextern").next().unwrap();
+        let host_part = src
+            .code
+            .split("#if defined(__CUDACC__) || defined(KEOPS_SIM)\nextern")
+            .next()
+            .unwrap();
         assert!(!host_part.contains("__global__"));
         assert!(src.code.contains("keops_reduce(") && src.code.contains("keops_combine("));
         assert!(src.code.contains("tile[0 + e]") && src.code.contains("tile[384 + e]"));

@@ -12,5 +12,6 @@ pub mod multi;
 pub mod nvrtc;
 pub mod runtime;
 pub mod scheme;
+pub mod sim;
 
-pub use runtime::{available, driver, run_in_place, DeviceArg, DeviceOutputs};
+pub use runtime::{available, driver, run_in_place, DeviceArg, DeviceBuffer, DeviceOutputs};

@@ -100,8 +100,8 @@ fn part_states<T: Element>(
         kernels: k,
         origin,
     } = prepare::<T>(id, problem.genred, &sub.layout, opts)?;
-    let stream = super::runtime::cu(dev.ctx.new_stream(), "creating a stream")?;
-    let s = stream.cu_stream();
+    let stream = dev.new_stream()?;
+    let s = stream.raw;
     let bufs = upload_args(&sub.args, s)?;
     let ptrs: Vec<u64> = bufs.iter().map(|b| b.ptr).collect();
     let bytes = sub.batch_len() * l.grid.1 * sub.sizes().0 * spec.state_bytes();
@@ -115,8 +115,10 @@ fn part_states<T: Element>(
     };
     // SAFETY: arguments and states were sized from `sub`, on this device, and live
     // until the download has synchronised the stream.
-    unsafe { enqueue(&k, &spec, &l, &call, s)? };
-    let states = download::<u8>(part.ptr, bytes, s)?;
+    let states = unsafe {
+        enqueue(&k, &spec, &l, &call, s)?;
+        download::<u8>(part.ptr, bytes, s)?
+    };
     Ok((states, l.grid.1, CallInfo { launch: l, origin }))
 }
 
@@ -186,8 +188,8 @@ pub fn run<T: Element>(
             states.extend_from_slice(&st[b * per_batch..(b + 1) * per_batch]);
         }
     }
-    let stream = super::runtime::cu(dev0.ctx.new_stream(), "creating a stream")?;
-    let s = stream.cu_stream();
+    let stream = dev0.new_stream()?;
+    let s = stream.raw;
     let part = StreamBuf::upload(&states, s, "copying partial states")?;
     let out = OutputBufs::alloc(problem, s)?;
     // SAFETY: states and outputs were sized above, on this device, and live until the

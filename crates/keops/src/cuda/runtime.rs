@@ -5,17 +5,19 @@
 //! when a library is absent, so nothing reaches it before that check. Launches take raw
 //! device pointers and a stream, so that data already on the GPU (PyTorch CUDA tensors)
 //! is used in place; [`run`] is the host-data path built on them (copy in, launch, copy
-//! back).
+//! back). With `KEOPS_CUDA_SIMULATOR` set, the driver's part (memory, copies,
+//! launches) is the [`super::sim`]ulator's and everything above it is unchanged.
 
 use super::cache::{self, KernelCache, Origin};
 use super::codegen::CType;
 use super::kernel::{kernel_source, KernelSpec};
 use super::nvrtc::{Arch, Nvrtc};
 use super::scheme::{self, Launch, Scheme};
+use super::sim::{self, Kernel};
 use crate::error::{KeopsError, Result};
 use crate::plan::{Element, Genred, Layout, MultiGpu, Options, Problem, Reduced};
 use crate::ranges::Blocks;
-use cudarc::driver::{result, sys, CudaContext, DriverError};
+use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
@@ -46,8 +48,17 @@ fn no_gpu(msg: impl Into<String>) -> KeopsError {
     }
 }
 
-/// The driver, initialised once; an error (never a panic) where there is none.
+/// The driver, initialised once; an error (never a panic) where there is none. With
+/// `KEOPS_CUDA_SIMULATOR=n`, the simulator's `n` devices (version 0).
 pub fn driver() -> Result<DriverInfo> {
+    if let Some(n) = sim::devices() {
+        return n
+            .map(|devices| DriverInfo {
+                version: 0,
+                devices,
+            })
+            .map_err(no_gpu);
+    }
     static INFO: OnceLock<std::result::Result<DriverInfo, String>> = OnceLock::new();
     INFO.get_or_init(|| {
         // SAFETY: only tries to open the library.
@@ -73,26 +84,177 @@ pub fn driver() -> Result<DriverInfo> {
     .map_err(no_gpu)
 }
 
-/// Whether a GPU reduction can run here: a driver, a device and NVRTC.
+/// Whether a GPU reduction can run here: a driver, a device and NVRTC (simulated: a
+/// C++ compiler).
 pub fn available() -> bool {
+    if sim::on() {
+        return driver().is_ok() && sim::available();
+    }
     driver().is_ok_and(|d| Nvrtc::get(Some(d.version / 1000)).is_ok())
 }
 
 /// A loaded module's kernels.
-pub(crate) struct Kernels {
-    reduce: sys::CUfunction,
-    combine: sys::CUfunction,
-    reduce_ranges: sys::CUfunction,
-    _module: sys::CUmodule,
+pub(crate) enum Kernels {
+    /// Loaded by the driver.
+    Cuda {
+        reduce: sys::CUfunction,
+        combine: sys::CUfunction,
+        reduce_ranges: sys::CUfunction,
+        _module: sys::CUmodule,
+    },
+    /// Built for the simulator.
+    Sim(sim::Module),
 }
 // SAFETY: CUDA functions and modules are usable from any thread of the process once
 // loaded; modules are never unloaded (they live as long as the primary context).
 unsafe impl Send for Kernels {}
 unsafe impl Sync for Kernels {}
 
+/// A stream of one device: CUDA's, or the simulator's (synchronous: every operation is
+/// done when its call returns).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stream {
+    /// A `CUstream` of the device's primary context (null: the legacy default stream).
+    Cuda(sys::CUstream),
+    /// A simulated device.
+    Sim(usize),
+}
+
+impl Stream {
+    /// `bytes` of uninitialised device memory, allocated in stream order.
+    fn alloc(self, bytes: usize, what: &str) -> Result<u64> {
+        match self {
+            // SAFETY: a fresh allocation, used on this stream only.
+            Stream::Cuda(s) => cu(unsafe { result::malloc_async(s, bytes) }, what),
+            Stream::Sim(d) => sim::alloc(d, bytes),
+        }
+    }
+
+    /// Frees `ptr` after the work queued before.
+    ///
+    /// # Safety
+    /// `ptr` was allocated by `alloc` on this stream and is not used after this.
+    unsafe fn free(self, ptr: u64) {
+        match self {
+            // A failure here (after an earlier error of the context) cannot be reported
+            // and leaves nothing to undo.
+            Stream::Cuda(s) => {
+                let _ = result::free_async(ptr, s);
+            }
+            Stream::Sim(_) => sim::free(ptr),
+        }
+    }
+
+    /// Copies `data` to `dst` in stream order. Pageable copies are staged before the
+    /// call returns, so `data` may be dropped right after.
+    ///
+    /// # Safety
+    /// `dst` has room for `data`.
+    unsafe fn upload<T: Copy>(self, dst: u64, data: &[T], what: &str) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Stream::Cuda(s) => cu(result::memcpy_htod_async(dst, data, s), what),
+            Stream::Sim(_) => sim::write(dst, as_bytes(data)),
+        }
+    }
+
+    /// Copies `out.len()` values from `src` once the stream's work is done.
+    ///
+    /// # Safety
+    /// `src` holds `out.len()` values of `T` written by work on this stream.
+    unsafe fn download<T: Copy>(self, src: u64, out: &mut [T]) -> Result<()> {
+        let what = "copying the output back";
+        match self {
+            Stream::Cuda(s) => {
+                if !out.is_empty() {
+                    cu(result::memcpy_dtoh_async(out, src, s), what)?;
+                }
+                cu(
+                    sys::cuStreamSynchronize(s).result(),
+                    "running the reduction",
+                )
+            }
+            Stream::Sim(_) if out.is_empty() => Ok(()),
+            Stream::Sim(_) => {
+                let bytes = std::mem::size_of_val(out);
+                sim::read(
+                    src,
+                    std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), bytes),
+                )
+            }
+        }
+    }
+
+    /// Launches kernel `which` of `k` (`params` as `cuLaunchKernel` takes them).
+    ///
+    /// # Safety
+    /// `params` are the kernel's arguments; the memory they address lives until the
+    /// stream's work is done.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch(
+        self,
+        k: &Kernels,
+        which: Kernel,
+        grid: (usize, usize, usize),
+        block: usize,
+        smem: usize,
+        params: &mut [*mut c_void],
+        what: &str,
+    ) -> Result<()> {
+        let dim = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let g = (dim(grid.0), dim(grid.1), dim(grid.2));
+        match (self, k) {
+            (
+                Stream::Cuda(s),
+                Kernels::Cuda {
+                    reduce,
+                    combine,
+                    reduce_ranges,
+                    ..
+                },
+            ) => {
+                let f = match which {
+                    Kernel::Reduce => *reduce,
+                    Kernel::Combine => *combine,
+                    Kernel::ReduceRanges => *reduce_ranges,
+                };
+                cu(
+                    result::launch_kernel(f, g, (dim(block), 1, 1), dim(smem), s, params),
+                    what,
+                )
+            }
+            (Stream::Sim(_), Kernels::Sim(m)) => {
+                sim::launch(m, which, g, dim(block), dim(smem), params)
+                    .map_err(|e| KeopsError::Cuda(format!("{what}: {e}")))
+            }
+            _ => Err(KeopsError::Cuda(format!(
+                "{what}: kernels and stream of different platforms"
+            ))),
+        }
+    }
+}
+
+/// The bytes of a slice of plain numbers.
+fn as_bytes<T: Copy>(data: &[T]) -> &[u8] {
+    // SAFETY: `T` is a plain number type (f32, f64, i64, u8: no padding), read as bytes.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+}
+
+/// A stream made by the engine for one call.
+pub(crate) struct OwnedStream {
+    /// The stream.
+    pub raw: Stream,
+    _cuda: Option<Arc<CudaStream>>,
+}
+
 /// One GPU: its primary context and the kernels loaded on it.
 pub struct Device {
-    pub(crate) ctx: Arc<CudaContext>,
+    /// Its primary context (`None`: a simulated device).
+    pub(crate) ctx: Option<Arc<CudaContext>>,
+    /// Its ordinal.
+    pub id: usize,
     /// Its architecture.
     pub arch: Arch,
     /// Number of multiprocessors.
@@ -123,6 +285,18 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
     if let Some(d) = devices.get(&id) {
         return Ok(d.clone());
     }
+    if sim::on() {
+        let d = Arc::new(Device {
+            ctx: None,
+            id,
+            arch: Arch { major: 9, minor: 0 },
+            sms: sim::sms(id),
+            name: format!("simulated GPU {id} (KEOPS_CUDA_SIMULATOR)"),
+            kernels: Mutex::default(),
+        });
+        devices.insert(id, d.clone());
+        return Ok(d);
+    }
     let ctx = cu(CudaContext::new(id), "creating the context")?;
     let (major, minor) = cu(ctx.compute_capability(), "cuDeviceGetAttribute")?;
     let sms = cu(
@@ -131,7 +305,8 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
     )?;
     let d = Arc::new(Device {
         name: ctx.name().unwrap_or_else(|_| format!("CUDA device {id}")),
-        ctx,
+        ctx: Some(ctx),
+        id,
         arch: Arch {
             major: major as u32,
             minor: minor as u32,
@@ -144,10 +319,46 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
 }
 
 impl Device {
+    /// Makes the device's context current on this thread.
+    pub(crate) fn bind(&self) -> Result<()> {
+        match &self.ctx {
+            Some(c) => cu(c.bind_to_thread(), "binding the context"),
+            None => Ok(()),
+        }
+    }
+
+    /// A new stream of the device.
+    pub(crate) fn new_stream(&self) -> Result<OwnedStream> {
+        match &self.ctx {
+            Some(c) => {
+                let s = cu(c.new_stream(), "creating a stream")?;
+                Ok(OwnedStream {
+                    raw: Stream::Cuda(s.cu_stream()),
+                    _cuda: Some(s),
+                })
+            }
+            None => Ok(OwnedStream {
+                raw: Stream::Sim(self.id),
+                _cuda: None,
+            }),
+        }
+    }
+
+    /// The stream a caller gives as a raw `CUstream` (the simulator's, simulated).
+    fn stream_of(&self, raw: u64) -> Stream {
+        match self.ctx {
+            Some(_) => Stream::Cuda(raw as usize as sys::CUstream),
+            None => Stream::Sim(self.id),
+        }
+    }
+
     /// The kernels of `spec` with tiles of `tile` rows, compiled (or taken from the
     /// cache) and loaded; with where the CUBIN came from.
     fn kernels(&self, spec: &KernelSpec, tile: usize) -> Result<(Arc<Kernels>, Origin)> {
         let src = kernel_source(spec, "keops", tile);
+        if self.ctx.is_none() {
+            return self.sim_kernels(&src);
+        }
         let info = driver()?;
         let nvrtc = Nvrtc::get(Some(info.version / 1000))?;
         let key = cache::key(&src.code, self.arch, nvrtc.version());
@@ -182,7 +393,7 @@ impl Device {
                     log: f.log,
                 })
         })?;
-        cu(self.ctx.bind_to_thread(), "binding the context")?;
+        self.bind()?;
         // SAFETY: `bin` is a CUBIN image, alive during the call (the driver copies it).
         let module = cu(
             unsafe { result::module::load_data(bin.as_ptr().cast::<c_void>()) },
@@ -196,7 +407,7 @@ impl Device {
                 "cuModuleGetFunction",
             )
         };
-        let k = Arc::new(Kernels {
+        let k = Arc::new(Kernels::Cuda {
             reduce: get(&src.reduce)?,
             combine: get(&src.combine)?,
             reduce_ranges: get(&src.reduce_ranges)?,
@@ -208,72 +419,66 @@ impl Device {
             .insert(key, k.clone());
         Ok((k, origin))
     }
+
+    /// The simulator's build of `src`, made once per process and source.
+    fn sim_kernels(&self, src: &super::kernel::KernelSource) -> Result<(Arc<Kernels>, Origin)> {
+        static BUILT: LazyLock<Mutex<HashMap<String, Arc<Kernels>>>> =
+            LazyLock::new(Default::default);
+        let key = cache::key(&src.code, self.arch, (0, 0));
+        if let Some(k) = BUILT.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok((k.clone(), Origin::Memory));
+        }
+        let k = Arc::new(Kernels::Sim(sim::load(&src.code, "keops")?));
+        BUILT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, k.clone());
+        Ok((k, Origin::Compiled))
+    }
 }
 
 /// Device memory allocated and freed in the order of a stream: no synchronisation, and
 /// freed (after the work queued before it) on every path, errors included.
 pub(crate) struct StreamBuf {
     /// The device address.
-    pub ptr: sys::CUdeviceptr,
-    stream: sys::CUstream,
+    pub ptr: u64,
+    stream: Stream,
 }
 
 impl StreamBuf {
     /// `bytes` of uninitialised memory (at least one: the driver refuses empty ones).
-    pub fn alloc(bytes: usize, stream: sys::CUstream, what: &str) -> Result<StreamBuf> {
-        // SAFETY: a fresh allocation, used on this stream only.
-        let ptr = cu(unsafe { result::malloc_async(stream, bytes.max(1)) }, what)?;
+    pub fn alloc(bytes: usize, stream: Stream, what: &str) -> Result<StreamBuf> {
+        let ptr = stream.alloc(bytes.max(1), what)?;
         Ok(StreamBuf { ptr, stream })
     }
 
     /// A copy of `data`.
-    pub fn upload<T>(data: &[T], stream: sys::CUstream, what: &str) -> Result<StreamBuf> {
+    pub fn upload<T: Copy>(data: &[T], stream: Stream, what: &str) -> Result<StreamBuf> {
         let b = Self::alloc(std::mem::size_of_val(data), stream, what)?;
-        upload_to(b.ptr, data, stream, what)?;
+        // SAFETY: `b` was sized for `data`.
+        unsafe { stream.upload(b.ptr, data, what)? };
         Ok(b)
     }
 }
 
 impl Drop for StreamBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated by `alloc` on this stream; a failure here (after an earlier
-        // error of the context) cannot be reported and leaves nothing to undo.
-        let _ = unsafe { result::free_async(self.ptr, self.stream) };
+        // SAFETY: allocated by `alloc` on this stream.
+        unsafe { self.stream.free(self.ptr) };
     }
-}
-
-/// Copies `data` to `dst` in the order of `stream`. Pageable copies are staged before
-/// the call returns, so `data` may be dropped right after.
-fn upload_to<T>(dst: u64, data: &[T], stream: sys::CUstream, what: &str) -> Result<()> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: the callers give `dst` room for `data`.
-    cu(
-        unsafe { result::memcpy_htod_async(dst, data, stream) },
-        what,
-    )
 }
 
 /// Copies `len` values from `src` to the host once the stream's work is done.
-pub(crate) fn download<T: Clone + Default>(
+///
+/// # Safety
+/// `src` holds `len` values of `T` written by work on `stream`.
+pub(crate) unsafe fn download<T: Copy + Default>(
     src: u64,
     len: usize,
-    stream: sys::CUstream,
+    stream: Stream,
 ) -> Result<Vec<T>> {
     let mut out = vec![T::default(); len];
-    if len > 0 {
-        // SAFETY: `src` holds `len` values of `T` written by work on this stream.
-        cu(
-            unsafe { result::memcpy_dtoh_async(&mut out, src, stream) },
-            "copying the output back",
-        )?;
-    }
-    // SAFETY: a stream of the current context.
-    cu(
-        unsafe { sys::cuStreamSynchronize(stream) }.result(),
-        "running the reduction",
-    )?;
+    stream.download(src, &mut out)?;
     Ok(out)
 }
 
@@ -313,7 +518,7 @@ pub(crate) unsafe fn enqueue(
     spec: &KernelSpec,
     l: &Launch,
     call: &Call<'_>,
-    stream: sys::CUstream,
+    stream: Stream,
 ) -> Result<()> {
     let layout = call.layout;
     let (n_out, n_red) = layout.sizes();
@@ -333,7 +538,6 @@ pub(crate) unsafe fn enqueue(
     }
     let table = StreamBuf::upload(&table, stream, "copying the argument table")?;
     let (mut args, mut boff) = (table.ptr, table.ptr + 8 * nargs as u64);
-    let dim = |v: usize| v as u32;
 
     if let Some(blocks) = call.ranges {
         let Target::Outputs(ov, oi) = call.target else {
@@ -347,11 +551,11 @@ pub(crate) unsafe fn enqueue(
         match spec.ty {
             CType::F32 => {
                 let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-                upload_to(ov, &v, stream, "filling the output")?;
+                stream.upload(ov, &v, "filling the output")?;
             }
-            CType::F64 => upload_to(ov, &v, stream, "filling the output")?,
+            CType::F64 => stream.upload(ov, &v, "filling the output")?,
         }
-        upload_to(oi, &i, stream, "filling the output")?;
+        stream.upload(oi, &i, "filling the output")?;
         let (task, red) = ranges_tasks(blocks, n_out, n_red, l.block);
         if task.is_empty() {
             return Ok(());
@@ -368,15 +572,13 @@ pub(crate) unsafe fn enqueue(
             (&mut ov as *mut u64).cast(),
             (&mut oi as *mut u64).cast(),
         ];
-        return cu(
-            result::launch_kernel(
-                k.reduce_ranges,
-                (dim(task.len() / 5), 1, 1),
-                (dim(l.block), 1, 1),
-                dim(l.smem),
-                stream,
-                &mut params,
-            ),
+        return stream.launch(
+            k,
+            Kernel::ReduceRanges,
+            (task.len() / 5, 1, 1),
+            l.block,
+            l.smem,
+            &mut params,
             "launching the block-sparse reduction",
         );
     }
@@ -408,15 +610,13 @@ pub(crate) unsafe fn enqueue(
         (&mut oi as *mut u64).cast(),
         (&mut part as *mut u64).cast(),
     ];
-    cu(
-        result::launch_kernel(
-            k.reduce,
-            (dim(l.grid.0), dim(l.grid.1), dim(l.grid.2)),
-            (dim(l.block), 1, 1),
-            dim(l.smem),
-            stream,
-            &mut params,
-        ),
+    stream.launch(
+        k,
+        Kernel::Reduce,
+        l.grid,
+        l.block,
+        l.smem,
+        &mut params,
         "launching the reduction",
     )?;
     if let Some(p) = &own_part {
@@ -435,7 +635,7 @@ pub(crate) unsafe fn combine(
     (n_out, nchunks, nbatch): (usize, usize, usize),
     part: u64,
     (ov, oi): (u64, u64),
-    stream: sys::CUstream,
+    stream: Stream,
 ) -> Result<()> {
     let rows = nbatch * n_out;
     if rows == 0 {
@@ -454,15 +654,13 @@ pub(crate) unsafe fn combine(
         (&mut ov as *mut u64).cast(),
         (&mut oi as *mut u64).cast(),
     ];
-    cu(
-        result::launch_kernel(
-            k.combine,
-            (rows.div_ceil(256) as u32, 1, 1),
-            (256, 1, 1),
-            0,
-            stream,
-            &mut params,
-        ),
+    stream.launch(
+        k,
+        Kernel::Combine,
+        (rows.div_ceil(256), 1, 1),
+        256,
+        0,
+        &mut params,
         "launching the combination of partial states",
     )
 }
@@ -545,7 +743,7 @@ pub(crate) fn prepare<T: Element>(
         opts.gpu_scheme,
     )?;
     let (k, origin) = dev.kernels(&spec, l.tile)?;
-    cu(dev.ctx.bind_to_thread(), "binding the context")?;
+    dev.bind()?;
     Ok(Prepared {
         dev,
         spec,
@@ -558,7 +756,7 @@ pub(crate) fn prepare<T: Element>(
 /// Copies host arguments to the device (a one-value buffer for an empty one).
 pub(crate) fn upload_args<T: Element>(
     args: &[crate::plan::Arg<'_, T>],
-    stream: sys::CUstream,
+    stream: Stream,
 ) -> Result<Vec<StreamBuf>> {
     args.iter()
         .map(|a| StreamBuf::upload(a.data, stream, "copying an argument"))
@@ -588,8 +786,8 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<(Redu
         kernels: k,
         origin,
     } = prepare::<T>(opts.device_id, genred, layout, opts)?;
-    let stream = cu(dev.ctx.new_stream(), "creating a stream")?;
-    let s = stream.cu_stream();
+    let stream = dev.new_stream()?;
+    let s = stream.raw;
     let bufs = upload_args(&problem.args, s)?;
     let ptrs: Vec<u64> = bufs.iter().map(|b| b.ptr).collect();
     let out = OutputBufs::alloc(problem, s)?;
@@ -616,7 +814,7 @@ pub(crate) struct OutputBufs {
 
 impl OutputBufs {
     /// Uninitialised outputs for `problem` (the kernels write every row).
-    pub fn alloc<T: Element>(problem: &Problem<'_, T>, s: sys::CUstream) -> Result<Self> {
+    pub fn alloc<T: Element>(problem: &Problem<'_, T>, s: Stream) -> Result<Self> {
         let (dv, di) = problem.genred.spec().output_dims();
         let rows = problem.batch_len() * problem.sizes().0;
         let size = std::mem::size_of::<T>();
@@ -644,20 +842,155 @@ impl OutputBufs {
     }
 
     /// The outputs on the host, once the stream's work is done.
-    pub fn download<T: Element>(
-        &self,
-        problem: &Problem<'_, T>,
-        s: sys::CUstream,
-    ) -> Result<Reduced<T>> {
+    pub fn download<T: Element>(&self, problem: &Problem<'_, T>, s: Stream) -> Result<Reduced<T>> {
         let (dv, di) = self.dims;
-        let values = download::<T>(self.values.ptr, self.rows * dv, s)?;
-        let indices = download::<i64>(self.indices.ptr, self.rows * di, s)?;
+        // SAFETY: the buffers hold these many values, written by the work on `s`.
+        let (values, indices) = unsafe {
+            (
+                download::<T>(self.values.ptr, self.rows * dv, s)?,
+                download::<i64>(self.indices.ptr, self.rows * di, s)?,
+            )
+        };
         Ok(Reduced::assemble(
             values,
             indices,
             problem.output_shapes(),
             self.dims,
         ))
+    }
+}
+
+/// Memory of one GPU (a simulated one too), for the arrays of [`run_in_place`] in
+/// programs that use no other CUDA library. Copies wait for the device's work, so the
+/// data is ready for any stream and results are read once written.
+pub struct DeviceBuffer {
+    ptr: u64,
+    bytes: usize,
+    dev: Arc<Device>,
+}
+
+impl DeviceBuffer {
+    /// `bytes` of uninitialised memory of device `id`.
+    pub fn alloc(id: usize, bytes: usize) -> Result<Self> {
+        let dev = device(id)?;
+        let ptr = match dev.ctx {
+            Some(_) => {
+                dev.bind()?;
+                // SAFETY: a fresh allocation of at least one byte.
+                cu(
+                    unsafe { result::malloc_sync(bytes.max(1)) },
+                    "allocating device memory",
+                )?
+            }
+            None => sim::alloc(id, bytes)?,
+        };
+        Ok(DeviceBuffer { ptr, bytes, dev })
+    }
+
+    /// A copy of `data` on device `id`.
+    pub fn from_slice<T: Copy>(id: usize, data: &[T]) -> Result<Self> {
+        let b = Self::alloc(id, std::mem::size_of_val(data))?;
+        b.write(data)?;
+        Ok(b)
+    }
+
+    /// Copies `data` to the start of the buffer, once the device's work is done.
+    pub fn write<T: Copy>(&self, data: &[T]) -> Result<()> {
+        let bytes = std::mem::size_of_val(data);
+        self.fits(bytes)?;
+        match self.dev.ctx {
+            Some(_) if bytes > 0 => {
+                self.sync()?;
+                // SAFETY: the buffer holds `bytes`; the copy is done when `sync` returns.
+                cu(
+                    unsafe { result::memcpy_htod_sync(self.ptr, data) },
+                    "copying to the device",
+                )?;
+                self.sync()
+            }
+            Some(_) => Ok(()),
+            // SAFETY: the buffer holds `bytes`.
+            None => unsafe { sim::write(self.ptr, as_bytes(data)) },
+        }
+    }
+
+    /// The first `len` values of the buffer, once the device's work is done.
+    pub fn to_vec<T: Copy + Default>(&self, len: usize) -> Result<Vec<T>> {
+        self.fits(len * std::mem::size_of::<T>())?;
+        let mut out = vec![T::default(); len];
+        if len == 0 {
+            return Ok(out);
+        }
+        match self.dev.ctx {
+            Some(_) => {
+                self.sync()?;
+                // SAFETY: the buffer holds `len` values; no work on the device is left.
+                cu(
+                    unsafe { result::memcpy_dtoh_sync(&mut out, self.ptr) },
+                    "copying from the device",
+                )?;
+            }
+            // SAFETY: the buffer holds `len` values.
+            None => unsafe {
+                sim::read(
+                    self.ptr,
+                    std::slice::from_raw_parts_mut(
+                        out.as_mut_ptr().cast::<u8>(),
+                        std::mem::size_of_val(&out[..]),
+                    ),
+                )?
+            },
+        }
+        Ok(out)
+    }
+
+    /// The device address.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// The size in bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The device's ordinal.
+    pub fn device(&self) -> usize {
+        self.dev.id
+    }
+
+    fn fits(&self, bytes: usize) -> Result<()> {
+        if bytes > self.bytes {
+            return Err(KeopsError::Arguments(format!(
+                "{bytes} bytes do not fit in a device buffer of {}",
+                self.bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits for every stream of the device.
+    fn sync(&self) -> Result<()> {
+        match &self.dev.ctx {
+            Some(c) => cu(c.synchronize(), "waiting for the device"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        match self.dev.ctx {
+            // A failure (after an earlier error of the context) cannot be reported and
+            // leaves nothing to undo; the free waits for the work using the memory.
+            Some(_) => {
+                if self.dev.bind().is_ok() {
+                    // SAFETY: allocated by `alloc`, not used after this.
+                    let _ = unsafe { result::free_sync(self.ptr) };
+                }
+            }
+            None => sim::free(self.ptr),
+        }
     }
 }
 
@@ -686,6 +1019,9 @@ pub struct DeviceOutputs {
 /// Where `ptr` lives: `Some(device ordinal)`, or `None` for memory the driver does not
 /// know (host memory, a freed or invented address).
 fn pointer_device(ptr: u64) -> Option<usize> {
+    if sim::on() {
+        return sim::device_of(ptr);
+    }
     let mut ord: i32 = -1;
     // SAFETY: writes one int; the driver validates `ptr`.
     let r = unsafe {
@@ -748,11 +1084,11 @@ pub unsafe fn run_in_place<T: Element>(
         None => None,
     };
     let Prepared {
+        dev,
         spec,
         launch: l,
         kernels: k,
         origin,
-        ..
     } = prepare::<T>(opts.device_id, genred, &layout, opts)?;
     let id = opts.device_id;
     for (i, a) in args.iter().enumerate() {
@@ -775,7 +1111,7 @@ pub unsafe fn run_in_place<T: Element>(
         j_base: 0,
         target: Target::Outputs(outs.0, outs.1),
     };
-    enqueue(&k, &spec, &l, &call, stream as usize as sys::CUstream)?;
+    enqueue(&k, &spec, &l, &call, dev.stream_of(stream))?;
     Ok(CallInfo { launch: l, origin })
 }
 
