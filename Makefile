@@ -22,6 +22,7 @@ test: lint python
 	KEOPS_REQUIRE_NVRTC=1 $(CARGO) test --workspace --release --all-features
 	KEOPS_CUDA_SIMULATOR=2 $(CARGO) test --release -p keops --test gpu
 	$(VPY) -m pytest -q -rs crates/keops-python/tests
+	KEOPS_CUDA_SIMULATOR=2 $(VPY) -m pytest -q -rs crates/keops-python/tests/test_gpu_sim.py
 
 # The Python package `keops`, built by maturin and installed into the venv the way a
 # user would (`pip install ./crates/keops-python`).

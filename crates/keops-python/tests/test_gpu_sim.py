@@ -1,0 +1,116 @@
+"""The Python front ends' GPU paths under the CUDA simulator (``KEOPS_CUDA_SIMULATOR=2``:
+two simulated devices, the generated kernels run on the CPU): ``backend="GPU"``,
+``"GPU_1D"``, ``"GPU_2D"``, ``device_id`` (one GPU, a list, ``"all"``), LazyTensor
+reductions, block-sparse ranges, torch autograd and KernelSolve through the GPU engine,
+and the errors for devices that do not exist. ``make test`` runs this file under the
+simulator; elsewhere it is skipped (a real GPU runs ``test_cuda.py``)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import keops
+from keops.numpy import Genred, KernelSolve, LazyTensor
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("KEOPS_CUDA_SIMULATOR", "0") in ("", "0"),
+    reason="runs under the CUDA simulator: KEOPS_CUDA_SIMULATOR=2 pytest "
+    "crates/keops-python/tests/test_gpu_sim.py (make test does)")
+
+GAUSS = ("Exp(-SqDist(x,y)) * b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"])
+
+
+def data(n: int = 300, m: int = 500, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return (rng.random((n, 3)).astype(dtype), rng.random((m, 3)).astype(dtype),
+            rng.standard_normal((m, 2)).astype(dtype))
+
+
+def test_the_simulator_is_a_gpu() -> None:
+    assert keops.gpu_available()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", ["GPU", "GPU_1D", "GPU_2D"])
+def test_backends_match_the_cpu(dtype, backend) -> None:
+    x, y, b = data(dtype=dtype)
+    g = Genred(*GAUSS, axis=1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    want = g(x, y, b, backend="CPU")
+    np.testing.assert_allclose(g(x, y, b, backend=backend), want, rtol=tol, atol=tol)
+    gt = Genred(*GAUSS, axis=0)  # reduced over i: one row per y_j
+    np.testing.assert_allclose(gt(x, y, b, backend=backend), gt(x, y, b, backend="CPU"),
+                               rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("device_id", [1, [0, 1], [1, 1, 0], "all"])
+def test_devices_and_splits(device_id) -> None:
+    x, y, b = data(n=200, m=3000, dtype=np.float64)
+    g = Genred(*GAUSS, axis=1)
+    want = g(x, y, b, backend="CPU")
+    got = g(x, y, b, backend="GPU", device_id=device_id)
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+    knn = Genred("SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="ArgKMin", axis=1,
+                 opt_arg=4)
+    np.testing.assert_array_equal(knn(x, y, backend="GPU", device_id=device_id),
+                                  knn(x, y, backend="CPU"))
+
+
+def test_lazytensor_reductions_and_ranges() -> None:
+    x, y, _ = data(n=400, m=600, dtype=np.float64)
+    D = LazyTensor(x[:, None, :]).sqdist(LazyTensor(y[None, :, :]))
+    np.testing.assert_array_equal(D.argKmin(5, dim=1, backend="GPU"),
+                                  D.argKmin(5, dim=1, backend="CPU"))
+    np.testing.assert_allclose((-D).logsumexp(dim=0, backend="GPU_2D"),
+                               (-D).logsumexp(dim=0, backend="CPU"), rtol=1e-12)
+    # Block-sparse: rows 0..100 see columns 0..200, rows 100..400 all of them.
+    i64 = lambda a: np.array(a, dtype=np.int64)  # noqa: E731
+    ranges = (i64([[0, 100], [100, 400]]), i64([1, 2]), i64([[0, 200], [0, 600]]),
+              i64([[0, 200], [200, 600]]), i64([1, 2]), i64([[0, 400], [100, 400]]))
+    K = (-D).exp()
+    dense = K.sum(dim=1, backend="GPU")
+    K.ranges = ranges
+    sparse = K.sum(dim=1, backend="GPU")
+    np.testing.assert_allclose(sparse, K.sum(dim=1, backend="CPU"), rtol=1e-12)
+    np.testing.assert_allclose(sparse[100:], dense[100:], rtol=1e-12)
+    assert (sparse[:100] < dense[:100] - 1e-3).all()
+    np.testing.assert_allclose(K.sum(dim=0, backend="GPU"), K.sum(dim=0, backend="CPU"),
+                               rtol=1e-12)
+
+
+def test_kernel_solve_on_the_gpu_engine() -> None:
+    x, _, _ = data(n=300, dtype=np.float64)
+    b = np.random.default_rng(1).standard_normal((300, 1))
+    solve = KernelSolve("Exp(-SqDist(x,y)) * a", ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)"], "a",
+                        axis=1)
+    a = solve(x, x, b, alpha=1.0, backend="GPU")
+    K = np.exp(-((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    np.testing.assert_allclose(K @ a + a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_autograd_through_the_gpu_engine() -> None:
+    torch = pytest.importorskip("torch")
+    from keops.torch import LazyTensor as TLazy
+
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(n, 3, generator=g, dtype=torch.float64, requires_grad=True)
+            for n in (20, 30))
+    b = torch.randn(30, 2, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def f(x, y, b):
+        K = (-TLazy(x[:, None, :]).sqdist(TLazy(y[None, :, :]))).exp()
+        return (K * TLazy(b[None, :, :])).sum(dim=1, backend="GPU")
+
+    assert torch.autograd.gradcheck(f, (x, y, b))
+
+
+def test_missing_devices_are_named() -> None:
+    x, y, b = data()
+    g = Genred(*GAUSS, axis=1)
+    with pytest.raises(ValueError, match="device_id.*2 CUDA device"):
+        g(x, y, b, backend="GPU", device_id=5)
+    with pytest.raises(ValueError, match="device_id.*2 CUDA device"):
+        g(x, y, b, backend="GPU", device_id=[0, 7])
