@@ -156,7 +156,7 @@ impl Genred {
     /// Runs the reduction on C-contiguous float32 or float64 arrays (all of one dtype).
     /// Returns `(values, indices)`, either possibly `None`.
     /// `ranges` makes it block-sparse (see [`Ranges`]).
-    #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None))]
+    #[pyo3(signature = (args, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None, fast_math=false))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn __call__<'py>(
         &self,
@@ -169,9 +169,11 @@ impl Genred {
         device_id: usize,
         ranges: Option<PyRef<'py, Ranges>>,
         multi_gpu: Option<Bound<'py, PyAny>>,
+        fast_math: bool,
     ) -> PyResult<Outputs<'py>> {
         let mut opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
         opts.multi_gpu = multi_gpu_option(multi_gpu)?;
+        opts.fast_math = fast_math;
         macro_rules! go {
             ($t:ty) => {
                 with_args::<$t, _>(py, &args, |a| self.inner.call_with(a, &opts))
@@ -200,7 +202,7 @@ impl Genred {
     ///
     /// Internal to `keops.torch`, which passes live tensors of the right shapes: the
     /// addresses are checked to be memory of the device, not their extents.
-    #[pyo3(signature = (ptrs, shapes, strides, dtype, out_values, out_indices, stream, dtype_acc="auto", sum_scheme="auto", backend="GPU", device_id=0, ranges=None))]
+    #[pyo3(signature = (ptrs, shapes, strides, dtype, out_values, out_indices, stream, dtype_acc="auto", sum_scheme="auto", backend="GPU", device_id=0, ranges=None, fast_math=false))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn call_device(
         &self,
@@ -217,8 +219,10 @@ impl Genred {
         backend: &str,
         device_id: usize,
         ranges: Option<PyRef<'_, Ranges>>,
+        fast_math: bool,
     ) -> PyResult<()> {
-        let opts = options(dtype_acc, sum_scheme, None, backend, device_id, ranges)?;
+        let mut opts = options(dtype_acc, sum_scheme, None, backend, device_id, ranges)?;
+        opts.fast_math = fast_math;
         if opts.backend == Backend::Cpu {
             return Err(PyValueError::new_err(
                 "backend 'CPU' cannot reduce GPU arrays in place",
@@ -263,7 +267,7 @@ impl Genred {
     /// being `K a` with the unknown at argument `var` (where `args` holds `b`).
     /// Returns `(a, iterations, residual, converged)`; `callback(iteration, residual)`
     /// runs after each iteration (an exception it raises, or Ctrl-C, stops the solve).
-    #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None))]
+    #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None, fast_math=false))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn solve<'py>(
         &self,
@@ -281,9 +285,11 @@ impl Genred {
         device_id: usize,
         ranges: Option<PyRef<'py, Ranges>>,
         multi_gpu: Option<Bound<'py, PyAny>>,
+        fast_math: bool,
     ) -> PyResult<(Bound<'py, PyAny>, usize, f64, bool)> {
         let mut opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
         opts.multi_gpu = multi_gpu_option(multi_gpu)?;
+        opts.fast_math = fast_math;
         let solver =
             keops::solve::KernelSolve::from_genred(self.inner.clone(), var).map_err(to_py)?;
         let params = keops::solve::SolveOptions {

@@ -114,3 +114,12 @@ def test_missing_devices_are_named() -> None:
         g(x, y, b, backend="GPU", device_id=5)
     with pytest.raises(ValueError, match="device_id.*2 CUDA device"):
         g(x, y, b, backend="GPU", device_id=[0, 7])
+
+
+def test_use_fast_math_reaches_the_gpu_engine() -> None:
+    """Both settings build and run their own kernels (the simulator computes both
+    exactly; on a GPU the fast one uses the hardware's approximations)."""
+    x, y, b = data()
+    fast = Genred(*GAUSS, axis=1)(x, y, b, backend="GPU")
+    strict = Genred(*GAUSS, axis=1, use_fast_math=False)(x, y, b, backend="GPU")
+    np.testing.assert_allclose(fast, strict, rtol=1e-6, atol=1e-6)

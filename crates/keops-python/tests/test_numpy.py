@@ -143,3 +143,25 @@ def test_out_receives_the_result() -> None:
     out = np.empty((5, 1))
     assert op(x, y, out=out) is out
     np.testing.assert_allclose(out, ((x[:, None] - y[None]) ** 2).sum((1, 2))[:, None])
+
+
+def test_use_fast_math_is_pykeops_option() -> None:
+    """pykeops' ``use_fast_math`` (GPU only; on by default): accepted by Genred,
+    KernelSolve and LazyTensor reductions, kept by pickling, ignored by the CPU."""
+    import pickle
+
+    from keops.numpy import KernelSolve, LazyTensor
+
+    rng = np.random.default_rng(3)
+    x, y, b = rng.random((50, 3)), rng.random((60, 3)), rng.random((60, 1))
+    aliases = ["x = Vi(3)", "y = Vj(3)", "b = Vj(1)"]
+    fast = Genred("Exp(-SqDist(x,y)) * b", aliases, axis=1)
+    strict = Genred("Exp(-SqDist(x,y)) * b", aliases, axis=1, use_fast_math=False)
+    assert fast.opts.fast_math and not strict.opts.fast_math
+    assert not pickle.loads(pickle.dumps(strict)).opts.fast_math
+    np.testing.assert_array_equal(fast(x, y, b, backend="CPU"), strict(x, y, b, backend="CPU"))
+    K = (-LazyTensor(x[:, None, :]).sqdist(LazyTensor(y[None, :, :]))).exp()
+    np.testing.assert_array_equal(K.sum(dim=1, use_fast_math=False), K.sum(dim=1))
+    solve = KernelSolve("Exp(-SqDist(x,y)) * a", ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)"], "a",
+                        axis=1, use_fast_math=False)
+    assert not pickle.loads(pickle.dumps(solve)).opts.fast_math

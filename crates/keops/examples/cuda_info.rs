@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let (bin, origin) = KernelCache::new(Some(dir.path().into())).get_or_compile(&key, || {
         nvrtc
-            .compile(&src.code, "gauss.cu", arch)
+            .compile(&src.code, "gauss.cu", arch, false)
             .map_err(|f| keops::KeopsError::Cuda(f.log))
     })?;
     println!(

@@ -808,6 +808,19 @@ mod tests {
     }
 
     #[test]
+    fn exp_underflows_to_exact_zero_and_keeps_nan() {
+        for x in [-104.0f32, -104.5, -200.0, -1e30, f32::NEG_INFINITY] {
+            assert_eq!(exp_f32(x).to_bits(), 0, "exp_f32({x})");
+        }
+        for x in [-746.0f64, -800.0, -1e300, f64::NEG_INFINITY] {
+            assert_eq!(exp_f64(x).to_bits(), 0, "exp_f64({x})");
+        }
+        assert!(exp_f32(f32::NAN).is_nan() && exp_f64(f64::NAN).is_nan());
+        // The smallest results above the cut are still subnormal, not flushed.
+        assert!(exp_f32(-103.9) > 0.0 && exp_f64(-745.0) > 0.0);
+    }
+
+    #[test]
     fn exp_f64_accuracy() {
         let xs = inputs_f64(
             -746.0,

@@ -154,6 +154,12 @@ pub struct Options {
     pub device_id: usize,
     /// Several GPUs for one reduction (host data only; `device_id` is then unused).
     pub multi_gpu: MultiGpu,
+    /// GPU only: NVRTC's `--use_fast_math` (pykeops' `use_fast_math`): float32 `exp`,
+    /// `log`, `sin`, `cos`, `pow`, division and square root by the hardware's
+    /// approximations, subnormals flushed to zero; float64 is unchanged. Off here; the
+    /// Python front ends turn it on by default, as pykeops does. The CPU engine ignores
+    /// it.
+    pub fast_math: bool,
     /// Caps the CPU instruction set (`None`: the best this CPU has; the environment
     /// variable `KEOPS_CPU_ISA` caps it too). For testing and comparing code paths.
     pub isa: Option<crate::cpu::Isa>,

@@ -184,6 +184,38 @@ fn high_dimensions_and_empty_reductions() {
 }
 
 #[test]
+fn fast_math_stays_close() {
+    if !gpu() {
+        return;
+    }
+    // pykeops' default on the GPU: float32 exp, log, sin, sqrt and division by the
+    // hardware's approximations (the simulator runs them exactly).
+    let g = Genred::new(
+        "Exp(-SqDist(x,y) * p) * b + Log(1 + Sqrt(SqDist(x,y))) * Sin(Sum(y)) / (1 + p)",
+        &["x = Vi(0,2)", "y = Vj(1,2)", "b = Vj(2,1)", "p = Pm(3,1)"],
+        Reduction::Sum,
+        1,
+    )
+    .unwrap();
+    let inp = inputs(300, 1000, &[], 8);
+    let e = expected(&g, &inp);
+    for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
+        let o = Options {
+            fast_math: true,
+            ..opts(scheme, SumScheme::BlockSum)
+        };
+        let got = run_as::<f32>(&g, &inp, &o).unwrap();
+        let tol = common::Tol {
+            rtol: 1e-4,
+            atol: 1e-5,
+        };
+        check_values(&got, &e.want, e.scale.as_deref(), tol, "fast math");
+        // float64 ignores it.
+        check_against::<f64>(&g, &inp, &e, &o, "fast math f64");
+    }
+}
+
+#[test]
 fn two_threads_at_once() {
     if !gpu() {
         return;

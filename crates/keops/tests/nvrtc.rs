@@ -1,5 +1,5 @@
 //! Every generated kernel compiled by NVRTC to CUBIN for sm_80 and sm_90, in float and
-//! double: the reduction kernel of every op case (`common::op_cases`, reduced by `Sum`)
+//! double (float also with `--use_fast_math`): the reduction kernel of every op case (`common::op_cases`, reduced by `Sum`)
 //! and of every reduction on both axes with every sum scheme. One kernel serves the 1D
 //! and 2D schemes (the 2D one adds `{name}_combine`, compiled here too). NVRTC runs
 //! without a GPU.
@@ -87,22 +87,30 @@ fn every_kernel_compiles_to_cubin_for_sm80_and_sm90() {
     let Some(nvrtc) = nvrtc() else { return };
     let archs = nvrtc.supported_archs().unwrap();
     eprintln!("NVRTC {:?} at {}", nvrtc.version(), nvrtc.path().display());
+    let (sm80, sm90) = (Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 });
     for ty in [CType::F32, CType::F64] {
         let (src, n) = program(ty);
-        for arch in [Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 }] {
+        // Both architectures, and float32 with --use_fast_math (pykeops' default).
+        let builds = match ty {
+            CType::F32 => vec![(sm80, false), (sm90, false), (sm90, true)],
+            CType::F64 => vec![(sm80, false), (sm90, false)],
+        };
+        for (arch, fast) in builds {
             assert!(archs.contains(&(arch.major * 10 + arch.minor)), "{archs:?}");
             let t = std::time::Instant::now();
-            let cubin = nvrtc.compile(&src, "kernels.cu", arch).unwrap_or_else(|e| {
-                let path = std::env::temp_dir().join(format!("keops-nvrtc-{}.cu", ty.name()));
-                std::fs::write(&path, &src).unwrap();
-                panic!(
-                    "{} {}: NVRTC failed (source at {}):\n{}",
-                    ty.name(),
-                    arch.sm(),
-                    path.display(),
-                    e.log
-                )
-            });
+            let cubin = nvrtc
+                .compile(&src, "kernels.cu", arch, fast)
+                .unwrap_or_else(|e| {
+                    let path = std::env::temp_dir().join(format!("keops-nvrtc-{}.cu", ty.name()));
+                    std::fs::write(&path, &src).unwrap();
+                    panic!(
+                        "{} {}: NVRTC failed (source at {}):\n{}",
+                        ty.name(),
+                        arch.sm(),
+                        path.display(),
+                        e.log
+                    )
+                });
             // An ELF image with every kernel in it.
             assert_eq!(&cubin[..4], b"\x7fELF");
             let text = String::from_utf8_lossy(&cubin);
@@ -117,9 +125,10 @@ fn every_kernel_compiles_to_cubin_for_sm80_and_sm90() {
                 );
             }
             eprintln!(
-                "{} {}: {n} kernels, {} bytes, {:.2?}",
+                "{} {}{}: {n} kernels, {} bytes, {:.2?}",
                 ty.name(),
                 arch.sm(),
+                if fast { " fast math" } else { "" },
                 cubin.len(),
                 t.elapsed()
             );
@@ -135,6 +144,7 @@ fn compile_errors_carry_the_log_with_line_numbers() {
             "extern \"C\" __global__ void f() {\n  undefined_name = 1;\n}\n",
             "bad.cu",
             Arch { major: 9, minor: 0 },
+            false,
         )
         .unwrap_err();
     assert!(

@@ -46,12 +46,14 @@ class Options:
     #: One reduction over several GPUs: ``"all"`` or a tuple of GPU numbers (``None``:
     #: one GPU, ``device_id``).
     multi_gpu: Union[None, str, Tuple[int, ...]] = None
+    #: GPU only: NVRTC's ``--use_fast_math`` (pykeops' ``use_fast_math``, on by default).
+    fast_math: bool = True
 
     def kwargs(self) -> Dict[str, Any]:
         """As keyword arguments of the Rust call."""
         return {"dtype_acc": self.dtype_acc, "sum_scheme": self.sum_scheme,
                 "backend": self.backend, "device_id": self.device_id,
-                "ranges": self.ranges,
+                "ranges": self.ranges, "fast_math": self.fast_math,
                 "multi_gpu": None if self.multi_gpu is None else
                 ("all" if self.multi_gpu == "all" else list(self.multi_gpu))}
 
@@ -71,10 +73,12 @@ DeviceId = Union[int, str, Sequence[int]]
 
 def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
                  sum_scheme: str = "auto", backend: str = "auto",
-                 device_id: DeviceId = -1, ranges: Any = None) -> Options:
+                 device_id: DeviceId = -1, ranges: Any = None,
+                 use_fast_math: bool = True) -> Options:
     """Checks and normalises pykeops' options (``device_id=-1``: the default GPU, 0;
     ``"all"`` or a list of GPU numbers: the reduction split over those GPUs;
-    ``ranges``: pykeops' 6-tuple, checked here)."""
+    ``ranges``: pykeops' 6-tuple, checked here; ``use_fast_math``: GPU float32 math by
+    the hardware's approximations, pykeops' default)."""
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if dtype_acc not in ("auto", "float16", "float32", "float64"):
@@ -92,7 +96,7 @@ def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
     elif isinstance(device_id, bool) or device_id < -1:
         raise ValueError(f"invalid device_id {device_id!r}: expected -1 (default) or a GPU number")
     return Options("float64" if use_double_acc else dtype_acc, sum_scheme, backend,
-                   max(int(device_id), 0), as_ranges(ranges), multi)
+                   max(int(device_id), 0), as_ranges(ranges), multi, bool(use_fast_math))
 
 
 class Core:
@@ -138,7 +142,7 @@ class Core:
                            dtype, outputs[0], outputs[1], stream,
                            dtype_acc=opts.dtype_acc, sum_scheme=opts.sum_scheme,
                            backend="GPU" if opts.backend == "auto" else opts.backend,
-                           device_id=device, ranges=opts.ranges)
+                           device_id=device, ranges=opts.ranges, fast_math=opts.fast_math)
 
     def output_shapes(self, shapes: Sequence[Tuple[int, ...]]
                       ) -> Tuple[Optional[List[int]], Optional[List[int]]]:
@@ -197,6 +201,9 @@ class GenredBase:
         dtype_acc: ``"auto"``, ``"float32"`` or ``"float64"`` (in-tile sums).
         use_double_acc: same as ``dtype_acc="float64"``.
         sum_scheme: ``"auto"``, ``"direct_sum"``, ``"block_sum"``, ``"kahan_scheme"``.
+        use_fast_math: GPU only, float32 ``exp``/``log``/``sin``/``cos``/division/``sqrt``
+            by the hardware's approximations and subnormals flushed (NVRTC's
+            ``--use_fast_math``); on by default, as in pykeops.
         enable_chunks, rec_multVar_highdim, cuda_type: accepted for compatibility.
 
     Raises:
@@ -221,6 +228,7 @@ class GenredBase:
         sum_scheme: str = "auto",
         enable_chunks: bool = True,
         rec_multVar_highdim: bool = False,
+        use_fast_math: bool = True,
     ) -> None:
         if reduction_op in K_REDUCTIONS and opt_arg is None:
             raise ValueError(f"reduction {reduction_op} needs opt_arg = K")
@@ -228,11 +236,12 @@ class GenredBase:
         self._init = dict(formula=formula, aliases=list(aliases), reduction_op=reduction_op,
                           axis=int(axis), dtype=dtype, opt_arg=opt_arg, formula2=formula2,
                           dtype_acc=dtype_acc, use_double_acc=use_double_acc,
-                          sum_scheme=sum_scheme)
+                          sum_scheme=sum_scheme, use_fast_math=use_fast_math)
         self.core = compile_core(formula, tuple(aliases), reduction_op, int(axis), k, formula2)
         self.reduction_op = reduction_op
         self.axis = int(axis)
-        self.opts = make_options(dtype_acc, use_double_acc, sum_scheme)
+        self.opts = make_options(dtype_acc, use_double_acc, sum_scheme,
+                                 use_fast_math=use_fast_math)
 
     @property
     def formula(self) -> str:
@@ -241,7 +250,7 @@ class GenredBase:
 
     def _options(self, backend: str, ranges: Any, device_id: DeviceId = -1) -> Options:
         return make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
-                            device_id, ranges)
+                            device_id, ranges, self.opts.fast_math)
 
     @staticmethod
     def _result(values: Any, indices: Any, out: Any) -> Any:

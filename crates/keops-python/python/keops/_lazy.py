@@ -786,7 +786,8 @@ class GenericLazyTensor:
         opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
                             kwargs.get("sum_scheme", "auto"), kwargs.get("backend", "auto"),
                             kwargs.get("device_id", -1),
-                            ranges=base.ranges if ranges is None else ranges)
+                            ranges=base.ranges if ranges is None else ranges,
+                            use_fast_math=kwargs.get("use_fast_math", True))
         formula, aliases = base._named()
         core = compile_core(formula, aliases, reduction, ax, k, f2)
         values, indices = self._run(core, [a for a, _ in base._vars], opts)
@@ -937,7 +938,8 @@ class GenericLazyTensor:
         opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
                             kwargs.get("sum_scheme", "auto"), kwargs.get("backend", "auto"),
                             kwargs.get("device_id", -1),
-                            expr.ranges if ranges is None else ranges)
+                            expr.ranges if ranges is None else ranges,
+                            kwargs.get("use_fast_math", True))
         x = self._solve(core, pos[0], arrays, params, opts)
         return (x, params.infos[0]) if kwargs.get("return_info") else x
 

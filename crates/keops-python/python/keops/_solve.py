@@ -84,7 +84,7 @@ class KernelSolveBase:
             (``K_ij a_j`` summed over ``j``), ``Vi`` for ``axis=0``, of the formula's
             dimension (its columns are independent right-hand sides).
         axis: 1 reduces over ``j``, 0 over ``i``.
-        dtype_acc, use_double_acc, sum_scheme: as ``Genred``.
+        dtype_acc, use_double_acc, sum_scheme, use_fast_math: as ``Genred``.
 
     Calling it with the arguments of the formula, ``b`` in the unknown's place, returns
     ``a`` (shape of ``b``). Keyword arguments: ``alpha`` (ridge, default 1e-10), ``eps``
@@ -99,17 +99,19 @@ class KernelSolveBase:
                  dtype: Optional[str] = None, opt_arg: Optional[int] = None,
                  cuda_type: Optional[str] = None, dtype_acc: str = "auto",
                  use_double_acc: bool = False, sum_scheme: str = "auto",
-                 enable_chunks: bool = True, rec_multVar_highdim: Any = None) -> None:
+                 enable_chunks: bool = True, rec_multVar_highdim: Any = None,
+                 use_fast_math: bool = True) -> None:
         self.core = compile_core(formula, tuple(aliases), "Sum", int(axis), None, None)
         self.var: int = _keops.alias_position(list(aliases), varinvalias)
         # Checks the unknown's side and dimension now, with a clear message.
         _keops.check_solve(self.core.g, self.var)
         self.axis = int(axis)
-        self.opts = make_options(dtype_acc, use_double_acc, sum_scheme)
+        self.opts = make_options(dtype_acc, use_double_acc, sum_scheme,
+                                 use_fast_math=use_fast_math)
         self._init: Dict[str, Any] = dict(formula=formula, aliases=list(aliases),
                                           varinvalias=varinvalias, axis=int(axis),
                                           dtype_acc=dtype_acc, use_double_acc=use_double_acc,
-                                          sum_scheme=sum_scheme)
+                                          sum_scheme=sum_scheme, use_fast_math=use_fast_math)
 
     @staticmethod
     def _solve(core: Core, var: int, args: List[Any], params: SolveParams,
@@ -125,7 +127,7 @@ class KernelSolveBase:
         """Solves with ``b`` in the unknown's place (see the class docs for the
         options); returns ``a``, or ``(a, SolveInfo)`` with ``return_info``."""
         opts = make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
-                            device_id, ranges)
+                            device_id, ranges, self.opts.fast_math)
         params = SolveParams(float(alpha), float(eps), max_iter, verbose, callback)
         x = self._solve(self.core, self.var, list(args), params, opts)
         return (x, params.infos[0]) if return_info else x

@@ -53,6 +53,8 @@ pub struct KernelSpec {
     pub acc: CType,
     /// Summation scheme within a tile (sums only).
     pub sum_scheme: SumScheme,
+    /// Compiled with `--use_fast_math` ([`Options::fast_math`]).
+    pub fast_math: bool,
 }
 
 impl KernelSpec {
@@ -82,6 +84,7 @@ impl KernelSpec {
             ty,
             acc,
             sum_scheme: opts.sum_scheme,
+            fast_math: opts.fast_math,
         }
     }
 
@@ -116,6 +119,8 @@ pub struct KernelSource {
     pub combine: String,
     /// Name of the block-sparse reduction kernel.
     pub reduce_ranges: String,
+    /// Compile with `--use_fast_math`.
+    pub fast_math: bool,
 }
 
 /// Prints `spec` as functions and kernels prefixed by `name`, tiles of `tile` rows.
@@ -138,7 +143,13 @@ pub struct KernelSource {
 /// `red[2q], red[2q+1]` (rows of entry `b`) for `q` in `q_start..q_end`. Rows in no task
 /// are not written (the caller fills them with the empty reduction).
 pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize) -> KernelSource {
-    let mut s = super::codegen::prelude(k.ty);
+    // The compile options are part of the source, so of the cache key.
+    let mut s = String::from(if k.fast_math {
+        "// compiled with --use_fast_math\n"
+    } else {
+        ""
+    });
+    s.push_str(&super::codegen::prelude(k.ty));
     s.push_str(&device_functions(k, name));
     // The kernels are device code (NVRTC) or the simulator's host C++ (`sim`).
     s.push_str("#if defined(__CUDACC__) || defined(KEOPS_SIM)\n");
@@ -149,6 +160,7 @@ pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize) -> KernelSource {
         reduce: format!("{name}_reduce"),
         combine: format!("{name}_combine"),
         reduce_ranges: format!("{name}_reduce_ranges"),
+        fast_math: k.fast_math,
     }
 }
 
@@ -560,6 +572,24 @@ mod tests {
         assert!(!host_part.contains("__global__"));
         assert!(src.code.contains("keops_reduce(") && src.code.contains("keops_combine("));
         assert!(src.code.contains("tile[0 + e]") && src.code.contains("tile[384 + e]"));
+    }
+
+    #[test]
+    fn fast_math_is_part_of_the_source() {
+        let strict = KernelSpec::new::<f32>(&gauss(1), &Options::default());
+        let fast = KernelSpec::new::<f32>(
+            &gauss(1),
+            &Options {
+                fast_math: true,
+                ..Options::default()
+            },
+        );
+        let (a, b) = (
+            kernel_source(&strict, "k", 64),
+            kernel_source(&fast, "k", 64),
+        );
+        assert!(!a.fast_math && b.fast_math);
+        assert_ne!(a.code, b.code, "the cache key must tell them apart");
     }
 
     #[test]

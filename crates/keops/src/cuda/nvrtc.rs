@@ -155,22 +155,25 @@ impl Nvrtc {
         }
     }
 
-    /// Compiles `src` to CUBIN for `arch`. A compile error carries NVRTC's log; `name`
-    /// is the file name NVRTC's messages use.
+    /// Compiles `src` to CUBIN for `arch` (with `--use_fast_math` when `fast_math`). A
+    /// compile error carries NVRTC's log; `name` is the file name NVRTC's messages use.
     pub fn compile(
         &self,
         src: &str,
         name: &str,
         arch: Arch,
+        fast_math: bool,
     ) -> std::result::Result<Vec<u8>, CompileFailure> {
         let fail = |log: String| CompileFailure { log };
         let csrc = CString::new(src).map_err(|_| fail("source contains a NUL byte".into()))?;
         let cname = CString::new(name).map_err(|_| fail("name contains a NUL byte".into()))?;
+        let fast = fast_math.then(|| "--use_fast_math".to_string());
         let opts: Vec<CString> = [
             format!("--gpu-architecture={}", arch.sm()),
             "--std=c++17".into(),
         ]
         .into_iter()
+        .chain(fast)
         .map(|o| CString::new(o).expect("options have no NUL"))
         .collect();
         let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
