@@ -370,9 +370,10 @@ impl Genred {
 /// reaches the unvalidated GPU code, and `Auto` always runs on the CPU.
 const AUTO_PICKS_GPU: bool = false;
 
-/// Whether `Backend::Auto` runs reductions on the GPU here.
+/// Whether `Backend::Auto` runs reductions on the GPU here (never on the CUDA
+/// simulator, which is for tests: only `Backend::Gpu` reaches it).
 pub fn auto_uses_gpu() -> bool {
-    AUTO_PICKS_GPU && crate::cuda::available()
+    AUTO_PICKS_GPU && !crate::cuda::sim::on() && crate::cuda::available()
 }
 
 /// One input array: row-major data and its shape (`[..batch, n, dim]` for `Vi`/`Vj`,
