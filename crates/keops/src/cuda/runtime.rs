@@ -177,13 +177,7 @@ impl Stream {
                 )
             }
             Stream::Sim(_) if out.is_empty() => Ok(()),
-            Stream::Sim(_) => {
-                let bytes = std::mem::size_of_val(out);
-                sim::read(
-                    src,
-                    std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), bytes),
-                )
-            }
+            Stream::Sim(_) => sim::read(src, as_bytes_mut(out)),
         }
     }
 
@@ -240,6 +234,13 @@ impl Stream {
 fn as_bytes<T: Copy>(data: &[T]) -> &[u8] {
     // SAFETY: `T` is a plain number type (f32, f64, i64, u8: no padding), read as bytes.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+}
+
+/// The bytes of a slice of plain numbers, to be written.
+fn as_bytes_mut<T: Copy>(data: &mut [T]) -> &mut [u8] {
+    let len = std::mem::size_of_val(data);
+    // SAFETY: as `as_bytes`; every byte pattern is a valid value of these types.
+    unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), len) }
 }
 
 /// A stream made by the engine for one call.
@@ -882,7 +883,7 @@ impl DeviceBuffer {
                     "allocating device memory",
                 )?
             }
-            None => sim::alloc(id, bytes)?,
+            None => Stream::Sim(id).alloc(bytes, "allocating device memory")?,
         };
         Ok(DeviceBuffer { ptr, bytes, dev })
     }
@@ -909,8 +910,10 @@ impl DeviceBuffer {
                 self.sync()
             }
             Some(_) => Ok(()),
-            // SAFETY: the buffer holds `bytes`.
-            None => unsafe { sim::write(self.ptr, as_bytes(data)) },
+            // SAFETY: the buffer holds `bytes`; simulated streams are synchronous.
+            None => unsafe {
+                Stream::Sim(self.dev.id).upload(self.ptr, data, "copying to the device")
+            },
         }
     }
 
@@ -930,16 +933,8 @@ impl DeviceBuffer {
                     "copying from the device",
                 )?;
             }
-            // SAFETY: the buffer holds `len` values.
-            None => unsafe {
-                sim::read(
-                    self.ptr,
-                    std::slice::from_raw_parts_mut(
-                        out.as_mut_ptr().cast::<u8>(),
-                        std::mem::size_of_val(&out[..]),
-                    ),
-                )?
-            },
+            // SAFETY: the buffer holds `len` values; simulated streams are synchronous.
+            None => unsafe { Stream::Sim(self.dev.id).download(self.ptr, &mut out)? },
         }
         Ok(out)
     }
@@ -989,7 +984,8 @@ impl Drop for DeviceBuffer {
                     let _ = unsafe { result::free_sync(self.ptr) };
                 }
             }
-            None => sim::free(self.ptr),
+            // SAFETY: allocated by `alloc`, not used after this.
+            None => unsafe { Stream::Sim(self.dev.id).free(self.ptr) },
         }
     }
 }

@@ -344,7 +344,8 @@ pub(crate) fn free(ptr: u64) {
     }
 }
 
-/// The allocation holding `len` bytes from `ptr`: (its device, whether it is one).
+/// The device of the allocation holding `len` bytes from `ptr` (`None`: no allocation
+/// holds them all).
 fn find(mem: &BTreeMap<usize, Alloc>, ptr: u64, len: usize) -> Option<usize> {
     let p = ptr as usize;
     let (&start, a) = mem.range(..=p).next_back()?;
