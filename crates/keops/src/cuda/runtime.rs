@@ -385,7 +385,7 @@ impl Device {
                 )));
             }
             nvrtc
-                .compile(&src.code, "keops_kernel.cu", self.arch, src.fast_math)
+                .compile(&src.code, "keops_kernel.cu", self.arch, spec.fast_math)
                 .map_err(|f| KeopsError::Compile {
                     source_path: CACHE
                         .save_failed_source(&key, &src.code)
