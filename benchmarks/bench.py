@@ -43,6 +43,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--methods", default="",
                    help="comma-separated: keops-rs,keops-rs-gpu,numpy,torch,torch-gpu,"
                         "pykeops,pykeops-gpu (default: all present)")
+    p.add_argument("--gpu-rows", default="",
+                   help="comma-separated, e.g. 1,2,4: keops-rs GPU also with these output rows "
+                        "per thread (tuning; the plain column is the planner's choice)")
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds: no size expected to take longer is run (default 60)")
     p.add_argument("--max-n", type=float, default=float("inf"), help="largest N")
@@ -129,7 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from keops_bench.methods import find_methods
 
     cases = find_cases([c for c in args.cases.split(",") if c])
-    methods, missing = find_methods([m for m in args.methods.split(",") if m])
+    rows = [int(r) for r in args.gpu_rows.split(",") if r]
+    methods, missing = find_methods([m for m in args.methods.split(",") if m], rows)
     settings = settings_from(args)
     payload = {"machine": report.machine_info(),
                "versions": {m.version.split()[0]: m.version for m in methods},

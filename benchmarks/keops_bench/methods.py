@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -114,6 +115,26 @@ class LazyMethod(TorchMethod):
         gamma = torch.tensor([GAMMA_SOLVE], dtype=d.x.dtype, device=d.x.device)
         return lambda: ks(d.x, d.x, d.b, gamma, alpha=ALPHA_SOLVE, eps=EPS_SOLVE,
                           backend=self.backend)
+
+
+class PinnedRows(LazyMethod):
+    """keops-rs on the GPU with ``rows`` output rows per thread (``KEOPS_GPU_ROWS``, capped
+    by what each kernel allows), for comparing them with the planner's choice."""
+
+    def __init__(self, rows: int, module: Any, torch_device: str, version: str) -> None:
+        super().__init__(f"keops-rs GPU rows={rows}", module, "GPU", torch_device, version)
+        self.rows = rows
+
+    def thunk(self, case: Case, data: Data) -> Thunk:
+        inner = super().thunk(case, data)
+
+        def run() -> Any:
+            os.environ["KEOPS_GPU_ROWS"] = str(self.rows)
+            try:
+                return inner()
+            finally:
+                del os.environ["KEOPS_GPU_ROWS"]
+        return run
 
 
 # --------------------------------------------------------------------------- dense torch
@@ -257,9 +278,11 @@ def _quiet_import(module: str) -> Any:
         return __import__(module, fromlist=["LazyTensor", "KernelSolve"])
 
 
-def find_methods(wanted: Optional[Sequence[str]] = None) -> Tuple[List[Method], Dict[str, str]]:
+def find_methods(wanted: Optional[Sequence[str]] = None,
+                 gpu_rows: Sequence[int] = ()) -> Tuple[List[Method], Dict[str, str]]:
     """The methods this machine can run (restricted to the keys in ``wanted``), and why
-    each missing one is missing."""
+    each missing one is missing; with ``gpu_rows``, keops-rs GPU also with each of these
+    numbers of output rows per thread."""
     cuda = torch.cuda.is_available()
     missing: Dict[str, str] = {}
     methods: List[Method] = []
@@ -271,8 +294,9 @@ def find_methods(wanted: Optional[Sequence[str]] = None) -> Tuple[List[Method], 
     if keops.gpu_available():
         # CUDA tensors, reduced in place (as pykeops GPU); where torch has no CUDA,
         # host tensors, whose times then include the transfers.
-        methods.append(LazyMethod("keops-rs GPU", kt, "GPU",
-                                  "cuda" if torch.cuda.is_available() else "cpu", kv))
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        methods.append(LazyMethod("keops-rs GPU", kt, "GPU", dev, kv))
+        methods.extend(PinnedRows(r, kt, dev, kv) for r in gpu_rows)
     else:
         missing["keops-rs GPU"] = "no CUDA device or driver (keops.gpu_available() is False)"
     methods.append(NumpyDense())

@@ -67,7 +67,7 @@ def fmt_n(n: int, markdown: bool = False) -> str:
 
 def reference_name(method: str, names: Sequence[str]) -> Optional[str]:
     """The keops-rs column a method's ratio divides by: same device, else the CPU one."""
-    gpu = method.endswith("GPU")
+    gpu = "GPU" in method.split()
     for cand in (("keops-rs GPU" if gpu else "keops-rs"), "keops-rs"):
         if cand in names:
             return cand

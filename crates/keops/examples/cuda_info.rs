@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         1,
     )?;
     let spec = KernelSpec::new::<f32>(&g, &Options::default());
-    let src = kernel_source(&spec, "keops", 192);
+    let src = kernel_source(&spec, "keops", 192, spec.max_rows());
     let arch = Arch { major: 9, minor: 0 };
     let dir = tempfile::tempdir()?;
     let key = cache::key(&src.code, arch, nvrtc.version());

@@ -150,6 +150,10 @@ pub struct Options {
     pub backend: Backend,
     /// GPU scheme.
     pub gpu_scheme: GpuScheme,
+    /// GPU only: output rows each thread reduces (`None`: the planner's choice, or the
+    /// environment variable `KEOPS_GPU_ROWS`). A tuning knob: at most what the kernel
+    /// allows (1 to 4 where rows and states fit in registers), else an error.
+    pub gpu_rows: Option<usize>,
     /// Which GPU (CUDA ordinal).
     pub device_id: usize,
     /// Several GPUs for one reduction (host data only; `device_id` is then unused).

@@ -165,6 +165,8 @@ fn compile_and_run(cc: &str, dir: &std::path::Path, stem: &str, src: &str) -> Ve
 /// compiled as host C and driven as the kernel drives them: tiles of 5 reduced rows
 /// (1D scheme), and chunks of 9 rows whose partial states are combined in order (2D
 /// scheme), for both axes, every sum scheme, float and double; against the oracle.
+/// Double folds one output row at a time, float as many as the kernel allows (the row
+/// counts are odd: the last rows of a thread go past the end, as on the GPU).
 #[test]
 fn reduction_kernels_match_the_oracle_as_host_c() {
     use keops::cuda::kernel::{device_functions, KernelSpec, Role};
@@ -187,7 +189,12 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
         let mut main = String::from("int main(void) {\n");
         for (k, d) in data.iter().enumerate() {
             let vals: Vec<String> = d.iter().map(|x| format!("(T){x:?}")).collect();
-            let _ = writeln!(main, "  static const T d{k}[] = {{{}}};", vals.join(", "));
+            // Padding: rows past the end that a thread of several rows reads.
+            let _ = writeln!(
+                main,
+                "  static const T d{k}[] = {{{}, 0, 0, 0, 0, 0, 0, 0, 0}};",
+                vals.join(", ")
+            );
         }
         let mut checks: Vec<(String, Vec<f64>)> = Vec::new();
         for (f, w, r) in common::reduction_cases() {
@@ -225,7 +232,8 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
                     k.ty = ty;
                     let name = format!("R{n}");
                     n += 1;
-                    src.push_str(&device_functions(&k, &name));
+                    let rows = if ty == CType::F64 { 1 } else { k.max_rows() };
+                    src.push_str(&device_functions(&k, &name, rows));
                     let ptr = |j: &str| -> String {
                         k.args
                             .iter()
@@ -239,34 +247,44 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
                     };
                     let (sv, _) = g.spec().state_len();
                     let acc = k.acc.name();
+                    let sv1 = sv.max(1);
                     let kahan = if r == Reduction::Sum && scheme == SumScheme::Kahan {
-                        format!("for (int c = 0; c < {sv}; c++) s.v[c] -= comp[c];")
+                        format!("for (int c = 0; c < {sv}; c++) s[r].v[c] -= comp[r * {sv1} + c];")
                     } else {
                         String::new()
                     };
-                    // 1D: tiles of 5. 2D: chunks of 9 (tiles of 5 inside), combined.
+                    // Threads of `rows` rows from `i`. 1D: tiles of 5. 2D: chunks of 9
+                    // (tiles of 5 inside), the chunks' states combined.
+                    let print = format!(
+                        "for (int r = 0; r < {rows} && i + r < {n_out}; r++) {{\n      \
+                         {kahan}\n      {name}_final(&s[r], ov, oi);\n      \
+                         for (int c = 0; c < {dv}; c++) printf(\"%.17g\\n\", (double)ov[c]);\n      \
+                         for (int c = 0; c < {di}; c++) printf(\"%lld\\n\", oi[c]); }}"
+                    );
                     let _ = writeln!(
                         main,
-                        "  for (int i = 0; i < {n_out}; i++) {{ T ov[{dv1}]; long long oi[{di1}];\n    \
-                         struct {name}_state s; {name}_init(&s); {acc} comp[{sv1}] = {{0}};\n    \
-                         for (int j0 = 0; j0 < {n_red}; j0 += 5) {name}_fold(&s, comp, {p1}j0, j0 + 5 < {n_red} ? 5 : {n_red} - j0);\n    \
-                         {kahan}\n    {name}_final(&s, ov, oi);\n    \
-                         for (int c = 0; c < {dv}; c++) printf(\"%.17g\\n\", (double)ov[c]);\n    \
-                         for (int c = 0; c < {di}; c++) printf(\"%lld\\n\", oi[c]);\n  }}\n  \
-                         for (int i = 0; i < {n_out}; i++) {{ T ov[{dv1}]; long long oi[{di1}]; struct {name}_state s; int first = 1;\n    \
+                        "  for (int i = 0; i < {n_out}; i += {rows}) {{ T ov[{dv1}]; long long oi[{di1}];\n    \
+                         struct {name}_state s[{rows}]; {acc} comp[{nc}] = {{0}};\n    \
+                         for (int r = 0; r < {rows}; r++) {name}_init(&s[r]);\n    \
+                         for (int j0 = 0; j0 < {n_red}; j0 += 5) {name}_fold(s, comp, {p}j0, j0 + 5 < {n_red} ? 5 : {n_red} - j0);\n    \
+                         {print}\n  }}\n  \
+                         for (int i = 0; i < {n_out}; i += {rows}) {{ T ov[{dv1}]; long long oi[{di1}];\n    \
+                         struct {name}_state s[{rows}]; int first = 1;\n    \
                          for (int lo = 0; lo < {n_red}; lo += 9) {{ int hi = lo + 9 < {n_red} ? lo + 9 : {n_red};\n      \
-                         struct {name}_state t; {name}_init(&t); {acc} comp[{sv1}] = {{0}};\n      \
-                         for (int j0 = lo; j0 < hi; j0 += 5) {name}_fold(&t, comp, {p2}j0, j0 + 5 < hi ? 5 : hi - j0);\n      \
-                         {kahan2}\n      if (first) s = t; else {name}_combine_states(&s, &t); first = 0; }}\n    \
-                         {name}_final(&s, ov, oi);\n    \
-                         for (int c = 0; c < {dv}; c++) printf(\"%.17g\\n\", (double)ov[c]);\n    \
-                         for (int c = 0; c < {di}; c++) printf(\"%lld\\n\", oi[c]);\n  }}",
+                         struct {name}_state t[{rows}]; {acc} comp[{nc}] = {{0}};\n      \
+                         for (int r = 0; r < {rows}; r++) {name}_init(&t[r]);\n      \
+                         for (int j0 = lo; j0 < hi; j0 += 5) {name}_fold(t, comp, {p}j0, j0 + 5 < hi ? 5 : hi - j0);\n      \
+                         for (int r = 0; r < {rows}; r++) {{ {kahan2}\n        \
+                         if (first) s[r] = t[r]; else {name}_combine_states(&s[r], &t[r]); }}\n      \
+                         first = 0; }}\n    \
+                         {print_2d}\n  }}",
                         dv1 = dv.max(1),
                         di1 = di.max(1),
-                        sv1 = sv.max(1),
-                        p1 = ptr("j0"),
-                        p2 = ptr("j0"),
-                        kahan2 = kahan.replace("s.v", "t.v"),
+                        nc = rows * sv1,
+                        p = ptr("j0"),
+                        kahan2 = kahan.replace("s[r].v", "t[r].v"),
+                        // The 2D states are final-corrected per chunk, as on the GPU.
+                        print_2d = print.replace(&kahan, ""),
                     );
                     let mut expect = Vec::new();
                     for i in 0..n_out {

@@ -1,6 +1,7 @@
 //! The CUDA engine on a GPU: every reduction (both axes, every sum scheme, batch dims)
 //! and every op case against the f64 oracle in f32 and f64, with the 1D and 2D schemes
-//! forced; calls from two threads at once; empty reductions; arrays already on the GPU
+//! forced, threads of one output row and of as many as the kernel allows; calls from
+//! two threads at once; empty reductions; arrays already on the GPU
 //! reduced in place on a caller's stream; one reduction split over GPUs. Skipped, with a printed
 //! reason, where no GPU can run (no driver, no device or no NVRTC). `make test` also runs
 //! them under the CUDA simulator (`KEOPS_CUDA_SIMULATOR=2`: the generated kernels built
@@ -59,6 +60,20 @@ fn inputs(ni: usize, nj: usize, batch: &[usize], seed: u64) -> Inputs {
     inp
 }
 
+/// `o`, and `o` with as many output rows per thread as the kernel of `g` in `T` allows
+/// (where that is more than one).
+fn with_rows<T: Element>(g: &Genred, o: &Options) -> Vec<Options> {
+    let most = keops::cuda::kernel::KernelSpec::new::<T>(g, o).max_rows();
+    let mut v = vec![o.clone()];
+    if most > 1 {
+        v.push(Options {
+            gpu_rows: Some(most),
+            ..o.clone()
+        });
+    }
+    v
+}
+
 /// The oracle's result for `g` on `inp`, and the scale of sums' tolerance.
 struct Expected {
     want: Reduced<f64>,
@@ -107,8 +122,14 @@ fn every_reduction_matches_the_oracle() {
                             r.name()
                         );
                         let o = opts(scheme, sum);
-                        check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} f32"));
-                        check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} f64"));
+                        for o in with_rows::<f32>(&g, &o) {
+                            let ctx = format!("{ctx} rows {:?} f32", o.gpu_rows);
+                            check_against::<f32>(&g, &inp, &e, &o, &ctx);
+                        }
+                        for o in with_rows::<f64>(&g, &o) {
+                            let ctx = format!("{ctx} rows {:?} f64", o.gpu_rows);
+                            check_against::<f64>(&g, &inp, &e, &o, &ctx);
+                        }
                     }
                 }
             }
@@ -305,11 +326,19 @@ fn block_sparse_matches_the_cpu_engine() {
                         r.name()
                     );
                     let scale = vec![100.0; want.values.as_ref().map_or(0, |v| v.data.len())];
-                    let got = run_as::<f64>(&g, &inp, &o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                    check_values(&got, &want, Some(&scale), tol_for::<f64>(), &ctx);
-                    check_indices_exact(&got, &want, &ctx);
-                    let got = run_as::<f32>(&g, &inp, &o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                    check_values(&got, &want, Some(&scale), tol_for::<f32>(), &ctx);
+                    for o in with_rows::<f64>(&g, &o) {
+                        let ctx = format!("{ctx} rows {:?}", o.gpu_rows);
+                        let got =
+                            run_as::<f64>(&g, &inp, &o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                        check_values(&got, &want, Some(&scale), tol_for::<f64>(), &ctx);
+                        check_indices_exact(&got, &want, &ctx);
+                    }
+                    for o in with_rows::<f32>(&g, &o) {
+                        let ctx = format!("{ctx} rows {:?}", o.gpu_rows);
+                        let got =
+                            run_as::<f32>(&g, &inp, &o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                        check_values(&got, &want, Some(&scale), tol_for::<f32>(), &ctx);
+                    }
                 }
             }
         }
@@ -338,7 +367,10 @@ fn multi_gpu_matches_the_oracle() {
                         ..opts(GpuScheme::Auto, SumScheme::Kahan)
                     };
                     let ctx = format!("{multi:?} {} axis {axis} {ni}x{nj}{batch:?}", r.name());
-                    check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} f32"));
+                    for o in with_rows::<f32>(&g, &o) {
+                        let ctx = format!("{ctx} rows {:?} f32", o.gpu_rows);
+                        check_against::<f32>(&g, &inp, &e, &o, &ctx);
+                    }
                     check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} f64"));
                 }
             }
@@ -471,8 +503,11 @@ fn device_arrays_are_reduced_in_place() {
                 values: out_v.ptr(),
                 indices: out_i.ptr(),
             };
-            for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
-                let o = opts(scheme, SumScheme::BlockSum);
+            let schemes = [GpuScheme::OneD, GpuScheme::TwoD];
+            for o in schemes
+                .iter()
+                .flat_map(|&s| with_rows::<f32>(&g, &opts(s, SumScheme::BlockSum)))
+            {
                 // SAFETY: the buffers hold what the shapes and strides say, on device 0,
                 // and live until `to_vec` has waited for the device.
                 unsafe { run_in_place::<f32>(&g, &args, outs, stream, &o) }.unwrap();
@@ -486,7 +521,12 @@ fn device_arrays_are_reduced_in_place() {
                         shape: si.clone(),
                     }),
                 };
-                let ctx = format!("in place {} axis {axis} {scheme:?}", r.name());
+                let ctx = format!(
+                    "in place {} axis {axis} {:?} rows {:?}",
+                    r.name(),
+                    o.gpu_scheme,
+                    o.gpu_rows
+                );
                 let scale = common::sum_magnitude(&g, &inp);
                 let scale = (r == Reduction::Sum).then_some(&scale[..]);
                 check_values(&got, &want, scale, tol_for::<f32>(), &ctx);

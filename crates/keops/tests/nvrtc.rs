@@ -37,7 +37,8 @@ fn nvrtc() -> Option<Nvrtc> {
 
 /// All kernels of one data type in one program (one prelude, prefixes `k0`, `k1`, ...).
 fn program(ty: CType) -> (String, usize) {
-    let mut specs: Vec<(KernelSpec, String)> = Vec::new();
+    // (kernel, rows per thread, description)
+    let mut specs: Vec<(KernelSpec, usize, String)> = Vec::new();
     let with_ty = |g: &Genred, opts: &Options| -> KernelSpec {
         let mut k = KernelSpec::new::<f32>(g, opts);
         k.ty = ty;
@@ -50,7 +51,7 @@ fn program(ty: CType) -> (String, usize) {
         for case in cases(spec.name).unwrap_or_default() {
             let g = Genred::new(case, &ALIASES, Reduction::Sum, 1)
                 .unwrap_or_else(|e| panic!("{case}: {e}"));
-            specs.push((with_ty(&g, &Options::default()), case.to_string()));
+            specs.push((with_ty(&g, &Options::default()), 1, case.to_string()));
         }
     }
     for (f, w, r) in common::reduction_cases() {
@@ -61,17 +62,21 @@ fn program(ty: CType) -> (String, usize) {
                     sum_scheme: scheme,
                     ..Options::default()
                 };
+                // The most rows per thread the kernel allows: the rows loops compiled too.
+                let k = with_ty(&g, &opts);
+                let rows = k.max_rows();
                 specs.push((
-                    with_ty(&g, &opts),
-                    format!("{} axis {axis} {scheme:?}", r.name()),
+                    k,
+                    rows,
+                    format!("{} axis {axis} {scheme:?}, {rows} rows", r.name()),
                 ));
             }
         }
     }
     let mut src = prelude(ty);
     let mut index = String::new();
-    for (n, (k, what)) in specs.iter().enumerate() {
-        let code = kernel_source(k, &format!("k{n}"), 64).code;
+    for (n, (k, rows, what)) in specs.iter().enumerate() {
+        let code = kernel_source(k, &format!("k{n}"), 64, *rows).code;
         // Each kernel source carries the prelude; keep one.
         src.push_str(
             code.strip_prefix(prelude(ty).as_str())

@@ -48,7 +48,8 @@ impl CType {
 }
 
 /// Definitions the generated functions use: `T`, `KEOPS_FN` (a device function under
-/// NVRTC, a static inline one in host C) and the `k_*` math functions.
+/// NVRTC, a static inline one in host C), `KEOPS_UNROLL` (unroll the next loop, so that
+/// arrays it indexes stay in registers; nothing in host C) and the `k_*` math functions.
 pub fn prelude(ty: CType) -> String {
     let (t, f) = match ty {
         CType::F32 => ("float", "f"),
@@ -57,8 +58,9 @@ pub fn prelude(ty: CType) -> String {
     let mut s = String::new();
     s.push_str(
         "#ifdef __CUDACC__\n#define KEOPS_FN __device__ __forceinline__\n\
+         #define KEOPS_UNROLL _Pragma(\"unroll\")\n#define KEOPS_UNROLL_J _Pragma(\"unroll 4\")\n\
          #define INFINITY __int_as_float(0x7f800000)\n#define NAN __int_as_float(0x7fffffff)\n#else\n\
-         #include <math.h>\n#define KEOPS_FN static inline\n#endif\n",
+         #include <math.h>\n#define KEOPS_FN static inline\n#define KEOPS_UNROLL\n#define KEOPS_UNROLL_J\n#endif\n",
     );
     let _ = writeln!(s, "typedef {t} T;");
     for (name, libm) in [

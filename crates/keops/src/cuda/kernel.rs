@@ -8,7 +8,10 @@
 //! type, so partial states from devices can be combined on the host.
 //!
 //! One kernel serves both schemes: block `(x, y, z)` = (block of output rows, chunk of
-//! the reduced axis, batch). With one chunk (1D scheme) it finalizes into the outputs;
+//! the reduced axis, batch). Each thread reduces `rows` consecutive output rows (a
+//! constant of the source): every reduced-side value read from shared memory then
+//! serves `rows` pairs, which cuts the instructions per pair where the formula is
+//! cheap (a Gaussian sum). With one chunk (1D scheme) it finalizes into the outputs;
 //! with several (2D scheme) it writes partial states that `{name}_combine` folds in
 //! index order and finalizes. Reduced ranges are passed as `[j_lo, j_hi)` bounds per
 //! chunk so that block-sparse ranges fit the same loop.
@@ -19,9 +22,19 @@ use crate::plan::{AccType, Element, Genred, Options, SumScheme};
 use crate::reduction::{Reduction, ReductionSpec};
 use std::fmt::Write;
 
-/// Output-side rows up to this dimension are copied into registers; longer ones are
-/// read in place (L1-cached), so that high dimensions do not spill registers.
-pub const REG_DIM_MAX: usize = 16;
+/// Output-side rows are copied into registers while their dimensions add up to at most
+/// this (KeOps keeps them in registers up to its chunked mode's 64); the others are read
+/// in place (L1-cached), so that high dimensions do not spill registers. Reading in
+/// place costs a load per value and pair: at D = 64, more instructions than the pair's
+/// arithmetic.
+pub const REG_DIM_MAX: usize = 64;
+
+/// Most values (output-side rows and states, all rows together) a thread keeps in
+/// registers when it reduces several rows ([`KernelSpec::max_rows`]).
+pub const ROWS_REG_BUDGET: usize = 32;
+
+/// Output rows a thread may reduce: [`KernelSpec::max_rows`] picks among these.
+pub const ROWS_CHOICES: [usize; 3] = [1, 2, 4];
 
 /// Where each argument lives for a thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +112,53 @@ impl KernelSpec {
         red * self.ty.size()
     }
 
+    /// Which arguments a thread copies into registers: output-side ones, in order, while
+    /// their dimensions add up to at most [`REG_DIM_MAX`].
+    pub fn in_registers(&self) -> Vec<bool> {
+        let mut used = 0;
+        self.args
+            .iter()
+            .map(|&(role, dim)| {
+                let fits = role == Role::Out && used + dim <= REG_DIM_MAX;
+                used += if fits { dim } else { 0 };
+                fits
+            })
+            .collect()
+    }
+
+    /// The most output rows one thread may reduce: 1 when an output-side argument is read
+    /// in place ([`KernelSpec::in_registers`]), else the largest of [`ROWS_CHOICES`]
+    /// whose output-side values and states fit [`ROWS_REG_BUDGET`] registers.
+    pub fn max_rows(&self) -> usize {
+        let out: Vec<usize> = self
+            .args
+            .iter()
+            .filter(|a| a.0 == Role::Out)
+            .map(|a| a.1)
+            .collect();
+        let in_place = self
+            .args
+            .iter()
+            .zip(self.in_registers())
+            .any(|(a, r)| a.0 == Role::Out && !r);
+        if in_place {
+            return 1;
+        }
+        let (sv, si) = self.spec.state_len();
+        let word = |bytes: usize| bytes.div_ceil(4);
+        // A state's values and 8-byte indices, and the in-tile copy of block sums.
+        let mut per_row = out.iter().sum::<usize>() + word(self.acc.size()) * sv + 2 * si;
+        if self.spec.kind == Reduction::Sum && self.sum_scheme != SumScheme::Direct {
+            per_row += word(self.acc.size()) * sv;
+        }
+        ROWS_CHOICES
+            .iter()
+            .copied()
+            .filter(|&r| r == 1 || r * per_row <= ROWS_REG_BUDGET)
+            .max()
+            .unwrap_or(1)
+    }
+
     /// Bytes of one state as the kernel stores it (for partial states of the 2D scheme).
     pub fn state_bytes(&self) -> usize {
         let (sv, si) = self.spec.state_len();
@@ -121,7 +181,8 @@ pub struct KernelSource {
     pub reduce_ranges: String,
 }
 
-/// Prints `spec` as functions and kernels prefixed by `name`, tiles of `tile` rows.
+/// Prints `spec` as functions and kernels prefixed by `name`, tiles of `tile` rows, each
+/// thread reducing `rows` consecutive output rows (at most [`KernelSpec::max_rows`]).
 /// Kernel parameters (see the module docs for the grid):
 ///
 /// `{name}_reduce(int n_out, long long n_red, int nbatch, long long chunk,
@@ -137,10 +198,15 @@ pub struct KernelSource {
 /// `{name}_reduce_ranges(int n_out, const long long* task, const long long* red,
 ///  const T* const* args, const long long* boff, T* out_v, long long* out_i)`: block
 /// `x` runs `task[5x..5x+5] = (b, row_start, row_end, q_start, q_end)`: rows
-/// `row_start..row_end` of batch entry `b` (at most one block) reduced over the ranges
+/// `row_start..row_end` of batch entry `b` (at most one block of `rows`-row threads) reduced over the ranges
 /// `red[2q], red[2q+1]` (rows of entry `b`) for `q` in `q_start..q_end`. Rows in no task
 /// are not written (the caller fills them with the empty reduction).
-pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize) -> KernelSource {
+pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> KernelSource {
+    assert!(
+        (1..=k.max_rows()).contains(&rows),
+        "{rows} rows per thread for a kernel that allows {}",
+        k.max_rows()
+    );
     // The compile options are part of the source, so of the cache key.
     let mut s = String::from(if k.fast_math {
         "// compiled with --use_fast_math\n"
@@ -148,10 +214,10 @@ pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize) -> KernelSource {
         ""
     });
     s.push_str(&super::codegen::prelude(k.ty));
-    s.push_str(&device_functions(k, name));
+    s.push_str(&device_functions(k, name, rows));
     // The kernels are device code (NVRTC) or the simulator's host C++ (`sim`).
     s.push_str("#if defined(__CUDACC__) || defined(KEOPS_SIM)\n");
-    s.push_str(&kernels(k, name, tile));
+    s.push_str(&kernels(k, name, tile, rows));
     s.push_str("#endif\n");
     KernelSource {
         code: s,
@@ -161,8 +227,9 @@ pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize) -> KernelSource {
     }
 }
 
-/// `{name}_pair`, the state functions and `{name}_fold`: host-compilable C.
-pub fn device_functions(k: &KernelSpec, name: &str) -> String {
+/// `{name}_pair`, the state functions and `{name}_fold` (of `rows` rows): host-compilable
+/// C.
+pub fn device_functions(k: &KernelSpec, name: &str, rows: usize) -> String {
     let nargs = k.args.len();
     let (df, dw) = (k.spec.dim, k.spec.weight_dim.unwrap_or(0));
     let mut s = String::new();
@@ -182,7 +249,7 @@ pub fn device_functions(k: &KernelSpec, name: &str) -> String {
         }
     );
     s.push_str(&state_functions(k, name, dw));
-    s.push_str(&fold_function(k, name, df + dw));
+    s.push_str(&fold_function(k, name, df + dw, rows));
     s
 }
 
@@ -280,15 +347,16 @@ fn state_functions(k: &KernelSpec, name: &str, dw: usize) -> String {
         }
         Reduction::KMin(kk) | Reduction::ArgKMin(kk) | Reduction::KMinArgKMin(kk) => {
             // Sorted insertion, layout [k][d]; equal values keep the earlier index first.
+            // Compare-and-swap down the unrolled list: constant indices keep the state
+            // in registers (a shifting loop would put it in local memory).
             let _ = writeln!(
                 s,
                 "KEOPS_FN void {name}_insert({st}* s, int c, {a} x, long long j) {{\n  \
-                 if (!(x < s->v[{last} + c])) return;\n  int r = {km1};\n  \
-                 while (r > 0 && x < s->v[(r - 1) * {d} + c]) {{\n    \
-                 s->v[r * {d} + c] = s->v[(r - 1) * {d} + c]; s->i[r * {d} + c] = s->i[(r - 1) * {d} + c]; r--; }}\n  \
-                 s->v[r * {d} + c] = x; s->i[r * {d} + c] = j; }}",
+                 if (!(x < s->v[{last} + c])) return;\n  \
+                 KEOPS_UNROLL for (int r = 0; r < {kk}; r++) {{\n    \
+                 {a} v = s->v[r * {d} + c]; long long i = s->i[r * {d} + c];\n    \
+                 if (x < v) {{ s->v[r * {d} + c] = x; s->i[r * {d} + c] = j; x = v; j = i; }} }} }}",
                 last = (kk - 1) * d,
-                km1 = kk - 1
             );
             (
                 format!(
@@ -352,20 +420,24 @@ fn state_functions(k: &KernelSpec, name: &str, dw: usize) -> String {
     s
 }
 
-/// `{name}_fold(state, comp, a0.., j0, len)`: folds `len` rows of the reduced side into
-/// a state. Reduced-side `ak` point to the first row (row `jj` at `ak + jj*dim`), the
-/// others to their row or parameter. Block summation sums a tile into its own state
-/// first; Kahan carries `comp` across calls.
-fn fold_function(k: &KernelSpec, name: &str, dfg: usize) -> String {
+/// `{name}_fold(states, comp, a0.., j0, len)`: folds `len` rows of the reduced side
+/// into the states of `rows` output rows. Reduced-side `ak` point to the first row (row
+/// `jj` at `ak + jj*dim`), output-side ones to the first of `rows` consecutive rows,
+/// parameters to their values. Block summation sums a tile into its own states first;
+/// Kahan carries `comp` (`rows` runs of `max(state values, 1)`) across calls. The row
+/// loop is innermost, so that each reduced-side value is read once for all rows.
+fn fold_function(k: &KernelSpec, name: &str, dfg: usize, rows: usize) -> String {
     let (a, nargs) = (k.acc.name(), k.args.len());
     let st = format!("struct {name}_state");
+    let sv1 = k.spec.state_len().0.max(1);
     let params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
-    let rows: String = k
+    let pair_args: String = k
         .args
         .iter()
         .enumerate()
         .map(|(i, (role, dim))| match role {
             Role::Red => format!("a{i} + jj * {dim}, "),
+            Role::Out => format!("a{i} + r * {dim}, "),
             _ => format!("a{i}, "),
         })
         .collect();
@@ -374,57 +446,66 @@ fn fold_function(k: &KernelSpec, name: &str, dfg: usize) -> String {
     } else {
         SumScheme::Direct
     };
+    let each = "KEOPS_UNROLL for (int r = 0; r < ROWS; r++)".replace("ROWS", &rows.to_string());
     let (pre, step, post) = match scheme {
         SumScheme::Direct => (
             String::new(),
-            format!("{name}_acc(s, fg, j0 + jj);"),
+            format!("{name}_acc(&s[r], fg, j0 + jj);"),
             String::new(),
         ),
         SumScheme::BlockSum => (
-            format!("{st} t; {name}_init(&t);"),
-            format!("{name}_acc(&t, fg, j0 + jj);"),
-            format!("{name}_combine_states(s, &t);"),
+            format!("{st} t[{rows}]; {each} {name}_init(&t[r]);"),
+            format!("{name}_acc(&t[r], fg, j0 + jj);"),
+            format!("{each} {name}_combine_states(&s[r], &t[r]);"),
         ),
         SumScheme::Kahan => (
             String::new(),
-            format!("{name}_acc_kahan(s, comp, fg);"),
+            format!("{name}_acc_kahan(&s[r], comp + r * {sv1}, fg);"),
             String::new(),
         ),
     };
     format!(
         "KEOPS_FN void {name}_fold({st}* s, {a}* comp, {params}long long j0, int len) {{\n  \
          (void)comp; {pre}\n  \
-         for (int jj = 0; jj < len; jj++) {{\n    T fg[{dfg}];\n    \
-         {name}_pair({rows}fg);\n    {step}\n  }}\n  {post}\n}}\n"
+         KEOPS_UNROLL_J for (int jj = 0; jj < len; jj++) {{\n    {each} {{\n      T fg[{dfg}];\n      \
+         {name}_pair({pair_args}fg);\n      {step}\n    }}\n  }}\n  {post}\n}}\n"
     )
 }
 
-/// The `__global__` kernels (CUDA only).
-fn kernels(k: &KernelSpec, name: &str, tile: usize) -> String {
+/// The `__global__` kernels (CUDA only). Thread `t` of a block reduces the `rows`
+/// consecutive output rows from `i0`; rows past the block's last (`row_end`) are
+/// computed from a copy of the last row and not written.
+fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
     let t = k.ty.name();
     let a = k.acc.name();
     let st = format!("struct {name}_state");
     let nargs = k.args.len().max(1);
     let (dv, di) = k.spec.output_dims();
     let (sv, _) = k.spec.state_len();
+    let sv1 = sv.max(1);
     let mut setup = String::new();
     let mut load = String::new();
     let mut smem_off = 0usize;
     let mut fold_args = String::new();
+    let regs = k.in_registers();
     for (i, &(role, dim)) in k.args.iter().enumerate() {
         match role {
-            Role::Out if dim <= REG_DIM_MAX => {
+            Role::Out if regs[i] => {
                 let _ = writeln!(
                     setup,
-                    "    T r{i}[{dim}]; const T* a{i} = r{i};\n    \
-                     if (live) for (int c = 0; c < {dim}; c++) r{i}[c] = args[{i}][off[{i}] + (long long)i * {dim} + c];"
+                    "    T r{i}[{n}]; const T* a{i} = r{i};\n    \
+                     if (live) KEOPS_UNROLL for (int r = 0; r < {rows}; r++) {{\n      \
+                     const long long row = i0 + r < row_end ? i0 + r : row_end - 1;\n      \
+                     KEOPS_UNROLL for (int c = 0; c < {dim}; c++) r{i}[r * {dim} + c] = args[{i}][off[{i}] + row * {dim} + c]; }}",
+                    n = rows * dim
                 );
                 let _ = write!(fold_args, "a{i}, ");
             }
+            // Read in place: one row per thread (`KernelSpec::max_rows`).
             Role::Out => {
                 let _ = writeln!(
                     setup,
-                    "    const T* a{i} = args[{i}] + off[{i}] + (long long)(live ? i : 0) * {dim};"
+                    "    const T* a{i} = args[{i}] + off[{i}] + (live ? i0 : 0) * {dim};"
                 );
                 let _ = write!(fold_args, "a{i}, ");
             }
@@ -445,7 +526,7 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize) -> String {
         }
     }
     let kahan_fix = if k.spec.kind == Reduction::Sum && k.sum_scheme == SumScheme::Kahan {
-        format!("for (int c = 0; c < {sv}; c++) st.v[c] -= comp[c];")
+        format!("for (int c = 0; c < {sv}; c++) st[r].v[c] -= comp[r * {sv1} + c];")
     } else {
         String::new()
     };
@@ -459,22 +540,44 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize) -> String {
     } else {
         "0".into()
     };
-    // One output row per thread, folding the tiles of [lo, hi) into its state.
+    // `rows` output rows per thread, folding the tiles of [lo, hi) into their states.
     let fold_range = format!(
         "    for (long long j0 = lo; j0 < hi; j0 += {tile}) {{
       const int len = hi - j0 < {tile} ? (int)(hi - j0) : {tile};
       __syncthreads();
 {load}      __syncthreads();
-      if (live) {name}_fold(&st, comp, {fold_args}j0, len);
+      if (live) {name}_fold(st, comp, {fold_args}j0, len);
     }}
 "
     );
     let init = format!(
-        "{st} st; {name}_init(&st);
-    {a} comp[{sv1}];
-    for (int c = 0; c < {sv1}; c++) comp[c] = 0;",
-        sv1 = sv.max(1)
+        "{st} st[{rows}];
+    KEOPS_UNROLL for (int r = 0; r < {rows}; r++) {name}_init(&st[r]);
+    {a} comp[{nc}];
+    KEOPS_UNROLL for (int c = 0; c < {nc}; c++) comp[c] = 0;",
+        nc = rows * sv1
     );
+    // Each live row: its partial state (2D scheme) or its outputs.
+    let store = |part: bool| {
+        let write = if part {
+            format!(
+                "if (part) part[((long long)b * gridDim.y + blockIdx.y) * n_out + i] = st[r];\n        \
+                 else {name}_final(&st[r], {out_v}, {out_i});"
+            )
+        } else {
+            format!("{name}_final(&st[r], {out_v}, {out_i});")
+        };
+        format!(
+            "KEOPS_UNROLL for (int r = 0; r < {rows}; r++) {{
+      const long long i = i0 + r;
+      if (i < row_end) {{
+        {kahan_fix}
+        {write}
+      }}
+    }}"
+        )
+    };
+    let (store_reduce, store_ranges) = (store(true), store(false));
     let head = format!(
         "extern __shared__ __align__(16) unsigned char {name}_smem[];
   {t}* tile = ({t}*){name}_smem;
@@ -484,19 +587,16 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize) -> String {
         "extern \"C\" __global__ void {name}_reduce(int n_out, long long n_red, int nbatch, long long chunk,
     long long j_base, const {t}* const* args, const long long* boff, {t}* out_v, long long* out_i, {st}* part) {{
   {head}
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  const bool live = i < n_out;
+  const long long i0 = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * {rows};
+  const long long row_end = n_out;
+  const bool live = i0 < row_end;
   const long long lo = j_base + (long long)blockIdx.y * chunk;
   const long long hi = lo + chunk < j_base + n_red ? lo + chunk : j_base + n_red;
   for (int b = blockIdx.z; b < nbatch; b += gridDim.z) {{
     const long long* off = boff + (long long)b * {nargs};
     (void)off;
 {setup}    {init}
-{fold_range}    if (live) {{
-      {kahan_fix}
-      if (part) part[((long long)b * gridDim.y + blockIdx.y) * n_out + i] = st;
-      else {name}_final(&st, {out_v}, {out_i});
-    }}
+{fold_range}    {store_reduce}
   }}
 }}
 extern \"C\" __global__ void {name}_combine(int n_out, int nchunks, int nbatch, const {st}* part,
@@ -513,8 +613,9 @@ extern \"C\" __global__ void {name}_reduce_ranges(int n_out, const long long* ta
   {head}
   const long long* tk = task + 5 * (long long)blockIdx.x;
   const int b = (int)tk[0];
-  const int i = (int)tk[1] + threadIdx.x;
-  const bool live = i < tk[2];
+  const long long i0 = tk[1] + (long long)threadIdx.x * {rows};
+  const long long row_end = tk[2];
+  const bool live = i0 < row_end;
   const long long j_base = 0;
   (void)j_base; (void)n_out;
   const long long* off = boff + (long long)b * {nargs};
@@ -523,10 +624,7 @@ extern \"C\" __global__ void {name}_reduce_ranges(int n_out, const long long* ta
   for (long long q = tk[3]; q < tk[4]; q++) {{
     const long long lo = red[2 * q], hi = red[2 * q + 1];
 {fold_range}  }}
-  if (live) {{
-    {kahan_fix}
-    {name}_final(&st, {out_v}, {out_i});
-  }}
+  {store_ranges}
 }}
 "
     )
@@ -558,9 +656,45 @@ mod tests {
     }
 
     #[test]
+    fn rows_and_registers_follow_the_dimensions() {
+        let k = KernelSpec::new::<f32>(&gauss(1), &Options::default());
+        assert_eq!(k.in_registers(), vec![true, false, false]);
+        // x (3) and a sum state with its block copy: 5 values per row, 4 rows.
+        assert_eq!(k.max_rows(), 4);
+        let knn = |d: usize, k: usize| {
+            let (x, y) = (format!("x = Vi(0,{d})"), format!("y = Vj(1,{d})"));
+            let g = Genred::new("SqDist(x,y)", &[&x, &y], Reduction::ArgKMin(k), 1).unwrap();
+            KernelSpec::new::<f32>(&g, &Options::default())
+        };
+        // K = 10: 10 values and 10 indices per state, one row per thread.
+        assert_eq!(knn(3, 10).max_rows(), 1);
+        assert_eq!(knn(3, 2).max_rows(), 2);
+        assert_eq!(knn(64, 1).in_registers(), vec![true, false]);
+        // Past the budget: read in place, one row per thread.
+        let wide = knn(65, 1);
+        assert_eq!((wide.in_registers()[0], wide.max_rows()), (false, 1));
+        let g = Genred::new(
+            "SqDist(x,y) + SqDist(u,v)",
+            &[
+                "x = Vi(0,40)",
+                "y = Vj(1,40)",
+                "u = Vi(2,40)",
+                "v = Vj(3,40)",
+            ],
+            Reduction::Min,
+            1,
+        )
+        .unwrap();
+        let k = KernelSpec::new::<f32>(&g, &Options::default());
+        assert_eq!(k.in_registers(), vec![true, false, false, false]);
+        let src = kernel_source(&k, "k", 64, 1).code;
+        assert!(src.contains("T r0[40]") && src.contains("const T* a2 = args[2] + off[2]"));
+    }
+
+    #[test]
     fn kernels_are_guarded_for_host_c() {
         let k = KernelSpec::new::<f32>(&gauss(1), &Options::default());
-        let src = kernel_source(&k, "keops", 128);
+        let src = kernel_source(&k, "keops", 128, 1);
         let host_part = src
             .code
             .split("#if defined(__CUDACC__) || defined(KEOPS_SIM)\nextern")
@@ -582,8 +716,8 @@ mod tests {
             },
         );
         let (a, b) = (
-            kernel_source(&strict, "k", 64),
-            kernel_source(&fast, "k", 64),
+            kernel_source(&strict, "k", 64, 1),
+            kernel_source(&fast, "k", 64, 1),
         );
         assert!(!strict.fast_math && fast.fast_math);
         assert_ne!(a.code, b.code, "the cache key must tell them apart");

@@ -353,10 +353,15 @@ impl Device {
         }
     }
 
-    /// The kernels of `spec` with tiles of `tile` rows, compiled (or taken from the
+    /// The kernels of `spec` with tiles of `tile` rows and `rows` output rows per thread, compiled (or taken from the
     /// cache) and loaded; with where the CUBIN came from.
-    fn kernels(&self, spec: &KernelSpec, tile: usize) -> Result<(Arc<Kernels>, Origin)> {
-        let src = kernel_source(spec, "keops", tile);
+    fn kernels(
+        &self,
+        spec: &KernelSpec,
+        tile: usize,
+        rows: usize,
+    ) -> Result<(Arc<Kernels>, Origin)> {
+        let src = kernel_source(spec, "keops", tile, rows);
         if self.ctx.is_none() {
             return self.sim_kernels(&src);
         }
@@ -557,7 +562,7 @@ pub(crate) unsafe fn enqueue(
             CType::F64 => stream.upload(ov, &v, "filling the output")?,
         }
         stream.upload(oi, &i, "filling the output")?;
-        let (task, red) = ranges_tasks(blocks, n_out, n_red, l.block);
+        let (task, red) = ranges_tasks(blocks, n_out, n_red, l.block * l.rows);
         if task.is_empty() {
             return Ok(());
         }
@@ -735,15 +740,16 @@ pub(crate) fn prepare<T: Element>(
     let dev = device(id)?;
     let spec = KernelSpec::new::<T>(genred, opts);
     let (n_out, n_red) = layout.sizes();
-    let l = scheme::plan(
-        n_out,
-        n_red,
-        layout.batch_len(),
-        spec.tile_row_bytes(),
-        dev.sms,
-        opts.gpu_scheme,
-    )?;
-    let (k, origin) = dev.kernels(&spec, l.tile)?;
+    let shape = scheme::Shape {
+        row_bytes: spec.tile_row_bytes(),
+        max_rows: spec.max_rows(),
+        rows: opts
+            .gpu_rows
+            .or_else(|| env_rows().map(|r| r.clamp(1, spec.max_rows()))),
+        scheme: opts.gpu_scheme,
+    };
+    let l = scheme::plan(n_out, n_red, layout.batch_len(), shape, dev.sms)?;
+    let (k, origin) = dev.kernels(&spec, l.tile, l.rows)?;
     dev.bind()?;
     Ok(Prepared {
         dev,
@@ -752,6 +758,12 @@ pub(crate) fn prepare<T: Element>(
         kernels: k,
         origin,
     })
+}
+
+/// Rows per thread from `KEOPS_GPU_ROWS` (for benchmarks that compare them), capped
+/// by what each kernel allows rather than refused.
+fn env_rows() -> Option<usize> {
+    std::env::var("KEOPS_GPU_ROWS").ok()?.trim().parse().ok()
 }
 
 /// Copies host arguments to the device (a one-value buffer for an empty one).
