@@ -119,6 +119,67 @@ fn generated_code_matches_the_oracle_as_host_c() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// LogSumExp's state functions on infinities and NaN (values out of the formula `y`),
+/// as host C against the oracle: -inf first, between and last, +inf once and twice,
+/// NaN anywhere.
+#[test]
+fn log_sum_exp_infinities_and_nan_match_the_oracle_as_host_c() {
+    use keops::cuda::kernel::{device_functions, KernelSpec};
+    use keops::{Arg, Genred, Options};
+    let Some(cc) = c_compiler() else {
+        eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
+        return;
+    };
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    let rows: [&[f64]; 10] = [
+        &[-inf, -inf],
+        &[-inf, 1.0, -inf],
+        &[2.0, -inf, 3.0],
+        &[inf, 1.0],
+        &[1.0, inf, inf],
+        &[-inf, inf, -inf],
+        &[nan, 1.0],
+        &[1.0, nan, -inf],
+        &[-inf, nan],
+        &[0.5, 0.5, -1.0],
+    ];
+    let dir = std::env::temp_dir().join(format!("keops-lse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let g = Genred::new("y", &["y = Vj(0,1)"], Reduction::LogSumExp, 1).unwrap();
+    for ty in [CType::F64, CType::F32] {
+        let mut k = KernelSpec::new::<f64>(&g, &Options::default());
+        (k.ty, k.acc) = (ty, ty);
+        let mut src = format!("#include <stdio.h>\n{}", prelude(ty));
+        src.push_str(&device_functions(&k, "L", 1));
+        src.push_str("int main(void) {\n  T ov[1]; long long oi[1];\n");
+        let mut want = Vec::new();
+        for y in rows {
+            let vals: Vec<String> = y.iter().map(|v| format!("(T)({v:?})")).collect();
+            let vals = vals
+                .join(", ")
+                .replace("inf", "INFINITY")
+                .replace("NaN", "NAN");
+            let _ = writeln!(
+                src,
+                "  {{ static const T y[] = {{{vals}}}; struct L_state s; L_init(&s);\n    \
+                 double comp[1] = {{0}};\n    \
+                 for (int j = 0; j < {n}; j++) L_fold(&s, (void*)comp, y + j, j, 1);\n    \
+                 L_final(&s, ov, oi); printf(\"%.17g\\n\", isnan(ov[0]) ? NAN : (double)ov[0]); }}",
+                n = y.len()
+            );
+            let out = keops::reference::reduce(&g, &[Arg::new(y, &[y.len(), 1])]).unwrap();
+            want.push((
+                format!("LogSumExp of {y:?} [{}]", ty.name()),
+                out.values.unwrap().data,
+            ));
+        }
+        src.push_str("  return 0;\n}\n");
+        let got = compile_and_run(&cc, &dir, &format!("lse_{}", ty.name()), &src);
+        compare(got, &want, 1e-6);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Compares the C program's output, in order, with the oracle's values (`(what, want)`)
 /// within `tol (1 + |want|)`, NaN matching NaN.
 fn compare(got: Vec<f64>, checks: &[(String, Vec<f64>)], tol: f64) {

@@ -288,13 +288,15 @@ fn state_functions(k: &KernelSpec, name: &str, dw: usize) -> String {
                 "for (int c = 0; c < {}; c++) s->v[c] = c < {lse_n} ? -({a})INFINITY : ({a})0;",
                 sv
             );
-            // (m, s, ws) represents exp(m) * (s, ws); -inf values add nothing.
+            // (m, s, ws) represents exp(m) * (s, ws); -inf values add nothing. Without a
+            // weight, branch-free (selects, one exp): a -inf value counted while m is
+            // still -inf leaves exp(m) * s = 0, as skipping it would.
             let acc = if spec.weight_dim.is_none() {
                 format!(
-                    "for (int c = 0; c < {d}; c++) {{ {a} x = fg[c], m = s->v[c];\n\
-                     \x20   if (x == -({a})INFINITY) continue;\n\
-                     \x20   if (x > m) {{ s->v[{d} + c] = s->v[{d} + c] * {name}_shift(m, x) + 1; s->v[c] = x; }}\n\
-                     \x20   else s->v[{d} + c] += {name}_shift(x, m); }}"
+                    "for (int c = 0; c < {d}; c++) {{ {a} x = fg[c], m = s->v[c], t = s->v[{d} + c];\n\
+                     \x20   {a} e = x == m ? ({a})1 : exp{f}(-fabs{f}(x - m));\n\
+                     \x20   s->v[{d} + c] = x > m ? t * e + 1 : t + e;\n\
+                     \x20   s->v[c] = x > m ? x : m; }}"
                 )
             } else {
                 format!(
