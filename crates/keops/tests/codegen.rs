@@ -167,7 +167,7 @@ fn log_sum_exp_infinities_and_nan_match_the_oracle_as_host_c() {
                  L_final(&s, ov, oi); printf(\"%.17g\\n\", isnan(ov[0]) ? NAN : (double)ov[0]); }}",
                 n = y.len()
             );
-            let out = keops::reference::reduce(&g, &[Arg::new(y, &[y.len(), 1])]).unwrap();
+            let out = keops::reference::reduce(&g, &[Arg::new(y, [y.len(), 1])]).unwrap();
             want.push((
                 format!("LogSumExp of {y:?} [{}]", ty.name()),
                 out.values.unwrap().data,

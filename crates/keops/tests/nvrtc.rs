@@ -1,8 +1,9 @@
 //! Every generated kernel compiled by NVRTC to CUBIN for sm_80 and sm_90, in float and
 //! double (float also with `--use_fast_math`): the reduction kernel of every op case (`common::op_cases`, reduced by `Sum`)
-//! and of every reduction on both axes with every sum scheme. One kernel serves the 1D
-//! and 2D schemes (the 2D one adds `{name}_combine`, compiled here too). NVRTC runs
-//! without a GPU.
+//! and of every reduction on both axes with every sum scheme, the latter with as many
+//! output rows per thread as they allow in the builds the GPU runs (sm_90: float32 with
+//! fast math, float64). One kernel serves the 1D and 2D schemes (the 2D one adds
+//! `{name}_combine`, compiled here too). NVRTC runs without a GPU.
 //!
 //! NVRTC is found as the engine finds it (`KEOPS_NVRTC`, `CUDA_HOME`, the loader's
 //! path); `make test` points `KEOPS_NVRTC` at the `nvidia-cuda-nvrtc` wheel of the venv
@@ -35,8 +36,10 @@ fn nvrtc() -> Option<Nvrtc> {
     None
 }
 
-/// All kernels of one data type in one program (one prelude, prefixes `k0`, `k1`, ...).
-fn program(ty: CType) -> (String, usize) {
+/// All kernels of one data type in one program (one prelude, prefixes `k0`, `k1`, ...);
+/// reduction kernels with as many rows per thread as they allow when `most_rows`, else
+/// one (the rows loops cost compile time: one build of each type has them).
+fn program(ty: CType, most_rows: bool) -> (String, usize) {
     // (kernel, rows per thread, description)
     let mut specs: Vec<(KernelSpec, usize, String)> = Vec::new();
     let with_ty = |g: &Genred, opts: &Options| -> KernelSpec {
@@ -64,7 +67,7 @@ fn program(ty: CType) -> (String, usize) {
                 };
                 // The most rows per thread the kernel allows: the rows loops compiled too.
                 let k = with_ty(&g, &opts);
-                let rows = k.max_rows();
+                let rows = if most_rows { k.max_rows() } else { 1 };
                 specs.push((
                     k,
                     rows,
@@ -94,20 +97,29 @@ fn every_kernel_compiles_to_cubin_for_sm80_and_sm90() {
     eprintln!("NVRTC {:?} at {}", nvrtc.version(), nvrtc.path().display());
     let (sm80, sm90) = (Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 });
     for ty in [CType::F32, CType::F64] {
-        let (src, n) = program(ty);
+        let with_rows = program(ty, true);
+        let one_row = program(ty, false);
         // Both architectures, and float32 with --use_fast_math (pykeops' default).
+        // With the most rows per thread (as the planner launches them on an H100) in the
+        // sm_90 build that the GPU runs: fast math for float32.
         let builds = match ty {
             CType::F32 => vec![(sm80, false), (sm90, false), (sm90, true)],
             CType::F64 => vec![(sm80, false), (sm90, false)],
         };
         for (arch, fast) in builds {
+            let (src, n) = if arch == sm90 && (fast || ty == CType::F64) {
+                &with_rows
+            } else {
+                &one_row
+            };
+            let (src, n) = (src.as_str(), *n);
             assert!(archs.contains(&(arch.major * 10 + arch.minor)), "{archs:?}");
             let t = std::time::Instant::now();
             let cubin = nvrtc
-                .compile(&src, "kernels.cu", arch, fast)
+                .compile(src, "kernels.cu", arch, fast)
                 .unwrap_or_else(|e| {
                     let path = std::env::temp_dir().join(format!("keops-nvrtc-{}.cu", ty.name()));
-                    std::fs::write(&path, &src).unwrap();
+                    std::fs::write(&path, src).unwrap();
                     panic!(
                         "{} {}: NVRTC failed (source at {}):\n{}",
                         ty.name(),
