@@ -96,61 +96,81 @@ fn every_kernel_compiles_to_cubin_for_sm80_and_sm90() {
     let archs = nvrtc.supported_archs().unwrap();
     eprintln!("NVRTC {:?} at {}", nvrtc.version(), nvrtc.path().display());
     let (sm80, sm90) = (Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 });
+    // Both architectures, and float32 with --use_fast_math (pykeops' default). With the
+    // most rows per thread (as the planner launches them on an H100) in the sm_90 builds
+    // that the GPU runs: fast math for float32.
+    let mut builds = Vec::new();
     for ty in [CType::F32, CType::F64] {
-        let with_rows = program(ty, true);
-        let one_row = program(ty, false);
-        // Both architectures, and float32 with --use_fast_math (pykeops' default).
-        // With the most rows per thread (as the planner launches them on an H100) in the
-        // sm_90 build that the GPU runs: fast math for float32.
-        let builds = match ty {
+        let (with_rows, one_row) = (program(ty, true), program(ty, false));
+        let archs = match ty {
             CType::F32 => vec![(sm80, false), (sm90, false), (sm90, true)],
             CType::F64 => vec![(sm80, false), (sm90, false)],
         };
-        for (arch, fast) in builds {
-            let (src, n) = if arch == sm90 && (fast || ty == CType::F64) {
-                &with_rows
-            } else {
-                &one_row
-            };
-            let (src, n) = (src.as_str(), *n);
-            assert!(archs.contains(&(arch.major * 10 + arch.minor)), "{archs:?}");
-            let t = std::time::Instant::now();
-            let cubin = nvrtc
-                .compile(src, "kernels.cu", arch, fast)
-                .unwrap_or_else(|e| {
-                    let path = std::env::temp_dir().join(format!("keops-nvrtc-{}.cu", ty.name()));
-                    std::fs::write(&path, src).unwrap();
-                    panic!(
-                        "{} {}: NVRTC failed (source at {}):\n{}",
-                        ty.name(),
-                        arch.sm(),
-                        path.display(),
-                        e.log
-                    )
-                });
-            // An ELF image with every kernel in it.
-            assert_eq!(&cubin[..4], b"\x7fELF");
-            let text = String::from_utf8_lossy(&cubin);
-            for k in [0, n / 2, n - 1] {
-                assert!(
-                    text.contains(&format!("k{k}_reduce")),
-                    "k{k}_reduce missing"
-                );
-                assert!(
-                    text.contains(&format!("k{k}_combine")),
-                    "k{k}_combine missing"
-                );
-            }
-            eprintln!(
-                "{} {}{}: {n} kernels, {} bytes, {:.2?}",
-                ty.name(),
-                arch.sm(),
-                if fast { " fast math" } else { "" },
-                cubin.len(),
-                t.elapsed()
-            );
+        for (arch, fast) in archs {
+            let rows = arch == sm90 && (fast || ty == CType::F64);
+            let prog = if rows { &with_rows } else { &one_row };
+            builds.push((ty, arch, fast, prog.clone()));
         }
     }
+    // The builds are independent NVRTC programs: one per core at a time.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(builds.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((ty, arch, fast, (src, n))) = builds.get(i) else {
+                    break;
+                };
+                assert!(archs.contains(&(arch.major * 10 + arch.minor)), "{archs:?}");
+                compile_one(&nvrtc, *ty, *arch, *fast, src, *n);
+            });
+        }
+    });
+}
+
+/// Compiles one program of `n` kernels and checks the CUBIN holds them.
+fn compile_one(nvrtc: &Nvrtc, ty: CType, arch: Arch, fast: bool, src: &str, n: usize) {
+    let t = std::time::Instant::now();
+    let cubin = nvrtc
+        .compile(src, "kernels.cu", arch, fast)
+        .unwrap_or_else(|e| {
+            let path = std::env::temp_dir().join(format!(
+                "keops-nvrtc-{}-{}{}.cu",
+                ty.name(),
+                arch.sm(),
+                if fast { "-fast" } else { "" }
+            ));
+            std::fs::write(&path, src).unwrap();
+            panic!(
+                "{} {}: NVRTC failed (source at {}):\n{}",
+                ty.name(),
+                arch.sm(),
+                path.display(),
+                e.log
+            )
+        });
+    // An ELF image with every kernel in it.
+    assert_eq!(&cubin[..4], b"\x7fELF");
+    let text = String::from_utf8_lossy(&cubin);
+    for k in [0, n / 2, n - 1] {
+        assert!(
+            text.contains(&format!("k{k}_reduce")),
+            "k{k}_reduce missing"
+        );
+        assert!(
+            text.contains(&format!("k{k}_combine")),
+            "k{k}_combine missing"
+        );
+    }
+    eprintln!(
+        "{} {}{}: {n} kernels, {} bytes, {:.2?}",
+        ty.name(),
+        arch.sm(),
+        if fast { " fast math" } else { "" },
+        cubin.len(),
+        t.elapsed()
+    );
 }
 
 #[test]
