@@ -14,7 +14,8 @@
 
 use keops::cuda::kernel::{kernel_source, KernelSpec};
 use keops::cuda::nvrtc::{Arch, Nvrtc};
-use keops::cuda::scheme::{tile_rows, BLOCK};
+use keops::cuda::scheme::{plan, Shape};
+use keops::plan::GpuScheme;
 use keops::{Genred, Options, Reduction};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,10 +42,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let spec = KernelSpec::new::<f32>(&g, &opts);
     let rows: usize = flag("--rows").map_or(Ok(spec.max_rows()), |v| v.parse())?;
-    if rows == 0 || rows > spec.max_rows() {
-        return Err(format!("--rows: 1 to {} for this kernel", spec.max_rows()).into());
-    }
-    let tile = tile_rows(spec.tile_row_bytes())?.min(BLOCK);
+    // The planner's tile, and its check of the rows, for an H100 (132 SMs) at 10^6.
+    let shape = Shape {
+        row_bytes: spec.tile_row_bytes(),
+        max_rows: spec.max_rows(),
+        rows: Some(rows),
+        scheme: GpuScheme::Auto,
+    };
+    let launch = plan(1_000_000, 1_000_000, 1, shape, 132)?;
+    let tile = launch.tile;
     let src = kernel_source(&spec, "keops", tile, rows);
     println!("{}", src.code);
     if let Some(path) = flag("--cubin") {

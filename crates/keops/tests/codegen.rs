@@ -295,46 +295,51 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
                     n += 1;
                     let rows = if ty == CType::F64 { 1 } else { k.max_rows() };
                     src.push_str(&device_functions(&k, &name, rows));
-                    let ptr = |j: &str| -> String {
-                        k.args
-                            .iter()
-                            .enumerate()
-                            .map(|(a, (role, dim))| match role {
-                                Role::Out => format!("d{a} + i * {dim}, "),
-                                Role::Red => format!("d{a} + {j} * {dim}, "),
-                                _ => format!("d{a}, "),
-                            })
-                            .collect()
-                    };
+                    let ptrs: String = k
+                        .args
+                        .iter()
+                        .enumerate()
+                        .map(|(a, (role, dim))| match role {
+                            Role::Out => format!("d{a} + i * {dim}, "),
+                            Role::Red => format!("d{a} + j0 * {dim}, "),
+                            _ => format!("d{a}, "),
+                        })
+                        .collect();
                     let (sv, _) = g.spec().state_len();
                     let acc = k.acc.name();
                     let sv1 = sv.max(1);
-                    let kahan = if r == Reduction::Sum && scheme == SumScheme::Kahan {
-                        format!("for (int c = 0; c < {sv}; c++) s[r].v[c] -= comp[r * {sv1} + c];")
-                    } else {
-                        String::new()
+                    // Kahan's correction of the states `st` (after a fold).
+                    let kahan = |st: &str| {
+                        if r == Reduction::Sum && scheme == SumScheme::Kahan {
+                            format!("for (int c = 0; c < {sv}; c++) {st}[r].v[c] -= comp[r * {sv1} + c];")
+                        } else {
+                            String::new()
+                        }
+                    };
+                    // Prints the live rows of `s`, `fix` applied first.
+                    let print = |fix: &str| {
+                        format!(
+                            "for (int r = 0; r < {rows} && i + r < {n_out}; r++) {{\n      \
+                             {fix}\n      {name}_final(&s[r], ov, oi);\n      \
+                             for (int c = 0; c < {dv}; c++) printf(\"%.17g\\n\", (double)ov[c]);\n      \
+                             for (int c = 0; c < {di}; c++) printf(\"%lld\\n\", oi[c]); }}"
+                        )
                     };
                     // Threads of `rows` rows from `i`. 1D: tiles of 5. 2D: chunks of 9
                     // (tiles of 5 inside), the chunks' states combined.
-                    let print = format!(
-                        "for (int r = 0; r < {rows} && i + r < {n_out}; r++) {{\n      \
-                         {kahan}\n      {name}_final(&s[r], ov, oi);\n      \
-                         for (int c = 0; c < {dv}; c++) printf(\"%.17g\\n\", (double)ov[c]);\n      \
-                         for (int c = 0; c < {di}; c++) printf(\"%lld\\n\", oi[c]); }}"
-                    );
                     let _ = writeln!(
                         main,
                         "  for (int i = 0; i < {n_out}; i += {rows}) {{ T ov[{dv1}]; long long oi[{di1}];\n    \
                          struct {name}_state s[{rows}]; {acc} comp[{nc}] = {{0}};\n    \
                          for (int r = 0; r < {rows}; r++) {name}_init(&s[r]);\n    \
-                         for (int j0 = 0; j0 < {n_red}; j0 += 5) {name}_fold(s, comp, {p}j0, j0 + 5 < {n_red} ? 5 : {n_red} - j0);\n    \
-                         {print}\n  }}\n  \
+                         for (int j0 = 0; j0 < {n_red}; j0 += 5) {name}_fold(s, comp, {ptrs}j0, j0 + 5 < {n_red} ? 5 : {n_red} - j0);\n    \
+                         {print_1d}\n  }}\n  \
                          for (int i = 0; i < {n_out}; i += {rows}) {{ T ov[{dv1}]; long long oi[{di1}];\n    \
                          struct {name}_state s[{rows}]; int first = 1;\n    \
                          for (int lo = 0; lo < {n_red}; lo += 9) {{ int hi = lo + 9 < {n_red} ? lo + 9 : {n_red};\n      \
                          struct {name}_state t[{rows}]; {acc} comp[{nc}] = {{0}};\n      \
                          for (int r = 0; r < {rows}; r++) {name}_init(&t[r]);\n      \
-                         for (int j0 = lo; j0 < hi; j0 += 5) {name}_fold(t, comp, {p}j0, j0 + 5 < hi ? 5 : hi - j0);\n      \
+                         for (int j0 = lo; j0 < hi; j0 += 5) {name}_fold(t, comp, {ptrs}j0, j0 + 5 < hi ? 5 : hi - j0);\n      \
                          for (int r = 0; r < {rows}; r++) {{ {kahan2}\n        \
                          if (first) s[r] = t[r]; else {name}_combine_states(&s[r], &t[r]); }}\n      \
                          first = 0; }}\n    \
@@ -342,10 +347,10 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
                         dv1 = dv.max(1),
                         di1 = di.max(1),
                         nc = rows * sv1,
-                        p = ptr("j0"),
-                        kahan2 = kahan.replace("s[r].v", "t[r].v"),
-                        // The 2D states are final-corrected per chunk, as on the GPU.
-                        print_2d = print.replace(&kahan, ""),
+                        print_1d = print(&kahan("s")),
+                        kahan2 = kahan("t"),
+                        // The 2D states are corrected per chunk, as on the GPU.
+                        print_2d = print(""),
                     );
                     let mut expect = Vec::new();
                     for i in 0..n_out {

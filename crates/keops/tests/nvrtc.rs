@@ -99,17 +99,16 @@ fn every_kernel_compiles_to_cubin_for_sm80_and_sm90() {
     // Both architectures, and float32 with --use_fast_math (pykeops' default). With the
     // most rows per thread (as the planner launches them on an H100) in the sm_90 builds
     // that the GPU runs: fast math for float32.
+    let programs = [CType::F32, CType::F64].map(|ty| (program(ty, true), program(ty, false)));
     let mut builds = Vec::new();
-    for ty in [CType::F32, CType::F64] {
-        let (with_rows, one_row) = (program(ty, true), program(ty, false));
+    for (ty, (with_rows, one_row)) in [CType::F32, CType::F64].into_iter().zip(&programs) {
         let archs = match ty {
             CType::F32 => vec![(sm80, false), (sm90, false), (sm90, true)],
             CType::F64 => vec![(sm80, false), (sm90, false)],
         };
         for (arch, fast) in archs {
             let rows = arch == sm90 && (fast || ty == CType::F64);
-            let prog = if rows { &with_rows } else { &one_row };
-            builds.push((ty, arch, fast, prog.clone()));
+            builds.push((ty, arch, fast, if rows { with_rows } else { one_row }));
         }
     }
     // The builds are independent NVRTC programs: one per core at a time.

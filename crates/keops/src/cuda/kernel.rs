@@ -130,24 +130,18 @@ impl KernelSpec {
     /// in place ([`KernelSpec::in_registers`]), else the largest of [`ROWS_CHOICES`]
     /// whose output-side values and states fit [`ROWS_REG_BUDGET`] registers.
     pub fn max_rows(&self) -> usize {
-        let out: Vec<usize> = self
-            .args
-            .iter()
-            .filter(|a| a.0 == Role::Out)
-            .map(|a| a.1)
-            .collect();
-        let in_place = self
-            .args
-            .iter()
-            .zip(self.in_registers())
-            .any(|(a, r)| a.0 == Role::Out && !r);
-        if in_place {
-            return 1;
+        let mut out_dims = 0;
+        for (&(role, dim), in_reg) in self.args.iter().zip(self.in_registers()) {
+            match (role, in_reg) {
+                (Role::Out, false) => return 1,
+                (Role::Out, true) => out_dims += dim,
+                _ => {}
+            }
         }
         let (sv, si) = self.spec.state_len();
         let word = |bytes: usize| bytes.div_ceil(4);
         // A state's values and 8-byte indices, and the in-tile copy of block sums.
-        let mut per_row = out.iter().sum::<usize>() + word(self.acc.size()) * sv + 2 * si;
+        let mut per_row = out_dims + word(self.acc.size()) * sv + 2 * si;
         if self.spec.kind == Reduction::Sum && self.sum_scheme != SumScheme::Direct {
             per_row += word(self.acc.size()) * sv;
         }
@@ -198,9 +192,10 @@ pub struct KernelSource {
 /// `{name}_reduce_ranges(int n_out, const long long* task, const long long* red,
 ///  const T* const* args, const long long* boff, T* out_v, long long* out_i)`: block
 /// `x` runs `task[5x..5x+5] = (b, row_start, row_end, q_start, q_end)`: rows
-/// `row_start..row_end` of batch entry `b` (at most one block of `rows`-row threads) reduced over the ranges
-/// `red[2q], red[2q+1]` (rows of entry `b`) for `q` in `q_start..q_end`. Rows in no task
-/// are not written (the caller fills them with the empty reduction).
+/// `row_start..row_end` of batch entry `b` (at most one block of `rows`-row threads)
+/// reduced over the ranges `red[2q], red[2q+1]` (rows of entry `b`) for `q` in
+/// `q_start..q_end`. Rows in no task are not written (the caller fills them with the
+/// empty reduction).
 pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> KernelSource {
     assert!(
         (1..=k.max_rows()).contains(&rows),
@@ -448,7 +443,7 @@ fn fold_function(k: &KernelSpec, name: &str, dfg: usize, rows: usize) -> String 
     } else {
         SumScheme::Direct
     };
-    let each = "KEOPS_UNROLL for (int r = 0; r < ROWS; r++)".replace("ROWS", &rows.to_string());
+    let each = format!("KEOPS_UNROLL for (int r = 0; r < {rows}; r++)");
     // Unrolled by 4 over the tile, so that one row's worth of loop overhead and vector
     // loads serves 4 * `rows` pairs; NVRTC does so by itself for one row per thread
     // (asking costs compile time).

@@ -353,8 +353,8 @@ impl Device {
         }
     }
 
-    /// The kernels of `spec` with tiles of `tile` rows and `rows` output rows per thread, compiled (or taken from the
-    /// cache) and loaded; with where the CUBIN came from.
+    /// The kernels of `spec` with tiles of `tile` rows and `rows` output rows per thread,
+    /// compiled (or taken from the cache) and loaded; with where the CUBIN came from.
     fn kernels(
         &self,
         spec: &KernelSpec,
@@ -740,12 +740,13 @@ pub(crate) fn prepare<T: Element>(
     let dev = device(id)?;
     let spec = KernelSpec::new::<T>(genred, opts);
     let (n_out, n_red) = layout.sizes();
+    let max_rows = spec.max_rows();
     let shape = scheme::Shape {
         row_bytes: spec.tile_row_bytes(),
-        max_rows: spec.max_rows(),
+        max_rows,
         rows: opts
             .gpu_rows
-            .or_else(|| env_rows().map(|r| r.clamp(1, spec.max_rows()))),
+            .or_else(|| env_rows().map(|r| r.clamp(1, max_rows))),
         scheme: opts.gpu_scheme,
     };
     let l = scheme::plan(n_out, n_red, layout.batch_len(), shape, dev.sms)?;

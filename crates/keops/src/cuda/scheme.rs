@@ -105,10 +105,9 @@ pub fn plan(n_out: usize, n_red: usize, nbatch: usize, shape: Shape, sms: usize)
             .max()
             .unwrap_or(1),
     };
-    let forced = shape.scheme;
     let blocks_x = n_out.div_ceil(block * rows).max(1);
     let blocks_1d = blocks_1d(rows);
-    let scheme = match forced {
+    let scheme = match shape.scheme {
         GpuScheme::OneD => Scheme::OneD,
         GpuScheme::TwoD => Scheme::TwoD,
         GpuScheme::Auto if blocks_1d >= want || n_red <= 2 * tile => Scheme::OneD,
