@@ -150,7 +150,7 @@ fn log_sum_exp_infinities_and_nan_match_the_oracle_as_host_c() {
         let mut k = KernelSpec::new::<f64>(&g, &Options::default());
         (k.ty, k.acc) = (ty, ty);
         let mut src = format!("#include <stdio.h>\n{}", prelude(ty));
-        src.push_str(&device_functions(&k, "L", 1));
+        src.push_str(&device_functions(&k, "L", 5, 1));
         src.push_str("int main(void) {\n  T ov[1]; long long oi[1];\n");
         let mut want = Vec::new();
         for y in rows {
@@ -222,7 +222,7 @@ fn compile_and_run(cc: &str, dir: &std::path::Path, stem: &str, src: &str) -> Ve
         .collect()
 }
 
-/// The state functions and the tile loop (`{name}_fold`) of every reduction's kernel,
+/// The state functions and the tile loop (`{name}_tile`: chunked sums, then `{name}_fold`) of every reduction's kernel,
 /// compiled as host C and driven as the kernel drives them: tiles of 5 reduced rows
 /// (1D scheme), and chunks of 9 rows whose partial states are combined in order (2D
 /// scheme), for both axes, every sum scheme, float and double; against the oracle.
@@ -230,20 +230,60 @@ fn compile_and_run(cc: &str, dir: &std::path::Path, stem: &str, src: &str) -> Ve
 /// counts are odd: the last rows of a thread go past the end, as on the GPU).
 #[test]
 fn reduction_kernels_match_the_oracle_as_host_c() {
+    check_kernels_as_host_c(
+        "red",
+        common::reduction_cases(),
+        &common::REDUCTION_ALIASES,
+        2,
+        false,
+    );
+}
+
+/// The same for high dimensions (x and y of dimension 150, beyond the registers of a
+/// thread): the chunked kernels ([`keops::cuda::chunks`]), two full chunks and a last
+/// short one, and a formula that is not chunkable (read in place).
+#[test]
+fn chunked_kernels_match_the_oracle_as_host_c() {
+    check_kernels_as_host_c(
+        "chunk",
+        common::chunked_cases(),
+        &common::CHUNKED_ALIASES,
+        150,
+        true,
+    );
+}
+
+/// The harness of the two tests above: `cases` on `aliases` (x, y of dimension `d`, b,
+/// p); `chunked`: the cases are chunked, but for the last when reducing over j (checked).
+fn check_kernels_as_host_c(
+    stem: &str,
+    cases: Vec<(&'static str, Option<&'static str>, Reduction)>,
+    aliases: &[&str],
+    d: usize,
+    chunked: bool,
+) {
     use keops::cuda::kernel::{device_functions, KernelSpec, Role};
     use keops::{Arg, Genred, Options, SumScheme};
     let Some(cc) = c_compiler() else {
         eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("keops-redgen-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("keops-{stem}gen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let aliases = common::REDUCTION_ALIASES;
     let (ni, nj) = (7usize, 23usize);
     let mut rng = Rng::new(11);
-    let mut gen = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect() };
-    let data = [gen(ni * 2), gen(nj * 2), gen(nj), gen(1)];
-    let shapes = [vec![ni, 2], vec![nj, 2], vec![nj, 1], vec![1]];
+    // Coordinates scaled so that squared distances stay of order 1.
+    let scale = (2.0 / d as f64).sqrt();
+    let mut gen =
+        |n: usize, s: f64| -> Vec<f64> { (0..n).map(|_| s * rng.uniform(-1.0, 1.0)).collect() };
+    let data = [
+        gen(ni * d, scale),
+        gen(nj * d, scale),
+        gen(nj, 1.0),
+        gen(1, 1.0),
+    ];
+    let shapes = [vec![ni, d], vec![nj, d], vec![nj, 1], vec![1]];
+    let ncases = cases.len();
     let mut n = 0;
     for ty in [CType::F64, CType::F32] {
         let mut src = format!("#include <stdio.h>\n{}", prelude(ty));
@@ -258,11 +298,11 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
             );
         }
         let mut checks: Vec<(String, Vec<f64>)> = Vec::new();
-        for (f, w, r) in common::reduction_cases() {
+        for (c, (f, w, r)) in cases.iter().copied().enumerate() {
             for axis in [0, 1] {
                 let g = match w {
-                    Some(w) => Genred::with_weight(f, w, &aliases, r, axis),
-                    None => Genred::new(f, &aliases, r, axis),
+                    Some(w) => Genred::with_weight(f, w, aliases, r, axis),
+                    None => Genred::new(f, aliases, r, axis),
                 }
                 .unwrap();
                 let args: Vec<Arg<f64>> = data
@@ -291,10 +331,15 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
                         KernelSpec::new::<f32>(&g, &opts)
                     };
                     k.ty = ty;
+                    if chunked {
+                        // The last case uses x outside its sum: chunked over i only.
+                        let want = c + 1 < ncases || axis == 0;
+                        assert_eq!(k.chunked().is_some(), want, "{f}: chunked {want}");
+                    }
                     let name = format!("R{n}");
                     n += 1;
                     let rows = if ty == CType::F64 { 1 } else { k.max_rows() };
-                    src.push_str(&device_functions(&k, &name, rows));
+                    src.push_str(&device_functions(&k, &name, 5, rows));
                     let ptrs: String = k
                         .args
                         .iter()
@@ -332,14 +377,14 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
                         "  for (int i = 0; i < {n_out}; i += {rows}) {{ T ov[{dv1}]; long long oi[{di1}];\n    \
                          struct {name}_state s[{rows}]; {acc} comp[{nc}] = {{0}};\n    \
                          for (int r = 0; r < {rows}; r++) {name}_init(&s[r]);\n    \
-                         for (int j0 = 0; j0 < {n_red}; j0 += 5) {name}_fold(s, comp, {ptrs}j0, j0 + 5 < {n_red} ? 5 : {n_red} - j0);\n    \
+                         for (int j0 = 0; j0 < {n_red}; j0 += 5) {name}_tile(s, comp, {ptrs}j0, j0 + 5 < {n_red} ? 5 : {n_red} - j0);\n    \
                          {print_1d}\n  }}\n  \
                          for (int i = 0; i < {n_out}; i += {rows}) {{ T ov[{dv1}]; long long oi[{di1}];\n    \
                          struct {name}_state s[{rows}]; int first = 1;\n    \
                          for (int lo = 0; lo < {n_red}; lo += 9) {{ int hi = lo + 9 < {n_red} ? lo + 9 : {n_red};\n      \
                          struct {name}_state t[{rows}]; {acc} comp[{nc}] = {{0}};\n      \
                          for (int r = 0; r < {rows}; r++) {name}_init(&t[r]);\n      \
-                         for (int j0 = lo; j0 < hi; j0 += 5) {name}_fold(t, comp, {ptrs}j0, j0 + 5 < hi ? 5 : hi - j0);\n      \
+                         for (int j0 = lo; j0 < hi; j0 += 5) {name}_tile(t, comp, {ptrs}j0, j0 + 5 < hi ? 5 : hi - j0);\n      \
                          for (int r = 0; r < {rows}; r++) {{ {kahan2}\n        \
                          if (first) s[r] = t[r]; else {name}_combine_states(&s[r], &t[r]); }}\n      \
                          first = 0; }}\n    \
@@ -372,7 +417,7 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
             }
         }
         main.push_str("  return 0;\n}\n");
-        let got = compile_and_run(&cc, &dir, &format!("red_{}", ty.name()), &(src + &main));
+        let got = compile_and_run(&cc, &dir, &format!("{stem}_{}", ty.name()), &(src + &main));
         compare(got, &checks, if ty == CType::F64 { 1e-12 } else { 3e-5 });
     }
     let _ = std::fs::remove_dir_all(&dir);

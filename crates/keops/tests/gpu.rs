@@ -168,6 +168,43 @@ fn every_op_matches_the_oracle() {
     }
 }
 
+/// Chunked kernels (x and y of dimension 150): every chunkable case of
+/// `common::chunked_cases` and the one read in place, both axes, both schemes, with
+/// sizes that leave partial tiles, and a batch.
+#[test]
+fn chunked_kernels_match_the_oracle() {
+    if !gpu() {
+        return;
+    }
+    for (ni, nj, batch) in [(200, 400, vec![]), (20, 300, vec![2])] {
+        let mut rng = Rng::new(8);
+        let s = (2.0f64 / 150.0).sqrt();
+        let sh = |n: usize, d: usize| [&batch[..], &[n, d][..]].concat();
+        let mut inp = Inputs::new();
+        inp.push(&sh(ni, 150), || s * rng.uniform(-1.0, 1.0))
+            .push(&sh(nj, 150), || s * rng.uniform(-1.0, 1.0))
+            .push(&sh(nj, 1), || rng.uniform(-1.0, 1.0))
+            .push(&[&batch[..], &[1][..]].concat(), || rng.uniform(0.5, 1.0));
+        for (f, w, r) in common::chunked_cases() {
+            for axis in [0, 1] {
+                let al = common::CHUNKED_ALIASES;
+                let g = match w {
+                    Some(w) => Genred::with_weight(f, w, &al, r, axis),
+                    None => Genred::new(f, &al, r, axis),
+                }
+                .unwrap();
+                let e = expected(&g, &inp);
+                for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
+                    let o = opts(scheme, SumScheme::BlockSum);
+                    let ctx = format!("{f} axis {axis} {scheme:?} {ni}x{nj}{batch:?}");
+                    check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} f32"));
+                    check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} f64"));
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn high_dimensions_and_empty_reductions() {
     if !gpu() {

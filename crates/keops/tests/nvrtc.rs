@@ -1,6 +1,7 @@
 //! Every generated kernel compiled by NVRTC to CUBIN for sm_80 and sm_90, in float and
 //! double (float also with `--use_fast_math`): the reduction kernel of every op case (`common::op_cases`, reduced by `Sum`)
-//! and of every reduction on both axes with every sum scheme, the latter with as many
+//! and of every reduction on both axes with every sum scheme, and the chunked kernels of
+//! high dimensions (`common::chunked_cases`), the reductions with as many
 //! output rows per thread as they allow in the builds the GPU runs (sm_90: float32 with
 //! fast math, float64). One kernel serves the 1D and 2D schemes (the 2D one adds
 //! `{name}_combine`, compiled here too). NVRTC runs without a GPU.
@@ -74,6 +75,19 @@ fn program(ty: CType, most_rows: bool) -> (String, usize) {
                     format!("{} axis {axis} {scheme:?}, {rows} rows", r.name()),
                 ));
             }
+        }
+    }
+    // Chunked kernels (high dimensions), both axes.
+    for (f, w, r) in common::chunked_cases() {
+        for axis in [0, 1] {
+            let al = common::CHUNKED_ALIASES;
+            let g = match w {
+                Some(w) => Genred::with_weight(f, w, &al, r, axis),
+                None => Genred::new(f, &al, r, axis),
+            }
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+            let k = with_ty(&g, &Options::default());
+            specs.push((k, 1, format!("{f} {} axis {axis}, D = 150", r.name())));
         }
     }
     let mut src = prelude(ty);

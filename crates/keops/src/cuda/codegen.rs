@@ -49,18 +49,26 @@ impl CType {
 
 /// Definitions the generated functions use: `T`, `KEOPS_FN` (a device function under
 /// NVRTC, a static inline one in host C), `KEOPS_UNROLL` (unroll the next loop, so that
-/// arrays it indexes stay in registers; nothing in host C) and the `k_*` math functions.
+/// arrays it indexes stay in registers; nothing in host C), `KEOPS_KEEP(x)` (the value
+/// of `x` stays in a register: an empty `asm` the compiler cannot see through, so that it
+/// does not reload `x` from memory inside a loop; nothing in host C) and the `k_*` math
+/// functions.
 pub fn prelude(ty: CType) -> String {
-    let (t, f) = match ty {
-        CType::F32 => ("float", "f"),
-        CType::F64 => ("double", ""),
+    let (t, f, reg) = match ty {
+        CType::F32 => ("float", "f", "f"),
+        CType::F64 => ("double", "", "d"),
     };
     let mut s = String::new();
     s.push_str(
         "#ifdef __CUDACC__\n#define KEOPS_FN __device__ __forceinline__\n\
          #define KEOPS_UNROLL _Pragma(\"unroll\")\n#define KEOPS_UNROLL_J _Pragma(\"unroll 4\")\n\
          #define INFINITY __int_as_float(0x7f800000)\n#define NAN __int_as_float(0x7fffffff)\n#else\n\
-         #include <math.h>\n#define KEOPS_FN static inline\n#define KEOPS_UNROLL\n#define KEOPS_UNROLL_J\n#endif\n",
+         #include <math.h>\n#define KEOPS_FN static inline\n#define KEOPS_UNROLL\n#define KEOPS_UNROLL_J\n\
+         #define KEOPS_KEEP(x)\n#endif\n",
+    );
+    let _ = writeln!(
+        s,
+        "#ifdef __CUDACC__\n#define KEOPS_KEEP(x) asm volatile(\"\" : \"+{reg}\"(x))\n#endif"
     );
     let _ = writeln!(s, "typedef {t} T;");
     for (name, libm) in [
@@ -138,6 +146,42 @@ pub fn pair_function(f: &Formula, name: &str, nargs: usize) -> String {
         f.dim
     );
     s
+}
+
+/// `T name(const T* a0, ..., const T* a{nargs-1})`: the sum `s` (`Sum`, `SqNorm2`,
+/// `Scalprod` or `SqDist` of coordinatewise operands, see [`super::chunks`]) over
+/// coordinates `0..len`, where `ak` points to argument `k`'s coordinates from the chunk's
+/// first (to its value, for dimension 1). Each coordinate's terms are scalar temporaries,
+/// in the order and with the arithmetic of [`pair_function`].
+pub fn chunk_sum_function(s: &Formula, name: &str, nargs: usize, len: usize) -> String {
+    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut body = String::new();
+    for (m, node) in topo_order(&s.args).iter().enumerate() {
+        let a: Vec<&str> = node.args.iter().map(|x| names[&x.id()].as_str()).collect();
+        let e = match &node.op {
+            Op::Var { index, dim: 1, .. } => format!("a{index}[0]"),
+            Op::Var { index, .. } => format!("a{index}[k]"),
+            Op::Unary(u) => u.c_expr(a[0]),
+            Op::Binary(b) => b.c_expr(a[0], a[1]),
+            Op::Ternary(t) => t.c_expr(a[0], a[1], a[2]),
+            op => literal(op.const_value().unwrap_or(0.0)),
+        };
+        let _ = writeln!(body, "    const T t{m} = {e};");
+        names.insert(node.id(), format!("t{m}"));
+    }
+    let x = |i: usize| names[&s.args[i].id()].as_str();
+    let term = match s.op {
+        Op::Sum => x(0).to_string(),
+        Op::SqNorm2 => format!("{0} * {0}", x(0)),
+        Op::Scalprod => format!("{} * {}", x(0), x(1)),
+        _ => format!("({0} - {1}) * ({0} - {1})", x(0), x(1)),
+    };
+    let params: Vec<String> = (0..nargs).map(|k| format!("const T* a{k}")).collect();
+    format!(
+        "KEOPS_FN T {name}({}) {{\n  T s = 0;\n  KEOPS_UNROLL for (int k = 0; k < {len}; k++) {{\n\
+         {body}    s += {term};\n  }}\n  return s;\n}}\n",
+        params.join(", ")
+    )
 }
 
 /// Element `k` of operand `a` of dimension `d` (dimension 1 broadcasts).

@@ -16,6 +16,7 @@
 //! index order and finalizes. Reduced ranges are passed as `[j_lo, j_hi)` bounds per
 //! chunk so that block-sparse ranges fit the same loop.
 
+use super::chunks::{Chunked, Site, CHUNK};
 use super::codegen::{pair_function, CType};
 use crate::formula::{Cat, Formula};
 use crate::plan::{AccType, Element, Genred, Options, SumScheme};
@@ -23,10 +24,10 @@ use crate::reduction::{Reduction, ReductionSpec};
 use std::fmt::Write;
 
 /// Output-side rows are copied into registers while their dimensions add up to at most
-/// this (KeOps keeps them in registers up to its chunked mode's 64); the others are read
-/// in place (L1-cached), so that high dimensions do not spill registers. Reading in
-/// place costs a load per value and pair: at D = 64, more instructions than the pair's
-/// arithmetic.
+/// this (KeOps keeps them in registers up to its chunked mode's 64). The others are
+/// summed chunk by chunk where the formula allows ([`super::chunks`]), else read in
+/// place (a load per value and pair: at D = 64, more instructions than the arithmetic),
+/// so that high dimensions do not spill registers.
 pub const REG_DIM_MAX: usize = 64;
 
 /// Most values (output-side rows and states, all rows together) a thread keeps in
@@ -102,14 +103,18 @@ impl KernelSpec {
     }
 
     /// Bytes of shared memory per row of a tile (all reduced-side arguments).
+    /// Chunked, the rows staged chunk by chunk count for the chunk area: [`CHUNK`] values
+    /// per row that one sum stages at once.
     pub fn tile_row_bytes(&self) -> usize {
-        let red: usize = self
-            .args
-            .iter()
-            .filter(|a| a.0 == Role::Red)
-            .map(|a| a.1)
+        let (staged, slots) = match self.chunked() {
+            Some(c) => (c.staged(&self.args), c.chunk_slots(&self.args)),
+            None => (Vec::new(), 0),
+        };
+        let whole: usize = (0..self.args.len())
+            .filter(|i| self.args[*i].0 == Role::Red && !staged.contains(i))
+            .map(|i| self.args[i].1)
             .sum();
-        red * self.ty.size()
+        (whole + slots * CHUNK) * self.ty.size()
     }
 
     /// Which arguments a thread copies into registers: output-side ones, in order, while
@@ -151,6 +156,17 @@ impl KernelSpec {
             .filter(|&r| r == 1 || r * per_row <= ROWS_REG_BUDGET)
             .max()
             .unwrap_or(1)
+    }
+
+    /// The chunked form of the formula ([`super::chunks`]) when output-side rows are too
+    /// wide for registers and enter it only through sums over their coordinates.
+    pub fn chunked(&self) -> Option<Chunked> {
+        super::chunks::plan(
+            &self.formula,
+            self.weight.as_ref(),
+            &self.args,
+            &self.in_registers(),
+        )
     }
 
     /// Bytes of one state as the kernel stores it (for partial states of the 2D scheme).
@@ -209,7 +225,7 @@ pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> Ke
         ""
     });
     s.push_str(&super::codegen::prelude(k.ty));
-    s.push_str(&device_functions(k, name, rows));
+    s.push_str(&device_functions(k, name, tile, rows));
     // The kernels are device code (NVRTC) or the simulator's host C++ (`sim`).
     s.push_str("#if defined(__CUDACC__) || defined(KEOPS_SIM)\n");
     s.push_str(&kernels(k, name, tile, rows));
@@ -222,30 +238,61 @@ pub fn kernel_source(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> Ke
     }
 }
 
-/// `{name}_pair`, the state functions and `{name}_fold` (of `rows` rows): host-compilable
-/// C.
-pub fn device_functions(k: &KernelSpec, name: &str, rows: usize) -> String {
+/// `{name}_pair`, the state functions and `{name}_fold` (of `rows` rows, tiles of at most
+/// `tile` reduced rows): host-compilable C. With wide output-side rows used only in sums
+/// ([`KernelSpec::chunked`]), the pair function takes the sums as extra arguments, which
+/// the fold computes chunk by chunk for its tile.
+pub fn device_functions(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
+    let chunked = k.chunked();
     let nargs = k.args.len();
+    let (f, w, npair) = match &chunked {
+        Some(c) => (&c.formula, c.weight.as_ref(), nargs + c.sums.len()),
+        None => (&k.formula, k.weight.as_ref(), nargs),
+    };
     let (df, dw) = (k.spec.dim, k.spec.weight_dim.unwrap_or(0));
     let mut s = String::new();
-    s.push_str(&pair_function(&k.formula, &format!("{name}_F"), nargs));
-    if let Some(w) = &k.weight {
-        s.push_str(&pair_function(w, &format!("{name}_G"), nargs));
+    s.push_str(&pair_function(f, &format!("{name}_F"), npair));
+    if let Some(w) = w {
+        s.push_str(&pair_function(w, &format!("{name}_G"), npair));
     }
-    let params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
-    let pass: String = (0..nargs).map(|i| format!("a{i}, ")).collect();
+    if let Some(c) = &chunked {
+        s.push_str(&c.functions(name, &k.args));
+    }
+    let params: String = (0..npair).map(|i| format!("const T* a{i}, ")).collect();
+    let pass: String = (0..npair).map(|i| format!("a{i}, ")).collect();
     let _ = writeln!(
         s,
         "KEOPS_FN void {name}_pair({params}T* fg) {{ {name}_F({pass}fg);{} }}",
-        if k.weight.is_some() {
+        if w.is_some() {
             format!(" {name}_G({pass}fg + {df});")
         } else {
             String::new()
         }
     );
     s.push_str(&state_functions(k, name, dw));
-    s.push_str(&fold_function(k, name, df + dw, rows));
+    s.push_str(&fold_function(k, name, df + dw, rows, chunked.as_ref()));
+    s.push_str(&tile_function(k, name, tile, chunked.as_ref()));
     s
+}
+
+/// Host C only (tests): `{name}_tile(states, comp, a0.., j0, len)`, a tile as the
+/// kernel folds it from whole rows: the chunked sums first, if any, then `{name}_fold`.
+fn tile_function(k: &KernelSpec, name: &str, tile: usize, chunked: Option<&Chunked>) -> String {
+    let nargs = k.args.len();
+    let params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
+    let pass: String = (0..nargs).map(|i| format!("a{i}, ")).collect();
+    let (sums, parts) = match chunked {
+        Some(c) => (
+            c.pass(name, &k.args, tile, Site::Host, &|i| format!("a{i}")),
+            c.part_args(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        "#ifndef __CUDACC__\nstatic void {name}_tile(struct {name}_state* s, {a}* comp, {params}long long j0, int len) {{\n  \
+         const int live = 1; (void)live;\n  {sums}\n  {name}_fold(s, comp, {pass}{parts}j0, len);\n}}\n#endif\n",
+        a = k.acc.name()
+    )
 }
 
 /// The state struct and its init / acc / combine / final functions (C, host and
@@ -422,13 +469,19 @@ fn state_functions(k: &KernelSpec, name: &str, dw: usize) -> String {
 /// `jj` at `ak + jj*dim`), output-side ones to the first of `rows` consecutive rows,
 /// parameters to their values. Block summation sums a tile into its own states first;
 /// Kahan carries `comp` (`rows` runs of `max(state values, 1)`) across calls. The row
-/// loop is innermost, so that each reduced-side value is read once for all rows.
-fn fold_function(k: &KernelSpec, name: &str, dfg: usize, rows: usize) -> String {
+/// loop is innermost, so that each reduced-side value is read once for all rows. Chunked
+/// (one row per thread), a first pass computes the tile's sums into `part{q}`.
+fn fold_function(
+    k: &KernelSpec,
+    name: &str,
+    dfg: usize,
+    rows: usize,
+    chunked: Option<&Chunked>,
+) -> String {
     let (a, nargs) = (k.acc.name(), k.args.len());
     let st = format!("struct {name}_state");
     let sv1 = k.spec.state_len().0.max(1);
-    let params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
-    let pair_args: String = k
+    let mut pair_args: String = k
         .args
         .iter()
         .enumerate()
@@ -438,6 +491,15 @@ fn fold_function(k: &KernelSpec, name: &str, dfg: usize, rows: usize) -> String 
             _ => format!("a{i}, "),
         })
         .collect();
+    // Chunked: the tile's sums, computed before the fold (`Chunked::pass`).
+    let mut params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
+    if let Some(c) = chunked {
+        assert_eq!(rows, 1, "chunked kernels reduce one row per thread");
+        for q in 0..c.sums.len() {
+            let _ = write!(params, "const T* part{q}, ");
+            let _ = write!(pair_args, "part{q} + jj, ");
+        }
+    }
     let scheme = if k.spec.kind == Reduction::Sum {
         k.sum_scheme
     } else {
@@ -489,8 +551,12 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
     let mut smem_off = 0usize;
     let mut fold_args = String::new();
     let regs = k.in_registers();
+    let chunked = k.chunked();
+    let staged = chunked.as_ref().map_or(Vec::new(), |c| c.staged(&k.args));
+    // Each argument's pointer for the fold and the chunk pass.
+    let mut ptrs: Vec<String> = Vec::new();
     for (i, &(role, dim)) in k.args.iter().enumerate() {
-        match role {
+        let ptr = match role {
             Role::Out if regs[i] => {
                 let _ = writeln!(
                     setup,
@@ -500,7 +566,7 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
                      KEOPS_UNROLL for (int c = 0; c < {dim}; c++) r{i}[r * {dim} + c] = args[{i}][off[{i}] + row * {dim} + c]; }}",
                     n = rows * dim
                 );
-                let _ = write!(fold_args, "a{i}, ");
+                format!("a{i}")
             }
             // Read in place: one row per thread (`KernelSpec::max_rows`).
             Role::Out => {
@@ -508,24 +574,37 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
                     setup,
                     "    const T* a{i} = args[{i}] + off[{i}] + (live ? i0 : 0) * {dim};"
                 );
-                let _ = write!(fold_args, "a{i}, ");
+                format!("a{i}")
             }
             Role::Param => {
                 let _ = writeln!(setup, "    const T* a{i} = args[{i}] + off[{i}];");
-                let _ = write!(fold_args, "a{i}, ");
+                format!("a{i}")
             }
+            // Staged chunk by chunk by the chunk pass; the fold does not read it.
+            Role::Red if staged.contains(&i) => "tile".to_string(),
             Role::Red => {
                 let _ = writeln!(
                     load,
                     "      for (int e = threadIdx.x; e < len * {dim}; e += blockDim.x) \
                      tile[{smem_off} + e] = args[{i}][off[{i}] + (j0 - j_base) * {dim} + e];"
                 );
-                let _ = write!(fold_args, "tile + {smem_off}, ");
                 smem_off += tile * dim;
+                format!("tile + {}", smem_off - tile * dim)
             }
-            Role::Unused => fold_args.push_str("0, "),
-        }
+            Role::Unused => "0".to_string(),
+        };
+        let _ = write!(fold_args, "{ptr}, ");
+        ptrs.push(ptr);
     }
+    let (sums, parts) = match &chunked {
+        Some(c) => (
+            c.pass(name, &k.args, tile, Site::Kernel { base: smem_off }, &|i| {
+                ptrs[i].clone()
+            }),
+            c.part_args(),
+        ),
+        None => (String::new(), String::new()),
+    };
     let kahan_fix = if k.spec.kind == Reduction::Sum && k.sum_scheme == SumScheme::Kahan {
         format!("for (int c = 0; c < {sv}; c++) st[r].v[c] -= comp[r * {sv1} + c];")
     } else {
@@ -547,7 +626,8 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
       const int len = hi - j0 < {tile} ? (int)(hi - j0) : {tile};
       __syncthreads();
 {load}      __syncthreads();
-      if (live) {name}_fold(st, comp, {fold_args}j0, len);
+      {sums}
+      if (live) {name}_fold(st, comp, {fold_args}{parts}j0, len);
     }}
 "
     );

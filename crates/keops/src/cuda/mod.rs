@@ -6,6 +6,7 @@
 //! where CUDA is absent: asking for the GPU then gives an error.
 
 pub mod cache;
+pub mod chunks;
 pub mod codegen;
 pub mod kernel;
 pub mod multi;

@@ -508,6 +508,41 @@ pub fn reduction_cases() -> Vec<(&'static str, Option<&'static str>, keops::Redu
     v
 }
 
+/// The variables of [`chunked_cases`]: `x` and `y` of dimension 150, beyond what a GPU
+/// thread keeps in registers.
+pub const CHUNKED_ALIASES: [&str; 4] = [
+    "x = Vi(0,150)",
+    "y = Vj(1,150)",
+    "b = Vj(2,1)",
+    "p = Pm(3,1)",
+];
+
+/// Formulas on [`CHUNKED_ALIASES`] whose wide rows enter only through sums over their
+/// coordinates (the GPU's chunked kernels): every kind of such sum, two in one formula,
+/// a parameter and a scalar inside one, weighted reductions; the last one uses `x`
+/// outside a sum (not chunked: read in place).
+pub fn chunked_cases() -> Vec<(&'static str, Option<&'static str>, keops::Reduction)> {
+    use keops::Reduction;
+    vec![
+        ("Exp(-SqDist(x,y) * p) * b", None, Reduction::Sum),
+        (
+            "Exp(-SqDist(x,y)) * Sum(x * y * p - b)",
+            None,
+            Reduction::Sum,
+        ),
+        ("(x|y) * p + b", None, Reduction::LogSumExp),
+        ("SqDist(x,y)", None, Reduction::ArgKMin(3)),
+        ("SqNorm2(x - y * b)", None, Reduction::KMinArgKMin(2)),
+        ("Sum(Abs(x - y))", None, Reduction::MinArgMin),
+        (
+            "-SqDist(x,y)",
+            Some("Concat(b, b * p)"),
+            Reduction::SumSoftMaxWeight,
+        ),
+        ("Exp(-SqDist(x,y)) * Elem(x, 149)", None, Reduction::Sum),
+    ]
+}
+
 /// Variables of [`cases`]: `x`, `y` (dimension 3), the weight `b` and the scale `g`.
 pub fn aliases(bd: usize) -> Vec<String> {
     vec![
