@@ -1,8 +1,9 @@
 """keops-rs against dense NumPy, dense PyTorch and pykeops, in one run (``make bench``).
 
 Cases: a Gaussian kernel sum (D = 3), its gradient (forward + backward), ArgKMin K = 10
-at D = 3 and D = 64, LogSumExp (D = 3), all float32; KernelSolve (D = 3, float64) against
-dense LU (NumPy) and Cholesky (PyTorch) solves. N = M grows (1, 2, 5 x 10^k from 10^3)
+at D = 3 and D = 64 (and D = 256, the GPU's chunked kernels, when named: ``--cases
+knn256``), LogSumExp (D = 3), all float32; KernelSolve (D = 3, float64) against dense LU
+(NumPy) and Cholesky (PyTorch) solves. N = M grows (1, 2, 5 x 10^k from 10^3)
 until a size is expected to take longer than the budget (``--budget``, 60 s), so each
 method reaches the largest N it runs in about a minute; dense methods stop at the size
 whose N x M matrices would not fit in memory, shown as OOM. keops-rs on the GPU, PyTorch
@@ -39,7 +40,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", default="", help="comma-separated: gauss,grad,knn3,knn64,lse,solve")
+    p.add_argument("--cases", default="", help="comma-separated: gauss,grad,knn3,knn64,lse,solve "
+                   "(default: all of these); knn256 (D=256) only when named")
     p.add_argument("--methods", default="",
                    help="comma-separated: keops-rs,keops-rs-gpu,numpy,torch,torch-gpu,"
                         "pykeops,pykeops-gpu (default: all present)")

@@ -46,6 +46,8 @@ class Case:
     exponent: float
     #: Largest accepted max |r - ref| / max |ref| against keops-rs.
     tol: float
+    #: Part of the suite run when no case is named (else only with ``--cases``).
+    default: bool = True
 
     @property
     def itemsize(self) -> int:
@@ -98,6 +100,9 @@ CASES = [
          SIZES, 2.0, 1e-3),
     Case("knn3", f"ArgKMin K={K_NN}, D=3", "knn", 3, torch.float32, SIZES, 2.0, 1e-4),
     Case("knn64", f"ArgKMin K={K_NN}, D=64", "knn", 64, torch.float32, SIZES, 2.0, 1e-4),
+    # High dimensions: the GPU's chunked kernels (named with --cases only).
+    Case("knn256", f"ArgKMin K={K_NN}, D=256", "knn", 256, torch.float32,
+         _sizes(1_000, 1e6), 2.0, 1e-4, default=False),
     Case("lse", "LogSumExp, D=3", "lse", 3, torch.float32, SIZES, 2.0, 1e-4),
     Case("solve", f"KernelSolve (K + {ALPHA_SOLVE:g} I) a = b, D=3, float64", "solve", 3,
          torch.float64, SIZES, 2.5, 1e-4),
@@ -105,12 +110,12 @@ CASES = [
 
 
 def find_cases(keys: Sequence[str]) -> list:
-    """The cases named by ``keys`` (all when empty), in the suite's order."""
+    """The cases named by ``keys`` (the default ones when empty), in the suite's order."""
     unknown = set(keys) - {c.key for c in CASES}
     if unknown:
         raise ValueError(f"unknown case(s) {sorted(unknown)}: choose from "
                          f"{[c.key for c in CASES]}")
-    return [c for c in CASES if not keys or c.key in keys]
+    return [c for c in CASES if c.key in keys or (not keys and c.default)]
 
 
 # --------------------------------------------------------------------------- checks
