@@ -263,7 +263,7 @@ fn check_kernels_as_host_c(
     chunked: bool,
 ) {
     use keops::cuda::kernel::{device_functions, KernelSpec, Role};
-    use keops::{Arg, Genred, Options, SumScheme};
+    use keops::{Arg, Options, SumScheme};
     let Some(cc) = c_compiler() else {
         eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
         return;
@@ -300,11 +300,7 @@ fn check_kernels_as_host_c(
         let mut checks: Vec<(String, Vec<f64>)> = Vec::new();
         for (c, (f, w, r)) in cases.iter().copied().enumerate() {
             for axis in [0, 1] {
-                let g = match w {
-                    Some(w) => Genred::with_weight(f, w, aliases, r, axis),
-                    None => Genred::new(f, aliases, r, axis),
-                }
-                .unwrap();
+                let g = common::case_genred(aliases, f, w, r, axis);
                 let args: Vec<Arg<f64>> = data
                     .iter()
                     .zip(&shapes)

@@ -187,12 +187,7 @@ fn chunked_kernels_match_the_oracle() {
             .push(&[&batch[..], &[1][..]].concat(), || rng.uniform(0.5, 1.0));
         for (f, w, r) in common::chunked_cases() {
             for axis in [0, 1] {
-                let al = common::CHUNKED_ALIASES;
-                let g = match w {
-                    Some(w) => Genred::with_weight(f, w, &al, r, axis),
-                    None => Genred::new(f, &al, r, axis),
-                }
-                .unwrap();
+                let g = common::case_genred(&common::CHUNKED_ALIASES, f, w, r, axis);
                 let e = expected(&g, &inp);
                 for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
                     let o = opts(scheme, SumScheme::BlockSum);

@@ -80,12 +80,7 @@ fn program(ty: CType, most_rows: bool) -> (String, usize) {
     // Chunked kernels (high dimensions), both axes.
     for (f, w, r) in common::chunked_cases() {
         for axis in [0, 1] {
-            let al = common::CHUNKED_ALIASES;
-            let g = match w {
-                Some(w) => Genred::with_weight(f, w, &al, r, axis),
-                None => Genred::new(f, &al, r, axis),
-            }
-            .unwrap_or_else(|e| panic!("{f}: {e}"));
+            let g = common::case_genred(&common::CHUNKED_ALIASES, f, w, r, axis);
             let k = with_ty(&g, &Options::default());
             specs.push((k, 1, format!("{f} {} axis {axis}, D = 150", r.name())));
         }

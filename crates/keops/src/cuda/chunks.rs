@@ -14,6 +14,7 @@
 //!
 //! [`KernelSpec::in_registers`]: super::kernel::KernelSpec::in_registers
 
+use super::codegen::pointer_params;
 use super::kernel::Role;
 use crate::formula::diff::substitute;
 use crate::formula::{topo_order, Cat, Formula, Op};
@@ -37,6 +38,9 @@ pub struct Chunked {
     pub sums: Vec<Formula>,
     /// Positions of the wide rows (output-side, not in registers).
     pub wide: Vec<usize>,
+    /// Positions of the reduced-side rows staged chunk by chunk: those of a sum's
+    /// dimension used only in the sums. The others are staged whole.
+    pub staged: Vec<usize>,
 }
 
 /// Whether `f` is computed coordinate by coordinate from operands of dimension `d` or 1:
@@ -102,11 +106,21 @@ pub fn plan(
     if topo_order(&rest).iter().any(is_wide) {
         return None;
     }
+    let outside = vars_of(&rest);
+    let mut staged: Vec<usize> = Vec::new();
+    for s in &sums {
+        for i in vars_of(&s.args) {
+            if args[i] == (Role::Red, sum_dim(s)) && !outside.contains(&i) && !staged.contains(&i) {
+                staged.push(i);
+            }
+        }
+    }
     Some(Chunked {
         formula,
         weight,
         sums,
         wide,
+        staged,
     })
 }
 
@@ -124,41 +138,15 @@ pub enum Site {
 }
 
 impl Chunked {
-    /// Positions of the reduced-side rows staged chunk by chunk: those of a sum's
-    /// dimension used only in the sums. The others are staged whole.
-    pub fn staged(&self, args: &[(Role, usize)]) -> Vec<usize> {
-        let rest: Vec<Formula> = std::iter::once(&self.formula)
-            .chain(&self.weight)
-            .cloned()
-            .collect();
-        let outside = vars_of(&rest);
-        self.sums
-            .iter()
-            .flat_map(|s| {
-                let d = sum_dim(s);
-                vars_of(&s.args)
-                    .into_iter()
-                    .filter(move |&i| args[i] == (Role::Red, d))
-            })
-            .filter(|i| !outside.contains(i))
-            .fold(Vec::new(), |mut v, i| {
-                if !v.contains(&i) {
-                    v.push(i);
-                }
-                v
-            })
-    }
-
     /// Most rows staged chunk by chunk at once (those of one sum): the chunk area holds
     /// this many `tile` x [`CHUNK`] blocks.
-    pub fn chunk_slots(&self, args: &[(Role, usize)]) -> usize {
-        let staged = self.staged(args);
+    pub fn chunk_slots(&self) -> usize {
         self.sums
             .iter()
             .map(|s| {
                 vars_of(&s.args)
                     .iter()
-                    .filter(|i| staged.contains(i))
+                    .filter(|i| self.staged.contains(i))
                     .count()
             })
             .max()
@@ -173,9 +161,8 @@ impl Chunked {
     /// (wide rows are copied to registers first), the tile's first row (staged whole) or
     /// the chunk's first row (staged chunk by chunk, rows of `len` values).
     pub fn functions(&self, name: &str, args: &[(Role, usize)]) -> String {
-        let staged = self.staged(args);
         let nargs = args.len();
-        let params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
+        let params = pointer_params(nargs);
         let mut s = String::new();
         for (q, sum) in self.sums.iter().enumerate() {
             let d = sum_dim(sum);
@@ -194,7 +181,7 @@ impl Chunked {
                         (Role::Red, 1) => format!("a{i} + jj"),
                         (_, 1) => format!("a{i}"),
                         _ if wide.contains(&i) => format!("w{i}"),
-                        _ if staged.contains(&i) => format!("a{i} + jj * {len}"),
+                        _ if self.staged.contains(&i) => format!("a{i} + jj * {len}"),
                         (Role::Red, dim) => format!("a{i} + jj * {dim} + c0"),
                         _ => format!("a{i} + c0"),
                     })
@@ -230,7 +217,6 @@ impl Chunked {
         site: Site,
         ptr: &dyn Fn(usize) -> String,
     ) -> String {
-        let staged = self.staged(args);
         let mut s = String::new();
         for q in 0..self.sums.len() {
             let _ = write!(s, "T part{q}[{tile}]; ");
@@ -246,7 +232,7 @@ impl Chunked {
             let mine: Vec<usize> = used
                 .iter()
                 .copied()
-                .filter(|i| staged.contains(i))
+                .filter(|i| self.staged.contains(i))
                 .collect();
             for len in chunk_lengths(d) {
                 // Whole chunks in a loop, then the last, shorter one.
@@ -260,26 +246,27 @@ impl Chunked {
                 for i in 0..args.len() {
                     match mine.iter().position(|&m| m == i) {
                         Some(slot) => {
-                            let (area, from) = match site {
+                            // The chunk area, its declaration, and the copy's source and
+                            // stride (a block's threads, or one).
+                            let (area, decl, from, first, step) = match site {
                                 Site::Kernel { base } => (
                                     format!("tile + {}", base + slot * tile * CHUNK),
+                                    String::new(),
                                     format!("args[{i}][off[{i}] + (j0 - j_base + e / {len}) * {d} + c0 + e % {len}]"),
+                                    "threadIdx.x",
+                                    "blockDim.x",
                                 ),
                                 Site::Host => (
                                     format!("ch{i}"),
+                                    format!("T ch{i}[{}]; ", tile * len),
                                     format!("a{i}[(e / {len}) * {d} + c0 + e % {len}]"),
+                                    "0",
+                                    "1",
                                 ),
-                            };
-                            if site == Site::Host {
-                                let _ = write!(stage, "T ch{i}[{}]; ", tile * len);
-                            }
-                            let (first, step) = match site {
-                                Site::Kernel { .. } => ("threadIdx.x", "blockDim.x"),
-                                Site::Host => ("0", "1"),
                             };
                             let _ = write!(
                                 stage,
-                                "for (int e = {first}; e < len * {len}; e += {step}) ({area})[e] = {from};\n    "
+                                "{decl}for (int e = {first}; e < len * {len}; e += {step}) ({area})[e] = {from};\n    "
                             );
                             let _ = write!(ptrs, "{area}, ");
                         }
@@ -364,8 +351,8 @@ mod tests {
         assert_eq!(chunk_lengths(128), vec![64]);
         assert_eq!(chunk_lengths(40), vec![40]);
         // y is staged chunk by chunk (after b's whole rows), x's chunks go to registers.
-        assert_eq!(c.staged(&gauss.args), vec![1]);
-        assert_eq!(c.chunk_slots(&gauss.args), 1);
+        assert_eq!(c.staged, vec![1]);
+        assert_eq!(c.chunk_slots(), 1);
         assert_eq!(gauss.tile_row_bytes(), (1 + CHUNK) * 4);
         let ptr = |i: usize| format!("p{i}");
         let pass = c.pass("k", &gauss.args, 32, Site::Kernel { base: 32 }, &ptr);

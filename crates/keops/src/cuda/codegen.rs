@@ -118,6 +118,12 @@ fn literal(v: f64) -> String {
     }
 }
 
+/// `const T* a0, ..., const T* a{n-1}, ` (with its trailing separator): the pointer
+/// parameters of generated functions, one per argument.
+pub fn pointer_params(n: usize) -> String {
+    (0..n).map(|k| format!("const T* a{k}, ")).collect()
+}
+
 /// `void name(const T* a0, ..., const T* a{nargs-1}, T* out)`: `F` at one pair, where
 /// `ak` points to the `dim` values of argument `k` (its row for `Vi`/`Vj`, the parameter
 /// for `Pm`) and `out` receives `F`'s `dim` values. `Vi`, `Vj` and `Pm` are only a
@@ -137,7 +143,7 @@ pub fn pair_function(f: &Formula, name: &str, nargs: usize) -> String {
     }
     let root = &names[&f.id()];
     let mut s = String::new();
-    let params: String = (0..nargs).map(|k| format!("const T* a{k}, ")).collect();
+    let params = pointer_params(nargs);
     let _ = writeln!(s, "KEOPS_FN void {name}({params}T* out) {{");
     s.push_str(&body);
     let _ = writeln!(
@@ -176,11 +182,10 @@ pub fn chunk_sum_function(s: &Formula, name: &str, nargs: usize, len: usize) -> 
         Op::Scalprod => format!("{} * {}", x(0), x(1)),
         _ => format!("({0} - {1}) * ({0} - {1})", x(0), x(1)),
     };
-    let params: Vec<String> = (0..nargs).map(|k| format!("const T* a{k}")).collect();
     format!(
         "KEOPS_FN T {name}({}) {{\n  T s = 0;\n  KEOPS_UNROLL for (int k = 0; k < {len}; k++) {{\n\
          {body}    s += {term};\n  }}\n  return s;\n}}\n",
-        params.join(", ")
+        pointer_params(nargs).trim_end_matches(", ")
     )
 }
 

@@ -17,7 +17,7 @@
 //! chunk so that block-sparse ranges fit the same loop.
 
 use super::chunks::{Chunked, Site, CHUNK};
-use super::codegen::{pair_function, CType};
+use super::codegen::{pair_function, pointer_params, CType};
 use crate::formula::{Cat, Formula};
 use crate::plan::{AccType, Element, Genred, Options, SumScheme};
 use crate::reduction::{Reduction, ReductionSpec};
@@ -107,7 +107,7 @@ impl KernelSpec {
     /// per row that one sum stages at once.
     pub fn tile_row_bytes(&self) -> usize {
         let (staged, slots) = match self.chunked() {
-            Some(c) => (c.staged(&self.args), c.chunk_slots(&self.args)),
+            Some(c) => (c.staged.clone(), c.chunk_slots()),
             None => (Vec::new(), 0),
         };
         let whole: usize = (0..self.args.len())
@@ -258,7 +258,7 @@ pub fn device_functions(k: &KernelSpec, name: &str, tile: usize, rows: usize) ->
     if let Some(c) = &chunked {
         s.push_str(&c.functions(name, &k.args));
     }
-    let params: String = (0..npair).map(|i| format!("const T* a{i}, ")).collect();
+    let params = pointer_params(npair);
     let pass: String = (0..npair).map(|i| format!("a{i}, ")).collect();
     let _ = writeln!(
         s,
@@ -279,7 +279,7 @@ pub fn device_functions(k: &KernelSpec, name: &str, tile: usize, rows: usize) ->
 /// kernel folds it from whole rows: the chunked sums first, if any, then `{name}_fold`.
 fn tile_function(k: &KernelSpec, name: &str, tile: usize, chunked: Option<&Chunked>) -> String {
     let nargs = k.args.len();
-    let params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
+    let params = pointer_params(nargs);
     let pass: String = (0..nargs).map(|i| format!("a{i}, ")).collect();
     let (sums, parts) = match chunked {
         Some(c) => (
@@ -470,7 +470,8 @@ fn state_functions(k: &KernelSpec, name: &str, dw: usize) -> String {
 /// parameters to their values. Block summation sums a tile into its own states first;
 /// Kahan carries `comp` (`rows` runs of `max(state values, 1)`) across calls. The row
 /// loop is innermost, so that each reduced-side value is read once for all rows. Chunked
-/// (one row per thread), a first pass computes the tile's sums into `part{q}`.
+/// (one row per thread), it also takes the tile's sums, `part{q}` (pair `jj` at
+/// `part{q} + jj`), computed before it by [`Chunked::pass`].
 fn fold_function(
     k: &KernelSpec,
     name: &str,
@@ -492,7 +493,7 @@ fn fold_function(
         })
         .collect();
     // Chunked: the tile's sums, computed before the fold (`Chunked::pass`).
-    let mut params: String = (0..nargs).map(|i| format!("const T* a{i}, ")).collect();
+    let mut params = pointer_params(nargs);
     if let Some(c) = chunked {
         assert_eq!(rows, 1, "chunked kernels reduce one row per thread");
         for q in 0..c.sums.len() {
@@ -549,10 +550,9 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
     let mut setup = String::new();
     let mut load = String::new();
     let mut smem_off = 0usize;
-    let mut fold_args = String::new();
     let regs = k.in_registers();
     let chunked = k.chunked();
-    let staged = chunked.as_ref().map_or(Vec::new(), |c| c.staged(&k.args));
+    let staged = chunked.as_ref().map_or(&[][..], |c| &c.staged[..]);
     // Each argument's pointer for the fold and the chunk pass.
     let mut ptrs: Vec<String> = Vec::new();
     for (i, &(role, dim)) in k.args.iter().enumerate() {
@@ -588,14 +588,15 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
                     "      for (int e = threadIdx.x; e < len * {dim}; e += blockDim.x) \
                      tile[{smem_off} + e] = args[{i}][off[{i}] + (j0 - j_base) * {dim} + e];"
                 );
+                let ptr = format!("tile + {smem_off}");
                 smem_off += tile * dim;
-                format!("tile + {}", smem_off - tile * dim)
+                ptr
             }
             Role::Unused => "0".to_string(),
         };
-        let _ = write!(fold_args, "{ptr}, ");
         ptrs.push(ptr);
     }
+    let fold_args: String = ptrs.iter().map(|p| format!("{p}, ")).collect();
     let (sums, parts) = match &chunked {
         Some(c) => (
             c.pass(name, &k.args, tile, Site::Kernel { base: smem_off }, &|i| {

@@ -480,10 +480,20 @@ pub const REDUCTION_ALIASES: [&str; 4] =
 
 /// The Genred of a [`reduction_cases`] entry along `axis`.
 pub fn reduction_case_genred(f: &str, w: Option<&str>, r: keops::Reduction, axis: usize) -> Genred {
-    let al = REDUCTION_ALIASES;
+    case_genred(&REDUCTION_ALIASES, f, w, r, axis)
+}
+
+/// The Genred of a case `(f, w, r)` on `aliases` along `axis` (weighted when `w` is).
+pub fn case_genred(
+    aliases: &[&str],
+    f: &str,
+    w: Option<&str>,
+    r: keops::Reduction,
+    axis: usize,
+) -> Genred {
     match w {
-        Some(w) => Genred::with_weight(f, w, &al, r, axis),
-        None => Genred::new(f, &al, r, axis),
+        Some(w) => Genred::with_weight(f, w, aliases, r, axis),
+        None => Genred::new(f, aliases, r, axis),
     }
     .unwrap_or_else(|e| panic!("{f} {r:?} axis {axis}: {e}"))
 }
