@@ -19,8 +19,8 @@ demo: python
 # then runs again under the CUDA simulator (two simulated devices, kernels on the CPU).
 test: lint python
 	KEOPS_NVRTC="$$($(VPY) -c 'import os, keops; print(os.environ.get("KEOPS_NVRTC", ""))')" \
-	KEOPS_REQUIRE_NVRTC=1 $(CARGO) test --workspace --release --all-features
-	KEOPS_CUDA_SIMULATOR=2 $(CARGO) test --release -p keops --test gpu
+	KEOPS_REQUIRE_NVRTC=1 $(CARGO) test --workspace --profile ci --all-features
+	KEOPS_CUDA_SIMULATOR=2 $(CARGO) test --workspace --profile ci --all-features --test gpu
 	$(VPY) -m pytest -q -rs crates/keops-python/tests
 	KEOPS_CUDA_SIMULATOR=2 $(VPY) -m pytest -q -rs crates/keops-python/tests/test_gpu_sim.py
 
@@ -31,7 +31,7 @@ python: venv
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets --all-features --release -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features --profile ci -- -D warnings
 
 # Benchmarks, not tests: side-by-side ratios measured in one run, e.g.
 # `make bench ARGS="--quick"`. Dense NumPy and PyTorch are the peers, and pykeops when it

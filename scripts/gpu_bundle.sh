@@ -10,8 +10,8 @@ VPY=${VPY:-.venv/bin/python}
 OUT=.gpu
 rm -rf "$OUT" && mkdir -p "$OUT"
 
-# The test binary (tests/gpu.rs) and the example, release builds.
-exe=$(cargo test --release -p keops --test gpu --no-run --message-format=json 2>/dev/null |
+# The test binary (tests/gpu.rs, built as make test builds it) and the example.
+exe=$(cargo test --workspace --profile ci --all-features --test gpu --no-run --message-format=json 2>/dev/null |
       "$VPY" -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

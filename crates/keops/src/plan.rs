@@ -17,9 +17,43 @@ pub trait Element:
 impl Element for f32 {}
 impl Element for f64 {}
 mod private {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
+    use super::{Options, Problem, Reduced, Result};
+
+    pub trait Sealed: Sized {
+        /// Runs a checked problem on the engine the options pick.
+        fn run_problem(problem: &Problem<'_, Self>, opts: &Options) -> Result<Reduced<Self>>;
+    }
+
+    // One instance of the engines per type, compiled in this crate: generic code is not
+    // shared across crates in release builds, so a generic entry point would have every
+    // crate that calls it (the Python module, the CLI, each test binary) compile the CPU
+    // engine's SIMD variants again (about 90 s each on 2 cores).
+    impl Sealed for f32 {
+        #[inline(never)]
+        fn run_problem(problem: &Problem<'_, f32>, opts: &Options) -> Result<Reduced<f32>> {
+            super::run_problem(problem, opts)
+        }
+    }
+    impl Sealed for f64 {
+        #[inline(never)]
+        fn run_problem(problem: &Problem<'_, f64>, opts: &Options) -> Result<Reduced<f64>> {
+            super::run_problem(problem, opts)
+        }
+    }
+}
+
+/// Runs a checked problem on the GPU or the CPU, as `opts.backend` says.
+fn run_problem<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduced<T>> {
+    let gpu = match opts.backend {
+        Backend::Gpu => true,
+        Backend::Cpu => false,
+        Backend::Auto => auto_uses_gpu(),
+    };
+    if gpu {
+        crate::cuda::runtime::run(problem, opts).map(|r| r.0)
+    } else {
+        crate::cpu::run(problem, opts)
+    }
 }
 
 /// Precision of the sums within a tile (KeOps' `dtype_acc`).
@@ -356,16 +390,7 @@ impl Genred {
     /// Runs the reduction.
     pub fn call_with<T: Element>(&self, args: &[Arg<'_, T>], opts: &Options) -> Result<Reduced<T>> {
         let problem = Problem::new(self, args)?.with_ranges(opts.ranges.as_deref())?;
-        let gpu = match opts.backend {
-            Backend::Gpu => true,
-            Backend::Cpu => false,
-            Backend::Auto => auto_uses_gpu(),
-        };
-        if gpu {
-            crate::cuda::runtime::run(&problem, opts).map(|r| r.0)
-        } else {
-            crate::cpu::run(&problem, opts)
-        }
+        T::run_problem(&problem, opts)
     }
 }
 
