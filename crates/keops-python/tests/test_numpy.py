@@ -146,8 +146,9 @@ def test_out_receives_the_result() -> None:
 
 
 def test_use_fast_math_is_pykeops_option() -> None:
-    """pykeops' ``use_fast_math`` (GPU only; on by default): accepted by Genred,
-    KernelSolve and LazyTensor reductions, kept by pickling, ignored by the CPU."""
+    """pykeops' ``use_fast_math`` (on by default): accepted by Genred, KernelSolve and
+    LazyTensor reductions, kept by pickling; float64 and normal float32 values are the
+    same on the CPU with and without it."""
     import pickle
 
     from keops.numpy import KernelSolve, LazyTensor
@@ -165,3 +166,25 @@ def test_use_fast_math_is_pykeops_option() -> None:
     solve = KernelSolve("Exp(-SqDist(x,y)) * a", ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)"], "a",
                         axis=1, use_fast_math=False)
     assert not pickle.loads(pickle.dumps(solve)).opts.fast_math
+    x32, y32, b32 = (a.astype(np.float32) for a in (x, y, b))
+    np.testing.assert_array_equal(fast(x32, y32, b32), strict(x32, y32, b32))
+
+
+@pytest.mark.parametrize("n", [5, 400])  # on the calling thread, and on the pool
+def test_use_fast_math_flushes_float32_subnormals_on_the_cpu(n: int) -> None:
+    """Every term exp(-95) = 5.5e-42 is a float32 subnormal: flushed to 0 with
+    ``use_fast_math`` (as on the GPU), kept without it; float64's are never flushed."""
+    aliases = ["x = Vi(1)", "y = Vj(1)", "b = Vj(1)", "g = Pm(1)"]
+    x, y, b = np.zeros((n, 1)), np.ones((n, 1)), np.ones((n, 1))
+    for dtype, g in [(np.float32, 95.0), (np.float64, 720.0)]:
+        args = [a.astype(dtype) for a in (x, y, b, np.array([g]))]
+        want = n * np.exp(-g)
+        fast = Genred(GAUSS, aliases, axis=1)(*args, backend="CPU")
+        strict = Genred(GAUSS, aliases, axis=1, use_fast_math=False)(*args, backend="CPU")
+        np.testing.assert_allclose(strict.astype(np.float64), want, rtol=1e-3)
+        if dtype == np.float32:
+            assert (fast == 0).all()
+        else:
+            np.testing.assert_allclose(fast, want, rtol=1e-3)
+    # The calling thread is left with IEEE subnormals.
+    assert np.float32(1.1754944e-38) * np.float32(0.5) > 0

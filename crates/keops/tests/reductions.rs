@@ -1171,3 +1171,73 @@ fn high_dimensional_distances_and_scalar_products() {
         }
     }
 }
+
+/// `Options::fast_math` flushes float32 subnormals to zero on the CPU (as CUDA's
+/// `--use_fast_math` on the GPU): a sum whose every term is subnormal is 0 with it and
+/// the oracle's value without it, on both code paths, on the calling thread (few pairs)
+/// and on the pool (many); float64 keeps its subnormals; the calling thread is left in
+/// IEEE mode; and results above the subnormal range do not change by a bit.
+#[test]
+fn fast_math_flushes_float32_subnormals() {
+    let ieee = || std::hint::black_box(f32::MIN_POSITIVE) * std::hint::black_box(0.5f32) > 0.0;
+    let g = Genred::new(GAUSS, &aliases(1), Reduction::Sum, 1).unwrap();
+    for (n, m) in [(4, 10), (300, 300)] {
+        // |x - y|^2 = 1 at every pair: each term is exp(-gamma), subnormal for gamma = 95
+        // in float32 (5.5e-42) and for gamma = 720 in float64 (1.9e-313).
+        for (gamma, f32_case) in [(95.0, true), (720.0, false)] {
+            let mut inp = Inputs::new();
+            inp.push(&[n, 3], || 0.0);
+            let mut k = 0;
+            inp.push(&[m, 3], || {
+                k += 1;
+                if k % 3 == 1 {
+                    1.0
+                } else {
+                    0.0
+                }
+            });
+            inp.push(&[m, 1], || 1.0);
+            inp.push(&[1], || gamma);
+            let want = m as f64 * (-gamma).exp();
+            for (name, kernel) in kernels() {
+                for fast_math in [false, true] {
+                    let opts = Options {
+                        fast_math,
+                        ..kernel.clone()
+                    };
+                    let ctx = format!("{name}, n = {n}, fast_math = {fast_math}");
+                    let got: Vec<f64> = if f32_case {
+                        let r = run_as::<f32>(&g, &inp, &opts).unwrap();
+                        r.values.unwrap().data.iter().map(|&v| v as f64).collect()
+                    } else {
+                        run_as::<f64>(&g, &inp, &opts).unwrap().values.unwrap().data
+                    };
+                    let flushed = fast_math && f32_case;
+                    for v in got {
+                        if flushed {
+                            assert_eq!(v, 0.0, "{ctx}: float32 subnormals flushed");
+                        } else {
+                            assert!((v - want).abs() <= 1e-3 * want, "{ctx}: {v} vs {want}");
+                        }
+                    }
+                    assert!(ieee(), "{ctx}: the calling thread is back in IEEE mode");
+                }
+            }
+        }
+    }
+    for case in cases(1) {
+        let inp = inputs(&NO_BATCH, 300, 257, case.bd, 50);
+        for (name, kernel) in kernels() {
+            let fast = Options {
+                fast_math: true,
+                ..kernel.clone()
+            };
+            assert_eq!(
+                run_as::<f32>(&case.genred, &inp, &kernel).unwrap(),
+                run_as::<f32>(&case.genred, &inp, &fast).unwrap(),
+                "{}, {name}: normal values are not touched by fast_math",
+                case.name
+            );
+        }
+    }
+}

@@ -46,7 +46,8 @@ class Options:
     #: One reduction over several GPUs: ``"all"`` or a tuple of GPU numbers (``None``:
     #: one GPU, ``device_id``).
     multi_gpu: Union[None, str, Tuple[int, ...]] = None
-    #: GPU only: NVRTC's ``--use_fast_math`` (pykeops' ``use_fast_math``, on by default).
+    #: pykeops' ``use_fast_math``, on by default: float32 subnormals flushed to zero on
+    #: both engines, and NVRTC's ``--use_fast_math`` on the GPU.
     fast_math: bool = True
 
     def kwargs(self) -> Dict[str, Any]:
@@ -77,8 +78,9 @@ def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
                  use_fast_math: bool = True) -> Options:
     """Checks and normalises pykeops' options (``device_id=-1``: the default GPU, 0;
     ``"all"`` or a list of GPU numbers: the reduction split over those GPUs;
-    ``ranges``: pykeops' 6-tuple, checked here; ``use_fast_math``: GPU float32 math by
-    the hardware's approximations, pykeops' default)."""
+    ``ranges``: pykeops' 6-tuple, checked here; ``use_fast_math``: float32 subnormals
+    flushed to zero, and GPU float32 math by the hardware's approximations, pykeops'
+    default)."""
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if dtype_acc not in ("auto", "float16", "float32", "float64"):
@@ -201,9 +203,13 @@ class GenredBase:
         dtype_acc: ``"auto"``, ``"float32"`` or ``"float64"`` (in-tile sums).
         use_double_acc: same as ``dtype_acc="float64"``.
         sum_scheme: ``"auto"``, ``"direct_sum"``, ``"block_sum"``, ``"kahan_scheme"``.
-        use_fast_math: GPU only, float32 ``exp``/``log``/``sin``/``cos``/division/``sqrt``
-            by the hardware's approximations and subnormals flushed (NVRTC's
-            ``--use_fast_math``); on by default, as in pykeops.
+        use_fast_math: on by default, as in pykeops. Float32 subnormals (below
+            ``1.2e-38``) are flushed to zero on both engines: on the CPU this avoids the
+            processor's slow path for them (a float32 Gaussian sum of far-apart points
+            runs several times faster); on the GPU, NVRTC's ``--use_fast_math`` also
+            computes float32 ``exp``/``log``/``sin``/``cos``/division/``sqrt`` by the
+            hardware's approximations. ``False``: IEEE float32 everywhere. Float64 is
+            never flushed.
         enable_chunks, rec_multVar_highdim, cuda_type: accepted for compatibility.
 
     Raises:

@@ -8,6 +8,7 @@
 
 mod accumulate;
 mod exec;
+mod fpmode;
 pub mod fused;
 pub mod program;
 pub mod simd;
@@ -128,9 +129,16 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
         });
     }
     let isa = opts.isa;
+    let flush = opts.fast_math && T::FAST_MATH_FLUSHES;
     let go = |threads: usize| match &fused {
-        Some(f) => drive(problem, f, threads, isa),
-        None => drive(problem, &TileRunner::new(problem, opts), threads, isa),
+        Some(f) => drive(problem, f, threads, isa, flush),
+        None => drive(
+            problem,
+            &TileRunner::new(problem, opts),
+            threads,
+            isa,
+            flush,
+        ),
     };
     // Small problems run on the calling thread: waking pool threads costs more than the
     // work (tens of microseconds), and a caller's own threads stay independent.
@@ -219,12 +227,14 @@ fn plan_jobs<T: Element>(problem: &Problem<'_, T>, threads: usize) -> Vec<Vec<Jo
     groups
 }
 
-/// Splits the problem into jobs, runs them in parallel, combines and finalizes.
+/// Splits the problem into jobs, runs them in parallel (with subnormals flushed to zero
+/// when `flush`), combines and finalizes.
 fn drive<T: Element, R: BlockRunner>(
     problem: &Problem<'_, T>,
     runner: &R,
     threads: usize,
     isa_cap: Option<Isa>,
+    flush: bool,
 ) -> Result<Reduced<T>> {
     let spec = *problem.genred.spec();
     let (n_out, _) = problem.sizes();
@@ -233,6 +243,7 @@ fn drive<T: Element, R: BlockRunner>(
     let (sv, si) = spec.state_len();
     let isa = Isa::select(isa_cap);
     let run_job = |job: &Job| {
+        let _mode = fpmode::FlushSubnormals::enter(flush);
         let n = job.rows.len();
         let mut block = Block {
             vals: vec![0.0; n * sv],
