@@ -51,6 +51,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds: no size expected to take longer is run (default 60)")
     p.add_argument("--max-n", type=float, default=float("inf"), help="largest N")
+    p.add_argument("--sizes", default="",
+                   help="comma-separated N = M to measure, e.g. 1e4,1e5,1e6 (default: 1, 2, "
+                        "5 x 10^k from 1,000 on, for as long as the budget allows)")
     p.add_argument("--quick", action="store_true", help="a 5-second budget (a few minutes)")
     p.add_argument("--tiny", action="store_true",
                    help="N <= 2,000 and short timings: a smoke test (CI)")
@@ -64,10 +67,21 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def parse_sizes(text: str) -> Tuple[int, ...]:
+    """``"1e4,1e5"`` as ``(10000, 100000)``, growing; a clear error for anything else."""
+    try:
+        sizes = tuple(int(float(t)) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise SystemExit(f"--sizes {text!r}: expected comma-separated numbers, e.g. 1e4,1e5")
+    if any(n < 1 for n in sizes) or list(sizes) != sorted(set(sizes)):
+        raise SystemExit(f"--sizes {text!r}: expected growing positive sizes")
+    return sizes
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """Budget, sizes and timing from the command line."""
     s = Settings(budget_s=args.budget, max_n=args.max_n, mem_limit=args.mem_limit * 2**30,
-                 seed=args.seed)
+                 seed=args.seed, sizes=parse_sizes(args.sizes))
     if args.quick:
         s.budget_s = min(s.budget_s, 5.0)
     if args.tiny:
@@ -145,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         for case in cases:
-            sizes = [n for n in case.sizes if n <= settings.max_n]
+            sizes = settings.sizes_of(case)
             with tqdm(total=len(sizes) * len(methods), desc=case.key, file=sys.stderr,
                       disable=args.no_progress, leave=False) as bar:
                 results[case.key] = run_case(case, methods, settings,

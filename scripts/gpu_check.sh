@@ -4,10 +4,14 @@
 # Stages, each on its own so that one failing does not hide the others:
 #   rust   tests/gpu.rs: every op and reduction against the oracle, both schemes,
 #          f32/f64, block-sparse, device arrays in place, the multi-GPU split
-#   cache  cuda_info twice, with one cache directory: compile time, then the disk hit
+#   cache  cuda_info twice, with a new cache directory: compile time, then the disk hit
 #   python tests/test_cuda.py (torch CUDA tensors in place, autograd, streams, ...)
-#   bench  make bench's suite, GPU columns (pykeops GPU beside): ARGS to bench.py
-# Usage: scripts/gpu_check.sh [stage ...]   (default: rust cache python)
+#   bench  the issue's benchmark, GPU columns only (keops-rs with the planner's rows and
+#          with 1, 2, 4 pinned; PyTorch; pykeops): BENCH_ARGS replaces its arguments
+# Usage: scripts/gpu_check.sh [stage ...]   (default: all four, sized for one call of a
+# 10-minute device command: each stage is stopped at its own limit, LIMIT_<stage> in
+# seconds, so that one hang cannot take the others' time; a table of stages, results
+# and seconds ends the output)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${OUT:-out}
@@ -22,20 +26,32 @@ export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 KEOPS_NVRTC=${KEOPS_NVRTC:-$("$PY" -c 'import os, keops; print(os.environ.get("KEOPS_NVRTC", ""))')}
 export KEOPS_NVRTC
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOG/gpu.txt"
-status=0
-for stage in "${@:-rust cache python}"; do
+BENCH_ARGS=${BENCH_ARGS:---cases gauss,knn3,knn64,lse --sizes 1e4,1e5,1e6 --budget 30
+  --methods keops-rs-gpu,torch-gpu,pykeops-gpu --gpu-rows 1,2,4}
+status=0 summary=""
+for stage in "${@:-rust cache python bench}"; do
   for s in $stage; do
-    echo "== $s"
+    limit_var=LIMIT_$s
     case $s in
-      rust) .gpu/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$LOG/rust.log" ;;
-      cache) { .gpu/cuda_info; .gpu/cuda_info; } 2>&1 | tee "$LOG/cache.log" ;;
-      python) "$PY" -m pytest -q -rs -p no:cacheprovider crates/keops-python/tests/test_cuda.py \
-                  crates/keops-python/tests/test_torch.py 2>&1 | tee "$LOG/python.log" ;;
-      bench) "$PY" benchmarks/bench.py --no-progress ${BENCH_ARGS:-} 2>&1 | tee "$LOG/bench.log"
-             cp -f benchmarks/out/* "$LOG/" 2>/dev/null ;;
-      *) echo "unknown stage $s"; false ;;
+      rust) cmd=(.gpu/gpu-tests --nocapture) limit=150 ;;
+      # A cache directory of its own: the first process compiles, the second reads it.
+      cache) cmd=(sh -c 'export KEOPS_CACHE_DIR=$(mktemp -d) && .gpu/cuda_info && .gpu/cuda_info')
+             limit=45 ;;
+      python) cmd=("$PY" -m pytest -q -rs -p no:cacheprovider crates/keops-python/tests/test_cuda.py
+                   crates/keops-python/tests/test_torch.py) limit=120 ;;
+      # shellcheck disable=SC2206  # BENCH_ARGS is a list of words
+      bench) cmd=("$PY" benchmarks/bench.py --no-progress --out "$LOG" $BENCH_ARGS) limit=270 ;;
+      *) echo "unknown stage $s"; status=1; continue ;;
     esac
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "== $s FAILED"; status=1; }
+    limit=${!limit_var:-$limit}
+    echo "== $s (at most $limit s): ${cmd[*]}"
+    start=$SECONDS
+    timeout -k 5 "$limit" "${cmd[@]}" 2>&1 | tee "$LOG/$s.log"
+    rc=${PIPESTATUS[0]}
+    case $rc in 0) result=ok ;; 124|137) result="stopped at $limit s" ;; *) result="FAILED ($rc)" ;; esac
+    [ "$rc" -eq 0 ] || status=1
+    summary+=$(printf '\n%-7s %-20s %4d s' "$s" "$result" $((SECONDS - start)))
   done
 done
+echo "== stages (logs in $LOG)$summary"
 exit $status

@@ -45,10 +45,15 @@ class Settings:
     repeat_s: float = 1.0  # fast calls are repeated for this long; the best is kept
     max_reps: int = 50
     seed: int = 0
+    sizes: Tuple[int, ...] = ()  # the N to try, in place of each case's own (if any)
 
     def __post_init__(self) -> None:
         if self.mem_limit <= 0:
             self.mem_limit = 0.9 * available_memory()
+
+    def sizes_of(self, case: Case) -> List[int]:
+        """The N at which ``case`` is measured: ``sizes`` or the case's, up to ``max_n``."""
+        return [n for n in (self.sizes or case.sizes) if n <= self.max_n]
 
 
 def available_memory() -> float:
@@ -136,7 +141,7 @@ def run_case(case: Case, methods: Sequence[Method], settings: Settings,
              progress: Progress = Progress()) -> CaseResult:
     """Measures ``case`` for each method at growing N (keops-rs first: it is the
     reference of the errors)."""
-    sizes = [n for n in case.sizes if n <= settings.max_n]
+    sizes = settings.sizes_of(case)
     out = CaseResult(case.key, {m.name: [] for m in methods})
     # A method runs on until a size gives it no time (OOM, budget, error).
     running = lambda m: all(p.status == OK for p in out.points[m.name][-1:])  # noqa: E731

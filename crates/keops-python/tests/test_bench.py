@@ -125,3 +125,19 @@ def test_sizes_and_formats() -> None:
         find_cases(["nope"])
     with pytest.raises(ValueError, match="unknown method"):
         find_methods(["nope"])
+
+
+def test_sizes_option_replaces_each_cases_sizes(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    from bench import parse_sizes
+
+    assert parse_sizes("1e3, 3e3") == (1000, 3000) and parse_sizes("") == ()
+    for bad in ("1e3,x", "2e3,1e3", "0"):
+        with pytest.raises(SystemExit, match="--sizes"):
+            parse_sizes(bad)
+    s = Settings(sizes=(500, 1500, 5000), max_n=2000)
+    assert s.sizes_of(find_cases(["gauss"])[0]) == [500, 1500]
+    bench(tmp_path, "--cases", "lse", "--sizes", "300,700")
+    run = json.loads((tmp_path / "results.json").read_text())
+    for pts in run["results"]["lse"]["points"].values():
+        assert [p["n"] for p in pts] == [300, 700]

@@ -17,6 +17,7 @@ use keops::plan::GpuScheme;
 use keops::{
     Array, Backend, Element, Genred, Layout, MultiGpu, Options, Reduced, Reduction, SumScheme,
 };
+use rayon::prelude::*;
 
 /// Whether a GPU (or the simulator) runs these tests; the simulator asked for but
 /// unable to run is a failure, not a skip.
@@ -103,38 +104,47 @@ fn every_reduction_matches_the_oracle() {
         return;
     }
     // Sizes that leave partial tiles and partial blocks; a batch.
-    for (ni, nj, batch) in [(300, 1000, vec![]), (7, 5000, vec![]), (50, 70, vec![3])] {
-        let inp = inputs(ni, nj, &batch, 5);
-        for (f, w, r) in common::reduction_cases() {
-            for axis in [0, 1] {
-                let g = common::reduction_case_genred(f, w, r, axis);
-                let e = expected(&g, &inp);
-                // The summation scheme matters to sums only.
-                let sums = if r == Reduction::Sum {
-                    &[SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan][..]
-                } else {
-                    &[SumScheme::BlockSum][..]
-                };
-                for scheme in [GpuScheme::OneD, GpuScheme::TwoD, GpuScheme::Auto] {
-                    for &sum in sums {
-                        let ctx = format!(
-                            "{} axis {axis} {scheme:?} {sum:?} {ni}x{nj}{batch:?}",
-                            r.name()
-                        );
-                        let o = opts(scheme, sum);
-                        for o in with_rows::<f32>(&g, &o) {
-                            let ctx = format!("{ctx} rows {:?} f32", o.gpu_rows);
-                            check_against::<f32>(&g, &inp, &e, &o, &ctx);
-                        }
-                        for o in with_rows::<f64>(&g, &o) {
-                            let ctx = format!("{ctx} rows {:?} f64", o.gpu_rows);
-                            check_against::<f64>(&g, &inp, &e, &o, &ctx);
-                        }
+    let sizes = [(300, 1000, vec![]), (7, 5000, vec![]), (50, 70, vec![3])];
+    let inps: Vec<_> = sizes
+        .iter()
+        .map(|(ni, nj, b)| inputs(*ni, *nj, b, 5))
+        .collect();
+    let mut all = vec![];
+    for (size, inp) in sizes.iter().zip(&inps) {
+        for case in common::reduction_cases() {
+            all.extend([(size, inp, case, 0), (size, inp, case, 1)]);
+        }
+    }
+    // In parallel, as every_op_matches_the_oracle, for the kernel builds.
+    all.par_iter()
+        .for_each(|((ni, nj, batch), inp, (f, w, r), axis)| {
+            let (r, axis) = (*r, *axis);
+            let g = common::reduction_case_genred(f, *w, r, axis);
+            let e = expected(&g, inp);
+            // The summation scheme matters to sums only.
+            let sums = if r == Reduction::Sum {
+                &[SumScheme::Direct, SumScheme::BlockSum, SumScheme::Kahan][..]
+            } else {
+                &[SumScheme::BlockSum][..]
+            };
+            for scheme in [GpuScheme::OneD, GpuScheme::TwoD, GpuScheme::Auto] {
+                for &sum in sums {
+                    let ctx = format!(
+                        "{} axis {axis} {scheme:?} {sum:?} {ni}x{nj}{batch:?}",
+                        r.name()
+                    );
+                    let o = opts(scheme, sum);
+                    for o in with_rows::<f32>(&g, &o) {
+                        let ctx = format!("{ctx} rows {:?} f32", o.gpu_rows);
+                        check_against::<f32>(&g, inp, &e, &o, &ctx);
+                    }
+                    for o in with_rows::<f64>(&g, &o) {
+                        let ctx = format!("{ctx} rows {:?} f64", o.gpu_rows);
+                        check_against::<f64>(&g, inp, &e, &o, &ctx);
                     }
                 }
             }
-        }
-    }
+        });
 }
 
 #[test]
@@ -148,24 +158,27 @@ fn every_op_matches_the_oracle() {
         eprintln!("SKIPPED under the simulator: the op cases are tests/codegen.rs' work");
         return;
     }
-    for spec in all_specs() {
-        for case in cases(spec.name).unwrap_or_default() {
-            // Every alias used, so that argument positions have no gaps.
-            let f = format!("({case}) + 0 * (Sum(x) + Sum(y) + a + b + Sum(S) + p)");
-            let g = Genred::new(&f, &ALIASES, Reduction::Sum, 1).unwrap();
-            let mut rng = Rng::new(9);
-            let mut inp = Inputs::new();
-            let (n, m) = (40, 300);
-            for shape in [&[n, 3][..], &[m, 3], &[n, 1], &[m, 1], &[9], &[1]] {
-                inp.push(shape, || rng.uniform(0.3, 1.7));
-            }
-            for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
-                let o = opts(scheme, SumScheme::BlockSum);
-                check::<f32>(&g, &inp, &o, &format!("{case} {scheme:?} f32"));
-                check::<f64>(&g, &inp, &o, &format!("{case} {scheme:?} f64"));
-            }
+    let all: Vec<_> = all_specs()
+        .flat_map(|spec| cases(spec.name).unwrap_or_default())
+        .collect();
+    // One kernel build per case and type, compiled on every core: NVRTC runs on the
+    // calling thread, and one after another these builds take minutes.
+    all.par_iter().for_each(|case| {
+        // Every alias used, so that argument positions have no gaps.
+        let f = format!("({case}) + 0 * (Sum(x) + Sum(y) + a + b + Sum(S) + p)");
+        let g = Genred::new(&f, &ALIASES, Reduction::Sum, 1).unwrap();
+        let mut rng = Rng::new(9);
+        let mut inp = Inputs::new();
+        let (n, m) = (40, 300);
+        for shape in [&[n, 3][..], &[m, 3], &[n, 1], &[m, 1], &[9], &[1]] {
+            inp.push(shape, || rng.uniform(0.3, 1.7));
         }
-    }
+        for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
+            let o = opts(scheme, SumScheme::BlockSum);
+            check::<f32>(&g, &inp, &o, &format!("{case} {scheme:?} f32"));
+            check::<f64>(&g, &inp, &o, &format!("{case} {scheme:?} f64"));
+        }
+    });
 }
 
 /// Chunked kernels (x and y of dimension 150): every chunkable case of
