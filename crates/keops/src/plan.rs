@@ -13,15 +13,15 @@ use crate::reduction::{Reduction, ReductionSpec};
 pub trait Element:
     Real + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + private::Sealed
 {
-    /// Whether [`Options::fast_math`] flushes this type's subnormals to zero (float32,
-    /// on both engines, as CUDA's `--use_fast_math`; float64 stays IEEE).
-    const FAST_MATH_FLUSHES: bool;
+    /// Whether [`Options::fast_math`] applies to this type: float32 (subnormals flushed
+    /// on both engines, the GPU's `--use_fast_math`); float64 stays IEEE.
+    const FAST_MATH: bool;
 }
 impl Element for f32 {
-    const FAST_MATH_FLUSHES: bool = true;
+    const FAST_MATH: bool = true;
 }
 impl Element for f64 {
-    const FAST_MATH_FLUSHES: bool = false;
+    const FAST_MATH: bool = false;
 }
 mod private {
     use super::{Options, Problem, Reduced, Result};

@@ -129,7 +129,7 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
         });
     }
     let isa = opts.isa;
-    let flush = opts.fast_math && T::FAST_MATH_FLUSHES;
+    let flush = opts.fast_math && T::FAST_MATH;
     let go = |threads: usize| match &fused {
         Some(f) => drive(problem, f, threads, isa, flush),
         None => drive(

@@ -67,7 +67,8 @@ pub struct KernelSpec {
     pub acc: CType,
     /// Summation scheme within a tile (sums only).
     pub sum_scheme: SumScheme,
-    /// Compiled with `--use_fast_math` ([`Options::fast_math`]).
+    /// Compiled with `--use_fast_math` ([`Options::fast_math`], float32 kernels only:
+    /// it leaves float64 math as it is, and float64 kernels keep one cache entry).
     pub fast_math: bool,
 }
 
@@ -98,7 +99,7 @@ impl KernelSpec {
             ty,
             acc,
             sum_scheme: opts.sum_scheme,
-            fast_math: opts.fast_math,
+            fast_math: opts.fast_math && T::FAST_MATH,
         }
     }
 
@@ -803,6 +804,14 @@ mod tests {
         );
         assert!(!strict.fast_math && fast.fast_math);
         assert_ne!(a.code, b.code, "the cache key must tell them apart");
+        let fast64 = KernelSpec::new::<f64>(
+            &gauss(1),
+            &Options {
+                fast_math: true,
+                ..Options::default()
+            },
+        );
+        assert!(!fast64.fast_math, "float64 math is the same with it");
     }
 
     #[test]
