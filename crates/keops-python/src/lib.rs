@@ -524,6 +524,19 @@ fn gpu_available() -> bool {
     keops::cuda::available()
 }
 
+/// The folder of the GPU kernel cache (`None` without a home folder).
+#[pyfunction]
+fn kernel_cache_dir() -> Option<std::path::PathBuf> {
+    keops::cuda::runtime::cache_dir()
+}
+
+/// Empties the GPU kernel cache, in memory and on disk; returns how many files were
+/// removed.
+#[pyfunction]
+fn clear_kernel_cache() -> PyResult<usize> {
+    keops::cuda::runtime::clear_cache().map_err(to_py)
+}
+
 /// Whether `backend="auto"` runs reductions on a GPU here (see `keops::plan::auto_uses_gpu`).
 #[pyfunction]
 fn auto_uses_gpu() -> bool {
@@ -569,6 +582,8 @@ fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gpu_available, m)?)?;
     m.add_function(wrap_pyfunction!(auto_uses_gpu, m)?)?;
     m.add_function(wrap_pyfunction!(op_names, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_cache_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(clear_kernel_cache, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -67,7 +67,17 @@ impl Reduction {
         };
         let r = match name {
             "Sum" => Reduction::Sum,
-            "LogSumExp" | "Max_SumShiftExp" | "Max_SumShiftExpWeight" => Reduction::LogSumExp,
+            // With a weight (formula2), KeOps names it LogSumExpWeight.
+            "LogSumExp" | "LogSumExpWeight" => Reduction::LogSumExp,
+            "Max_SumShiftExp" | "Max_SumShiftExpWeight" => {
+                return Err(KeopsError::Reduction {
+                    reduction: name.to_string(),
+                    msg: "returns KeOps' raw state (the max m and the sum of exp(F - m)), \
+                          which keops does not expose; LogSumExp gives m + log(sum), \
+                          LogSumExp with a weight (formula2) m + log(sum exp(F - m) w)"
+                        .into(),
+                })
+            }
             "SumSoftMaxWeight" => Reduction::SumSoftMaxWeight,
             "Min" => Reduction::Min,
             "Max" => Reduction::Max,

@@ -8,6 +8,8 @@ replace ``pykeops`` by ``keops`` in the imports.
   on NumPy arrays.
 - ``keops.torch``: the same on PyTorch tensors, differentiable to any order (autograd
   and ``torch.func``). Imported on first use, as torch is optional.
+- pykeops' helpers: ``test_numpy_bindings()``, ``test_torch_bindings()``,
+  ``clean_pykeops()``, ``get_build_folder()``, ``set_build_folder()``, ``set_verbose()``.
 """
 
 from __future__ import annotations
@@ -37,13 +39,19 @@ def _point_at_nvrtc() -> None:
 
 _point_at_nvrtc()
 
-from . import numpy  # noqa: E402
+from . import _tools, numpy  # noqa: E402
 from ._keops import __version__, gpu_available  # noqa: E402
+from ._tools import (clean_pykeops, get_build_folder, set_build_folder,  # noqa: E402
+                     set_verbose, test_numpy_bindings, test_torch_bindings)
 
-__all__ = ["__version__", "gpu_available", "numpy", "torch"]
+__all__ = ["__version__", "gpu_available", "numpy", "torch", "clean_pykeops",
+           "get_build_folder", "set_build_folder", "set_verbose", "test_numpy_bindings",
+           "test_torch_bindings"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "torch":
         return importlib.import_module(".torch", __name__)
+    if name == "verbose":
+        return _tools.verbose
     raise AttributeError(f"module 'keops' has no attribute {name!r}")

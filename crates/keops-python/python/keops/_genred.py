@@ -8,6 +8,7 @@ the subclasses only convert arrays and call.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -281,12 +282,17 @@ class GenredBase:
                 f"reduction_op={self.reduction_op!r}, axis={self.axis})")
 
 
-def output_axis(output: str) -> int:
-    """The reduction axis that the output alias of pykeops' ``generic_*`` implies."""
-    cat = output.split("=")[-1].strip()[:2]
-    if cat not in ("Vi", "Vj"):
-        raise ValueError(f"output {output!r} must be declared as Vi(...) or Vj(...)")
-    return 1 if cat == "Vi" else 0
+_OUTPUT = re.compile(r"^\s*(?:\w+\s*=\s*)?(Vi|Vj)\s*\(\s*(?:\d+\s*,\s*)?(\d+)\s*\)\s*$")
+
+
+def output_alias(output: str) -> Tuple[int, int]:
+    """The reduction axis and the output dimension that the output alias of pykeops'
+    ``generic_*`` declares (``"a = Vi(3)"``: axis 1, dimension 3)."""
+    m = _OUTPUT.match(output)
+    if m is None:
+        raise ValueError(f"output {output!r} must be declared as Vi(dim) or Vj(dim), "
+                         "e.g. \"a = Vi(1)\"")
+    return (1 if m.group(1) == "Vi" else 0), int(m.group(2))
 
 
 def reduction_shortcuts(cls: Any) -> Tuple[Callable[..., Any], ...]:
@@ -300,8 +306,10 @@ def reduction_shortcuts(cls: Any) -> Tuple[Callable[..., Any], ...]:
 
     def generic(reduction: str, name: str, doc: str) -> Callable[..., Any]:
         def f(formula: str, output: str, *aliases: str, **kwargs: Any) -> Any:
-            return cls(formula, list(aliases), reduction_op=reduction,
-                       axis=output_axis(output), **kwargs)
+            axis, dim = output_alias(output)
+            if reduction in K_REDUCTIONS:
+                kwargs.setdefault("opt_arg", dim)  # K: the output's dimension
+            return cls(formula, list(aliases), reduction_op=reduction, axis=axis, **kwargs)
         f.__name__ = f.__qualname__ = name
         f.__doc__ = doc
         return f
@@ -312,7 +320,9 @@ def reduction_shortcuts(cls: Any) -> Tuple[Callable[..., Any], ...]:
                    "pykeops' ``generic_sum``: the output alias (``\"a = Vi(1)\"``) sets the axis."),
            generic("LogSumExp", "generic_logsumexp", "pykeops' ``generic_logsumexp``."),
            generic("ArgMin", "generic_argmin", "pykeops' ``generic_argmin``."),
-           generic("ArgKMin", "generic_argkmin", "pykeops' ``generic_argkmin`` (``opt_arg`` = K)."))
+           generic("ArgKMin", "generic_argkmin",
+                   "pykeops' ``generic_argkmin``: ``K`` is the output's dimension "
+                   "(``\"a = Vi(10)\"``: 10 neighbours)."))
     for f in out:
         f.__module__ = module
     return out

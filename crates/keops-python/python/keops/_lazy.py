@@ -14,12 +14,13 @@ is computed until a reduction (``.sum(dim)``, ``.logsumexp(dim)``, ``.argKmin(K,
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from . import _keops
 from ._cluster import same_ranges, swap_axes
-from ._genred import Core, Options, compile_core, make_options
+from ._genred import Core, GenredBase, Options, compile_core, make_options
 from ._solve import SolveParams
 
 Number = Union[int, float]
@@ -28,7 +29,22 @@ Array = Any
 L = TypeVar("L", bound="GenericLazyTensor")
 
 _CATS = {"i": "Vi", "j": "Vj", "p": "Pm"}
+#: pykeops' category numbers (``Var(ind, dim, cat)``, ``LazyTensor((ind, dim, cat))``).
+_CAT_OF = {0: "i", 1: "j", 2: "p"}
+_CAT_NUM = {"i": 0, "j": 1, "p": 2}
+#: Placeholders of formulas: ``\\x00k`` is the LazyTensor's array ``k``, ``\\x01k`` the
+#: symbolic variable of index ``k`` (``Vi(k, dim)``), named when reduced.
 _PLACEHOLDER = re.compile("\x00([0-9]+)")
+_SYMBOL = re.compile("\x01([0-9]+)")
+#: Options of a reduction (pykeops' Genred options; ``out`` as its call's).
+REDUCTION_KWARGS = frozenset({"backend", "device_id", "ranges", "out", "dtype_acc",
+                              "use_double_acc", "sum_scheme", "enable_chunks",
+                              "use_fast_math"})
+#: Options of ``solve``: the reductions' (but ``out``) and the conjugate gradients'.
+SOLVE_KWARGS = (REDUCTION_KWARGS - {"out"}) | {"max_iter", "verbose", "callback",
+                                               "return_info"}
+#: The longest Python list that a LazyTensor takes as a constant vector.
+LIST_LIMIT = 256
 #: ``.dense()`` refuses matrices with more entries than this.
 DENSE_LIMIT = 10**8
 
@@ -45,8 +61,49 @@ def _renumber(formula: str, mapping: Sequence[int]) -> str:
 
 
 def _name(formula: str) -> str:
-    """Replaces placeholders by alias names ``v0``, ``v1``, ..."""
-    return _PLACEHOLDER.sub(lambda m: f"v{m.group(1)}", formula)
+    """Replaces placeholders by alias names: ``v0``, ``v1``, ... for arrays, ``s0``,
+    ``s1``, ... for symbolic variables."""
+    return _SYMBOL.sub(lambda m: f"s{m.group(1)}", _PLACEHOLDER.sub(
+        lambda m: f"v{m.group(1)}", formula))
+
+
+def _check_kwargs(what: str, kwargs: Any, accepted: frozenset) -> None:
+    """Unknown options are errors (as in pykeops, whose Genred would refuse them)."""
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TypeError(f"{what} got an unexpected keyword argument {unknown[0]!r} "
+                        f"(accepted: {', '.join(sorted(accepted))})")
+
+
+def _merge_symbols(a: Tuple[Tuple[int, int, str], ...], b: Tuple[Tuple[int, int, str], ...]
+                   ) -> Tuple[Tuple[int, int, str], ...]:
+    """The symbolic variables of two operands; one index must mean one variable."""
+    out = dict((s[0], s) for s in a)
+    for s in b:
+        if out.setdefault(s[0], s) != s:
+            t = out[s[0]]
+            raise ValueError(f"symbolic variable {s[0]} is declared twice, as "
+                             f"{_CATS[t[2]]}({t[0]},{t[1]}) and {_CATS[s[2]]}({s[0]},{s[1]})")
+    return tuple(sorted(out.values()))
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A reduction or a solve kept for later (``call=False``, or symbolic variables):
+    what calling the LazyTensor runs."""
+
+    reduction: str
+    axis: int
+    k: Optional[int] = None
+    #: The weight's formula (placeholders), for ``LogSumExp`` / ``SumSoftMaxWeight``.
+    formula2: Optional[str] = None
+    kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: For a solve: the right-hand side, the unknown's slot among the arguments (see
+    #: ``solve``), ``alpha`` and ``eps``.
+    rhs: Any = None
+    unknown: int = 0
+    alpha: float = 0.0
+    eps: float = 0.0
 
 
 class GenericLazyTensor:
@@ -54,9 +111,13 @@ class GenericLazyTensor:
 
     Args:
         x: an array (``(..., N, 1, D)``: indexed by ``i``; ``(..., 1, M, D)``: by ``j``;
-            ``(D,)`` or ``(..., 1, 1, D)``: a parameter) or a number (a constant).
+            ``(D,)`` or ``(..., 1, 1, D)``: a parameter), a number or a list of numbers
+            (a constant), or a triple of integers ``(ind, dim, cat)``: a *symbolic*
+            variable (``cat`` 0 for ``i``, 1 for ``j``, 2 for a parameter), whose array
+            is given when the reduction is called (see below).
         axis: force the category of a 2-D array ``(N, D)``: 0 for ``i``, 1 for ``j``,
             2 for a parameter.
+        is_complex: a complex LazyTensor even for real data (complex arrays always are).
 
     Operations (``+ - * / ** |``, comparisons, math and vector methods, ``grad``,
     ``laplacian``, ...) build a formula; nothing is computed until a reduction over
@@ -74,7 +135,20 @@ class GenericLazyTensor:
         K_ij = (-((x_i - y_j) ** 2).sum(-1)).exp()    # symbolic (N, M, 1)
         a = K_ij @ b                                  # (N, E)
         nn = ((x_i - y_j) ** 2).sum(-1).argKmin(5, dim=1)   # (N, 5) indices
+
+    A reduction with ``call=False``, or of a formula with symbolic variables
+    (``Vi(0, 3)``, ``LazyTensor((0, 3, 0))``), returns a callable LazyTensor instead: a
+    ``Genred`` that takes the symbolic variables' arrays in the order of their indices::
+
+        gauss = (-Vi(0, 3).sqdist(Vj(1, 3))).exp().sum(dim=1)   # callable
+        a = gauss(x, y)                                         # (N, 1)
+
+    As in pykeops, ``shape`` is ``(..., N, M, D)`` without a last dimension of 1,
+    ``ndim`` is ``D`` and ``dim()`` the number of dimensions of ``(..., N, M, D)``.
     """
+
+    # NumPy defers to the LazyTensor's reflected operators (``array * K``), as pykeops.
+    __array_ufunc__ = None
 
     #: Block-sparsity pattern (pykeops' ``ranges`` 6-tuple) used by reductions; kept by
     #: the operations, swapped by ``t()``.
@@ -114,17 +188,52 @@ class GenericLazyTensor:
         raise NotImplementedError
 
     # -- construction -------------------------------------------------------------------
-    def __init__(self, x: Any = None, axis: Optional[int] = None) -> None:
+    def __init__(self, x: Any = None, axis: Optional[int] = None,
+                 is_complex: bool = False) -> None:
         self._vars: List[Tuple[Array, str]] = []
         self._formula = ""
         self._dim = 1
         #: Complex (pykeops' ComplexLazyTensor): ``_dim`` reals hold ``_dim / 2``
         #: complex numbers, interleaved.
         self._complex = False
+        #: Symbolic variables ``(index, dim, category)``, sorted by index.
+        self._sym: Tuple[Tuple[int, int, str], ...] = ()
+        #: For the result of a reduction or solve with ``call=False``: what to run.
+        self._pending: Optional[_Pending] = None
         if x is None:
+            return
+        self._build(x, axis)
+        if is_complex and not self._complex:
+            self._formula = f"Real2Complex({self._formula})"
+            self._dim, self._complex = 2 * self._dim, True
+
+    def _build(self, x: Any, axis: Optional[int]) -> None:
+        if isinstance(x, tuple):
+            if not (len(x) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                        for v in x) and x[0] >= 0 and x[1] >= 1
+                    and x[2] in _CAT_OF):
+                raise ValueError("LazyTensor(tuple): a symbolic variable is (ind, dim, cat), "
+                                 "integers with ind >= 0, dim >= 1 and cat 0 (i), 1 (j) or "
+                                 f"2 (parameter); got {x!r}")
+            if axis is not None:
+                raise ValueError("LazyTensor((ind, dim, cat)): axis is given by cat")
+            self._formula, self._dim = f"\x01{x[0]}", x[1]
+            self._sym = ((x[0], x[1], _CAT_OF[x[2]]),)
             return
         if isinstance(x, (int, float)) and not isinstance(x, bool):
             self._formula = _literal(x)
+            return
+        if isinstance(x, list):
+            if not x or len(x) > LIST_LIMIT or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in x):
+                raise ValueError(f"LazyTensor(list): expected 1 to {LIST_LIMIT} real numbers "
+                                 "(a constant vector); use an array for more")
+            if axis not in (None, 2):
+                raise ValueError("LazyTensor(list) is a parameter: axis must be None or 2")
+            f = _literal(x[0])
+            for v in x[1:]:
+                f = f"Concat({f}, {_literal(v)})"
+            self._formula, self._dim = f, len(x)
             return
         if isinstance(x, complex):
             self._formula = (f"(Real2Complex({_literal(x.real)}) + "
@@ -182,6 +291,10 @@ class GenericLazyTensor:
              cplx: bool = False, other: Optional["GenericLazyTensor"] = None) -> L:
         out = type(self)()
         out._formula, out._vars, out._dim, out._complex = formula, vars_, dim, cplx
+        if other is not None and other._sym:
+            out._sym = _merge_symbols(self._sym, other._sym) if self._sym else other._sym
+        else:
+            out._sym = self._sym
         out.ranges = self.ranges
         if other is not None and other.ranges is not None:
             if self.ranges is not None and not same_ranges(self.ranges, other.ranges):
@@ -236,48 +349,116 @@ class GenericLazyTensor:
 
     # -- properties -------------------------------------------------------------------
     @property
+    def _shape(self) -> Tuple[int, ...]:
+        """``(..., N, M, D)``, with ``D`` counted in complex numbers for a complex one."""
+        ni, nj, batch = self.ni, self.nj, self.batchdims
+        return (batch or ()) + (1 if ni is None else ni, 1 if nj is None else nj, self.ndim)
+
+    @property
     def shape(self) -> Tuple[int, ...]:
-        """``(..., N, M, D)`` as pykeops reports it."""
-        n = m = 1
-        batch: Tuple[int, ...] = ()
-        for arr, cat in self._vars:
-            if cat == "i":
-                n = int(arr.shape[-2])
-            elif cat == "j":
-                m = int(arr.shape[-2])
-            lead = tuple(arr.shape[:-2] if cat != "p" else arr.shape[:-1])
-            if len(lead) > len(batch):
-                batch = tuple(max(a, b) for a, b in zip(lead, (1,) * (len(lead) - len(batch)) + batch))
-            else:
-                batch = tuple(max(a, b) for a, b in zip((1,) * (len(batch) - len(lead)) + lead, batch))
-        return tuple(int(b) for b in batch) + (n, m, self._dim // 2 if self._complex
-                                              else self._dim)
+        """``(..., N, M, D)``, or ``(..., N, M)`` where ``D`` is 1, as pykeops."""
+        s = self._shape
+        return s[:-1] if s[-1] == 1 else s
 
     @property
     def ndim(self) -> int:
-        """Number of dimensions of the symbolic tensor (batch dims + 3)."""
-        return len(self.shape)
+        """``D``, the dimension of the formula's values (pykeops' ``ndim``)."""
+        return self._dim // 2 if self._complex else self._dim
 
     def dim(self) -> int:
-        """``ndim``, as a method (pykeops)."""
-        return self.ndim
+        """The number of dimensions of ``(..., N, M, D)``: batch dims + 3."""
+        return len(self._shape)
 
     @property
-    def dtype(self) -> Any:
-        """The dtype of the wrapped arrays (``None`` for a constant); complex64 or
-        complex128 for a complex LazyTensor."""
+    def _nd(self) -> int:
+        return 3 + max((a.ndim - (1 if c == "p" else 2) for a, c in self._vars), default=0)
+
+    @property
+    def ni(self) -> Optional[int]:
+        """``N``, the number of ``i`` rows (``None`` without an ``i``-indexed array)."""
+        for arr, cat in self._vars:
+            if cat == "i":
+                return int(arr.shape[-2])
+        return None
+
+    @property
+    def nj(self) -> Optional[int]:
+        """``M``, the number of ``j`` rows (``None`` without a ``j``-indexed array)."""
+        for arr, cat in self._vars:
+            if cat == "j":
+                return int(arr.shape[-2])
+        return None
+
+    @property
+    def batchdims(self) -> Optional[Tuple[int, ...]]:
+        """The batch dimensions, broadcast over the arrays (``None`` without any)."""
+        batch: Tuple[int, ...] = ()
+        for arr, cat in self._vars:
+            lead = tuple(int(d) for d in (arr.shape[:-2] if cat != "p" else arr.shape[:-1]))
+            width = max(len(lead), len(batch))
+            lead = (1,) * (width - len(lead)) + lead
+            batch = tuple(max(a, b) for a, b in zip(lead, (1,) * (width - len(batch)) + batch))
+        return batch or None
+
+    @property
+    def nbatchdims(self) -> int:
+        """The number of batch dimensions."""
+        batch = self.batchdims
+        return len(batch) if batch else 0
+
+    @property
+    def is_complex(self) -> bool:
+        """Whether this is a complex LazyTensor (pykeops' ComplexLazyTensor)."""
+        return self._complex
+
+    @property
+    def variables(self) -> Tuple[Array, ...]:
+        """The wrapped arrays, in the order of their indices in :attr:`formula`."""
+        return tuple(a for a, _ in self._vars)
+
+    @property
+    def symbolic_variables(self) -> Tuple[Tuple[int, int, int], ...]:
+        """The symbolic variables, ``(ind, dim, cat)`` each (``cat``: 0 i, 1 j, 2 p)."""
+        return tuple((k, d, _CAT_NUM[c]) for k, d, c in self._sym)
+
+    @property
+    def dtype(self) -> Optional[str]:
+        """The wrapped arrays' dtype as pykeops names it (``"float32"``, ``"float64"``;
+        ``"complex64"``, ``"complex128"`` for a complex LazyTensor); ``None`` without an
+        array."""
         if not self._vars:
             return None
         a = self._vars[0][0]
-        return self._real_as_complex(a[..., :2]).dtype if self._complex else a.dtype
+        name = str(a.dtype).rsplit(".", 1)[-1]
+        return {"float32": "complex64", "float64": "complex128"}[name] if self._complex \
+            else name
 
     @property
     def formula(self) -> str:
-        """The formula in KeOps syntax, variables named ``v0``, ``v1``, ..."""
+        """The formula in KeOps syntax: arrays named ``v0``, ``v1``, ..., symbolic
+        variables ``s0``, ``s1``, ... by their indices."""
         return _name(self._formula)
 
+    @property
+    def reduction_op(self) -> Optional[str]:
+        """For a callable LazyTensor (a reduction kept for later): its reduction
+        (``"Solve"`` for a solve); else ``None``."""
+        return None if self._pending is None else self._pending.reduction
+
     def __repr__(self) -> str:
-        return f"KeOps LazyTensor with formula {self.formula!r} and shape {self.shape}"
+        lines = ["KeOps LazyTensor", f"    formula: {self.formula}"]
+        if self._sym:
+            lines.append("    symbolic variables: " + ", ".join(
+                f"{_CATS[c]}({k},{d})" for k, d, c in self._sym))
+        lines.append(f"    shape: {self.shape}")
+        p = self._pending
+        if p is not None:
+            lines.append(f"    reduction: {p.reduction} (axis={p.axis})")
+            if p.formula2 is not None:
+                lines.append(f"        formula2: {_name(p.formula2)}")
+            if p.k is not None:
+                lines.append(f"        opt_arg: {p.k}")
+        return "\n".join(lines)
 
     __hash__ = object.__hash__
 
@@ -500,9 +681,9 @@ class GenericLazyTensor:
         """Elementwise floor."""
         return self._unary("Floor")
 
-    def round(self: L, d: int = 0) -> L:
-        """Elementwise rounding to ``d`` decimals (halves away from zero)."""
-        return self._unary("Round", args=f",{int(d)}")
+    def round(self: L, other: int = 0) -> L:
+        """Elementwise rounding to ``other`` decimals (halves away from zero)."""
+        return self._unary("Round", args=f",{int(other)}")
 
     def mod(self: L, modulus: Any, offset: Any = 0) -> L:
         """``self - modulus * floor((self - offset) / modulus)``: ``self`` brought into
@@ -522,10 +703,10 @@ class GenericLazyTensor:
         """Elementwise arc cosine."""
         return self._unary("Acos")
 
-    def atan2(self: L, x: Any) -> L:
+    def atan2(self: L, other: Any) -> L:
         """``y.atan2(x)``: the angle of the point ``(x, y)``, elementwise, in
         ``[-pi, pi]``."""
-        return self._binary(x, "Atan2({}, {})")
+        return self._binary(other, "Atan2({}, {})")
 
     def sinxdivx(self: L) -> L:
         """Elementwise ``sin(x) / x`` (1 at 0)."""
@@ -535,20 +716,20 @@ class GenericLazyTensor:
         """Elementwise normalised sinc, ``sin(pi x) / (pi x)`` (as ``numpy.sinc``)."""
         return self._unary("Sinc")
 
-    def power(self: L, p: Any) -> L:
-        """``self ** p``."""
-        return self ** p
+    def power(self: L, other: Any) -> L:
+        """``self ** other``."""
+        return self ** other
 
-    def clamp(self: L, a: Any, b: Any) -> L:
-        """``self`` clamped to ``[a, b]`` (numbers or LazyTensors)."""
-        if isinstance(a, int) and isinstance(b, int):
-            return self._unary("ClampInt", args=f",{a},{b}")
-        return self._ternary(a, b, "Clamp({}, {}, {})", self._dim)
+    def clamp(self: L, other1: Any, other2: Any) -> L:
+        """``self`` clamped to ``[other1, other2]`` (numbers or LazyTensors)."""
+        if isinstance(other1, int) and isinstance(other2, int):
+            return self._unary("ClampInt", args=f",{other1},{other2}")
+        return self._ternary(other1, other2, "Clamp({}, {}, {})", self._dim)
 
-    def ifelse(self: L, a: Any, b: Any) -> L:
-        """``a`` where ``self >= 0``, else ``b``."""
-        dim = max(self._dim, self._wrap(a)._dim, self._wrap(b)._dim)
-        return self._ternary(a, b, "IfElse({}, {}, {})", dim)
+    def ifelse(self: L, other1: Any, other2: Any) -> L:
+        """``other1`` where ``self >= 0``, else ``other2``."""
+        dim = max(self._dim, self._wrap(other1)._dim, self._wrap(other2)._dim)
+        return self._ternary(other1, other2, "IfElse({}, {}, {})", dim)
 
     # -- vector operations ------------------------------------------------------------------
     def sqnorm2(self: L) -> L:
@@ -561,7 +742,7 @@ class GenericLazyTensor:
 
     def norm(self: L, dim: int) -> L:
         """Euclidean norm over ``dim``, which must be the last dimension."""
-        if dim not in (-1, self.ndim - 1):
+        if dim not in (-1, self._nd - 1):
             raise ValueError("norm: only the last dimension (dim=-1) is supported")
         return self.norm2()
 
@@ -569,17 +750,19 @@ class GenericLazyTensor:
         """``x / |x|`` (0 at 0)."""
         return self._unary("Normalize")
 
-    def sqdist(self: L, o: Any) -> L:
+    def sqdist(self: L, other: Any) -> L:
         """Squared Euclidean distance."""
-        return self._binary(o, "SqDist({}, {})", dim=1)
+        return self._binary(other, "SqDist({}, {})", dim=1)
 
-    def weightedsqnorm(self: L, s: Any) -> L:
-        """``WeightedSqNorm(s, self)``: ``s`` scalar, diagonal or a full matrix."""
-        return self._wrap(s)._binary(self, "WeightedSqNorm({}, {})", dim=1)
+    def weightedsqnorm(self: L, other: Any) -> L:
+        """``WeightedSqNorm(other, self)``: the weight ``other`` a scalar, a diagonal or a
+        full matrix."""
+        return self._wrap(other)._binary(self, "WeightedSqNorm({}, {})", dim=1)
 
-    def weightedsqdist(self: L, o: Any, s: Any) -> L:
-        """``WeightedSqDist(s, self, o)``."""
-        return (self - o).weightedsqnorm(s)
+    def weightedsqdist(self: L, g: Any, s: Any) -> L:
+        """``WeightedSqDist(s, self, g)``: the squared norm of ``self - g`` weighted by
+        ``s``."""
+        return (self - g).weightedsqnorm(s)
 
     def elem(self: L, i: int) -> L:
         """Coordinate ``i``."""
@@ -647,31 +830,33 @@ class GenericLazyTensor:
         return self._binary(o, "BSpline({}, {}" + f", {int(k)})",
                             dim=self._dim - int(k) - 1)
 
-    def softdtw_sqdist(self: L, y: Any, gamma: Any) -> L:
-        """Soft-DTW discrepancy between the series ``self`` and ``y`` for the squared
+    def softdtw_sqdist(self: L, other: Any, gamma: Any) -> L:
+        """Soft-DTW discrepancy between the series ``self`` and ``other`` for the squared
         difference cost, with smoothing ``gamma`` (a scalar)."""
-        return self._ternary(y, gamma, "SoftDTW_SqDist({}, {}, {})", 1)
+        return self._ternary(other, gamma, "SoftDTW_SqDist({}, {}, {})", 1)
 
-    def difference_matrix(self: L, y: Any) -> L:
-        """The row-major ``(dim(y), dim(self))`` matrix of differences, flattened:
-        ``out[j * dim(self) + i] = self[i] - y[j]``."""
-        o = self._wrap(y)
+    def difference_matrix(self: L, other: Any) -> L:
+        """The row-major ``(dim(other), dim(self))`` matrix of differences, flattened:
+        ``out[j * dim(self) + i] = self[i] - other[j]``."""
+        o = self._wrap(other)
         return self._binary(o, "DifferenceMatrix({}, {})", dim=self._dim * o._dim)
 
-    def matvecmult(self: L, v: Any) -> L:
-        """The matrix ``self`` (``n x p``, row-major) times the vector ``v`` (dim ``p``)."""
-        o = self._wrap(v)
+    def matvecmult(self: L, other: Any) -> L:
+        """The matrix ``self`` (``n x p``, row-major) times the vector ``other`` (dim
+        ``p``)."""
+        o = self._wrap(other)
         return self._binary(o, "MatVecMult({}, {})", dim=self._dim // o._dim)
 
-    def vecmatmult(self: L, m: Any) -> L:
-        """The row vector ``self`` (dim ``n``) times the matrix ``m`` (``n x p``,
+    def vecmatmult(self: L, other: Any) -> L:
+        """The row vector ``self`` (dim ``n``) times the matrix ``other`` (``n x p``,
         row-major)."""
-        o = self._wrap(m)
+        o = self._wrap(other)
         return self._binary(o, "VecMatMult({}, {})", dim=o._dim // self._dim)
 
-    def tensorprod(self: L, o: Any) -> L:
-        """Outer product, flattened row-major: ``out[k * dim(o) + l] = self[k] o[l]``."""
-        o = self._wrap(o)
+    def tensorprod(self: L, other: Any) -> L:
+        """Outer product, flattened row-major: ``out[k * dim(other) + l] = self[k]
+        other[l]``."""
+        o = self._wrap(other)
         return self._binary(o, "TensorProd({}, {})", dim=self._dim * o._dim)
 
     def factorize(self: L, other: Any) -> L:
@@ -692,15 +877,35 @@ class GenericLazyTensor:
             raise ValueError(f"one_hot needs a scalar LazyTensor, got dimension {self._dim}")
         return self._unary("OneHot", dim=int(D), args=f",{int(D)}")
 
-    def concat(self: L, o: Any) -> L:
+    def concat(self: L, other: Any) -> L:
         """Concatenation along the last dimension."""
-        o = self._wrap(o)
+        o = self._wrap(other)
         return self._binary(o, "Concat({}, {})", dim=self._dim + o._dim)
+
+    @staticmethod
+    def concatenate(tuple_of_lt: Sequence["GenericLazyTensor"], axis: int = -1) -> Any:
+        """Concatenation of LazyTensors along the last dimension (pykeops)."""
+        if len(tuple_of_lt) == 0:
+            raise ValueError("concatenate: expected at least one LazyTensor")
+        first = tuple_of_lt[0]
+        if axis not in (-1, first._nd - 1):
+            raise ValueError("concatenate: only the last dimension (axis=-1) is supported")
+        out = first
+        for lt in tuple_of_lt[1:]:
+            out = out.concat(lt)
+        return out
+
+    @staticmethod
+    def cat(tuple_of_lt: Sequence["GenericLazyTensor"], dim: int) -> Any:
+        """:meth:`concatenate` along ``dim`` (which must be the last dimension)."""
+        return GenericLazyTensor.concatenate(tuple_of_lt, dim)
 
     def t(self: L) -> L:
         """Swaps the ``i`` and ``j`` axes: ``K.t()`` has shape ``(..., M, N, D)``."""
         swap = {"i": "j", "j": "i", "p": "p"}
-        out = self._new(self._formula, [(a, swap[c]) for a, c in self._vars], self._dim)
+        out = self._new(self._formula, [(a, swap[c]) for a, c in self._vars], self._dim,
+                        self._complex)
+        out._sym = tuple((k, d, swap[c]) for k, d, c in self._sym)
         out.ranges = swap_axes(self.ranges)
         return out
 
@@ -711,52 +916,66 @@ class GenericLazyTensor:
 
     # -- symbolic differentiation ----------------------------------------------------------
     def _variable(self, v: "GenericLazyTensor", what: str) -> None:
-        if not (len(v._vars) == 1 and v._formula == "\x000"):
+        if not (len(v._vars) == 1 and not v._sym and v._formula == "\x000" or
+                not v._vars and len(v._sym) == 1 and v._formula == f"\x01{v._sym[0][0]}"):
             raise ValueError(f"{what}: the variable must be a LazyTensor that wraps one array "
-                             f"(Vi/Vj/Pm), got the formula {v.formula!r}")
+                             f"(Vi/Vj/Pm), or a symbolic variable, got the formula "
+                             f"{v.formula!r}")
 
-    def grad(self: L, v: "GenericLazyTensor", e: Any) -> L:
-        """``Grad(F, v, e)``: the gradient of ``<F, e>`` with respect to variable ``v``."""
-        self._variable(v, "grad")
-        return self._ternary(v, e, "Grad({}, {}, {})", v._dim)
+    def grad(self: L, other: "GenericLazyTensor", gradin: Any) -> L:
+        """``Grad(F, other, gradin)``: the gradient of ``<F, gradin>`` with respect to the
+        variable ``other``."""
+        self._variable(other, "grad")
+        return self._ternary(other, gradin, "Grad({}, {}, {})", other._dim)
 
-    def diff(self: L, v: "GenericLazyTensor", u: Any) -> L:
-        """``Diff(F, v, u)``: the derivative of ``F`` with respect to ``v`` along ``u``."""
-        self._variable(v, "diff")
-        return self._ternary(v, u, "Diff({}, {}, {})", self._dim)
+    def diff(self: L, other: "GenericLazyTensor", diffin: Any) -> L:
+        """``Diff(F, other, diffin)``: the derivative of ``F`` with respect to the variable
+        ``other`` along ``diffin``."""
+        self._variable(other, "diff")
+        return self._ternary(other, diffin, "Diff({}, {}, {})", self._dim)
 
-    def divergence(self: L, v: "GenericLazyTensor") -> L:
-        """``Divergence(F, v)`` (``F`` of ``v``'s dimension)."""
-        self._variable(v, "divergence")
-        return self._binary(v, "Divergence({}, {})", dim=1)
+    def divergence(self: L, var: "GenericLazyTensor") -> L:
+        """``Divergence(F, var)`` (``F`` of ``var``'s dimension)."""
+        self._variable(var, "divergence")
+        return self._binary(var, "Divergence({}, {})", dim=1)
 
-    def laplacian(self: L, v: "GenericLazyTensor") -> L:
-        """``Laplacian(F, v)`` (scalar ``F``)."""
-        self._variable(v, "laplacian")
-        return self._binary(v, "Laplacian({}, {})", dim=1)
+    def laplacian(self: L, var: "GenericLazyTensor") -> L:
+        """``Laplacian(F, var)`` (scalar ``F``)."""
+        self._variable(var, "laplacian")
+        return self._binary(var, "Laplacian({}, {})", dim=1)
 
-    def grad_matrix(self: L, v: "GenericLazyTensor") -> L:
-        """``GradMatrix(F, v)``: the Jacobian, flattened (``dim F * dim v``)."""
-        self._variable(v, "grad_matrix")
-        return self._binary(v, "GradMatrix({}, {})", dim=self._dim * v._dim)
+    def grad_matrix(self: L, other: "GenericLazyTensor") -> L:
+        """``GradMatrix(F, other)``: the Jacobian, flattened (``dim F * dim other``)."""
+        self._variable(other, "grad_matrix")
+        return self._binary(other, "GradMatrix({}, {})", dim=self._dim * other._dim)
 
-    def trace_operator(self: L, v: "GenericLazyTensor") -> L:
-        """``TraceOperator(F, v)``: for ``F`` linear in the variable ``v`` (same
+    def trace_operator(self: L, var: "GenericLazyTensor") -> L:
+        """``TraceOperator(F, var)``: for ``F`` linear in the variable ``var`` (same
         dimension), the trace of that linear map (a scalar)."""
-        self._variable(v, "trace_operator")
-        return self._binary(v, "TraceOperator({}, {})", dim=1)
+        self._variable(var, "trace_operator")
+        return self._binary(var, "TraceOperator({}, {})", dim=1)
 
     # -- reductions ---------------------------------------------------------------------------
     def _named(self) -> Tuple[str, Tuple[str, ...]]:
-        aliases = tuple(f"v{k} = {_CATS[c]}({k},{a.shape[-1]})"
-                        for k, (a, c) in enumerate(self._vars))
+        """The formula and its aliases: the symbolic variables at their indices, then the
+        arrays (``v0`` at index ``n_sym``, ...)."""
+        first = self._n_sym
+        aliases = tuple(f"s{k} = {_CATS[c]}({k},{d})" for k, d, c in self._sym) + tuple(
+            f"v{k} = {_CATS[c]}({first + k},{a.shape[-1]})"
+            for k, (a, c) in enumerate(self._vars))
         return _name(self._formula), aliases
+
+    @property
+    def _n_sym(self) -> int:
+        """The arguments that a call takes for the symbolic variables: 1 + the largest
+        index."""
+        return self._sym[-1][0] + 1 if self._sym else 0
 
     def _axis(self, dim: Optional[int], axis: Optional[int]) -> Optional[int]:
         d = dim if dim is not None else axis
         if d is None:
             raise ValueError("a reduction needs dim (or axis): 0 for i, 1 for j")
-        nd = self.ndim
+        nd = self._nd
         d = d + nd if d < 0 else d
         if d == nd - 1:
             return None  # over the coordinates
@@ -767,121 +986,238 @@ class GenericLazyTensor:
         raise ValueError(f"dim {dim if dim is not None else axis} is a batch dimension; "
                          "reduce over i or j")
 
-    def _reduce(self, reduction: str, dim: Optional[int], axis: Optional[int] = None,
-                k: Optional[int] = None, weight: Any = None, **kwargs: Any) -> Any:
+    def reduction(self, reduction_op: str, other: Any = None, opt_arg: Optional[int] = None,
+                  axis: Optional[int] = None, dim: Optional[int] = None, call: bool = True,
+                  is_complex: Optional[bool] = None, **kwargs: Any) -> Any:
+        """The reduction ``reduction_op`` (KeOps' name: ``"Sum"``, ``"LogSumExp"``,
+        ``"ArgKMin"``, ...) over ``i`` (``axis`` or ``dim`` 0) or ``j`` (1), as pykeops'
+        method of that name, which the named reductions call.
+
+        Args:
+            other: the weight of ``LogSumExp`` / ``SumSoftMaxWeight``.
+            opt_arg: ``K`` of the K-min family.
+            call: ``False`` returns a callable LazyTensor instead of running it (as do
+                formulas with symbolic variables).
+            is_complex: accepted for pykeops compatibility (the operands decide).
+            **kwargs: ``backend``, ``device_id``, ``ranges``, ``out``, ``dtype_acc``,
+                ``use_double_acc``, ``sum_scheme``, ``use_fast_math``, ``enable_chunks``
+                (accepted; chunks are chosen by the planner); others are a TypeError.
+        """
+        _check_kwargs(f"the {reduction_op} reduction", kwargs, REDUCTION_KWARGS)
         ax = self._axis(dim, axis)
         if ax is None:
-            raise ValueError(f"{reduction} over the last dimension is not a reduction of "
+            raise ValueError(f"{reduction_op} over the last dimension is not a reduction of "
                              "the symbolic matrix; use dim=0 (over i) or dim=1 (over j)")
-        if not self._vars:
-            raise ValueError(f"{reduction}: the formula has no variable")
-        if self._complex and (reduction != "Sum" or weight is not None):
-            raise TypeError(f"{reduction} is not defined for complex LazyTensors (sum is)")
+        if self._complex and (reduction_op != "Sum" or other is not None):
+            raise TypeError(f"{reduction_op} is not defined for complex LazyTensors (sum is)")
         base, f2 = self, None
-        if weight is not None:
-            w = self._wrap(weight)
-            vars_, f1, fw = self._join(w)
-            base, f2 = self._new(f1, vars_, self._dim, other=w), _name(fw)
-        ranges = kwargs.get("ranges")
-        opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
-                            kwargs.get("sum_scheme", "auto"), kwargs.get("backend", "auto"),
-                            kwargs.get("device_id", -1),
-                            ranges=base.ranges if ranges is None else ranges,
-                            use_fast_math=kwargs.get("use_fast_math", True))
-        formula, aliases = base._named()
-        core = compile_core(formula, aliases, reduction, ax, k, f2)
-        values, indices = self._run(core, [a for a, _ in base._vars], opts)
+        if other is not None:
+            w = self._wrap(other)
+            vars_, f1, f2 = self._join(w)
+            base = self._new(f1, vars_, self._dim, other=w)
+        res = base._new(base._formula, base._vars, base._dim, self._complex)
+        res._pending = _Pending(reduction_op, ax, None if opt_arg is None else int(opt_arg),
+                                f2, dict(kwargs))
+        return res() if call and not res._sym else res
+
+    def _arguments(self, args: Sequence[Any], unknown: Optional[int] = None) -> List[Array]:
+        """The arrays of a call: the symbolic variables' (``args``, by index; the slot
+        ``unknown``, a solve's unknown, left out), then the wrapped ones."""
+        n = self._n_sym - (unknown is not None and unknown < self._n_sym)
+        if len(args) != n:
+            names = ", ".join(f"{_CATS[c]}({k},{d})" for k, d, c in self._sym
+                              if k != unknown) or "none"
+            raise TypeError(f"this LazyTensor takes {n} arrays, one per symbolic variable "
+                            f"by index ({names}); got {len(args)}")
+        arrays = [self._as_array(a) for a in args]
+        if unknown is not None and unknown < self._n_sym:
+            arrays.insert(unknown, None)
+        return arrays + [a for a, _ in self._vars]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the reduction or solve that this LazyTensor holds (``call=False``, or a
+        formula with symbolic variables): ``args`` are the arrays of the symbolic
+        variables, in the order of their indices; ``kwargs`` override its options."""
+        p = self._pending
+        if p is None:
+            raise ValueError("a LazyTensor can be called only when it is the result of a "
+                             "reduction or solve, e.g. K.sum(dim=1, call=False)")
+        kw = {**p.kwargs, **kwargs}
+        solve = p.reduction == "Solve"
+        _check_kwargs("calling a LazyTensor", kw, SOLVE_KWARGS if solve else REDUCTION_KWARGS)
+        if not self._vars and not self._sym:
+            raise ValueError(f"{p.reduction}: the formula has no variable")
+        arrays = self._arguments(args, p.unknown if solve else None)
+        formula, aliases = self._named()
+        ranges = kw.get("ranges")
+        opts = make_options(kw.get("dtype_acc", "auto"), kw.get("use_double_acc", False),
+                            kw.get("sum_scheme", "auto"), kw.get("backend", "auto"),
+                            kw.get("device_id", -1),
+                            ranges=self.ranges if ranges is None else ranges,
+                            use_fast_math=kw.get("use_fast_math", True))
+        if solve:
+            arrays[p.unknown] = p.rhs
+            core = compile_core(formula, aliases, "Sum", 1, None, None)
+            _keops.check_solve(core.g, p.unknown)
+            params = SolveParams(p.alpha, p.eps, kw.get("max_iter"), kw.get("verbose", False),
+                                 kw.get("callback"))
+            x = self._solve(core, p.unknown, arrays, params, opts)
+            return (x, params.infos[0]) if kw.get("return_info") else x
+        core = compile_core(formula, aliases, p.reduction, p.axis, p.k,
+                            None if p.formula2 is None else _name(p.formula2))
+        values, indices = self._run(core, arrays, opts)
         if self._complex:
-            return self._real_as_complex(values)
-        if values is not None and indices is not None:
-            return values, indices
-        return values if values is not None else indices
+            values = self._real_as_complex(values)
+        return GenredBase._result(values, indices, kw.get("out"))
 
-    def sum(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
-        """Sum over ``i`` (dim 0) or ``j`` (dim 1); over the coordinates for dim -1."""
-        if self._axis(dim, axis) is None:
-            if self._complex:
-                return self._complex_unary("ComplexSum", 2, True)
-            return self._unary("Sum", dim=1)
-        return self._reduce("Sum", dim, axis, **kwargs)
+    def _symbolic_or_reduce(self: L, op: str, axis: Optional[int], dim: Optional[int],
+                            kwargs: Dict[str, Any]) -> Any:
+        """pykeops' ``sum``/``min``/``max``/``argmin``/``argmax``: over the last
+        dimension (-1, the default) the operation on the coordinates, a LazyTensor;
+        else the reduction over ``i`` or ``j``."""
+        if self._axis(dim, axis) is not None:
+            return self.reduction(op, axis=axis, dim=dim, **kwargs)
+        if kwargs:
+            raise TypeError(f"{op.lower()} over the last dimension is a LazyTensor, not a "
+                            f"reduction: options ({', '.join(kwargs)}) apply to dim 0 or 1")
+        if op == "Sum" and self._complex:
+            return self._complex_unary("ComplexSum", 2, True)
+        return self._unary(op, dim=1)
 
-    def logsumexp(self, dim: Optional[int] = None, axis: Optional[int] = None,
+    def sum(self, axis: Optional[int] = -1, dim: Optional[int] = None, **kwargs: Any) -> Any:
+        """Sum over ``i`` (``axis`` or ``dim`` 0) or ``j`` (1); over the coordinates for
+        -1 (the default), a LazyTensor."""
+        return self._symbolic_or_reduce("Sum", axis, dim, kwargs)
+
+    def logsumexp(self, axis: Optional[int] = None, dim: Optional[int] = None,
                   weight: Any = None, **kwargs: Any) -> Any:
         """``log sum exp`` over ``i`` or ``j`` (``log sum exp(F) w`` with a weight)."""
-        return self._reduce("LogSumExp", dim, axis, weight=weight, **kwargs)
+        return self.reduction("LogSumExp", other=weight, axis=axis, dim=dim, **kwargs)
 
-    def sumsoftmaxweight(self, weight: Any, dim: Optional[int] = None,
-                         axis: Optional[int] = None, **kwargs: Any) -> Any:
+    def sumsoftmaxweight(self, weight: Any, axis: Optional[int] = None,
+                         dim: Optional[int] = None, **kwargs: Any) -> Any:
         """``sum exp(F) w / sum exp(F)`` over ``i`` or ``j``."""
-        return self._reduce("SumSoftMaxWeight", dim, axis, weight=weight, **kwargs)
+        return self.reduction("SumSoftMaxWeight", other=weight, axis=axis, dim=dim, **kwargs)
 
-    def min(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
-        """Minimum over ``i`` or ``j``."""
-        return self._reduce("Min", dim, axis, **kwargs)
+    def min(self, axis: Optional[int] = -1, dim: Optional[int] = None, **kwargs: Any) -> Any:
+        """Minimum over ``i`` or ``j``; over the coordinates for -1 (the default)."""
+        return self._symbolic_or_reduce("Min", axis, dim, kwargs)
 
-    def max(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
-        """Maximum over ``i`` or ``j``."""
-        return self._reduce("Max", dim, axis, **kwargs)
+    def max(self, axis: Optional[int] = -1, dim: Optional[int] = None, **kwargs: Any) -> Any:
+        """Maximum over ``i`` or ``j``; over the coordinates for -1 (the default)."""
+        return self._symbolic_or_reduce("Max", axis, dim, kwargs)
 
-    def argmin(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
-        """Position of the minimum (int64)."""
-        return self._reduce("ArgMin", dim, axis, **kwargs)
+    def argmin(self, axis: Optional[int] = -1, dim: Optional[int] = None,
+               **kwargs: Any) -> Any:
+        """Position of the minimum (int64) over ``i`` or ``j``; among the coordinates
+        for -1 (the default), a LazyTensor."""
+        return self._symbolic_or_reduce("ArgMin", axis, dim, kwargs)
 
-    def argmax(self, dim: Optional[int] = None, axis: Optional[int] = None, **kwargs: Any) -> Any:
-        """Position of the maximum (int64)."""
-        return self._reduce("ArgMax", dim, axis, **kwargs)
+    def argmax(self, axis: Optional[int] = -1, dim: Optional[int] = None,
+               **kwargs: Any) -> Any:
+        """Position of the maximum (int64) over ``i`` or ``j``; among the coordinates
+        for -1 (the default), a LazyTensor."""
+        return self._symbolic_or_reduce("ArgMax", axis, dim, kwargs)
 
-    def min_argmin(self, dim: Optional[int] = None, axis: Optional[int] = None,
+    def min_argmin(self, axis: Optional[int] = None, dim: Optional[int] = None,
                    **kwargs: Any) -> Any:
         """``(min, argmin)``."""
-        return self._reduce("Min_ArgMin", dim, axis, **kwargs)
+        return self.reduction("Min_ArgMin", axis=axis, dim=dim, **kwargs)
 
-    def max_argmax(self, dim: Optional[int] = None, axis: Optional[int] = None,
+    def max_argmax(self, axis: Optional[int] = None, dim: Optional[int] = None,
                    **kwargs: Any) -> Any:
         """``(max, argmax)``."""
-        return self._reduce("Max_ArgMax", dim, axis, **kwargs)
+        return self.reduction("Max_ArgMax", axis=axis, dim=dim, **kwargs)
 
-    def Kmin(self, K: int, dim: Optional[int] = None, axis: Optional[int] = None,
+    def Kmin(self, K: int, axis: Optional[int] = None, dim: Optional[int] = None,
              **kwargs: Any) -> Any:
         """The ``K`` smallest values, sorted."""
-        return self._reduce("KMin", dim, axis, k=int(K), **kwargs)
+        return self.reduction("KMin", opt_arg=K, axis=axis, dim=dim, **kwargs)
 
-    def argKmin(self, K: int, dim: Optional[int] = None, axis: Optional[int] = None,
+    def argKmin(self, K: int, axis: Optional[int] = None, dim: Optional[int] = None,
                 **kwargs: Any) -> Any:
         """Positions of the ``K`` smallest values (int64)."""
-        return self._reduce("ArgKMin", dim, axis, k=int(K), **kwargs)
+        return self.reduction("ArgKMin", opt_arg=K, axis=axis, dim=dim, **kwargs)
 
-    def Kmin_argKmin(self, K: int, dim: Optional[int] = None, axis: Optional[int] = None,
+    def Kmin_argKmin(self, K: int, axis: Optional[int] = None, dim: Optional[int] = None,
                      **kwargs: Any) -> Any:
         """``(Kmin, argKmin)``."""
-        return self._reduce("KMin_ArgKMin", dim, axis, k=int(K), **kwargs)
+        return self.reduction("KMin_ArgKMin", opt_arg=K, axis=axis, dim=dim, **kwargs)
 
-    # pykeops' aliases
-    sum_reduction = sum
-    logsumexp_reduction = logsumexp
-    sumsoftmaxweight_reduction = sumsoftmaxweight
-    min_reduction = min
-    max_reduction = max
-    argmin_reduction = argmin
-    argmax_reduction = argmax
-    min_argmin_reduction = min_argmin
-    max_argmax_reduction = max_argmax
-    Kmin_reduction = Kmin
-    argKmin_reduction = argKmin
-    Kmin_argKmin_reduction = Kmin_argKmin
+    # pykeops' names for the reductions alone (never the operation on the coordinates).
+    def sum_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
+                      **kwargs: Any) -> Any:
+        """Sum over ``i`` (0) or ``j`` (1)."""
+        return self.reduction("Sum", axis=axis, dim=dim, **kwargs)
+
+    def min_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
+                      **kwargs: Any) -> Any:
+        """Minimum over ``i`` (0) or ``j`` (1)."""
+        return self.reduction("Min", axis=axis, dim=dim, **kwargs)
+
+    def max_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
+                      **kwargs: Any) -> Any:
+        """Maximum over ``i`` (0) or ``j`` (1)."""
+        return self.reduction("Max", axis=axis, dim=dim, **kwargs)
+
+    def argmin_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
+                         **kwargs: Any) -> Any:
+        """Position of the minimum over ``i`` (0) or ``j`` (1)."""
+        return self.reduction("ArgMin", axis=axis, dim=dim, **kwargs)
+
+    def argmax_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
+                         **kwargs: Any) -> Any:
+        """Position of the maximum over ``i`` (0) or ``j`` (1)."""
+        return self.reduction("ArgMax", axis=axis, dim=dim, **kwargs)
+
+    def logsumexp_reduction(self, **kwargs: Any) -> Any:
+        """:meth:`logsumexp`."""
+        return self.logsumexp(**kwargs)
+
+    def sumsoftmaxweight_reduction(self, **kwargs: Any) -> Any:
+        """:meth:`sumsoftmaxweight`."""
+        return self.sumsoftmaxweight(**kwargs)
+
+    def min_argmin_reduction(self, **kwargs: Any) -> Any:
+        """:meth:`min_argmin`."""
+        return self.min_argmin(**kwargs)
+
+    def max_argmax_reduction(self, **kwargs: Any) -> Any:
+        """:meth:`max_argmax`."""
+        return self.max_argmax(**kwargs)
+
+    def Kmin_reduction(self, **kwargs: Any) -> Any:
+        """:meth:`Kmin`."""
+        return self.Kmin(**kwargs)
+
+    def argKmin_reduction(self, **kwargs: Any) -> Any:
+        """:meth:`argKmin`."""
+        return self.argKmin(**kwargs)
+
+    def Kmin_argKmin_reduction(self, **kwargs: Any) -> Any:
+        """:meth:`Kmin_argKmin`."""
+        return self.Kmin_argKmin(**kwargs)
+
+    def __min__(self, **kwargs: Any) -> Any:
+        """:meth:`min`."""
+        return self.min(**kwargs)
+
+    def __max__(self, **kwargs: Any) -> Any:
+        """:meth:`max`."""
+        return self.max(**kwargs)
 
     # -- linear algebra ----------------------------------------------------------------------
-    def __matmul__(self, v: Array) -> Any:
+    def __matmul__(self, v: Array, **kwargs: Any) -> Any:
         """``K @ v``: ``sum_j K_ij v_j`` for a scalar ``K``; ``v`` of shape ``(M,)``,
-        ``(M, E)`` or ``(..., M, E)``."""
+        ``(M, E)`` or ``(..., M, E)``; ``kwargs`` as :meth:`sum`'s."""
         if self._dim != 1:
             raise ValueError(f"K @ v needs a scalar K (last dimension 1), got shape {self.shape}")
         v = self._as_array(v)
         vec = v.ndim == 1
         v2 = v.reshape(tuple(v.shape) + (1,)) if vec else v
         vj = type(self)(v2.reshape(tuple(v2.shape[:-2]) + (1,) + tuple(v2.shape[-2:])))
-        out = (self * vj).sum(dim=self.ndim - 2)
-        return out.reshape(-1) if vec else out
+        out = (self * vj).sum(dim=self._nd - 2, **kwargs)
+        return out.reshape(-1) if vec and not isinstance(out, GenericLazyTensor) else out
 
     def matvec(self, v: Array) -> Any:
         """``K @ v`` (scipy's ``LinearOperator`` name)."""
@@ -898,14 +1234,14 @@ class GenericLazyTensor:
         ``self`` is ``K`` (a symmetric positive kernel, ``(N, N, 1)``) and ``other`` is
         ``b``, an ``(..., N, E)`` array indexed by ``i`` (or a LazyTensor wrapping one):
         returns ``a`` with ``sum_j K_ij a_j + alpha a_i = b_i``, each column of ``b``
-        solved independently. With ``var`` (a ``Vj`` variable of ``self``), ``self``
-        is ``K a`` itself, linear in ``var``. Keyword arguments as ``KernelSolve``'s call
-        (``eps``, ``max_iter``, ``ranges``, ``backend``, ``verbose``, ``callback``,
-        ``return_info``); differentiable in PyTorch.
+        solved independently. With ``var`` (a ``Vj`` variable of ``self``: an array's,
+        or a symbolic one, ``Vj(ind, dim)``), ``self`` is ``K a`` itself, linear in
+        ``var``. With ``call=False``, or other symbolic variables in ``self``, returns a
+        callable LazyTensor (arguments: the other symbolic variables' arrays). Keyword
+        arguments as ``KernelSolve``'s call (``max_iter``, ``ranges``, ``backend``,
+        ``verbose``, ``callback``, ``return_info``, ...); differentiable in PyTorch.
         """
-        if not call:
-            raise NotImplementedError("solve(call=False) (a symbolic solve) is not supported; "
-                                      "call solve() with the right-hand side")
+        _check_kwargs("solve()", kwargs, SOLVE_KWARGS)
         if isinstance(other, GenericLazyTensor):
             if not (len(other._vars) == 1 and other._formula == "\x000" and other._vars[0][1] == "i"):
                 raise ValueError("solve: the right-hand side must be an array, or a LazyTensor "
@@ -919,29 +1255,27 @@ class GenericLazyTensor:
                 raise ValueError(f"solve needs a scalar K (last dimension 1), got shape {self.shape}")
             unknown = type(self)._variable_of(b, "j")
             expr = self * unknown
+            slot = expr._n_sym + next(k for k, (a, c) in enumerate(expr._vars)
+                                      if a is b and c == "j")
         else:
             self._variable(var, "solve")
-            if var._vars[0][1] != "j":
+            if var._sym:
+                ind, _, cat = var._sym[0]
+                used = var._sym[0] in self._sym
+            else:
+                cat = var._vars[0][1]
+                pos = [k for k, (a, c) in enumerate(self._vars)
+                       if a is var._vars[0][0] and c == "j"]
+                used, ind = bool(pos), self._n_sym + (pos[0] if pos else 0)
+            if cat != "j":
                 raise ValueError("solve: var must be a Vj variable (the system sums over j)")
-            unknown, expr = var, self
-        pos = [k for k, (a, c) in enumerate(expr._vars) if a is unknown._vars[0][0] and c == "j"]
-        if not pos:
-            raise ValueError("solve: the formula does not use var")
-        arrays = [a for a, _ in expr._vars]
-        arrays[pos[0]] = b
-        formula, aliases = expr._named()
-        core = compile_core(formula, aliases, "Sum", 1, None, None)
-        _keops.check_solve(core.g, pos[0])
-        params = SolveParams(float(alpha), float(eps), kwargs.get("max_iter"),
-                             kwargs.get("verbose", False), kwargs.get("callback"))
-        ranges = kwargs.get("ranges")
-        opts = make_options(kwargs.get("dtype_acc", "auto"), kwargs.get("use_double_acc", False),
-                            kwargs.get("sum_scheme", "auto"), kwargs.get("backend", "auto"),
-                            kwargs.get("device_id", -1),
-                            expr.ranges if ranges is None else ranges,
-                            kwargs.get("use_fast_math", True))
-        x = self._solve(core, pos[0], arrays, params, opts)
-        return (x, params.infos[0]) if kwargs.get("return_info") else x
+            if not used:
+                raise ValueError("solve: the formula does not use var")
+            expr, slot = self, ind
+        res = expr._new(expr._formula, expr._vars, expr._dim)
+        res._pending = _Pending("Solve", 1, kwargs=dict(kwargs), rhs=b, unknown=slot,
+                                alpha=float(alpha), eps=float(eps))
+        return res() if call and res._n_sym - (slot < res._n_sym) == 0 else res
 
     # -- dense evaluation -------------------------------------------------------------------
     def dense(self) -> Array:
@@ -950,9 +1284,12 @@ class GenericLazyTensor:
         Meant for small sizes (checks, plots): memory is ``N * M * D`` values, and more
         than ``DENSE_LIMIT`` entries is refused.
         """
+        if self._sym:
+            raise ValueError("dense(): the formula has symbolic variables; call a reduction "
+                             "of it with their arrays instead")
         if not self._vars:
             raise ValueError("dense(): the formula has no variable")
-        shape = self.shape
+        shape = self._shape
         n, m, d = shape[-3:]
         size = n * m * d
         for b in shape[:-3]:
@@ -977,22 +1314,49 @@ class GenericLazyTensor:
         return self._real_as_complex(values) if self._complex else values
 
 
-def variable_constructors(cls: Any) -> Tuple[Callable[[Any], Any], ...]:
-    """pykeops' ``Vi``, ``Vj`` and ``Pm`` for a front end's ``LazyTensor`` class."""
+def complex_class(cls: Any) -> Any:
+    """pykeops' ``ComplexLazyTensor`` for a front end's ``LazyTensor`` class."""
 
-    def Vi(x: Any) -> Any:
-        """An ``i``-indexed variable from an array ``(..., N, D)``."""
-        return cls._variable_of(x, "i")
+    class ComplexLazyTensor(cls):  # type: ignore[misc, valid-type]
+        """A complex LazyTensor (pykeops' ``ComplexLazyTensor``): of a complex array, or
+        of a real one or a number as complex numbers with no imaginary part.
+        ``LazyTensor`` of a complex array is one too (``is_complex``)."""
 
-    def Vj(x: Any) -> Any:
-        """A ``j``-indexed variable from an array ``(..., M, D)``."""
-        return cls._variable_of(x, "j")
+        def __init__(self, x: Any = None, axis: Optional[int] = None) -> None:
+            super().__init__(x, axis, is_complex=x is not None)
 
-    def Pm(x: Any) -> Any:
-        """A parameter: a number (a constant of the formula) or an array ``(..., D)``."""
-        if isinstance(x, (int, float)):
-            return cls(x)
-        return cls._variable_of(x, "p")
+    ComplexLazyTensor.__module__ = cls.__module__
+    return ComplexLazyTensor
+
+
+def variable_constructors(cls: Any) -> Tuple[Callable[..., Any], ...]:
+    """pykeops' ``Vi``, ``Vj`` and ``Pm`` for a front end's ``LazyTensor`` class: of an
+    array, or, given an index and a dimension, a symbolic variable."""
+
+    def make(x_or_ind: Any, dim: Optional[int], cat: str) -> Any:
+        if dim is not None:
+            if not isinstance(x_or_ind, int) or isinstance(x_or_ind, bool):
+                raise TypeError(f"V{cat}(ind, dim): a symbolic variable needs an integer "
+                                f"index, got {type(x_or_ind).__name__}")
+            return cls((x_or_ind, int(dim), _CAT_NUM[cat]))
+        if cat == "p" and isinstance(x_or_ind, (int, float)) and not isinstance(x_or_ind, bool):
+            return cls(x_or_ind)
+        return cls._variable_of(x_or_ind, cat)
+
+    def Vi(x_or_ind: Any, dim: Optional[int] = None) -> Any:
+        """An ``i``-indexed variable: of an array ``(..., N, D)``, or ``Vi(ind, dim)``, the
+        symbolic variable of index ``ind``."""
+        return make(x_or_ind, dim, "i")
+
+    def Vj(x_or_ind: Any, dim: Optional[int] = None) -> Any:
+        """A ``j``-indexed variable: of an array ``(..., M, D)``, or ``Vj(ind, dim)``, the
+        symbolic variable of index ``ind``."""
+        return make(x_or_ind, dim, "j")
+
+    def Pm(x_or_ind: Any, dim: Optional[int] = None) -> Any:
+        """A parameter: a number (a constant of the formula), an array ``(..., D)``, or
+        ``Pm(ind, dim)``, the symbolic parameter of index ``ind``."""
+        return make(x_or_ind, dim, "p")
 
     for f in (Vi, Vj, Pm):
         f.__module__ = cls.__module__

@@ -97,10 +97,13 @@ class KernelSolveBase:
 
     def __init__(self, formula: str, aliases: Sequence[str], varinvalias: str, axis: int = 0,
                  dtype: Optional[str] = None, opt_arg: Optional[int] = None,
-                 cuda_type: Optional[str] = None, dtype_acc: str = "auto",
-                 use_double_acc: bool = False, sum_scheme: str = "auto",
-                 enable_chunks: bool = True, rec_multVar_highdim: Any = None,
-                 use_fast_math: bool = True) -> None:
+                 dtype_acc: str = "auto", use_double_acc: bool = False,
+                 sum_scheme: str = "auto", enable_chunks: bool = True,
+                 rec_multVar_highdim: Any = None, use_fast_math: bool = True,
+                 cuda_type: Optional[str] = None) -> None:
+        # The arguments in the order of pykeops.numpy.KernelSolve (the torch one
+        # reorders them); dtype, opt_arg, enable_chunks, rec_multVar_highdim and
+        # cuda_type are accepted for compatibility.
         self.core = compile_core(formula, tuple(aliases), "Sum", int(axis), None, None)
         self.var: int = _keops.alias_position(list(aliases), varinvalias)
         # Checks the unknown's side and dimension now, with a clear message.

@@ -59,6 +59,12 @@ pub fn default_dir() -> Option<PathBuf> {
         .or_else(|| env("HOME").map(|d| d.join(".cache").join("keops-rs")))
 }
 
+/// The folder of the disk cache's CUBINs: [`default_dir`]`/cubin` (`None` without a
+/// home).
+pub fn cubin_dir() -> Option<PathBuf> {
+    default_dir().map(|d| d.join("cubin"))
+}
+
 impl KernelCache {
     /// A cache writing to `dir` (`None`: memory only).
     pub fn new(dir: Option<PathBuf>) -> KernelCache {
@@ -131,6 +137,24 @@ impl KernelCache {
         Ok(())
     }
 
+    /// Forgets every kernel: the entries in memory and the disk cache's files (the
+    /// CUBINs, temporaries left by an interrupted write, the failed sources beside
+    /// them; no other file of the folder); returns how many files were removed.
+    /// Kernels already loaded on a device stay loaded.
+    pub fn clear(&self) -> std::io::Result<usize> {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let Some(dir) = &self.dir else {
+            return Ok(0);
+        };
+        let ours = |name: &str| name.ends_with(".cubin") || name.starts_with(".tmp");
+        let mut removed = remove_files(dir, ours)?;
+        removed += remove_files(&dir.join("failed"), |name| name.ends_with(".cu"))?;
+        Ok(removed)
+    }
+
     /// Saves a source that failed to compile next to the cache (or in the temporary
     /// folder) and returns where, for the error message.
     pub fn save_failed_source(&self, key: &str, source: &str) -> Option<PathBuf> {
@@ -144,6 +168,25 @@ impl KernelCache {
         std::fs::write(&path, source).ok()?;
         Some(path)
     }
+}
+
+/// Removes the files of `dir` whose names `pick` selects (a missing folder has none).
+fn remove_files(dir: &Path, pick: impl Fn(&str) -> bool) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let picked = entry.file_name().to_str().is_some_and(&pick);
+        if picked && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -186,6 +229,35 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("k.cubin")]);
+    }
+
+    #[test]
+    fn clear_forgets_kernels_and_removes_only_cache_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = KernelCache::new(Some(dir.path().to_path_buf()));
+        let calls = Cell::new(0);
+        let compile = || {
+            calls.set(calls.get() + 1);
+            Ok(vec![7u8])
+        };
+        c.get_or_compile("k", compile).unwrap();
+        c.save_failed_source("bad", "__global__ void f() { oops }")
+            .unwrap();
+        std::fs::write(dir.path().join(".tmpAbC"), b"half").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"the user's").unwrap();
+        assert_eq!(c.clear().unwrap(), 3);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}"); // notes.txt and the empty failed/
+        assert!(dir.path().join("notes.txt").exists());
+        // Neither memory nor disk has it now: the next call compiles.
+        assert_eq!(c.get_or_compile("k", compile).unwrap().1, Origin::Compiled);
+        assert_eq!(calls.get(), 2);
+        // A cache whose folder was never made has nothing to remove.
+        let none = KernelCache::new(Some(dir.path().join("never")));
+        assert_eq!(none.clear().unwrap(), 0);
     }
 
     #[test]

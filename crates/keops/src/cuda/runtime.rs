@@ -20,6 +20,7 @@ use crate::ranges::Blocks;
 use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 /// What the driver reports.
@@ -265,9 +266,30 @@ pub struct Device {
     kernels: Mutex<HashMap<String, Arc<Kernels>>>,
 }
 
-/// Compiled kernels shared by every device and process (see [`cache`]).
-static CACHE: LazyLock<KernelCache> =
-    LazyLock::new(|| KernelCache::new(cache::default_dir().map(|d| d.join("cubin"))));
+/// Compiled kernels shared by every device and process (see [`cache`]); made, with its
+/// folder, by the first kernel this process builds.
+static CACHE: OnceLock<KernelCache> = OnceLock::new();
+
+fn kernel_cache() -> &'static KernelCache {
+    CACHE.get_or_init(|| KernelCache::new(cache::cubin_dir()))
+}
+
+/// The disk cache's folder of this process: fixed by the first GPU kernel it builds
+/// (`KEOPS_CACHE_DIR` then), [`cache::cubin_dir`] until then.
+pub fn cache_dir() -> Option<PathBuf> {
+    match CACHE.get() {
+        Some(c) => c.dir().map(Path::to_path_buf),
+        None => cache::cubin_dir(),
+    }
+}
+
+/// Empties the kernel cache of this process, in memory and on disk (see
+/// [`KernelCache::clear`]); returns how many files were removed.
+pub fn clear_cache() -> Result<usize> {
+    let c = kernel_cache();
+    c.clear()
+        .map_err(|e| KeopsError::Cuda(format!("cannot empty the kernel cache {:?}: {e}", c.dir())))
+}
 
 /// The device with CUDA ordinal `id` (contexts are made once per process).
 pub fn device(id: usize) -> Result<Arc<Device>> {
@@ -376,7 +398,7 @@ impl Device {
         {
             return Ok((k.clone(), Origin::Memory));
         }
-        let (bin, origin) = CACHE.get_or_compile(&key, || {
+        let (bin, origin) = kernel_cache().get_or_compile(&key, || {
             let supported = nvrtc.supported_archs()?;
             let arch = self.arch.major * 10 + self.arch.minor;
             if !supported.contains(&arch) {
@@ -392,7 +414,7 @@ impl Device {
             nvrtc
                 .compile(&src.code, "keops_kernel.cu", self.arch, spec.fast_math)
                 .map_err(|f| KeopsError::Compile {
-                    source_path: CACHE
+                    source_path: kernel_cache()
                         .save_failed_source(&key, &src.code)
                         .map(|p| p.display().to_string())
                         .unwrap_or_else(|| "(could not be saved)".into()),

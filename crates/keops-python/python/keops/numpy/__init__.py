@@ -16,10 +16,10 @@ from typing import Any, List, Optional, Tuple, Union
 import numpy as np
 
 from .._genred import Core, DeviceId, GenredBase, Options, reduction_shortcuts
-from .._lazy import GenericLazyTensor, variable_constructors
+from .._lazy import GenericLazyTensor, complex_class, variable_constructors
 from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
 
-__all__ = ["Genred", "LogSumExp", "KernelSolve", "LazyTensor", "Vi", "Vj", "Pm",
+__all__ = ["Genred", "LogSumExp", "KernelSolve", "LazyTensor", "ComplexLazyTensor", "Vi", "Vj", "Pm",
            "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin",
            "ConvergenceWarning", "SolveInfo"]
 
@@ -107,3 +107,4 @@ class LazyTensor(GenericLazyTensor):
 
 
 Vi, Vj, Pm = variable_constructors(LazyTensor)
+ComplexLazyTensor = complex_class(LazyTensor)

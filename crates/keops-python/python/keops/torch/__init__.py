@@ -29,10 +29,10 @@ import torch.autograd.forward_ad as fwAD
 
 from .._genred import (ARG, SELECT, SMOOTH, Core, DeviceId, GenredBase, Options,
                        reduction_shortcuts)
-from .._lazy import GenericLazyTensor, variable_constructors
+from .._lazy import GenericLazyTensor, complex_class, variable_constructors
 from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
 
-__all__ = ["Genred", "LogSumExp", "KernelSolve", "LazyTensor", "Vi", "Vj", "Pm",
+__all__ = ["Genred", "LogSumExp", "KernelSolve", "LazyTensor", "ComplexLazyTensor", "Vi", "Vj", "Pm",
            "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin",
            "ConvergenceWarning", "SolveInfo"]
 
@@ -383,6 +383,18 @@ class KernelSolve(KernelSolveBase):
     # On CPU tensors, differentiably with respect to every argument.
     _solve = staticmethod(_solve)
 
+    def __init__(self, formula: str, aliases: Sequence[str], varinvalias: str, axis: int = 0,
+                 dtype_acc: str = "auto", use_double_acc: bool = False,
+                 sum_scheme: str = "auto", enable_chunks: bool = True,
+                 rec_multVar_highdim: Any = None, dtype: Optional[str] = None,
+                 cuda_type: Optional[str] = None, use_fast_math: bool = True) -> None:
+        # pykeops.torch.KernelSolve's order of arguments, which differs from NumPy's.
+        super().__init__(formula, aliases, varinvalias, axis, dtype=dtype,
+                         dtype_acc=dtype_acc, use_double_acc=use_double_acc,
+                         sum_scheme=sum_scheme, enable_chunks=enable_chunks,
+                         rec_multVar_highdim=rec_multVar_highdim,
+                         use_fast_math=use_fast_math, cuda_type=cuda_type)
+
 
 class LazyTensor(GenericLazyTensor):
     __doc__ = GenericLazyTensor.__doc__
@@ -420,3 +432,4 @@ class LazyTensor(GenericLazyTensor):
 
 
 Vi, Vj, Pm = variable_constructors(LazyTensor)
+ComplexLazyTensor = complex_class(LazyTensor)

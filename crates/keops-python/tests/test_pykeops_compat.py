@@ -1,0 +1,284 @@
+"""pykeops 2.3's API where code written for it relies on details: ``shape``/``ndim``
+semantics, reductions' defaults and options, symbolic variables and callable
+LazyTensors, keyword names, NumPy operands on the left, and the module helpers. Each
+expectation is pykeops' behaviour (checked against pykeops 2.3 when written)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+N, M, D = 6, 7, 3
+R = np.random.default_rng(3)
+X, Y, B = R.random((N, D)), R.random((M, D)), R.random((M, 2))
+D2 = ((X[:, None] - Y[None]) ** 2).sum(-1)
+FRONTS = ["numpy", "torch"]
+
+
+def front(name: str) -> Any:
+    if name == "torch":
+        pytest.importorskip("torch")
+    return importlib.import_module(f"keops.{name}")
+
+
+def arr(fname: str, a: np.ndarray) -> Any:
+    if fname == "torch":
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return a
+
+
+def npy(a: Any) -> np.ndarray:
+    return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def close(a: Any, b: np.ndarray, tol: float = 1e-12) -> None:
+    np.testing.assert_allclose(npy(a), b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_shape_ndim_dim_and_attributes(fname: str) -> None:
+    k = front(fname)
+    x_i, y_j = k.Vi(arr(fname, X)), k.Vj(arr(fname, Y))
+    K = (-x_i.sqdist(y_j)).exp()
+    # pykeops: no last dimension of 1 in shape; ndim is the formula's dimension.
+    assert K.shape == (N, M) and K.ndim == 1 and K.dim() == 3
+    assert (x_i - y_j).shape == (N, M, D) and (x_i - y_j).ndim == D
+    assert x_i.shape == (N, 1, D) and (x_i.ni, x_i.nj, K.ni, K.nj) == (N, None, N, M)
+    assert K.dtype == "float64" and not K.is_complex
+    assert K.nbatchdims == 0 and K.batchdims is None
+    assert len(K.variables) == 2 and K.symbolic_variables == ()
+    xb = k.LazyTensor(arr(fname, np.stack([X, X])[:, :, None, :]))
+    assert (xb - y_j).shape == (2, N, M, D) and (xb - y_j).nbatchdims == 1
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_reductions_over_the_last_dimension_are_operations(fname: str) -> None:
+    """pykeops: ``sum``, ``min``, ``max``, ``argmin``, ``argmax`` default to the last
+    dimension, where they are LazyTensors; the ``*_reduction`` names never are."""
+    k = front(fname)
+    d = k.Vi(arr(fname, X)) - k.Vj(arr(fname, Y))
+    diff = X[:, None] - Y[None]
+    for lazy, want in ((d.sum(), diff.sum(-1)), (d.min(-1), diff.min(-1)),
+                       (d.max(dim=2), diff.max(-1)), (d.argmin(-1), diff.argmin(-1)),
+                       (d.argmax(axis=-1), diff.argmax(-1))):
+        assert lazy.ndim == 1
+        close(lazy.sum(dim=1), want.sum(1)[:, None])
+    assert d.min().formula == "Min((v0 - v1))"
+    close(d.sum(dim=1), diff.sum(1))
+    close((d ** 2).sum().min_reduction(axis=0), D2.min(0)[:, None])
+    close((d ** 2).sum().__min__(dim=1), D2.min(1)[:, None])
+    with pytest.raises(ValueError, match="needs dim"):
+        d.sum_reduction()
+    with pytest.raises(TypeError, match="not a reduction"):
+        d.sum(-1, backend="CPU")
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_reduction_options_out_and_unknown_keywords(fname: str) -> None:
+    k = front(fname)
+    K = (-k.Vi(arr(fname, X)).sqdist(k.Vj(arr(fname, Y)))).exp()
+    want = np.exp(-D2).sum(1)[:, None]
+    out = arr(fname, np.zeros((N, 1)))
+    res = K.sum(1, out=out, backend="CPU", enable_chunks=True)
+    assert res is out
+    close(out, want)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus_kw'"):
+        K.sum(dim=1, bogus_kw=1)
+    with pytest.raises(TypeError, match="optional_flags"):
+        K.argKmin(2, dim=1, optional_flags=["-O3"])
+    close(K.reduction("Sum", axis=1), want)
+    close(K.log().reduction("LogSumExp", dim=1), np.log(want))
+    np.testing.assert_array_equal(npy(K.reduction("ArgKMin", opt_arg=2, dim=0)),
+                                  np.argsort(np.exp(-D2), 0)[:2].T)
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_call_false_returns_a_callable_lazytensor(fname: str) -> None:
+    k = front(fname)
+    K = (-k.Vi(arr(fname, X)).sqdist(k.Vj(arr(fname, Y)))).exp()
+    f = K.sum(dim=1, call=False)
+    assert f.reduction_op == "Sum" and "reduction: Sum (axis=1)" in repr(f)
+    close(f(), np.exp(-D2).sum(1)[:, None])
+    close(f(backend="CPU"), np.exp(-D2).sum(1)[:, None])
+    close(K.__matmul__(arr(fname, B), call=False)(), np.exp(-D2) @ B)
+    with pytest.raises(ValueError, match="result of a reduction"):
+        K()
+    with pytest.raises(TypeError, match="takes 0 arrays"):
+        f(arr(fname, X))
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_symbolic_variables(fname: str) -> None:
+    k = front(fname)
+    x, y, b = arr(fname, X), arr(fname, Y), arr(fname, B)
+    gauss = (-k.Vi(0, D).sqdist(k.Vj(1, D))).exp()
+    assert gauss.symbolic_variables == ((0, D, 0), (1, D, 1)) and gauss.dtype is None
+    conv = (gauss * k.LazyTensor((2, 2, 1))).sum(dim=1)     # callable: no array yet
+    assert conv.reduction_op == "Sum"
+    close(conv(x, y, b), np.exp(-D2) @ B)
+    # Symbolic variables and arrays together: the arrays come after the arguments.
+    mixed = (gauss * k.Vj(b)).sum(dim=0)
+    close(mixed(x, y), np.exp(-D2).T[:, :, None].sum(1) * B)
+    # t() swaps symbolic categories too: sum over i of K(y_j, x_i) = rows of x.
+    close(gauss.t().sum(dim=0)(x, y), np.exp(-D2).sum(1)[:, None])
+    # Symbolic gradients.
+    e = k.Vi(2, 1)
+    grad = gauss.grad(k.Vi(0, D), e).sum(dim=1)
+    want = (-2 * (X[:, None] - Y[None]) * np.exp(-D2)[:, :, None]).sum(1)
+    close(grad(x, y, arr(fname, np.ones((N, 1)))), want)
+    with pytest.raises(TypeError, match="takes 3 arrays"):
+        conv(x, y)
+    with pytest.raises(ValueError, match="declared twice"):
+        k.Vi(0, 3) + k.Vj(0, 3)
+    with pytest.raises(ValueError, match="symbolic variable is"):
+        k.LazyTensor((0, 3, 5))
+    with pytest.raises(ValueError, match="symbolic variables"):
+        gauss.dense()
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_solve_with_a_symbolic_unknown_and_call_false(fname: str) -> None:
+    k = front(fname)
+    x, rhs = arr(fname, X), R.random((N, 2))
+    b = arr(fname, rhs)
+    K = (-k.Vi(x).sqdist(k.Vj(x)) * 4.0).exp()
+    A = np.exp(-4 * ((X[:, None] - X[None]) ** 2).sum(-1)) + 0.5 * np.eye(N)
+    want = np.linalg.solve(A, rhs)
+    close(K.solve(b, alpha=0.5), want, 1e-5)
+    pending = K.solve(b, alpha=0.5, call=False)
+    assert pending.reduction_op == "Solve"
+    close(pending(), want, 1e-5)
+    # The unknown as a symbolic variable of the formula K a.
+    Ka = K * k.Vj(0, 2)
+    close(Ka.solve(b, var=k.Vj(0, 2), alpha=0.5), want, 1e-5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tol'"):
+        K.solve(b, tol=1e-3)
+    with pytest.raises(ValueError, match="does not use var"):
+        Ka.solve(b, var=k.Vj(1, 2))
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_numpy_arrays_on_the_left_and_lists(fname: str) -> None:
+    k = front(fname)
+    K = (-k.Vi(arr(fname, X)).sqdist(k.Vj(arr(fname, Y)))).exp()
+    want = np.exp(-D2).sum(1)[:, None]
+    if fname == "numpy":
+        # NumPy defers to the LazyTensor (__array_ufunc__ = None), as pykeops.
+        close((np.array([2.0]) * K).sum(dim=1), 2 * want)
+        close((np.ones((1, 1, 1)) + K).sum(dim=1), want + M)
+    # A list of numbers is a constant vector (torch too).
+    w = [0.5, 1.0, 2.0]
+    got = (k.Vi(arr(fname, X)) * k.LazyTensor(w) - k.Vj(arr(fname, Y))).sum().sum(dim=1)
+    close(got, (M * X @ np.array(w) - Y.sum())[:, None])
+    with pytest.raises(ValueError, match="real numbers"):
+        k.LazyTensor([])
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_pykeops_keyword_names_and_concatenate(fname: str) -> None:
+    k = front(fname)
+    x_i, y_j = k.Vi(arr(fname, X)), k.Vj(arr(fname, Y))
+    diff = X[:, None] - Y[None]
+    cases = [
+        (x_i.round(other=1) + 0.0 * y_j, np.broadcast_to(np.round(X[:, None], 1), (N, M, D))),
+        ((x_i - y_j).clamp(other1=-0.2, other2=0.3), np.clip(diff, -0.2, 0.3)),
+        ((x_i - y_j).ifelse(other1=1.0, other2=-1.0), np.where(diff >= 0, 1.0, -1.0)),
+        (x_i.sqdist(other=y_j), D2[..., None]),
+        (x_i.sqdist(y_j).grad(other=x_i, gradin=1.0), 2 * diff),
+        ((x_i - y_j).weightedsqnorm(other=2.0), 2 * D2[..., None]),
+        (x_i.weightedsqdist(g=y_j, s=2.0), 2 * D2[..., None]),
+        (x_i.concat(other=y_j), np.concatenate(np.broadcast_arrays(X[:, None], Y[None]), -1)),
+        (k.LazyTensor.concatenate((x_i, y_j, x_i)),
+         np.concatenate(np.broadcast_arrays(X[:, None], Y[None], X[:, None]), -1)),
+        (k.LazyTensor.cat((x_i, y_j), dim=-1),
+         np.concatenate(np.broadcast_arrays(X[:, None], Y[None]), -1)),
+    ]
+    for lazy, want in cases:
+        close(lazy.sum(dim=1), np.broadcast_to(want, (N, M, want.shape[-1])).sum(1), 1e-10)
+    with pytest.raises(ValueError, match="last dimension"):
+        k.LazyTensor.concatenate((x_i, y_j), axis=0)
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_generic_argkmin_reads_K_from_the_output(fname: str) -> None:
+    k = front(fname)
+    knn = k.generic_argkmin("SqDist(x, y)", "a = Vi(3)", "x = Vi(3)", "y = Vj(3)")
+    np.testing.assert_array_equal(npy(knn(arr(fname, X), arr(fname, Y))),
+                                  np.argsort(D2, 1)[:, :3])
+    lse = k.Genred("-SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"],
+                   reduction_op="LogSumExpWeight", axis=1, formula2="b")
+    close(lse(arr(fname, X), arr(fname, Y), arr(fname, B)), np.log(np.exp(-D2) @ B))
+    with pytest.raises(ValueError, match="raw state"):
+        k.Genred("-SqDist(x,y)", ["x = Vi(3)", "y = Vj(3)"], reduction_op="Max_SumShiftExp",
+                 axis=1)
+
+
+def test_kernel_solve_positional_arguments_follow_each_front_end() -> None:
+    """pykeops.numpy.KernelSolve(formula, aliases, varinvalias, axis, dtype, opt_arg,
+    dtype_acc, ...) and pykeops.torch.KernelSolve(formula, aliases, varinvalias, axis,
+    dtype_acc, use_double_acc, ...)."""
+    torch = pytest.importorskip("torch")
+    from keops import numpy as kn
+    from keops import torch as kt
+    f, al = "Exp(-SqDist(x,y)) * a", ["x = Vi(3)", "y = Vj(3)", "a = Vj(2)"]
+    assert kn.KernelSolve(f, al, "a", 1, None, None, "float64").opts.dtype_acc == "float64"
+    assert kt.KernelSolve(f, al, "a", 1, "float64").opts.dtype_acc == "float64"
+    with pytest.raises(ValueError, match="dtype_acc"):
+        kt.KernelSolve(f, al, "a", 1, "float128")
+    x = torch.from_numpy(X)
+    a = kt.KernelSolve(f, al, "a", 1)(x, x, torch.from_numpy(R.random((N, 2))), alpha=1.0)
+    assert a.shape == (N, 2)
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_complex_lazytensor_is_exported(fname: str) -> None:
+    k = front(fname)
+    z = (X + 1j * X[:, ::-1]).astype(np.complex128)
+    zi = k.ComplexLazyTensor(arr(fname, z[:, None, :]))
+    assert zi.is_complex and zi.dtype == "complex128"
+    close(zi.sum(dim=1), z)  # no j variable: one column
+    lifted = k.ComplexLazyTensor(arr(fname, X[:, None, :]))
+    assert lifted.is_complex
+    close(lifted.sum(dim=1), X.astype(np.complex128))
+    assert k.LazyTensor(arr(fname, X[:, None, :]), is_complex=True).is_complex
+
+
+def test_module_helpers(capsys: Any) -> None:
+    import keops
+    keops.test_numpy_bindings()
+    if importlib.util.find_spec("torch") is not None:
+        keops.test_torch_bindings()
+    assert "bindings is working" in capsys.readouterr().out
+    keops.set_verbose(True)
+    assert keops.verbose
+    keops.set_verbose(False)
+
+
+def test_build_folder_and_clean_pykeops(tmp_path: Any) -> None:
+    """In a fresh process (the kernel cache's folder is fixed when a process first uses
+    it): set_build_folder moves the GPU kernel cache; clean_pykeops removes the cached
+    kernels and nothing else."""
+    code = f"""
+import os, keops
+keops.set_build_folder({str(tmp_path)!r})
+d = keops.get_build_folder()
+assert d == os.path.join({str(tmp_path)!r}, "cubin"), d
+os.makedirs(os.path.join(d, "failed"))
+for name in ("a.cubin", "b.cubin", ".tmpX1", "notes.txt", os.path.join("failed", "k.cu")):
+    open(os.path.join(d, name), "w").write("x")
+keops.clean_pykeops()
+print(sorted(os.listdir(d)), os.listdir(os.path.join(d, "failed")))
+"""
+    env = dict(os.environ)
+    env.pop("KEOPS_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['failed', 'notes.txt'] []"
