@@ -563,6 +563,20 @@ fn alias_position(aliases: Vec<String>, name: &str) -> PyResult<usize> {
         })
 }
 
+/// The category (`"Vi"`, `"Vj"`, `"Pm"`) and the dimension that one alias declaration
+/// (`"a = Vi(3)"`, as the output of pykeops' `generic_*`) declares.
+#[pyfunction]
+fn alias_declaration(alias: &str) -> PyResult<(&'static str, usize)> {
+    let al = keops::formula::parse::Aliases::parse(&[alias]).map_err(to_py)?;
+    let f = al.variables().pop();
+    let var = f
+        .as_ref()
+        .and_then(|f| f.as_var().map(|(cat, _)| (cat, f.dim)));
+    let (cat, dim) =
+        var.ok_or_else(|| PyValueError::new_err(format!("{alias:?} does not declare a variable")))?;
+    Ok((cat.name(), dim))
+}
+
 /// Checks that `genred` (a `Sum`) can be solved for argument `var` (see
 /// `keops::solve::KernelSolve::from_genred`).
 #[pyfunction]
@@ -578,6 +592,7 @@ fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Ranges>()?;
     cluster::register(m)?;
     m.add_function(wrap_pyfunction!(alias_position, m)?)?;
+    m.add_function(wrap_pyfunction!(alias_declaration, m)?)?;
     m.add_function(wrap_pyfunction!(check_solve, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_available, m)?)?;
     m.add_function(wrap_pyfunction!(auto_uses_gpu, m)?)?;

@@ -4,11 +4,11 @@ arithmetic; gradients through PyTorch's complex autograd."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, List, Tuple
 
 import numpy as np
 import pytest
+from frontends import FRONTS, arr, front, npy
 
 N, M, D = 4, 5, 3
 R = np.random.default_rng(1)
@@ -17,25 +17,7 @@ W = R.normal(size=(M, D)) + 1j * R.normal(size=(M, D))
 X = R.uniform(0.5, 1.5, (M, D))
 S = R.uniform(0.5, 1.5, (M, 1))
 
-FRONTS = ["numpy", "torch"]
 CDTYPE = {"float32": np.complex64, "float64": np.complex128}
-
-
-def front(name: str) -> Any:
-    if name == "torch":
-        pytest.importorskip("torch")
-    return importlib.import_module(f"keops.{name}")
-
-
-def arr(front_name: str, a: np.ndarray) -> Any:
-    if front_name == "torch":
-        import torch
-        return torch.from_numpy(a)
-    return a
-
-
-def npy(a: Any) -> np.ndarray:
-    return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
 # (name, lazy expression of (z_i, w_j, x_j, s_j), dense expression of the (N, M, .) arrays)

@@ -3,11 +3,11 @@ against dense NumPy float64 computations of the same expression."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, List, Tuple
 
 import numpy as np
 import pytest
+from frontends import FRONTS, arr, front, npy
 
 N, M, D = 5, 6, 3
 R = np.random.default_rng(0)
@@ -15,27 +15,6 @@ X = R.uniform(0.1, 1.0, (N, D))
 Y = R.uniform(0.1, 1.0, (M, D))
 P = np.array([0.3, 0.6, 0.9])
 B = R.uniform(-1, 1, (M, 2))
-
-FRONTS = ["numpy", "torch"]
-
-
-def front(name: str) -> Any:
-    if name == "torch":
-        pytest.importorskip("torch")
-    return importlib.import_module(f"keops.{name}")
-
-
-def arr(front_name: str, a: np.ndarray, dtype: str) -> Any:
-    a = a.astype(dtype)
-    if front_name == "torch":
-        import torch
-        return torch.from_numpy(a)
-    return a
-
-
-def npy(a: Any) -> np.ndarray:
-    return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
-
 
 # (name, lazy expression of (x_i, y_j, p), dense expression of (X[:,None], Y[None], P)).
 # Dense arrays are (N, M, d) after broadcasting.

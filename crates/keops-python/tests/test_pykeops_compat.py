@@ -13,29 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from frontends import FRONTS, arr, front, npy
 
 N, M, D = 6, 7, 3
 R = np.random.default_rng(3)
 X, Y, B = R.random((N, D)), R.random((M, D)), R.random((M, 2))
 D2 = ((X[:, None] - Y[None]) ** 2).sum(-1)
-FRONTS = ["numpy", "torch"]
-
-
-def front(name: str) -> Any:
-    if name == "torch":
-        pytest.importorskip("torch")
-    return importlib.import_module(f"keops.{name}")
-
-
-def arr(fname: str, a: np.ndarray) -> Any:
-    if fname == "torch":
-        import torch
-        return torch.from_numpy(np.ascontiguousarray(a))
-    return a
-
-
-def npy(a: Any) -> np.ndarray:
-    return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
 def close(a: Any, b: np.ndarray, tol: float = 1e-12) -> None:

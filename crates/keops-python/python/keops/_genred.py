@@ -8,7 +8,6 @@ the subclasses only convert arrays and call.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -282,17 +281,15 @@ class GenredBase:
                 f"reduction_op={self.reduction_op!r}, axis={self.axis})")
 
 
-_OUTPUT = re.compile(r"^\s*(?:\w+\s*=\s*)?(Vi|Vj)\s*\(\s*(?:\d+\s*,\s*)?(\d+)\s*\)\s*$")
-
-
 def output_alias(output: str) -> Tuple[int, int]:
     """The reduction axis and the output dimension that the output alias of pykeops'
-    ``generic_*`` declares (``"a = Vi(3)"``: axis 1, dimension 3)."""
-    m = _OUTPUT.match(output)
-    if m is None:
+    ``generic_*`` declares (``"a = Vi(3)"``: axis 1, dimension 3), read by the Rust alias
+    parser (a bare ``"Vi(3)"`` too)."""
+    cat, dim = _keops.alias_declaration(output if "=" in output else f"out = {output}")
+    if cat not in ("Vi", "Vj"):
         raise ValueError(f"output {output!r} must be declared as Vi(dim) or Vj(dim), "
                          "e.g. \"a = Vi(1)\"")
-    return (1 if m.group(1) == "Vi" else 0), int(m.group(2))
+    return (1 if cat == "Vi" else 0), dim
 
 
 def reduction_shortcuts(cls: Any) -> Tuple[Callable[..., Any], ...]:

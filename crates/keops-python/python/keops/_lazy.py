@@ -31,7 +31,7 @@ L = TypeVar("L", bound="GenericLazyTensor")
 _CATS = {"i": "Vi", "j": "Vj", "p": "Pm"}
 #: pykeops' category numbers (``Var(ind, dim, cat)``, ``LazyTensor((ind, dim, cat))``).
 _CAT_OF = {0: "i", 1: "j", 2: "p"}
-_CAT_NUM = {"i": 0, "j": 1, "p": 2}
+_CAT_NUM = {c: k for k, c in _CAT_OF.items()}
 #: Placeholders of formulas: ``\\x00k`` is the LazyTensor's array ``k``, ``\\x01k`` the
 #: symbolic variable of index ``k`` (``Vi(k, dim)``), named when reduced.
 _PLACEHOLDER = re.compile("\x00([0-9]+)")
@@ -104,6 +104,29 @@ class _Pending:
     unknown: int = 0
     alpha: float = 0.0
     eps: float = 0.0
+
+
+def _reduction_only(op: str, doc: str) -> Callable[..., Any]:
+    """A method running the reduction ``op`` over ``axis`` (or ``dim``), as pykeops'
+    ``sum_reduction`` and its kind."""
+
+    def method(self: "GenericLazyTensor", axis: Optional[int] = None,
+               dim: Optional[int] = None, **kwargs: Any) -> Any:
+        return self.reduction(op, axis=axis, dim=dim, **kwargs)
+
+    method.__doc__ = doc
+    return method
+
+
+def _synonym(name: str) -> Callable[..., Any]:
+    """A method calling the method ``name`` with keyword arguments only, as pykeops'
+    ``logsumexp_reduction(**kwargs)`` and its kind."""
+
+    def method(self: "GenericLazyTensor", **kwargs: Any) -> Any:
+        return getattr(self, name)(**kwargs)
+
+    method.__doc__ = f":meth:`{name}`."
+    return method
 
 
 class GenericLazyTensor:
@@ -403,8 +426,7 @@ class GenericLazyTensor:
     @property
     def nbatchdims(self) -> int:
         """The number of batch dimensions."""
-        batch = self.batchdims
-        return len(batch) if batch else 0
+        return self._nd - 3
 
     @property
     def is_complex(self) -> bool:
@@ -967,9 +989,13 @@ class GenericLazyTensor:
 
     @property
     def _n_sym(self) -> int:
-        """The arguments that a call takes for the symbolic variables: 1 + the largest
-        index."""
+        """The argument slots of the symbolic variables: 1 + the largest index."""
         return self._sym[-1][0] + 1 if self._sym else 0
+
+    def _n_args(self, unknown: Optional[int] = None) -> int:
+        """The arrays that calling this LazyTensor takes: one per symbolic slot, but a
+        solve's unknown (the slot ``unknown``), which the right-hand side fills."""
+        return self._n_sym - (unknown is not None and unknown < self._n_sym)
 
     def _axis(self, dim: Optional[int], axis: Optional[int]) -> Optional[int]:
         d = dim if dim is not None else axis
@@ -1023,7 +1049,7 @@ class GenericLazyTensor:
     def _arguments(self, args: Sequence[Any], unknown: Optional[int] = None) -> List[Array]:
         """The arrays of a call: the symbolic variables' (``args``, by index; the slot
         ``unknown``, a solve's unknown, left out), then the wrapped ones."""
-        n = self._n_sym - (unknown is not None and unknown < self._n_sym)
+        n = self._n_args(unknown)
         if len(args) != n:
             names = ", ".join(f"{_CATS[c]}({k},{d})" for k, d, c in self._sym
                               if k != unknown) or "none"
@@ -1144,67 +1170,24 @@ class GenericLazyTensor:
         """``(Kmin, argKmin)``."""
         return self.reduction("KMin_ArgKMin", opt_arg=K, axis=axis, dim=dim, **kwargs)
 
-    # pykeops' names for the reductions alone (never the operation on the coordinates).
-    def sum_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
-                      **kwargs: Any) -> Any:
-        """Sum over ``i`` (0) or ``j`` (1)."""
-        return self.reduction("Sum", axis=axis, dim=dim, **kwargs)
-
-    def min_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
-                      **kwargs: Any) -> Any:
-        """Minimum over ``i`` (0) or ``j`` (1)."""
-        return self.reduction("Min", axis=axis, dim=dim, **kwargs)
-
-    def max_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
-                      **kwargs: Any) -> Any:
-        """Maximum over ``i`` (0) or ``j`` (1)."""
-        return self.reduction("Max", axis=axis, dim=dim, **kwargs)
-
-    def argmin_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
-                         **kwargs: Any) -> Any:
-        """Position of the minimum over ``i`` (0) or ``j`` (1)."""
-        return self.reduction("ArgMin", axis=axis, dim=dim, **kwargs)
-
-    def argmax_reduction(self, axis: Optional[int] = None, dim: Optional[int] = None,
-                         **kwargs: Any) -> Any:
-        """Position of the maximum over ``i`` (0) or ``j`` (1)."""
-        return self.reduction("ArgMax", axis=axis, dim=dim, **kwargs)
-
-    def logsumexp_reduction(self, **kwargs: Any) -> Any:
-        """:meth:`logsumexp`."""
-        return self.logsumexp(**kwargs)
-
-    def sumsoftmaxweight_reduction(self, **kwargs: Any) -> Any:
-        """:meth:`sumsoftmaxweight`."""
-        return self.sumsoftmaxweight(**kwargs)
-
-    def min_argmin_reduction(self, **kwargs: Any) -> Any:
-        """:meth:`min_argmin`."""
-        return self.min_argmin(**kwargs)
-
-    def max_argmax_reduction(self, **kwargs: Any) -> Any:
-        """:meth:`max_argmax`."""
-        return self.max_argmax(**kwargs)
-
-    def Kmin_reduction(self, **kwargs: Any) -> Any:
-        """:meth:`Kmin`."""
-        return self.Kmin(**kwargs)
-
-    def argKmin_reduction(self, **kwargs: Any) -> Any:
-        """:meth:`argKmin`."""
-        return self.argKmin(**kwargs)
-
-    def Kmin_argKmin_reduction(self, **kwargs: Any) -> Any:
-        """:meth:`Kmin_argKmin`."""
-        return self.Kmin_argKmin(**kwargs)
-
-    def __min__(self, **kwargs: Any) -> Any:
-        """:meth:`min`."""
-        return self.min(**kwargs)
-
-    def __max__(self, **kwargs: Any) -> Any:
-        """:meth:`max`."""
-        return self.max(**kwargs)
+    # pykeops' names for the reductions alone (never the operation on the coordinates),
+    # and its keyword-only synonyms.
+    sum_reduction = _reduction_only("Sum", "Sum over ``i`` (0) or ``j`` (1).")
+    min_reduction = _reduction_only("Min", "Minimum over ``i`` (0) or ``j`` (1).")
+    max_reduction = _reduction_only("Max", "Maximum over ``i`` (0) or ``j`` (1).")
+    argmin_reduction = _reduction_only("ArgMin", "Position of the minimum over ``i`` (0) "
+                                                 "or ``j`` (1).")
+    argmax_reduction = _reduction_only("ArgMax", "Position of the maximum over ``i`` (0) "
+                                                 "or ``j`` (1).")
+    logsumexp_reduction = _synonym("logsumexp")
+    sumsoftmaxweight_reduction = _synonym("sumsoftmaxweight")
+    min_argmin_reduction = _synonym("min_argmin")
+    max_argmax_reduction = _synonym("max_argmax")
+    Kmin_reduction = _synonym("Kmin")
+    argKmin_reduction = _synonym("argKmin")
+    Kmin_argKmin_reduction = _synonym("Kmin_argKmin")
+    __min__ = _synonym("min")
+    __max__ = _synonym("max")
 
     # -- linear algebra ----------------------------------------------------------------------
     def __matmul__(self, v: Array, **kwargs: Any) -> Any:
@@ -1275,7 +1258,7 @@ class GenericLazyTensor:
         res = expr._new(expr._formula, expr._vars, expr._dim)
         res._pending = _Pending("Solve", 1, kwargs=dict(kwargs), rhs=b, unknown=slot,
                                 alpha=float(alpha), eps=float(eps))
-        return res() if call and res._n_sym - (slot < res._n_sym) == 0 else res
+        return res() if call and res._n_args(slot) == 0 else res
 
     # -- dense evaluation -------------------------------------------------------------------
     def dense(self) -> Array:
