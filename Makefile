@@ -56,7 +56,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet numpy pytest maturin torch nvidia-cuda-nvrtc matplotlib scikit-learn tqdm
+	$(VPY) -m pip install --quiet numpy pytest maturin torch nvidia-cuda-nvrtc matplotlib scikit-learn tqdm geomloss gpytorch
 	touch $@
 
 clean:

@@ -524,6 +524,36 @@ fn gpu_available() -> bool {
     keops::cuda::available()
 }
 
+/// The CPU engine's default instruction set (`KEOPS_CPU_ISA`'s names) and threads.
+#[pyfunction]
+fn cpu_status() -> (&'static str, usize) {
+    let (isa, threads) = keops::cpu::status();
+    (isa.name(), threads)
+}
+
+/// What the CUDA engine finds here, one `(part, found, text)` per line: the driver, the
+/// kernel compiler, then each device; `text` says why where `found` is false.
+#[pyfunction]
+fn gpu_status() -> Vec<(&'static str, bool, String)> {
+    let st = keops::cuda::status();
+    let line = |part, r: Result<String, String>| match r {
+        Ok(t) => (part, true, t),
+        Err(t) => (part, false, t),
+    };
+    let driver = st.driver.map(|d| match d.version {
+        0 => format!("simulated, {} device(s)", d.devices),
+        v => format!(
+            "CUDA {}.{}, {} device(s)",
+            v / 1000,
+            v % 1000 / 10,
+            d.devices
+        ),
+    });
+    let mut lines = vec![line("driver", driver), line("compiler", st.compiler)];
+    lines.extend(st.devices.into_iter().map(|d| line("device", d)));
+    lines
+}
+
 /// The folder of the GPU kernel cache (`None` without a home folder).
 #[pyfunction]
 fn kernel_cache_dir() -> Option<std::path::PathBuf> {
@@ -595,6 +625,8 @@ fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(alias_declaration, m)?)?;
     m.add_function(wrap_pyfunction!(check_solve, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_available, m)?)?;
+    m.add_function(wrap_pyfunction!(gpu_status, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_status, m)?)?;
     m.add_function(wrap_pyfunction!(auto_uses_gpu, m)?)?;
     m.add_function(wrap_pyfunction!(op_names, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_cache_dir, m)?)?;

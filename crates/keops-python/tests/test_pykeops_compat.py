@@ -265,3 +265,35 @@ print(sorted(os.listdir(d)), os.listdir(os.path.join(d, "failed")))
                          env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['failed', 'notes.txt'] []"
+
+
+def test_check_health_reports_and_says_what_failed(capsys: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import keops
+    import keops._tools as tools
+    assert keops.check_health() is True
+    out = capsys.readouterr().out
+    isa, threads = keops._keops.cpu_status()
+    assert f"CPU engine: {isa}, {threads} thread(s)" in out
+    assert "GPU driver: " in out and "GPU compiler: " in out and "GPU kernel cache: " in out
+    assert "numpy bindings is working" in out
+    if not keops.gpu_available():
+        assert "[missing]" in out  # with the reason on the same line
+
+    def broken() -> None:
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(tools, "test_numpy_bindings", broken)
+    assert keops.check_health() is False
+    assert "test_numpy_bindings FAILED: RuntimeError: simulated failure" in capsys.readouterr().out
+
+
+def test_config_module() -> None:
+    import keops
+    import keops.config
+    assert keops.config.gpu_available is keops.gpu_available()
+    assert keops.config.numpy_found
+    assert keops.config.torch_found == (importlib.util.find_spec("torch") is not None)
+    assert keops.config.get_build_folder() == keops.get_build_folder()
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        keops.config.nope  # noqa: B018

@@ -606,3 +606,43 @@ fn device_arrays_are_reduced_in_place() {
         .to_string();
     assert!(e.contains("argument 1") && e.contains("contiguous"), "{e}");
 }
+
+/// The diagnostic report agrees with `available` and `driver`, and says why where a part
+/// is missing (here: no driver; under `make test`'s second run: the simulator's devices).
+#[test]
+fn status_reports_each_part_or_why_it_is_missing() {
+    let st = keops::cuda::status();
+    assert_eq!(st.available, keops::cuda::available());
+    match keops::cuda::driver() {
+        Ok(d) => {
+            assert_eq!(st.devices.len(), d.devices);
+            for (id, line) in st.devices.iter().enumerate() {
+                let line = line.as_ref().expect("every visible device opens");
+                assert!(
+                    line.starts_with(&format!("GPU {id}: ")) && line.contains("sm_"),
+                    "{line}"
+                );
+            }
+        }
+        Err(e) => {
+            assert_eq!(st.driver.as_ref().unwrap_err(), &e.to_string());
+            let why = e.to_string();
+            assert!(
+                why.contains("no CUDA driver") || why.contains("no device"),
+                "{why}"
+            );
+            assert!(st.devices.is_empty() && !st.available);
+        }
+    }
+    if keops::cuda::sim::on() {
+        assert!(
+            st.compiler
+                .as_ref()
+                .is_ok_and(|c| c.starts_with("simulator")),
+            "{:?}",
+            st.compiler
+        );
+    } else if let Ok(c) = &st.compiler {
+        assert!(c.starts_with("NVRTC "), "{c}");
+    }
+}

@@ -9,7 +9,11 @@ replace ``pykeops`` by ``keops`` in the imports.
 - ``keops.torch``: the same on PyTorch tensors, differentiable to any order (autograd
   and ``torch.func``). Imported on first use, as torch is optional.
 - pykeops' helpers: ``test_numpy_bindings()``, ``test_torch_bindings()``,
-  ``clean_pykeops()``, ``get_build_folder()``, ``set_build_folder()``, ``set_verbose()``.
+  ``check_health()`` (what keops finds here, GPU included, and why something is
+  missing), ``clean_pykeops()``, ``get_build_folder()``, ``set_build_folder()``,
+  ``set_verbose()``, and ``keops.config.gpu_available``.
+- ``install_as_pykeops()``: keops under pykeops' module names, so libraries written for
+  pykeops (GeomLoss, GPyTorch's KeOps kernels) run on keops without a change.
 """
 
 from __future__ import annotations
@@ -39,14 +43,16 @@ def _point_at_nvrtc() -> None:
 
 _point_at_nvrtc()
 
-from . import _tools, numpy  # noqa: E402
+from . import _tools, config, numpy  # noqa: E402
+from ._alias import install_as_pykeops  # noqa: E402
 from ._keops import __version__, gpu_available  # noqa: E402
-from ._tools import (clean_pykeops, get_build_folder, set_build_folder,  # noqa: E402
-                     set_verbose, test_numpy_bindings, test_torch_bindings)
+from ._tools import (check_health, clean_pykeops, get_build_folder,  # noqa: E402
+                     set_build_folder, set_verbose, test_numpy_bindings,
+                     test_torch_bindings)
 
-__all__ = ["__version__", "gpu_available", "numpy", "torch", "clean_pykeops",
-           "get_build_folder", "set_build_folder", "set_verbose", "test_numpy_bindings",
-           "test_torch_bindings"]
+__all__ = ["__version__", "gpu_available", "numpy", "torch", "config", "check_health",
+           "clean_pykeops", "get_build_folder", "install_as_pykeops", "set_build_folder",
+           "set_verbose", "test_numpy_bindings", "test_torch_bindings"]
 
 
 def __getattr__(name: str) -> Any:

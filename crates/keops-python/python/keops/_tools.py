@@ -1,5 +1,6 @@
-"""pykeops' module-level helpers: the kernel cache's folder, cleaning it, and the
-installation checks (``keops.test_numpy_bindings()``, ``keops.test_torch_bindings()``).
+"""pykeops' module-level helpers: the kernel cache's folder, cleaning it, the
+installation checks (``keops.test_numpy_bindings()``, ``keops.test_torch_bindings()``)
+and the diagnostic report (``keops.check_health()``).
 
 keops compiles nothing for the CPU; only GPU kernels are built (by NVRTC) and cached,
 so pykeops' "build folder" is the GPU kernel cache here.
@@ -8,8 +9,11 @@ so pykeops' "build folder" is the GPU kernel cache here.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import os
-from typing import Any, Optional
+import platform
+from typing import Any, Callable, List, Optional, Tuple
 
 from . import _keops
 from ._genred import compile_core
@@ -85,3 +89,62 @@ def test_numpy_bindings() -> None:
 def test_torch_bindings() -> None:
     """pykeops' installation check for PyTorch: a small reduction against NumPy."""
     _check_bindings("torch")
+
+
+#: The environment variables keops reads, for the report of :func:`check_health`.
+ENV_VARS = ("KEOPS_CACHE_DIR", "XDG_CACHE_HOME", "KEOPS_NVRTC", "KEOPS_CPU_ISA",
+            "RAYON_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "KEOPS_CUDA_SIMULATOR")
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cache_line() -> str:
+    d = get_build_folder()
+    if d is None:
+        return "none (no home folder; set KEOPS_CACHE_DIR)"
+    probe = d
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)  # the folder is made by the first GPU kernel
+    ok = os.access(probe, os.W_OK)
+    return f"{d} ({'writable' if ok else 'NOT writable: kernels will not be kept'})"
+
+
+def check_health() -> bool:
+    """Prints what keops finds on this machine (versions, the CPU engine's instruction
+    set and threads, the GPU driver, compiler and devices, each with the reason when it
+    is missing, the kernel cache, the environment variables it reads), then runs the
+    installation checks of both front ends. Returns whether those checks passed (pykeops'
+    ``check_health`` returns nothing)."""
+    isa, threads = _keops.cpu_status()
+    report: List[str] = [
+        f"keops {_keops.__version__} (Rust core), Python {platform.python_version()} "
+        f"on {platform.system()} {platform.machine()}",
+        f"NumPy {_version('numpy')}, PyTorch {_version('torch')}",
+        f"CPU engine: {isa}, {threads} thread(s)",
+    ]
+    for part, found, text in _keops.gpu_status():
+        label = {"driver": "GPU driver", "compiler": "GPU compiler"}.get(part, "")
+        report.append(f"{label + ': ' if label else ''}{text}"
+                      f"{'' if found else '  [missing]'}")
+    report.append(f"backend='auto' runs on: {'GPU' if _keops.auto_uses_gpu() else 'CPU'}")
+    report.append(f"GPU kernel cache: {_cache_line()}")
+    report += [f"{v} = {os.environ[v]}" for v in ENV_VARS if v in os.environ]
+    print("\n".join(report))
+    checks: List[Tuple[str, Callable[[], None]]] = [
+        ("test_numpy_bindings", test_numpy_bindings)
+    ]
+    if importlib.util.find_spec("torch") is not None:
+        checks.append(("test_torch_bindings", test_torch_bindings))
+    healthy = True
+    for name, check in checks:
+        try:
+            check()
+        except Exception as e:  # the report goes on: say what failed, then the rest
+            healthy = False
+            print(f"{name} FAILED: {type(e).__name__}: {e}")
+    return healthy

@@ -110,6 +110,12 @@ fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
     Ok(p)
 }
 
+/// What the CPU engine runs with by default: its instruction set and its threads
+/// (rayon's global pool: `RAYON_NUM_THREADS`, else one per core).
+pub fn status() -> (Isa, usize) {
+    (Isa::select(None), rayon::current_num_threads())
+}
+
 /// Runs a problem on the CPU.
 pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduced<T>> {
     if opts.threads == Some(0) {

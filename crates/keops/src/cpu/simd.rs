@@ -47,16 +47,23 @@ impl Isa {
         Isa::Baseline
     }
 
+    /// Its name, as `KEOPS_CPU_ISA` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Baseline => "baseline",
+            Isa::Sse41 => "sse41",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
     /// The instruction set to run with: the best available, capped by `cap` and by the
     /// environment variable `KEOPS_CPU_ISA` (`baseline`, `sse41`, `avx2`, `avx512`).
     pub fn select(cap: Option<Isa>) -> Isa {
-        let env = match std::env::var("KEOPS_CPU_ISA").ok().as_deref() {
-            Some("baseline") => Some(Isa::Baseline),
-            Some("sse41") => Some(Isa::Sse41),
-            Some("avx2") => Some(Isa::Avx2),
-            Some("avx512") => Some(Isa::Avx512),
-            _ => None,
-        };
+        let env = std::env::var("KEOPS_CPU_ISA").ok();
+        let env = Isa::ALL
+            .into_iter()
+            .find(|i| Some(i.name()) == env.as_deref());
         [Some(Isa::available()), cap, env]
             .into_iter()
             .flatten()

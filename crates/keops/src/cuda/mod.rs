@@ -15,4 +15,6 @@ pub mod runtime;
 pub mod scheme;
 pub mod sim;
 
-pub use runtime::{available, driver, run_in_place, DeviceArg, DeviceBuffer, DeviceOutputs};
+pub use runtime::{
+    available, driver, run_in_place, status, DeviceArg, DeviceBuffer, DeviceOutputs, GpuStatus,
+};

@@ -94,6 +94,54 @@ pub fn available() -> bool {
     driver().is_ok_and(|d| Nvrtc::get(Some(d.version / 1000)).is_ok())
 }
 
+/// What the CUDA engine finds on this machine, each part with the reason when it is
+/// missing: the report of `keops.check_health()` and `keops.show_cuda_status()`.
+#[derive(Clone, Debug)]
+pub struct GpuStatus {
+    /// The driver, or why there is none.
+    pub driver: std::result::Result<DriverInfo, String>,
+    /// The kernel compiler (`"NVRTC 12.8 (path)"`; simulated: the host C++ compiler),
+    /// or why none was found.
+    pub compiler: std::result::Result<String, String>,
+    /// One line per visible device (`"GPU 0: name (sm_90, 132 SMs)"`), or why it could
+    /// not be opened.
+    pub devices: Vec<std::result::Result<String, String>>,
+    /// Whether GPU reductions can run (see [`available`]).
+    pub available: bool,
+}
+
+/// Probes the driver, the compiler and every device (opening each device's context).
+pub fn status() -> GpuStatus {
+    let driver = driver().map_err(|e| e.to_string());
+    let compiler = if sim::on() {
+        sim::compiler()
+            .map(|cxx| format!("simulator (KEOPS_CUDA_SIMULATOR): kernels built by {cxx}"))
+            .map_err(|e| e.to_string())
+    } else {
+        let max_major = driver.as_ref().ok().map(|d| d.version / 1000);
+        Nvrtc::get(max_major)
+            .map(|n| {
+                let (major, minor) = n.version();
+                format!("NVRTC {major}.{minor} ({})", n.path().display())
+            })
+            .map_err(|e| e.to_string())
+    };
+    let count = driver.as_ref().map_or(0, |d| d.devices);
+    let devices = (0..count)
+        .map(|id| {
+            device(id)
+                .map(|d| format!("GPU {id}: {} ({}, {} SMs)", d.name, d.arch.sm(), d.sms))
+                .map_err(|e| format!("GPU {id}: {e}"))
+        })
+        .collect();
+    GpuStatus {
+        driver,
+        compiler,
+        devices,
+        available: available(),
+    }
+}
+
 /// A loaded module's kernels.
 pub(crate) enum Kernels {
     /// Loaded by the driver.

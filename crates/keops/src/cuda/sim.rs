@@ -70,7 +70,7 @@ pub fn sms(id: usize) -> usize {
 }
 
 /// The C++ compiler the simulator uses, checked once.
-fn compiler() -> Result<&'static str> {
+pub(crate) fn compiler() -> Result<&'static str> {
     static CXX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
     CXX.get_or_init(|| {
         let cxx = ["KEOPS_SIM_CXX", "CXX"]

@@ -1,0 +1,49 @@
+"""``keops.install_as_pykeops()``: keops under pykeops' module names, so that libraries
+written for pykeops (GeomLoss, GPyTorch's KeOps kernels, ...) run on keops unchanged.
+
+It registers the modules in ``sys.modules`` (as PyMySQL's ``install_as_MySQLdb``):
+nothing is copied or patched, ``pykeops.torch.LazyTensor is keops.torch.LazyTensor``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from typing import Dict
+
+#: pykeops' module names and the keops modules that stand for them; the torch ones
+#: only where torch is installed.
+MODULES: Dict[str, str] = {
+    "pykeops": "keops",
+    "pykeops.config": "keops.config",
+    "pykeops.numpy": "keops.numpy",
+    "pykeops.numpy.cluster": "keops.numpy.cluster",
+    "pykeops.torch": "keops.torch",
+    "pykeops.torch.cluster": "keops.torch.cluster",
+}
+
+
+def install_as_pykeops() -> None:
+    """Makes ``import pykeops``, ``from pykeops.torch import LazyTensor``,
+    ``from pykeops.torch.cluster import grid_cluster``, ``pykeops.config.gpu_available``
+    ... give keops' objects, for the rest of the process. Call it before anything
+    imports pykeops; an installed pykeops is then never loaded.
+
+    Raises:
+        RuntimeError: pykeops itself is already imported (its objects and keops' would
+            be mixed).
+    """
+    import keops
+
+    current = sys.modules.get("pykeops")
+    if current is not None and current is not keops:
+        raise RuntimeError(
+            "keops.install_as_pykeops(): pykeops is already imported (from "
+            f"{getattr(current, '__file__', '?')}); call it before anything imports "
+            "pykeops")
+    torch_found = importlib.util.find_spec("torch") is not None
+    for alias, name in MODULES.items():
+        if name.startswith("keops.torch") and not torch_found:
+            continue
+        sys.modules[alias] = importlib.import_module(name)
