@@ -46,6 +46,16 @@ def test_backends_match_the_cpu(dtype, backend) -> None:
                                rtol=tol, atol=tol)
 
 
+def test_float16_runs_in_float32_on_the_gpu_too() -> None:
+    x, y, b = data(dtype=np.float16)
+    g = Genred(*GAUSS, axis=1)
+    got = g(x, y, b, backend="GPU")
+    assert got.dtype == np.float16
+    want = g(*(a.astype(np.float32) for a in (x, y, b)), backend="CPU")
+    # One rounding to float16 apart (the float32 sums differ in their last bits).
+    np.testing.assert_allclose(got, want, rtol=2.0 ** -10, atol=2.0 ** -10)
+
+
 @pytest.mark.parametrize("device_id", [1, [0, 1], [1, 1, 0], "all"])
 def test_devices_and_splits(device_id) -> None:
     x, y, b = data(n=200, m=3000, dtype=np.float64)

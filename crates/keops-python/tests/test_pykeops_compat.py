@@ -231,6 +231,12 @@ def test_complex_lazytensor_is_exported(fname: str) -> None:
     assert lifted.is_complex
     close(lifted.sum(dim=1), X.astype(np.complex128))
     assert k.LazyTensor(arr(fname, X[:, None, :]), is_complex=True).is_complex
+    # As in pykeops, complex LazyTensors are ComplexLazyTensors, real ones are not.
+    zl = k.LazyTensor(arr(fname, z[:, None, :]))
+    assert isinstance(zl, k.ComplexLazyTensor) and isinstance(zl * 2.0, k.ComplexLazyTensor)
+    assert isinstance(lifted, k.LazyTensor) and isinstance(lifted, k.ComplexLazyTensor)
+    assert not isinstance(k.LazyTensor(arr(fname, X[:, None, :])), k.ComplexLazyTensor)
+    assert not isinstance(zl.real, k.ComplexLazyTensor) and not isinstance(z, k.ComplexLazyTensor)
 
 
 def test_module_helpers(capsys: Any) -> None:

@@ -215,7 +215,7 @@ def test_errors_name_the_argument() -> None:
                reduction_op="Sum", axis=1)
     with pytest.raises(TypeError, match="argument 1 is torch.float32 but argument 0 is torch.float64"):
         g(x, y.float(), b)
-    with pytest.raises(TypeError, match="argument 2: expected a float32 or float64"):
+    with pytest.raises(TypeError, match="argument 2: expected a float32, float64, float16 or bfloat16"):
         g(x, y, b.int())
     with pytest.raises(RuntimeError, match="argument 0 is on meta"):
         g(torch.empty(6, 2, dtype=torch.float64, device="meta"), y, b)

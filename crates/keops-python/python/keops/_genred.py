@@ -84,7 +84,8 @@ def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if dtype_acc not in ("auto", "float16", "float32", "float64"):
-        raise ValueError(f"invalid dtype_acc {dtype_acc!r}: expected 'auto', 'float32' or 'float64'")
+        raise ValueError(f"invalid dtype_acc {dtype_acc!r}: expected 'auto', 'float16', 'float32' "
+                         "or 'float64'")
     multi: Union[None, str, Tuple[int, ...]] = None
     if isinstance(device_id, str) or not isinstance(device_id, int):
         ids = device_id
@@ -200,7 +201,8 @@ class GenredBase:
         dtype: ignored (the arrays' dtype decides), kept for pykeops compatibility.
         opt_arg: ``K`` for the K-min family.
         formula2: the weight of ``LogSumExp`` / ``SumSoftMaxWeight``.
-        dtype_acc: ``"auto"``, ``"float32"`` or ``"float64"`` (in-tile sums).
+        dtype_acc: ``"auto"``, ``"float32"`` or ``"float64"`` (in-tile sums;
+            ``"float16"`` is ``"auto"``: half precision is computed in float32).
         use_double_acc: same as ``dtype_acc="float64"``.
         sum_scheme: ``"auto"``, ``"direct_sum"``, ``"block_sum"``, ``"kahan_scheme"``.
         use_fast_math: on by default, as in pykeops. Float32 subnormals (below

@@ -180,7 +180,8 @@ class GenericLazyTensor:
     # -- backend hooks ----------------------------------------------------------------
     @classmethod
     def _as_array(cls, x: Any) -> Array:
-        """Validates an array of the front end (float32/float64) or raises TypeError."""
+        """Validates an array of the front end (float32/float64, or a half precision computed
+        in float32) or raises TypeError."""
         raise NotImplementedError
 
     @staticmethod
@@ -1300,7 +1301,13 @@ class GenericLazyTensor:
 def complex_class(cls: Any) -> Any:
     """pykeops' ``ComplexLazyTensor`` for a front end's ``LazyTensor`` class."""
 
-    class ComplexLazyTensor(cls):  # type: ignore[misc, valid-type]
+    class _Meta(type(cls)):  # type: ignore[misc]
+        # As in pykeops, every complex LazyTensor is a ComplexLazyTensor (here: those of
+        # complex arrays and the results of complex operations, made as LazyTensors).
+        def __instancecheck__(self, obj: Any) -> bool:
+            return isinstance(obj, cls) and obj.is_complex
+
+    class ComplexLazyTensor(cls, metaclass=_Meta):  # type: ignore[misc, valid-type]
         """A complex LazyTensor (pykeops' ``ComplexLazyTensor``): of a complex array, or
         of a real one or a number as complex numbers with no imaginary part.
         ``LazyTensor`` of a complex array is one too (``is_complex``)."""

@@ -24,9 +24,25 @@ __all__ = ["Genred", "LogSumExp", "KernelSolve", "LazyTensor", "ComplexLazyTenso
            "ConvergenceWarning", "SolveInfo"]
 
 
+def _widened(arrays: List[Any]) -> Tuple[List[np.ndarray], bool]:
+    """Contiguous arrays (non-contiguous ones copied), float16 ones as float32 (the
+    engines have no half kernels), and whether they were float16 (all alike)."""
+    half = [isinstance(a, np.ndarray) and a.dtype == np.float16 for a in arrays]
+    if any(half) and not all(half):
+        k = half.index(not half[0])
+        raise TypeError(f"argument {k}: expected {arrays[0].dtype} like argument 0, got an "
+                        f"array of dtype {arrays[k].dtype}")
+    if any(half):
+        return [np.asarray(a, dtype=np.float32) for a in arrays], True
+    return [np.ascontiguousarray(a) for a in arrays], False
+
+
 def _run(core: Core, arrays: List[Any], opts: Options) -> Tuple[Any, Any]:
-    """Runs a reduction on NumPy arrays (non-contiguous ones are copied first)."""
-    return core([np.ascontiguousarray(a) for a in arrays], opts)
+    """Runs a reduction on NumPy arrays; float16 ones are computed in float32 and the
+    values rounded back."""
+    arrays, half = _widened(arrays)
+    values, indices = core(arrays, opts)
+    return (values.astype(np.float16) if half and values is not None else values), indices
 
 
 class Genred(GenredBase):
@@ -40,7 +56,8 @@ class Genred(GenredBase):
         ranges: Optional[Any] = None,
         out: Optional[np.ndarray] = None,
     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
-        """Runs the reduction on NumPy arrays (float32 or float64, all alike).
+        """Runs the reduction on NumPy arrays (float32 or float64, all alike; float16 ones
+        are computed in float32 and the values rounded back).
 
         ``Vi``/``Vj`` arguments have shape ``(..., n, d)``, parameters ``(..., d)``;
         leading batch dimensions broadcast. Non-contiguous arrays are copied first.
@@ -64,7 +81,9 @@ def _solve(core: Core, var: int, arrays: List[Any], params: SolveParams,
     for k, a in enumerate(arrays):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"argument {k}: expected a NumPy array, got {type(a).__name__}")
-    return run_solve(core, var, [np.ascontiguousarray(a) for a in arrays], params, opts)
+    arrays, half = _widened(arrays)
+    x = run_solve(core, var, arrays, params, opts)
+    return x.astype(np.float16) if half else x
 
 
 class KernelSolve(KernelSolveBase):
@@ -78,8 +97,9 @@ class LazyTensor(GenericLazyTensor):
     @classmethod
     def _as_array(cls, x: Any) -> np.ndarray:
         a = np.asarray(x)
-        if a.dtype not in (np.float32, np.float64):
-            raise TypeError(f"LazyTensor: expected a float32 or float64 array, got dtype {a.dtype}")
+        if a.dtype not in (np.float32, np.float64, np.float16):
+            raise TypeError("LazyTensor: expected a float32, float64 or float16 array, got "
+                            f"dtype {a.dtype}")
         return a
 
     _run = staticmethod(_run)

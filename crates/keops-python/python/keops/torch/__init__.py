@@ -37,6 +37,9 @@ __all__ = ["Genred", "LogSumExp", "KernelSolve", "LazyTensor", "ComplexLazyTenso
            "ConvergenceWarning", "SolveInfo"]
 
 _FLOATS = (torch.float32, torch.float64)
+#: Half precisions: computed in float32 (the engines have no half kernels), results
+#: rounded back, so a half-precision model can call keops as it is.
+_HALVES = (torch.float16, torch.bfloat16)
 
 
 def _check(args: Sequence[Any]) -> None:
@@ -48,8 +51,9 @@ def _check(args: Sequence[Any]) -> None:
         if a.device.type not in ("cpu", "cuda"):
             raise RuntimeError(f"argument {k} is on {a.device}: keops reduces CPU and CUDA "
                                "tensors")
-        if a.dtype not in _FLOATS:
-            raise TypeError(f"argument {k}: expected a float32 or float64 tensor, got {a.dtype}")
+        if a.dtype not in _FLOATS + _HALVES:
+            raise TypeError(f"argument {k}: expected a float32, float64, float16 or bfloat16 "
+                            f"tensor, got {a.dtype}")
         if first is None:
             first = a
         elif a.dtype != first.dtype:
@@ -280,10 +284,23 @@ def _differentiable(args: Sequence[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(a.requires_grad for a in args)
 
 
-def _run(core: Core, args: Sequence[torch.Tensor], opts: Options) -> Tuple[Any, Any]:
-    """Runs a reduction on tensors, differentiably; returns ``(values, indices)``."""
+def _widened(args: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], Optional[torch.dtype]]:
+    """Checked arguments, float16/bfloat16 ones as float32 (differentiably: gradients come
+    back in the half precision), and that half precision, ``None`` for float32/float64."""
     args = list(args)
     _check(args)
+    if args and args[0].dtype in _HALVES:
+        return [a.float() for a in args], args[0].dtype
+    return args, None
+
+
+def _run(core: Core, args: Sequence[torch.Tensor], opts: Options) -> Tuple[Any, Any]:
+    """Runs a reduction on tensors, differentiably; returns ``(values, indices)``
+    (values in the arguments' dtype)."""
+    args, half = _widened(args)
+    if half is not None:
+        values, indices = _run(core, args, opts)
+        return (None if values is None else values.to(half)), indices
     if not _differentiable(args):
         # Nothing to record: one engine call, no autograd bookkeeping.
         return _engine(core, args, opts)
@@ -309,7 +326,8 @@ class Genred(GenredBase):
         out: Optional[torch.Tensor] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """Runs the reduction on tensors (float32 or float64, all alike, on one device),
-        differentiably.
+        differentiably; float16 and bfloat16 ones are computed in float32 and the values
+        rounded back.
 
         ``Vi``/``Vj`` arguments have shape ``(..., n, d)``, parameters ``(..., d)``;
         leading batch dimensions broadcast. Returns the values, the indices (int64), or
@@ -371,8 +389,9 @@ def _solve_host(core: Core, var: int, args: Sequence[torch.Tensor], params: Solv
 
 def _solve(core: Core, var: int, args: Sequence[torch.Tensor], params: SolveParams,
            opts: Options) -> torch.Tensor:
-    args = list(args)
-    _check(args)
+    args, half = _widened(args)
+    if half is not None:
+        return _solve(core, var, args, params, opts).to(half)
     if not _differentiable(args):
         return _solve_host(core, var, args, params, opts)
     return _Solve.apply(core, var, params, opts, *args)
@@ -403,8 +422,9 @@ class LazyTensor(GenericLazyTensor):
     def _as_array(cls, x: Any) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"LazyTensor: expected a torch.Tensor, got {type(x).__name__}")
-        if x.dtype not in _FLOATS:
-            raise TypeError(f"LazyTensor: expected a float32 or float64 tensor, got {x.dtype}")
+        if x.dtype not in _FLOATS + _HALVES:
+            raise TypeError("LazyTensor: expected a float32, float64, float16 or bfloat16 "
+                            f"tensor, got {x.dtype}")
         return x
 
     _run = staticmethod(_run)
