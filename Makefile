@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 # Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
 ARGS ?=
 
-.PHONY: demo test lint bench bench-rust gpu-bundle venv python clean
+.PHONY: demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
 
 demo: python
 	$(CARGO) build --workspace --release
@@ -17,17 +17,37 @@ demo: python
 # The CUDA tests compile every generated kernel with NVRTC (no GPU needed): the
 # nvidia-cuda-nvrtc wheel of the venv, found by the package's own lookup. The GPU suite
 # then runs again under the CUDA simulator (two simulated devices, kernels on the CPU).
-test: lint python
+test: lint python wheel-check
 	KEOPS_NVRTC="$$($(VPY) -c 'import os, keops; print(os.environ.get("KEOPS_NVRTC", ""))')" \
 	KEOPS_REQUIRE_NVRTC=1 $(CARGO) test --workspace --profile ci --all-features
 	KEOPS_CUDA_SIMULATOR=2 $(CARGO) test --workspace --profile ci --all-features --test gpu
 	$(VPY) -m pytest -q -rs crates/keops-python/tests
 	KEOPS_CUDA_SIMULATOR=2 $(VPY) -m pytest -q -rs crates/keops-python/tests/test_gpu_sim.py
 
-# The Python package `keops`, built by maturin and installed into the venv the way a
-# user would (`pip install ./crates/keops-python`).
-python: venv
-	$(VPY) -m pip install --quiet ./crates/keops-python
+# The Python package `keops`: the wheel users install (on Linux manylinux2014, glibc >=
+# 2.17, linked by zig from the venv's `ziglang`; abi3, any CPython >= 3.9), installed
+# into the venv, so the tests run what users get. `wheel-check` installs it into a bare
+# venv (numpy only, no Rust on PATH) and runs the install check from outside the tree.
+WHEEL_DIR := target/wheel
+ifeq ($(shell uname -s),Linux)
+WHEEL_FLAGS ?= --zig --compatibility manylinux2014
+endif
+
+wheel: venv
+	rm -rf $(WHEEL_DIR)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VPY) -m maturin build --release --quiet \
+		$(WHEEL_FLAGS) -m crates/keops-python/Cargo.toml -o $(WHEEL_DIR)
+
+python: wheel
+	$(VPY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
+
+wheel-check: wheel
+	rm -rf target/bare-venv
+	$(PYTHON) -m venv target/bare-venv
+	target/bare-venv/bin/pip install --quiet $(WHEEL_DIR)/*.whl
+	cd "$$(mktemp -d)" && env -i PATH=/usr/bin:/bin HOME="$$HOME" \
+		$(abspath target/bare-venv)/bin/python -c \
+		'import sys, keops; sys.exit(0 if keops.check_health() else 1)'
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -48,15 +68,15 @@ bench-rust: venv
 # For a GPU machine without Rust or network: the GPU test binary, cuda_info, the keops
 # wheel and pykeops' wheels into .gpu/; there, `scripts/gpu_check.sh [rust cache python
 # bench]` runs the GPU checks (README, "GPU checks").
-gpu-bundle: venv
+gpu-bundle: wheel
 	VPY=$(VPY) scripts/gpu_bundle.sh
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed:
+$(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet numpy pytest maturin torch nvidia-cuda-nvrtc matplotlib scikit-learn tqdm geomloss gpytorch
+	$(VPY) -m pip install --quiet numpy pytest maturin torch nvidia-cuda-nvrtc matplotlib scikit-learn tqdm geomloss gpytorch ziglang
 	touch $@
 
 clean:

@@ -22,7 +22,7 @@ cargo build --release -p keops --example cuda_info
 cp target/release/examples/cuda_info "$OUT/cuda_info"
 
 # The Python package (abi3: any CPython >= 3.9) and pykeops for the comparison.
-"$VPY" -m maturin build --release -q -m crates/keops-python/Cargo.toml -o "$OUT"
+cp target/wheel/*.whl "$OUT"  # make wheel's (manylinux2014: any glibc >= 2.17)
 "$VPY" -m pip wheel -q --no-deps pykeops==2.3 keopscore==2.3 -w "$OUT"
 ls -la "$OUT"
 du -sh "$OUT"

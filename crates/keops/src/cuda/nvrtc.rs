@@ -49,6 +49,18 @@ fn unavailable(msg: String) -> KeopsError {
     }
 }
 
+/// A dynamic loader's error with its reason: libloading's message is only "dlopen
+/// failed", the loader's own text (no such file, wrong ELF class, ...) is its source.
+pub(crate) fn load_error(e: &libloading::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        msg = format!("{msg}: {c}");
+        cause = c.source();
+    }
+    msg
+}
+
 /// Where to look for the library, in order.
 pub fn candidates() -> Vec<PathBuf> {
     const NAMES: [&str; 3] = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
@@ -94,7 +106,8 @@ impl Nvrtc {
                         ));
                         fallback.get_or_insert(n);
                     }
-                    Err(e) => tried.push(format!("{}: {e}", c.display())),
+                    Err(KeopsError::Backend { msg, .. }) => tried.push(msg),
+                    Err(e) => tried.push(e.to_string()),
                 }
             }
             fallback.ok_or_else(|| {
@@ -112,7 +125,7 @@ impl Nvrtc {
     /// Opens the library at `path` (a file, or a bare name for the loader to find).
     pub fn open(path: &Path) -> Result<Nvrtc> {
         // SAFETY: loading NVRTC runs no initialisers with preconditions.
-        let lib = unsafe { Library::new(path) }.map_err(|e| unavailable(e.to_string()))?;
+        let lib = unsafe { Library::new(path) }.map_err(|e| unavailable(load_error(&e)))?;
         let mut n = Nvrtc {
             lib,
             path: path.to_path_buf(),
@@ -247,9 +260,10 @@ impl Nvrtc {
     unsafe fn sym<T>(&self, name: &[u8]) -> Result<Symbol<'_, T>> {
         self.lib.get(name).map_err(|e| {
             unavailable(format!(
-                "{} lacks {}: {e}",
+                "{} lacks {}: {}",
                 self.path.display(),
-                String::from_utf8_lossy(&name[..name.len() - 1])
+                String::from_utf8_lossy(&name[..name.len() - 1]),
+                load_error(&e)
             ))
         })
     }
@@ -283,4 +297,22 @@ impl Nvrtc {
 pub struct CompileFailure {
     /// NVRTC's log (or the API error).
     pub log: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_library_that_does_not_load_says_why() {
+        let path = Path::new("/nonexistent/libnvrtc.so.12");
+        let err = Nvrtc::open(path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        // The loader's own reason, not only libloading's "dlopen failed".
+        assert!(err.contains("dlopen failed: "), "{err}");
+        assert!(err.contains("/nonexistent/libnvrtc.so.12"), "{err}");
+        assert!(err.contains("No such file"), "{err}");
+    }
 }

@@ -110,13 +110,21 @@ pub struct GpuStatus {
     pub available: bool,
 }
 
+/// Why a part is missing: the reason alone (the report is about the GPU already).
+fn reason(e: KeopsError) -> String {
+    match e {
+        KeopsError::Backend { msg, .. } => msg,
+        other => other.to_string(),
+    }
+}
+
 /// Probes the driver, the compiler and every device (opening each device's context).
 pub fn status() -> GpuStatus {
-    let driver = driver().map_err(|e| e.to_string());
+    let driver = driver().map_err(reason);
     let compiler = if sim::on() {
         sim::compiler()
             .map(|cxx| format!("simulator (KEOPS_CUDA_SIMULATOR): kernels built by {cxx}"))
-            .map_err(|e| e.to_string())
+            .map_err(reason)
     } else {
         let max_major = driver.as_ref().ok().map(|d| d.version / 1000);
         Nvrtc::get(max_major)
@@ -124,14 +132,14 @@ pub fn status() -> GpuStatus {
                 let (major, minor) = n.version();
                 format!("NVRTC {major}.{minor} ({})", n.path().display())
             })
-            .map_err(|e| e.to_string())
+            .map_err(reason)
     };
     let count = driver.as_ref().map_or(0, |d| d.devices);
     let devices = (0..count)
         .map(|id| {
             device(id)
                 .map(|d| format!("GPU {id}: {} ({}, {} SMs)", d.name, d.arch.sm(), d.sms))
-                .map_err(|e| format!("GPU {id}: {e}"))
+                .map_err(|e| format!("GPU {id}: {}", reason(e)))
         })
         .collect();
     GpuStatus {

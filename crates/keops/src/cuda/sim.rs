@@ -219,14 +219,19 @@ pub(crate) fn load(code: &str, name: &str) -> Result<Module> {
         });
     }
     // SAFETY: a library just built from our source; its initialisers do nothing.
-    let lib = unsafe { libloading::Library::new(&so) }
-        .map_err(|e| sim_err(format!("loading {}: {e}", so.display())));
+    let lib = unsafe { libloading::Library::new(&so) }.map_err(|e| {
+        sim_err(format!(
+            "loading {}: {}",
+            so.display(),
+            super::nvrtc::load_error(&e)
+        ))
+    });
     let _ = std::fs::remove_file(&so); // the mapping stays
     let lib = lib?;
     // SAFETY: the launcher defined above, with this signature.
     let launch = unsafe { lib.get::<Launch>(b"keops_sim_launch") }
         .map(|f| *f)
-        .map_err(|e| sim_err(format!("symbol: {e}")))?;
+        .map_err(|e| sim_err(format!("symbol: {}", super::nvrtc::load_error(&e))))?;
     Ok(Module {
         launch,
         busy: Mutex::new(()),
