@@ -26,6 +26,8 @@ export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 KEOPS_NVRTC=${KEOPS_NVRTC:-$("$PY" -c 'import os, keops; print(os.environ.get("KEOPS_NVRTC", ""))')}
 export KEOPS_NVRTC
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOG/gpu.txt"
+# What keops finds there (driver, NVRTC, devices, or why not), before any stage.
+"$PY" -c 'import keops; keops.check_health()' 2>&1 | tee -a "$LOG/gpu.txt"
 BENCH_ARGS=${BENCH_ARGS:---cases gauss,knn3,knn64,lse --sizes 1e4,1e5,1e6 --budget 30
   --methods keops-rs-gpu,torch-gpu,pykeops-gpu --gpu-rows 1,2,4}
 status=0 summary=""
