@@ -28,6 +28,8 @@ test: lint python wheel-check
 # 2.17, linked by zig from the venv's `ziglang`; abi3, any CPython >= 3.9), installed
 # into the venv, so the tests run what users get. `wheel-check` installs it into a bare
 # venv (numpy only, no Rust on PATH) and runs the install check from outside the tree.
+# `make wheel WHEEL_TARGET=aarch64-unknown-linux-gnu` cross-builds the ARM wheel (Grace
+# Hopper nodes; `rustup target add` it first).
 WHEEL_DIR := target/wheel
 ifeq ($(shell uname -s),Linux)
 WHEEL_FLAGS ?= --zig --compatibility manylinux2014
@@ -36,7 +38,8 @@ endif
 wheel: venv
 	rm -rf $(WHEEL_DIR)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VPY) -m maturin build --release --quiet \
-		$(WHEEL_FLAGS) -m crates/keops-python/Cargo.toml -o $(WHEEL_DIR)
+		$(WHEEL_FLAGS) $(if $(WHEEL_TARGET),--target $(WHEEL_TARGET)) \
+		-m crates/keops-python/Cargo.toml -o $(WHEEL_DIR)
 
 python: wheel
 	$(VPY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/*.whl
