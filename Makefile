@@ -76,10 +76,12 @@ gpu-bundle: wheel
 
 venv: $(VENV)/.installed
 
+# Pinned: the libraries written for pykeops that tests/test_third_party.py runs on keops.
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet numpy pytest maturin torch nvidia-cuda-nvrtc matplotlib scikit-learn tqdm geomloss gpytorch ziglang
+	$(VPY) -m pip install --quiet numpy pytest maturin torch nvidia-cuda-nvrtc matplotlib scikit-learn tqdm ziglang \
+		geomloss==0.3.1 gpytorch==1.15.2 torchdr==0.5
 	touch $@
 
 clean:

@@ -1,8 +1,10 @@
 """Libraries written for pykeops, run on keops through ``keops.install_as_pykeops()``:
 GeomLoss (optimal transport, kernel norms; its multiscale mode uses the cluster helpers
-and block-sparse ranges) and GPyTorch's KeOps kernels (Gaussian processes). Each is
-checked against the same library's dense PyTorch path (and GeomLoss's multiscale mode
-against pykeops 2.3's figures). The aliases are removed after this module's tests."""
+and block-sparse ranges), GPyTorch's KeOps kernels (Gaussian processes) and TorchDR's
+neighbour embeddings (SNE, t-SNE, LargeVis, UMAP's k-NN graph). Each is checked against
+the same library's dense PyTorch path (and where the library's keops path computes
+something else, GeomLoss's multiscale mode and TorchDR's TSNEkhorn, against pykeops
+2.3's figures). The aliases are removed after this module's tests."""
 
 from __future__ import annotations
 
@@ -152,3 +154,47 @@ def test_gpytorch_keops_kernels(kernel: str, lazy_count: list) -> None:
     assert float((g1 - g0).abs().max()) <= 1e-5 * (1 + float(g0.abs().max()))
     # Predictions go through CG, stopped at GPyTorch's tolerance.
     assert float((p1 - p0).abs().max()) <= 1e-2
+
+
+#: TorchDR's TSNEkhorn on the data of ``test_torchdr_embeddings`` under pykeops 2.3: the
+#: sum of the embedding's absolute values and two entries. Its keops path stops its
+#: Sinkhorn loops differently from its dense one (1e-3 apart, with pykeops too).
+PYKEOPS_TSNEKHORN = (0.08398230430154988, -0.00035150521976271833, -1.9576864526116064e-06)
+
+
+@pytest.mark.parametrize("method", ["SNE", "TSNE", "InfoTSNE", "LargeVis", "TSNEkhorn"])
+def test_torchdr_embeddings(method: str, lazy_count: list) -> None:
+    torchdr = pytest.importorskip("torchdr")
+    X = torch.randn(300, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def embed(backend: object) -> torch.Tensor:
+        torch.manual_seed(0)  # the initial embedding, the negative samples
+        model = getattr(torchdr, method)(n_components=2, backend=backend, max_iter=20,
+                                         random_state=0, device="cpu", verbose=False)
+        return model.fit_transform(X).detach()
+
+    dense = embed(None)
+    assert lazy_count[0] == 0
+    lazy = embed("keops")
+    assert lazy_count[0] > 0
+    if method == "TSNEkhorn":
+        got = (float(lazy.abs().sum()), float(lazy[0, 0]), float(lazy[1, 1]))
+        assert got == pytest.approx(PYKEOPS_TSNEKHORN, rel=1e-8)
+        return
+    # Only rounding differs; optimising amplifies it (1e-11 here, as pykeops 2.3's).
+    assert float((lazy - dense).abs().max()) <= 1e-8 * float(dense.abs().max())
+
+
+def test_torchdr_neighbour_graph(lazy_count: list) -> None:
+    """UMAP's input: the k-NN graph (Kmin_argKmin of a LazyTensor, the diagonal
+    excluded by a symbolic identity) and its affinities. UMAP's optimisation itself is
+    not compared: its discrete sampling schedule turns rounding into other samples (with
+    pykeops 2.3 as well)."""
+    torchdr = pytest.importorskip("torchdr")
+    X = torch.randn(300, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    graph = {be: torchdr.UMAPAffinity(n_neighbors=15, backend=be, verbose=False)(X)
+             for be in (None, "keops")}
+    assert lazy_count[0] > 0
+    (v0, i0), (v1, i1) = graph[None], graph["keops"]
+    assert torch.equal(i0, i1)
+    assert float((v1 - v0).abs().max()) <= 1e-12
