@@ -238,10 +238,12 @@ impl KernelSolve {
             iterations += 1;
             for (s, &v) in pmp.iter().enumerate() {
                 if active[s] && (v.is_nan() || v <= 0.0) {
+                    // Named after alpha: raising it is the usual cure.
                     return Err(KeopsError::Option {
-                        name: "formula".into(),
+                        name: "alpha".into(),
                         msg: format!(
-                            "K + alpha I is not positive definite: p^T (K + alpha I) p = {v:e} at iteration {iterations} (system {s}); KernelSolve needs a symmetric positive (semi-)definite kernel, alpha > 0 for a semi-definite one"
+                            "K + alpha I (alpha = {:?}) is not positive definite: p^T (K + alpha I) p = {v:e} at iteration {iterations} (system {s}); KernelSolve needs a symmetric positive (semi-)definite kernel, alpha > 0 for a semi-definite one",
+                            params.alpha
                         ),
                     });
                 }
@@ -396,7 +398,11 @@ mod tests {
         )
         .unwrap();
         let e = neg.call(&args, &SolveOptions::default()).unwrap_err();
-        assert!(e.to_string().contains("not positive definite"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("option alpha: K + alpha I (alpha = 1e-10) is not positive definite"),
+            "{e}"
+        );
         // The unknown on the wrong side, of the wrong dimension; a rectangular system.
         let e = KernelSolve::new(
             "Exp(-SqDist(x,y)) * a",
