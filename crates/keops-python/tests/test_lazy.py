@@ -69,3 +69,8 @@ def test_errors():
         LazyTensor(np.zeros((3, 1, 2), dtype=np.int32))
     with pytest.raises(ValueError, match="dimension"):
         (Vi(x) + Vj(y[:, :2])).sum(dim=1)
+    torch = pytest.importorskip("torch")
+    from keops.torch import Vj as TVj
+    with pytest.raises(TypeError, match="cannot combine a keops.numpy LazyTensor with a "
+                       "keops.torch one"):
+        Vi(x) - TVj(torch.from_numpy(y))

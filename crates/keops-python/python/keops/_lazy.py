@@ -309,7 +309,13 @@ class GenericLazyTensor:
         return out
 
     def _wrap(self: L, x: Any) -> L:
-        return x if isinstance(x, GenericLazyTensor) else type(self)(x)
+        if not isinstance(x, GenericLazyTensor):
+            return type(self)(x)
+        if type(x)._run is not type(self)._run:  # one front end's arrays per formula
+            raise TypeError(f"cannot combine a {type(self).__module__} LazyTensor with a "
+                            f"{type(x).__module__} one: wrap arrays of one kind (convert "
+                            "with torch.from_numpy or .numpy())")
+        return x
 
     def _new(self: L, formula: str, vars_: List[Tuple[Array, str]], dim: int,
              cplx: bool = False, other: Optional["GenericLazyTensor"] = None) -> L:
