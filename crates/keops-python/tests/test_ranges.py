@@ -138,6 +138,8 @@ def test_malformed_ranges() -> None:
         g(x, y, b, ranges=unsorted)
     with pytest.raises(ValueError, match="keep: expected shape"):
         nc.from_matrix(np.array([[0, 10]]), np.array([[0, 12]]), np.ones((2, 1), bool))
+    with pytest.raises(ValueError, match=r"ranges_j: expected an \(n, 2\) array .* \(3, 3\)"):
+        nc.from_matrix(np.array([[0, 10]]), np.zeros((3, 3), int), np.ones((1, 3), bool))
 
 
 # -- helpers against straightforward implementations ----------------------------------------

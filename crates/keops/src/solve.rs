@@ -194,6 +194,15 @@ impl KernelSolve {
             out
         };
         drop(problem);
+        if let Some(t) = b.iter().position(|v| !v.is_finite()) {
+            return Err(KeopsError::Argument {
+                index: self.var,
+                msg: format!(
+                    "the right-hand side holds a non-finite value ({}, at flat index {t})",
+                    b[t]
+                ),
+            });
+        }
         let max_iter = params.max_iter.unwrap_or((10 * n).min(10_000));
         let systems = nb * d;
         // The system (batch entry, column) of flat index t, and <u, v> per system.
@@ -237,7 +246,12 @@ impl KernelSolve {
             let pmp = dot(&p, &mp);
             iterations += 1;
             for (s, &v) in pmp.iter().enumerate() {
-                if active[s] && (v.is_nan() || v <= 0.0) {
+                if active[s] && v.is_nan() {
+                    return Err(KeopsError::Arguments(format!(
+                        "KernelSolve: p^T (K + alpha I) p is NaN at iteration {iterations} (system {s}): the kernel's arguments hold NaN or infinite values, or its formula overflows"
+                    )));
+                }
+                if active[s] && v <= 0.0 {
                     // Named after alpha: raising it is the usual cure.
                     return Err(KeopsError::Option {
                         name: "alpha".into(),
@@ -401,6 +415,26 @@ mod tests {
         assert!(
             e.to_string()
                 .starts_with("option alpha: K + alpha I (alpha = 1e-10) is not positive definite"),
+            "{e}"
+        );
+        // Non-finite data: in the right-hand side, said before iterating; in the kernel's
+        // arguments, when the iteration meets it.
+        let mut bad = b.clone();
+        bad[7] = f64::NAN;
+        let with_b = [args[0].clone(), args[1].clone(), Arg::new(&bad, [50, 1])];
+        let e = s.call(&with_b, &SolveOptions::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("argument 2: the right-hand side holds a non-finite value (NaN"),
+            "{e}"
+        );
+        let mut xs = x.clone();
+        xs[3] = f64::NAN;
+        let with_x = [Arg::new(&xs, [50, 1]), args[1].clone(), args[2].clone()];
+        let e = s.call(&with_x, &SolveOptions::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("is NaN at iteration 1")
+                && e.to_string().contains("arguments hold NaN"),
             "{e}"
         );
         // The unknown on the wrong side, of the wrong dimension; a rectangular system.

@@ -163,11 +163,18 @@ class Helpers:
         """KeOps' ``ranges`` 6-tuple from clusters of ``i`` (``(M, 2)``), of ``j``
         (``(N, 2)``) and an ``(M, N)`` boolean mask: clusters ``k`` and ``l`` interact
         when ``keep[k, l]``."""
-        ri = np.ascontiguousarray(_host(ranges_i), dtype=np.int64)
-        rj = np.ascontiguousarray(_host(ranges_j), dtype=np.int64)
+        def pairs(name: str, r: Any) -> np.ndarray:
+            a = np.ascontiguousarray(_host(r), dtype=np.int64)
+            if a.size == 0:
+                return a.reshape(0, 2)
+            if a.ndim != 2 or a.shape[1] != 2:
+                raise ValueError(f"from_matrix: {name}: expected an (n, 2) array of "
+                                 f"[start, end) pairs, got shape {tuple(a.shape)}")
+            return a
+
+        ri, rj = pairs("ranges_i", ranges_i), pairs("ranges_j", ranges_j)
         k = np.ascontiguousarray(_host(keep)).astype(bool)
-        out = _keops.from_matrix(ri.reshape(-1, 2) if ri.size else ri.reshape(0, 2),
-                                 rj.reshape(-1, 2) if rj.size else rj.reshape(0, 2), k)
+        out = _keops.from_matrix(ri, rj, k)
         return tuple(self.to_out(a, ranges_i) for a in out)
 
     def install(self, namespace: dict) -> None:
