@@ -143,6 +143,11 @@ def test_out_receives_the_result() -> None:
     out = np.empty((5, 1))
     assert op(x, y, out=out) is out
     np.testing.assert_allclose(out, ((x[:, None] - y[None]) ** 2).sum((1, 2))[:, None])
+    # Never a silent cast or broadcast.
+    with pytest.raises(TypeError, match="out: expected dtype float64 .* got int32"):
+        op(x, y, out=np.empty((5, 1), dtype=np.int32))
+    with pytest.raises(ValueError, match=r"out: expected shape \(5, 1\), got \(5,\)"):
+        op(x, y, out=np.empty(5))
 
 
 def test_use_fast_math_is_pykeops_option() -> None:

@@ -298,6 +298,10 @@ def test_out_receives_the_result() -> None:
     out = torch.empty(5, 1, dtype=torch.float64)
     assert op(x, y, out=out) is out
     torch.testing.assert_close(out, ((x[:, None] - y[None]) ** 2).sum((1, 2))[:, None])
+    with pytest.raises(TypeError, match="out: expected dtype torch.float64 .* got torch.float32"):
+        op(x, y, out=torch.empty(5, 1))
+    with pytest.raises(ValueError, match=r"out: expected shape \(5, 1\), got \(1, 5\)"):
+        op(x, y, out=torch.empty(1, 5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("name", ["trig_mod", "matrix", "kron", "bspline", "softdtw"])

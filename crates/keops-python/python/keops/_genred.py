@@ -268,6 +268,13 @@ class GenredBase:
             return values, indices
         result = values if values is not None else indices
         if out is not None:
+            # Checked: assigning would cast (float to int, float64 to float32) silently.
+            if out.dtype != result.dtype:
+                raise TypeError(f"out: expected dtype {result.dtype} (the result's), got "
+                                f"{out.dtype}")
+            if tuple(out.shape) != tuple(result.shape):
+                raise ValueError(f"out: expected shape {tuple(result.shape)}, got "
+                                 f"{tuple(out.shape)}")
             out[...] = result
             return out
         return result
