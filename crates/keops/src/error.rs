@@ -102,5 +102,16 @@ pub enum KeopsError {
     },
 }
 
+impl KeopsError {
+    /// The message without "backend ... is not available" where it is that error: for
+    /// reports that list what is missing (the GPU status, the libraries tried).
+    pub(crate) fn reason(self) -> String {
+        match self {
+            KeopsError::Backend { msg, .. } => msg,
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Shorthand for `Result<T, KeopsError>`.
 pub type Result<T, E = KeopsError> = std::result::Result<T, E>;

@@ -245,13 +245,13 @@ impl KernelSolve {
                 .collect();
             let pmp = dot(&p, &mp);
             iterations += 1;
-            for (s, &v) in pmp.iter().enumerate() {
-                if active[s] && v.is_nan() {
+            for (s, &v) in pmp.iter().enumerate().filter(|&(s, _)| active[s]) {
+                if v.is_nan() {
                     return Err(KeopsError::Arguments(format!(
                         "KernelSolve: p^T (K + alpha I) p is NaN at iteration {iterations} (system {s}): the kernel's arguments hold NaN or infinite values, or its formula overflows"
                     )));
                 }
-                if active[s] && v <= 0.0 {
+                if v <= 0.0 {
                     // Named after alpha: raising it is the usual cure.
                     return Err(KeopsError::Option {
                         name: "alpha".into(),

@@ -106,8 +106,7 @@ impl Nvrtc {
                         ));
                         fallback.get_or_insert(n);
                     }
-                    Err(KeopsError::Backend { msg, .. }) => tried.push(msg),
-                    Err(e) => tried.push(e.to_string()),
+                    Err(e) => tried.push(e.reason()),
                 }
             }
             fallback.ok_or_else(|| {

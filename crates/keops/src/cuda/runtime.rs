@@ -95,7 +95,7 @@ pub fn available() -> bool {
 }
 
 /// What the CUDA engine finds on this machine, each part with the reason when it is
-/// missing: the report of `keops.check_health()` and `keops.show_cuda_status()`.
+/// missing: the GPU part of `keops.check_health()`'s report.
 #[derive(Clone, Debug)]
 pub struct GpuStatus {
     /// The driver, or why there is none.
@@ -110,21 +110,13 @@ pub struct GpuStatus {
     pub available: bool,
 }
 
-/// Why a part is missing: the reason alone (the report is about the GPU already).
-fn reason(e: KeopsError) -> String {
-    match e {
-        KeopsError::Backend { msg, .. } => msg,
-        other => other.to_string(),
-    }
-}
-
 /// Probes the driver, the compiler and every device (opening each device's context).
 pub fn status() -> GpuStatus {
-    let driver = driver().map_err(reason);
+    let driver = driver().map_err(KeopsError::reason);
     let compiler = if sim::on() {
         sim::compiler()
             .map(|cxx| format!("simulator (KEOPS_CUDA_SIMULATOR): kernels built by {cxx}"))
-            .map_err(reason)
+            .map_err(KeopsError::reason)
     } else {
         let max_major = driver.as_ref().ok().map(|d| d.version / 1000);
         Nvrtc::get(max_major)
@@ -132,14 +124,14 @@ pub fn status() -> GpuStatus {
                 let (major, minor) = n.version();
                 format!("NVRTC {major}.{minor} ({})", n.path().display())
             })
-            .map_err(reason)
+            .map_err(KeopsError::reason)
     };
     let count = driver.as_ref().map_or(0, |d| d.devices);
     let devices = (0..count)
         .map(|id| {
             device(id)
                 .map(|d| format!("GPU {id}: {} ({}, {} SMs)", d.name, d.arch.sm(), d.sms))
-                .map_err(|e| format!("GPU {id}: {}", reason(e)))
+                .map_err(|e| format!("GPU {id}: {}", e.reason()))
         })
         .collect();
     GpuStatus {
