@@ -204,8 +204,10 @@ pub struct Options {
     /// processor's flush-to-zero mode, which removes the microcode assists that
     /// subnormals cost (float32 Gaussian sums of far-apart points ran 8x slower without
     /// it); on the GPU, NVRTC's `--use_fast_math` also computes float32 `exp`, `log`,
-    /// `sin`, `cos`, `pow`, division and square root by the hardware's approximations.
-    /// Float64 is unchanged (IEEE). Off here; the Python front ends turn it on by
+    /// `sin`, `cos`, `pow`, division and square root by the hardware's approximations,
+    /// and computes Gaussian and Laplacian exponentials as `exp2` of distances between
+    /// points scaled as they are loaded ([`crate::cuda::prescale`]; the rounding of a
+    /// division by the bandwidth). Float64 is unchanged (IEEE). Off here; the Python front ends turn it on by
     /// default, as pykeops does.
     pub fast_math: bool,
     /// Caps the CPU instruction set (`None`: the best this CPU has; the environment

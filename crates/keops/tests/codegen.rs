@@ -236,6 +236,22 @@ fn reduction_kernels_match_the_oracle_as_host_c() {
         &common::REDUCTION_ALIASES,
         2,
         false,
+        false,
+    );
+}
+
+/// The same with fast math, for the formulas whose float32 kernels compute their
+/// exponentials as `exp2` of distances between points scaled as they are loaded (the
+/// host tile makes the scaled copies the kernel makes; checked to happen).
+#[test]
+fn prescaled_kernels_match_the_oracle_as_host_c() {
+    check_kernels_as_host_c(
+        "pre",
+        common::prescaled_cases(),
+        &common::REDUCTION_ALIASES,
+        2,
+        false,
+        true,
     );
 }
 
@@ -250,17 +266,20 @@ fn chunked_kernels_match_the_oracle_as_host_c() {
         &common::CHUNKED_ALIASES,
         150,
         true,
+        false,
     );
 }
 
 /// The harness of the two tests above: `cases` on `aliases` (x, y of dimension `d`, b,
-/// p); `chunked`: the cases are chunked, but for the last when reducing over j (checked).
+/// p); `chunked`: the cases are chunked, but for the last when reducing over j (checked);
+/// `fast_math`: float32 kernels with fast math, prescaled (checked).
 fn check_kernels_as_host_c(
     stem: &str,
     cases: Vec<(&'static str, Option<&'static str>, Reduction)>,
     aliases: &[&str],
     d: usize,
     chunked: bool,
+    fast_math: bool,
 ) {
     use keops::cuda::kernel::{device_functions, KernelSpec, Role};
     use keops::{Arg, Options, SumScheme};
@@ -319,6 +338,7 @@ fn check_kernels_as_host_c(
                 for &scheme in schemes {
                     let opts = Options {
                         sum_scheme: scheme,
+                        fast_math,
                         ..Options::default()
                     };
                     let mut k = if ty == CType::F64 {
@@ -331,6 +351,10 @@ fn check_kernels_as_host_c(
                         // The last case uses x outside its sum: chunked over i only.
                         let want = c + 1 < ncases || axis == 0;
                         assert_eq!(k.chunked().is_some(), want, "{f}: chunked {want}");
+                    }
+                    if fast_math {
+                        let want = ty == CType::F32;
+                        assert_eq!(k.prescaled().is_some(), want, "{f}: prescaled {want}");
                     }
                     let name = format!("R{n}");
                     n += 1;

@@ -281,6 +281,68 @@ fn fast_math_stays_close() {
     }
 }
 
+/// Exponentials computed as `exp2` of points scaled as they are loaded (float32 with
+/// fast math): every case of `common::prescaled_cases`, both axes, both schemes, the most
+/// rows per thread, block-sparse ranges, against the oracle.
+#[test]
+fn prescaled_exponentials_match_the_oracle() {
+    if !gpu() {
+        return;
+    }
+    let (ni, nj) = (300, 700);
+    let inp = inputs(ni, nj, &[], 10);
+    let ci: Vec<_> = (0..ni.div_ceil(37))
+        .map(|c| c * 37..((c + 1) * 37).min(ni))
+        .collect();
+    let cj: Vec<_> = (0..nj.div_ceil(53))
+        .map(|c| c * 53..((c + 1) * 53).min(nj))
+        .collect();
+    let keep: Vec<bool> = (0..ci.len() * cj.len()).map(|t| t % 3 != 1).collect();
+    let ranges = std::sync::Arc::new(keops::cluster::from_matrix(&ci, &cj, &keep).unwrap());
+    let tol = common::Tol {
+        rtol: 1e-4,
+        atol: 1e-5,
+    };
+    for (f, w, r) in common::prescaled_cases() {
+        for axis in [0, 1] {
+            let g = common::reduction_case_genred(f, w, r, axis);
+            let e = expected(&g, &inp);
+            for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
+                let o = Options {
+                    fast_math: true,
+                    ..opts(scheme, SumScheme::BlockSum)
+                };
+                let k = keops::cuda::kernel::KernelSpec::new::<f32>(&g, &o);
+                assert!(k.prescaled().is_some(), "{f}: prescaled");
+                for o in with_rows::<f32>(&g, &o) {
+                    let ctx = format!(
+                        "prescaled {f} {} axis {axis} {scheme:?} rows {:?}",
+                        r.name(),
+                        o.gpu_rows
+                    );
+                    let got =
+                        run_as::<f32>(&g, &inp, &o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+                    check_values(&got, &e.want, e.scale.as_deref(), tol, &ctx);
+                }
+            }
+            let cpu = Options {
+                ranges: Some(ranges.clone()),
+                ..Options::default()
+            };
+            let want = run_as::<f64>(&g, &inp, &cpu).unwrap();
+            let o = Options {
+                fast_math: true,
+                ranges: Some(ranges.clone()),
+                ..opts(GpuScheme::Auto, SumScheme::BlockSum)
+            };
+            let ctx = format!("prescaled block-sparse {f} {} axis {axis}", r.name());
+            let got = run_as::<f32>(&g, &inp, &o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+            let scale = vec![100.0; want.values.as_ref().map_or(0, |v| v.data.len())];
+            check_values(&got, &want, Some(&scale), tol, &ctx);
+        }
+    }
+}
+
 #[test]
 fn two_threads_at_once() {
     if !gpu() {

@@ -48,6 +48,7 @@ fn program(ty: CType, most_rows: bool) -> (String, usize) {
         k.ty = ty;
         if ty == CType::F64 {
             k.acc = CType::F64;
+            k.fast_math = false;
         }
         k
     };
@@ -77,6 +78,20 @@ fn program(ty: CType, most_rows: bool) -> (String, usize) {
             }
         }
     }
+    // Exponentials computed as exp2 of prescaled points (float32 with fast math).
+    for (f, w, r) in common::prescaled_cases() {
+        for axis in [0, 1] {
+            let g = common::reduction_case_genred(f, w, r, axis);
+            let opts = Options {
+                fast_math: true,
+                ..Options::default()
+            };
+            let k = with_ty(&g, &opts);
+            assert_eq!(k.prescaled().is_some(), ty == CType::F32, "{f}");
+            let rows = if most_rows { k.max_rows() } else { 1 };
+            specs.push((k, rows, format!("{f} {} axis {axis}, prescaled", r.name())));
+        }
+    }
     // Chunked kernels (high dimensions), both axes.
     for (f, w, r) in common::chunked_cases() {
         for axis in [0, 1] {
@@ -89,7 +104,10 @@ fn program(ty: CType, most_rows: bool) -> (String, usize) {
     let mut index = String::new();
     for (n, (k, rows, what)) in specs.iter().enumerate() {
         let code = kernel_source(k, &format!("k{n}"), 64, *rows).code;
-        // Each kernel source carries the prelude; keep one.
+        // Each kernel source carries the prelude (after the fast-math mark); keep one.
+        let code = code
+            .strip_prefix("// compiled with --use_fast_math\n")
+            .unwrap_or(&code);
         src.push_str(
             code.strip_prefix(prelude(ty).as_str())
                 .expect("prelude first"),

@@ -210,8 +210,10 @@ class GenredBase:
             processor's slow path for them (a float32 Gaussian sum of far-apart points
             runs several times faster); on the GPU, NVRTC's ``--use_fast_math`` also
             computes float32 ``exp``/``log``/``sin``/``cos``/division/``sqrt`` by the
-            hardware's approximations. ``False``: IEEE float32 everywhere. Float64 is
-            never flushed.
+            hardware's approximations, and Gaussian/Laplacian exponentials are computed
+            as ``exp2`` of distances between points scaled as they are loaded (the
+            rounding of dividing by the bandwidth). ``False``: IEEE float32
+            everywhere. Float64 is never flushed.
         enable_chunks, rec_multVar_highdim, cuda_type: accepted for compatibility.
 
     Raises:

@@ -12,6 +12,7 @@ use super::accumulate::tile_sum;
 use super::simd::multiversion;
 use super::{batch_data, Block, BlockRunner, Isa, Job};
 use crate::formula::eval::PointEvaluator;
+use crate::formula::pattern::{self, Factors, Product};
 use crate::formula::{Binary, Cat, Formula, Op, Unary};
 use crate::plan::{AccType, Element, Options, Problem, SumScheme};
 use crate::real::{MathMode, Real};
@@ -61,68 +62,17 @@ pub struct RadialSum {
     pub scale: Vec<(Formula, i32)>,
 }
 
-/// A product `sign * prod(scalar factors) * prod(other factors)`.
-#[derive(Default)]
-struct Product {
-    neg: bool,
-    scalars: Vec<(Formula, i32)>,
-    others: Vec<Formula>,
-}
-
-fn depends_on(f: &Formula, cat: Cat) -> bool {
-    f.topo_order()
-        .iter()
-        .any(|n| matches!(n.as_var(), Some((c, _)) if c == cat))
-}
-
-fn is_scalar(f: &Formula) -> bool {
-    f.dim == 1 && !depends_on(f, Cat::Vi) && !depends_on(f, Cat::Vj)
-}
-
-/// Flattens products, negations and divisions by scalars.
-fn flatten(f: &Formula, p: &mut Product) {
-    match f.op {
-        Op::Binary(Binary::Mult) => {
-            flatten(&f.args[0], p);
-            flatten(&f.args[1], p);
-        }
-        Op::Binary(Binary::Divide) if is_scalar(&f.args[1]) => {
-            flatten(&f.args[0], p);
-            p.scalars.push((f.args[1].clone(), -1));
-        }
-        Op::Unary(Unary::Minus) => {
-            p.neg = !p.neg;
-            flatten(&f.args[0], p);
-        }
-        _ if is_scalar(f) => p.scalars.push((f.clone(), 1)),
-        _ => p.others.push(f.clone()),
-    }
-}
-
-/// `(x, y)` argument positions if `f` is `SqDist(x, y)` (or `SqNorm2(x - y)`) with `x`
-/// on the output side and `y` on the reduced side.
+/// `(x, y, dim)` argument positions and dimension if `f` is `SqDist(x, y)` (or
+/// `SqNorm2(x - y)`) with `x` on the output side and `y` on the reduced side.
 fn match_sqdist(f: &Formula, out: Cat, red: Cat) -> Option<(usize, usize, usize)> {
-    let (a, b) = match f.op {
-        Op::SqDist => (&f.args[0], &f.args[1]),
-        Op::SqNorm2 if f.args[0].op == Op::Binary(Binary::Subtract) => {
-            (&f.args[0].args[0], &f.args[0].args[1])
-        }
-        _ => return None,
-    };
-    let (ca, ka) = a.as_var()?;
-    let (cb, kb) = b.as_var()?;
-    if a.dim != b.dim {
-        return None;
-    }
+    let (a, b) = pattern::sqdist_vars(f)?;
+    let ((ca, ka), (cb, kb)) = (a.as_var()?, b.as_var()?);
     match (ca, cb) {
         (c1, c2) if c1 == out && c2 == red => Some((ka, kb, a.dim)),
         (c1, c2) if c1 == red && c2 == out => Some((kb, ka, a.dim)),
         _ => None,
     }
 }
-
-/// Scalar factors with their exponents (+1 or -1).
-type Factors = Vec<(Formula, i32)>;
 
 /// `c * r2` (or `c * sqrt(r2)` when `sqrt`): the coefficient factors and the points.
 fn match_scaled(
@@ -131,26 +81,8 @@ fn match_scaled(
     red: Cat,
     sqrt: bool,
 ) -> Option<(Factors, (usize, usize, usize))> {
-    let mut p = Product::default();
-    flatten(f, &mut p);
-    if p.others.len() != 1 {
-        return None;
-    }
-    let inner = &p.others[0];
-    let r2 = if sqrt {
-        match inner.op {
-            Op::Unary(Unary::Sqrt) => &inner.args[0],
-            _ => return None,
-        }
-    } else {
-        inner
-    };
-    let pts = match_sqdist(r2, out, red)?;
-    let mut coef = p.scalars;
-    if p.neg {
-        coef.push((Formula::int(-1), 1));
-    }
-    Some((coef, pts))
+    let (coef, r2) = pattern::scaled_sqdist(f, sqrt)?;
+    Some((coef, match_sqdist(&r2, out, red)?))
 }
 
 /// `1 + P` (either order).
@@ -174,8 +106,7 @@ impl RadialSum {
             return None;
         }
         let red = if out == Cat::Vi { Cat::Vj } else { Cat::Vi };
-        let mut p = Product::default();
-        flatten(formula, &mut p);
+        let p = Product::of(formula);
         let mut kernel = None;
         let mut b = None;
         for f in &p.others {

@@ -1,7 +1,7 @@
 //! Run-time SIMD dispatch: one portable source compiled for several instruction sets,
 //! the best one chosen from the CPU's features.
 //!
-//! [`multiversion!`] turns an `#[inline(always)]` generic function into an entry point
+//! `multiversion!` turns an `#[inline(always)]` generic function into an entry point
 //! that calls a copy of it compiled under `#[target_feature]` for AVX-512, AVX2+FMA or
 //! SSE4.1 on x86-64 (NEON is the aarch64 baseline), so a generic x86-64 build runs
 //! AVX-512 code where the CPU has it. Everything the body inlines is compiled with the

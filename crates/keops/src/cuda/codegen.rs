@@ -6,6 +6,7 @@
 //! both targets; every op of the table has its printer here (an exhaustive `match`) or,
 //! for elementwise ops, next to its definition (`Unary::c_expr`).
 
+use super::prescale::Prescaled;
 use crate::formula::ops::Op;
 use crate::formula::{topo_order, Cat, Formula};
 use std::collections::HashMap;
@@ -73,6 +74,7 @@ pub fn prelude(ty: CType) -> String {
     let _ = writeln!(s, "typedef {t} T;");
     for (name, libm) in [
         ("exp", "exp"),
+        ("exp2", "exp2"),
         ("log", "log"),
         ("sin", "sin"),
         ("cos", "cos"),
@@ -106,7 +108,7 @@ pub fn prelude(ty: CType) -> String {
 }
 
 /// A C literal of type `T` for `v`.
-fn literal(v: f64) -> String {
+pub(crate) fn literal(v: f64) -> String {
     if v.is_finite() {
         format!("(T)({v:?})")
     } else if v.is_nan() {
@@ -131,6 +133,17 @@ pub fn pointer_params(n: usize) -> String {
 /// pointers) so that, once inlined, rows copied into registers stay in registers.
 /// `nargs` must exceed every argument index of `f`.
 pub fn pair_function(f: &Formula, name: &str, nargs: usize) -> String {
+    pair_function_with(f, name, nargs, None)
+}
+
+/// [`pair_function`], with the exponentials of `fold` computed as `exp2` of distances
+/// between points that the caller has scaled.
+pub fn pair_function_with(
+    f: &Formula,
+    name: &str,
+    nargs: usize,
+    fold: Option<&Prescaled>,
+) -> String {
     let nodes = topo_order(std::slice::from_ref(f));
     let mut names: HashMap<u64, String> = HashMap::new();
     let mut body = String::new();
@@ -138,7 +151,10 @@ pub fn pair_function(f: &Formula, name: &str, nargs: usize) -> String {
         let v = format!("v{n}");
         let a: Vec<&str> = node.args.iter().map(|x| names[&x.id()].as_str()).collect();
         let dims: Vec<usize> = node.args.iter().map(|x| x.dim).collect();
-        node_code(&mut body, &node.op, &v, node.dim, &a, &dims);
+        match fold.and_then(|x| x.code(node, &v, &names)) {
+            Some(code) => body.push_str(&code),
+            None => node_code(&mut body, &node.op, &v, node.dim, &a, &dims),
+        }
         names.insert(node.id(), v);
     }
     let root = &names[&f.id()];

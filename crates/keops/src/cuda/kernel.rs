@@ -17,7 +17,8 @@
 //! chunk so that block-sparse ranges fit the same loop.
 
 use super::chunks::{Chunked, Site, CHUNK};
-use super::codegen::{pair_function, pointer_params, CType};
+use super::codegen::{literal, pair_function_with, pointer_params, CType};
+use super::prescale::Prescaled;
 use crate::formula::{Cat, Formula};
 use crate::plan::{AccType, Element, Genred, Options, SumScheme};
 use crate::reduction::{Reduction, ReductionSpec};
@@ -170,6 +171,21 @@ impl KernelSpec {
         )
     }
 
+    /// The exponentials computed as `exp2` of distances between points scaled as they
+    /// are loaded ([`super::prescale`]): float32 kernels with fast math, where the points are
+    /// output-side rows in registers or reduced-side rows staged whole (not chunked).
+    pub fn prescaled(&self) -> Option<Prescaled> {
+        if !self.fast_math || self.ty != CType::F32 || self.chunked().is_some() {
+            return None;
+        }
+        let regs = self.in_registers();
+        let scalable: Vec<bool> = (self.args.iter().zip(regs))
+            .map(|(&(role, _), reg)| role == Role::Red || (role == Role::Out && reg))
+            .collect();
+        let roots: Vec<&Formula> = std::iter::once(&self.formula).chain(&self.weight).collect();
+        Prescaled::plan(&roots, &scalable)
+    }
+
     /// Bytes of one state as the kernel stores it (for partial states of the 2D scheme).
     pub fn state_bytes(&self) -> usize {
         let (sv, si) = self.spec.state_len();
@@ -251,10 +267,21 @@ pub fn device_functions(k: &KernelSpec, name: &str, tile: usize, rows: usize) ->
         None => (&k.formula, k.weight.as_ref(), nargs),
     };
     let (df, dw) = (k.spec.dim, k.spec.weight_dim.unwrap_or(0));
+    let pre = k.prescaled();
     let mut s = String::new();
-    s.push_str(&pair_function(f, &format!("{name}_F"), npair));
+    s.push_str(&pair_function_with(
+        f,
+        &format!("{name}_F"),
+        npair,
+        pre.as_ref(),
+    ));
     if let Some(w) = w {
-        s.push_str(&pair_function(w, &format!("{name}_G"), npair));
+        s.push_str(&pair_function_with(
+            w,
+            &format!("{name}_G"),
+            npair,
+            pre.as_ref(),
+        ));
     }
     if let Some(c) = &chunked {
         s.push_str(&c.functions(name, &k.args));
@@ -272,13 +299,28 @@ pub fn device_functions(k: &KernelSpec, name: &str, tile: usize, rows: usize) ->
     );
     s.push_str(&state_functions(k, name, dw));
     s.push_str(&fold_function(k, name, df + dw, rows, chunked.as_ref()));
-    s.push_str(&tile_function(k, name, tile, chunked.as_ref()));
+    s.push_str(&tile_function(
+        k,
+        name,
+        tile,
+        rows,
+        chunked.as_ref(),
+        pre.as_ref(),
+    ));
     s
 }
 
 /// Host C only (tests): `{name}_tile(states, comp, a0.., j0, len)`, a tile as the
-/// kernel folds it from whole rows: the chunked sums first, if any, then `{name}_fold`.
-fn tile_function(k: &KernelSpec, name: &str, tile: usize, chunked: Option<&Chunked>) -> String {
+/// kernel folds it from whole rows: scaled copies of the points of `fold`'s exponentials
+/// and the chunked sums first, if any, then `{name}_fold`.
+fn tile_function(
+    k: &KernelSpec,
+    name: &str,
+    tile: usize,
+    rows: usize,
+    chunked: Option<&Chunked>,
+    pre: Option<&Prescaled>,
+) -> String {
     let nargs = k.args.len();
     let params = pointer_params(nargs);
     let pass: String = (0..nargs).map(|i| format!("a{i}, ")).collect();
@@ -289,9 +331,15 @@ fn tile_function(k: &KernelSpec, name: &str, tile: usize, chunked: Option<&Chunk
         ),
         None => (String::new(), String::new()),
     };
+    let mut body = format!("  {sums}\n  {name}_fold(s, comp, {pass}{parts}j0, len);\n");
+    if let Some(f) = pre {
+        let dims: Vec<usize> = k.args.iter().map(|a| a.1).collect();
+        let out: Vec<bool> = k.args.iter().map(|a| a.0 == Role::Out).collect();
+        body = f.host_copies(&dims, &rows.to_string(), "len", &out, &body);
+    }
     format!(
-        "#ifndef __CUDACC__\nstatic void {name}_tile(struct {name}_state* s, {a}* comp, {params}long long j0, int len) {{\n  \
-         const int live = 1; (void)live;\n  {sums}\n  {name}_fold(s, comp, {pass}{parts}j0, len);\n}}\n#endif\n",
+        "#ifndef __CUDACC__\n#include <stdlib.h>\nstatic void {name}_tile(struct {name}_state* s, {a}* comp, {params}long long j0, int len) {{\n  \
+         const int live = 1; (void)live;\n{body}}}\n#endif\n",
         a = k.acc.name()
     )
 }
@@ -554,6 +602,12 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
     let regs = k.in_registers();
     let chunked = k.chunked();
     let staged = chunked.as_ref().map_or(&[][..], |c| &c.staged[..]);
+    // Points of exponentials computed as `exp2` are scaled as they are loaded.
+    let pre = k.prescaled();
+    let scaled = |i: usize| match pre.as_ref().and_then(|f| f.scale(i)) {
+        Some(s) => format!("{} * ", literal(s)),
+        None => String::new(),
+    };
     // Each argument's pointer for the fold and the chunk pass.
     let mut ptrs: Vec<String> = Vec::new();
     for (i, &(role, dim)) in k.args.iter().enumerate() {
@@ -564,8 +618,9 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
                     "    T r{i}[{n}]; const T* a{i} = r{i};\n    \
                      if (live) KEOPS_UNROLL for (int r = 0; r < {rows}; r++) {{\n      \
                      const long long row = i0 + r < row_end ? i0 + r : row_end - 1;\n      \
-                     KEOPS_UNROLL for (int c = 0; c < {dim}; c++) r{i}[r * {dim} + c] = args[{i}][off[{i}] + row * {dim} + c]; }}",
-                    n = rows * dim
+                     KEOPS_UNROLL for (int c = 0; c < {dim}; c++) r{i}[r * {dim} + c] = {s}args[{i}][off[{i}] + row * {dim} + c]; }}",
+                    n = rows * dim,
+                    s = scaled(i),
                 );
                 format!("a{i}")
             }
@@ -587,7 +642,8 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
                 let _ = writeln!(
                     load,
                     "      for (int e = threadIdx.x; e < len * {dim}; e += blockDim.x) \
-                     tile[{smem_off} + e] = args[{i}][off[{i}] + (j0 - j_base) * {dim} + e];"
+                     tile[{smem_off} + e] = {s}args[{i}][off[{i}] + (j0 - j_base) * {dim} + e];",
+                    s = scaled(i),
                 );
                 let ptr = format!("tile + {smem_off}");
                 smem_off += tile * dim;

@@ -11,6 +11,7 @@ pub mod codegen;
 pub mod kernel;
 pub mod multi;
 pub mod nvrtc;
+pub mod prescale;
 pub mod runtime;
 pub mod scheme;
 pub mod sim;

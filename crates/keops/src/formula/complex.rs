@@ -2,11 +2,12 @@
 //! vector of dimension `2n`, interleaved `[re_0, im_0, re_1, im_1, ...]`.
 //!
 //! Every complex op is built from two linear primitives, `ComplexReal`/`ComplexImag`
-//! ([`Op::ComplexPart`]) and `Real2Complex`/`Imag2Complex` ([`Op::ToComplex`]), and the
-//! real ops. Each complex op therefore inherits the real ops' engines, generated code
-//! and vjp rules, and its gradient follows the convention of KeOps and PyTorch: the
-//! cotangent of `z = a + ib` is `(dL/da, dL/db)`, interleaved. Shared parts (`Re z`,
-//! `|b|^2`, ...) are single nodes of the DAG, computed once per point.
+//! ([`Op::ComplexPart`](super::Op::ComplexPart)) and `Real2Complex`/`Imag2Complex`
+//! ([`Op::ToComplex`](super::Op::ToComplex)), and the real ops. Each complex op
+//! therefore inherits the real ops' engines, generated code and vjp rules, and its
+//! gradient follows the convention of KeOps and PyTorch: the cotangent of `z = a + ib`
+//! is `(dL/da, dL/db)`, interleaved. Shared parts (`Re z`, `|b|^2`, ...) are single
+//! nodes of the DAG, computed once per point.
 //!
 //! Broadcasting is KeOps': the operands of `ComplexAdd`, `ComplexSubtract`,
 //! `ComplexMult` and `ComplexDivide` have equal dimensions, or one of them is a single

@@ -15,6 +15,7 @@ pub mod diff;
 pub mod eval;
 pub mod ops;
 pub mod parse;
+pub mod pattern;
 mod print;
 mod recurrence;
 pub mod tensordot;

@@ -518,6 +518,26 @@ pub fn reduction_cases() -> Vec<(&'static str, Option<&'static str>, keops::Redu
     v
 }
 
+/// Formulas on [`REDUCTION_ALIASES`] whose exponentials of squared distances a float32
+/// GPU kernel with fast math computes as `exp2` of distances between prescaled points
+/// (`keops::cuda::prescale`): Gaussian and Laplacian, a parameter and constants in the
+/// coefficient, in a weight, under reductions other than sums.
+pub fn prescaled_cases() -> Vec<(&'static str, Option<&'static str>, keops::Reduction)> {
+    use keops::Reduction;
+    vec![
+        ("Exp(-SqDist(x,y)) * b", None, Reduction::Sum),
+        ("Exp(-p * SqNorm2(x - y) / 2) * b", None, Reduction::Sum),
+        ("Exp(-Sqrt(SqDist(x,y)) * 3) + b", None, Reduction::Sum),
+        ("Exp(SqDist(y,x) / 4) * b", None, Reduction::Max),
+        ("Exp(-SqDist(x,y)) * b", None, Reduction::LogSumExp),
+        (
+            "b * p",
+            Some("Exp(-SqDist(x,y)) * b"),
+            Reduction::SumSoftMaxWeight,
+        ),
+    ]
+}
+
 /// The variables of [`chunked_cases`]: `x` and `y` of dimension 150, beyond what a GPU
 /// thread keeps in registers.
 pub const CHUNKED_ALIASES: [&str; 4] = [
