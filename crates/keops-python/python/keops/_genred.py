@@ -211,9 +211,11 @@ class GenredBase:
             runs several times faster); on the GPU, NVRTC's ``--use_fast_math`` also
             computes float32 ``exp``/``log``/``sin``/``cos``/division/``sqrt`` by the
             hardware's approximations, and Gaussian/Laplacian exponentials are computed
-            as ``exp2`` of distances between points scaled as they are loaded (the
-            rounding of dividing by the bandwidth). ``False``: IEEE float32
-            everywhere. Float64 is never flushed.
+            as ``exp2`` of distances between points scaled (and centered on a point of
+            each thread block) as they are loaded: for data spread over ``R`` kernel
+            widths (``1/sqrt(c)`` for ``Exp(-c*SqDist(x,y))``), ``exp(-u)`` gets a
+            relative error of about ``2*sqrt(u)*R`` float32 epsilons. ``False``: IEEE
+            float32 everywhere. Float64 is never flushed.
         enable_chunks, rec_multVar_highdim, cuda_type: accepted for compatibility.
 
     Raises:

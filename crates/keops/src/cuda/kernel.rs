@@ -17,7 +17,7 @@
 //! chunk so that block-sparse ranges fit the same loop.
 
 use super::chunks::{Chunked, Site, CHUNK};
-use super::codegen::{literal, pair_function_with, pointer_params, CType};
+use super::codegen::{pair_function_with, pointer_params, CType};
 use super::prescale::Prescaled;
 use crate::formula::{Cat, Formula};
 use crate::plan::{AccType, Element, Genred, Options, SumScheme};
@@ -173,14 +173,16 @@ impl KernelSpec {
 
     /// The exponentials computed as `exp2` of distances between points scaled as they
     /// are loaded ([`super::prescale`]): float32 kernels with fast math, where the points are
-    /// output-side rows in registers or reduced-side rows staged whole (not chunked).
+    /// an output-side row in registers and a reduced-side row staged whole (not chunked).
     pub fn prescaled(&self) -> Option<Prescaled> {
         if !self.fast_math || self.ty != CType::F32 || self.chunked().is_some() {
             return None;
         }
         let regs = self.in_registers();
-        let scalable: Vec<bool> = (self.args.iter().zip(regs))
-            .map(|(&(role, _), reg)| role == Role::Red || (role == Role::Out && reg))
+        let scalable: Vec<Option<Role>> = (self.args.iter().zip(regs))
+            .map(|(&(role, _), reg)| {
+                (role == Role::Red || (role == Role::Out && reg)).then_some(role)
+            })
             .collect();
         let roots: Vec<&Formula> = std::iter::once(&self.formula).chain(&self.weight).collect();
         Prescaled::plan(&roots, &scalable)
@@ -602,12 +604,22 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
     let regs = k.in_registers();
     let chunked = k.chunked();
     let staged = chunked.as_ref().map_or(&[][..], |c| &c.staged[..]);
-    // Points of exponentials computed as `exp2` are scaled as they are loaded.
+    // Points of exponentials computed as `exp2` are scaled as they are loaded, centered
+    // on the block's first output row (`center_row`, set by each kernel).
     let pre = k.prescaled();
-    let scaled = |i: usize| match pre.as_ref().and_then(|f| f.scale(i)) {
-        Some(s) => format!("{} * ", literal(s)),
-        None => String::new(),
+    let scaled = |i: usize, value: &str, coord: &str| {
+        Prescaled::load(pre.as_ref(), i, value, &format!("c{i}"), coord)
     };
+    for i in 0..k.args.len() {
+        if let Some(s) = pre.as_ref().and_then(|p| p.scale(i)) {
+            let _ = writeln!(
+                setup,
+                "    const T* c{i} = args[{c}] + off[{c}] + center_row * {d};",
+                c = s.center,
+                d = k.args[s.center].1
+            );
+        }
+    }
     // Each argument's pointer for the fold and the chunk pass.
     let mut ptrs: Vec<String> = Vec::new();
     for (i, &(role, dim)) in k.args.iter().enumerate() {
@@ -618,9 +630,9 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
                     "    T r{i}[{n}]; const T* a{i} = r{i};\n    \
                      if (live) KEOPS_UNROLL for (int r = 0; r < {rows}; r++) {{\n      \
                      const long long row = i0 + r < row_end ? i0 + r : row_end - 1;\n      \
-                     KEOPS_UNROLL for (int c = 0; c < {dim}; c++) r{i}[r * {dim} + c] = {s}args[{i}][off[{i}] + row * {dim} + c]; }}",
+                     KEOPS_UNROLL for (int c = 0; c < {dim}; c++) r{i}[r * {dim} + c] = {v}; }}",
                     n = rows * dim,
-                    s = scaled(i),
+                    v = scaled(i, &format!("args[{i}][off[{i}] + row * {dim} + c]"), "c"),
                 );
                 format!("a{i}")
             }
@@ -642,8 +654,12 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
                 let _ = writeln!(
                     load,
                     "      for (int e = threadIdx.x; e < len * {dim}; e += blockDim.x) \
-                     tile[{smem_off} + e] = {s}args[{i}][off[{i}] + (j0 - j_base) * {dim} + e];",
-                    s = scaled(i),
+                     tile[{smem_off} + e] = {v};",
+                    v = scaled(
+                        i,
+                        &format!("args[{i}][off[{i}] + (j0 - j_base) * {dim} + e]"),
+                        &format!("e % {dim}")
+                    ),
                 );
                 let ptr = format!("tile + {smem_off}");
                 smem_off += tile * dim;
@@ -727,6 +743,8 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
     long long j_base, const {t}* const* args, const long long* boff, {t}* out_v, long long* out_i, {st}* part) {{
   {head}
   const long long i0 = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * {rows};
+  const long long center_row = (long long)blockIdx.x * blockDim.x * {rows};
+  (void)center_row;
   const long long row_end = n_out;
   const bool live = i0 < row_end;
   const long long lo = j_base + (long long)blockIdx.y * chunk;
@@ -754,6 +772,8 @@ extern \"C\" __global__ void {name}_reduce_ranges(int n_out, const long long* ta
   const int b = (int)tk[0];
   const long long i0 = tk[1] + (long long)threadIdx.x * {rows};
   const long long row_end = tk[2];
+  const long long center_row = tk[1];
+  (void)center_row;
   const bool live = i0 < row_end;
   const long long j_base = 0;
   (void)j_base; (void)n_out;

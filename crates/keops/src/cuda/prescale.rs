@@ -4,25 +4,43 @@
 //! With fast math, `exp(u)` is the GPU's `ex2(u * log2 e)`: a multiplication besides the
 //! special-function instruction, which a Gaussian sum at D = 3 (3 differences, 3 squares,
 //! the product by the weight) pays at every pair. Where `a` and `b` enter the formulas
-//! only through such distances, the kernel multiplies them by `s` as it loads them (once
-//! per thread for output-side rows, once per block and tile for reduced-side rows), with
-//! `s = sqrt(|c| log2 e)` (`exp(c r2) = exp2(±|s a - s b|^2)`) or `s = |c| log2 e` (for
-//! `exp(c |a - b|)`). The loop over pairs then keeps the distance and the `exp2`: the
+//! only through such distances, the kernel loads them as `s (a - r)` and `s (b - r)`
+//! (once per thread for output-side rows, once per block and tile for reduced-side rows),
+//! with `s = sqrt(|c| log2 e)` (`exp(c r2) = exp2(±|s a - s b|^2)`) or `s = |c| log2 e`
+//! (for `exp(c |a - b|)`). The loop over pairs then keeps the distance and the `exp2`: the
 //! product by `log2 e`, the negation and the constant factors of `c` are gone (a Gaussian
 //! sum: 8.6 instructions per pair on sm_90 instead of 9.6). Factors of `c` that read
 //! parameters stay in the loop.
 //!
-//! Float32 kernels with fast math only ([`super::kernel::KernelSpec::prescaled`]): rounding
-//! the scaled points perturbs each coordinate by at most half an ulp, as dividing the data
-//! by a bandwidth before the call would; a point far from the origin compared with the
-//! kernel's width then loses in the distance what its magnitude costs in the data (the
-//! kernel without it, like pykeops', subtracts the unscaled points exactly).
+//! The center `r` is the first output-side row of the thread block (of the output-side
+//! variable of lowest index among those the exponentials connect), so that rounding the
+//! loaded points costs half an ulp of `s |a - r|`, not of `s |a|`: the result does not
+//! depend on where the origin is (float32 data at 1000 with a width of 1 would otherwise
+//! lose three digits), and for data sorted by position (as block-sparse reductions
+//! require) `|a - r|` is the block's extent. What remains is the rounding of scaling
+//! data spread over `R` widths (`1 / sqrt|c|`) from `r`, which the kernel without it
+//! (like pykeops') avoids by subtracting unscaled points: an exponential `exp(-u)` gets a
+//! relative error of about `2 sqrt(u) R` float32 epsilons.
+//!
+//! Float32 kernels with fast math only ([`super::kernel::KernelSpec::prescaled`]); sites
+//! whose two variables are one output-side and one reduced-side variable only (the
+//! center comes from the output side).
 
 use super::codegen::literal;
+use super::kernel::Role;
 use crate::formula::eval::PointEvaluator;
 use crate::formula::pattern::{depends_on, scaled_sqdist, Factors};
 use crate::formula::{topo_order, Binary, Cat, Formula, Op, Unary};
 use std::collections::{HashMap, HashSet};
+
+/// How a scaled argument is loaded: `factor * (value - center row's value)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scaling {
+    /// What the centered value is multiplied by.
+    pub factor: f64,
+    /// The output-side argument whose first row (of the thread block) is the center.
+    pub center: usize,
+}
 
 /// One `exp(c r2)` (or `exp(c sqrt(r2))`) computed as an `exp2`.
 #[derive(Clone, Debug)]
@@ -44,18 +62,19 @@ struct Site {
     inner: HashSet<u64>,
 }
 
-/// The exponentials a kernel computes as `exp2`, and the scale of each argument.
+/// The exponentials a kernel computes as `exp2`, and how each argument is loaded.
 #[derive(Clone, Debug)]
 pub struct Prescaled {
     sites: Vec<Site>,
-    scales: Vec<Option<f64>>,
+    scales: Vec<Option<Scaling>>,
 }
 
 impl Prescaled {
-    /// The sites of `roots` (the formula and the weight) whose two variables may be
-    /// scaled as they are loaded (`scalable[k]` for argument `k`) and are used nowhere
-    /// else; `None` if there is none.
-    pub fn plan(roots: &[&Formula], scalable: &[bool]) -> Option<Prescaled> {
+    /// The sites of `roots` (the formula and the weight) whose two variables are an
+    /// output-side and a reduced-side argument that may be scaled as they are loaded
+    /// (`scalable[k]`: the role of argument `k`, `None` if it may not) and are used
+    /// nowhere else; `None` if there is none.
+    pub fn plan(roots: &[&Formula], scalable: &[Option<Role>]) -> Option<Prescaled> {
         let roots: Vec<Formula> = roots.iter().map(|f| (*f).clone()).collect();
         let nodes = topo_order(&roots);
         let mut parents: HashMap<u64, HashSet<u64>> = HashMap::new();
@@ -69,9 +88,11 @@ impl Prescaled {
             .iter()
             .filter_map(|n| Site::find(n, &parents))
             .filter(|s| {
-                [&s.vars.0, &s.vars.1]
-                    .iter()
-                    .all(|v| arg(v).is_some_and(|k| scalable.get(k) == Some(&true)))
+                let role = |v: &Formula| arg(v).and_then(|k| scalable.get(k).copied().flatten());
+                matches!(
+                    (role(&s.vars.0), role(&s.vars.1)),
+                    (Some(Role::Out), Some(Role::Red)) | (Some(Role::Red), Some(Role::Out))
+                )
             })
             .collect();
         // A variable is scaled for all its uses: drop the sites of a variable used
@@ -107,20 +128,56 @@ impl Prescaled {
         if sites.is_empty() {
             return None;
         }
+        // The variables the sites connect share a center (both points of a pair are
+        // shifted alike): their group's output-side argument of lowest index. (The
+        // filter above keeps sites of arguments in `scalable` only.)
+        let pairs: Vec<(usize, usize)> = sites
+            .iter()
+            .filter_map(|s| Some((arg(&s.vars.0)?, arg(&s.vars.1)?)))
+            .collect();
+        let mut group: Vec<usize> = (0..scalable.len()).collect();
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for &(a, b) in &pairs {
+                let g = group[a].min(group[b]);
+                changed |= group[a] != g || group[b] != g;
+                (group[a], group[b]) = (g, g);
+            }
+        }
+        let center = |k: usize| {
+            (0..scalable.len()).find(|&c| group[c] == group[k] && scalable[c] == Some(Role::Out))
+        };
         let mut scales = vec![None; scalable.len()];
         for s in &sites {
-            for v in [&s.vars.0, &s.vars.1] {
-                if let Some(k) = arg(v) {
-                    scales[k] = Some(s.scale);
-                }
+            for k in [&s.vars.0, &s.vars.1].into_iter().filter_map(arg) {
+                scales[k] = Some(Scaling {
+                    factor: s.scale,
+                    center: center(k)?,
+                });
             }
         }
         Some(Prescaled { sites, scales })
     }
 
-    /// What argument `k` is multiplied by as it is loaded, if it is scaled.
-    pub fn scale(&self, k: usize) -> Option<f64> {
+    /// How argument `k` is loaded, if it is scaled.
+    pub fn scale(&self, k: usize) -> Option<Scaling> {
         self.scales.get(k).copied().flatten()
+    }
+
+    /// The expression loading coordinate `coord` of argument `k` from `value`, with
+    /// `center` the pointer to its center row: `value` itself if `k` is not scaled.
+    pub fn load(
+        pre: Option<&Prescaled>,
+        k: usize,
+        value: &str,
+        center: &str,
+        coord: &str,
+    ) -> String {
+        match pre.and_then(|p| p.scale(k)) {
+            Some(s) => format!("{} * ({value} - {center}[{coord}])", literal(s.factor)),
+            None => value.to_string(),
+        }
     }
 
     /// The statements computing `v` (dimension 1) if `node` is one of the exponentials:
@@ -146,8 +203,8 @@ impl Prescaled {
         ))
     }
 
-    /// Host C (tests) of `{name}_tile`: copies of the scaled arguments `ak` (`n` rows each),
-    /// then `body`, then their release.
+    /// Host C (tests) of `{name}_tile`: copies of the scaled arguments `ak` (`n` rows each,
+    /// centered on the first of the output-side rows), then `body`, then their release.
     pub fn host_copies(
         &self,
         dims: &[usize],
@@ -158,15 +215,28 @@ impl Prescaled {
     ) -> String {
         let mut pre = String::new();
         let mut post = String::new();
-        for (k, &d) in dims.iter().enumerate() {
-            let Some(s) = self.scale(k) else { continue };
-            let n = if out[k] { rows } else { len };
+        let scaled = || (0..dims.len()).filter_map(|k| Some((k, self.scale(k)?)));
+        // The centers are read before any argument is replaced by its copy.
+        for (k, s) in scaled() {
+            pre.push_str(&format!("  const T* c{k} = a{};\n", s.center));
+        }
+        for (k, _) in scaled() {
+            let (n, d) = (if out[k] { rows } else { len }, dims[k]);
+            let load = Prescaled::load(
+                Some(self),
+                k,
+                &format!("a{k}[e]"),
+                &format!("c{k}"),
+                &format!("e % {d}"),
+            );
             pre.push_str(&format!(
                 "  T* s{k} = (T*)malloc(sizeof(T) * ({n}) * {d} + 1);\n  \
-                 for (int e = 0; e < ({n}) * {d}; e++) s{k}[e] = {} * a{k}[e];\n  a{k} = s{k};\n",
-                literal(s)
+                 for (int e = 0; e < ({n}) * {d}; e++) s{k}[e] = {load};\n"
             ));
             post.push_str(&format!("  free(s{k});\n"));
+        }
+        for (k, _) in scaled() {
+            pre.push_str(&format!("  a{k} = s{k};\n"));
         }
         format!("{pre}{body}{post}")
     }
@@ -248,9 +318,22 @@ mod tests {
         "p = Pm(5,3)",
     ];
 
+    const ROLES: [Option<Role>; 6] = [
+        Some(Role::Out),
+        Some(Role::Red),
+        Some(Role::Red),
+        None,
+        Some(Role::Red),
+        None,
+    ];
+
     fn plan(f: &str) -> Option<Prescaled> {
         let f = parse(f, &ALIASES).unwrap();
-        Prescaled::plan(&[&f], &[true, true, true, false, true, false])
+        Prescaled::plan(&[&f], &ROLES)
+    }
+
+    fn factor(p: &Prescaled, k: usize) -> f64 {
+        p.scale(k).unwrap().factor
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -261,19 +344,20 @@ mod tests {
     fn prescales_gaussian_and_laplacian_exponentials() {
         let l = std::f64::consts::LOG2_E;
         let f = plan("Exp(-SqDist(x,y)) * b").unwrap();
-        assert!(close(f.scale(0).unwrap(), l.sqrt()) && close(f.scale(1).unwrap(), l.sqrt()));
+        assert!(close(factor(&f, 0), l.sqrt()) && close(factor(&f, 1), l.sqrt()));
         assert_eq!((f.scale(2), f.sites[0].neg), (None, true));
         let f = plan("Exp(SqNorm2(x - y) / 4) * b").unwrap();
-        assert!(close(f.scale(0).unwrap(), (l / 4.0).sqrt()) && !f.sites[0].neg);
+        assert!(close(factor(&f, 0), (l / 4.0).sqrt()) && !f.sites[0].neg);
         let f = plan("Exp(-2 * Sqrt(SqDist(x,y)))").unwrap();
-        assert!(close(f.scale(1).unwrap(), 2.0 * l) && f.sites[0].sqrt);
+        assert!(close(factor(&f, 1), 2.0 * l) && f.sites[0].sqrt);
         // A parameter stays in the loop; only the constant part goes into the scale.
         let f = plan("Exp(-g * SqDist(x,y) / 2) * b").unwrap();
-        assert!(close(f.scale(0).unwrap(), (l / 2.0).sqrt()));
+        assert!(close(factor(&f, 0), (l / 2.0).sqrt()));
         assert_eq!(f.sites[0].params.len(), 1);
-        // Two sites of one scale share their variables.
-        let f = plan("Exp(-SqDist(x,y)) + Exp(-SqDist(x,z))").unwrap();
-        assert_eq!((f.sites.len(), f.scale(4).is_some()), (2, true));
+        // Two sites of one scale share their variables, and x's rows are their center.
+        let f = plan("Exp(-SqDist(x,y)) + Exp(-SqDist(z,x))").unwrap();
+        assert_eq!((f.sites.len(), f.scale(4).map(|s| s.center)), (2, Some(0)));
+        assert_eq!(f.scale(1).map(|s| s.center), Some(0));
     }
 
     #[test]
@@ -285,10 +369,19 @@ mod tests {
         // Two scales for x.
         assert!(plan("Exp(-SqDist(x,y)) + Exp(-2*SqDist(x,z))").is_none());
         // One site dropped (x is also elsewhere), the other kept.
-        let f = plan("Exp(-SqDist(x,y)) * Sum(x) + Exp(-SqDist(z,z))").unwrap();
+        // Two reduced-side variables: no output-side row to center them on.
+        assert!(plan("Exp(-SqDist(y,z)) * b").is_none());
+        let f = parse(
+            "Exp(-SqDist(x,y)) * Sum(x) + Exp(-SqDist(u,z))",
+            &[&ALIASES[..], &["u = Vi(6,3)"]].concat(),
+        )
+        .unwrap();
+        let mut roles = ROLES.to_vec();
+        roles.push(Some(Role::Out));
+        let f = Prescaled::plan(&[&f], &roles).unwrap();
         assert_eq!(
-            (f.sites.len(), f.scale(0), f.scale(4).is_some()),
-            (1, None, true)
+            (f.sites.len(), f.scale(0), f.scale(4).map(|s| s.center)),
+            (1, None, Some(6))
         );
         // A parameter point is not scalable; neither are zero or infinite coefficients.
         assert!(plan("Exp(-SqDist(x,p))").is_none());
@@ -300,7 +393,7 @@ mod tests {
     #[test]
     fn prints_the_exponential_as_exp2() {
         let f = parse("Exp(-g * SqDist(x,y)) * b", &ALIASES).unwrap();
-        let pre = Prescaled::plan(&[&f], &[true, true, true, false]).unwrap();
+        let pre = Prescaled::plan(&[&f], &ROLES[..4]).unwrap();
         let c = super::super::codegen::pair_function_with(&f, "F", 4, Some(&pre));
         // -g is the sign (in the sum of squares) and the parameter g (v0, in the loop).
         assert!(c.contains("s -= (v2[k] - v3[k]) * (v2[k] - v3[k])"), "{c}");
