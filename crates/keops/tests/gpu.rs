@@ -281,6 +281,63 @@ fn fast_math_stays_close() {
     }
 }
 
+/// Block-sparse ranges of `ni` x `nj` rows in clusters of `ci` and `cj` rows, keeping
+/// the pairs of clusters `t` (row-major) with `keep(t)`.
+fn cluster_ranges(
+    (ni, ci): (usize, usize),
+    (nj, cj): (usize, usize),
+    keep: impl Fn(usize) -> bool,
+) -> std::sync::Arc<keops::Ranges> {
+    let cl = |n: usize, size: usize| -> Vec<_> {
+        (0..n.div_ceil(size))
+            .map(|c| c * size..((c + 1) * size).min(n))
+            .collect()
+    };
+    let (ci, cj) = (cl(ni, ci), cl(nj, cj));
+    let keep: Vec<bool> = (0..ci.len() * cj.len()).map(keep).collect();
+    std::sync::Arc::new(keops::cluster::from_matrix(&ci, &cj, &keep).unwrap())
+}
+
+/// `g` in float32 with fast math, whose exponentials are prescaled (checked): both
+/// schemes with one and the most rows per thread against `e`, and block-sparse with
+/// `ranges` against the CPU engine's float64 result, sums within `tol` of `scale`.
+fn check_prescaled(
+    g: &Genred,
+    inp: &Inputs,
+    e: &Expected,
+    scale: Option<&[f64]>,
+    ranges: &std::sync::Arc<keops::Ranges>,
+    tol: common::Tol,
+    ctx: &str,
+) {
+    for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
+        let o = Options {
+            fast_math: true,
+            ..opts(scheme, SumScheme::BlockSum)
+        };
+        let k = keops::cuda::kernel::KernelSpec::new::<f32>(g, &o);
+        assert!(k.prescaled().is_some(), "{ctx}: prescaled");
+        for o in with_rows::<f32>(g, &o) {
+            let ctx = format!("{ctx} {scheme:?} rows {:?}", o.gpu_rows);
+            let got = run_as::<f32>(g, inp, &o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+            check_values(&got, &e.want, scale, tol, &ctx);
+        }
+    }
+    let cpu = Options {
+        ranges: Some(ranges.clone()),
+        ..Options::default()
+    };
+    let want = run_as::<f64>(g, inp, &cpu).unwrap();
+    let o = Options {
+        fast_math: true,
+        ranges: Some(ranges.clone()),
+        ..opts(GpuScheme::Auto, SumScheme::BlockSum)
+    };
+    let ctx = format!("{ctx} block-sparse");
+    let got = run_as::<f32>(g, inp, &o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+    check_values(&got, &want, scale, tol, &ctx);
+}
+
 /// Exponentials computed as `exp2` of points scaled as they are loaded (float32 with
 /// fast math): every case of `common::prescaled_cases`, both axes, both schemes, the most
 /// rows per thread, block-sparse ranges, against the oracle.
@@ -291,14 +348,7 @@ fn prescaled_exponentials_match_the_oracle() {
     }
     let (ni, nj) = (300, 700);
     let inp = inputs(ni, nj, &[], 10);
-    let ci: Vec<_> = (0..ni.div_ceil(37))
-        .map(|c| c * 37..((c + 1) * 37).min(ni))
-        .collect();
-    let cj: Vec<_> = (0..nj.div_ceil(53))
-        .map(|c| c * 53..((c + 1) * 53).min(nj))
-        .collect();
-    let keep: Vec<bool> = (0..ci.len() * cj.len()).map(|t| t % 3 != 1).collect();
-    let ranges = std::sync::Arc::new(keops::cluster::from_matrix(&ci, &cj, &keep).unwrap());
+    let ranges = cluster_ranges((ni, 37), (nj, 53), |t| t % 3 != 1);
     let tol = common::Tol {
         rtol: 1e-4,
         atol: 1e-5,
@@ -307,38 +357,8 @@ fn prescaled_exponentials_match_the_oracle() {
         for axis in [0, 1] {
             let g = common::reduction_case_genred(f, w, r, axis);
             let e = expected(&g, &inp);
-            for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
-                let o = Options {
-                    fast_math: true,
-                    ..opts(scheme, SumScheme::BlockSum)
-                };
-                let k = keops::cuda::kernel::KernelSpec::new::<f32>(&g, &o);
-                assert!(k.prescaled().is_some(), "{f}: prescaled");
-                for o in with_rows::<f32>(&g, &o) {
-                    let ctx = format!(
-                        "prescaled {f} {} axis {axis} {scheme:?} rows {:?}",
-                        r.name(),
-                        o.gpu_rows
-                    );
-                    let got =
-                        run_as::<f32>(&g, &inp, &o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
-                    check_values(&got, &e.want, e.scale.as_deref(), tol, &ctx);
-                }
-            }
-            let cpu = Options {
-                ranges: Some(ranges.clone()),
-                ..Options::default()
-            };
-            let want = run_as::<f64>(&g, &inp, &cpu).unwrap();
-            let o = Options {
-                fast_math: true,
-                ranges: Some(ranges.clone()),
-                ..opts(GpuScheme::Auto, SumScheme::BlockSum)
-            };
-            let ctx = format!("prescaled block-sparse {f} {} axis {axis}", r.name());
-            let got = run_as::<f32>(&g, &inp, &o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
-            let scale = vec![100.0; want.values.as_ref().map_or(0, |v| v.data.len())];
-            check_values(&got, &want, Some(&scale), tol, &ctx);
+            let ctx = format!("prescaled {f} {} axis {axis}", r.name());
+            check_prescaled(&g, &inp, &e, e.scale.as_deref(), &ranges, tol, &ctx);
         }
     }
 }
@@ -361,10 +381,7 @@ fn prescaled_exponentials_do_not_depend_on_the_origin() {
     )
     .unwrap();
     let (ni, nj) = (300, 700);
-    let ci: Vec<_> = (0..ni / 100).map(|c| c * 100..(c + 1) * 100).collect();
-    let cj: Vec<_> = (0..nj / 100).map(|c| c * 100..(c + 1) * 100).collect();
-    let keep: Vec<bool> = (0..ci.len() * cj.len()).map(|t| t % 2 == 0).collect();
-    let ranges = std::sync::Arc::new(keops::cluster::from_matrix(&ci, &cj, &keep).unwrap());
+    let ranges = cluster_ranges((ni, 100), (nj, 100), |t| t % 2 == 0);
     let tol = common::Tol {
         rtol: 1e-6,
         atol: 0.0,
@@ -387,33 +404,8 @@ fn prescaled_exponentials_do_not_depend_on_the_origin() {
             .iter()
             .map(|row| row.iter().map(|v| v[0].abs()).sum())
             .collect();
-        for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
-            let o = Options {
-                fast_math: true,
-                ..opts(scheme, SumScheme::BlockSum)
-            };
-            assert!(keops::cuda::kernel::KernelSpec::new::<f32>(&g, &o)
-                .prescaled()
-                .is_some());
-            for o in with_rows::<f32>(&g, &o) {
-                let ctx = format!("shift {shift} {scheme:?} rows {:?}", o.gpu_rows);
-                let got = run_as::<f32>(&g, &inp, &o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
-                check_values(&got, &e.want, Some(&scale), tol, &ctx);
-            }
-        }
-        let cpu = Options {
-            ranges: Some(ranges.clone()),
-            ..Options::default()
-        };
-        let want = run_as::<f64>(&g, &inp, &cpu).unwrap();
-        let o = Options {
-            fast_math: true,
-            ranges: Some(ranges.clone()),
-            ..opts(GpuScheme::Auto, SumScheme::BlockSum)
-        };
-        let got = run_as::<f32>(&g, &inp, &o).unwrap();
-        let ctx = format!("shift {shift} block-sparse");
-        check_values(&got, &want, Some(&scale), tol, &ctx);
+        let ctx = format!("shift {shift}");
+        check_prescaled(&g, &inp, &e, Some(&scale), &ranges, tol, &ctx);
     }
 }
 
