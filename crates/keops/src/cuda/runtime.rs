@@ -603,11 +603,10 @@ pub(crate) unsafe fn enqueue(
     if n_out == 0 || nbatch == 0 {
         return Ok(());
     }
-    let as_i32 = |v: usize, what: &str| {
-        i32::try_from(v)
-            .map_err(|_| KeopsError::Arguments(format!("{what} ({v}) exceeds 2^31 on the GPU")))
-    };
-    let (mut n_out_c, mut nbatch_c) = (as_i32(n_out, "rows")?, as_i32(nbatch, "batch size")?);
+    let (mut n_out_c, mut nbatch_c) = (
+        kernel_int(n_out, "rows")?,
+        kernel_int(nbatch, "batch size")?,
+    );
     let mut table: Vec<i64> = call.ptrs.iter().map(|&p| p as i64).collect();
     for b in 0..nbatch {
         table.extend((0..nargs).map(|a| layout.batch_offset(a, b) as i64));
@@ -701,6 +700,12 @@ pub(crate) unsafe fn enqueue(
     Ok(())
 }
 
+/// `v` as a kernel's `int` parameter, or an error naming `what` past 2^31.
+fn kernel_int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| KeopsError::Arguments(format!("{what} ({v}) exceeds 2^31 on the GPU")))
+}
+
 /// Queues `{name}_combine`: the `nchunks` partial states of each of `nbatch * n_out`
 /// rows at `part` (`[batch][chunk][row]`), combined in index order and finalized.
 ///
@@ -717,10 +722,11 @@ pub(crate) unsafe fn combine(
     if rows == 0 {
         return Ok(());
     }
-    let c = |v: usize| {
-        i32::try_from(v).map_err(|_| KeopsError::Arguments(format!("{v} exceeds 2^31 on the GPU")))
-    };
-    let (mut n_out, mut nchunks, mut nbatch) = (c(n_out)?, c(nchunks)?, c(nbatch)?);
+    let (mut n_out, mut nchunks, mut nbatch) = (
+        kernel_int(n_out, "rows")?,
+        kernel_int(nchunks, "chunks")?,
+        kernel_int(nbatch, "batch size")?,
+    );
     let (mut part, mut ov, mut oi) = (part, ov, oi);
     let mut params: Vec<*mut c_void> = vec![
         (&mut n_out as *mut i32).cast(),
