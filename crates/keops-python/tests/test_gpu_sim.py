@@ -8,6 +8,8 @@ simulator; elsewhere it is skipped (a real GPU runs ``test_cuda.py``)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -162,3 +164,32 @@ def test_use_fast_math_reaches_the_gpu_engine(offset: float) -> None:
     assert_float32_sum(fast, want, scale)
     assert_float32_sum(strict, want, scale)
     assert not np.array_equal(fast, strict)  # two kernels, two roundings
+
+
+def test_out_of_device_memory_is_an_error_and_the_next_call_runs() -> None:
+    """A reduction too large for the GPU's memory raises RuntimeError naming what did
+    not fit, its size and what to do; what it had allocated is freed, so a smaller call
+    right after runs. (A child process, whose simulated devices have 1 MiB each.)"""
+    code = """
+import numpy as np
+from keops.numpy import Genred
+g = Genred("Exp(-SqDist(x,y)) * b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(1)"], axis=1)
+rng = np.random.default_rng(0)
+def data(n, m):
+    return (rng.random((n, 3), dtype=np.float32), rng.random((m, 3), dtype=np.float32),
+            rng.random((m, 1), dtype=np.float32))
+try:
+    g(*data(20_000, 60_000), backend="GPU")
+except RuntimeError as e:
+    print("ERROR", e)
+small = data(100, 200)
+np.testing.assert_allclose(g(*small, backend="GPU"), g(*small, backend="CPU"), rtol=1e-5)
+print("SMALL OK")
+"""
+    env = dict(os.environ, KEOPS_CUDA_SIMULATOR="1", KEOPS_CUDA_SIMULATOR_MEMORY=str(1 << 20))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ERROR" in out.stdout and "SMALL OK" in out.stdout, out.stdout
+    assert "copying argument 2 (234.4 KiB): out of memory" in out.stdout, out.stdout
+    assert "the GPU's memory is full" in out.stdout, out.stdout

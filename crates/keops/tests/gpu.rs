@@ -551,6 +551,125 @@ fn multi_gpu_matches_the_oracle() {
     }
 }
 
+/// Out of device memory, a reduction is an error naming what it was allocating and its
+/// size, with what to do; it frees what it had allocated, and the next call runs. On a
+/// GPU: a buffer larger than any device. Under the simulator, again in a child process
+/// whose two simulated devices have 1 MiB each (`KEOPS_CUDA_SIMULATOR_MEMORY`): the
+/// inputs, the outputs and the 2D scheme's partial states each too large, on one GPU and
+/// split over both.
+#[test]
+fn device_memory_runs_out_cleanly() {
+    if !gpu() {
+        return;
+    }
+    let g = Genred::new(
+        "Exp(-SqDist(x,y)) * b",
+        &["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)"],
+        Reduction::Sum,
+        1,
+    )
+    .unwrap();
+    let gauss = |ni: usize, nj: usize| {
+        let mut rng = Rng::new(2);
+        let mut inp = Inputs::new();
+        inp.push(&[ni, 3], || rng.uniform(0.0, 1.0))
+            .push(&[nj, 3], || rng.uniform(0.0, 1.0))
+            .push(&[nj, 1], || rng.uniform(-1.0, 1.0));
+        inp
+    };
+    let small = |ctx: &str| {
+        let o = opts(GpuScheme::Auto, SumScheme::BlockSum);
+        check::<f32>(&g, &gauss(100, 200), &o, &format!("after {ctx}"));
+    };
+    let oom = |e: keops::KeopsError, what: &str| {
+        let e = e.to_string();
+        assert!(
+            e.contains(what)
+                && e.contains("out of memory")
+                && e.contains("the GPU's memory is full"),
+            "expected an error {what:?}..., got: {e}"
+        );
+    };
+    let sim = keops::cuda::sim::on();
+    if !sim {
+        oom(
+            DeviceBuffer::alloc(0, 1 << 50).err().expect("a PiB"),
+            "allocating device memory (1024.0 TiB)",
+        );
+        small("a PiB");
+        return;
+    }
+    let limit = match keops::cuda::sim::memory_limit() {
+        Ok(Some(limit)) => limit,
+        _ => {
+            let exe = std::env::current_exe().unwrap();
+            let out = std::process::Command::new(exe)
+                .args(["--exact", "device_memory_runs_out_cleanly", "--nocapture"])
+                .env("KEOPS_CUDA_SIMULATOR", "2")
+                .env("KEOPS_CUDA_SIMULATOR_MEMORY", (1 << 20).to_string())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            return;
+        }
+    };
+    let free = |ctx: &str| {
+        for d in 0..2 {
+            assert_eq!(
+                keops::cuda::sim::live_bytes(d),
+                0,
+                "{ctx}: device {d} leaks"
+            );
+        }
+    };
+    let o = opts(GpuScheme::Auto, SumScheme::BlockSum);
+    // x (234 KiB) and y (703 KiB) fit, b does not.
+    let e = run_as::<f32>(&g, &gauss(20_000, 60_000), &o).unwrap_err();
+    oom(e, "copying argument 2 (234.4 KiB)");
+    free("arguments");
+    small("arguments");
+    // 80,000 rows: inputs of 940 KiB, outputs of 312 KiB.
+    let e = run_as::<f32>(&g, &gauss(80_000, 100), &o).unwrap_err();
+    oom(e, "allocating the output (312.5 KiB)");
+    free("outputs");
+    // The 2D scheme's partial states: ArgKMin K = 50 (values and indices) of 500 rows in
+    // several chunks do not fit beside 254 KiB of inputs and outputs; in one chunk (1D)
+    // the same reduction fits.
+    let knn = Genred::new(
+        "SqDist(x,y)",
+        &["x = Vi(0,3)", "y = Vj(1,3)"],
+        Reduction::ArgKMin(50),
+        1,
+    )
+    .unwrap();
+    let mut points = gauss(500, 4_000);
+    points.data.pop();
+    points.shapes.pop();
+    let two_d = Options {
+        gpu_scheme: GpuScheme::TwoD,
+        ..o.clone()
+    };
+    let e = run_as::<f32>(&knn, &points, &two_d).unwrap_err();
+    oom(e, "allocating partial states (");
+    free("partial states");
+    let one_d = opts(GpuScheme::OneD, SumScheme::BlockSum);
+    check::<f32>(&knn, &points, &one_d, "ArgKMin in one chunk");
+    free("one chunk");
+    // Split over both devices (a third of the reduced rows on device 0, of 2 SMs against
+    // 4): the partial states do not fit beside device 0's part.
+    let split = Options {
+        multi_gpu: MultiGpu::All,
+        ..o.clone()
+    };
+    let e = run_as::<f32>(&g, &gauss(30_000, 100_000), &split).unwrap_err();
+    oom(e, "allocating partial states (");
+    free("split");
+    small("split");
+    assert!(DeviceBuffer::alloc(1, limit + 1).is_err());
+    free("buffer");
+}
+
 /// What is refused before any device is touched: these run on every machine.
 #[test]
 fn gpu_paths_refuse_bad_requests_before_touching_a_device() {

@@ -93,7 +93,8 @@ def test_torch_bindings() -> None:
 
 #: The environment variables keops reads, for the report of :func:`check_health`.
 ENV_VARS = ("KEOPS_CACHE_DIR", "XDG_CACHE_HOME", "KEOPS_NVRTC", "KEOPS_CPU_ISA",
-            "RAYON_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "KEOPS_CUDA_SIMULATOR")
+            "RAYON_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "KEOPS_CUDA_SIMULATOR",
+            "KEOPS_CUDA_SIMULATOR_MEMORY")
 
 
 def _version(dist: str) -> str:

@@ -38,8 +38,33 @@ pub(crate) fn cu<T>(r: std::result::Result<T, DriverError>, what: &str) -> Resul
             .error_string()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|_| format!("{e:?}"));
-        KeopsError::Cuda(format!("{what}: {text} ({:?})", e.0))
+        let hint = if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            OUT_OF_MEMORY_HINT
+        } else {
+            ""
+        };
+        KeopsError::Cuda(format!("{what}: {text} ({:?}){hint}", e.0))
     })
+}
+
+/// What an out-of-memory error adds (the simulator's too).
+pub(crate) const OUT_OF_MEMORY_HINT: &str = "; the GPU's memory is full: free other arrays on \
+     it, reduce fewer rows per call, spread the reduction over several GPUs, or run it on the CPU";
+
+/// `bytes` for a message: `"512 B"`, `"1.5 KiB"`, `"3.0 GiB"`.
+pub(crate) fn size_text(bytes: usize) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn no_gpu(msg: impl Into<String>) -> KeopsError {
@@ -170,12 +195,14 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
-    /// `bytes` of uninitialised device memory, allocated in stream order.
+    /// `bytes` of uninitialised device memory, allocated in stream order; an error
+    /// says `what` it was for and its size.
     fn alloc(self, bytes: usize, what: &str) -> Result<u64> {
+        let what = format!("{what} ({})", size_text(bytes));
         match self {
             // SAFETY: a fresh allocation, used on this stream only.
-            Stream::Cuda(s) => cu(unsafe { result::malloc_async(s, bytes) }, what),
-            Stream::Sim(d) => sim::alloc(d, bytes),
+            Stream::Cuda(s) => cu(unsafe { result::malloc_async(s, bytes) }, &what),
+            Stream::Sim(d) => sim::alloc(d, bytes, &what),
         }
     }
 
@@ -848,8 +875,8 @@ pub(crate) fn upload_args<T: Element>(
     args: &[crate::plan::Arg<'_, T>],
     stream: Stream,
 ) -> Result<Vec<StreamBuf>> {
-    args.iter()
-        .map(|a| StreamBuf::upload(a.data, stream, "copying an argument"))
+    (args.iter().enumerate())
+        .map(|(k, a)| StreamBuf::upload(a.data, stream, &format!("copying argument {k}")))
         .collect()
 }
 
@@ -969,7 +996,7 @@ impl DeviceBuffer {
                 // SAFETY: a fresh allocation of at least one byte.
                 cu(
                     unsafe { result::malloc_sync(bytes.max(1)) },
-                    "allocating device memory",
+                    &format!("allocating device memory ({})", size_text(bytes)),
                 )?
             }
             None => Stream::Sim(id).alloc(bytes, "allocating device memory")?,

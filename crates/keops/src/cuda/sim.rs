@@ -15,7 +15,9 @@
 //!   launch (a write out of bounds is an error naming the allocation); new allocations
 //!   and the shared memory of each block are filled with `0xFF` bytes (NaN, index -1),
 //!   so that what a kernel forgets to write shows;
-//! - streams are synchronous: every operation is done when its call returns.
+//! - streams are synchronous: every operation is done when its call returns;
+//! - `KEOPS_CUDA_SIMULATOR_MEMORY=bytes` gives each device that much memory, past which
+//!   allocations fail as a GPU's do (for testing out-of-memory paths).
 //!
 //! Device `k` reports `2 + 2k` multiprocessors, so that multi-GPU splits are uneven.
 
@@ -312,15 +314,66 @@ fn memory() -> std::sync::MutexGuard<'static, BTreeMap<usize, Alloc>> {
     MEMORY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `bytes` of simulated memory of device `device` (at least one), filled with `0xFF`.
-pub(crate) fn alloc(device: usize, bytes: usize) -> Result<u64> {
+/// The memory of each simulated device, `KEOPS_CUDA_SIMULATOR_MEMORY` bytes (unset:
+/// as much as the host gives), or why its value is wrong.
+pub fn memory_limit() -> std::result::Result<Option<usize>, String> {
+    static LIMIT: OnceLock<std::result::Result<Option<usize>, String>> = OnceLock::new();
+    LIMIT
+        .get_or_init(|| {
+            let Ok(v) = std::env::var("KEOPS_CUDA_SIMULATOR_MEMORY") else {
+                return Ok(None);
+            };
+            match v.trim() {
+                "" => Ok(None),
+                t => t.parse().map(Some).map_err(|_| {
+                    format!(
+                        "KEOPS_CUDA_SIMULATOR_MEMORY is '{t}'; it must be the bytes of \
+                         memory of each simulated device"
+                    )
+                }),
+            }
+        })
+        .clone()
+}
+
+/// Bytes of device `device`'s simulated memory allocated and not freed.
+pub fn live_bytes(device: usize) -> usize {
+    used(&memory(), device)
+}
+
+fn used(mem: &BTreeMap<usize, Alloc>, device: usize) -> usize {
+    (mem.values().filter(|a| a.device == device))
+        .map(|a| a.bytes)
+        .sum()
+}
+
+/// `bytes` of simulated memory of device `device` (at least one), filled with `0xFF`,
+/// for `what` (named by an error); out of memory past [`memory_limit`], as a GPU is.
+pub(crate) fn alloc(device: usize, bytes: usize, what: &str) -> Result<u64> {
     let bytes = bytes.max(1);
+    let oom = |detail: String| {
+        sim_err(format!(
+            "{what}: out of memory ({detail}){}",
+            super::runtime::OUT_OF_MEMORY_HINT
+        ))
+    };
+    let limit = memory_limit().map_err(sim_err)?;
+    // Held until the allocation is recorded, so that threads cannot both fit.
+    let mut mem = memory();
+    if let Some(limit) = limit {
+        let in_use = used(&mem, device);
+        if in_use.saturating_add(bytes) > limit {
+            return Err(oom(format!(
+                "{in_use} of device {device}'s {limit} bytes in use"
+            )));
+        }
+    }
     let layout = std::alloc::Layout::from_size_align(bytes + 2 * GUARD, GUARD)
-        .map_err(|_| sim_err(format!("out of memory: {bytes} bytes")))?;
+        .map_err(|_| oom("more than the host can address".into()))?;
     // SAFETY: a non-zero size.
     let base = unsafe { std::alloc::alloc(layout) };
     if base.is_null() {
-        return Err(sim_err(format!("out of memory: {bytes} bytes")));
+        return Err(oom("the host's".into()));
     }
     // SAFETY: fills the whole allocation.
     unsafe {
@@ -329,7 +382,7 @@ pub(crate) fn alloc(device: usize, bytes: usize) -> Result<u64> {
         std::ptr::write_bytes(base.add(GUARD + bytes), GUARD_BYTE, GUARD);
     }
     let ptr = base as usize + GUARD;
-    memory().insert(
+    mem.insert(
         ptr,
         Alloc {
             base: base as usize,
@@ -416,7 +469,7 @@ mod tests {
 
     #[test]
     fn copies_are_checked_against_allocations_and_guards_catch_overruns() {
-        let p = alloc(1, 16).unwrap();
+        let p = alloc(1, 16, "test").unwrap();
         assert_eq!(p % GUARD as u64, 0);
         assert_eq!(device_of(p + 15), Some(1));
         let mut back = [0u8; 16];
