@@ -61,6 +61,22 @@ fn inputs(ni: usize, nj: usize, batch: &[usize], seed: u64) -> Inputs {
     inp
 }
 
+/// The Gaussian sum `Exp(-SqDist(x,y){scale}) * b` over j, points of dimension `d`,
+/// `b` of dimension `db`.
+fn gaussian(scale: &str, d: usize, db: usize) -> Genred {
+    Genred::new(
+        &format!("Exp(-SqDist(x,y){scale}) * b"),
+        &[
+            &format!("x = Vi(0,{d})"),
+            &format!("y = Vj(1,{d})"),
+            &format!("b = Vj(2,{db})"),
+        ],
+        Reduction::Sum,
+        1,
+    )
+    .unwrap()
+}
+
 /// `o`, and `o` with as many output rows per thread as the kernel of `g` in `T` allows
 /// (where that is more than one).
 fn with_rows<T: Element>(g: &Genred, o: &Options) -> Vec<Options> {
@@ -218,13 +234,7 @@ fn high_dimensions_and_empty_reductions() {
     if !gpu() {
         return;
     }
-    let g = Genred::new(
-        "Exp(-SqDist(x,y)) * b",
-        &["x = Vi(0,300)", "y = Vj(1,300)", "b = Vj(2,4)"],
-        Reduction::Sum,
-        1,
-    )
-    .unwrap();
+    let g = gaussian("", 300, 4);
     let mut rng = Rng::new(3);
     let mut inp = Inputs::new();
     inp.push(&[100, 300], || rng.uniform(0.0, 0.1))
@@ -373,13 +383,7 @@ fn prescaled_exponentials_do_not_depend_on_the_origin() {
     if !gpu() {
         return;
     }
-    let g = Genred::new(
-        "Exp(-SqDist(x,y) * 4) * b",
-        &["x = Vi(0,2)", "y = Vj(1,2)", "b = Vj(2,1)"],
-        Reduction::Sum,
-        1,
-    )
-    .unwrap();
+    let g = gaussian(" * 4", 2, 1);
     let (ni, nj) = (300, 700);
     let ranges = cluster_ranges((ni, 100), (nj, 100), |t| t % 2 == 0);
     let tol = common::Tol {
@@ -414,13 +418,7 @@ fn two_threads_at_once() {
     if !gpu() {
         return;
     }
-    let g = Genred::new(
-        "Exp(-SqDist(x,y)) * b",
-        &["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)"],
-        Reduction::Sum,
-        1,
-    )
-    .unwrap();
+    let g = gaussian("", 3, 1);
     std::thread::scope(|s| {
         for t in 0..2 {
             let g = &g;
@@ -562,13 +560,7 @@ fn device_memory_runs_out_cleanly() {
     if !gpu() {
         return;
     }
-    let g = Genred::new(
-        "Exp(-SqDist(x,y)) * b",
-        &["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)"],
-        Reduction::Sum,
-        1,
-    )
-    .unwrap();
+    let g = gaussian("", 3, 1);
     let gauss = |ni: usize, nj: usize| {
         let mut rng = Rng::new(2);
         let mut inp = Inputs::new();
