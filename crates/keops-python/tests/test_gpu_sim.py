@@ -154,8 +154,8 @@ def test_use_fast_math_reaches_the_gpu_engine(offset: float) -> None:
     """Both settings build and run their own kernels, and both are float32-accurate: the
     fast one computes the Gaussian as exp2 of points scaled as they are loaded (the
     simulator computes the functions exactly; on a GPU the fast one also uses the
-    hardware's approximations). Points away from the origin cost the scaled ones a
-    rounding of their magnitude, still within the bound."""
+    hardware's approximations). Points away from the origin cost the scaled ones
+    nothing more: they are centered on a point of each thread block first."""
     x, y, b = data()
     x, y = x + np.float32(offset), y + np.float32(offset)
     want, scale = gauss_reference(x, y, b, axis=1)

@@ -561,12 +561,17 @@ fn device_memory_runs_out_cleanly() {
         return;
     }
     let g = gaussian("", 3, 1);
-    let gauss = |ni: usize, nj: usize| {
+    let points = |ni: usize, nj: usize| {
         let mut rng = Rng::new(2);
         let mut inp = Inputs::new();
         inp.push(&[ni, 3], || rng.uniform(0.0, 1.0))
-            .push(&[nj, 3], || rng.uniform(0.0, 1.0))
-            .push(&[nj, 1], || rng.uniform(-1.0, 1.0));
+            .push(&[nj, 3], || rng.uniform(0.0, 1.0));
+        inp
+    };
+    let gauss = |ni: usize, nj: usize| {
+        let mut rng = Rng::new(3);
+        let mut inp = points(ni, nj);
+        inp.push(&[nj, 1], || rng.uniform(-1.0, 1.0));
         inp
     };
     let small = |ctx: &str| {
@@ -635,9 +640,7 @@ fn device_memory_runs_out_cleanly() {
         1,
     )
     .unwrap();
-    let mut points = gauss(500, 4_000);
-    points.data.pop();
-    points.shapes.pop();
+    let points = points(500, 4_000);
     let two_d = Options {
         gpu_scheme: GpuScheme::TwoD,
         ..o.clone()

@@ -368,9 +368,9 @@ mod tests {
         assert!(plan("Exp(-SqDist(x,y)) * (-SqDist(x,y))").is_none());
         // Two scales for x.
         assert!(plan("Exp(-SqDist(x,y)) + Exp(-2*SqDist(x,z))").is_none());
-        // One site dropped (x is also elsewhere), the other kept.
         // Two reduced-side variables: no output-side row to center them on.
         assert!(plan("Exp(-SqDist(y,z)) * b").is_none());
+        // One site dropped (x is also elsewhere), the other kept, centered on u.
         let f = parse(
             "Exp(-SqDist(x,y)) * Sum(x) + Exp(-SqDist(u,z))",
             &[&ALIASES[..], &["u = Vi(6,3)"]].concat(),
