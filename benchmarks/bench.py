@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -54,6 +55,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--sizes", default="",
                    help="comma-separated N = M to measure, e.g. 1e4,1e5,1e6 (default: 1, 2, "
                         "5 x 10^k from 1,000 on, for as long as the budget allows)")
+    p.add_argument("--repeat", type=float, default=1.0,
+                   help="seconds: a fast call is repeated for this long and the best time "
+                        "kept (default 1)")
     p.add_argument("--quick", action="store_true", help="a 5-second budget (a few minutes)")
     p.add_argument("--tiny", action="store_true",
                    help="N <= 2,000 and short timings: a smoke test (CI)")
@@ -81,7 +85,7 @@ def parse_sizes(text: str) -> Tuple[int, ...]:
 def settings_from(args: argparse.Namespace) -> Settings:
     """Budget, sizes and timing from the command line."""
     s = Settings(budget_s=args.budget, max_n=args.max_n, mem_limit=args.mem_limit * 2**30,
-                 seed=args.seed, sizes=parse_sizes(args.sizes))
+                 seed=args.seed, sizes=parse_sizes(args.sizes), repeat_s=args.repeat)
     if args.quick:
         s.budget_s = min(s.budget_s, 5.0)
     if args.tiny:
@@ -103,6 +107,9 @@ def write_report(payload: Dict, results: Dict[str, CaseResult],
             f"software: {', '.join(payload['versions'].values())}; torch threads "
             f"{machine['torch threads']}; Python {machine['python']}, {machine['os']}"]
     head += [f"absent: {k}: {v}" for k, v in payload["missing"].items()]
+    if payload.get("interrupted"):
+        head.append("stopped early (interrupted or out of time): cases and sizes not shown "
+                    "were not reached")
     problems = []
     md = ["# keops-rs benchmark", ""] + [f"- {h}" for h in head] + [""]
     md += ["## Summary", ""] + report.summary_table(cases, results, names, budget) + [""]
@@ -134,6 +141,10 @@ def write_report(payload: Dict, results: Dict[str, CaseResult],
     return problems
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs (or redraws) the benchmark; exit status 1 when keops-rs failed or disagreed."""
     args = parse_args(argv)
@@ -157,17 +168,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "settings": vars(settings), "cases": [c.key for c in cases], "results": {}}
     results: Dict[str, CaseResult] = {}
     start = time.perf_counter()
+    # Stopped by a time limit (SIGTERM, or SIGINT from `timeout -s INT`), the run still
+    # reports what it measured, the case it was in included.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         for case in cases:
             sizes = settings.sizes_of(case)
+            results[case.key] = CaseResult(case.key)
             with tqdm(total=len(sizes) * len(methods), desc=case.key, file=sys.stderr,
                       disable=args.no_progress, leave=False) as bar:
-                results[case.key] = run_case(case, methods, settings,
-                                             Progress(bar.update, bar.set_postfix_str))
+                run_case(case, methods, settings, Progress(bar.update, bar.set_postfix_str),
+                         out=results[case.key])
             if args.no_progress:
-                print(f"[bench] {case.key} done", file=sys.stderr)
+                print(f"[bench] {case.key} done ({time.perf_counter() - start:.0f} s)",
+                      file=sys.stderr)
     except KeyboardInterrupt:
         print("\ninterrupted: reporting what was measured", file=sys.stderr)
+        payload["interrupted"] = True
+        results = {k: r for k, r in results.items() if any(r.points.values())}
     payload["results"] = results
     payload["cases"] = list(results)
     payload["total_s"] = time.perf_counter() - start

@@ -110,12 +110,16 @@ CASES = [
 
 
 def find_cases(keys: Sequence[str]) -> list:
-    """The cases named by ``keys`` (the default ones when empty), in the suite's order."""
+    """The cases named by ``keys``, in that order (a run cut short by a time limit has
+    measured the first ones), or the default ones in the suite's order."""
     unknown = set(keys) - {c.key for c in CASES}
     if unknown:
         raise ValueError(f"unknown case(s) {sorted(unknown)}: choose from "
                          f"{[c.key for c in CASES]}")
-    return [c for c in CASES if c.key in keys or (not keys and c.default)]
+    if not keys:
+        return [c for c in CASES if c.default]
+    by_key = {c.key: c for c in CASES}
+    return [by_key[k] for k in dict.fromkeys(keys)]
 
 
 # --------------------------------------------------------------------------- checks

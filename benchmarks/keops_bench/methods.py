@@ -278,11 +278,18 @@ def _quiet_import(module: str) -> Any:
         return __import__(module, fromlist=["LazyTensor", "KernelSolve"])
 
 
+#: Every method's key on the command line (``--methods``), present on this machine or not.
+ALL_METHODS = ("keops-rs", "keops-rs-gpu", "numpy", "torch", "torch-gpu", "pykeops",
+               "pykeops-gpu")
+
+
 def find_methods(wanted: Optional[Sequence[str]] = None,
                  gpu_rows: Sequence[int] = ()) -> Tuple[List[Method], Dict[str, str]]:
     """The methods this machine can run (restricted to the keys in ``wanted``), and why
     each missing one is missing; with ``gpu_rows``, keops-rs GPU also with each of these
-    numbers of output rows per thread."""
+    numbers of output rows per thread. A wanted method this machine lacks is reported
+    missing, not an error (a GPU run still measures the others when pykeops cannot
+    start); a key no machine knows is a ``ValueError``."""
     cuda = torch.cuda.is_available()
     missing: Dict[str, str] = {}
     methods: List[Method] = []
@@ -298,13 +305,16 @@ def find_methods(wanted: Optional[Sequence[str]] = None,
         methods.append(LazyMethod("keops-rs GPU", kt, "GPU", dev, kv))
         methods.extend(PinnedRows(r, kt, dev, kv) for r in gpu_rows)
     else:
-        missing["keops-rs GPU"] = "no CUDA device or driver (keops.gpu_available() is False)"
+        why = "no CUDA device or driver (keops.gpu_available() is False)"
+        missing["keops-rs GPU"] = why
+        missing.update((f"keops-rs GPU rows={r}", why) for r in gpu_rows)
     methods.append(NumpyDense())
     methods.append(TorchDense("cpu"))
+    no_cuda = "torch.cuda.is_available() is False"
     if cuda:
         methods.append(TorchDense("cuda"))
     else:
-        missing["PyTorch GPU"] = "torch.cuda.is_available() is False"
+        missing["PyTorch GPU"] = no_cuda
     try:
         pk = _quiet_import("pykeops.torch")
         sys.modules["pykeops"].set_verbose(False)
@@ -312,13 +322,19 @@ def find_methods(wanted: Optional[Sequence[str]] = None,
         methods.append(LazyMethod("pykeops", pk, "CPU", "cpu", pv))
         if cuda:
             methods.append(LazyMethod("pykeops GPU", pk, "GPU", "cuda", pv))
+        else:
+            missing["pykeops GPU"] = no_cuda
     except Exception as e:  # ImportError, or an install that cannot start
-        missing["pykeops"] = f"not importable ({type(e).__name__}: {e}); "\
+        why = f"not importable ({type(e).__name__}: {e}); " \
             "`.venv/bin/pip install pykeops==2.3` adds it"
+        missing["pykeops"] = missing["pykeops GPU"] = why
     if wanted:
-        known = {m.key for m in methods} | {method_key(k) for k in missing}
+        known = set(ALL_METHODS) | {m.key for m in methods} | {method_key(k) for k in missing}
         unknown = set(wanted) - known
         if unknown:
             raise ValueError(f"unknown method(s) {sorted(unknown)}: choose from {sorted(known)}")
-        methods = [m for m in methods if m.key in wanted]
+        # Pinned rows are asked for by ``gpu_rows`` itself.
+        methods = [m for m in methods if m.key in wanted or isinstance(m, PinnedRows)]
+        missing = {k: v for k, v in missing.items()
+                   if method_key(k) in wanted or k.startswith("keops-rs GPU rows=")}
     return methods, missing

@@ -122,13 +122,15 @@ def case_table(result: CaseResult, names: Sequence[str], budget_s: float,
 
 def summary_table(cases: Sequence[Case], results: Dict[str, CaseResult],
                   names: Sequence[str], budget_s: float, at: int = 10_000) -> List[str]:
-    """Markdown: per case, the row at N = ``at`` and the largest N keops-rs reached."""
+    """Markdown: per case, the row at N = ``at`` and the largest N keops-rs reached (on
+    the CPU or the GPU)."""
     rows = [["case", "N = M"] + list(names)]
     for case in cases:
         res = results.get(case.key)
         if res is None:
             continue
-        keops = [p.n for p in res.points.get("keops-rs", []) if p.status == OK]
+        keops = [p.n for name in ("keops-rs", "keops-rs GPU")
+                 for p in res.points.get(name, []) if p.status == OK]
         for n in sorted({at, max(keops)} if keops else {at}):
             cells = {name: next((p for p in res.points.get(name, []) if p.n == n), None)
                      for name in names}

@@ -138,11 +138,15 @@ class CaseResult:
 
 
 def run_case(case: Case, methods: Sequence[Method], settings: Settings,
-             progress: Progress = Progress()) -> CaseResult:
+             progress: Progress = Progress(), out: Optional[CaseResult] = None) -> CaseResult:
     """Measures ``case`` for each method at growing N (keops-rs first: it is the
-    reference of the errors)."""
+    reference of the errors). Points go into ``out`` (a new result when ``None``) as they
+    are measured, so that a run stopped midway keeps them."""
     sizes = settings.sizes_of(case)
-    out = CaseResult(case.key, {m.name: [] for m in methods})
+    if out is None:
+        out = CaseResult(case.key)
+    for m in methods:
+        out.points.setdefault(m.name, [])
     # A method runs on until a size gives it no time (OOM, budget, error).
     running = lambda m: all(p.status == OK for p in out.points[m.name][-1:])  # noqa: E731
     for k, n in enumerate(sizes):

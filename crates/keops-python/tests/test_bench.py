@@ -4,6 +4,7 @@ pieces: the sweep's budget and memory guard, the check against keops-rs, the rep
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,41 @@ def test_sizes_option_replaces_each_cases_sizes(tmp_path: Path) -> None:
     run = json.loads((tmp_path / "results.json").read_text())
     for pts in run["results"]["lse"]["points"].values():
         assert [p["n"] for p in pts] == [300, 700]
+
+
+def test_cases_run_in_the_order_named() -> None:
+    assert [c.key for c in find_cases(["lse", "gauss", "lse"])] == ["lse", "gauss"]
+    assert [c.key for c in find_cases([])][:2] == ["gauss", "grad"]
+
+
+def test_a_method_this_machine_lacks_is_reported_absent_not_an_error() -> None:
+    # The GPU check names pykeops GPU; where pykeops or CUDA is missing, the others run.
+    wanted = ["keops-rs", "keops-rs-gpu", "torch-gpu", "pykeops-gpu"]
+    methods, missing = find_methods(wanted, gpu_rows=[2])
+    keys = [m.key for m in methods] + [k.lower().replace(" ", "-").replace("pytorch", "torch")
+                                       for k in missing]
+    assert set(keys) == set(wanted) | {"keops-rs-gpu-rows=2"}, (keys, missing)
+    assert methods[0].name == "keops-rs"
+    assert all(why for why in missing.values())
+
+
+def test_a_stopped_run_reports_what_it_measured(tmp_path: Path) -> None:
+    # Stopped (SIGTERM, as by a time limit) while the second case runs: the first case's
+    # table and the second's points so far are written, and the report says it stopped.
+    # --repeat 5 keeps the second case busy for seconds at N = 20,000.
+    proc = subprocess.Popen([sys.executable, str(BENCH / "bench.py"), "--no-progress",
+                             "--methods", "keops-rs", "--cases", "gauss,lse", "--sizes",
+                             "100,20000", "--repeat", "5", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("[bench] gauss done"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert "interrupted" in err and "stopped early" in out
+    run = json.loads((tmp_path / "results.json").read_text())
+    assert run["interrupted"] is True
+    assert [p["n"] for p in run["results"]["gauss"]["points"]["keops-rs"]] == [100, 20000]
+    assert set(run["results"]) <= {"gauss", "lse"}
