@@ -128,3 +128,35 @@ def test_errors_name_the_device() -> None:
     x, y, b = data()
     with pytest.raises(RuntimeError, match="argument 1 is on cpu but argument 0 is on cuda"):
         Genred(*GAUSS, axis=1)(x, y.cpu(), b, backend="GPU")
+
+
+def test_the_current_device_is_kept() -> None:
+    """A reduction on another GPU, and the health check that opens every GPU, leave
+    PyTorch's current device as they found it (it follows the driver's current context,
+    which keops binds while it works)."""
+    x, y, b = data()
+    last = torch.cuda.device_count() - 1
+    with torch.cuda.device(0):
+        keops.check_health()
+        assert torch.cuda.current_device() == 0
+        xs, ys, bs = (t.to(f"cuda:{last}") for t in (x, y, b))
+        out = Genred(*GAUSS, axis=1)(xs, ys, bs, backend="GPU")
+        assert out.device == xs.device and torch.cuda.current_device() == 0
+    torch.testing.assert_close(out.to(x.device), dense_gauss(x, y, b), rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_graph_capture_is_refused_clearly() -> None:
+    """Captured into a CUDA graph, a reduction would copy host tables that are freed
+    before a replay: an error that says so, and the next call outside the graph runs."""
+    x, y, b = data()
+    g = Genred(*GAUSS, axis=1)
+    g(x, y, b, backend="GPU")  # compiled before the capture
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(Exception) as err:
+        with torch.cuda.graph(graph):
+            g(x, y, b, backend="GPU")
+    # torch.cuda.graph ends the capture on the way out; keep looking through what it adds.
+    chain = [err.value, err.value.__context__, err.value.__cause__]
+    assert any("CUDA graph" in str(e) for e in chain if e is not None), chain
+    torch.testing.assert_close(g(x, y, b, backend="GPU"), dense_gauss(x, y, b),
+                               rtol=1e-4, atol=1e-4)

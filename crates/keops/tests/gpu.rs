@@ -447,6 +447,68 @@ fn two_threads_at_once() {
     });
 }
 
+/// Every entry leaves the calling thread's current CUDA context as it found it (none,
+/// on a new thread): PyTorch's current device follows that context, so a reduction on
+/// GPU n must not move it to n.
+#[test]
+fn the_callers_current_context_is_kept() {
+    if !gpu() {
+        return;
+    }
+    if keops::cuda::sim::on() {
+        eprintln!("SKIPPED: the current-context check needs a GPU (the simulator has none)");
+        return;
+    }
+    std::thread::spawn(|| {
+        use cudarc::driver::sys;
+        let current = || {
+            let mut c: sys::CUcontext = std::ptr::null_mut();
+            // SAFETY: writes one handle; the driver is loaded (`gpu()`).
+            let r = unsafe { sys::cuCtxGetCurrent(&mut c) };
+            assert_eq!(r, sys::CUresult::CUDA_SUCCESS);
+            c
+        };
+        assert!(current().is_null(), "a new thread has no current context");
+        let _ = keops::cuda::status();
+        assert!(current().is_null(), "status() left a context current");
+        let g = gaussian("", 3, 1);
+        let mut rng = Rng::new(5);
+        let mut inp = Inputs::new();
+        inp.push(&[200, 3], || rng.uniform(-1.0, 1.0))
+            .push(&[300, 3], || rng.uniform(-1.0, 1.0))
+            .push(&[300, 1], || rng.uniform(-1.0, 1.0));
+        let o = opts(GpuScheme::Auto, SumScheme::BlockSum);
+        run_as::<f32>(&g, &inp, &o).unwrap();
+        assert!(current().is_null(), "a reduction left a context current");
+        let (bufs, args) = upload(&inp, 0);
+        let out = DeviceBuffer::alloc(0, 4 * 200).unwrap();
+        assert!(current().is_null(), "DeviceBuffer left a context current");
+        let outs = DeviceOutputs {
+            values: out.ptr(),
+            indices: 0,
+        };
+        // SAFETY: the buffers hold what the shapes say, on device 0, and live until
+        // `to_vec` has waited for the device.
+        unsafe { run_in_place::<f32>(&g, &args, outs, 0, &o) }.unwrap();
+        assert!(current().is_null(), "run_in_place left a context current");
+        let got = out.to_vec::<f32>(200).unwrap();
+        let want = run_as::<f32>(&g, &inp, &o).unwrap().values.unwrap().data;
+        let off = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(off < 1e-4, "in place and host data differ by {off}");
+        drop((bufs, out));
+        assert!(
+            current().is_null(),
+            "freeing a DeviceBuffer left a context current"
+        );
+    })
+    .join()
+    .unwrap();
+}
+
 #[test]
 fn block_sparse_matches_the_cpu_engine() {
     if !gpu() {

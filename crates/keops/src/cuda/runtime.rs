@@ -74,6 +74,36 @@ fn no_gpu(msg: impl Into<String>) -> KeopsError {
     }
 }
 
+/// The calling thread's current CUDA context, made current again when dropped. Each
+/// entry that touches the driver holds one, created before anything that binds a
+/// context, so that it is dropped last: binding device `n`'s context would otherwise
+/// stay behind and move PyTorch's current device (it follows the driver's current
+/// context) to `n`. Nothing to keep on the simulator or where there is no driver.
+pub(crate) struct KeepCurrent(Option<sys::CUcontext>);
+
+impl KeepCurrent {
+    /// Notes the current context (none, a null one, on a thread that has none yet).
+    pub(crate) fn new() -> Self {
+        if sim::on() || driver().is_err() {
+            return KeepCurrent(None);
+        }
+        let mut ctx: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: writes one handle; the driver is loaded (checked above).
+        let r = unsafe { sys::cuCtxGetCurrent(&mut ctx) };
+        KeepCurrent((r == sys::CUresult::CUDA_SUCCESS).then_some(ctx))
+    }
+}
+
+impl Drop for KeepCurrent {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.0 {
+            // SAFETY: `ctx` was current on this thread (or null: none); a primary context
+            // lives as long as the process. A failure leaves nothing to undo.
+            let _ = unsafe { sys::cuCtxSetCurrent(ctx) };
+        }
+    }
+}
+
 /// The driver, initialised once; an error (never a panic) where there is none. With
 /// `KEOPS_CUDA_SIMULATOR=n`, the simulator's `n` devices (version 0).
 pub fn driver() -> Result<DriverInfo> {
@@ -137,6 +167,7 @@ pub struct GpuStatus {
 
 /// Probes the driver, the compiler and every device (opening each device's context).
 pub fn status() -> GpuStatus {
+    let _current = KeepCurrent::new();
     let driver = driver().map_err(KeopsError::reason);
     let compiler = if sim::on() {
         sim::compiler()
@@ -395,7 +426,12 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
         devices.insert(id, d.clone());
         return Ok(d);
     }
+    let _current = KeepCurrent::new();
     let ctx = cu(CudaContext::new(id), "creating the context")?;
+    // SAFETY: the engine makes no `CudaSlice`: its buffers are raw allocations, each
+    // used on one stream in order. Tracking would only make each stream's creation
+    // synchronise the whole device (cudarc does that for a context's first stream).
+    unsafe { ctx.disable_event_tracking() };
     let (major, minor) = cu(ctx.compute_capability(), "cuDeviceGetAttribute")?;
     let sms = cu(
         ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
@@ -883,6 +919,7 @@ pub(crate) fn upload_args<T: Element>(
 /// Runs a problem whose data is on the host: copies in, launches, copies back; over
 /// several GPUs with `opts.multi_gpu`.
 pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<(Reduced<T>, CallInfo)> {
+    let _current = KeepCurrent::new();
     if let Some(ids) = super::multi::devices(&opts.multi_gpu)? {
         if ids.len() > 1 {
             return super::multi::run(problem, opts, &ids);
@@ -989,6 +1026,7 @@ pub struct DeviceBuffer {
 impl DeviceBuffer {
     /// `bytes` of uninitialised memory of device `id`.
     pub fn alloc(id: usize, bytes: usize) -> Result<Self> {
+        let _current = KeepCurrent::new();
         let dev = device(id)?;
         let ptr = match dev.ctx {
             Some(_) => {
@@ -1015,6 +1053,7 @@ impl DeviceBuffer {
     pub fn write<T: Copy>(&self, data: &[T]) -> Result<()> {
         let bytes = std::mem::size_of_val(data);
         self.fits(bytes)?;
+        let _current = KeepCurrent::new();
         match self.dev.ctx {
             Some(_) if bytes > 0 => {
                 self.sync()?;
@@ -1040,6 +1079,7 @@ impl DeviceBuffer {
         if len == 0 {
             return Ok(out);
         }
+        let _current = KeepCurrent::new();
         match self.dev.ctx {
             Some(_) => {
                 self.sync()?;
@@ -1095,6 +1135,7 @@ impl Drop for DeviceBuffer {
             // A failure (after an earlier error of the context) cannot be reported and
             // leaves nothing to undo; the free waits for the work using the memory.
             Some(_) => {
+                let _current = KeepCurrent::new();
                 if self.dev.bind().is_ok() {
                     // SAFETY: allocated by `alloc`, not used after this.
                     let _ = unsafe { result::free_sync(self.ptr) };
@@ -1129,10 +1170,11 @@ pub struct DeviceOutputs {
 }
 
 /// Where `ptr` lives: `Some(device ordinal)`, or `None` for memory the driver does not
-/// know (host memory, a freed or invented address).
-fn pointer_device(ptr: u64) -> Option<usize> {
+/// know (host memory, a freed or invented address). Any other driver error (one left by
+/// earlier failed work, say) is returned as it is, not taken for a bad address.
+fn pointer_device(ptr: u64) -> Result<Option<usize>> {
     if sim::on() {
-        return sim::device_of(ptr);
+        return Ok(sim::device_of(ptr));
     }
     let mut ord: i32 = -1;
     // SAFETY: writes one int; the driver validates `ptr`.
@@ -1143,7 +1185,10 @@ fn pointer_device(ptr: u64) -> Option<usize> {
             ptr,
         )
     };
-    (r == sys::CUresult::CUDA_SUCCESS && ord >= 0).then_some(ord as usize)
+    match r {
+        sys::CUresult::CUDA_ERROR_INVALID_VALUE => Ok(None),
+        r => cu(r.result(), "asking where an array lives").map(|()| usize::try_from(ord).ok()),
+    }
 }
 
 /// Checks that a non-empty array at `ptr` is memory of device `dev`.
@@ -1151,7 +1196,7 @@ fn check_pointer(ptr: u64, elements: usize, dev: usize, what: &str) -> Result<()
     if elements == 0 {
         return Ok(());
     }
-    match pointer_device(ptr) {
+    match pointer_device(ptr)? {
         Some(d) if d == dev => Ok(()),
         Some(d) => Err(KeopsError::Arguments(format!(
             "{what} is on cuda:{d} but the reduction runs on cuda:{dev}"
@@ -1179,6 +1224,7 @@ pub unsafe fn run_in_place<T: Element>(
     stream: u64,
     opts: &Options,
 ) -> Result<CallInfo> {
+    let _current = KeepCurrent::new();
     if opts.multi_gpu != MultiGpu::Off {
         return Err(KeopsError::Option {
             name: "multi_gpu".into(),
@@ -1223,8 +1269,34 @@ pub unsafe fn run_in_place<T: Element>(
         j_base: 0,
         target: Target::Outputs(outs.0, outs.1),
     };
-    enqueue(&k, &spec, &l, &call, dev.stream_of(stream))?;
+    let stream = dev.stream_of(stream);
+    refuse_capture(stream)?;
+    enqueue(&k, &spec, &l, &call, stream)?;
     Ok(CallInfo { launch: l, origin })
+}
+
+/// An error if `stream` is being captured into a CUDA graph (`torch.cuda.graph`,
+/// `torch.compile(mode="reduce-overhead")`): a reduction copies small tables from host
+/// memory that it frees on return, so a replay of the graph would read freed memory.
+fn refuse_capture(stream: Stream) -> Result<()> {
+    let Stream::Cuda(s) = stream else {
+        return Ok(());
+    };
+    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: writes one enum; `s` is a stream of the bound context (or the legacy one).
+    cu(
+        unsafe { sys::cuStreamIsCapturing(s, &mut status) }.result(),
+        "asking whether the stream is captured",
+    )?;
+    if status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+        return Ok(());
+    }
+    Err(KeopsError::Arguments(
+        "the stream is being captured into a CUDA graph (torch.cuda.graph, torch.compile's \
+         'reduce-overhead' mode), which keops reductions do not support: they copy small \
+         tables from host memory on each call; run the reduction outside the captured region"
+            .into(),
+    ))
 }
 
 #[cfg(test)]
