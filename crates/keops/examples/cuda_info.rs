@@ -82,5 +82,36 @@ fn on_the_gpu(g: &Genred) -> Result<(), Box<dyn std::error::Error>> {
             info.launch.scheme
         );
     }
+    small_calls(g, &opts)
+}
+
+/// The time of a small host-data call (allocations, copies, launch, synchronisation)
+/// with freed memory kept in the pool between calls, and with the pool handing it back
+/// at each synchronisation (the driver's default).
+fn small_calls(g: &Genred, opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
+    use keops::cuda::runtime::{pool_keep, set_pool_keep, DEFAULT_POOL_KEEP};
+    let n = 1000;
+    let x: Vec<f32> = (0..3 * n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let args = [
+        Arg::new(&x, [n, 3]),
+        Arg::new(&x, [n, 3]),
+        Arg::new(&x[..n], [n, 1]),
+    ];
+    let problem = Problem::new(g, &args)?;
+    let kept = pool_keep(0)?;
+    for (label, keep) in [("kept", DEFAULT_POOL_KEEP), ("handed back", 0)] {
+        set_pool_keep(0, keep)?;
+        keops::cuda::runtime::run(&problem, opts)?;
+        let calls = 300;
+        let t = Instant::now();
+        for _ in 0..calls {
+            keops::cuda::runtime::run(&problem, opts)?;
+        }
+        println!(
+            "small calls (N = M = {n}, host data), freed memory {label} ({keep} bytes): {:.1?} each",
+            t.elapsed() / calls
+        );
+    }
+    set_pool_keep(0, kept)?;
     Ok(())
 }

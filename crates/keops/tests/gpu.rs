@@ -509,6 +509,26 @@ fn the_callers_current_context_is_kept() {
     .unwrap();
 }
 
+/// The device's stream-ordered pool keeps freed temporaries mapped between calls (the
+/// driver's default hands them back at each synchronisation); the setting reads back.
+#[test]
+fn the_memory_pool_keeps_freed_temporaries() {
+    use keops::cuda::runtime::{pool_keep, set_pool_keep, DEFAULT_POOL_KEEP};
+    if !gpu() {
+        return;
+    }
+    if keops::cuda::sim::on() {
+        assert_eq!(pool_keep(0).unwrap(), 0, "the simulator has no pool");
+        set_pool_keep(0, 1 << 20).unwrap();
+        return;
+    }
+    let kept = pool_keep(0).unwrap();
+    assert!(kept >= DEFAULT_POOL_KEEP, "{kept}");
+    set_pool_keep(0, 12345 << 10).unwrap();
+    assert_eq!(pool_keep(0).unwrap(), 12345 << 10);
+    set_pool_keep(0, kept).unwrap();
+}
+
 #[test]
 fn block_sparse_matches_the_cpu_engine() {
     if !gpu() {

@@ -432,6 +432,14 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
     // used on one stream in order. Tracking would only make each stream's creation
     // synchronise the whole device (cudarc does that for a context's first stream).
     unsafe { ctx.disable_event_tracking() };
+    let keep = pool_keep_from_env()?;
+    // Never lower what another library asked for (PyTorch's cudaMallocAsync backend keeps
+    // everything); where pools are unsupported, the first allocation says so.
+    if let Ok(pool) = default_pool(ctx.cu_device()) {
+        if pool_threshold(pool).is_ok_and(|t| t < keep) {
+            let _ = set_pool_threshold(pool, keep);
+        }
+    }
     let (major, minor) = cu(ctx.compute_capability(), "cuDeviceGetAttribute")?;
     let sms = cu(
         ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
@@ -450,6 +458,72 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
     });
     devices.insert(id, d.clone());
     Ok(d)
+}
+
+/// Bytes of freed device memory the stream-ordered pool of each device keeps mapped
+/// between calls, unless `KEOPS_CUDA_POOL_KEEP` says otherwise. The driver's default,
+/// 0, hands every temporary back at each synchronisation, so that the next call maps
+/// memory again: a cost of the order of a small kernel's run time.
+pub const DEFAULT_POOL_KEEP: u64 = 64 << 20;
+
+/// `KEOPS_CUDA_POOL_KEEP` (bytes), or [`DEFAULT_POOL_KEEP`].
+fn pool_keep_from_env() -> Result<u64> {
+    parse_pool_keep(std::env::var("KEOPS_CUDA_POOL_KEEP").ok().as_deref())
+}
+
+fn parse_pool_keep(v: Option<&str>) -> Result<u64> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(DEFAULT_POOL_KEEP),
+        Some(t) => t.parse().map_err(|_| KeopsError::Option {
+            name: "KEOPS_CUDA_POOL_KEEP".into(),
+            msg: format!("is '{t}'; it must be a number of bytes"),
+        }),
+    }
+}
+
+fn default_pool(dev: sys::CUdevice) -> Result<sys::CUmemoryPool> {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: writes one handle; the driver is loaded (a context exists).
+    let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, dev) };
+    cu(r.result(), "finding the device's memory pool").map(|()| pool)
+}
+
+fn pool_threshold(pool: sys::CUmemoryPool) -> Result<u64> {
+    let mut v: u64 = 0;
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+    // SAFETY: the attribute is a u64, written once.
+    let r = unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()) };
+    cu(r.result(), "reading the memory pool's release threshold").map(|()| v)
+}
+
+fn set_pool_threshold(pool: sys::CUmemoryPool, bytes: u64) -> Result<()> {
+    let mut v = bytes;
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+    // SAFETY: the attribute is a u64, read once.
+    let r = unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut v as *mut u64).cast()) };
+    cu(r.result(), "setting the memory pool's release threshold")
+}
+
+/// How many bytes of freed memory device `id`'s default pool (the one the engine's
+/// temporaries come from) keeps mapped between calls; 0 on the simulator.
+pub fn pool_keep(id: usize) -> Result<u64> {
+    let _current = KeepCurrent::new();
+    match &device(id)?.ctx {
+        Some(c) => pool_threshold(default_pool(c.cu_device())?),
+        None => Ok(0),
+    }
+}
+
+/// Sets how many bytes of freed memory device `id`'s default pool keeps mapped between
+/// calls (0: hand it all back at each synchronisation, the driver's default). The pool
+/// is the process's: other users of stream-ordered allocation on the device share it.
+/// Nothing to set on the simulator.
+pub fn set_pool_keep(id: usize, bytes: u64) -> Result<()> {
+    let _current = KeepCurrent::new();
+    match &device(id)?.ctx {
+        Some(c) => set_pool_threshold(default_pool(c.cu_device())?, bytes),
+        None => Ok(()),
+    }
 }
 
 impl Device {
@@ -1301,8 +1375,21 @@ fn refuse_capture(stream: Stream) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::ranges_tasks;
+    use super::{parse_pool_keep, ranges_tasks, DEFAULT_POOL_KEEP};
     use crate::ranges::Blocks;
+
+    #[test]
+    fn pool_keep_reads_bytes_or_says_what_is_wrong() {
+        assert_eq!(parse_pool_keep(None).unwrap(), DEFAULT_POOL_KEEP);
+        assert_eq!(parse_pool_keep(Some(" ")).unwrap(), DEFAULT_POOL_KEEP);
+        assert_eq!(parse_pool_keep(Some("0")).unwrap(), 0);
+        assert_eq!(parse_pool_keep(Some(" 1048576 ")).unwrap(), 1 << 20);
+        let e = parse_pool_keep(Some("64M")).unwrap_err().to_string();
+        assert!(
+            e.contains("KEOPS_CUDA_POOL_KEEP") && e.contains("'64M'"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn block_tasks_cut_clusters_into_blocks_of_their_batch_entry() {
