@@ -41,6 +41,19 @@ fn gpu() -> bool {
     true
 }
 
+/// Whether a real GPU runs these tests (`gpu()`, not the simulator); under the
+/// simulator, prints why the test is skipped there.
+fn real_gpu(skipped_because: &str) -> bool {
+    if !gpu() {
+        return false;
+    }
+    if keops::cuda::sim::on() {
+        eprintln!("SKIPPED under the simulator: {skipped_because}");
+        return false;
+    }
+    true
+}
+
 fn opts(scheme: GpuScheme, sum: SumScheme) -> Options {
     Options {
         backend: Backend::Gpu,
@@ -165,13 +178,9 @@ fn every_reduction_matches_the_oracle() {
 
 #[test]
 fn every_op_matches_the_oracle() {
-    if !gpu() {
-        return;
-    }
-    if keops::cuda::sim::on() {
-        // One build per op and type (hundreds); tests/codegen.rs runs the same per-pair
-        // code of every op as host C against the oracle.
-        eprintln!("SKIPPED under the simulator: the op cases are tests/codegen.rs' work");
+    // One build per op and type (hundreds); tests/codegen.rs runs the same per-pair code
+    // of every op as host C against the oracle.
+    if !real_gpu("the op cases are tests/codegen.rs' work") {
         return;
     }
     let all: Vec<_> = all_specs()
@@ -452,11 +461,7 @@ fn two_threads_at_once() {
 /// GPU n must not move it to n.
 #[test]
 fn the_callers_current_context_is_kept() {
-    if !gpu() {
-        return;
-    }
-    if keops::cuda::sim::on() {
-        eprintln!("SKIPPED: the current-context check needs a GPU (the simulator has none)");
+    if !real_gpu("the simulator has no CUDA contexts") {
         return;
     }
     std::thread::spawn(|| {
