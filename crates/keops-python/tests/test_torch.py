@@ -365,3 +365,35 @@ def test_device_id_options() -> None:
     else:
         with pytest.raises(RuntimeError, match="GPU"):
             g(x, y, b, p, backend="GPU", device_id=[0, 0])
+
+
+def test_out_of_gpu_memory_empties_torchs_cache_and_retries_once(monkeypatch) -> None:
+    """The engine's GPU temporaries come from the driver, not PyTorch's allocator: out of
+    memory, the in-place path hands PyTorch's cached blocks back and tries once more."""
+    from keops import torch as kt
+
+    emptied: list = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+
+    def failing(times: int, message: str) -> Callable[[], None]:
+        calls = []
+
+        def call() -> None:
+            calls.append(1)
+            if len(calls) <= times:
+                raise RuntimeError(message)
+        call.calls = calls  # type: ignore[attr-defined]
+        return call
+
+    oom = "allocating partial states (2.0 GiB): out of memory (CUDA_ERROR_OUT_OF_MEMORY)"
+    once = failing(1, oom)
+    kt._retry_out_of_memory(once)
+    assert len(once.calls) == 2 and emptied == [1]
+    twice = failing(2, oom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        kt._retry_out_of_memory(twice)
+    assert len(twice.calls) == 2 and emptied == [1, 1]
+    other = failing(1, "launching the reduction: an illegal memory access")
+    with pytest.raises(RuntimeError, match="illegal"):
+        kt._retry_out_of_memory(other)
+    assert len(other.calls) == 1 and emptied == [1, 1]

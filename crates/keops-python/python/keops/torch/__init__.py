@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -105,13 +105,28 @@ def _in_place(core: Core, args: Sequence[torch.Tensor], opts: Options, device: t
     values = None if vshape is None else torch.empty(vshape, dtype=args[0].dtype, device=device)
     indices = None if ishape is None else torch.empty(ishape, dtype=torch.int64, device=device)
     stream = torch.cuda.current_stream(device).cuda_stream
-    core.call_device([a.data_ptr() for a in args], shapes, [tuple(a.stride()) for a in args],
-                     "float32" if args[0].dtype == torch.float32 else "float64",
-                     (0 if values is None else values.data_ptr(),
-                      0 if indices is None else indices.data_ptr()),
-                     stream, device.index if device.index is not None else
-                     torch.cuda.current_device(), opts)
+    _retry_out_of_memory(lambda: core.call_device(
+        [a.data_ptr() for a in args], shapes, [tuple(a.stride()) for a in args],
+        "float32" if args[0].dtype == torch.float32 else "float64",
+        (0 if values is None else values.data_ptr(),
+         0 if indices is None else indices.data_ptr()),
+        stream, device.index if device.index is not None else torch.cuda.current_device(),
+        opts))
     return values, indices
+
+
+def _retry_out_of_memory(call: Callable[[], None]) -> None:
+    """Runs ``call``; if the GPU is out of memory, hands PyTorch's cached blocks back to
+    the driver (as PyTorch's allocator does before it gives up) and tries once more: the
+    engine's temporaries come from the driver, and PyTorch may be holding freed memory.
+    A failed call queued nothing, so running it again is safe."""
+    try:
+        call()
+    except RuntimeError as e:
+        if "out of memory" not in str(e):
+            raise
+        torch.cuda.empty_cache()
+        call()
 
 
 def _batch_first(core: Core, in_dims: Sequence[Optional[int]], args: Sequence[torch.Tensor]
