@@ -119,7 +119,7 @@ def _retry_out_of_memory(call: Callable[[], None]) -> None:
     """Runs ``call``; if the GPU is out of memory, hands PyTorch's cached blocks back to
     the driver (as PyTorch's allocator does before it gives up) and tries once more: the
     engine's temporaries come from the driver, and PyTorch may be holding freed memory.
-    A call fails so before its launch, having written nothing: running it again is safe."""
+    Allocations come before the launch, and a call run again rewrites every output."""
     try:
         call()
     except RuntimeError as e:
