@@ -40,6 +40,10 @@ export KEOPS_NVRTC
 say nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 # What keops finds there (driver, NVRTC, devices, or why not), before any stage.
 say "$PY" -c 'import keops; keops.check_health()'
+# What pykeops needs to build its binder on first use (g++, CUDA headers, Python.h for
+# pybind11): printed, so that an absent pykeops column says why.
+say sh -c "g++ --version | head -n 1; ls /usr/local/cuda/include/cuda.h /usr/local/cuda/include/nvrtc.h;
+  '$PY' -c 'import os, sysconfig; p = sysconfig.get_paths()[\"include\"]; print(p, os.path.exists(p + \"/Python.h\"))'"
 # A GPU call is short and steady: 0.3 s of repeats gives its best time.
 BENCH_ARGS=${BENCH_ARGS:---cases gauss,lse,knn3,knn64 --sizes 1e4,1e5,1e6 --budget 20
   --repeat 0.3 --methods keops-rs-gpu,torch-gpu,pykeops-gpu --gpu-rows 1,2,4}
