@@ -131,9 +131,9 @@ def test_errors_name_the_device() -> None:
 
 
 def test_the_current_device_is_kept() -> None:
-    """A reduction on another GPU, and the health check that opens every GPU, leave
-    PyTorch's current device as they found it (it follows the driver's current context,
-    which keops binds while it works)."""
+    """A reduction on another GPU, and the health check, leave PyTorch's current device
+    as they found it (it follows the driver's current context, which keops binds while
+    it works)."""
     x, y, b = data()
     last = torch.cuda.device_count() - 1
     with torch.cuda.device(0):

@@ -165,9 +165,10 @@ pub struct GpuStatus {
     pub available: bool,
 }
 
-/// Probes the driver, the compiler and every device (opening each device's context).
+/// Probes the driver, the compiler and every device. Devices are described from their
+/// attributes, without opening a context: a report should not hold memory on every GPU
+/// of the machine for the rest of the process.
 pub fn status() -> GpuStatus {
-    let _current = KeepCurrent::new();
     let driver = driver().map_err(KeopsError::reason);
     let compiler = if sim::on() {
         sim::compiler()
@@ -183,10 +184,14 @@ pub fn status() -> GpuStatus {
             .map_err(KeopsError::reason)
     };
     let count = driver.as_ref().map_or(0, |d| d.devices);
+    let describe = |id: usize| match sim::on() {
+        true => device(id).map(|d| (d.name.clone(), d.arch, d.sms)),
+        false => attributes(id),
+    };
     let devices = (0..count)
         .map(|id| {
-            device(id)
-                .map(|d| format!("GPU {id}: {} ({}, {} SMs)", d.name, d.arch.sm(), d.sms))
+            describe(id)
+                .map(|(name, arch, sms)| format!("GPU {id}: {name} ({}, {sms} SMs)", arch.sm()))
                 .map_err(|e| format!("GPU {id}: {}", e.reason()))
         })
         .collect();
@@ -440,24 +445,39 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
             let _ = set_pool_threshold(pool, keep);
         }
     }
-    let (major, minor) = cu(ctx.compute_capability(), "cuDeviceGetAttribute")?;
-    let sms = cu(
-        ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
-        "cuDeviceGetAttribute",
-    )?;
+    let (name, arch, sms) = attributes(id)?;
     let d = Arc::new(Device {
-        name: ctx.name().unwrap_or_else(|_| format!("CUDA device {id}")),
+        name,
         ctx: Some(ctx),
         id,
-        arch: Arch {
-            major: major as u32,
-            minor: minor as u32,
-        },
-        sms: sms.max(1) as usize,
+        arch,
+        sms,
         kernels: Mutex::default(),
     });
     devices.insert(id, d.clone());
     Ok(d)
+}
+
+/// Device `id`'s name, architecture and number of multiprocessors, read without a
+/// context (the driver is initialised).
+fn attributes(id: usize) -> Result<(String, Arch, usize)> {
+    use sys::CUdevice_attribute as A;
+    let ordinal = i32::try_from(id).map_err(|_| no_gpu(format!("no CUDA device {id}")))?;
+    let dev = cu(result::device::get(ordinal), "cuDeviceGet")?;
+    // SAFETY: `dev` is a device handle of the initialised driver.
+    let attr = |a| {
+        cu(
+            unsafe { result::device::get_attribute(dev, a) },
+            "cuDeviceGetAttribute",
+        )
+    };
+    let arch = Arch {
+        major: attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)? as u32,
+        minor: attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)? as u32,
+    };
+    let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
+    let name = result::device::get_name(dev).unwrap_or_else(|_| format!("CUDA device {id}"));
+    Ok((name, arch, sms))
 }
 
 /// Bytes of freed device memory the stream-ordered pool of each device keeps mapped
