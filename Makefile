@@ -14,13 +14,25 @@ demo: python
 	$(CARGO) build --workspace --release
 	$(CARGO) run --release -p keops --example kde -- $(ARGS)
 
+# AddressSanitizer for the simulated kernels, where the C compiler has it: kernels built
+# with -fsanitize=address, its runtime preloaded into the test binaries alone (cargo's
+# runner), so that a kernel reading or writing out of its buffers is stopped there, as
+# compute-sanitizer's memcheck does on a GPU.
+ASAN_LIB := $(shell cc -print-file-name=libasan.so 2>/dev/null)
+HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p' | tr a-z.- A-Z__)
+ifneq ($(wildcard $(ASAN_LIB)),)
+SIM_ASAN := KEOPS_SIM_CXXFLAGS=-fsanitize=address \
+	CARGO_TARGET_$(HOST)_RUNNER="env LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0"
+endif
+
 # The CUDA tests compile every generated kernel with NVRTC (no GPU needed): the
 # nvidia-cuda-nvrtc wheel of the venv, found by the package's own lookup. The GPU suite
-# then runs again under the CUDA simulator (two simulated devices, kernels on the CPU).
+# then runs again under the CUDA simulator (two simulated devices, kernels on the CPU,
+# under AddressSanitizer where there is one).
 test: lint python wheel-check
 	KEOPS_NVRTC="$$($(VPY) -c 'import os, keops; print(os.environ.get("KEOPS_NVRTC", ""))')" \
 	KEOPS_REQUIRE_NVRTC=1 $(CARGO) test --workspace --profile ci --all-features
-	KEOPS_CUDA_SIMULATOR=2 $(CARGO) test --workspace --profile ci --all-features --test gpu
+	KEOPS_CUDA_SIMULATOR=2 $(SIM_ASAN) $(CARGO) test --workspace --profile ci --all-features --test gpu
 	$(VPY) -m pytest -q -rs crates/keops-python/tests
 	KEOPS_CUDA_SIMULATOR=2 $(VPY) -m pytest -q -rs crates/keops-python/tests/test_gpu_sim.py
 

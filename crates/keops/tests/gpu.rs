@@ -936,6 +936,60 @@ fn device_arrays_are_reduced_in_place() {
     assert!(e.contains("argument 1") && e.contains("contiguous"), "{e}");
 }
 
+/// Under AddressSanitizer (`make test` runs this suite so), a kernel reading past an
+/// argument's buffer is reported as it happens, as compute-sanitizer's memcheck does on
+/// a GPU: a child process reduces an array whose shape claims one row more than its
+/// buffer holds, and dies with the sanitizer's report. Without the sanitizer the read
+/// lands in the allocation's guard bytes and only a wrong result would show.
+#[test]
+fn out_of_bounds_reads_are_caught_by_the_sanitized_simulator() {
+    if !keops::cuda::sim::on() || !gpu() {
+        return;
+    }
+    if !keops::cuda::sim::sanitized() {
+        eprintln!("SKIPPED: the simulator runs without AddressSanitizer (make test has it)");
+        return;
+    }
+    if std::env::var_os("KEOPS_TEST_OUT_OF_BOUNDS_CHILD").is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "out_of_bounds_reads_are_caught_by_the_sanitized_simulator",
+            ])
+            .env("KEOPS_TEST_OUT_OF_BOUNDS_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        // One row past the end: into the allocation's guard, poisoned by the simulator.
+        assert!(
+            !out.status.success() && text.contains("ERROR: AddressSanitizer: use-after-poison"),
+            "{text}"
+        );
+        return;
+    }
+    let g = gaussian("", 3, 1);
+    let mut rng = Rng::new(6);
+    let mut inp = Inputs::new();
+    inp.push(&[100, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[11, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[11, 1], || rng.uniform(-1.0, 1.0));
+    let (_bufs, mut args) = upload(&inp, 0);
+    // y's buffer holds 10 rows; its shape still says 11.
+    let short = DeviceBuffer::from_slice(0, &[0.5f32; 30]).unwrap();
+    args[1].ptr = short.ptr();
+    let out = DeviceBuffer::alloc(0, 4 * 100).unwrap();
+    let outs = DeviceOutputs {
+        values: out.ptr(),
+        indices: 0,
+    };
+    let o = opts(GpuScheme::Auto, SumScheme::BlockSum);
+    // SAFETY: deliberately not: argument 1 is shorter than its shape. The sanitizer
+    // stops the process at the first read past it.
+    let _ = unsafe { run_in_place::<f32>(&g, &args, outs, 0, &o) };
+    panic!("a read past argument 1's buffer went unreported");
+}
+
 /// The diagnostic report agrees with `available` and `driver`, and says why where a part
 /// is missing (here: no driver; under `make test`'s second run: the simulator's devices).
 #[test]

@@ -7,7 +7,12 @@
 //! tasks, multi-GPU splits and in-place calls are those of a GPU run; what changes is
 //! below them:
 //! - kernels are compiled by the host C++ compiler (`KEOPS_SIM_CXX`, else `CXX`, else
-//!   `c++`) as a shared library, with `threadIdx`/`blockIdx` as its globals;
+//!   `c++`; extra flags from `KEOPS_SIM_CXXFLAGS`) as a shared library, with
+//!   `threadIdx`/`blockIdx` as its globals;
+//! - built with `-fsanitize=address` (AddressSanitizer's runtime preloaded into the
+//!   process, as `make test` does), a kernel's reads and writes out of its buffers are
+//!   caught as they happen: the guards of each allocation and the shared memory past
+//!   the launch's size are poisoned, compute-sanitizer's memcheck on the CPU;
 //! - a launch runs its blocks one after the other, each block's threads as fibers
 //!   (`ucontext`) taking turns that end at each `__syncthreads()`, so that all reach a
 //!   barrier before any goes past it;
@@ -123,6 +128,14 @@ const HEADER: &str = r#"#define KEOPS_SIM 1
 #include <stdlib.h>
 #include <string.h>
 #include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define KEOPS_SIM_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define KEOPS_SIM_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define KEOPS_SIM_POISON(p, n) ((void)(p), (void)(n))
+#define KEOPS_SIM_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 struct keops_sim_dim { unsigned x, y, z; };
 static keops_sim_dim threadIdx, blockIdx, blockDim, gridDim;
 static ucontext_t keops_sim_main, *keops_sim_fiber;
@@ -157,7 +170,9 @@ extern "C" int keops_sim_launch(unsigned kernel, unsigned gx, unsigned gy, unsig
   gridDim = {gx, gy, gz};
   for (unsigned z = 0; z < gz; z++) for (unsigned y = 0; y < gy; y++) for (unsigned x = 0; x < gx; x++) {
     blockIdx = {x, y, z};
+    KEOPS_SIM_UNPOISON(KEOPS_SMEM, sizeof(KEOPS_SMEM));
     memset(KEOPS_SMEM, 0xFF, sizeof(KEOPS_SMEM));
+    KEOPS_SIM_POISON(KEOPS_SMEM + smem, sizeof(KEOPS_SMEM) - smem);
     for (unsigned t = 0; t < block; t++) {
       keops_sim_done[t] = 0;
       if (getcontext(&keops_sim_fiber[t]) != 0) { status = 3; goto out; }
@@ -177,6 +192,7 @@ extern "C" int keops_sim_launch(unsigned kernel, unsigned gx, unsigned gy, unsig
     }
   }
 out:
+  KEOPS_SIM_UNPOISON(KEOPS_SMEM, sizeof(KEOPS_SMEM));
   free(stacks); free(keops_sim_fiber); free(keops_sim_done);
   return status;
 }
@@ -204,11 +220,15 @@ pub(crate) fn load(code: &str, name: &str) -> Result<Module> {
          *(const long long**)p[4], *(T**)p[5], *(long long**)p[6]); }}\n{LAUNCHER}"
     );
     std::fs::write(&cpp, src).map_err(|e| sim_err(format!("writing {}: {e}", cpp.display())))?;
+    let flags = std::env::var("KEOPS_SIM_CXXFLAGS").unwrap_or_default();
     let out = Command::new(cxx)
         .args(["-x", "c++", "-std=c++17", "-O1", "-shared", "-fPIC", "-o"])
         .arg(&so)
         .arg(&cpp)
+        .args(flags.split_whitespace())
         .arg("-lm")
+        // A sanitizer runtime preloaded into the tests is not the compiler's business.
+        .env_remove("LD_PRELOAD")
         .output()
         .map_err(|e| sim_err(format!("running {cxx}: {e}")));
     let _ = std::fs::remove_file(&cpp);
@@ -381,6 +401,7 @@ pub(crate) fn alloc(device: usize, bytes: usize, what: &str) -> Result<u64> {
         std::ptr::write_bytes(base.add(GUARD), 0xFF, bytes);
         std::ptr::write_bytes(base.add(GUARD + bytes), GUARD_BYTE, GUARD);
     }
+    asan_guards(base, bytes, true);
     let ptr = base as usize + GUARD;
     mem.insert(
         ptr,
@@ -397,8 +418,46 @@ pub(crate) fn alloc(device: usize, bytes: usize, what: &str) -> Result<u64> {
 /// reports them to no one from a destructor.
 pub(crate) fn free(ptr: u64) {
     if let Some(a) = memory().remove(&(ptr as usize)) {
+        asan_guards(a.base as *mut u8, a.bytes, false);
         // SAFETY: made by `alloc` with this layout.
         unsafe { std::alloc::dealloc(a.base as *mut u8, a.layout()) };
+    }
+}
+
+/// AddressSanitizer's `__asan_(un)poison_memory_region`, where its runtime is loaded.
+type Poison = unsafe extern "C" fn(*const c_void, usize);
+
+/// AddressSanitizer's poisoning functions, where its runtime is loaded in the process.
+fn asan() -> Option<(Poison, Poison)> {
+    static FNS: OnceLock<Option<(Poison, Poison)>> = OnceLock::new();
+    *FNS.get_or_init(|| {
+        let this = libloading::os::unix::Library::this();
+        // SAFETY: the sanitizer's interface functions, with these signatures.
+        unsafe {
+            let p = this.get::<Poison>(b"__asan_poison_memory_region").ok()?;
+            let u = this.get::<Poison>(b"__asan_unpoison_memory_region").ok()?;
+            Some((*p, *u))
+        }
+    })
+}
+
+/// Whether simulated memory is watched by AddressSanitizer: its runtime is loaded and
+/// kernels are built for it (`KEOPS_SIM_CXXFLAGS` holds `-fsanitize=address`).
+pub fn sanitized() -> bool {
+    asan().is_some()
+        && std::env::var("KEOPS_SIM_CXXFLAGS").is_ok_and(|f| f.contains("-fsanitize=address"))
+}
+
+/// Poisons (or unpoisons) the guards of the allocation at `base` holding `bytes`, when
+/// AddressSanitizer runs: an instrumented kernel touching them is then reported at once.
+fn asan_guards(base: *mut u8, bytes: usize, poison: bool) {
+    if let Some((p, u)) = asan() {
+        let f = if poison { p } else { u };
+        // SAFETY: both guards lie inside the allocation.
+        unsafe {
+            f(base.cast(), GUARD);
+            f(base.add(GUARD + bytes).cast(), GUARD);
+        }
     }
 }
 
