@@ -90,6 +90,16 @@ fn gaussian(scale: &str, d: usize, db: usize) -> Genred {
     .unwrap()
 }
 
+/// Uniform inputs of [`gaussian`]`(_, 3, 1)`: `ni` points x, `nj` points y and weights b.
+fn gaussian_inputs(ni: usize, nj: usize, seed: u64) -> Inputs {
+    let mut rng = Rng::new(seed);
+    let mut inp = Inputs::new();
+    inp.push(&[ni, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[nj, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[nj, 1], || rng.uniform(-1.0, 1.0));
+    inp
+}
+
 /// `o`, and `o` with as many output rows per thread as the kernel of `g` in `T` allows
 /// (where that is more than one).
 fn with_rows<T: Element>(g: &Genred, o: &Options) -> Vec<Options> {
@@ -432,17 +442,13 @@ fn two_threads_at_once() {
         for t in 0..2 {
             let g = &g;
             s.spawn(move || {
-                let mut rng = Rng::new(t);
-                let mut inp = Inputs::new();
                 // Smaller under the simulator, which runs the blocks one by one.
                 let (n, m) = if keops::cuda::sim::on() {
                     (500, 700)
                 } else {
                     (3000, 4000)
                 };
-                inp.push(&[n, 3], || rng.uniform(-1.0, 1.0))
-                    .push(&[m, 3], || rng.uniform(-1.0, 1.0))
-                    .push(&[m, 1], || rng.uniform(-1.0, 1.0));
+                let inp = gaussian_inputs(n, m, t);
                 for _ in 0..5 {
                     check::<f32>(
                         g,
@@ -477,11 +483,7 @@ fn the_callers_current_context_is_kept() {
         let _ = keops::cuda::status();
         assert!(current().is_null(), "status() left a context current");
         let g = gaussian("", 3, 1);
-        let mut rng = Rng::new(5);
-        let mut inp = Inputs::new();
-        inp.push(&[200, 3], || rng.uniform(-1.0, 1.0))
-            .push(&[300, 3], || rng.uniform(-1.0, 1.0))
-            .push(&[300, 1], || rng.uniform(-1.0, 1.0));
+        let inp = gaussian_inputs(200, 300, 5);
         let o = opts(GpuScheme::Auto, SumScheme::BlockSum);
         run_as::<f32>(&g, &inp, &o).unwrap();
         assert!(current().is_null(), "a reduction left a context current");
@@ -969,11 +971,7 @@ fn out_of_bounds_reads_are_caught_by_the_sanitized_simulator() {
         return;
     }
     let g = gaussian("", 3, 1);
-    let mut rng = Rng::new(6);
-    let mut inp = Inputs::new();
-    inp.push(&[100, 3], || rng.uniform(-1.0, 1.0))
-        .push(&[11, 3], || rng.uniform(-1.0, 1.0))
-        .push(&[11, 1], || rng.uniform(-1.0, 1.0));
+    let inp = gaussian_inputs(100, 11, 6);
     let (_bufs, mut args) = upload(&inp, 0);
     // y's buffer holds 10 rows; its shape still says 11.
     let short = DeviceBuffer::from_slice(0, &[0.5f32; 30]).unwrap();
