@@ -54,6 +54,15 @@ fn real_gpu(skipped_because: &str) -> bool {
     true
 }
 
+/// This test binary's test `name` run alone in a child process, with `env` added.
+fn rerun_in_child(name: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", name, "--nocapture"])
+        .envs(env.iter().copied());
+    cmd.output().unwrap()
+}
+
 fn opts(scheme: GpuScheme, sum: SumScheme) -> Options {
     Options {
         backend: Backend::Gpu,
@@ -657,12 +666,7 @@ fn device_memory_runs_out_cleanly() {
             .push(&[nj, 3], || rng.uniform(0.0, 1.0));
         inp
     };
-    let gauss = |ni: usize, nj: usize| {
-        let mut rng = Rng::new(3);
-        let mut inp = points(ni, nj);
-        inp.push(&[nj, 1], || rng.uniform(-1.0, 1.0));
-        inp
-    };
+    let gauss = |ni: usize, nj: usize| gaussian_inputs(ni, nj, 3);
     let small = |ctx: &str| {
         let o = opts(GpuScheme::Auto, SumScheme::BlockSum);
         check::<f32>(&g, &gauss(100, 200), &o, &format!("after {ctx}"));
@@ -688,13 +692,14 @@ fn device_memory_runs_out_cleanly() {
     let limit = match keops::cuda::sim::memory_limit() {
         Ok(Some(limit)) => limit,
         _ => {
-            let exe = std::env::current_exe().unwrap();
-            let out = std::process::Command::new(exe)
-                .args(["--exact", "device_memory_runs_out_cleanly", "--nocapture"])
-                .env("KEOPS_CUDA_SIMULATOR", "2")
-                .env("KEOPS_CUDA_SIMULATOR_MEMORY", (1 << 20).to_string())
-                .output()
-                .unwrap();
+            let memory = (1 << 20).to_string();
+            let out = rerun_in_child(
+                "device_memory_runs_out_cleanly",
+                &[
+                    ("KEOPS_CUDA_SIMULATOR", "2"),
+                    ("KEOPS_CUDA_SIMULATOR_MEMORY", &memory),
+                ],
+            );
             let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success() && text.contains("1 passed"), "{text}");
             return;
@@ -953,15 +958,10 @@ fn out_of_bounds_reads_are_caught_by_the_sanitized_simulator() {
         return;
     }
     if std::env::var_os("KEOPS_TEST_OUT_OF_BOUNDS_CHILD").is_none() {
-        let exe = std::env::current_exe().unwrap();
-        let out = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "out_of_bounds_reads_are_caught_by_the_sanitized_simulator",
-            ])
-            .env("KEOPS_TEST_OUT_OF_BOUNDS_CHILD", "1")
-            .output()
-            .unwrap();
+        let out = rerun_in_child(
+            "out_of_bounds_reads_are_caught_by_the_sanitized_simulator",
+            &[("KEOPS_TEST_OUT_OF_BOUNDS_CHILD", "1")],
+        );
         let text = String::from_utf8_lossy(&out.stderr);
         // One row past the end: into the allocation's guard, poisoned by the simulator.
         assert!(

@@ -184,9 +184,12 @@ pub fn status() -> GpuStatus {
             .map_err(KeopsError::reason)
     };
     let count = driver.as_ref().map_or(0, |d| d.devices);
-    let describe = |id: usize| match sim::on() {
-        true => device(id).map(|d| (d.name.clone(), d.arch, d.sms)),
-        false => attributes(id),
+    let describe = |id: usize| {
+        if sim::on() {
+            device(id).map(|d| (d.name.clone(), d.arch, d.sms))
+        } else {
+            attributes(id)
+        }
     };
     let devices = (0..count)
         .map(|id| {
@@ -524,14 +527,20 @@ fn set_pool_threshold(pool: sys::CUmemoryPool, bytes: u64) -> Result<()> {
     cu(r.result(), "setting the memory pool's release threshold")
 }
 
-/// How many bytes of freed memory device `id`'s default pool (the one the engine's
-/// temporaries come from) keeps mapped between calls; 0 on the simulator.
+/// Device `id`'s default pool, the one the engine's temporaries come from (`None`: a
+/// simulated device). The pool calls bind no context.
+fn device_pool(id: usize) -> Result<Option<sys::CUmemoryPool>> {
+    device(id)?
+        .ctx
+        .as_ref()
+        .map(|c| default_pool(c.cu_device()))
+        .transpose()
+}
+
+/// How many bytes of freed memory device `id`'s default pool keeps mapped between
+/// calls; 0 on the simulator.
 pub fn pool_keep(id: usize) -> Result<u64> {
-    let _current = KeepCurrent::new();
-    match &device(id)?.ctx {
-        Some(c) => pool_threshold(default_pool(c.cu_device())?),
-        None => Ok(0),
-    }
+    device_pool(id)?.map_or(Ok(0), pool_threshold)
 }
 
 /// Sets how many bytes of freed memory device `id`'s default pool keeps mapped between
@@ -539,11 +548,7 @@ pub fn pool_keep(id: usize) -> Result<u64> {
 /// is the process's: other users of stream-ordered allocation on the device share it.
 /// Nothing to set on the simulator.
 pub fn set_pool_keep(id: usize, bytes: u64) -> Result<()> {
-    let _current = KeepCurrent::new();
-    match &device(id)?.ctx {
-        Some(c) => set_pool_threshold(default_pool(c.cu_device())?, bytes),
-        None => Ok(()),
-    }
+    device_pool(id)?.map_or(Ok(()), |pool| set_pool_threshold(pool, bytes))
 }
 
 impl Device {
@@ -1369,9 +1374,9 @@ pub unsafe fn run_in_place<T: Element>(
     Ok(CallInfo { launch: l, origin })
 }
 
-/// An error if `stream` is being captured into a CUDA graph (`torch.cuda.graph`,
-/// `torch.compile(mode="reduce-overhead")`): a reduction copies small tables from host
-/// memory that it frees on return, so a replay of the graph would read freed memory.
+/// An error if `stream` is being captured into a CUDA graph (`torch.cuda.graph`): a
+/// reduction copies small tables from host memory that it frees on return, so a replay
+/// of the graph would read freed memory.
 fn refuse_capture(stream: Stream) -> Result<()> {
     let Stream::Cuda(s) = stream else {
         return Ok(());
@@ -1386,9 +1391,9 @@ fn refuse_capture(stream: Stream) -> Result<()> {
         return Ok(());
     }
     Err(KeopsError::Arguments(
-        "the stream is being captured into a CUDA graph (torch.cuda.graph, torch.compile's \
-         'reduce-overhead' mode), which keops reductions do not support: they copy small \
-         tables from host memory on each call; run the reduction outside the captured region"
+        "the stream is being captured into a CUDA graph (torch.cuda.graph), which keops \
+         reductions do not support: they copy small tables from host memory on each call; \
+         run the reduction outside the captured region"
             .into(),
     ))
 }
