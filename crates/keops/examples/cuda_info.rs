@@ -87,9 +87,10 @@ fn on_the_gpu(g: &Genred) -> Result<(), Box<dyn std::error::Error>> {
 
 /// The time of a small host-data call (allocations, copies, launch, synchronisation)
 /// with freed memory kept in the pool between calls, and with the pool handing it back
-/// at each synchronisation (the driver's default).
+/// at each synchronisation (the driver's default); without pools
+/// (`KEOPS_CUDA_MEMORY_POOLS=0`), once.
 fn small_calls(g: &Genred, opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
-    use keops::cuda::runtime::{pool_keep, set_pool_keep, DEFAULT_POOL_KEEP};
+    use keops::cuda::runtime::{device, pool_keep, set_pool_keep, DEFAULT_POOL_KEEP};
     let n = 1000;
     let x: Vec<f32> = (0..3 * n).map(|i| (i as f32 * 0.37).sin()).collect();
     let args = [
@@ -99,7 +100,12 @@ fn small_calls(g: &Genred, opts: &Options) -> Result<(), Box<dyn std::error::Err
     ];
     let problem = Problem::new(g, &args)?;
     let kept = pool_keep(0)?;
-    for (label, keep) in [("kept", DEFAULT_POOL_KEEP), ("handed back", 0)] {
+    let settings: &[_] = if device(0)?.pools {
+        &[("kept", DEFAULT_POOL_KEEP), ("handed back", 0)]
+    } else {
+        &[("allocated without a pool", 0)]
+    };
+    for &(label, keep) in settings {
         set_pool_keep(0, keep)?;
         keops::cuda::runtime::run(&problem, opts)?;
         let calls = 300;

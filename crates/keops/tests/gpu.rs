@@ -545,6 +545,54 @@ fn the_memory_pool_keeps_freed_temporaries() {
     set_pool_keep(0, kept).unwrap();
 }
 
+/// With `KEOPS_CUDA_MEMORY_POOLS=0`, as on a device without stream-ordered pools (some
+/// vGPU slices, Windows TCC, Maxwell), temporaries come from `cuMemAlloc` and are freed
+/// once their stream is done: the parent reruns, in a child with the variable set, this
+/// test (the setting reported, and both schemes right) and, on a GPU, the in-place and
+/// block-sparse suites (the simulator would build all their kernels again).
+#[test]
+fn temporaries_without_memory_pools_are_right() {
+    use keops::cuda::runtime::{device, pool_keep, set_pool_keep};
+    if !gpu() {
+        return;
+    }
+    let sim = keops::cuda::sim::on();
+    if std::env::var("KEOPS_CUDA_MEMORY_POOLS").as_deref() != Ok("0") {
+        assert!(device(0).unwrap().pools, "pools are used where there are");
+        let this = "temporaries_without_memory_pools_are_right";
+        let suites = [
+            this,
+            "device_arrays_are_reduced_in_place",
+            "block_sparse_matches_the_cpu_engine",
+        ];
+        for name in if sim { &suites[..1] } else { &suites[..] } {
+            let out = rerun_in_child(name, &[("KEOPS_CUDA_MEMORY_POOLS", "0")]);
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "{name} without memory pools: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        return;
+    }
+    assert!(!device(0).unwrap().pools);
+    assert_eq!(pool_keep(0).unwrap(), 0, "no pool to keep memory in");
+    set_pool_keep(0, 1 << 20).unwrap();
+    let line = keops::cuda::status().devices[0].clone().unwrap();
+    assert!(line.contains("synchronous allocation"), "{line}");
+    let g = gaussian("", 3, 1);
+    let inp = gaussian_inputs(300, 3000, 8);
+    for s in [GpuScheme::OneD, GpuScheme::TwoD] {
+        check::<f32>(
+            &g,
+            &inp,
+            &opts(s, SumScheme::BlockSum),
+            &format!("no pools, {s:?}"),
+        );
+    }
+}
+
 #[test]
 fn block_sparse_matches_the_cpu_engine() {
     if !gpu() {

@@ -186,7 +186,12 @@ pub fn status() -> GpuStatus {
     let count = driver.as_ref().map_or(0, |d| d.devices);
     let describe = |id: usize| {
         if sim::on() {
-            device(id).map(|d| (d.name.clone(), d.arch, d.sms))
+            device(id).map(|d| Attributes {
+                name: d.name.clone(),
+                arch: d.arch,
+                sms: d.sms,
+                pools: d.pools,
+            })
         } else {
             attributes(id)
         }
@@ -194,7 +199,19 @@ pub fn status() -> GpuStatus {
     let devices = (0..count)
         .map(|id| {
             describe(id)
-                .map(|(name, arch, sms)| format!("GPU {id}: {name} ({}, {sms} SMs)", arch.sm()))
+                .map(|a| {
+                    let pools = if a.pools {
+                        ""
+                    } else {
+                        ", no stream-ordered memory pool: synchronous allocation"
+                    };
+                    format!(
+                        "GPU {id}: {} ({}, {} SMs{pools})",
+                        a.name,
+                        a.arch.sm(),
+                        a.sms
+                    )
+                })
                 .map_err(|e| format!("GPU {id}: {}", e.reason()))
         })
         .collect();
@@ -228,7 +245,13 @@ unsafe impl Sync for Kernels {}
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Stream {
     /// A `CUstream` of the device's primary context (null: the legacy default stream).
-    Cuda(sys::CUstream),
+    Cuda {
+        /// The stream.
+        raw: sys::CUstream,
+        /// Whether temporaries come from the device's stream-ordered pool (see
+        /// [`Device::pools`]); if not, from `cuMemAlloc`, freed once the stream is done.
+        pools: bool,
+    },
     /// A simulated device.
     Sim(usize),
 }
@@ -240,7 +263,12 @@ impl Stream {
         let what = format!("{what} ({})", size_text(bytes));
         match self {
             // SAFETY: a fresh allocation, used on this stream only.
-            Stream::Cuda(s) => cu(unsafe { result::malloc_async(s, bytes) }, &what),
+            Stream::Cuda { raw, pools: true } => {
+                cu(unsafe { result::malloc_async(raw, bytes) }, &what)
+            }
+            // Synchronous: usable by any work queued after it returns.
+            // SAFETY: a fresh allocation of at least one byte.
+            Stream::Cuda { pools: false, .. } => cu(unsafe { result::malloc_sync(bytes) }, &what),
             Stream::Sim(d) => sim::alloc(d, bytes, &what),
         }
     }
@@ -253,8 +281,14 @@ impl Stream {
         match self {
             // A failure here (after an earlier error of the context) cannot be reported
             // and leaves nothing to undo.
-            Stream::Cuda(s) => {
-                let _ = result::free_async(ptr, s);
+            Stream::Cuda { raw, pools: true } => {
+                let _ = result::free_async(ptr, raw);
+            }
+            // `cuMemFree` does not wait for queued work that reads the memory: the
+            // stream does first.
+            Stream::Cuda { raw, pools: false } => {
+                let _ = sys::cuStreamSynchronize(raw);
+                let _ = result::free_sync(ptr);
             }
             Stream::Sim(_) => sim::free(ptr),
         }
@@ -270,7 +304,7 @@ impl Stream {
             return Ok(());
         }
         match self {
-            Stream::Cuda(s) => cu(result::memcpy_htod_async(dst, data, s), what),
+            Stream::Cuda { raw, .. } => cu(result::memcpy_htod_async(dst, data, raw), what),
             Stream::Sim(_) => sim::write(dst, as_bytes(data)),
         }
     }
@@ -282,12 +316,12 @@ impl Stream {
     unsafe fn download<T: Copy>(self, src: u64, out: &mut [T]) -> Result<()> {
         let what = "copying the output back";
         match self {
-            Stream::Cuda(s) => {
+            Stream::Cuda { raw, .. } => {
                 if !out.is_empty() {
-                    cu(result::memcpy_dtoh_async(out, src, s), what)?;
+                    cu(result::memcpy_dtoh_async(out, src, raw), what)?;
                 }
                 cu(
-                    sys::cuStreamSynchronize(s).result(),
+                    sys::cuStreamSynchronize(raw).result(),
                     "running the reduction",
                 )
             }
@@ -316,7 +350,7 @@ impl Stream {
         let g = (dim(grid.0), dim(grid.1), dim(grid.2));
         match (self, k) {
             (
-                Stream::Cuda(s),
+                Stream::Cuda { raw: s, .. },
                 Kernels::Cuda {
                     reduce,
                     combine,
@@ -377,6 +411,13 @@ pub struct Device {
     pub sms: usize,
     /// Its name.
     pub name: String,
+    /// Whether its temporaries come from its stream-ordered memory pool
+    /// (`cuMemAllocAsync`, freed in stream order without waiting). Where the device has
+    /// no pools, or `KEOPS_CUDA_MEMORY_POOLS=0`, they come from `cuMemAlloc` and each
+    /// is freed once its stream's work is done: as correct, but a call then waits for
+    /// its stream before it returns. Simulated devices have pools unless the variable
+    /// says otherwise.
+    pub pools: bool,
     kernels: Mutex<HashMap<String, Arc<Kernels>>>,
 }
 
@@ -422,6 +463,7 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
     if let Some(d) = devices.get(&id) {
         return Ok(d.clone());
     }
+    let pools_allowed = pools_allowed_by_env()?;
     if sim::on() {
         let d = Arc::new(Device {
             ctx: None,
@@ -429,6 +471,7 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
             arch: Arch { major: 9, minor: 0 },
             sms: sim::sms(id),
             name: format!("simulated GPU {id} (KEOPS_CUDA_SIMULATOR)"),
+            pools: pools_allowed,
             kernels: Mutex::default(),
         });
         devices.insert(id, d.clone());
@@ -441,29 +484,42 @@ pub fn device(id: usize) -> Result<Arc<Device>> {
     // synchronise the whole device (cudarc does that for a context's first stream).
     unsafe { ctx.disable_event_tracking() };
     let keep = pool_keep_from_env()?;
+    let a = attributes(id)?;
+    let pools = a.pools && pools_allowed;
     // Never lower what another library asked for (PyTorch's cudaMallocAsync backend keeps
-    // everything); where pools are unsupported, the first allocation says so.
-    if let Ok(pool) = default_pool(ctx.cu_device()) {
-        if pool_threshold(pool).is_ok_and(|t| t < keep) {
-            let _ = set_pool_threshold(pool, keep);
+    // everything).
+    if pools {
+        if let Ok(pool) = default_pool(ctx.cu_device()) {
+            if pool_threshold(pool).is_ok_and(|t| t < keep) {
+                let _ = set_pool_threshold(pool, keep);
+            }
         }
     }
-    let (name, arch, sms) = attributes(id)?;
     let d = Arc::new(Device {
-        name,
+        name: a.name,
         ctx: Some(ctx),
         id,
-        arch,
-        sms,
+        arch: a.arch,
+        sms: a.sms,
+        pools,
         kernels: Mutex::default(),
     });
     devices.insert(id, d.clone());
     Ok(d)
 }
 
-/// Device `id`'s name, architecture and number of multiprocessors, read without a
-/// context (the driver is initialised).
-fn attributes(id: usize) -> Result<(String, Arch, usize)> {
+/// What the engine reads of a device.
+struct Attributes {
+    name: String,
+    arch: Arch,
+    sms: usize,
+    /// Whether it has stream-ordered memory pools (`cuMemAllocAsync`): not every vGPU
+    /// slice, Windows TCC device or Maxwell GPU has them.
+    pools: bool,
+}
+
+/// Device `id`'s attributes, read without a context (the driver is initialised).
+fn attributes(id: usize) -> Result<Attributes> {
     use sys::CUdevice_attribute as A;
     let ordinal = i32::try_from(id).map_err(|_| no_gpu(format!("no CUDA device {id}")))?;
     let dev = cu(result::device::get(ordinal), "cuDeviceGet")?;
@@ -479,8 +535,15 @@ fn attributes(id: usize) -> Result<(String, Arch, usize)> {
         minor: attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)? as u32,
     };
     let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
+    // A driver too old to know the attribute has no pools either.
+    let pools = attr(A::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED).is_ok_and(|v| v != 0);
     let name = result::device::get_name(dev).unwrap_or_else(|_| format!("CUDA device {id}"));
-    Ok((name, arch, sms))
+    Ok(Attributes {
+        name,
+        arch,
+        sms,
+        pools,
+    })
 }
 
 /// Bytes of freed device memory the stream-ordered pool of each device keeps mapped
@@ -500,6 +563,26 @@ fn parse_pool_keep(v: Option<&str>) -> Result<u64> {
         Some(t) => t.parse().map_err(|_| KeopsError::Option {
             name: "KEOPS_CUDA_POOL_KEEP".into(),
             msg: format!("is '{t}'; it must be a number of bytes"),
+        }),
+    }
+}
+
+/// Whether `KEOPS_CUDA_MEMORY_POOLS` lets temporaries come from stream-ordered pools
+/// where devices have them (unset or `1`: yes; `0`: no, `cuMemAlloc` instead).
+fn pools_allowed_by_env() -> Result<bool> {
+    parse_memory_pools(std::env::var("KEOPS_CUDA_MEMORY_POOLS").ok().as_deref())
+}
+
+fn parse_memory_pools(v: Option<&str>) -> Result<bool> {
+    match v.map(str::trim) {
+        None | Some("" | "1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(t) => Err(KeopsError::Option {
+            name: "KEOPS_CUDA_MEMORY_POOLS".into(),
+            msg: format!(
+                "is '{t}'; it must be 0 (allocate with cuMemAlloc) or 1 (stream-ordered \
+                 pools where the device has them, the default)"
+            ),
         }),
     }
 }
@@ -528,17 +611,19 @@ fn set_pool_threshold(pool: sys::CUmemoryPool, bytes: u64) -> Result<()> {
 }
 
 /// Device `id`'s default pool, the one the engine's temporaries come from (`None`: a
-/// simulated device). The pool calls bind no context.
+/// simulated device, or one whose temporaries do not come from a pool, see
+/// [`Device::pools`]). The pool calls bind no context.
 fn device_pool(id: usize) -> Result<Option<sys::CUmemoryPool>> {
-    device(id)?
-        .ctx
+    let d = device(id)?;
+    d.ctx
         .as_ref()
+        .filter(|_| d.pools)
         .map(|c| default_pool(c.cu_device()))
         .transpose()
 }
 
 /// How many bytes of freed memory device `id`'s default pool keeps mapped between
-/// calls; 0 on the simulator.
+/// calls; 0 on the simulator and where temporaries do not come from a pool.
 pub fn pool_keep(id: usize) -> Result<u64> {
     device_pool(id)?.map_or(Ok(0), pool_threshold)
 }
@@ -546,7 +631,7 @@ pub fn pool_keep(id: usize) -> Result<u64> {
 /// Sets how many bytes of freed memory device `id`'s default pool keeps mapped between
 /// calls (0: hand it all back at each synchronisation, the driver's default). The pool
 /// is the process's: other users of stream-ordered allocation on the device share it.
-/// Nothing to set on the simulator.
+/// Nothing to set on the simulator or where temporaries do not come from a pool.
 pub fn set_pool_keep(id: usize, bytes: u64) -> Result<()> {
     device_pool(id)?.map_or(Ok(()), |pool| set_pool_threshold(pool, bytes))
 }
@@ -566,7 +651,10 @@ impl Device {
             Some(c) => {
                 let s = cu(c.new_stream(), "creating a stream")?;
                 Ok(OwnedStream {
-                    raw: Stream::Cuda(s.cu_stream()),
+                    raw: Stream::Cuda {
+                        raw: s.cu_stream(),
+                        pools: self.pools,
+                    },
                     _cuda: Some(s),
                 })
             }
@@ -580,7 +668,10 @@ impl Device {
     /// The stream a caller gives as a raw `CUstream` (the simulator's, simulated).
     fn stream_of(&self, raw: u64) -> Stream {
         match self.ctx {
-            Some(_) => Stream::Cuda(raw as usize as sys::CUstream),
+            Some(_) => Stream::Cuda {
+                raw: raw as usize as sys::CUstream,
+                pools: self.pools,
+            },
             None => Stream::Sim(self.id),
         }
     }
@@ -675,7 +766,8 @@ impl Device {
     }
 }
 
-/// Device memory allocated and freed in the order of a stream: no synchronisation, and
+/// Device memory allocated and freed in the order of a stream: no synchronisation (on a
+/// device without pools, see [`Device::pools`], the free waits for the stream), and
 /// freed (after the work queued before it) on every path, errors included.
 pub(crate) struct StreamBuf {
     /// The device address.
@@ -744,8 +836,8 @@ pub(crate) struct Call<'a> {
 
 /// Queues `call` on `stream` (the device's context current): the argument table, the
 /// reduction kernel (the block-sparse one with `ranges`), and with the 2D scheme the
-/// combination of partial states. Returns without synchronising; temporaries are
-/// freed in stream order.
+/// combination of partial states. Returns without synchronising (where the device has
+/// pools); temporaries are freed in stream order.
 ///
 /// # Safety
 /// Every pointer of `call` is memory of this device holding what `layout` says
@@ -1310,7 +1402,8 @@ fn check_pointer(ptr: u64, elements: usize, dev: usize, what: &str) -> Result<()
 /// `CUstream` of device `opts.device_id`'s primary context, e.g. PyTorch's current
 /// stream; 0 for the legacy default stream), writing into `out`. Returns once the work
 /// is queued: no copy of the data and no synchronisation (temporaries are allocated and
-/// freed in stream order). Every pointer is checked to be memory of that device.
+/// freed in stream order; on a device without pools, see [`Device::pools`], the call
+/// waits for the stream before it frees them). Every pointer is checked to be memory of that device.
 ///
 /// # Safety
 /// Each `args[k]` holds the elements its shape and strides address and `out` the
@@ -1378,7 +1471,7 @@ pub unsafe fn run_in_place<T: Element>(
 /// reduction copies small tables from host memory that it frees on return, so a replay
 /// of the graph would read freed memory.
 fn refuse_capture(stream: Stream) -> Result<()> {
-    let Stream::Cuda(s) = stream else {
+    let Stream::Cuda { raw: s, .. } = stream else {
         return Ok(());
     };
     let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
@@ -1400,7 +1493,7 @@ fn refuse_capture(stream: Stream) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_pool_keep, ranges_tasks, DEFAULT_POOL_KEEP};
+    use super::{parse_memory_pools, parse_pool_keep, ranges_tasks, DEFAULT_POOL_KEEP};
     use crate::ranges::Blocks;
 
     #[test]
@@ -1412,6 +1505,21 @@ mod tests {
         let e = parse_pool_keep(Some("64M")).unwrap_err().to_string();
         assert!(
             e.contains("KEOPS_CUDA_POOL_KEEP") && e.contains("'64M'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn memory_pools_are_used_unless_the_variable_says_0() {
+        assert!(parse_memory_pools(None).unwrap());
+        assert!(parse_memory_pools(Some("")).unwrap());
+        assert!(parse_memory_pools(Some(" 1")).unwrap());
+        assert!(!parse_memory_pools(Some("0 ")).unwrap());
+        let e = parse_memory_pools(Some("off")).unwrap_err().to_string();
+        assert!(
+            e.contains("KEOPS_CUDA_MEMORY_POOLS")
+                && e.contains("'off'")
+                && e.contains("cuMemAlloc"),
             "{e}"
         );
     }
