@@ -2,7 +2,8 @@
 
 Cases: a Gaussian kernel sum (D = 3), its gradient (forward + backward), ArgKMin K = 10
 at D = 3 and D = 64 (and D = 256, the GPU's chunked kernels, when named: ``--cases
-knn256``), LogSumExp (D = 3), all float32; KernelSolve (D = 3, float64) against dense LU
+knn256``; the Gaussian product with weights of width 1000, the GPU's kernels by columns:
+``--cases gauss1000``), LogSumExp (D = 3), all float32; KernelSolve (D = 3, float64) against dense LU
 (NumPy) and Cholesky (PyTorch) solves. N = M grows (1, 2, 5 x 10^k from 10^3)
 until a size is expected to take longer than the budget (``--budget``, 60 s), so each
 method reaches the largest N it runs in about a minute; dense methods stop at the size
@@ -42,7 +43,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="", help="comma-separated: gauss,grad,knn3,knn64,lse,solve "
-                   "(default: all of these); knn256 (D=256) only when named")
+                   "(default: all of these); knn256 (D=256) and gauss1000 (b of width 1000) "
+                   "only when named")
     p.add_argument("--methods", default="",
                    help="comma-separated: keops-rs,keops-rs-gpu,numpy,torch,torch-gpu,"
                         "pykeops,pykeops-gpu (default: all present)")

@@ -23,7 +23,7 @@ class Data:
 
     x: torch.Tensor  # (N, D) points x_i
     y: torch.Tensor  # (M, D) points y_j (the same points as x for KernelSolve)
-    b: torch.Tensor  # (M, 1) weights b_j, or KernelSolve's right-hand side
+    b: torch.Tensor  # (M, E) weights b_j, or KernelSolve's right-hand side (E = 1)
     g: torch.Tensor  # (N, 1) cotangent of the gradient case
 
     @property
@@ -48,6 +48,8 @@ class Case:
     tol: float
     #: Part of the suite run when no case is named (else only with ``--cases``).
     default: bool = True
+    #: Columns E of the weights b (the Gaussian case: a kernel product K b).
+    bdim: int = 1
 
     @property
     def itemsize(self) -> int:
@@ -64,7 +66,7 @@ class Case:
         else:
             x = torch.randn(n, self.dim, generator=gen, dtype=self.dtype)
             y = torch.randn(n, self.dim, generator=gen, dtype=self.dtype)
-        b = torch.randn(n, 1, generator=gen, dtype=self.dtype)
+        b = torch.randn(n, self.bdim, generator=gen, dtype=self.dtype)
         g = torch.randn(n, 1, generator=gen, dtype=self.dtype)
         return Data(x, y, b, g)
 
@@ -103,6 +105,9 @@ CASES = [
     # High dimensions: the GPU's chunked kernels (named with --cases only).
     Case("knn256", f"ArgKMin K={K_NN}, D=256", "knn", 256, torch.float32,
          _sizes(1_000, 1e6), 2.0, 1e-4, default=False),
+    # Wide outputs: the GPU computes them a group of columns per launch (named only).
+    Case("gauss1000", "Gaussian kernel product K b, D=3, b of width 1000", "gauss", 3,
+         torch.float32, _sizes(1_000, 1e6), 2.0, 1e-4, default=False, bdim=1000),
     Case("lse", "LogSumExp, D=3", "lse", 3, torch.float32, SIZES, 2.0, 1e-4),
     Case("solve", f"KernelSolve (K + {ALPHA_SOLVE:g} I) a = b, D=3, float64", "solve", 3,
          torch.float64, SIZES, 2.5, 1e-4),

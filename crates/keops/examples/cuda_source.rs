@@ -40,7 +40,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fast_math: true,
         ..Options::default()
     };
-    let spec = KernelSpec::new::<f32>(&g, &opts);
+    // As the engine runs it: a wide output a group of columns per launch.
+    let spec = KernelSpec::new::<f32>(&g, &opts).by_columns();
+    if let Some(c) = &spec.columns {
+        eprintln!(
+            "by columns: {} launches of {} of the {} columns",
+            c.starts().len(),
+            c.width,
+            c.full
+        );
+    }
     let rows: usize = flag("--rows").map_or(Ok(spec.max_rows()), |v| v.parse())?;
     // The planner's tile, and its check of the rows, for an H100 (132 SMs) at 10^6.
     let shape = Shape {

@@ -257,6 +257,107 @@ fn chunked_kernels_match_the_oracle() {
     }
 }
 
+/// Outputs wider than registers hold, computed a group of columns per launch
+/// (`keops::cuda::columns`): every case of `common::column_cases`, both axes, both
+/// schemes, float32 and float64 (groups of 64 and 32 columns, the last one overlapping),
+/// batch dimensions, block-sparse ranges (rows no range reaches hold the empty
+/// reduction of whole rows), against the oracle.
+#[test]
+fn wide_outputs_are_computed_by_columns() {
+    use keops::cuda::kernel::KernelSpec;
+    if !gpu() {
+        return;
+    }
+    for (ni, nj, batch) in [(150, 400, vec![]), (20, 250, vec![2])] {
+        let mut rng = Rng::new(12);
+        let sh = |n: usize, d: usize| [&batch[..], &[n, d][..]].concat();
+        let mut inp = Inputs::new();
+        inp.push(&sh(ni, 3), || rng.uniform(-1.0, 1.0))
+            .push(&sh(nj, 3), || rng.uniform(-1.0, 1.0))
+            .push(&sh(ni, 300), || rng.uniform(-1.0, 1.0))
+            .push(&sh(nj, 300), || rng.uniform(-1.0, 1.0))
+            .push(&[&batch[..], &[300][..]].concat(), || rng.uniform(0.5, 1.0));
+        for (f, w, r) in common::column_cases() {
+            for axis in [0, 1] {
+                let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, axis);
+                let e = expected(&g, &inp);
+                for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
+                    let o = opts(scheme, SumScheme::BlockSum);
+                    let by_columns = |k: KernelSpec| k.by_columns().columns.map(|c| c.width);
+                    assert_eq!(by_columns(KernelSpec::new::<f32>(&g, &o)), Some(64), "{f}");
+                    assert_eq!(by_columns(KernelSpec::new::<f64>(&g, &o)), Some(32), "{f}");
+                    let ctx = format!("{f} {} axis {axis} {scheme:?} {batch:?}", r.name());
+                    check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} f32"));
+                    check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} f64"));
+                }
+            }
+        }
+    }
+    let (ni, nj) = (150, 400);
+    let mut rng = Rng::new(13);
+    let mut inp = Inputs::new();
+    inp.push(&[ni, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[nj, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[ni, 300], || rng.uniform(-1.0, 1.0))
+        .push(&[nj, 300], || rng.uniform(-1.0, 1.0))
+        .push(&[300], || rng.uniform(0.5, 1.0));
+    // Clusters of 40 x 50 rows, some rows reached by no range.
+    let ranges = cluster_ranges((ni, 40), (nj, 50), |t| t % 3 != 1 && t / 8 != 2);
+    for (f, w, r) in common::column_cases() {
+        let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, 1);
+        let cpu = Options {
+            ranges: Some(ranges.clone()),
+            ..Options::default()
+        };
+        let want = run_as::<f64>(&g, &inp, &cpu).unwrap();
+        let o = Options {
+            ranges: Some(ranges.clone()),
+            ..opts(GpuScheme::Auto, SumScheme::BlockSum)
+        };
+        let ctx = format!("{f} {} block-sparse", r.name());
+        let scale = (r == Reduction::Sum).then(|| common::sum_magnitude(&g, &inp));
+        // Indices in float64 (exact; float32 may pick another of near-tied values).
+        let got = run_as::<f64>(&g, &inp, &o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+        check_values(&got, &want, scale.as_deref(), tol_for::<f64>(), &ctx);
+        check_indices_exact(&got, &want, &ctx);
+        let got = run_as::<f32>(&g, &inp, &o).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+        check_values(&got, &want, scale.as_deref(), tol_for::<f32>(), &ctx);
+    }
+    // In place: the kernel product on device arrays, a padded batch stride on x.
+    let mut rng = Rng::new(14);
+    let mut inp = Inputs::new();
+    inp.push(&[2, 90, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[1, 250, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[90, 300], || rng.uniform(-1.0, 1.0))
+        .push(&[2, 250, 300], || rng.uniform(-1.0, 1.0))
+        .push(&[300], || rng.uniform(0.5, 1.0));
+    let (f, w, r) = common::column_cases()[0];
+    let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, 1);
+    let want = keops::reference::reduce(&g, &inp.args_f64()).unwrap();
+    let (_bufs, args) = upload(&inp, 5);
+    let out = DeviceBuffer::alloc(0, 4 * 2 * 90 * 300).unwrap();
+    let outs = DeviceOutputs {
+        values: out.ptr(),
+        indices: 0,
+    };
+    for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
+        // SAFETY: the buffers hold what the shapes and strides say, on device 0, and
+        // live until `to_vec` has waited for the device.
+        unsafe { run_in_place::<f32>(&g, &args, outs, 0, &opts(scheme, SumScheme::BlockSum)) }
+            .unwrap();
+        let got = Reduced {
+            values: Some(Array {
+                data: out.to_vec::<f32>(2 * 90 * 300).unwrap(),
+                shape: vec![2, 90, 300],
+            }),
+            indices: None,
+        };
+        let scale = common::sum_magnitude(&g, &inp);
+        let ctx = format!("in place by columns {scheme:?}");
+        check_values(&got, &want, Some(&scale), tol_for::<f32>(), &ctx);
+    }
+}
+
 #[test]
 fn high_dimensions_and_empty_reductions() {
     if !gpu() {

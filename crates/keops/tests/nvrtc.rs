@@ -1,7 +1,8 @@
 //! Every generated kernel compiled by NVRTC to CUBIN for sm_80 and sm_90, in float and
 //! double (float also with `--use_fast_math`): the reduction kernel of every op case (`common::op_cases`, reduced by `Sum`)
 //! and of every reduction on both axes with every sum scheme, and the chunked kernels of
-//! high dimensions (`common::chunked_cases`), the reductions with as many
+//! high dimensions (`common::chunked_cases`), the kernels of wide outputs computed by
+//! columns (`common::column_cases`), the reductions with as many
 //! output rows per thread as they allow in the builds the GPU runs (sm_90: float32 with
 //! fast math, float64). One kernel serves the 1D and 2D schemes (the 2D one adds
 //! `{name}_combine`, compiled here too). NVRTC runs without a GPU.
@@ -98,6 +99,20 @@ fn program(ty: CType, most_rows: bool) -> (String, usize) {
             let g = common::case_genred(&common::CHUNKED_ALIASES, f, w, r, axis);
             let k = with_ty(&g, &Options::default());
             specs.push((k, 1, format!("{f} {} axis {axis}, D = 150", r.name())));
+        }
+    }
+    // Wide outputs a group of columns per launch (64 float32 or 32 float64), both axes.
+    for (f, w, r) in common::column_cases() {
+        for axis in [0, 1] {
+            let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, axis);
+            let o = Options::default();
+            let k = match ty {
+                CType::F32 => KernelSpec::new::<f32>(&g, &o),
+                CType::F64 => KernelSpec::new::<f64>(&g, &o),
+            }
+            .by_columns();
+            assert!(k.columns.is_some(), "{f}");
+            specs.push((k, 1, format!("{f} {} axis {axis}, by columns", r.name())));
         }
     }
     let mut src = prelude(ty);

@@ -18,6 +18,7 @@
 
 use super::chunks::{Chunked, Site, CHUNK};
 use super::codegen::{pair_function_with, pointer_params, CType};
+use super::columns::{self, Columns};
 use super::prescale::Prescaled;
 use crate::formula::{Cat, Formula};
 use crate::plan::{AccType, Element, Genred, Options, SumScheme};
@@ -71,6 +72,10 @@ pub struct KernelSpec {
     /// Compiled with `--use_fast_math` ([`Options::fast_math`], float32 kernels only:
     /// it leaves float64 math as it is, and float64 kernels keep one cache entry).
     pub fast_math: bool,
+    /// Set by [`KernelSpec::by_columns`]: the kernel computes one group of columns of a
+    /// wide output per launch, `formula`, `weight`, `spec` and the wide arguments'
+    /// dimensions being the group's.
+    pub columns: Option<Columns>,
 }
 
 impl KernelSpec {
@@ -101,6 +106,41 @@ impl KernelSpec {
             acc,
             sum_scheme: opts.sum_scheme,
             fast_math: opts.fast_math && T::FAST_MATH,
+            columns: None,
+        }
+    }
+
+    /// The kernel of one group of columns where the output is too wide for registers
+    /// and the formula allows it ([`super::columns`]); else `self`.
+    pub fn by_columns(self) -> KernelSpec {
+        let Some(n) = columns::plan(
+            &self.formula,
+            self.weight.as_ref(),
+            &self.spec,
+            self.ty.size(),
+        ) else {
+            return self;
+        };
+        let mut args = self.args;
+        for &i in &n.columns.wide {
+            args[i].1 = n.columns.width;
+        }
+        KernelSpec {
+            formula: n.formula,
+            weight: n.weight,
+            spec: n.spec,
+            args,
+            columns: Some(n.columns),
+            ..self
+        }
+    }
+
+    /// The row stride (in values) of argument `i` in memory: its dimension, or the whole
+    /// row's for an argument read by columns.
+    fn row_stride(&self, i: usize) -> usize {
+        match &self.columns {
+            Some(c) if c.wide.contains(&i) => c.full,
+            _ => self.args[i].1,
         }
     }
 
@@ -616,13 +656,14 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
                 setup,
                 "    const T* c{i} = args[{c}] + off[{c}] + center_row * {d};",
                 c = s.center,
-                d = k.args[s.center].1
+                d = k.row_stride(s.center)
             );
         }
     }
     // Each argument's pointer for the fold and the chunk pass.
     let mut ptrs: Vec<String> = Vec::new();
     for (i, &(role, dim)) in k.args.iter().enumerate() {
+        let stride = k.row_stride(i);
         let ptr = match role {
             Role::Out if regs[i] => {
                 let _ = writeln!(
@@ -632,7 +673,7 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
                      const long long row = i0 + r < row_end ? i0 + r : row_end - 1;\n      \
                      KEOPS_UNROLL for (int c = 0; c < {dim}; c++) r{i}[r * {dim} + c] = {v}; }}",
                     n = rows * dim,
-                    v = scaled(i, &format!("args[{i}][off[{i}] + row * {dim} + c]"), "c"),
+                    v = scaled(i, &format!("args[{i}][off[{i}] + row * {stride} + c]"), "c"),
                 );
                 format!("a{i}")
             }
@@ -640,7 +681,7 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
             Role::Out => {
                 let _ = writeln!(
                     setup,
-                    "    const T* a{i} = args[{i}] + off[{i}] + (live ? i0 : 0) * {dim};"
+                    "    const T* a{i} = args[{i}] + off[{i}] + (live ? i0 : 0) * {stride};"
                 );
                 format!("a{i}")
             }
@@ -651,13 +692,19 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
             // Staged chunk by chunk by the chunk pass; the fold does not read it.
             Role::Red if staged.contains(&i) => "tile".to_string(),
             Role::Red => {
+                // Rows read by columns: `dim` values of each `stride`.
+                let at = if stride == dim {
+                    format!("(j0 - j_base) * {dim} + e")
+                } else {
+                    format!("(j0 - j_base + e / {dim}) * {stride} + e % {dim}")
+                };
                 let _ = writeln!(
                     load,
                     "      for (int e = threadIdx.x; e < len * {dim}; e += blockDim.x) \
                      tile[{smem_off} + e] = {v};",
                     v = scaled(
                         i,
-                        &format!("args[{i}][off[{i}] + (j0 - j_base) * {dim} + e]"),
+                        &format!("args[{i}][off[{i}] + {at}]"),
                         &format!("e % {dim}")
                     ),
                 );
@@ -683,6 +730,11 @@ fn kernels(k: &KernelSpec, name: &str, tile: usize, rows: usize) -> String {
         format!("for (int c = 0; c < {sv}; c++) st[r].v[c] -= comp[r * {sv1} + c];")
     } else {
         String::new()
+    };
+    // Outputs by columns: the group's values of rows of the whole width.
+    let (dv, di) = match &k.columns {
+        Some(c) => ((dv > 0) as usize * c.full, (di > 0) as usize * c.full),
+        None => (dv, di),
     };
     let out_v = if dv > 0 {
         format!("out_v + ((long long)b * n_out + i) * {dv}")

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod chunks;
 pub mod codegen;
+pub mod columns;
 pub mod kernel;
 pub mod multi;
 pub mod nvrtc;

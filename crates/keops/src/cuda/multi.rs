@@ -99,7 +99,7 @@ fn part_states<T: Element>(
         launch: l,
         kernels: k,
         origin,
-    } = prepare::<T>(id, problem.genred, &sub.layout, opts)?;
+    } = prepare::<T>(id, problem.genred, &sub.layout, opts, false)?;
     let stream = dev.new_stream()?;
     let s = stream.raw;
     let bufs = upload_args(&sub.args, s)?;
@@ -178,7 +178,7 @@ pub fn run<T: Element>(
         spec,
         kernels: k,
         ..
-    } = prepare::<T>(parts[0].0, problem.genred, &problem.layout, opts)?;
+    } = prepare::<T>(parts[0].0, problem.genred, &problem.layout, opts, false)?;
     let row_bytes = n_out * spec.state_bytes();
     let total_chunks: usize = results.iter().map(|r| r.1).sum();
     let mut states = Vec::with_capacity(nbatch * total_chunks * row_bytes);

@@ -17,6 +17,7 @@ use super::sim::{self, Kernel};
 use crate::error::{KeopsError, Result};
 use crate::plan::{Element, Genred, Layout, MultiGpu, Options, Problem, Reduced};
 use crate::ranges::Blocks;
+use crate::reduction::ReductionSpec;
 use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -850,13 +851,78 @@ pub(crate) unsafe fn enqueue(
     call: &Call<'_>,
     stream: Stream,
 ) -> Result<()> {
+    let (n_out, _) = call.layout.sizes();
+    let nbatch = call.layout.batch_len();
+    if n_out == 0 || nbatch == 0 {
+        return Ok(());
+    }
+    if call.ranges.is_some() {
+        let Target::Outputs(ov, oi) = call.target else {
+            return Err(KeopsError::Option {
+                name: "ranges".into(),
+                msg: "block-sparse reductions run on one GPU".into(),
+            });
+        };
+        // Rows in no block keep the value of an empty reduction (of whole rows).
+        let whole = spec.columns.as_ref().map_or(&spec.spec, |c| &c.whole);
+        let (v, i) = empty_outputs::<f64>(whole, nbatch * n_out);
+        match spec.ty {
+            CType::F32 => {
+                let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                stream.upload(ov, &v, "filling the output")?;
+            }
+            CType::F64 => stream.upload(ov, &v, "filling the output")?,
+        }
+        stream.upload(oi, &i, "filling the output")?;
+    }
+    let Some(cols) = &spec.columns else {
+        return enqueue_group(k, spec, l, call, stream);
+    };
+    // One launch per group of columns: the wide arguments and the outputs start at the
+    // group's first column (the kernel reads their rows at the whole row's stride).
+    let Target::Outputs(ov, oi) = call.target else {
+        return Err(KeopsError::Cuda(
+            "internal: partial states of a kernel by columns".into(),
+        ));
+    };
+    let (dv, di) = spec.spec.output_dims();
+    let size = spec.ty.size() as u64;
+    for start in cols.starts() {
+        let start = start as u64;
+        let ptrs: Vec<u64> = (call.ptrs.iter().enumerate())
+            .map(|(a, &p)| {
+                p + if cols.wide.contains(&a) {
+                    start * size
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let group = Call {
+            ptrs: &ptrs,
+            target: Target::Outputs(
+                ov + if dv > 0 { start * size } else { 0 },
+                oi + if di > 0 { start * 8 } else { 0 },
+            ),
+            ..*call
+        };
+        enqueue_group(k, spec, l, &group, stream)?;
+    }
+    Ok(())
+}
+
+/// [`enqueue`] of one launch (one group of columns), block-sparse outputs filled.
+unsafe fn enqueue_group(
+    k: &Kernels,
+    spec: &KernelSpec,
+    l: &Launch,
+    call: &Call<'_>,
+    stream: Stream,
+) -> Result<()> {
     let layout = call.layout;
     let (n_out, n_red) = layout.sizes();
     let nbatch = layout.batch_len();
     let nargs = call.ptrs.len();
-    if n_out == 0 || nbatch == 0 {
-        return Ok(());
-    }
     let (mut n_out_c, mut nbatch_c) = (
         kernel_int(n_out, "rows")?,
         kernel_int(nbatch, "batch size")?,
@@ -870,21 +936,8 @@ pub(crate) unsafe fn enqueue(
 
     if let Some(blocks) = call.ranges {
         let Target::Outputs(ov, oi) = call.target else {
-            return Err(KeopsError::Option {
-                name: "ranges".into(),
-                msg: "block-sparse reductions run on one GPU".into(),
-            });
+            return Err(KeopsError::Cuda("internal: ranges without outputs".into()));
         };
-        // Rows in no block keep the value of an empty reduction.
-        let (v, i) = empty_outputs::<f64>(spec, nbatch * n_out);
-        match spec.ty {
-            CType::F32 => {
-                let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-                stream.upload(ov, &v, "filling the output")?;
-            }
-            CType::F64 => stream.upload(ov, &v, "filling the output")?,
-        }
-        stream.upload(oi, &i, "filling the output")?;
         let (task, red) = ranges_tasks(blocks, n_out, n_red, l.block * l.rows);
         if task.is_empty() {
             return Ok(());
@@ -1002,8 +1055,8 @@ pub(crate) unsafe fn combine(
 }
 
 /// The value of an empty reduction in each of `rows` rows: (values, indices).
-fn empty_outputs<T: Element>(spec: &KernelSpec, rows: usize) -> (Vec<T>, Vec<i64>) {
-    let (v, i) = spec.spec.empty_output();
+fn empty_outputs<T: Element>(spec: &ReductionSpec, rows: usize) -> (Vec<T>, Vec<i64>) {
+    let (v, i) = spec.empty_output();
     let v: Vec<T> = v.into_iter().map(T::from_f64).collect();
     (v.repeat(rows), i.repeat(rows))
 }
@@ -1060,15 +1113,19 @@ pub(crate) struct Prepared {
 }
 
 /// Device `id` bound to this thread, its kernels for `genred` and the launch plan for
-/// `layout`.
+/// `layout`. With `by_columns`, a wide output is computed a group of columns per launch
+/// where the formula allows ([`KernelSpec::by_columns`]); partial states for another
+/// device (a multi-GPU part) need whole rows.
 pub(crate) fn prepare<T: Element>(
     id: usize,
     genred: &Genred,
     layout: &Layout,
     opts: &Options,
+    by_columns: bool,
 ) -> Result<Prepared> {
     let dev = device(id)?;
     let spec = KernelSpec::new::<T>(genred, opts);
+    let spec = if by_columns { spec.by_columns() } else { spec };
     let (n_out, n_red) = layout.sizes();
     let max_rows = spec.max_rows();
     let shape = scheme::Shape {
@@ -1130,7 +1187,7 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<(Redu
         launch: l,
         kernels: k,
         origin,
-    } = prepare::<T>(opts.device_id, genred, layout, opts)?;
+    } = prepare::<T>(opts.device_id, genred, layout, opts, true)?;
     let stream = dev.new_stream()?;
     let s = stream.raw;
     let bufs = upload_args(&problem.args, s)?;
@@ -1439,7 +1496,7 @@ pub unsafe fn run_in_place<T: Element>(
         launch: l,
         kernels: k,
         origin,
-    } = prepare::<T>(opts.device_id, genred, &layout, opts)?;
+    } = prepare::<T>(opts.device_id, genred, &layout, opts, true)?;
     let id = opts.device_id;
     for (i, a) in args.iter().enumerate() {
         let n = a.shape.iter().product::<usize>();

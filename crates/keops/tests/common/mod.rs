@@ -547,6 +547,39 @@ pub const CHUNKED_ALIASES: [&str; 4] = [
     "p = Pm(3,1)",
 ];
 
+/// Variables of [`column_cases`]: points `x`, `y` of dimension 3, and 300-wide `u`,
+/// `v` and `p` (computed by columns in either precision, and not a multiple of a group:
+/// the last group overlaps the one before).
+pub const COLUMN_ALIASES: [&str; 5] = [
+    "x = Vi(0,3)",
+    "y = Vj(1,3)",
+    "u = Vi(2,300)",
+    "v = Vj(3,300)",
+    "p = Pm(4,300)",
+];
+
+/// Formulas on [`COLUMN_ALIASES`] whose 300-wide outputs (or weights) are computed
+/// coordinate by coordinate, which the GPU computes a group of columns per launch
+/// (`keops::cuda::columns`): the kernel product, every category of wide variable, a
+/// broadcast scalar, each reduction kind that allows it, weights.
+pub fn column_cases() -> Vec<(&'static str, Option<&'static str>, keops::Reduction)> {
+    use keops::Reduction;
+    vec![
+        ("Exp(-SqDist(x,y)) * v", None, Reduction::Sum),
+        (
+            "Exp(-SqDist(x,y)) * u * v - p + SqDist(x,y)",
+            None,
+            Reduction::Sum,
+        ),
+        ("Sin(u - v) * p", None, Reduction::Max),
+        ("Abs(u - v * p) + SqDist(x,y)", None, Reduction::MinArgMin),
+        ("Cos(v * p + (x|y))", None, Reduction::ArgMax),
+        ("v * p - SqDist(x,y)", None, Reduction::LogSumExp),
+        ("-SqDist(x,y)", Some("v * p"), Reduction::SumSoftMaxWeight),
+        ("-SqDist(x,y)", Some("Exp(v)"), Reduction::LogSumExp),
+    ]
+}
+
 /// Formulas on [`CHUNKED_ALIASES`] whose wide rows enter only through sums over their
 /// coordinates (the GPU's chunked kernels): every kind of such sum, two in one formula,
 /// a parameter and a scalar inside one, weighted reductions; the last one uses `x`
