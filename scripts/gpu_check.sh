@@ -6,7 +6,8 @@
 #            f32/f64, block-sparse, device arrays in place, the multi-GPU split, and
 #            the last two again without memory pools (KEOPS_CUDA_MEMORY_POOLS=0)
 #   cache    cuda_info twice, with a new cache directory: compile time, then the disk
-#            hit; a third time without memory pools (small calls' cost)
+#            hit and wide outputs by columns against whole rows; a third time without
+#            memory pools (small calls' cost)
 #   python   tests/test_cuda.py (torch CUDA tensors in place, autograd, streams, ...)
 #   bench    the issue's benchmark, GPU columns only (keops-rs with the planner's rows
 #            and with 1, 2, 4 pinned; PyTorch; pykeops), the Gaussian sum first:
@@ -65,11 +66,12 @@ for s in $stages; do
   limit_var=LIMIT_$s
   case $s in
     rust) cmd=(.gpu/gpu-tests --nocapture) limit=100 ;;
-    # A cache directory of its own: the first process compiles, the second reads it.
-    # The third: small calls without the memory pool (cuMemAlloc, frees after the stream).
-    cache) cmd=(sh -c 'export KEOPS_CACHE_DIR=$(mktemp -d) && .gpu/cuda_info && .gpu/cuda_info &&
+    # A cache directory of its own: the first process compiles, the second reads it and
+    # times wide outputs. The third: small calls without the memory pool (cuMemAlloc,
+    # frees after the stream).
+    cache) cmd=(sh -c 'export KEOPS_CACHE_DIR=$(mktemp -d) && .gpu/cuda_info && .gpu/cuda_info --wide &&
                 KEOPS_CUDA_MEMORY_POOLS=0 .gpu/cuda_info')
-           limit=20 ;;
+           limit=30 ;;
     python) cmd=("$PY" -m pytest -q -rs -p no:cacheprovider crates/keops-python/tests/test_cuda.py
                  crates/keops-python/tests/test_torch.py) limit=60 ;;
     # shellcheck disable=SC2206  # BENCH_ARGS is a list of words

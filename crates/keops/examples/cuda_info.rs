@@ -2,6 +2,8 @@
 //! `cargo run --release -p keops --example cuda_info`. Runs without a GPU (NVRTC only).
 //! With a GPU it also runs a reduction twice and says where its kernel came from: run it
 //! twice (same `KEOPS_CACHE_DIR`) and the second process reads the CUBIN from disk.
+//! With `--wide`, it also times kernel products with wide weights computed by columns
+//! and by whole rows (`KEOPS_GPU_COLUMNS=0`).
 
 use keops::cuda::cache::{self, KernelCache};
 use keops::cuda::kernel::{kernel_source, KernelSpec};
@@ -49,6 +51,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     if keops::cuda::available() {
         on_the_gpu(&g)?;
+        if std::env::args().any(|a| a == "--wide") {
+            wide_outputs()?;
+        }
+    }
+    Ok(())
+}
+
+/// `K b` for weights `b` of width 256 and 1000, N = M = 20,000: by columns (the
+/// default), then by whole rows, each the best of three calls after a first one.
+fn wide_outputs() -> Result<(), Box<dyn std::error::Error>> {
+    let n = 20_000;
+    let x: Vec<f32> = (0..3 * n).map(|i| (i as f32 * 0.37).sin()).collect();
+    for e in [256, 1000] {
+        let g = Genred::new(
+            "Exp(-SqDist(x,y)) * b",
+            &["x = Vi(0,3)", "y = Vj(1,3)", &format!("b = Vj(2,{e})")],
+            Reduction::Sum,
+            1,
+        )?;
+        let b: Vec<f32> = (0..n * e).map(|i| (i as f32 * 0.11).cos()).collect();
+        let args = [
+            Arg::new(&x, [n, 3]),
+            Arg::new(&x, [n, 3]),
+            Arg::new(&b, [n, e]),
+        ];
+        let problem = Problem::new(&g, &args)?;
+        let opts = Options {
+            backend: Backend::Gpu,
+            ..Options::default()
+        };
+        let mut best = Vec::new();
+        for columns in ["1", "0"] {
+            std::env::set_var("KEOPS_GPU_COLUMNS", columns);
+            keops::cuda::runtime::run(&problem, &opts)?;
+            let mut t_min = f64::INFINITY;
+            for _ in 0..3 {
+                let t = Instant::now();
+                keops::cuda::runtime::run(&problem, &opts)?;
+                t_min = t_min.min(t.elapsed().as_secs_f64());
+            }
+            best.push(t_min);
+        }
+        std::env::remove_var("KEOPS_GPU_COLUMNS");
+        println!(
+            "K b, N = M = {n}, b of width {e}: by columns {:.1} ms, whole rows {:.1} ms ({:.2}x)",
+            1e3 * best[0],
+            1e3 * best[1],
+            best[1] / best[0]
+        );
     }
     Ok(())
 }

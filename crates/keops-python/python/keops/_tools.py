@@ -95,7 +95,7 @@ def test_torch_bindings() -> None:
 ENV_VARS = ("KEOPS_CACHE_DIR", "XDG_CACHE_HOME", "KEOPS_NVRTC", "KEOPS_CPU_ISA",
             "RAYON_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "KEOPS_CUDA_SIMULATOR",
             "KEOPS_CUDA_SIMULATOR_MEMORY", "KEOPS_CUDA_POOL_KEEP", "KEOPS_CUDA_MEMORY_POOLS",
-            "KEOPS_GPU_ROWS")
+            "KEOPS_GPU_ROWS", "KEOPS_GPU_COLUMNS")
 
 
 def _version(dist: str) -> str:

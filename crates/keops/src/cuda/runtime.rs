@@ -1125,7 +1125,11 @@ pub(crate) fn prepare<T: Element>(
 ) -> Result<Prepared> {
     let dev = device(id)?;
     let spec = KernelSpec::new::<T>(genred, opts);
-    let spec = if by_columns { spec.by_columns() } else { spec };
+    let spec = if by_columns && env_columns() {
+        spec.by_columns()
+    } else {
+        spec
+    };
     let (n_out, n_red) = layout.sizes();
     let max_rows = spec.max_rows();
     let shape = scheme::Shape {
@@ -1146,6 +1150,12 @@ pub(crate) fn prepare<T: Element>(
         kernels: k,
         origin,
     })
+}
+
+/// Whether wide outputs may be computed by columns: not with `KEOPS_GPU_COLUMNS=0`
+/// (for benchmarks that compare them with whole rows).
+fn env_columns() -> bool {
+    std::env::var("KEOPS_GPU_COLUMNS").map_or(true, |v| v.trim() != "0")
 }
 
 /// Rows per thread from `KEOPS_GPU_ROWS` (for benchmarks that compare them), capped
