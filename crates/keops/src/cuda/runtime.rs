@@ -837,7 +837,8 @@ pub(crate) struct Call<'a> {
 
 /// Queues `call` on `stream` (the device's context current): the argument table, the
 /// reduction kernel (the block-sparse one with `ranges`), and with the 2D scheme the
-/// combination of partial states. Returns without synchronising (where the device has
+/// combination of partial states; once per group of columns for a kernel by columns
+/// ([`KernelSpec::by_columns`]). Returns without synchronising (where the device has
 /// pools); temporaries are freed in stream order.
 ///
 /// # Safety
@@ -851,12 +852,48 @@ pub(crate) unsafe fn enqueue(
     call: &Call<'_>,
     stream: Stream,
 ) -> Result<()> {
-    let (n_out, _) = call.layout.sizes();
-    let nbatch = call.layout.batch_len();
+    let layout = call.layout;
+    let (n_out, n_red) = layout.sizes();
+    let nbatch = layout.batch_len();
+    let nargs = call.ptrs.len();
     if n_out == 0 || nbatch == 0 {
         return Ok(());
     }
-    if call.ranges.is_some() {
+    let (mut n_out_c, mut nbatch_c) = (
+        kernel_int(n_out, "rows")?,
+        kernel_int(nbatch, "batch size")?,
+    );
+    // A kernel by columns runs once per group of columns, the wide arguments and the
+    // outputs moved to the group's first column (it reads their rows at the whole row's
+    // stride); other kernels once, as one group.
+    let starts = spec.columns.as_ref().map_or(vec![0], |c| c.starts());
+    let wide = |a: usize| spec.columns.as_ref().is_some_and(|c| c.wide.contains(&a));
+    let (dv, di) = spec.spec.output_dims();
+    let size = spec.ty.size() as u64;
+    let outputs_at = |(ov, oi): (u64, u64), start: usize| {
+        let start = start as u64;
+        (
+            ov + if dv > 0 { start * size } else { 0 },
+            oi + if di > 0 { start * 8 } else { 0 },
+        )
+    };
+    // The argument table: each group's pointers, then the batch offsets (the same for
+    // every group).
+    let mut table: Vec<i64> = Vec::with_capacity(nargs * (starts.len() + nbatch));
+    for &start in &starts {
+        table.extend(
+            (call.ptrs.iter().enumerate())
+                .map(|(a, &p)| (p + if wide(a) { start as u64 * size } else { 0 }) as i64),
+        );
+    }
+    for b in 0..nbatch {
+        table.extend((0..nargs).map(|a| layout.batch_offset(a, b) as i64));
+    }
+    let table = StreamBuf::upload(&table, stream, "copying the argument table")?;
+    let args_of = |group: usize| table.ptr + 8 * (nargs * group) as u64;
+    let mut boff = args_of(starts.len());
+
+    if let Some(blocks) = call.ranges {
         let Target::Outputs(ov, oi) = call.target else {
             return Err(KeopsError::Option {
                 name: "ranges".into(),
@@ -874,135 +911,85 @@ pub(crate) unsafe fn enqueue(
             CType::F64 => stream.upload(ov, &v, "filling the output")?,
         }
         stream.upload(oi, &i, "filling the output")?;
-    }
-    let Some(cols) = &spec.columns else {
-        return enqueue_group(k, spec, l, call, stream);
-    };
-    // One launch per group of columns: the wide arguments and the outputs start at the
-    // group's first column (the kernel reads their rows at the whole row's stride).
-    let Target::Outputs(ov, oi) = call.target else {
-        return Err(KeopsError::Cuda(
-            "internal: partial states of a kernel by columns".into(),
-        ));
-    };
-    let (dv, di) = spec.spec.output_dims();
-    let size = spec.ty.size() as u64;
-    for start in cols.starts() {
-        let start = start as u64;
-        let ptrs: Vec<u64> = (call.ptrs.iter().enumerate())
-            .map(|(a, &p)| {
-                p + if cols.wide.contains(&a) {
-                    start * size
-                } else {
-                    0
-                }
-            })
-            .collect();
-        let group = Call {
-            ptrs: &ptrs,
-            target: Target::Outputs(
-                ov + if dv > 0 { start * size } else { 0 },
-                oi + if di > 0 { start * 8 } else { 0 },
-            ),
-            ..*call
-        };
-        enqueue_group(k, spec, l, &group, stream)?;
-    }
-    Ok(())
-}
-
-/// [`enqueue`] of one launch (one group of columns), block-sparse outputs filled.
-unsafe fn enqueue_group(
-    k: &Kernels,
-    spec: &KernelSpec,
-    l: &Launch,
-    call: &Call<'_>,
-    stream: Stream,
-) -> Result<()> {
-    let layout = call.layout;
-    let (n_out, n_red) = layout.sizes();
-    let nbatch = layout.batch_len();
-    let nargs = call.ptrs.len();
-    let (mut n_out_c, mut nbatch_c) = (
-        kernel_int(n_out, "rows")?,
-        kernel_int(nbatch, "batch size")?,
-    );
-    let mut table: Vec<i64> = call.ptrs.iter().map(|&p| p as i64).collect();
-    for b in 0..nbatch {
-        table.extend((0..nargs).map(|a| layout.batch_offset(a, b) as i64));
-    }
-    let table = StreamBuf::upload(&table, stream, "copying the argument table")?;
-    let (mut args, mut boff) = (table.ptr, table.ptr + 8 * nargs as u64);
-
-    if let Some(blocks) = call.ranges {
-        let Target::Outputs(ov, oi) = call.target else {
-            return Err(KeopsError::Cuda("internal: ranges without outputs".into()));
-        };
         let (task, red) = ranges_tasks(blocks, n_out, n_red, l.block * l.rows);
         if task.is_empty() {
             return Ok(());
         }
         let task_d = StreamBuf::upload(&task, stream, "copying the block tasks")?;
         let red_d = StreamBuf::upload(&red, stream, "copying the block ranges")?;
-        let (mut tk, mut rd, mut ov, mut oi) = (task_d.ptr, red_d.ptr, ov, oi);
-        let mut params: Vec<*mut c_void> = vec![
-            (&mut n_out_c as *mut i32).cast(),
-            (&mut tk as *mut u64).cast(),
-            (&mut rd as *mut u64).cast(),
-            (&mut args as *mut u64).cast(),
-            (&mut boff as *mut u64).cast(),
-            (&mut ov as *mut u64).cast(),
-            (&mut oi as *mut u64).cast(),
-        ];
-        return stream.launch(
-            k,
-            Kernel::ReduceRanges,
-            (task.len() / 5, 1, 1),
-            l.block,
-            l.smem,
-            &mut params,
-            "launching the block-sparse reduction",
-        );
+        for (group, &start) in starts.iter().enumerate() {
+            let (mut tk, mut rd, mut args) = (task_d.ptr, red_d.ptr, args_of(group));
+            let (mut ov, mut oi) = outputs_at((ov, oi), start);
+            let mut params: Vec<*mut c_void> = vec![
+                (&mut n_out_c as *mut i32).cast(),
+                (&mut tk as *mut u64).cast(),
+                (&mut rd as *mut u64).cast(),
+                (&mut args as *mut u64).cast(),
+                (&mut boff as *mut u64).cast(),
+                (&mut ov as *mut u64).cast(),
+                (&mut oi as *mut u64).cast(),
+            ];
+            stream.launch(
+                k,
+                Kernel::ReduceRanges,
+                (task.len() / 5, 1, 1),
+                l.block,
+                l.smem,
+                &mut params,
+                "launching the block-sparse reduction",
+            )?;
+        }
+        return Ok(());
     }
 
     let (mut n_red_c, mut chunk, mut j_base) = (n_red as i64, l.chunk as i64, call.j_base as i64);
     let nchunks = l.grid.1;
-    // The 2D scheme's partial states, combined below (freed in stream order).
+    // The 2D scheme's partial states, combined after each launch (freed in stream order;
+    // the groups use them in turn).
     let mut own_part = None;
-    let (mut ov, mut oi, mut part) = match call.target {
+    let (outs, mut part) = match call.target {
         Target::Outputs(ov, oi) if l.scheme == Scheme::TwoD => {
             let bytes = nbatch * nchunks * n_out * spec.state_bytes();
             let p = StreamBuf::alloc(bytes, stream, "allocating partial states")?;
             let ptr = p.ptr;
             own_part = Some(p);
-            (ov, oi, ptr)
+            ((ov, oi), ptr)
         }
-        Target::Outputs(ov, oi) => (ov, oi, 0),
-        Target::States(p) => (0, 0, p),
+        Target::Outputs(ov, oi) => ((ov, oi), 0),
+        Target::States(_) if starts.len() > 1 => {
+            return Err(KeopsError::Cuda(
+                "internal: partial states of a kernel by columns".into(),
+            ))
+        }
+        Target::States(p) => ((0, 0), p),
     };
-    let mut params: Vec<*mut c_void> = vec![
-        (&mut n_out_c as *mut i32).cast(),
-        (&mut n_red_c as *mut i64).cast(),
-        (&mut nbatch_c as *mut i32).cast(),
-        (&mut chunk as *mut i64).cast(),
-        (&mut j_base as *mut i64).cast(),
-        (&mut args as *mut u64).cast(),
-        (&mut boff as *mut u64).cast(),
-        (&mut ov as *mut u64).cast(),
-        (&mut oi as *mut u64).cast(),
-        (&mut part as *mut u64).cast(),
-    ];
-    stream.launch(
-        k,
-        Kernel::Reduce,
-        l.grid,
-        l.block,
-        l.smem,
-        &mut params,
-        "launching the reduction",
-    )?;
-    if let Some(p) = &own_part {
-        combine(k, (n_out, nchunks, nbatch), p.ptr, (ov, oi), stream)?;
+    for (group, &start) in starts.iter().enumerate() {
+        let mut args = args_of(group);
+        let (mut ov, mut oi) = outputs_at(outs, start);
+        let mut params: Vec<*mut c_void> = vec![
+            (&mut n_out_c as *mut i32).cast(),
+            (&mut n_red_c as *mut i64).cast(),
+            (&mut nbatch_c as *mut i32).cast(),
+            (&mut chunk as *mut i64).cast(),
+            (&mut j_base as *mut i64).cast(),
+            (&mut args as *mut u64).cast(),
+            (&mut boff as *mut u64).cast(),
+            (&mut ov as *mut u64).cast(),
+            (&mut oi as *mut u64).cast(),
+            (&mut part as *mut u64).cast(),
+        ];
+        stream.launch(
+            k,
+            Kernel::Reduce,
+            l.grid,
+            l.block,
+            l.smem,
+            &mut params,
+            "launching the reduction",
+        )?;
+        if let Some(p) = &own_part {
+            combine(k, (n_out, nchunks, nbatch), p.ptr, (ov, oi), stream)?;
+        }
     }
     Ok(())
 }
