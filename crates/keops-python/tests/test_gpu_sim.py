@@ -140,6 +140,49 @@ def test_torch_autograd_through_the_gpu_engine() -> None:
     assert torch.autograd.gradcheck(f, (x, y, b))
 
 
+def test_wide_outputs_by_columns() -> None:
+    """Weights of width 300 (past what a thread's registers hold: the engine computes
+    64 columns per launch), through LazyTensor: the kernel product both ways, soft-max
+    weights (attention) and block-sparse ranges, against the CPU engine; and torch
+    autograd, whose gradient for the weights is itself a wide product over i."""
+    x, y, _ = data(n=120, m=200, dtype=np.float64)
+    v = np.random.default_rng(2).standard_normal((200, 300))
+    D = LazyTensor(x[:, None, :]).sqdist(LazyTensor(y[None, :, :]))
+    K, V = (-D).exp(), LazyTensor(v[None, :, :])
+    for backend in ("GPU_1D", "GPU_2D"):
+        np.testing.assert_allclose((K * V).sum(dim=1, backend=backend),
+                                   (K * V).sum(dim=1, backend="CPU"), rtol=1e-12,
+                                   atol=1e-11)
+        np.testing.assert_allclose((-D).sumsoftmaxweight(V, dim=1, backend=backend),
+                                   (-D).sumsoftmaxweight(V, dim=1, backend="CPU"),
+                                   rtol=1e-12, atol=1e-11)
+    i64 = lambda a: np.array(a, dtype=np.int64)  # noqa: E731
+    KV = K * V
+    KV.ranges = (i64([[0, 60], [60, 120]]), i64([1, 2]), i64([[0, 100], [0, 200]]),
+                 i64([[0, 100], [100, 200]]), i64([1, 2]), i64([[0, 120], [60, 120]]))
+    np.testing.assert_allclose(KV.sum(dim=1, backend="GPU"), KV.sum(dim=1, backend="CPU"),
+                               rtol=1e-12, atol=1e-11)
+    torch = pytest.importorskip("torch")
+    from keops.torch import LazyTensor as TLazy
+
+    g = torch.Generator().manual_seed(1)
+    xt, yt = (torch.rand(n, 3, generator=g, dtype=torch.float64, requires_grad=True)
+              for n in (8, 12))
+    bt = torch.randn(12, 300, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def f(x, y, b):
+        Kt = (-TLazy(x[:, None, :]).sqdist(TLazy(y[None, :, :]))).exp()
+        return (Kt * TLazy(b[None, :, :])).sum(dim=1, backend="GPU")
+
+    # The weights' gradient K^T c (300 wide) against the dense one; the points' by
+    # finite differences (gradcheck over the 3,600 weights would take minutes here).
+    c = torch.randn(8, 300, generator=g, dtype=torch.float64)
+    (grad_b,) = torch.autograd.grad(f(xt, yt, bt), [bt], c)
+    Kd = torch.exp(-((xt[:, None, :] - yt[None, :, :]) ** 2).sum(-1)).detach()
+    torch.testing.assert_close(grad_b, Kd.T @ c, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, y: f(x, y, bt.detach()), (xt, yt))
+
+
 def test_missing_devices_are_named() -> None:
     x, y, b = data()
     g = Genred(*GAUSS, axis=1)
