@@ -146,6 +146,16 @@ fn check<T: Element>(g: &Genred, inp: &Inputs, o: &Options, ctx: &str) {
     check_against::<T>(g, inp, &expected(g, inp), o, ctx);
 }
 
+/// `g` on `inp` in both schemes, float32 and float64, against the oracle.
+fn check_schemes(g: &Genred, inp: &Inputs, ctx: &str) {
+    let e = expected(g, inp);
+    for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
+        let o = opts(scheme, SumScheme::BlockSum);
+        check_against::<f32>(g, inp, &e, &o, &format!("{ctx} {scheme:?} f32"));
+        check_against::<f64>(g, inp, &e, &o, &format!("{ctx} {scheme:?} f64"));
+    }
+}
+
 #[test]
 fn every_reduction_matches_the_oracle() {
     if !gpu() {
@@ -245,13 +255,7 @@ fn chunked_kernels_match_the_oracle() {
         for (f, w, r) in common::chunked_cases() {
             for axis in [0, 1] {
                 let g = common::case_genred(&common::CHUNKED_ALIASES, f, w, r, axis);
-                let e = expected(&g, &inp);
-                for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
-                    let o = opts(scheme, SumScheme::BlockSum);
-                    let ctx = format!("{f} axis {axis} {scheme:?} {ni}x{nj}{batch:?}");
-                    check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} f32"));
-                    check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} f64"));
-                }
+                check_schemes(&g, &inp, &format!("{f} axis {axis} {ni}x{nj}{batch:?}"));
             }
         }
     }
@@ -280,16 +284,11 @@ fn wide_outputs_are_computed_by_columns() {
         for (f, w, r) in common::column_cases() {
             for axis in [0, 1] {
                 let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, axis);
-                let e = expected(&g, &inp);
-                for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
-                    let o = opts(scheme, SumScheme::BlockSum);
-                    let by_columns = |k: KernelSpec| k.by_columns().columns.map(|c| c.width);
-                    assert_eq!(by_columns(KernelSpec::new::<f32>(&g, &o)), Some(64), "{f}");
-                    assert_eq!(by_columns(KernelSpec::new::<f64>(&g, &o)), Some(32), "{f}");
-                    let ctx = format!("{f} {} axis {axis} {scheme:?} {batch:?}", r.name());
-                    check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} f32"));
-                    check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} f64"));
-                }
+                let o = Options::default();
+                let by_columns = |k: KernelSpec| k.by_columns().columns.map(|c| c.width);
+                assert_eq!(by_columns(KernelSpec::new::<f32>(&g, &o)), Some(64), "{f}");
+                assert_eq!(by_columns(KernelSpec::new::<f64>(&g, &o)), Some(32), "{f}");
+                check_schemes(&g, &inp, &format!("{f} {} axis {axis} {batch:?}", r.name()));
             }
         }
     }
