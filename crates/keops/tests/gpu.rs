@@ -264,8 +264,8 @@ fn chunked_kernels_match_the_oracle() {
 /// Outputs wider than registers hold, computed a group of columns per launch
 /// (`keops::cuda::columns`): every case of `common::column_cases`, both axes, both
 /// schemes, float32 and float64 (groups of 64 and 32 columns, the last one overlapping),
-/// batch dimensions, block-sparse ranges (rows no range reaches hold the empty
-/// reduction of whole rows), against the oracle.
+/// batch dimensions, a multi-GPU split, block-sparse ranges (rows no range reaches hold
+/// the empty reduction of whole rows) and device arrays in place, against the oracle.
 #[test]
 fn wide_outputs_are_computed_by_columns() {
     use keops::cuda::kernel::KernelSpec;
@@ -288,7 +288,16 @@ fn wide_outputs_are_computed_by_columns() {
                 let by_columns = |k: KernelSpec| k.by_columns().columns.map(|c| c.width);
                 assert_eq!(by_columns(KernelSpec::new::<f32>(&g, &o)), Some(64), "{f}");
                 assert_eq!(by_columns(KernelSpec::new::<f64>(&g, &o)), Some(32), "{f}");
-                check_schemes(&g, &inp, &format!("{f} {} axis {axis} {batch:?}", r.name()));
+                let ctx = format!("{f} {} axis {axis} {batch:?}", r.name());
+                check_schemes(&g, &inp, &ctx);
+                // Split over three parts (on device 0), states combined group by group.
+                let o = Options {
+                    multi_gpu: MultiGpu::Devices(vec![0, 0, 0]),
+                    ..opts(GpuScheme::Auto, SumScheme::BlockSum)
+                };
+                let e = expected(&g, &inp);
+                check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} multi-GPU f32"));
+                check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} multi-GPU f64"));
             }
         }
     }

@@ -7,11 +7,12 @@
 //! states of every output row (`Target::States`, with `j_base` so that indices are
 //! those of the whole problem). The states come back to the host and go, in index
 //! order, to the first device, whose `{name}_combine` kernel (the 2D scheme's) combines
-//! and finalizes them: results are those of one GPU, ties included.
+//! and finalizes them: results are those of one GPU, ties included. A kernel by columns
+//! ([`super::columns`]) does so for each group of columns.
 
 use super::runtime::{
-    combine, download, enqueue, prepare, run as run_one, upload_args, Call, CallInfo, OutputBufs,
-    Prepared, StreamBuf, Target,
+    combine, download, enqueue, group_outputs, group_starts, prepare, run as run_one, upload_args,
+    Call, CallInfo, OutputBufs, Prepared, StreamBuf, Target,
 };
 use crate::error::{KeopsError, Result};
 use crate::formula::Cat;
@@ -83,7 +84,8 @@ pub fn slice_reduced<'a, T: Element>(
 }
 
 /// The partial states of every output row over reduced rows `rows`, computed on GPU
-/// `id`: raw state structs `[batch][chunk][row]`, and the number of chunks.
+/// `id`: raw state structs `[group of columns][batch][chunk][row]`, and the number of
+/// chunks.
 fn part_states<T: Element>(
     id: usize,
     problem: &Problem<'_, T>,
@@ -99,12 +101,13 @@ fn part_states<T: Element>(
         launch: l,
         kernels: k,
         origin,
-    } = prepare::<T>(id, problem.genred, &sub.layout, opts, false)?;
+    } = prepare::<T>(id, problem.genred, &sub.layout, opts)?;
     let stream = dev.new_stream()?;
     let s = stream.raw;
     let bufs = upload_args(&sub.args, s)?;
     let ptrs: Vec<u64> = bufs.iter().map(|b| b.ptr).collect();
-    let bytes = sub.batch_len() * l.grid.1 * sub.sizes().0 * spec.state_bytes();
+    let groups = group_starts(&spec).len();
+    let bytes = groups * sub.batch_len() * l.grid.1 * sub.sizes().0 * spec.state_bytes();
     let part = StreamBuf::alloc(bytes, s, "allocating partial states")?;
     let call = Call {
         layout: &sub.layout,
@@ -172,37 +175,46 @@ pub fn run<T: Element>(
             .collect()
     });
     let results = results.into_iter().collect::<Result<Vec<_>>>()?;
-    // States in index order: [batch][part][chunk][row].
+    // States in index order: [group][batch][part][chunk][row].
     let Prepared {
         dev: dev0,
         spec,
         kernels: k,
         ..
-    } = prepare::<T>(parts[0].0, problem.genred, &problem.layout, opts, false)?;
+    } = prepare::<T>(parts[0].0, problem.genred, &problem.layout, opts)?;
+    let starts = group_starts(&spec);
     let row_bytes = n_out * spec.state_bytes();
     let total_chunks: usize = results.iter().map(|r| r.1).sum();
-    let mut states = Vec::with_capacity(nbatch * total_chunks * row_bytes);
-    for b in 0..nbatch {
-        for (st, nchunks, _) in &results {
-            let per_batch = nchunks * row_bytes;
-            states.extend_from_slice(&st[b * per_batch..(b + 1) * per_batch]);
+    let group_bytes = nbatch * total_chunks * row_bytes;
+    let mut states = Vec::with_capacity(starts.len() * group_bytes);
+    for g in 0..starts.len() {
+        for b in 0..nbatch {
+            for (st, nchunks, _) in &results {
+                let per_batch = nchunks * row_bytes;
+                let at = g * nbatch * per_batch + b * per_batch;
+                states.extend_from_slice(&st[at..at + per_batch]);
+            }
         }
     }
     let stream = dev0.new_stream()?;
     let s = stream.raw;
     let part = StreamBuf::upload(&states, s, "copying partial states")?;
     let out = OutputBufs::alloc(problem, s)?;
-    // SAFETY: states and outputs were sized above, on this device, and live until the
-    // download has synchronised the stream.
-    unsafe {
-        combine(
-            &k,
-            (n_out, total_chunks, nbatch),
-            part.ptr,
-            out.pointers(),
-            s,
-        )?
-    };
+    // Each group of columns (one, of whole rows, for most kernels) combined into its
+    // columns of the outputs.
+    for (g, &start) in starts.iter().enumerate() {
+        // SAFETY: states and outputs were sized above, on this device, and live until
+        // the download has synchronised the stream.
+        unsafe {
+            combine(
+                &k,
+                (n_out, total_chunks, nbatch),
+                part.ptr + (g * group_bytes) as u64,
+                group_outputs(&spec, out.pointers(), start),
+                s,
+            )?
+        };
+    }
     Ok((out.download(problem, s)?, results[0].2))
 }
 

@@ -866,17 +866,10 @@ pub(crate) unsafe fn enqueue(
     // A kernel by columns runs once per group of columns, the wide arguments and the
     // outputs moved to the group's first column (it reads their rows at the whole row's
     // stride); other kernels once, as one group.
-    let starts = spec.columns.as_ref().map_or(vec![0], |c| c.starts());
+    let starts = group_starts(spec);
     let wide = |a: usize| spec.columns.as_ref().is_some_and(|c| c.wide.contains(&a));
-    let (dv, di) = spec.spec.output_dims();
     let size = spec.ty.size() as u64;
-    let outputs_at = |(ov, oi): (u64, u64), start: usize| {
-        let start = start as u64;
-        (
-            ov + if dv > 0 { start * size } else { 0 },
-            oi + if di > 0 { start * 8 } else { 0 },
-        )
-    };
+    let outputs_at = |outs, start| group_outputs(spec, outs, start);
     // The argument table: each group's pointers, then the batch offsets (the same for
     // every group).
     let mut table: Vec<i64> = Vec::with_capacity(nargs * (starts.len() + nbatch));
@@ -945,27 +938,23 @@ pub(crate) unsafe fn enqueue(
     let (mut n_red_c, mut chunk, mut j_base) = (n_red as i64, l.chunk as i64, call.j_base as i64);
     let nchunks = l.grid.1;
     // The 2D scheme's partial states, combined after each launch (freed in stream order;
-    // the groups use them in turn).
+    // the groups use them in turn). A multi-GPU part's states: one block per group.
     let mut own_part = None;
-    let (outs, mut part) = match call.target {
+    let group_states = nbatch * nchunks * n_out * spec.state_bytes();
+    let (outs, part, part_step) = match call.target {
         Target::Outputs(ov, oi) if l.scheme == Scheme::TwoD => {
-            let bytes = nbatch * nchunks * n_out * spec.state_bytes();
-            let p = StreamBuf::alloc(bytes, stream, "allocating partial states")?;
+            let p = StreamBuf::alloc(group_states, stream, "allocating partial states")?;
             let ptr = p.ptr;
             own_part = Some(p);
-            ((ov, oi), ptr)
+            ((ov, oi), ptr, 0)
         }
-        Target::Outputs(ov, oi) => ((ov, oi), 0),
-        Target::States(_) if starts.len() > 1 => {
-            return Err(KeopsError::Cuda(
-                "internal: partial states of a kernel by columns".into(),
-            ))
-        }
-        Target::States(p) => ((0, 0), p),
+        Target::Outputs(ov, oi) => ((ov, oi), 0, 0),
+        Target::States(p) => ((0, 0), p, group_states as u64),
     };
     for (group, &start) in starts.iter().enumerate() {
         let mut args = args_of(group);
         let (mut ov, mut oi) = outputs_at(outs, start);
+        let mut part = part + group as u64 * part_step;
         let mut params: Vec<*mut c_void> = vec![
             (&mut n_out_c as *mut i32).cast(),
             (&mut n_red_c as *mut i64).cast(),
@@ -992,6 +981,26 @@ pub(crate) unsafe fn enqueue(
         }
     }
     Ok(())
+}
+
+/// The first column of each launch of `spec`'s kernel: its groups of columns
+/// ([`KernelSpec::by_columns`]), or one launch of whole rows.
+pub(crate) fn group_starts(spec: &KernelSpec) -> Vec<usize> {
+    spec.columns.as_ref().map_or(vec![0], |c| c.starts())
+}
+
+/// The output pointers `(values, indices)` moved to column `start` of their rows.
+pub(crate) fn group_outputs(spec: &KernelSpec, (ov, oi): (u64, u64), start: usize) -> (u64, u64) {
+    let (dv, di) = spec.spec.output_dims();
+    let start = start as u64;
+    (
+        ov + if dv > 0 {
+            start * spec.ty.size() as u64
+        } else {
+            0
+        },
+        oi + if di > 0 { start * 8 } else { 0 },
+    )
 }
 
 /// `v` as a kernel's `int` parameter, or an error naming `what` past 2^31.
@@ -1100,19 +1109,17 @@ pub(crate) struct Prepared {
 }
 
 /// Device `id` bound to this thread, its kernels for `genred` and the launch plan for
-/// `layout`. With `by_columns`, a wide output is computed a group of columns per launch
-/// where the formula allows ([`KernelSpec::by_columns`]); partial states for another
-/// device (a multi-GPU part) need whole rows.
+/// `layout`. A wide output is computed a group of columns per launch where the formula
+/// allows ([`KernelSpec::by_columns`]).
 pub(crate) fn prepare<T: Element>(
     id: usize,
     genred: &Genred,
     layout: &Layout,
     opts: &Options,
-    by_columns: bool,
 ) -> Result<Prepared> {
     let dev = device(id)?;
     let spec = KernelSpec::new::<T>(genred, opts);
-    let spec = if by_columns && env_columns() {
+    let spec = if env_columns() {
         spec.by_columns()
     } else {
         spec
@@ -1184,7 +1191,7 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<(Redu
         launch: l,
         kernels: k,
         origin,
-    } = prepare::<T>(opts.device_id, genred, layout, opts, true)?;
+    } = prepare::<T>(opts.device_id, genred, layout, opts)?;
     let stream = dev.new_stream()?;
     let s = stream.raw;
     let bufs = upload_args(&problem.args, s)?;
@@ -1493,7 +1500,7 @@ pub unsafe fn run_in_place<T: Element>(
         launch: l,
         kernels: k,
         origin,
-    } = prepare::<T>(opts.device_id, genred, &layout, opts, true)?;
+    } = prepare::<T>(opts.device_id, genred, &layout, opts)?;
     let id = opts.device_id;
     for (i, a) in args.iter().enumerate() {
         let n = a.shape.iter().product::<usize>();
