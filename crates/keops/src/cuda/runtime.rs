@@ -869,7 +869,6 @@ pub(crate) unsafe fn enqueue(
     let starts = group_starts(spec);
     let wide = |a: usize| spec.columns.as_ref().is_some_and(|c| c.wide.contains(&a));
     let size = spec.ty.size() as u64;
-    let outputs_at = |outs, start| group_outputs(spec, outs, start);
     // The argument table: each group's pointers, then the batch offsets (the same for
     // every group).
     let mut table: Vec<i64> = Vec::with_capacity(nargs * (starts.len() + nbatch));
@@ -912,7 +911,7 @@ pub(crate) unsafe fn enqueue(
         let red_d = StreamBuf::upload(&red, stream, "copying the block ranges")?;
         for (group, &start) in starts.iter().enumerate() {
             let (mut tk, mut rd, mut args) = (task_d.ptr, red_d.ptr, args_of(group));
-            let (mut ov, mut oi) = outputs_at((ov, oi), start);
+            let (mut ov, mut oi) = group_outputs(spec, (ov, oi), start);
             let mut params: Vec<*mut c_void> = vec![
                 (&mut n_out_c as *mut i32).cast(),
                 (&mut tk as *mut u64).cast(),
@@ -953,7 +952,7 @@ pub(crate) unsafe fn enqueue(
     };
     for (group, &start) in starts.iter().enumerate() {
         let mut args = args_of(group);
-        let (mut ov, mut oi) = outputs_at(outs, start);
+        let (mut ov, mut oi) = group_outputs(spec, outs, start);
         let mut part = part + group as u64 * part_step;
         let mut params: Vec<*mut c_void> = vec![
             (&mut n_out_c as *mut i32).cast(),
