@@ -301,6 +301,24 @@ fn wide_outputs_are_computed_by_columns() {
             }
         }
     }
+    // float32 data summed in float64: groups of 32 (the state's registers).
+    let (f, w, r) = common::column_cases()[0];
+    let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, 1);
+    let o = Options {
+        dtype_acc: keops::plan::AccType::Float64,
+        ..opts(GpuScheme::Auto, SumScheme::BlockSum)
+    };
+    let k = KernelSpec::new::<f32>(&g, &o).by_columns();
+    assert_eq!(k.columns.map(|c| c.width), Some(32));
+    let mut rng = Rng::new(15);
+    let mut inp = Inputs::new();
+    inp.push(&[90, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[250, 3], || rng.uniform(-1.0, 1.0))
+        .push(&[90, 300], || rng.uniform(-1.0, 1.0))
+        .push(&[250, 300], || rng.uniform(-1.0, 1.0))
+        .push(&[300], || rng.uniform(0.5, 1.0));
+    check::<f32>(&g, &inp, &o, "float64 sums by columns");
+
     let (ni, nj) = (150, 400);
     let mut rng = Rng::new(13);
     let mut inp = Inputs::new();

@@ -26,7 +26,7 @@ use crate::formula::{Formula, Op};
 use crate::reduction::{Reduction, ReductionSpec};
 use std::collections::HashMap;
 
-/// Bytes of each group's columns in one state: 64 float32 or 32 float64 values, as
+/// Bytes of each group's columns in one state: 64 float32 or 32 float64 sums, as
 /// KeOps' groups. The Gaussian product's pair loop then takes 95 instructions per
 /// group (NVRTC 13, sm_90): 64 multiply-adds, 16 vector loads, the scalar part.
 pub const WIDTH_BYTES: usize = 256;
@@ -79,17 +79,18 @@ pub struct Narrow {
     pub spec: ReductionSpec,
 }
 
-/// The narrow form of `formula` (weighted by `weight`) under `spec`, for data of
-/// `elem_bytes` bytes per value; `None` where the output's rows are no wider than
+/// The narrow form of `formula` (weighted by `weight`) under `spec`, for states of
+/// `acc_bytes` bytes per value (the accumulation type's: float64 sums of float32 data
+/// take twice the registers); `None` where the output's rows are no wider than
 /// [`WHOLE_MAX_BYTES`], or the reduction or the formula does not allow it (see the
 /// module docs).
 pub fn plan(
     formula: &Formula,
     weight: Option<&Formula>,
     spec: &ReductionSpec,
-    elem_bytes: usize,
+    acc_bytes: usize,
 ) -> Option<Narrow> {
-    let width = WIDTH_BYTES / elem_bytes.max(1);
+    let width = WIDTH_BYTES / acc_bytes.max(1);
     let weighted = weight.is_some();
     let full = match spec.kind {
         Reduction::Sum
@@ -107,7 +108,7 @@ pub fn plan(
         Reduction::LogSumExp | Reduction::SumSoftMaxWeight => spec.weight_dim?,
         _ => return None,
     };
-    if full * elem_bytes <= WHOLE_MAX_BYTES {
+    if full * acc_bytes <= WHOLE_MAX_BYTES {
         return None;
     }
     let wide_root = weight.unwrap_or(formula);
@@ -210,9 +211,9 @@ mod tests {
     use super::*;
     use crate::plan::Genred;
 
-    fn narrow(formula: &str, aliases: &[&str], r: Reduction, elem: usize) -> Option<Narrow> {
+    fn narrow(formula: &str, aliases: &[&str], r: Reduction, acc: usize) -> Option<Narrow> {
         let g = Genred::new(formula, aliases, r, 1).unwrap();
-        plan(g.formula(), g.weight(), g.spec(), elem)
+        plan(g.formula(), g.weight(), g.spec(), acc)
     }
 
     #[test]

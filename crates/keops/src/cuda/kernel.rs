@@ -117,7 +117,7 @@ impl KernelSpec {
             &self.formula,
             self.weight.as_ref(),
             &self.spec,
-            self.ty.size(),
+            self.acc.size(),
         ) else {
             return self;
         };
