@@ -285,9 +285,16 @@ fn wide_outputs_are_computed_by_columns() {
             for axis in [0, 1] {
                 let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, axis);
                 let o = Options::default();
+                // 64 float32 (32 float64) sums a group, fewer with indices or maxima.
                 let by_columns = |k: KernelSpec| k.by_columns().columns.map(|c| c.width);
-                assert_eq!(by_columns(KernelSpec::new::<f32>(&g, &o)), Some(64), "{f}");
-                assert_eq!(by_columns(KernelSpec::new::<f64>(&g, &o)), Some(32), "{f}");
+                let (w32, w64) = (
+                    by_columns(KernelSpec::new::<f32>(&g, &o)).expect(f),
+                    by_columns(KernelSpec::new::<f64>(&g, &o)).expect(f),
+                );
+                assert!(w32 <= 64 && w64 <= 32 && w64 <= w32, "{f}: {w32} {w64}");
+                if r == Reduction::Sum {
+                    assert_eq!((w32, w64), (64, 32));
+                }
                 let ctx = format!("{f} {} axis {axis} {batch:?}", r.name());
                 check_schemes(&g, &inp, &ctx);
                 // Split over three parts (on device 0), states combined group by group.

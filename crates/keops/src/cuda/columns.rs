@@ -26,13 +26,14 @@ use crate::formula::{Formula, Op};
 use crate::reduction::{Reduction, ReductionSpec};
 use std::collections::HashMap;
 
-/// Bytes of each group's columns in one state: 64 float32 or 32 float64 sums, as
-/// KeOps' groups. The Gaussian product's pair loop then takes 95 instructions per
-/// group (NVRTC 13, sm_90): 64 multiply-adds, 16 vector loads, the scalar part.
+/// Most bytes of a group's columns in one state: 64 float32 or 32 float64 sums, as
+/// KeOps' groups (21 float32 minima with their 8-byte indices). The Gaussian product's
+/// pair loop then takes 95 instructions per group (NVRTC 13, sm_90): 64 multiply-adds,
+/// 16 vector loads, the scalar part.
 pub const WIDTH_BYTES: usize = 256;
 
-/// Outputs up to this many bytes per row keep whole rows: 240 float32 columns (120
-/// float64). Up to there, NVRTC 13 keeps the Gaussian product's sums in registers (at
+/// States up to this many bytes per row keep whole rows: 240 float32 sums (120
+/// float64, 80 float32 minima with their indices). Up to there, NVRTC 13 keeps the Gaussian product's sums in registers (at
 /// 240 columns the pair loop is 324 instructions, against 380 for 4 groups of 64); at
 /// 256 the loop reads and writes local memory 33 times per pair, and at 1000 it takes
 /// 3565 instructions, 2358 of them local memory, against 16 groups of 95.
@@ -81,16 +82,15 @@ pub struct Narrow {
 
 /// The narrow form of `formula` (weighted by `weight`) under `spec`, for states of
 /// `acc_bytes` bytes per value (the accumulation type's: float64 sums of float32 data
-/// take twice the registers); `None` where the output's rows are no wider than
-/// [`WHOLE_MAX_BYTES`], or the reduction or the formula does not allow it (see the
-/// module docs).
+/// take twice the registers; indices take 8 bytes); `None` where a row's state takes
+/// no more than [`WHOLE_MAX_BYTES`], or the reduction or the formula does not allow it
+/// (see the module docs).
 pub fn plan(
     formula: &Formula,
     weight: Option<&Formula>,
     spec: &ReductionSpec,
     acc_bytes: usize,
 ) -> Option<Narrow> {
-    let width = WIDTH_BYTES / acc_bytes.max(1);
     let weighted = weight.is_some();
     let full = match spec.kind {
         Reduction::Sum
@@ -108,9 +108,13 @@ pub fn plan(
         Reduction::LogSumExp | Reduction::SumSoftMaxWeight => spec.weight_dim?,
         _ => return None,
     };
-    if full * acc_bytes <= WHOLE_MAX_BYTES {
+    let (sv, si) = spec.state_len();
+    let state_bytes = sv * acc_bytes + si * 8;
+    if state_bytes <= WHOLE_MAX_BYTES {
         return None;
     }
+    // Per column (a weighted state's two scalars aside).
+    let width = (WIDTH_BYTES / (state_bytes / full).max(1)).clamp(1, full - 1);
     let wide_root = weight.unwrap_or(formula);
     let mut cut = Cut {
         full,
@@ -251,7 +255,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(n.columns.wide, vec![0, 1, 2]);
-        assert_eq!(n.formula.dim, 64);
+        // A maximum keeps its index: 12 bytes a column, groups of 21.
+        assert_eq!((n.formula.dim, n.columns.width), (21, 21));
+        assert_eq!(n.columns.starts().last(), Some(&279));
     }
 
     #[test]
