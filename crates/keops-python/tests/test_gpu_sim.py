@@ -42,6 +42,19 @@ def gauss_reference(x, y, b, axis: int):
     return K @ B, K @ np.abs(B)
 
 
+def i64(a) -> np.ndarray:
+    """``a`` as int64 (ranges arrays)."""
+    return np.array(a, dtype=np.int64)
+
+
+def torch_gauss_product(x, y, b):
+    """The Gaussian kernel product ``K(x, y) b`` of torch tensors on the GPU engine."""
+    from keops.torch import LazyTensor as TLazy
+
+    K = (-TLazy(x[:, None, :]).sqdist(TLazy(y[None, :, :]))).exp()
+    return (K * TLazy(b[None, :, :])).sum(dim=1, backend="GPU")
+
+
 def assert_float32_sum(got, want, scale, ulps: float = 16) -> None:
     """``got`` is within ``ulps`` float32 epsilons of the terms' magnitude from ``want``
     (the simulator's, the CPU's and a GPU's summation orders all differ; a sequential
@@ -100,7 +113,6 @@ def test_lazytensor_reductions_and_ranges() -> None:
     np.testing.assert_allclose((-D).logsumexp(dim=0, backend="GPU_2D"),
                                (-D).logsumexp(dim=0, backend="CPU"), rtol=1e-12)
     # Block-sparse: rows 0..100 see columns 0..200, rows 100..400 all of them.
-    i64 = lambda a: np.array(a, dtype=np.int64)  # noqa: E731
     ranges = (i64([[0, 100], [100, 400]]), i64([1, 2]), i64([[0, 200], [0, 600]]),
               i64([[0, 200], [200, 600]]), i64([1, 2]), i64([[0, 400], [100, 400]]))
     K = (-D).exp()
@@ -126,18 +138,11 @@ def test_kernel_solve_on_the_gpu_engine() -> None:
 
 def test_torch_autograd_through_the_gpu_engine() -> None:
     torch = pytest.importorskip("torch")
-    from keops.torch import LazyTensor as TLazy
-
     g = torch.Generator().manual_seed(0)
     x, y = (torch.rand(n, 3, generator=g, dtype=torch.float64, requires_grad=True)
             for n in (20, 30))
     b = torch.randn(30, 2, generator=g, dtype=torch.float64, requires_grad=True)
-
-    def f(x, y, b):
-        K = (-TLazy(x[:, None, :]).sqdist(TLazy(y[None, :, :]))).exp()
-        return (K * TLazy(b[None, :, :])).sum(dim=1, backend="GPU")
-
-    assert torch.autograd.gradcheck(f, (x, y, b))
+    assert torch.autograd.gradcheck(torch_gauss_product, (x, y, b))
 
 
 def test_wide_outputs_by_columns() -> None:
@@ -156,24 +161,17 @@ def test_wide_outputs_by_columns() -> None:
         np.testing.assert_allclose((-D).sumsoftmaxweight(V, dim=1, backend=backend),
                                    (-D).sumsoftmaxweight(V, dim=1, backend="CPU"),
                                    rtol=1e-12, atol=1e-11)
-    i64 = lambda a: np.array(a, dtype=np.int64)  # noqa: E731
     KV = K * V
     KV.ranges = (i64([[0, 60], [60, 120]]), i64([1, 2]), i64([[0, 100], [0, 200]]),
                  i64([[0, 100], [100, 200]]), i64([1, 2]), i64([[0, 120], [60, 120]]))
     np.testing.assert_allclose(KV.sum(dim=1, backend="GPU"), KV.sum(dim=1, backend="CPU"),
                                rtol=1e-12, atol=1e-11)
     torch = pytest.importorskip("torch")
-    from keops.torch import LazyTensor as TLazy
-
     g = torch.Generator().manual_seed(1)
     xt, yt = (torch.rand(n, 3, generator=g, dtype=torch.float64, requires_grad=True)
               for n in (8, 12))
     bt = torch.randn(12, 300, generator=g, dtype=torch.float64, requires_grad=True)
-
-    def f(x, y, b):
-        Kt = (-TLazy(x[:, None, :]).sqdist(TLazy(y[None, :, :]))).exp()
-        return (Kt * TLazy(b[None, :, :])).sum(dim=1, backend="GPU")
-
+    f = torch_gauss_product
     # The weights' gradient K^T c (300 wide) against the dense one; the points' by
     # finite differences (gradcheck over the 3,600 weights would take minutes here).
     c = torch.randn(8, 300, generator=g, dtype=torch.float64)

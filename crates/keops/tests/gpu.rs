@@ -261,6 +261,18 @@ fn chunked_kernels_match_the_oracle() {
     }
 }
 
+/// Inputs of `common::COLUMN_ALIASES` (x, y, u, v, p) of these shapes: uniform in
+/// [-1, 1], p in [0.5, 1].
+fn column_inputs(shapes: [&[usize]; 5], seed: u64) -> Inputs {
+    let mut rng = Rng::new(seed);
+    let mut inp = Inputs::new();
+    for (k, shape) in shapes.iter().enumerate() {
+        let lo = if k == 4 { 0.5 } else { -1.0 };
+        inp.push(shape, || rng.uniform(lo, 1.0));
+    }
+    inp
+}
+
 /// Outputs wider than registers hold, computed a group of columns per launch
 /// (`keops::cuda::columns`): every case of `common::column_cases`, both axes, both
 /// schemes, float32 and float64 (groups of 64 and 32 columns, the last one overlapping),
@@ -273,14 +285,10 @@ fn wide_outputs_are_computed_by_columns() {
         return;
     }
     for (ni, nj, batch) in [(150, 400, vec![]), (20, 250, vec![2])] {
-        let mut rng = Rng::new(12);
         let sh = |n: usize, d: usize| [&batch[..], &[n, d][..]].concat();
-        let mut inp = Inputs::new();
-        inp.push(&sh(ni, 3), || rng.uniform(-1.0, 1.0))
-            .push(&sh(nj, 3), || rng.uniform(-1.0, 1.0))
-            .push(&sh(ni, 300), || rng.uniform(-1.0, 1.0))
-            .push(&sh(nj, 300), || rng.uniform(-1.0, 1.0))
-            .push(&[&batch[..], &[300][..]].concat(), || rng.uniform(0.5, 1.0));
+        let p = [&batch[..], &[300][..]].concat();
+        let shapes = [&sh(ni, 3)[..], &sh(nj, 3), &sh(ni, 300), &sh(nj, 300), &p];
+        let inp = column_inputs(shapes, 12);
         for (f, w, r) in common::column_cases() {
             for axis in [0, 1] {
                 let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, axis);
@@ -317,23 +325,11 @@ fn wide_outputs_are_computed_by_columns() {
     };
     let k = KernelSpec::new::<f32>(&g, &o).by_columns();
     assert_eq!(k.columns.map(|c| c.width), Some(32));
-    let mut rng = Rng::new(15);
-    let mut inp = Inputs::new();
-    inp.push(&[90, 3], || rng.uniform(-1.0, 1.0))
-        .push(&[250, 3], || rng.uniform(-1.0, 1.0))
-        .push(&[90, 300], || rng.uniform(-1.0, 1.0))
-        .push(&[250, 300], || rng.uniform(-1.0, 1.0))
-        .push(&[300], || rng.uniform(0.5, 1.0));
+    let inp = column_inputs([&[90, 3], &[250, 3], &[90, 300], &[250, 300], &[300]], 15);
     check::<f32>(&g, &inp, &o, "float64 sums by columns");
 
     let (ni, nj) = (150, 400);
-    let mut rng = Rng::new(13);
-    let mut inp = Inputs::new();
-    inp.push(&[ni, 3], || rng.uniform(-1.0, 1.0))
-        .push(&[nj, 3], || rng.uniform(-1.0, 1.0))
-        .push(&[ni, 300], || rng.uniform(-1.0, 1.0))
-        .push(&[nj, 300], || rng.uniform(-1.0, 1.0))
-        .push(&[300], || rng.uniform(0.5, 1.0));
+    let inp = column_inputs([&[ni, 3], &[nj, 3], &[ni, 300], &[nj, 300], &[300]], 13);
     // Clusters of 40 x 50 rows, some rows reached by no range.
     let ranges = cluster_ranges((ni, 40), (nj, 50), |t| t % 3 != 1 && t / 8 != 2);
     for (f, w, r) in common::column_cases() {
@@ -357,13 +353,14 @@ fn wide_outputs_are_computed_by_columns() {
         check_values(&got, &want, scale.as_deref(), tol_for::<f32>(), &ctx);
     }
     // In place: the kernel product on device arrays, a padded batch stride on x.
-    let mut rng = Rng::new(14);
-    let mut inp = Inputs::new();
-    inp.push(&[2, 90, 3], || rng.uniform(-1.0, 1.0))
-        .push(&[1, 250, 3], || rng.uniform(-1.0, 1.0))
-        .push(&[90, 300], || rng.uniform(-1.0, 1.0))
-        .push(&[2, 250, 300], || rng.uniform(-1.0, 1.0))
-        .push(&[300], || rng.uniform(0.5, 1.0));
+    let shapes = [
+        &[2, 90, 3][..],
+        &[1, 250, 3],
+        &[90, 300],
+        &[2, 250, 300],
+        &[300],
+    ];
+    let inp = column_inputs(shapes, 14);
     let (f, w, r) = common::column_cases()[0];
     let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, 1);
     let want = keops::reference::reduce(&g, &inp.args_f64()).unwrap();
