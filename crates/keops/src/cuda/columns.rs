@@ -22,7 +22,7 @@
 //! 146 dimensions (`GpuReduc1D_finalchunks`), computing the scalar part once per pair
 //! but adding each tile's columns into the outputs in global memory.
 
-use crate::formula::{Formula, Op};
+use crate::formula::{variables, Formula, Op};
 use crate::reduction::{Reduction, ReductionSpec};
 use std::collections::HashMap;
 
@@ -128,12 +128,10 @@ pub fn plan(
     // of a weighted reduction, may read them whole.
     let mut elsewhere = cut.scalars.clone();
     elsewhere.extend(weight.map(|_| formula.clone()));
-    let reads_wide = |f: &Formula| {
-        f.topo_order()
-            .iter()
-            .any(|n| matches!(n.op, Op::Var { index, .. } if cut.wide.contains(&index)))
-    };
-    if elsewhere.iter().any(reads_wide) {
+    let reads_wide = variables(&elsewhere)
+        .iter()
+        .any(|v| v.as_var().is_some_and(|(_, i)| cut.wide.contains(&i)));
+    if reads_wide {
         return None;
     }
     let (formula, weight, narrow_spec) = match weight {
