@@ -4,7 +4,8 @@
 # Stages, each on its own so that one failing does not hide the others:
 #   rust     tests/gpu.rs: every op and reduction against the oracle, both schemes,
 #            f32/f64, block-sparse, device arrays in place, the multi-GPU split, and
-#            the last two again without memory pools (KEOPS_CUDA_MEMORY_POOLS=0)
+#            the in-place and block-sparse tests again without memory pools
+#            (KEOPS_CUDA_MEMORY_POOLS=0)
 #   cache    cuda_info twice, with a new cache directory: compile time, then the disk
 #            hit and wide outputs by columns against whole rows; a third time without
 #            memory pools (small calls' cost)
@@ -62,6 +63,8 @@ if [[ " $stages " == *" bench "* ]]; then
 fi
 SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 status=0 summary=""
+# One line of the closing table: stage, result, seconds.
+record() { summary+=$(printf '\n%-8s %-20s %4d s' "$1" "$2" "$3"); }
 for s in $stages; do
   limit_var=LIMIT_$s
   case $s in
@@ -78,7 +81,7 @@ for s in $stages; do
     bench) cmd=("$PY" benchmarks/bench.py --no-progress --out "$LOG" $BENCH_ARGS) limit=220 ;;
     sanitize)
       if [ ! -x "$SANITIZER" ]; then
-        status=1 summary+=$(printf '\n%-8s %-20s %4d s' "$s" "not run: no $SANITIZER" 0)
+        status=1; record "$s" "not run: no $SANITIZER" 0
         continue
       fi
       cmd=(sh -c "for tool in memcheck racecheck; do
@@ -95,7 +98,7 @@ for s in $stages; do
   limit=${!limit_var:-$limit}
   left=$((DEADLINE - SECONDS - 10))  # 10 s for a stopped stage to report and exit
   if [ "$left" -lt 10 ]; then
-    status=1 summary+=$(printf '\n%-8s %-20s %4d s' "$s" "not run: no time left" 0)
+    status=1; record "$s" "not run: no time left" 0
     continue
   fi
   [ "$limit" -le "$left" ] || limit=$left
@@ -106,7 +109,7 @@ for s in $stages; do
   rc=${PIPESTATUS[0]}
   case $rc in 0) result=ok ;; 124|137) result="stopped at $limit s" ;; *) result="FAILED ($rc)" ;; esac
   [ "$rc" -eq 0 ] || status=1
-  summary+=$(printf '\n%-8s %-20s %4d s' "$s" "$result" $((SECONDS - start)))
+  record "$s" "$result" $((SECONDS - start))
 done
 say echo "== stages (logs in $LOG; $SECONDS s in all)$summary"
 exit $status
