@@ -63,6 +63,17 @@ fn rerun_in_child(name: &str, env: &[(&str, &str)]) -> std::process::Output {
     cmd.output().unwrap()
 }
 
+/// Asserts that test `name`, run alone in a child process with `env` added, passes.
+fn passes_in_child(name: &str, env: &[(&str, &str)]) {
+    let out = rerun_in_child(name, env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} with {env:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn opts(scheme: GpuScheme, sum: SumScheme) -> Options {
     Options {
         backend: Backend::Gpu,
@@ -697,13 +708,7 @@ fn temporaries_without_memory_pools_are_right() {
             "block_sparse_matches_the_cpu_engine",
         ];
         for name in if sim { &suites[..1] } else { &suites[..] } {
-            let out = rerun_in_child(name, &[("KEOPS_CUDA_MEMORY_POOLS", "0")]);
-            assert!(
-                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-                "{name} without memory pools: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            passes_in_child(name, &[("KEOPS_CUDA_MEMORY_POOLS", "0")]);
         }
         return;
     }
@@ -872,15 +877,13 @@ fn device_memory_runs_out_cleanly() {
         Ok(Some(limit)) => limit,
         _ => {
             let memory = (1 << 20).to_string();
-            let out = rerun_in_child(
+            passes_in_child(
                 "device_memory_runs_out_cleanly",
                 &[
                     ("KEOPS_CUDA_SIMULATOR", "2"),
                     ("KEOPS_CUDA_SIMULATOR_MEMORY", &memory),
                 ],
             );
-            let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success() && text.contains("1 passed"), "{text}");
             return;
         }
     };
