@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCH))
 
 from keops_bench import report  # noqa: E402
 from keops_bench.cases import CASES, find_cases  # noqa: E402
-from keops_bench.methods import NumpyDense, find_methods  # noqa: E402
+from keops_bench.methods import NumpyDense, find_methods, method_key  # noqa: E402
 from keops_bench.runner import (BUDGET, OK, OOM, Point, Settings, measure,  # noqa: E402
                                 predict, run_case)
 
@@ -153,8 +153,7 @@ def test_a_method_this_machine_lacks_is_reported_absent_not_an_error() -> None:
     # The GPU check names pykeops GPU; where pykeops or CUDA is missing, the others run.
     wanted = ["keops-rs", "keops-rs-gpu", "torch-gpu", "pykeops-gpu"]
     methods, missing = find_methods(wanted, gpu_rows=[2])
-    keys = [m.key for m in methods] + [k.lower().replace(" ", "-").replace("pytorch", "torch")
-                                       for k in missing]
+    keys = [m.key for m in methods] + [method_key(k) for k in missing]
     assert set(keys) == set(wanted) | {"keops-rs-gpu-rows=2"}, (keys, missing)
     assert methods[0].name == "keops-rs"
     assert all(why for why in missing.values())
