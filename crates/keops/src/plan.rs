@@ -23,30 +23,98 @@ impl Element for f32 {
 impl Element for f64 {
     const FAST_MATH: bool = false;
 }
-mod private {
+pub(crate) mod private {
     use super::{Options, Problem, Reduced, Result};
 
     pub trait Sealed: Sized {
         /// Runs a checked problem on the engine the options pick.
         fn run_problem(problem: &Problem<'_, Self>, opts: &Options) -> Result<Reduced<Self>>;
+
+        /// `c = a b` with matrixmultiply's GEMM for this type, `mkn = (m, k, n)`: `a` is
+        /// `m x k` with rows `rsa` apart, `b` is `k x n` with strides `(rsb, csb)`, `c` is row-major
+        /// `m x n`. Panics if a slice is too short (a bug in the caller, not user input).
+        #[allow(clippy::too_many_arguments)]
+        fn gemm(
+            mkn: (usize, usize, usize),
+            a: &[Self],
+            rsa: usize,
+            b: &[Self],
+            rsb: usize,
+            csb: usize,
+            c: &mut [Self],
+        );
+    }
+
+    /// Checks that `gemm`'s slices hold every element it reads and writes.
+    fn check_gemm<T>(
+        (m, k, n): (usize, usize, usize),
+        a: &[T],
+        rsa: usize,
+        b: &[T],
+        (rsb, csb): (usize, usize),
+        c: &[T],
+    ) -> bool {
+        if m == 0 || k == 0 || n == 0 {
+            return false;
+        }
+        assert!(a.len() > (m - 1) * rsa + (k - 1), "gemm: a too short");
+        assert!(b.len() > (k - 1) * rsb + (n - 1) * csb, "gemm: b too short");
+        assert!(c.len() >= m * n, "gemm: c too short");
+        true
     }
 
     // One instance of the engines per type, compiled in this crate: generic code is not
     // shared across crates in release builds, so a generic entry point would have every
     // crate that calls it (the Python module, the CLI, each test binary) compile the CPU
     // engine's SIMD variants again (about 90 s each on 2 cores).
-    impl Sealed for f32 {
-        #[inline(never)]
-        fn run_problem(problem: &Problem<'_, f32>, opts: &Options) -> Result<Reduced<f32>> {
-            super::run_problem(problem, opts)
-        }
+    macro_rules! sealed {
+        ($t:ty, $gemm:path) => {
+            impl Sealed for $t {
+                #[inline(never)]
+                fn run_problem(problem: &Problem<'_, $t>, opts: &Options) -> Result<Reduced<$t>> {
+                    super::run_problem(problem, opts)
+                }
+
+                fn gemm(
+                    mkn: (usize, usize, usize),
+                    a: &[$t],
+                    rsa: usize,
+                    b: &[$t],
+                    rsb: usize,
+                    csb: usize,
+                    c: &mut [$t],
+                ) {
+                    if !check_gemm(mkn, a, rsa, b, (rsb, csb), c) {
+                        c.iter_mut().for_each(|v| *v = 0.0);
+                        return;
+                    }
+                    let (m, k, n) = mkn;
+                    // SAFETY: `check_gemm` checked that every element read from `a` and
+                    // `b` and written to `c` lies in its slice; beta = 0 never reads `c`.
+                    unsafe {
+                        $gemm(
+                            m,
+                            k,
+                            n,
+                            1.0,
+                            a.as_ptr(),
+                            rsa as isize,
+                            1,
+                            b.as_ptr(),
+                            rsb as isize,
+                            csb as isize,
+                            0.0,
+                            c.as_mut_ptr(),
+                            n as isize,
+                            1,
+                        )
+                    }
+                }
+            }
+        };
     }
-    impl Sealed for f64 {
-        #[inline(never)]
-        fn run_problem(problem: &Problem<'_, f64>, opts: &Options) -> Result<Reduced<f64>> {
-            super::run_problem(problem, opts)
-        }
-    }
+    sealed!(f32, matrixmultiply::sgemm);
+    sealed!(f64, matrixmultiply::dgemm);
 }
 
 /// Runs a checked problem on the GPU or the CPU, as `opts.backend` says.

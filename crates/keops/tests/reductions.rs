@@ -546,7 +546,8 @@ fn k_larger_than_m_is_an_error() {
 /// here, with each summation scheme.
 #[test]
 fn float32_accuracy_of_long_sums() {
-    let (n, m) = (4usize, 1_000_000usize);
+    // 8 rows: enough for the CPU engine's GEMM on the 8 columns of weights below.
+    let (n, m) = (8usize, 1_000_000usize);
     let mut r = Rng::new(40);
     let x: Vec<f32> = (0..n * 3).map(|_| r.uniform(-0.5, 0.5) as f32).collect();
     let y: Vec<f32> = (0..m * 3).map(|_| r.uniform(-1.0, 1.0) as f32).collect();
@@ -578,6 +579,23 @@ fn float32_accuracy_of_long_sums() {
         Arg::new(&x, [n, 3]),
         Arg::new(&y, [m, 3]),
         Arg::new(&b, [m, 1]),
+    ];
+    // The same sums as 8 columns of weights (GEMM on the CPU engine): b, 2b, ..., 8b.
+    let wide = Genred::new(
+        "Exp(-SqDist(x,y)) * b",
+        &["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,8)"],
+        Reduction::Sum,
+        1,
+    )
+    .unwrap();
+    let b8: Vec<f32> = b
+        .iter()
+        .flat_map(|&v| (1..=8).map(move |c| v * c as f32))
+        .collect();
+    let wide_args = [
+        Arg::new(&x, [n, 3]),
+        Arg::new(&y, [m, 3]),
+        Arg::new(&b8, [m, 8]),
     ];
     let schemes = [
         ("default (block sum)", Options::default()),
@@ -626,23 +644,28 @@ fn float32_accuracy_of_long_sums() {
                 kernel,
                 ..opts.clone()
             };
-            let t = std::time::Instant::now();
-            let got = g.call_with(&args, &opts).unwrap().values.unwrap().data;
-            let errs: Vec<f64> = got
-                .iter()
-                .zip(&want)
-                .map(|(&g, &w)| ((g as f64 - w) / w).abs())
-                .collect();
-            let err = errs.iter().fold(0.0f64, |a, &b| a.max(b));
-            println!(
-                "float32 Gaussian sum, M = 10^6, {name}, kernel {kernel:?}: max relative error \
-                 {err:.3e} (per row {:?}, {:?})",
-                errs.iter().map(|e| format!("{e:.1e}")).collect::<Vec<_>>(),
-                t.elapsed()
-            );
-            // Written so that a NaN error fails too.
-            if err.is_nan() || err > 1e-5 {
-                failures.push(format!("{name} {kernel:?}: {err:e}"));
+            for (width, g, args) in [(1, &g, &args[..]), (8, &wide, &wide_args[..])] {
+                let t = std::time::Instant::now();
+                let got = g.call_with(args, &opts).unwrap().values.unwrap().data;
+                // Column c holds (c + 1) times the sum.
+                let errs: Vec<f64> = got
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &g)| {
+                        let w = want[k / width] * (k % width + 1) as f64;
+                        ((g as f64 - w) / w).abs()
+                    })
+                    .collect();
+                let err = errs.iter().fold(0.0f64, |a, &b| a.max(b));
+                println!(
+                    "float32 Gaussian sum, M = 10^6, weights of width {width}, {name}, kernel \
+                     {kernel:?}: max relative error {err:.3e} ({:?})",
+                    t.elapsed()
+                );
+                // Written so that a NaN error fails too.
+                if err.is_nan() || err > 1e-5 {
+                    failures.push(format!("{name} {kernel:?} width {width}: {err:e}"));
+                }
             }
         }
     }

@@ -1,9 +1,9 @@
 //! Running a tile program over a block of output rows and a range of reduced rows.
 
-use super::accumulate::accumulate;
-use super::program::{Instr, ScalarStep, TileProgram};
+use super::accumulate::{accumulate, weighted_sums, Weights, GEMM_MIN_COLS};
+use super::program::{Instr, ScalarStep, Src, TileProgram};
 use super::simd::multiversion;
-use super::tile::{exec, ArgData, Regs};
+use super::tile::{exec, ArgData, Lane, Regs};
 use super::{Block, BlockRunner, Job};
 use crate::formula::{eval, Cat};
 use crate::plan::{AccType, Element, Options, Problem, SumScheme};
@@ -127,6 +127,13 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
         Some(t) => ArgData::DimMajor(t, n_red),
         None => ArgData::Rows(data[k]),
     };
+    // `K_ij b_j` with weights wide enough for GEMM: the rows' kernel values on a tile,
+    // multiplied by the weights at once. Narrower ones are summed row by row while the
+    // row's values are still in L1.
+    let weighted = p
+        .weighted_product()
+        .filter(|(_, w)| w.dim() >= GEMM_MIN_COLS);
+    let mut kernel = vec![T::ZERO; if weighted.is_some() { rows * tile } else { 0 }];
     for red in &job.red {
         let mut j0 = red.start;
         while j0 < red.end {
@@ -139,6 +146,12 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                 for ins in &p.pair_instrs {
                     exec::<T, M>(ins, &mut regs, s, &data_fn, j0, len);
                 }
+                if let Some((k, _)) = weighted {
+                    if let Lane::Tile(k) = regs.lane(&[], k, 0) {
+                        kernel[row * tile..row * tile + len].copy_from_slice(&k[..len]);
+                    }
+                    continue;
+                }
                 accumulate::<T, A, M>(
                     &r.spec,
                     r.scheme,
@@ -150,6 +163,22 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                     &mut block.vals[row * sv..(row + 1) * sv],
                     &mut block.idx[row * si..(row + 1) * si],
                     &mut tmp,
+                );
+            }
+            if let Some((_, Src::Tile { reg, start, dim })) = weighted {
+                weighted_sums::<T, A>(
+                    r.scheme,
+                    (&kernel, tile, rows),
+                    Weights {
+                        data: &regs.regs[reg][start * tile..],
+                        row_stride: 1,
+                        col_stride: tile,
+                        cols: dim,
+                    },
+                    len,
+                    1.0,
+                    &mut block.vals,
+                    sv,
                 );
             }
             j0 += len;

@@ -8,7 +8,7 @@
 //! reduced side stored dimension-major once per call. Anything else runs on the tile
 //! program; both give the same results within rounding.
 
-use super::accumulate::tile_sum;
+use super::accumulate::{tile_sum, weighted_sums, Weights, GEMM_MIN_COLS};
 use super::simd::multiversion;
 use super::{batch_data, Block, BlockRunner, Isa, Job};
 use crate::formula::eval::PointEvaluator;
@@ -17,6 +17,7 @@ use crate::formula::{Binary, Cat, Formula, Op, Unary};
 use crate::plan::{AccType, Element, Options, Problem, SumScheme};
 use crate::real::{MathMode, Real};
 use crate::reduction::Reduction;
+use std::borrow::Cow;
 
 /// The radial profile of a fused kernel, as a function of `r2 = |x - y|^2`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,23 +181,24 @@ fn eval_product<T: Element>(
     })
 }
 
-/// Per-batch data of a fused kernel: the reduced side dimension-major.
-struct Prepared<T> {
+/// Per-batch data of a fused kernel: the reduced side's points dimension-major.
+struct Prepared<'a, T: Clone> {
     /// `y` as `dim` rows of `n_red` values.
     y: Vec<T>,
-    /// `b` as `e` rows of `n_red` values.
-    b: Vec<T>,
+    /// `b` and its (row, column) strides: as the caller stores it (`n_red` rows of `e`
+    /// values) where GEMM will read it along its rows, else dimension-major for the lanes.
+    b: Option<(Cow<'a, [T]>, usize, usize)>,
     coef: T,
     scale: f64,
 }
 
 /// A fused kernel bound to a problem.
-pub struct FusedRunner<'p, 'a, T> {
+pub struct FusedRunner<'p, 'a, T: Clone> {
     problem: &'p Problem<'a, T>,
     m: RadialSum,
     e: usize,
     n_red: usize,
-    batches: Vec<Prepared<T>>,
+    batches: Vec<Prepared<'a, T>>,
     scheme: SumScheme,
     acc64: bool,
 }
@@ -220,9 +222,10 @@ impl<'p, 'a, T: Element> FusedRunner<'p, 'a, T> {
                 let data = batch_data(problem, bi);
                 Prepared {
                     y: super::transpose(data[m.y], n_red, m.dim),
-                    b: m.b
-                        .map(|k| super::transpose(data[k], n_red, e))
-                        .unwrap_or_default(),
+                    b: m.b.map(|k| match e >= GEMM_MIN_COLS {
+                        true => (Cow::Borrowed(data[k]), e, 1),
+                        false => (Cow::Owned(super::transpose(data[k], n_red, e)), 1, n_red),
+                    }),
                     coef: T::from_f64(eval_product(&m.coef, problem, &data)),
                     scale: eval_product(&m.scale, problem, &data),
                 }
@@ -252,7 +255,7 @@ const TB: usize = 512;
 fn radial_body<T: Element, A: Real, M: MathMode>(
     r: &FusedRunner<'_, '_, T>,
     x: &[T],
-    prep: &Prepared<T>,
+    prep: &Prepared<'_, T>,
     job: &Job,
     block: &mut Block,
 ) {
@@ -278,24 +281,24 @@ fn radial_body<T: Element, A: Real, M: MathMode>(
 fn radial_loop<T: Element, A: Real>(
     r: &FusedRunner<'_, '_, T>,
     x: &[T],
-    prep: &Prepared<T>,
+    prep: &Prepared<'_, T>,
     job: &Job,
     block: &mut Block,
     profile: impl Fn(T) -> T,
 ) {
     let (d, e, n) = (r.m.dim, r.e, r.n_red);
     let mut r2 = [T::ZERO; TB];
-    let mut k = [T::ZERO; TB];
-    // Tiles outside, rows inside: a tile of y and b (a few KiB) stays in L1 for the
-    // whole row block instead of streaming all of y from memory once per row. Each
-    // row still sees the tiles in order, so results do not depend on the loop order.
+    // The kernel values of the job's rows on one tile, for the weighted sums.
+    let mut k = vec![T::ZERO; job.rows.len() * TB];
+    // Tiles outside, rows inside: a tile of y and b stays in cache for the whole row
+    // block instead of streaming all of y from memory once per row. Each row still sees
+    // the tiles in order, so results do not depend on the loop order.
     for red in &job.red {
         let mut j0 = red.start;
         while j0 < red.end {
             let len = TB.min(red.end - j0);
             for (row, i) in job.rows.clone().enumerate() {
                 let xi = &x[i * d..(i + 1) * d];
-                let state = &mut block.vals[row * e..(row + 1) * e];
                 let r2 = &mut r2[..len];
                 r2.fill(T::ZERO);
                 for (c, &xc) in xi.iter().enumerate() {
@@ -305,18 +308,29 @@ fn radial_loop<T: Element, A: Real>(
                         *o += t * t;
                     }
                 }
-                let k = &mut k[..len];
+                let k = &mut k[row * TB..row * TB + len];
                 for (o, &v) in k.iter_mut().zip(r2.iter()) {
                     *o = profile(v);
                 }
-                if prep.b.is_empty() {
-                    state[0] += prep.scale * tile_sum::<T, A>(k, None, r.scheme);
-                } else {
-                    for (c, s) in state.iter_mut().enumerate() {
-                        let bc = &prep.b[c * n + j0..c * n + j0 + len];
-                        *s += prep.scale * tile_sum::<T, A>(k, Some(bc), r.scheme);
-                    }
+                if prep.b.is_none() {
+                    block.vals[row] += prep.scale * tile_sum::<T, A>(k, None, r.scheme);
                 }
+            }
+            if let Some((b, row_stride, col_stride)) = &prep.b {
+                weighted_sums::<T, A>(
+                    r.scheme,
+                    (&k, TB, job.rows.len()),
+                    Weights {
+                        data: &b[j0 * row_stride..],
+                        row_stride: *row_stride,
+                        col_stride: *col_stride,
+                        cols: e,
+                    },
+                    len,
+                    prep.scale,
+                    &mut block.vals,
+                    e,
+                );
             }
             j0 += len;
         }
@@ -324,7 +338,7 @@ fn radial_loop<T: Element, A: Real>(
 }
 
 multiversion! {
-    fn radial<T: Element, A: Real>(r: &FusedRunner<'_, '_, T>, x: &[T], prep: &Prepared<T>, job: &Job, block: &mut Block) = radial_body;
+    fn radial<T: Element, A: Real>(r: &FusedRunner<'_, '_, T>, x: &[T], prep: &Prepared<'_, T>, job: &Job, block: &mut Block) = radial_body;
 }
 
 impl<T: Element> BlockRunner for FusedRunner<'_, '_, T> {

@@ -318,6 +318,35 @@ impl TileProgram {
     }
 }
 
+impl TileProgram {
+    /// The fused product as `(kernel, weight)` when it is a kernel matrix times weights,
+    /// `K_ij b_j`: a kernel of dimension 1 and weights computed once per tile (the
+    /// reduced side only), so that a block of rows' sums over a tile is the matrix
+    /// product of their kernel values and the weights.
+    pub fn weighted_product(&self) -> Option<(Src, Src)> {
+        let (a, b) = self.product?;
+        let per_tile = |s: Src| match s {
+            Src::Tile { reg, .. } => self.tile_instrs.iter().any(|i| i.dst() == reg),
+            Src::Scalar { .. } => false,
+        };
+        [(a, b), (b, a)]
+            .into_iter()
+            .find(|&(k, w)| k.dim() == 1 && per_tile(w))
+    }
+}
+
+impl Instr {
+    /// The register the instruction writes.
+    pub fn dst(&self) -> usize {
+        match self {
+            Instr::Load { dst, .. }
+            | Instr::Broadcast { dst, .. }
+            | Instr::Apply { dst, .. }
+            | Instr::ScaledExp { dst, .. } => *dst,
+        }
+    }
+}
+
 /// `(a, scalars, negated)` if `f` is `a` times scalars of dimension 1, possibly
 /// negated, where each folded node is read only by the next one up.
 fn scaled_exp_operands(
@@ -378,13 +407,7 @@ fn remove_dead(p: &mut TileProgram) {
     for list in [&mut p.pair_instrs, &mut p.tile_instrs] {
         let mut kept = Vec::new();
         for ins in list.drain(..).rev() {
-            let dst = match &ins {
-                Instr::Load { dst, .. }
-                | Instr::Broadcast { dst, .. }
-                | Instr::Apply { dst, .. }
-                | Instr::ScaledExp { dst, .. } => *dst,
-            };
-            if !live[dst] {
+            if !live[ins.dst()] {
                 continue;
             }
             match &ins {
@@ -465,6 +488,29 @@ mod tests {
         // Not a Sum: the product stays an instruction.
         let q = compile("Exp(SqDist(x,y) * g) * b", false);
         assert!(q.product.is_none() && q.roots.len() == 1);
+    }
+
+    #[test]
+    fn kernel_times_weights_is_a_weighted_product() {
+        let al = ["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,9)", "g = Pm(3,1)"];
+        let weighted = |f: &str| {
+            let p = TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, true);
+            p.weighted_product().map(|(k, w)| (k.dim(), w.dim()))
+        };
+        assert_eq!(weighted("Exp(SqDist(x,y) * g) * b"), Some((1, 9)));
+        assert_eq!(weighted("b * Cos(x|y)"), Some((1, 9)), "either order");
+        assert_eq!(
+            weighted("Exp(-SqDist(x,y)) * Exp(b)"),
+            Some((1, 9)),
+            "hoisted weights"
+        );
+        for f in [
+            "Exp(-SqDist(x,y)) * Sin(b - Sum(x))",
+            "(x - y) * Elem(b, 0)",
+            "Exp(-SqDist(x,y)) * b + b",
+        ] {
+            assert_eq!(weighted(f), None, "{f}: weights per pair, or no product");
+        }
     }
 
     #[test]
