@@ -189,8 +189,19 @@ fn tile_of<T: Real>(regs: &Regs<T>, src: Src, c: usize, len: usize) -> &[T] {
     }
 }
 
+/// Where [`accumulate`] puts the exponentials of a weighted LogSumExp or
+/// SumSoftMaxWeight (at least `len` values).
+pub enum Exps<'a, T> {
+    /// Scratch space: the weighted sums are computed row by row.
+    Summed(&'a mut [T]),
+    /// The row's values in a block of rows: the weights' states are only rescaled to the
+    /// new maximum, and the caller adds the block's weighted sums ([`weighted_sums`]);
+    /// zeros where the tile adds nothing.
+    Deferred(&'a mut [T]),
+}
+
 /// Folds lanes `0..len` of the roots (values at reduced indices `j0..j0+len`) into the
-/// state `(vals, idx)` of one row. `tmp` has at least `len` values.
+/// state `(vals, idx)` of one row.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn accumulate<T: Real, A: Real, M: MathMode>(
@@ -203,9 +214,13 @@ pub fn accumulate<T: Real, A: Real, M: MathMode>(
     j0: usize,
     vals: &mut [f64],
     idx: &mut [i64],
-    tmp: &mut [T],
+    exps: Exps<'_, T>,
 ) {
     let d = spec.dim;
+    let (tmp, deferred) = match exps {
+        Exps::Summed(t) => (t, false),
+        Exps::Deferred(t) => (t, true),
+    };
     match spec.kind {
         Reduction::Sum => match product {
             Some((a, b)) => {
@@ -232,6 +247,7 @@ pub fn accumulate<T: Real, A: Real, M: MathMode>(
                         let s = if weighted { 1 } else { d + c };
                         vals[s] = f64::NAN;
                     }
+                    tmp[..len].fill(T::ZERO);
                     continue;
                 }
                 let m_old = vals[c];
@@ -248,8 +264,11 @@ pub fn accumulate<T: Real, A: Real, M: MathMode>(
                     vals[1] = vals[1] * scale + tile_sum::<T, A>(e, None, scheme);
                     let wd = spec.weight_dim.unwrap_or(0);
                     for k in 0..wd {
-                        let g = tile_of(regs, roots[1], k, len);
-                        vals[2 + k] = vals[2 + k] * scale + tile_sum::<T, A>(e, Some(g), scheme);
+                        vals[2 + k] *= scale;
+                        if !deferred {
+                            let g = tile_of(regs, roots[1], k, len);
+                            vals[2 + k] += tile_sum::<T, A>(e, Some(g), scheme);
+                        }
                     }
                 } else {
                     vals[d + c] = vals[d + c] * scale + tile_sum::<T, A>(e, None, scheme);

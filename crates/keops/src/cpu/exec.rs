@@ -1,6 +1,6 @@
 //! Running a tile program over a block of output rows and a range of reduced rows.
 
-use super::accumulate::{accumulate, weighted_sums, Weights, GEMM_MIN_COLS};
+use super::accumulate::{accumulate, weighted_sums, Exps, Weights, GEMM_MIN_COLS};
 use super::program::{Instr, ScalarStep, Src, TileProgram};
 use super::simd::multiversion;
 use super::tile::{exec, ArgData, Lane, Regs};
@@ -8,7 +8,7 @@ use super::{Block, BlockRunner, Job};
 use crate::formula::{eval, Cat};
 use crate::plan::{AccType, Element, Options, Problem, SumScheme};
 use crate::real::{MathMode, Real};
-use crate::reduction::ReductionSpec;
+use crate::reduction::{Reduction, ReductionSpec};
 
 /// The tile program of a problem, ready to run blocks.
 pub struct TileRunner<'p, 'a, T> {
@@ -127,13 +127,17 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
         Some(t) => ArgData::DimMajor(t, n_red),
         None => ArgData::Rows(data[k]),
     };
-    // `K_ij b_j` with weights wide enough for GEMM: the rows' kernel values on a tile,
-    // multiplied by the weights at once. Narrower ones are summed row by row while the
-    // row's values are still in L1.
-    let weighted = p
-        .weighted_product()
-        .filter(|(_, w)| w.dim() >= GEMM_MIN_COLS);
-    let mut kernel = vec![T::ZERO; if weighted.is_some() { rows * tile } else { 0 }];
+    // Weights wide enough for GEMM, computed once per tile: a Sum's `K_ij b_j` (the
+    // rows' kernel values copied) or the weight of a weighted LogSumExp/SumSoftMaxWeight
+    // (the exponentials `accumulate` leaves); the block of rows' values on a tile is
+    // then multiplied by the weights at once. Narrower weights are summed row by row,
+    // while the row's values are still in L1.
+    let gemm = match r.spec.kind {
+        Reduction::Sum => p.weighted_product().map(|(k, w)| (Some(k), w)),
+        _ => p.tile_weight().map(|w| (None, w)),
+    }
+    .filter(|(_, w)| w.dim() >= GEMM_MIN_COLS);
+    let mut values = vec![T::ZERO; if gemm.is_some() { rows * tile } else { 0 }];
     for red in &job.red {
         let mut j0 = red.start;
         while j0 < red.end {
@@ -146,12 +150,16 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                 for ins in &p.pair_instrs {
                     exec::<T, M>(ins, &mut regs, s, &data_fn, j0, len);
                 }
-                if let Some((k, _)) = weighted {
-                    if let Lane::Tile(k) = regs.lane(&[], k, 0) {
-                        kernel[row * tile..row * tile + len].copy_from_slice(&k[..len]);
+                let exps = match gemm {
+                    Some((Some(k), _)) => {
+                        if let Lane::Tile(k) = regs.lane(&[], k, 0) {
+                            values[row * tile..row * tile + len].copy_from_slice(&k[..len]);
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                    Some((None, _)) => Exps::Deferred(&mut values[row * tile..(row + 1) * tile]),
+                    None => Exps::Summed(&mut tmp),
+                };
                 accumulate::<T, A, M>(
                     &r.spec,
                     r.scheme,
@@ -162,13 +170,16 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                     j0,
                     &mut block.vals[row * sv..(row + 1) * sv],
                     &mut block.idx[row * si..(row + 1) * si],
-                    &mut tmp,
+                    exps,
                 );
             }
-            if let Some((_, Src::Tile { reg, start, dim })) = weighted {
+            if let Some((kernel, Src::Tile { reg, start, dim })) = gemm {
+                // A Sum's states are the sums; a softmax's weighted sums follow its
+                // maximum and the sum of its exponentials.
+                let first = if kernel.is_some() { 0 } else { 2 };
                 weighted_sums::<T, A>(
                     r.scheme,
-                    (&kernel, tile, rows),
+                    (&values, tile, rows),
                     Weights {
                         data: &regs.regs[reg][start * tile..],
                         row_stride: 1,
@@ -177,7 +188,7 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                     },
                     len,
                     1.0,
-                    &mut block.vals,
+                    &mut block.vals[first..],
                     sv,
                 );
             }

@@ -325,13 +325,24 @@ impl TileProgram {
     /// product of their kernel values and the weights.
     pub fn weighted_product(&self) -> Option<(Src, Src)> {
         let (a, b) = self.product?;
-        let per_tile = |s: Src| match s {
-            Src::Tile { reg, .. } => self.tile_instrs.iter().any(|i| i.dst() == reg),
-            Src::Scalar { .. } => false,
-        };
         [(a, b), (b, a)]
             .into_iter()
-            .find(|&(k, w)| k.dim() == 1 && per_tile(w))
+            .find(|&(k, w)| k.dim() == 1 && self.per_tile(w))
+    }
+
+    /// The weight root of a weighted LogSumExp or SumSoftMaxWeight when it is computed
+    /// once per tile: the block of rows' weighted sums over a tile are then the matrix
+    /// product of their exponentials and the weights.
+    pub fn tile_weight(&self) -> Option<Src> {
+        self.roots.get(1).copied().filter(|&w| self.per_tile(w))
+    }
+
+    /// Whether `s` is a tile register computed from the reduced side alone.
+    fn per_tile(&self, s: Src) -> bool {
+        match s {
+            Src::Tile { reg, .. } => self.tile_instrs.iter().any(|i| i.dst() == reg),
+            Src::Scalar { .. } => false,
+        }
     }
 }
 
@@ -504,6 +515,13 @@ mod tests {
             Some((1, 9)),
             "hoisted weights"
         );
+        let softmax = |w: &str| {
+            let roots = [parse("-SqDist(x,y)", &al).unwrap(), parse(w, &al).unwrap()];
+            let p = TileProgram::compile(&roots, Cat::Vi, false);
+            p.tile_weight().map(|w| w.dim())
+        };
+        assert_eq!(softmax("b * g"), Some(9), "softmax weights per tile");
+        assert_eq!(softmax("b - Sum(x)"), None, "softmax weights per pair");
         for f in [
             "Exp(-SqDist(x,y)) * Sin(b - Sum(x))",
             "(x - y) * Elem(b, 0)",

@@ -646,7 +646,8 @@ pub fn cases(axis: usize) -> Vec<Case> {
     let mut out = Vec::new();
     for red in reductions() {
         if red == Reduction::SumSoftMaxWeight {
-            for bd in [1, 2] {
+            // Weights of width 9: the CPU engine's GEMM (8 columns and more).
+            for bd in [1, 2, 9] {
                 out.push(Case {
                     name: format!("SumSoftMaxWeight(-g SqDist, b{bd})"),
                     genred: Genred::with_weight("-SqDist(x,y) * g", "b", &aliases(bd), red, axis)
@@ -656,7 +657,7 @@ pub fn cases(axis: usize) -> Vec<Case> {
             }
             continue;
         }
-        // A Sum's weights of width 9 take the CPU engine's GEMM (8 columns and more).
+        // Weights of width 9: the CPU engine's GEMM (8 columns and more).
         let widths: &[usize] = if red == Reduction::Sum {
             &[1, 2, 9]
         } else {
@@ -675,7 +676,7 @@ pub fn cases(axis: usize) -> Vec<Case> {
             bd: 1,
         });
         if red == Reduction::LogSumExp {
-            for bd in [1, 2] {
+            for bd in [1, 2, 9] {
                 out.push(Case {
                     name: format!("LogSumExp(-g SqDist, weight b{bd})"),
                     genred: Genred::with_weight("-SqDist(x,y) * g", "b", &aliases(bd), red, axis)
