@@ -135,6 +135,32 @@ def test_grads_match_dense_autograd() -> None:
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name
 
 
+def test_wide_weights_and_attention() -> None:
+    """Weights of width 9 and 20+ output rows: the CPU engine's matrix products (kernel
+    times weights, the softmax's weights, and the scalar products of width 9 that the
+    gradients and attention's logits hold), against dense autograd to second order."""
+    g = torch.Generator().manual_seed(3)
+    n, m, e = 21, 23, 9
+    x, y = (torch.randn(k, 3, generator=g, dtype=torch.float64) for k in (n, m))
+    q, k = (torch.randn(r, e, generator=g, dtype=torch.float64) / 3 for r in (n, m))
+    b = torch.randn(m, e, generator=g, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (x, y, q, k, b)]
+
+    def keops(x, y, q, k, b):
+        kb = ((-Vi(x).sqdist(Vj(y))).exp() * Vj(b)).sum(dim=1)
+        attn = (Vi(q) | Vj(k)).sumsoftmaxweight(Vj(b), dim=1)
+        return kb, attn
+
+    def dense(x, y, q, k, b):
+        kb = torch.exp(-((x[:, None] - y[None]) ** 2).sum(-1)) @ b
+        return kb, torch.softmax(q @ k.T, dim=1) @ b
+
+    for got, want in zip(keops(*args), dense(*args)):
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(keops, args)
+    assert torch.autograd.gradgradcheck(keops, args)
+
+
 def test_genred_and_logsumexp_classes() -> None:
     x, y, b, p = data()
     g = Genred("Exp(-SqDist(x,y)*p) * b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)", "p = Pm(1)"],

@@ -1158,7 +1158,8 @@ fn ties_resolve_to_the_smallest_index() {
 fn high_dimensional_distances_and_scalar_products() {
     // D >= 8 takes the register-chunked loop (64 lanes at a time, a remainder after
     // them); the per-row vector is either operand and either side; tiles of 240 lanes
-    // (M = 300) and short ones (M = 37) both cross a chunk boundary.
+    // (M = 300) and short ones (M = 37) both cross a chunk boundary. Scalar products
+    // are GEMMs for blocks of 8 rows and more (32 and 5 rows for N = 37).
     let mut rng = Rng::new(11);
     for d in [8, 13, 64] {
         for (n, m) in [(37, 300), (300, 37)] {
@@ -1172,6 +1173,10 @@ fn high_dimensional_distances_and_scalar_products() {
                 ("SqDist(y,x)", Reduction::Min),
                 ("Scalprod(x,y)", Reduction::Sum),
                 ("Scalprod(y,x)", Reduction::Max),
+                // A block of rows' scalar products with a tile as one GEMM, inside a
+                // larger formula and as attention's logits.
+                ("Exp(Scalprod(x,y) / 8) * Elem(y, 0)", Reduction::Sum),
+                ("Scalprod(x,y)", Reduction::LogSumExp),
             ] {
                 for axis in [1, 0] {
                     let g = Genred::new(f, &aliases, red, axis).unwrap();

@@ -1,6 +1,6 @@
 //! Running a tile program over a block of output rows and a range of reduced rows.
 
-use super::accumulate::{accumulate, weighted_sums, Exps, Weights, GEMM_MIN_COLS};
+use super::accumulate::{accumulate, weighted_sums, Exps, Weights, GEMM_MIN_COLS, GEMM_MIN_ROWS};
 use super::program::{Instr, ScalarStep, Src, TileProgram};
 use super::simd::multiversion;
 use super::tile::{exec, ArgData, Lane, Regs};
@@ -138,6 +138,19 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
     }
     .filter(|(_, w)| w.dim() >= GEMM_MIN_COLS);
     let mut values = vec![T::ZERO; if gemm.is_some() { rows * tile } else { 0 }];
+    // A block of rows' scalar products with the tile, one GEMM each per tile.
+    let row_dots: Vec<(usize, Src, Src)> = match rows >= GEMM_MIN_ROWS {
+        true => p
+            .pair_instrs
+            .iter()
+            .filter_map(|i| match *i {
+                Instr::RowDot { dst, row, tile } => Some((dst, row, tile)),
+                _ => None,
+            })
+            .collect(),
+        false => Vec::new(),
+    };
+    let mut dots = vec![T::ZERO; row_dots.len() * rows * tile];
     for red in &job.red {
         let mut j0 = red.start;
         while j0 < red.end {
@@ -145,10 +158,26 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
             for ins in &p.tile_instrs {
                 exec::<T, M>(ins, &mut regs, &params, &data_fn, j0, len);
             }
+            for (&(_, row, tile_src), out) in row_dots.iter().zip(dots.chunks_mut(rows * tile)) {
+                if let (Src::Scalar { off, dim }, Src::Tile { reg, start, .. }) = (row, tile_src) {
+                    let b = &regs.regs[reg][start * tile..];
+                    T::gemm((rows, dim, len), &scal[off..], sl, b, tile, 1, out);
+                }
+            }
             for row in 0..rows {
                 let s = &scal[row * sl..(row + 1) * sl];
                 for ins in &p.pair_instrs {
-                    exec::<T, M>(ins, &mut regs, s, &data_fn, j0, len);
+                    let dot = match *ins {
+                        Instr::RowDot { dst, .. } => row_dots.iter().position(|d| d.0 == dst),
+                        _ => None,
+                    };
+                    match dot {
+                        Some(k) => {
+                            let o = k * rows * tile + row * len;
+                            regs.regs[ins.dst()][..len].copy_from_slice(&dots[o..o + len]);
+                        }
+                        None => exec::<T, M>(ins, &mut regs, s, &data_fn, j0, len),
+                    }
                 }
                 let exps = match gemm {
                     Some((Some(k), _)) => {

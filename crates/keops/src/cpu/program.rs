@@ -63,6 +63,18 @@ pub enum Instr {
         /// Source.
         a: Src,
     },
+    /// `dst = Scalprod(row, tile)`: a row's vector (`Src::Scalar`) against weights
+    /// computed once per tile. A block of rows computes these at once, as the matrix
+    /// product of its rows' vectors and the tile ([`TileProgram::ROW_DOT_MIN_DIM`]
+    /// coordinates and more); a single row like [`Instr::Apply`].
+    RowDot {
+        /// Destination register (dimension 1).
+        dst: usize,
+        /// The row's vector.
+        row: Src,
+        /// The tile's vectors, of the same dimension.
+        tile: Src,
+    },
     /// Applies an elementwise op / vector op with tile operands.
     Apply {
         /// The op.
@@ -263,6 +275,20 @@ impl TileProgram {
                         args,
                     },
                 },
+                Op::Scalprod if d != RED => match (args[0], args[1]) {
+                    (row @ Src::Scalar { dim, .. }, tile)
+                    | (tile, row @ Src::Scalar { dim, .. })
+                        if dim >= Self::ROW_DOT_MIN_DIM && p.per_tile(tile) =>
+                    {
+                        Instr::RowDot { dst, row, tile }
+                    }
+                    _ => Instr::Apply {
+                        op: f.op.clone(),
+                        dst,
+                        dim: f.dim,
+                        args,
+                    },
+                },
                 _ => Instr::Apply {
                     op: f.op.clone(),
                     dst,
@@ -319,6 +345,10 @@ impl TileProgram {
 }
 
 impl TileProgram {
+    /// Coordinates from which a row's scalar product with a tile is an
+    /// [`Instr::RowDot`].
+    pub const ROW_DOT_MIN_DIM: usize = 8;
+
     /// The fused product as `(kernel, weight)` when it is a kernel matrix times weights,
     /// `K_ij b_j`: a kernel of dimension 1 and weights computed once per tile (the
     /// reduced side only), so that a block of rows' sums over a tile is the matrix
@@ -353,6 +383,7 @@ impl Instr {
             Instr::Load { dst, .. }
             | Instr::Broadcast { dst, .. }
             | Instr::Apply { dst, .. }
+            | Instr::RowDot { dst, .. }
             | Instr::ScaledExp { dst, .. } => *dst,
         }
     }
@@ -428,6 +459,7 @@ fn remove_dead(p: &mut TileProgram) {
                     s.iter().for_each(|s| mark(s, &mut live));
                 }
                 Instr::Broadcast { a, .. } => mark(a, &mut live),
+                Instr::RowDot { tile, .. } => mark(tile, &mut live),
                 Instr::Load { .. } => {}
             }
             kept.push(ins);

@@ -195,6 +195,11 @@ pub fn exec<'d, T: Real, M: MathMode>(
             apply::<T, M>(op, &mut out, *dim, args, regs, scal);
             regs.regs[*dst] = out;
         }
+        Instr::RowDot { dst, row, tile } => {
+            let mut out = std::mem::take(&mut regs.regs[*dst]);
+            apply::<T, M>(&Op::Scalprod, &mut out, 1, &[*row, *tile], regs, scal);
+            regs.regs[*dst] = out;
+        }
     }
 }
 
