@@ -81,6 +81,8 @@ pub fn tile_sum<T: Real, A: Real>(x: &[T], y: Option<&[T]>, scheme: SumScheme) -
 /// packing the weights for each call costs more than the lanes of [`tile_sum`] (measured
 /// on AVX-512: even at 8 x 8, 5-10x faster than the lanes at 32 x 64 and wider).
 pub const GEMM_MIN_COLS: usize = 8;
+/// Output rows from which [`weighted_sums`] (and a block of rows' scalar products with a
+/// tile) use GEMM; see [`GEMM_MIN_COLS`].
 pub const GEMM_MIN_ROWS: usize = 8;
 /// Reduced rows per GEMM: each sum of as many products, rounded in the data type, is then
 /// added to the row's `f64` state, as block summation does a tile's lanes.

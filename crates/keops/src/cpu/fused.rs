@@ -4,8 +4,9 @@
 //! `exp(c sqrt(r2))`, Cauchy `1 / (1 + c r2)`, inverse multiquadric
 //! `1 / sqrt(1 + c r2)`, with or without a weight `b_j` of any dimension, any scalar
 //! coefficients `c`, `s` made of parameters and constants) run as one loop per tile:
-//! squared distances over all of D, the profile, and the weighted lane sums, with the
-//! reduced side stored dimension-major once per call. Anything else runs on the tile
+//! squared distances over all of D and the profile, with the reduced side's points
+//! stored dimension-major once per call; then the job's rows' values of the tile times
+//! the weights ([`weighted_sums`]: GEMM from 8 columns). Anything else runs on the tile
 //! program; both give the same results within rounding.
 
 use super::accumulate::{tile_sum, weighted_sums, Weights, GEMM_MIN_COLS};
