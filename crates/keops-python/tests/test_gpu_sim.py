@@ -190,6 +190,22 @@ def test_missing_devices_are_named() -> None:
         g(x, y, b, backend="GPU", device_id=[0, 7])
 
 
+@pytest.mark.parametrize("var,value", [("KEOPS_GPU_ROWS", "four"), ("KEOPS_GPU_ROWS", "0"),
+                                       ("KEOPS_GPU_COLUMNS", "no")])
+def test_tuning_variables_are_checked(monkeypatch, var: str, value: str) -> None:
+    """A GPU tuning variable the engine does not understand is an error naming it (it
+    was silently ignored, so a benchmark could time the planner's choice unawares);
+    once unset, the next call runs."""
+    x, y, b = data()
+    g = Genred(*GAUSS, axis=1)
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=f"{var}.*'{value}'"):
+        g(x, y, b, backend="GPU")
+    monkeypatch.delenv(var)
+    want, scale = gauss_reference(x, y, b, 1)
+    assert_float32_sum(g(x, y, b, backend="GPU"), want, scale)
+
+
 @pytest.mark.parametrize("offset", [0.0, 10.0])
 def test_use_fast_math_reaches_the_gpu_engine(offset: float) -> None:
     """Both settings build and run their own kernels, and both are float32-accurate: the

@@ -575,15 +575,23 @@ fn pools_allowed_by_env() -> Result<bool> {
 }
 
 fn parse_memory_pools(v: Option<&str>) -> Result<bool> {
+    parse_switch(
+        "KEOPS_CUDA_MEMORY_POOLS",
+        v,
+        "allocate with cuMemAlloc",
+        "stream-ordered pools where the device has them, the default",
+    )
+}
+
+/// An on/off environment variable `name`: unset, empty or `1` is on, `0` off; anything
+/// else is an error that says what each value does, rather than a silent default.
+fn parse_switch(name: &str, v: Option<&str>, off: &str, on: &str) -> Result<bool> {
     match v.map(str::trim) {
         None | Some("" | "1") => Ok(true),
         Some("0") => Ok(false),
         Some(t) => Err(KeopsError::Option {
-            name: "KEOPS_CUDA_MEMORY_POOLS".into(),
-            msg: format!(
-                "is '{t}'; it must be 0 (allocate with cuMemAlloc) or 1 (stream-ordered \
-                 pools where the device has them, the default)"
-            ),
+            name: name.into(),
+            msg: format!("is '{t}'; it must be 0 ({off}) or 1 ({on})"),
         }),
     }
 }
@@ -1118,7 +1126,7 @@ pub(crate) fn prepare<T: Element>(
 ) -> Result<Prepared> {
     let dev = device(id)?;
     let spec = KernelSpec::new::<T>(genred, opts);
-    let spec = if env_columns() {
+    let spec = if env_columns()? {
         spec.by_columns()
     } else {
         spec
@@ -1128,9 +1136,10 @@ pub(crate) fn prepare<T: Element>(
     let shape = scheme::Shape {
         row_bytes: spec.tile_row_bytes(),
         max_rows,
-        rows: opts
-            .gpu_rows
-            .or_else(|| env_rows().map(|r| r.clamp(1, max_rows))),
+        rows: match opts.gpu_rows {
+            Some(r) => Some(r),
+            None => env_rows()?.map(|r| r.clamp(1, max_rows)),
+        },
         scheme: opts.gpu_scheme,
     };
     let l = scheme::plan(n_out, n_red, layout.batch_len(), shape, dev.sms)?;
@@ -1147,14 +1156,35 @@ pub(crate) fn prepare<T: Element>(
 
 /// Whether wide outputs may be computed by columns: not with `KEOPS_GPU_COLUMNS=0`
 /// (for benchmarks that compare them with whole rows).
-fn env_columns() -> bool {
-    std::env::var("KEOPS_GPU_COLUMNS").map_or(true, |v| v.trim() != "0")
+fn env_columns() -> Result<bool> {
+    parse_switch(
+        "KEOPS_GPU_COLUMNS",
+        std::env::var("KEOPS_GPU_COLUMNS").ok().as_deref(),
+        "whole rows",
+        "wide outputs a group of columns per launch, the default",
+    )
 }
 
 /// Rows per thread from `KEOPS_GPU_ROWS` (for benchmarks that compare them), capped
 /// by what each kernel allows rather than refused.
-fn env_rows() -> Option<usize> {
-    std::env::var("KEOPS_GPU_ROWS").ok()?.trim().parse().ok()
+fn env_rows() -> Result<Option<usize>> {
+    parse_rows(std::env::var("KEOPS_GPU_ROWS").ok().as_deref())
+}
+
+fn parse_rows(v: Option<&str>) -> Result<Option<usize>> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => match t.parse() {
+            Ok(r) if r >= 1 => Ok(Some(r)),
+            _ => Err(KeopsError::Option {
+                name: "KEOPS_GPU_ROWS".into(),
+                msg: format!(
+                    "is '{t}'; it must be a whole number of output rows per thread, at least 1 \
+                     (capped by what each kernel allows), or unset for the planner's choice"
+                ),
+            }),
+        },
+    }
 }
 
 /// Copies host arguments to the device (a one-value buffer for an empty one).
@@ -1553,7 +1583,10 @@ fn refuse_capture(stream: Stream) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_memory_pools, parse_pool_keep, ranges_tasks, DEFAULT_POOL_KEEP};
+    use super::{
+        parse_memory_pools, parse_pool_keep, parse_rows, parse_switch, ranges_tasks,
+        DEFAULT_POOL_KEEP,
+    };
     use crate::ranges::Blocks;
 
     #[test]
@@ -1580,6 +1613,28 @@ mod tests {
             e.contains("KEOPS_CUDA_MEMORY_POOLS")
                 && e.contains("'off'")
                 && e.contains("cuMemAlloc"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tuning_variables_refuse_what_they_do_not_understand() {
+        assert_eq!(parse_rows(None).unwrap(), None);
+        assert_eq!(parse_rows(Some(" ")).unwrap(), None);
+        assert_eq!(parse_rows(Some(" 4")).unwrap(), Some(4));
+        for bad in ["0", "four", "-1", "2.5"] {
+            let e = parse_rows(Some(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("KEOPS_GPU_ROWS") && e.contains(&format!("'{bad}'")),
+                "{e}"
+            );
+        }
+        assert!(!parse_switch("KEOPS_GPU_COLUMNS", Some("0"), "a", "b").unwrap());
+        let e = parse_switch("KEOPS_GPU_COLUMNS", Some("no"), "whole rows", "b")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("KEOPS_GPU_COLUMNS") && e.contains("'no'") && e.contains("whole rows"),
             "{e}"
         );
     }
