@@ -524,11 +524,12 @@ fn gpu_available() -> bool {
     keops::cuda::available()
 }
 
-/// The CPU engine's default instruction set (`KEOPS_CPU_ISA`'s names) and threads.
+/// The CPU engine's default instruction set (`KEOPS_CPU_ISA`'s names) and threads;
+/// `ValueError` when `KEOPS_CPU_ISA` names no instruction set.
 #[pyfunction]
-fn cpu_status() -> (&'static str, usize) {
-    let (isa, threads) = keops::cpu::status();
-    (isa.name(), threads)
+fn cpu_status() -> PyResult<(&'static str, usize)> {
+    let (isa, threads) = keops::cpu::status().map_err(to_py)?;
+    Ok((isa.name(), threads))
 }
 
 /// What the CUDA engine finds here, one `(part, found, text)` per line: the driver, the

@@ -273,6 +273,24 @@ print(sorted(os.listdir(d)), os.listdir(os.path.join(d, "failed")))
     assert out.stdout.strip() == "['failed', 'notes.txt'] []"
 
 
+def test_a_bad_isa_variable_is_an_error(capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KEOPS_CPU_ISA`` naming no instruction set (it was silently ignored: the best
+    one ran) is an error naming it, in calls and in ``check_health``'s report."""
+    import keops
+    from keops.numpy import Genred
+    x = np.ones((3, 2), dtype=np.float32)
+    g = Genred("SqDist(x,y)", ["x = Vi(2)", "y = Vj(2)"], reduction_op="Sum", axis=1)
+    monkeypatch.setenv("KEOPS_CPU_ISA", "avx-512")
+    with pytest.raises(ValueError, match="KEOPS_CPU_ISA.*'avx-512'"):
+        g(x, x, backend="CPU")
+    assert keops.check_health() is False
+    assert "CPU engine: " in capsys.readouterr().out
+    monkeypatch.setenv("KEOPS_CPU_ISA", "SSE41")  # any case
+    assert keops._keops.cpu_status()[0] in ("sse41", "baseline")
+    monkeypatch.delenv("KEOPS_CPU_ISA")
+    assert float(g(x, x, backend="CPU")[0, 0]) == 0.0
+
+
 def test_check_health_reports_and_says_what_failed(capsys: Any,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import keops

@@ -122,12 +122,16 @@ def check_health() -> bool:
     is missing, the kernel cache, the environment variables it reads), then runs the
     installation checks of both front ends. Returns whether those checks passed (pykeops'
     ``check_health`` returns nothing)."""
-    isa, threads = _keops.cpu_status()
+    try:
+        isa, threads = _keops.cpu_status()
+        cpu = f"CPU engine: {isa}, {threads} thread(s)"
+    except ValueError as e:  # KEOPS_CPU_ISA names no instruction set
+        cpu = f"CPU engine: {e}  [error]"
     report: List[str] = [
         f"keops {_keops.__version__} (Rust core), Python {platform.python_version()} "
         f"on {platform.system()} {platform.machine()}",
         f"NumPy {_version('numpy')}, PyTorch {_version('torch')}",
-        f"CPU engine: {isa}, {threads} thread(s)",
+        cpu,
     ]
     for part, found, text in _keops.gpu_status():
         label = {"driver": "GPU driver", "compiler": "GPU compiler"}.get(part, "")

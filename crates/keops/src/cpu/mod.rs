@@ -111,9 +111,10 @@ fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
 }
 
 /// What the CPU engine runs with by default: its instruction set and its threads
-/// (rayon's global pool: `RAYON_NUM_THREADS`, else one per core).
-pub fn status() -> (Isa, usize) {
-    (Isa::select(None), rayon::current_num_threads())
+/// (rayon's global pool: `RAYON_NUM_THREADS`, else one per core); an error when
+/// `KEOPS_CPU_ISA` names no instruction set.
+pub fn status() -> Result<(Isa, usize)> {
+    Ok((Isa::select(None)?, rayon::current_num_threads()))
 }
 
 /// Runs a problem on the CPU.
@@ -247,7 +248,7 @@ fn drive<T: Element, R: BlockRunner>(
     let nb = problem.batch_len();
     let groups = plan_jobs(problem, threads);
     let (sv, si) = spec.state_len();
-    let isa = Isa::select(isa_cap);
+    let isa = Isa::select(isa_cap)?;
     let run_job = |job: &Job| {
         let _mode = fpmode::FlushSubnormals::enter(flush);
         let n = job.rows.len();

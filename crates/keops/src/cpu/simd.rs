@@ -9,6 +9,8 @@
 //! a [`crate::math::MathMode`]: `WithFma` in the entry points compiled with FMA, so that
 //! the elementary functions' polynomials use fused multiply-adds there.
 
+use crate::error::{KeopsError, Result};
+
 /// An instruction set the CPU engine is compiled for, from the least to the most capable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
@@ -58,17 +60,33 @@ impl Isa {
     }
 
     /// The instruction set to run with: the best available, capped by `cap` and by the
-    /// environment variable `KEOPS_CPU_ISA` (`baseline`, `sse41`, `avx2`, `avx512`).
-    pub fn select(cap: Option<Isa>) -> Isa {
-        let env = std::env::var("KEOPS_CPU_ISA").ok();
-        let env = Isa::ALL
-            .into_iter()
-            .find(|i| Some(i.name()) == env.as_deref());
-        [Some(Isa::available()), cap, env]
+    /// environment variable `KEOPS_CPU_ISA` (`baseline`, `sse41`, `avx2`, `avx512`, any
+    /// case). Another value is an error naming the variable, not a silent default.
+    pub fn select(cap: Option<Isa>) -> Result<Isa> {
+        let env = parse_isa(std::env::var("KEOPS_CPU_ISA").ok().as_deref())?;
+        Ok([Some(Isa::available()), cap, env]
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(Isa::Baseline)
+            .unwrap_or(Isa::Baseline))
+    }
+}
+
+/// `KEOPS_CPU_ISA`'s cap: none when unset or empty.
+fn parse_isa(v: Option<&str>) -> Result<Option<Isa>> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(t))
+            .map(Some)
+            .ok_or_else(|| KeopsError::Option {
+                name: "KEOPS_CPU_ISA".into(),
+                msg: format!(
+                    "is '{t}'; it must be one of baseline, sse41, avx2, avx512 (a cap on \
+                     the CPU engine's instruction set), or unset for the best this CPU has"
+                ),
+            }),
     }
 }
 
@@ -106,3 +124,21 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_isa_variable_is_a_cap_or_an_error() {
+        assert_eq!(parse_isa(None).unwrap(), None);
+        assert_eq!(parse_isa(Some(" ")).unwrap(), None);
+        assert_eq!(parse_isa(Some("AVX2 ")).unwrap(), Some(Isa::Avx2));
+        assert_eq!(parse_isa(Some("baseline")).unwrap(), Some(Isa::Baseline));
+        let e = parse_isa(Some("avx-512")).unwrap_err().to_string();
+        assert!(
+            e.contains("KEOPS_CPU_ISA") && e.contains("'avx-512'"),
+            "{e}"
+        );
+    }
+}
