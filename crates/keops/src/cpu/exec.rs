@@ -206,15 +206,24 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                 // A Sum's states are the sums; a softmax's weighted sums follow its
                 // maximum and the sum of its exponentials.
                 let first = if kernel.is_some() { 0 } else { 2 };
-                weighted_sums::<T, A>(
-                    r.scheme,
-                    (&values, tile, rows),
-                    Weights {
+                let weights = match p.weights_in_place {
+                    Some((arg, _)) => Weights {
+                        data: &data[arg][j0 * dim..],
+                        row_stride: dim,
+                        col_stride: 1,
+                        cols: dim,
+                    },
+                    None => Weights {
                         data: &regs.regs[reg][start * tile..],
                         row_stride: 1,
                         col_stride: tile,
                         cols: dim,
                     },
+                };
+                weighted_sums::<T, A>(
+                    r.scheme,
+                    (&values, tile, rows),
+                    weights,
                     len,
                     1.0,
                     &mut block.vals[first..],

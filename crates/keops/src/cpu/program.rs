@@ -11,6 +11,7 @@
 //!
 //! `Extract`/`Elem` of a tile register are views into it (no copy).
 
+use super::accumulate::GEMM_MIN_COLS;
 use crate::formula::{self, Binary, Cat, Formula, Op, Unary};
 use std::collections::HashMap;
 
@@ -148,6 +149,10 @@ pub struct TileProgram {
     /// multiplied and summed in one pass by the accumulation (the "multiply by a
     /// j-variable and accumulate" super-instruction).
     pub product: Option<(Src, Src)>,
+    /// `(argument, register)` when the wide weights of [`Self::weighted_product`] are an
+    /// argument's rows, read where the caller stores them (GEMM's best layout) instead of
+    /// being loaded: the register stays empty, so it does not shorten the tiles.
+    pub weights_in_place: Option<(usize, usize)>,
     /// Lanes per tile.
     pub tile: usize,
 }
@@ -191,6 +196,7 @@ impl TileProgram {
             reg_dims: vec![],
             roots: vec![],
             product: None,
+            weights_in_place: None,
             tile: 0,
         };
         let mut loc: HashMap<u64, Src> = HashMap::new();
@@ -336,6 +342,7 @@ impl TileProgram {
             p.roots.push(src);
         }
         remove_dead(&mut p);
+        read_weights_in_place(&mut p);
         // Tile length: long enough to amortise the per-instruction dispatch, short
         // enough for all registers of a tile to stay in L1/L2.
         let total: usize = p.reg_dims.iter().sum::<usize>().max(1);
@@ -370,13 +377,27 @@ impl TileProgram {
     /// Whether `s` is a tile register computed from the reduced side alone.
     fn per_tile(&self, s: Src) -> bool {
         match s {
-            Src::Tile { reg, .. } => self.tile_instrs.iter().any(|i| i.dst() == reg),
+            Src::Tile { reg, .. } => {
+                self.tile_instrs.iter().any(|i| i.dst() == reg)
+                    || self.weights_in_place.is_some_and(|(_, r)| r == reg)
+            }
             Src::Scalar { .. } => false,
         }
     }
 }
 
 impl Instr {
+    /// The operands the instruction reads.
+    pub fn operands(&self) -> Vec<Src> {
+        match self {
+            Instr::Apply { args, .. } => args.clone(),
+            Instr::ScaledExp { a, s, .. } => std::iter::once(*a).chain(s.iter().copied()).collect(),
+            Instr::Broadcast { a, .. } => vec![*a],
+            Instr::RowDot { row, tile, .. } => vec![*row, *tile],
+            Instr::Load { .. } => Vec::new(),
+        }
+    }
+
     /// The register the instruction writes.
     pub fn dst(&self) -> usize {
         match self {
@@ -385,6 +406,30 @@ impl Instr {
             | Instr::Apply { dst, .. }
             | Instr::RowDot { dst, .. }
             | Instr::ScaledExp { dst, .. } => *dst,
+        }
+    }
+}
+
+/// Wide weights of a kernel product that are an argument's rows, read by nothing else:
+/// read in place ([`TileProgram::weights_in_place`]) rather than loaded.
+fn read_weights_in_place(p: &mut TileProgram) {
+    let Some((_, Src::Tile { reg, start: 0, dim })) = p.weighted_product() else {
+        return;
+    };
+    let load = p
+        .tile_instrs
+        .iter()
+        .position(|i| matches!(*i, Instr::Load { dst, dim: d, .. } if dst == reg && d == dim));
+    let read_elsewhere = p
+        .tile_instrs
+        .iter()
+        .chain(&p.pair_instrs)
+        .flat_map(Instr::operands)
+        .any(|s| matches!(s, Src::Tile { reg: r, .. } if r == reg));
+    if let (Some(at), false, true) = (load, read_elsewhere, dim >= GEMM_MIN_COLS) {
+        if let Instr::Load { arg, .. } = p.tile_instrs.remove(at) {
+            p.weights_in_place = Some((arg, reg));
+            p.reg_dims[reg] = 0;
         }
     }
 }
@@ -452,16 +497,7 @@ fn remove_dead(p: &mut TileProgram) {
             if !live[ins.dst()] {
                 continue;
             }
-            match &ins {
-                Instr::Apply { args, .. } => args.iter().for_each(|a| mark(a, &mut live)),
-                Instr::ScaledExp { a, s, .. } => {
-                    mark(a, &mut live);
-                    s.iter().for_each(|s| mark(s, &mut live));
-                }
-                Instr::Broadcast { a, .. } => mark(a, &mut live),
-                Instr::RowDot { tile, .. } => mark(tile, &mut live),
-                Instr::Load { .. } => {}
-            }
+            ins.operands().iter().for_each(|a| mark(a, &mut live));
             kept.push(ins);
         }
         kept.reverse();
@@ -541,6 +577,17 @@ mod tests {
             p.weighted_product().map(|(k, w)| (k.dim(), w.dim()))
         };
         assert_eq!(weighted("Exp(SqDist(x,y) * g) * b"), Some((1, 9)));
+        // Weights that are an argument's rows, read by nothing else, are read in place.
+        let in_place = |f: &str| {
+            TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, true).weights_in_place
+        };
+        assert_eq!(in_place("Exp(SqDist(x,y) * g) * b").map(|w| w.0), Some(2));
+        assert_eq!(
+            in_place("Exp(-SqDist(x,y)) * Exp(b)"),
+            None,
+            "computed weights"
+        );
+        assert_eq!(in_place("Exp(-Sum(b)) * b"), None, "read elsewhere");
         assert_eq!(weighted("b * Cos(x|y)"), Some((1, 9)), "either order");
         assert_eq!(
             weighted("Exp(-SqDist(x,y)) * Exp(b)"),
