@@ -113,5 +113,23 @@ impl KeopsError {
     }
 }
 
+/// The value of environment variable `name` (`v`, as read): `None` when unset or blank;
+/// `parse` of it trimmed; or, where `parse` refuses it, an error naming the variable and
+/// the value and saying that it must be `expected` (never a silent default).
+pub(crate) fn parse_env<T>(
+    name: &str,
+    v: Option<&str>,
+    parse: impl Fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<Option<T>> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => parse(t).map(Some).ok_or_else(|| KeopsError::Option {
+            name: name.into(),
+            msg: format!("is '{t}'; it must be {expected}"),
+        }),
+    }
+}
+
 /// Shorthand for `Result<T, KeopsError>`.
 pub type Result<T, E = KeopsError> = std::result::Result<T, E>;

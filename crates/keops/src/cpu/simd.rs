@@ -9,7 +9,7 @@
 //! a [`crate::math::MathMode`]: `WithFma` in the entry points compiled with FMA, so that
 //! the elementary functions' polynomials use fused multiply-adds there.
 
-use crate::error::{KeopsError, Result};
+use crate::error::{parse_env, Result};
 
 /// An instruction set the CPU engine is compiled for, from the least to the most capable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,20 +74,17 @@ impl Isa {
 
 /// `KEOPS_CPU_ISA`'s cap: none when unset or empty.
 fn parse_isa(v: Option<&str>) -> Result<Option<Isa>> {
-    match v.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(t) => Isa::ALL
-            .into_iter()
-            .find(|i| i.name().eq_ignore_ascii_case(t))
-            .map(Some)
-            .ok_or_else(|| KeopsError::Option {
-                name: "KEOPS_CPU_ISA".into(),
-                msg: format!(
-                    "is '{t}'; it must be one of baseline, sse41, avx2, avx512 (a cap on \
-                     the CPU engine's instruction set), or unset for the best this CPU has"
-                ),
-            }),
-    }
+    parse_env(
+        "KEOPS_CPU_ISA",
+        v,
+        |t| {
+            Isa::ALL
+                .into_iter()
+                .find(|i| i.name().eq_ignore_ascii_case(t))
+        },
+        "one of baseline, sse41, avx2, avx512 (a cap on the CPU engine's instruction set), \
+         or unset for the best this CPU has",
+    )
 }
 
 /// Defines `$vis fn $name<generics>(isa: Isa, args...)` calling `$body::<generics>(args...)`

@@ -14,7 +14,7 @@ use super::kernel::{kernel_source, KernelSpec};
 use super::nvrtc::{Arch, Nvrtc};
 use super::scheme::{self, Launch, Scheme};
 use super::sim::{self, Kernel};
-use crate::error::{KeopsError, Result};
+use crate::error::{parse_env, KeopsError, Result};
 use crate::plan::{Element, Genred, Layout, MultiGpu, Options, Problem, Reduced};
 use crate::ranges::Blocks;
 use crate::reduction::ReductionSpec;
@@ -559,13 +559,13 @@ fn pool_keep_from_env() -> Result<u64> {
 }
 
 fn parse_pool_keep(v: Option<&str>) -> Result<u64> {
-    match v.map(str::trim) {
-        None | Some("") => Ok(DEFAULT_POOL_KEEP),
-        Some(t) => t.parse().map_err(|_| KeopsError::Option {
-            name: "KEOPS_CUDA_POOL_KEEP".into(),
-            msg: format!("is '{t}'; it must be a number of bytes"),
-        }),
-    }
+    let keep = parse_env(
+        "KEOPS_CUDA_POOL_KEEP",
+        v,
+        |t| t.parse().ok(),
+        "a number of bytes",
+    )?;
+    Ok(keep.unwrap_or(DEFAULT_POOL_KEEP))
 }
 
 /// Whether `KEOPS_CUDA_MEMORY_POOLS` lets temporaries come from stream-ordered pools
@@ -586,14 +586,13 @@ fn parse_memory_pools(v: Option<&str>) -> Result<bool> {
 /// An on/off environment variable `name`: unset, empty or `1` is on, `0` off; anything
 /// else is an error that says what each value does, rather than a silent default.
 fn parse_switch(name: &str, v: Option<&str>, off: &str, on: &str) -> Result<bool> {
-    match v.map(str::trim) {
-        None | Some("" | "1") => Ok(true),
-        Some("0") => Ok(false),
-        Some(t) => Err(KeopsError::Option {
-            name: name.into(),
-            msg: format!("is '{t}'; it must be 0 ({off}) or 1 ({on})"),
-        }),
-    }
+    let switch = |t: &str| match t {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    };
+    let expected = format!("0 ({off}) or 1 ({on})");
+    Ok(parse_env(name, v, switch, &expected)?.unwrap_or(true))
 }
 
 fn default_pool(dev: sys::CUdevice) -> Result<sys::CUmemoryPool> {
@@ -1172,19 +1171,13 @@ fn env_rows() -> Result<Option<usize>> {
 }
 
 fn parse_rows(v: Option<&str>) -> Result<Option<usize>> {
-    match v.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(t) => match t.parse() {
-            Ok(r) if r >= 1 => Ok(Some(r)),
-            _ => Err(KeopsError::Option {
-                name: "KEOPS_GPU_ROWS".into(),
-                msg: format!(
-                    "is '{t}'; it must be a whole number of output rows per thread, at least 1 \
-                     (capped by what each kernel allows), or unset for the planner's choice"
-                ),
-            }),
-        },
-    }
+    parse_env(
+        "KEOPS_GPU_ROWS",
+        v,
+        |t| t.parse().ok().filter(|&r| r >= 1),
+        "a whole number of output rows per thread, at least 1 (capped by what each kernel \
+         allows), or unset for the planner's choice",
+    )
 }
 
 /// Copies host arguments to the device (a one-value buffer for an empty one).
