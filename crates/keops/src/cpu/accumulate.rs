@@ -105,7 +105,7 @@ pub struct Weights<'a, T> {
 /// The weighted sums of a tile for a block of output rows, the product `K b` restricted
 /// to the tile: for each row `r < rows` of values `k[r * k_stride..][..len]` and each
 /// column `c` of the weights `b`, adds `scale * sum_t k_r[t] b[t, c]` to
-/// `states[r * sv + c]`.
+/// `states[r * sv + c]`. `scratch` is the caller's, reused from tile to tile.
 ///
 /// With block summation in the data type, at least [`GEMM_MIN_ROWS`] rows and
 /// [`GEMM_MIN_COLS`] columns, the sums are a GEMM per [`GEMM_DEPTH`] reduced rows
@@ -120,8 +120,8 @@ pub fn weighted_sums<T: Element, A: Real>(
     b: Weights<'_, T>,
     len: usize,
     scale: f64,
-    states: &mut [f64],
-    sv: usize,
+    (states, sv): (&mut [f64], usize),
+    scratch: &mut Vec<T>,
 ) {
     let e = b.cols;
     if scheme == SumScheme::BlockSum
@@ -129,7 +129,9 @@ pub fn weighted_sums<T: Element, A: Real>(
         && rows >= GEMM_MIN_ROWS
         && e >= GEMM_MIN_COLS
     {
-        let mut c = vec![T::ZERO; rows * e];
+        // GEMM writes every value (beta = 0): grown once, never cleared.
+        scratch.resize(rows * e, T::ZERO);
+        let c = &mut scratch[..rows * e];
         let mut t0 = 0;
         while t0 < len {
             let depth = GEMM_DEPTH.min(len - t0);
@@ -140,7 +142,7 @@ pub fn weighted_sums<T: Element, A: Real>(
                 &b.data[t0 * b.row_stride..],
                 b.row_stride,
                 b.col_stride,
-                &mut c,
+                c,
             );
             for (s, v) in states.chunks_mut(sv).zip(c.chunks_exact(e)) {
                 for (s, v) in s.iter_mut().zip(v) {
@@ -151,14 +153,13 @@ pub fn weighted_sums<T: Element, A: Real>(
         }
         return;
     }
-    let mut gathered = Vec::new();
     for c in 0..e {
         let col = match b.row_stride {
             1 => &b.data[c * b.col_stride..c * b.col_stride + len],
             rs => {
-                gathered.clear();
-                gathered.extend((0..len).map(|t| b.data[t * rs + c * b.col_stride]));
-                &gathered[..]
+                scratch.clear();
+                scratch.extend((0..len).map(|t| b.data[t * rs + c * b.col_stride]));
+                &scratch[..]
             }
         };
         for r in 0..rows {
@@ -340,6 +341,8 @@ mod tests {
     /// dimension-major, every scheme, f32 and f64, sizes off every block.
     fn check<T: Element>(tol: f64) {
         let (len, k_stride, scale) = (150, 160, 0.5);
+        // One scratch for every call, as a job reuses it from tile to tile.
+        let mut scratch = Vec::new();
         for (rows, e) in [(1, 1), (3, 9), (8, 8), (13, 21), (32, 5)] {
             let k: Vec<T> = (0..rows * k_stride)
                 .map(|i| T::from_f64(((i * 37) % 101) as f64 / 101.0 - 0.3))
@@ -374,7 +377,8 @@ mod tests {
                         cols: e,
                     };
                     let ks = (&k[..], k_stride, rows);
-                    weighted_sums::<T, T>(scheme, ks, b, len, scale, &mut states, e);
+                    let out = (&mut states[..], e);
+                    weighted_sums::<T, T>(scheme, ks, b, len, scale, out, &mut scratch);
                     for (q, (g, w)) in states.iter().zip(&want).enumerate() {
                         assert!(
                             (g - w).abs() <= tol * (1.0 + w.abs()),

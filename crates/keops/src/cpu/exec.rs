@@ -138,19 +138,22 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
     }
     .filter(|(_, w)| w.dim() >= GEMM_MIN_COLS);
     let mut values = vec![T::ZERO; if gemm.is_some() { rows * tile } else { 0 }];
-    // A block of rows' scalar products with the tile, one GEMM each per tile.
-    let row_dots: Vec<(usize, Src, Src)> = match rows >= GEMM_MIN_ROWS {
-        true => p
-            .pair_instrs
-            .iter()
-            .filter_map(|i| match *i {
-                Instr::RowDot { dst, row, tile } => Some((dst, row, tile)),
-                _ => None,
-            })
-            .collect(),
-        false => Vec::new(),
-    };
+    // A block of rows' scalar products with the tile, one GEMM each per tile: each pair
+    // instruction's slot among them (RowDots, from 8 rows on; the others run per row).
+    let mut row_dots = Vec::new();
+    let dot_of: Vec<Option<usize>> = p
+        .pair_instrs
+        .iter()
+        .map(|i| match *i {
+            Instr::RowDot { row, tile, .. } if rows >= GEMM_MIN_ROWS => {
+                row_dots.push((row, tile));
+                Some(row_dots.len() - 1)
+            }
+            _ => None,
+        })
+        .collect();
     let mut dots = vec![T::ZERO; row_dots.len() * rows * tile];
+    let mut scratch = Vec::new();
     for red in &job.red {
         let mut j0 = red.start;
         while j0 < red.end {
@@ -158,7 +161,7 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
             for ins in &p.tile_instrs {
                 exec::<T, M>(ins, &mut regs, &params, &data_fn, j0, len);
             }
-            for (&(_, row, tile_src), out) in row_dots.iter().zip(dots.chunks_mut(rows * tile)) {
+            for (&(row, tile_src), out) in row_dots.iter().zip(dots.chunks_mut(rows * tile)) {
                 if let (Src::Scalar { off, dim }, Src::Tile { reg, start, .. }) = (row, tile_src) {
                     let b = &regs.regs[reg][start * tile..];
                     T::gemm((rows, dim, len), &scal[off..], sl, b, tile, 1, out);
@@ -166,12 +169,8 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
             }
             for row in 0..rows {
                 let s = &scal[row * sl..(row + 1) * sl];
-                for ins in &p.pair_instrs {
-                    let dot = match *ins {
-                        Instr::RowDot { dst, .. } => row_dots.iter().position(|d| d.0 == dst),
-                        _ => None,
-                    };
-                    match dot {
+                for (ins, dot) in p.pair_instrs.iter().zip(&dot_of) {
+                    match *dot {
                         Some(k) => {
                             let o = k * rows * tile + row * len;
                             regs.regs[ins.dst()][..len].copy_from_slice(&dots[o..o + len]);
@@ -226,8 +225,8 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                     weights,
                     len,
                     1.0,
-                    &mut block.vals[first..],
-                    sv,
+                    (&mut block.vals[first..], sv),
+                    &mut scratch,
                 );
             }
             j0 += len;

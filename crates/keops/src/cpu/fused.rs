@@ -291,6 +291,7 @@ fn radial_loop<T: Element, A: Real>(
     let mut r2 = [T::ZERO; TB];
     // The kernel values of the job's rows on one tile, for the weighted sums.
     let mut k = vec![T::ZERO; job.rows.len() * TB];
+    let mut scratch = Vec::new();
     // Tiles outside, rows inside: a tile of y and b stays in cache for the whole row
     // block instead of streaming all of y from memory once per row. Each row still sees
     // the tiles in order, so results do not depend on the loop order.
@@ -329,8 +330,8 @@ fn radial_loop<T: Element, A: Real>(
                     },
                     len,
                     prep.scale,
-                    &mut block.vals,
-                    e,
+                    (&mut block.vals, e),
+                    &mut scratch,
                 );
             }
             j0 += len;
