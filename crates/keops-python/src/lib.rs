@@ -14,7 +14,7 @@ use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyUntypedArr
 use std::sync::Arc;
 
 mod cluster;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 /// A Rust error as the Python exception that fits it.
@@ -23,6 +23,7 @@ fn to_py(e: KeopsError) -> PyErr {
         KeopsError::Backend { .. } | KeopsError::Cuda(_) | KeopsError::Compile { .. } => {
             PyRuntimeError::new_err(e.to_string())
         }
+        KeopsError::OutOfMemory { .. } => PyMemoryError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
     }
 }

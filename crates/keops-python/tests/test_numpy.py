@@ -103,6 +103,19 @@ def test_errors_name_the_problem():
         Genred("SqDist(x, y)", ALIASES[:2], reduction_op="ArgKMin")
 
 
+def test_sizes_past_memory_are_errors_not_crashes():
+    """Absurd sizes are a ValueError when the formula is read, and an output past memory a
+    MemoryError when it is computed: never an abort of the interpreter."""
+    with pytest.raises(ValueError, match="argument 40000000000"):
+        Genred("Vj(40000000000, 2)", [], axis=1)
+    with pytest.raises(ValueError, match="at most 16777216"):
+        Genred("SumT(Sum(x), 16777217)", ALIASES[:1], axis=1)
+    op = Genred("SumT(a, 16777216)", ["a = Vi(1)"], axis=1)
+    a = np.ones((1 << 22, 1), dtype=np.float32)  # output: 2^48 bytes
+    with pytest.raises(MemoryError, match="out of memory: the output needs 281474976710656 bytes"):
+        op(a)
+
+
 def test_threads_run_in_parallel_with_the_right_answers():
     x, y, b, g = data(np.float64, n=400, m=500)
     op = Genred(GAUSS, ALIASES, axis=1)

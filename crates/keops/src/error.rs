@@ -90,6 +90,14 @@ pub enum KeopsError {
     /// A CUDA driver call failed (out of memory, launch failure, ...).
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// Host memory for a result or its working state could not be allocated.
+    #[error("out of memory: {what} needs {bytes} bytes")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// How many bytes were asked for (`usize::MAX` where the size overflows).
+        bytes: usize,
+    },
     /// NVRTC refused a generated kernel: where its source was saved, and NVRTC's log.
     #[error(
         "NVRTC could not compile the generated kernel (source saved at {source_path}):\n{log}"
@@ -133,3 +141,16 @@ pub(crate) fn parse_env<T>(
 
 /// Shorthand for `Result<T, KeopsError>`.
 pub type Result<T, E = KeopsError> = std::result::Result<T, E>;
+
+/// `len` copies of `fill`, or [`KeopsError::OutOfMemory`] naming `what` where the
+/// allocator refuses (Rust's `vec!` would abort the process, Python's with it).
+pub(crate) fn try_vec<T: Clone>(len: usize, fill: T, what: &str) -> Result<Vec<T>> {
+    let oom = || KeopsError::OutOfMemory {
+        what: what.to_string(),
+        bytes: len.saturating_mul(std::mem::size_of::<T>()),
+    };
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| oom())?;
+    v.resize(len, fill);
+    Ok(v)
+}

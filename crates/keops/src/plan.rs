@@ -318,6 +318,10 @@ pub struct Genred {
     args: Vec<Option<ArgDecl>>,
 }
 
+/// Argument positions of a [`Genred`] are below this (each position is a slot of every
+/// call's argument list).
+pub const MAX_ARGS: usize = 1 << 16;
+
 impl Genred {
     /// Parses `formula` with `aliases` and checks it with the reduction and axis
     /// (`axis = 1`: one output row per `i`, reducing over `j`; `axis = 0`: the converse).
@@ -392,6 +396,12 @@ impl Genred {
             let (cat, index) = v
                 .as_var()
                 .ok_or_else(|| KeopsError::Arguments("alias is not a variable".into()))?;
+            if index >= MAX_ARGS {
+                return Err(KeopsError::Argument {
+                    index,
+                    msg: format!("argument positions must be below {MAX_ARGS}"),
+                });
+            }
             let decl = ArgDecl { cat, dim: v.dim };
             if args.len() <= index {
                 args.resize(index + 1, None);

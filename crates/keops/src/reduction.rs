@@ -198,6 +198,14 @@ impl ReductionSpec {
         if kind.k() == Some(0) {
             return Err(err("K must be at least 1".into()));
         }
+        if let Some(k) = kind.k() {
+            let max = crate::formula::ops::MAX_DIM;
+            if !matches!(k.checked_mul(dim), Some(kd) if kd <= max) {
+                return Err(err(format!(
+                    "K = {k} values of dimension {dim} per row; at most {max} are supported"
+                )));
+            }
+        }
         Ok(ReductionSpec {
             kind,
             dim,

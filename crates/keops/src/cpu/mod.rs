@@ -14,7 +14,7 @@ pub mod program;
 pub mod simd;
 mod tile;
 
-use crate::error::{KeopsError, Result};
+use crate::error::{try_vec, KeopsError, Result};
 use crate::plan::{CpuKernel, Element, Options, Problem, Reduced};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -253,8 +253,8 @@ fn drive<T: Element, R: BlockRunner>(
         let _mode = fpmode::FlushSubnormals::enter(flush);
         let n = job.rows.len();
         let mut block = Block {
-            vals: vec![0.0; n * sv],
-            idx: vec![0; n * si],
+            vals: try_vec(n * sv, 0.0, "the reduction's states")?,
+            idx: try_vec(n * si, 0, "the reduction's states")?,
         };
         for r in 0..n {
             spec.init(
@@ -265,26 +265,34 @@ fn drive<T: Element, R: BlockRunner>(
         if job.longest_red() > 0 {
             runner.run(isa, job, &mut block);
         }
-        block
+        Ok(block)
     };
-    let jobs: Vec<&Job> = groups.iter().flatten().collect();
-    let blocks: Vec<Block> = if threads == 1 {
-        jobs.iter().map(|j| run_job(j)).collect()
-    } else {
-        jobs.par_iter().map(|j| run_job(j)).collect()
-    };
-
+    // The outputs first: a result too large for memory is an error before any work.
     let (dv, di) = spec.output_dims();
     let total_rows = nb * n_out;
-    let (mut out_v, mut out_i) = match problem.ranges {
+    let (mut out_v, mut out_i) = (
+        try_vec(total_rows.saturating_mul(dv), T::ZERO, "the output")?,
+        try_vec(total_rows.saturating_mul(di), 0i64, "the output's indices")?,
+    );
+    if problem.ranges.is_some() {
         // Rows in no cluster hold the value of an empty reduction, as in KeOps.
-        Some(_) => {
-            let (v, i) = spec.empty_output();
-            let v: Vec<T> = v.into_iter().map(T::from_f64).collect();
-            (v.repeat(total_rows), i.repeat(total_rows))
-        }
-        None => (vec![T::ZERO; total_rows * dv], vec![0i64; total_rows * di]),
+        let (v, i) = spec.empty_output();
+        let v: Vec<T> = v.into_iter().map(T::from_f64).collect();
+        // (`max(1)`: a width of 0 leaves an empty array.)
+        out_v
+            .chunks_exact_mut(dv.max(1))
+            .for_each(|c| c.copy_from_slice(&v));
+        out_i
+            .chunks_exact_mut(di.max(1))
+            .for_each(|c| c.copy_from_slice(&i));
+    }
+    let jobs: Vec<&Job> = groups.iter().flatten().collect();
+    let blocks: Vec<Block> = if threads == 1 {
+        jobs.iter().map(|j| run_job(j)).collect::<Result<_>>()?
+    } else {
+        jobs.par_iter().map(|j| run_job(j)).collect::<Result<_>>()?
     };
+
     let mut fin_v = vec![0.0f64; dv];
     let mut blocks = blocks.into_iter();
     for group in &groups {

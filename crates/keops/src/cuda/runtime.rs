@@ -815,7 +815,7 @@ pub(crate) unsafe fn download<T: Copy + Default>(
     len: usize,
     stream: Stream,
 ) -> Result<Vec<T>> {
-    let mut out = vec![T::default(); len];
+    let mut out = crate::error::try_vec(len, T::default(), "the result on the host")?;
     stream.download(src, &mut out)?;
     Ok(out)
 }

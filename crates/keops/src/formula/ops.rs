@@ -123,7 +123,14 @@ macro_rules! unary_ops {
                 Ok(match self {
                     $( Unary::$v => { let ($dx, $dy) = (x, y); $de } )*
                     Unary::Pow(0) => None,
-                    Unary::Pow(m) => Some(Formula::int(m as i64).mul(&x.pow(m - 1))?),
+                    Unary::Pow(m) => {
+                        // x^(m-1), or x^m / x where m - 1 is below i32's range.
+                        let lower = match m.checked_sub(1) {
+                            Some(k) => x.pow(k),
+                            None => x.pow(m).binary(Binary::Divide, x)?,
+                        };
+                        Some(Formula::int(m as i64).mul(&lower)?)
+                    }
                     Unary::ClampInt(a, b) => Some(x.unary(Unary::DiffClampInt(a, b))),
                     Unary::DiffClampInt(..) | Unary::Round(_) => None,
                 })
@@ -603,6 +610,11 @@ pub enum Op {
     },
 }
 
+/// The largest dimension of a formula's node: dimensions are per pair `(i, j)`, so this is
+/// far beyond any useful formula, and it keeps every dimension computation (sums,
+/// squares, tensor shapes) clear of overflow.
+pub const MAX_DIM: usize = 1 << 24;
+
 fn dim_err(op: &str, msg: String) -> KeopsError {
     KeopsError::Dim {
         op: op.to_string(),
@@ -714,7 +726,7 @@ impl Op {
                 Ok(d)
             }
         };
-        match *self {
+        let dim = match *self {
             Op::Var { dim, .. } => positive(dim, "a variable's dimension"),
             Op::IntCst(_) | Op::RatCst(..) | Op::FloatCst(_) => Ok(1),
             Op::Zero(d) => positive(d, "Zero's dimension"),
@@ -757,12 +769,12 @@ impl Op {
                 }
             }
             Op::Extract { start, dim } => {
-                if dim == 0 || start + dim > dims[0] {
+                if dim == 0 || start.saturating_add(dim) > dims[0] {
                     return Err(dim_err(
                         name,
                         format!(
                             "coordinates {start}..{} out of range for dimension {}",
-                            start + dim,
+                            start.saturating_add(dim),
                             dims[0]
                         ),
                     ));
@@ -826,7 +838,14 @@ impl Op {
                 }
                 Ok(n)
             }
+        }?;
+        if dim > MAX_DIM {
+            return Err(dim_err(
+                name,
+                format!("the result would have dimension {dim}; at most {MAX_DIM} is supported"),
+            ));
         }
+        Ok(dim)
     }
 }
 
@@ -1273,7 +1292,7 @@ fn node(op: Op, args: Vec<Formula>) -> Formula {
     }
 }
 
-fn gcd(a: i64, b: i64) -> i64 {
+fn gcd(a: i128, b: i128) -> i128 {
     if b == 0 {
         a.abs()
     } else {
@@ -1312,12 +1331,15 @@ impl Formula {
                 msg: "denominator is zero".into(),
             });
         }
+        // In i128, so that no sign change or reduction overflows; a fraction that does not
+        // fit i64 once reduced (only from i64::MIN) is kept as its float value.
+        let (p, q) = (i128::from(p), i128::from(q));
         let g = gcd(p, q).max(1) * q.signum();
         let (p, q) = (p / g, q / g);
-        Ok(if q == 1 {
-            Formula::int(p)
-        } else {
-            node(Op::RatCst(p, q), vec![])
+        Ok(match (i64::try_from(p), i64::try_from(q)) {
+            (Ok(p), Ok(1)) => Formula::int(p),
+            (Ok(p), Ok(q)) => node(Op::RatCst(p, q), vec![]),
+            _ => Formula::float(p as f64 / q as f64),
         })
     }
     /// A floating-point constant (integral values become `IntCst`).
@@ -1346,8 +1368,12 @@ impl Formula {
     /// An elementwise unary op (folds constants and double negation).
     pub fn unary(&self, u: Unary) -> Formula {
         match (u, &self.op) {
-            (Unary::Minus, Op::IntCst(n)) => return Formula::int(-n),
-            (Unary::Minus, Op::RatCst(p, q)) => return node(Op::RatCst(-p, *q), vec![]),
+            // Constants fold unless the result overflows i64 (then the op stays, computed
+            // in floating point as any other).
+            (Unary::Minus, Op::IntCst(n)) if n.checked_neg().is_some() => return Formula::int(-n),
+            (Unary::Minus, Op::RatCst(p, q)) if p.checked_neg().is_some() => {
+                return node(Op::RatCst(-p, *q), vec![])
+            }
             (Unary::Minus, Op::FloatCst(b)) => return Formula::float(-f64::from_bits(*b)),
             (Unary::Minus, Op::Zero(_)) => return self.clone(),
             (Unary::Minus, Op::Unary(Unary::Minus)) => return self.args[0].clone(),
@@ -1374,12 +1400,15 @@ impl Formula {
         let out = broadcast_dim(b.name(), &[self.dim, other.dim])?;
         let (x, y) = (self, other);
         if let (Op::IntCst(p), Op::IntCst(q)) = (&x.op, &y.op) {
-            match b {
-                Binary::Add => return Ok(Formula::int(p + q)),
-                Binary::Subtract => return Ok(Formula::int(p - q)),
-                Binary::Mult => return Ok(Formula::int(p * q)),
+            let folded = match b {
+                Binary::Add => p.checked_add(*q),
+                Binary::Subtract => p.checked_sub(*q),
+                Binary::Mult => p.checked_mul(*q),
                 Binary::Divide if *q != 0 => return Formula::rat(*p, *q),
-                _ => {}
+                _ => None,
+            };
+            if let Some(n) = folded {
+                return Ok(Formula::int(n));
             }
         }
         match b {

@@ -8,7 +8,12 @@
 //! `cont_b[t]`. The op is bilinear, so its vjp is two more `TensorDot`s
 //! ([`TensorDot::grad_a`], [`TensorDot::grad_b`]).
 
+use super::ops::MAX_DIM;
 use crate::error::{KeopsError, Result};
+
+/// The most products `a[i] * b[j]` one `TensorDot` may sum (each is stored, and unrolled
+/// in generated GPU code).
+pub const MAX_TERMS: usize = 1 << 22;
 
 /// The parameters of a `TensorDot`, checked, with the products it sums.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -93,6 +98,24 @@ impl TensorDot {
                     dims_a[ka], dims_b[kb]
                 )));
             }
+        }
+        // Sizes are checked before any product is formed, so none overflows, and the
+        // products summed (one entry each) stay few enough to store and to generate code for.
+        let size = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(1usize, |p, &d| p.checked_mul(d).filter(|&p| p <= MAX_DIM))
+        };
+        let (Some(size_a), Some(size_b)) = (size(&dims_a), size(&dims_b)) else {
+            return Err(err(format!(
+                "shapes {dims_a:?} and {dims_b:?}: each tensor may have at most {MAX_DIM} entries"
+            )));
+        };
+        let contracted: usize = cont_a.iter().map(|&k| dims_a[k]).product();
+        let products = (size_a / contracted).saturating_mul(size_b);
+        if products > MAX_TERMS {
+            return Err(err(format!(
+                "contracting shapes {dims_a:?} and {dims_b:?} sums {products} products; at most {MAX_TERMS} are supported"
+            )));
         }
         let (ka, kb) = (kept(dims_a.len(), &cont_a), kept(dims_b.len(), &cont_b));
         let rank = ka.len() + kb.len();
