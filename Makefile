@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 # Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
 ARGS ?=
 
-.PHONY: demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
+.PHONY: fuzz cross-check demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
 
 demo: python
 	$(CARGO) build --workspace --release
@@ -64,9 +64,22 @@ wheel-check: wheel
 		$(abspath target/bare-venv)/bin/python -c \
 		'import sys, keops; sys.exit(0 if keops.check_health() else 1)'
 
-lint:
+lint: cross-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features --profile ci -- -D warnings
+
+# The library and the Python extension must build for the platforms users install on:
+# clippy for macOS (Apple silicon), Windows and Linux on ARM, no linking, so no SDK is
+# needed. A target rustup cannot fetch (offline) is skipped with a line that says so.
+CROSS_TARGETS ?= aarch64-apple-darwin x86_64-pc-windows-msvc aarch64-unknown-linux-gnu
+cross-check:
+	@for t in $(CROSS_TARGETS); do \
+		if rustup target list --installed 2>/dev/null | grep -qx "$$t" || rustup target add "$$t" >/dev/null 2>&1; then \
+			echo "cross-check: $$t"; \
+			PYO3_CROSS_PYTHON_VERSION=3.9 $(CARGO) clippy --quiet --target "$$t" -p keops -p keops-python \
+				--all-features --lib --tests -- -D warnings || exit 1; \
+		else echo "cross-check: SKIPPED $$t (rustup could not add the target)"; fi; \
+	done
 
 # Benchmarks, not tests: side-by-side ratios measured in one run, e.g.
 # `make bench ARGS="--quick"`. Dense NumPy and PyTorch are the peers, and pykeops when it
@@ -85,6 +98,17 @@ bench-rust: venv
 # bench]` runs the GPU checks (README, "GPU checks").
 gpu-bundle: wheel
 	VPY=$(VPY) scripts/gpu_bundle.sh
+
+# Coverage-guided fuzzing of formula text (`formula`) and block-sparse ranges (`ranges`)
+# with libFuzzer, not part of `make test`: `make fuzz TARGET=ranges SECONDS=600`. Needs
+# `cargo install cargo-fuzz`; RUSTC_BOOTSTRAP lets the stable toolchain take the
+# sanitizer flags. Findings land in fuzz/artifacts/ (pin each as a test).
+TARGET ?= formula
+SECONDS ?= 300
+fuzz:
+	cd fuzz && mkdir -p corpus/$(TARGET) && RUSTC_BOOTSTRAP=1 cargo fuzz run $(TARGET) \
+		corpus/$(TARGET) seeds/$(TARGET) -- -dict=formula.dict -max_total_time=$(SECONDS) \
+		-max_len=256 -timeout=10 -rss_limit_mb=4096
 
 venv: $(VENV)/.installed
 

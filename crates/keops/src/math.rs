@@ -1005,6 +1005,7 @@ mod tests {
 
     /// Evaluations per second of `run` (a kernel `out[i] = f(inp[i])`) on inputs
     /// `init(i)`: best of 5 runs of 10^7 evaluations over L1-resident slices.
+    #[cfg(target_arch = "x86_64")]
     fn rate<T: Copy + Default>(init: impl Fn(usize) -> T, run: impl Fn(&[T], &mut [T])) -> f64 {
         const LEN: usize = 4000;
         const REPS: usize = 2500;
@@ -1022,6 +1023,7 @@ mod tests {
         (LEN * REPS) as f64 / best
     }
 
+    #[cfg(target_arch = "x86_64")]
     macro_rules! kernels {
         ($feat:literal, $($name:ident: $t:ty => $f:expr;)*) => {
             $(

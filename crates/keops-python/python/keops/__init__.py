@@ -34,7 +34,8 @@ def _point_at_nvrtc() -> None:
         return
     dirs: List[str] = []
     for root in spec.submodule_search_locations:
-        for sub in ("cu13/lib", "cuda_nvrtc/lib"):
+        # Linux wheels keep the library in lib/, Windows ones in bin/ (CUDA 13: bin/x86_64).
+        for sub in ("cu13/lib", "cuda_nvrtc/lib", "cu13/bin/x86_64", "cu13/bin", "cuda_nvrtc/bin"):
             if os.path.isdir(os.path.join(root, sub)):
                 dirs.append(os.path.join(root, sub))
     if dirs:

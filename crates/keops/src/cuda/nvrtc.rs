@@ -63,7 +63,15 @@ pub(crate) fn load_error(e: &libloading::Error) -> String {
 
 /// Where to look for the library, in order.
 pub fn candidates() -> Vec<PathBuf> {
-    const NAMES: [&str; 3] = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+    #[cfg(not(windows))]
+    const NAMES: &[&str] = &["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"];
+    // Windows names the DLL by major version (CUDA 13 keeps it in `bin\x64`).
+    #[cfg(windows)]
+    const NAMES: &[&str] = &["nvrtc64_130_0.dll", "nvrtc64_120_0.dll"];
+    #[cfg(not(windows))]
+    const SUBDIRS: &[&str] = &["lib64", "lib"];
+    #[cfg(windows)]
+    const SUBDIRS: &[&str] = &["bin\\x64", "bin"];
     let mut out = Vec::new();
     let mut dir_or_file = |p: PathBuf| {
         if p.is_dir() {
@@ -77,8 +85,9 @@ pub fn candidates() -> Vec<PathBuf> {
     }
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Some(root) = std::env::var_os(var) {
-            dir_or_file(PathBuf::from(&root).join("lib64"));
-            dir_or_file(PathBuf::from(&root).join("lib"));
+            for sub in SUBDIRS {
+                dir_or_file(PathBuf::from(&root).join(sub));
+            }
         }
     }
     // Bare names: the dynamic loader's own search (LD_LIBRARY_PATH, ldconfig).
@@ -112,7 +121,7 @@ impl Nvrtc {
             fallback.ok_or_else(|| {
                 format!(
                     "NVRTC (libnvrtc) was not found; install the `nvidia-cuda-nvrtc` wheel or \
-                     the CUDA toolkit, or point KEOPS_NVRTC at libnvrtc.so. Tried: {}",
+                     the CUDA toolkit, or point KEOPS_NVRTC at the library or its folder. Tried: {}",
                     tried.join("; ")
                 )
             })

@@ -120,7 +120,7 @@ pub fn driver() -> Result<DriverInfo> {
     INFO.get_or_init(|| {
         // SAFETY: only tries to open the library.
         if !unsafe { sys::is_culib_present() } {
-            return Err("no CUDA driver (libcuda.so) was found on this machine".into());
+            return Err("no CUDA driver (libcuda.so, nvcuda.dll) was found on this machine".into());
         }
         let err = |e: KeopsError| e.to_string();
         cu(result::init(), "cuInit").map_err(err)?;

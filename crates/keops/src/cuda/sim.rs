@@ -431,7 +431,11 @@ type Poison = unsafe extern "C" fn(*const c_void, usize);
 fn asan() -> Option<(Poison, Poison)> {
     static FNS: OnceLock<Option<(Poison, Poison)>> = OnceLock::new();
     *FNS.get_or_init(|| {
+        // The process's own symbols: `dlopen(NULL)` on Unix, the executable on Windows.
+        #[cfg(unix)]
         let this = libloading::os::unix::Library::this();
+        #[cfg(windows)]
+        let this = libloading::os::windows::Library::this().ok()?;
         // SAFETY: the sanitizer's interface functions, with these signatures.
         unsafe {
             let p = this.get::<Poison>(b"__asan_poison_memory_region").ok()?;
