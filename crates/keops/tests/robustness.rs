@@ -9,82 +9,15 @@ use proptest::prelude::*;
 
 const ALIASES: [&str; 4] = ["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)", "p = Pm(3,2)"];
 
-/// Operation names, every arity and parameter kind among them (`Ind(...)` lists too).
-const OPS: &[&str] = &[
-    "Exp",
-    "Log",
-    "Sqrt",
-    "Rsqrt",
-    "Inv",
-    "IntInv",
-    "Pow",
-    "Powf",
-    "Square",
-    "Abs",
-    "Sign",
-    "Step",
-    "ReLU",
-    "Sin",
-    "Cos",
-    "Atan2",
-    "Mod",
-    "Round",
-    "ClampInt",
-    "Clamp",
-    "IfElse",
-    "SqDist",
-    "SqNorm2",
-    "Norm2",
-    "Normalize",
-    "Scalprod",
-    "Sum",
-    "SumT",
-    "Concat",
-    "Elem",
-    "ElemT",
-    "Extract",
-    "ExtractT",
-    "OneHot",
-    "TensorDot",
-    "MatVecMult",
-    "VecMatMult",
-    "TensorProd",
-    "Kron",
-    "WeightedSqNorm",
-    "WeightedSqDist",
-    "SymSqNorm",
-    "SqNormDiag",
-    "Grad",
-    "GradFromPos",
-    "Diff",
-    "Divergence",
-    "Laplacian",
-    "GradMatrix",
-    "TraceOperator",
-    "DifferenceMatrix",
-    "BSpline",
-    "SoftDTW_SqDist",
-    "Min",
-    "Max",
-    "ArgMin",
-    "ArgMax",
-    "Factorize",
-    "AutoFactorize",
-    "ComplexMult",
-    "ComplexExp",
-    "Conj",
-    "Real2Complex",
-    "ComplexSum",
-    "Ind",
-    "Var",
-    "Vi",
-    "Vj",
-    "Pm",
-    "IntCst",
-    "RatCst",
-    "Zero",
-    "Unknown",
-];
+/// Every name of the op table, and the syntax's other call forms (`Ind(...)` lists,
+/// variables, constants) and a name that is none of them.
+fn names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = keops::formula::ops::all_specs().map(|s| s.name).collect();
+    names.extend([
+        "Ind", "Var", "Vi", "Vj", "Pm", "IntCst", "RatCst", "Zero", "Unknown",
+    ]);
+    names
+}
 
 /// Numbers at the edges: of `i32`, `i64`, `usize` and `f64`, and small ones.
 const NUMBERS: &[&str] = &[
@@ -119,7 +52,7 @@ fn text() -> impl Strategy<Value = String> {
     leaf.prop_recursive(5, 48, 4, |inner| {
         prop_oneof![
             (
-                prop::sample::select(OPS),
+                prop::sample::select(names()),
                 prop::collection::vec(inner.clone(), 0..5)
             )
                 .prop_map(|(op, args)| format!("{op}({})", args.join(","))),
