@@ -246,6 +246,69 @@ fn every_op_matches_the_oracle() {
     });
 }
 
+/// Random formulas (the generator of tests/properties.rs, which checks the CPU engine
+/// with it) through generated kernels, float64, both axes, the scheme alternating,
+/// against the oracle: compositions of ops, hoisted and broadcast subtrees and constants
+/// that the per-op cases do not reach. Few cases, as each is a kernel build (a C++ one
+/// under the simulator).
+#[test]
+fn random_formulas_match_the_oracle() {
+    use common::random_formulas::{formula, inputs, paired, ALIASES};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    if !gpu() {
+        return;
+    }
+    let cases = if keops::cuda::sim::on() { 32 } else { 128 };
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let strategy = (formula(), 1usize..=40, 1usize..=300, any::<u64>());
+    let result = TestRunner::new(config).run(&strategy, |(f, n, m, seed)| {
+        let s = paired(&f).to_string();
+        let inp = inputs(n, m, seed);
+        let scheme = [GpuScheme::OneD, GpuScheme::TwoD][(seed % 2) as usize];
+        for axis in [1, 0] {
+            let g = Genred::new(&s, &ALIASES, Reduction::Sum, axis).unwrap();
+            let want = keops::reference::reduce(&g, &inp.args_f64()).unwrap();
+            let scale = common::sum_magnitude(&g, &inp);
+            let o = opts(scheme, SumScheme::BlockSum);
+            let got = run_as::<f64>(&g, &inp, &o)
+                .map_err(|e| TestCaseError::fail(format!("{s}: {e}")))?;
+            let (gv, wv) = (got.values.as_ref().unwrap(), want.values.as_ref().unwrap());
+            prop_assert_eq!(&gv.shape, &wv.shape);
+            for (k, (&x, &w)) in gv.data.iter().zip(&wv.data).enumerate() {
+                prop_assert!(
+                    common::close(
+                        x,
+                        w,
+                        scale[k],
+                        common::Tol {
+                            rtol: 1e-9,
+                            atol: 0.0
+                        }
+                    ),
+                    "{} (axis {}, N={}, M={}, {:?}): value {}: got {:e}, want {:e}",
+                    s,
+                    axis,
+                    n,
+                    m,
+                    scheme,
+                    k,
+                    x,
+                    w
+                );
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
 /// Chunked kernels (x and y of dimension 150): every chunkable case of
 /// `common::chunked_cases` and the one read in place, both axes, both schemes, with
 /// sizes that leave partial tiles, and a batch.

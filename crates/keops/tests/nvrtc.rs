@@ -2,7 +2,8 @@
 //! double (float also with `--use_fast_math`): the reduction kernel of every op case (`common::op_cases`, reduced by `Sum`)
 //! and of every reduction on both axes with every sum scheme, and the chunked kernels of
 //! high dimensions (`common::chunked_cases`), the kernels of wide outputs computed by
-//! columns (`common::column_cases`), the reductions with as many
+//! columns (`common::column_cases`), 32 random formulas (`common::random_formulas`),
+//! the reductions with as many
 //! output rows per thread as they allow in the builds the GPU runs (sm_90: float32 with
 //! fast math, float64). One kernel serves the 1D and 2D schemes (the 2D one adds
 //! `{name}_combine`, compiled here too). NVRTC runs without a GPU.
@@ -113,6 +114,21 @@ fn program(ty: CType, most_rows: bool) -> (String, usize) {
             .by_columns();
             assert!(k.columns.is_some(), "{f}");
             specs.push((k, 1, format!("{f} {} axis {axis}, by columns", r.name())));
+        }
+    }
+    // Random compositions of ops (tests/properties.rs' generator, fixed seed), both axes.
+    {
+        use proptest::strategy::{Strategy, ValueTree};
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        for n in 0..32 {
+            let f = common::random_formulas::formula()
+                .new_tree(&mut runner)
+                .expect("a formula")
+                .current();
+            let s = common::random_formulas::paired(&f).to_string();
+            let g = Genred::new(&s, &common::random_formulas::ALIASES, Reduction::Sum, n % 2)
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+            specs.push((with_ty(&g, &Options::default()), 1, format!("random: {s}")));
         }
     }
     let mut src = prelude(ty);

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod op_cases;
+pub mod random_formulas;
 
 use keops::formula::eval::PointEvaluator;
 use keops::formula::{Cat, Formula};
