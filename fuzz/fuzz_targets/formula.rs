@@ -5,9 +5,13 @@ use keops::{reference, Arg, Genred, Reduction};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let mut parts = text.split('\n');
-    let (Some(head), Some(formula)) = (parts.next(), parts.next()) else { return };
+    let (Some(head), Some(formula)) = (parts.next(), parts.next()) else {
+        return;
+    };
     let aliases: Vec<&str> = parts.collect();
     let mut h = head.bytes();
     let red = h.next().unwrap_or(0);
@@ -33,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // Sizes from the header too: 8 rows and columns or more reach the GEMM paths.
-    let (n, m) = (1 + h.next().unwrap_or(2) as usize % 40, 1 + h.next().unwrap_or(3) as usize % 40);
+    let (n, m) = (
+        1 + h.next().unwrap_or(2) as usize % 40,
+        1 + h.next().unwrap_or(3) as usize % 40,
+    );
     let mut bufs = Vec::new();
     for d in g.args() {
         let Some(d) = d else {
@@ -48,14 +55,26 @@ fuzz_target!(|data: &[u8]| {
             keops::Cat::Vj => m,
             keops::Cat::Pm => 1,
         };
-        let data: Vec<f64> = (0..rows * d.dim).map(|k| ((k * 37 % 11) as f64) / 7.0 - 0.6).collect();
-        let shape = if d.cat == keops::Cat::Pm { vec![d.dim] } else { vec![rows, d.dim] };
+        let data: Vec<f64> = (0..rows * d.dim)
+            .map(|k| ((k * 37 % 11) as f64) / 7.0 - 0.6)
+            .collect();
+        let shape = if d.cat == keops::Cat::Pm {
+            vec![d.dim]
+        } else {
+            vec![rows, d.dim]
+        };
         bufs.push((data, shape));
     }
     let args: Vec<Arg<'_, f64>> = bufs.iter().map(|(d, s)| Arg::new(d, s)).collect();
     let got = g.call(&args);
     let want = reference::reduce(&g, &args);
-    assert_eq!(got.is_ok(), want.is_ok(), "engine {:?} oracle {:?}", got.as_ref().err(), want.as_ref().err());
+    assert_eq!(
+        got.is_ok(),
+        want.is_ok(),
+        "engine {:?} oracle {:?}",
+        got.as_ref().err(),
+        want.as_ref().err()
+    );
     // The engine's vectorised sine and cosine are exact to 2^30 pi/2 only (math.rs, as
     // CUDA's fast-math ones): their values are not compared, errors and panics are.
     let trig = formula.contains("Sin") || formula.contains("Cos");
@@ -74,10 +93,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // float32 (other kernels: GEMM paths, fused kernels in f32): an answer where f64 has one.
-    let bufs32: Vec<(Vec<f32>, Vec<usize>)> =
-        bufs.iter().map(|(d, s)| (d.iter().map(|&v| v as f32).collect(), s.clone())).collect();
+    let bufs32: Vec<(Vec<f32>, Vec<usize>)> = bufs
+        .iter()
+        .map(|(d, s)| (d.iter().map(|&v| v as f32).collect(), s.clone()))
+        .collect();
     let args32: Vec<Arg<'_, f32>> = bufs32.iter().map(|(d, s)| Arg::new(d, s)).collect();
-    assert_eq!(g.call(&args32).is_ok(), got.is_ok(), "f32 and f64 disagree on an error");
+    assert_eq!(
+        g.call(&args32).is_ok(),
+        got.is_ok(),
+        "f32 and f64 disagree on an error"
+    );
     for k in 0..g.args().len() {
         if let Ok(gr) = g.grad(k) {
             let _ = gr;

@@ -64,7 +64,10 @@ fuzz_target!(|data: &[u8]| {
                     threads: Some(threads),
                     ..Options::default()
                 };
-                results.push(g.call_with(&args, &opts).map(|r| r.values.expect("values").data));
+                results.push(
+                    g.call_with(&args, &opts)
+                        .map(|r| r.values.expect("values").data),
+                );
             }
         }
         let first = &results[0];
@@ -82,21 +85,30 @@ fuzz_target!(|data: &[u8]| {
         // A direct sum over the blocks (one batch: indices are rows).
         if let (Ok(got), 1) = (first, nb) {
             let blocks = ranges.for_axis(axis);
-            let (n_out, outs, reds, wts) = if axis == 1 { (n, &x, &y, &b) } else { (m, &y, &x, &a) };
+            let (n_out, outs, reds, wts) = if axis == 1 {
+                (n, &x, &y, &b)
+            } else {
+                (m, &y, &x, &a)
+            };
             let mut want = vec![0.0; n_out];
             for (k, out) in blocks.ranges.iter().enumerate() {
                 let lo = if k == 0 { 0 } else { blocks.slices[k - 1] };
                 for o in out.clone() {
                     for red in &blocks.redranges[lo..blocks.slices[k]] {
                         for j in red.clone() {
-                            let d2: f64 = (0..2).map(|c| (outs[2 * o + c] - reds[2 * j + c]).powi(2)).sum();
+                            let d2: f64 = (0..2)
+                                .map(|c| (outs[2 * o + c] - reds[2 * j + c]).powi(2))
+                                .sum();
                             want[o] += (-d2).exp() * wts[j];
                         }
                     }
                 }
             }
             for (u, v) in got.iter().zip(&want) {
-                assert!((u - v).abs() <= 1e-12 * (1.0 + v.abs()), "{u} != direct {v}");
+                assert!(
+                    (u - v).abs() <= 1e-12 * (1.0 + v.abs()),
+                    "{u} != direct {v}"
+                );
             }
         }
     }
