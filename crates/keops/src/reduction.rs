@@ -195,10 +195,10 @@ impl ReductionSpec {
             (_, Some(0)) => return Err(err("weight dimension must be at least 1".into())),
             _ => {}
         }
-        if kind.k() == Some(0) {
-            return Err(err("K must be at least 1".into()));
-        }
         if let Some(k) = kind.k() {
+            if k == 0 {
+                return Err(err("K must be at least 1".into()));
+            }
             let max = crate::formula::ops::MAX_DIM;
             if !matches!(k.checked_mul(dim), Some(kd) if kd <= max) {
                 return Err(err(format!(

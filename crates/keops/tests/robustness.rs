@@ -68,20 +68,10 @@ fn text() -> impl Strategy<Value = String> {
     })
 }
 
-const REDUCTIONS: [Reduction; 7] = [
-    Reduction::Sum,
-    Reduction::LogSumExp,
-    Reduction::SumSoftMaxWeight,
-    Reduction::MinArgMin,
-    Reduction::ArgMax,
-    Reduction::KMin(2),
-    Reduction::ArgKMin(3),
-];
-
-/// Parses, checks, runs and differentiates `formula` with each reduction and axis; any
-/// step may fail, but with an error.
+/// Parses, checks, runs and differentiates (Sum and LogSumExp) `formula` with each
+/// reduction, the axis alternating; any step may fail, but with an error.
 fn exercise(formula: &str) {
-    for (r, reduction) in REDUCTIONS.into_iter().enumerate() {
+    for (r, &reduction) in Reduction::ALL.iter().enumerate() {
         let axis = r % 2;
         let g = if reduction == Reduction::SumSoftMaxWeight {
             Genred::with_weight(formula, "b", &ALIASES, reduction, axis)
@@ -92,7 +82,7 @@ fn exercise(formula: &str) {
         let data = inputs(&g, 3, 4);
         let args: Vec<Arg<'_, f64>> = data.iter().map(|(d, s)| Arg::new(d, s)).collect();
         let _ = g.call(&args);
-        if r > 1 {
+        if !matches!(reduction, Reduction::Sum | Reduction::LogSumExp) {
             continue;
         }
         for k in 0..g.args().len() {

@@ -277,14 +277,12 @@ fn drive<T: Element, R: BlockRunner>(
     if problem.ranges.is_some() {
         // Rows in no cluster hold the value of an empty reduction, as in KeOps.
         let (v, i) = spec.empty_output();
-        let v: Vec<T> = v.into_iter().map(T::from_f64).collect();
-        // (`max(1)`: a width of 0 leaves an empty array.)
-        out_v
-            .chunks_exact_mut(dv.max(1))
-            .for_each(|c| c.copy_from_slice(&v));
-        out_i
-            .chunks_exact_mut(di.max(1))
-            .for_each(|c| c.copy_from_slice(&i));
+        for (o, &e) in out_v.iter_mut().zip(v.iter().cycle()) {
+            *o = T::from_f64(e);
+        }
+        for (o, &e) in out_i.iter_mut().zip(i.iter().cycle()) {
+            *o = e;
+        }
     }
     let jobs: Vec<&Job> = groups.iter().flatten().collect();
     let blocks: Vec<Block> = if threads == 1 {
