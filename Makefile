@@ -64,9 +64,11 @@ wheel-check: wheel
 		$(abspath target/bare-venv)/bin/python -c \
 		'import sys, keops; sys.exit(0 if keops.check_health() else 1)'
 
+# rustdoc too: a broken link in the public crates' docs is an error.
 lint: cross-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features --profile ci -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps -p keops -p keops-python
 
 # The library and the Python extension must build for the platforms users install on:
 # clippy for macOS (Apple silicon), Windows and Linux on ARM, no linking, so no SDK is

@@ -3,7 +3,7 @@
 //! - `keops reduce FORMULA --arg NAME=CAT:FILE.npy ... --reduction NAME --axis 0|1 -o OUT.npy`
 //!   reduces `.npy` arrays with a KeOps formula (see [`reduce`]);
 //! - `keops bench [--quick] [--threads N]` runs the benchmark set and prints a table of
-//!   times and ratios against dense NumPy and pykeops (see [`bench`]).
+//!   times and ratios against dense NumPy and pykeops (see [`bench`](mod@bench)).
 //!
 //! Every user error ends the program with a one-line message on stderr that starts with
 //! `keops: `, and exit code 2.

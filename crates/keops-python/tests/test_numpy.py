@@ -116,6 +116,16 @@ def test_sizes_past_memory_are_errors_not_crashes():
         op(a)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sine_and_cosine_at_large_arguments(dtype) -> None:
+    """Past 2^30 the CPU engine computes sine and cosine by libm: as NumPy, not 0 or 1."""
+    x = np.array([[0.5], [1e10], [3e15], [-7e20], [1.5e30]], dtype=dtype)
+    op = Genred("Sin(x) * Cos(x + y)", ["x = Vi(1)", "y = Vj(1)"], axis=1)
+    got = op(x, np.zeros((1, 1), dtype), backend="CPU")[:, 0]
+    x64 = x[:, 0].astype(np.float64)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(got, np.sin(x64) * np.cos(x64), rtol=0, atol=tol)
+
 def test_threads_run_in_parallel_with_the_right_answers():
     x, y, b, g = data(np.float64, n=400, m=500)
     op = Genred(GAUSS, ALIASES, axis=1)

@@ -383,6 +383,10 @@ const PIO2_5: f64 = -1.253_699_020_693_249_9e-29; // -0x1.fc8f8cbb5bf6cp-97
 /// `pi/2 - PIO2_1 - PIO2_2` to 53 bits (for the `f32` reduction, which needs no more).
 const PIO2_3_LONG: f64 = 5.390_302_858_158_119e-15; // 0x1.8469898cc5170p-48
 const FRAC_2_PI: f64 = core::f64::consts::FRAC_2_PI;
+/// The largest `|x|` at which the vectorised sine and cosine are accurate (`2^30`, inside
+/// the `|q| < 2^30` where the reduction is exact). The engines compute the rare operands
+/// beyond with libm's (see `Kernel1::run_far`), whose reduction is exact at any size.
+pub const FAST_TRIG_MAX: f64 = 1_073_741_824.0; // 2^30
 /// Beyond this the reduction is meaningless (and `q * PIO2_1` could overflow), and the
 /// argument is replaced by `0 * x` (`0` for finite `x`, NaN for infinities).
 const TRIG_GUARD: f64 = 281_474_976_710_656.0; // 2^48
@@ -450,7 +454,8 @@ fn sin_cos_f32<M: MathMode>(x: f32, offset: u32) -> f32 {
 /// correctly rounded. Beyond `2^30 pi/2 ~ 1.68e9` the reduction is no longer exact and
 /// the absolute error grows like `|x| 1e-16` (1e-6 at `|x| = 1e10`, 1e-2 at `1e14`);
 /// for `|x| > 2^48` the result is `sin(0) = 0`. Never NaN for finite `x`.
-/// `sin(-0) = -0`; `sin(+-inf) = sin(NaN) = NaN`.
+/// `sin(-0) = -0`; `sin(+-inf) = sin(NaN) = NaN`. The engines use it up to
+/// [`FAST_TRIG_MAX`] only.
 #[inline(always)]
 pub fn sin_f32_mode<M: MathMode>(x: f32) -> f32 {
     // The polynomial gives +0 for r = -0: keep the sign of zero.
@@ -463,7 +468,8 @@ pub fn sin_f32_mode<M: MathMode>(x: f32) -> f32 {
 ///
 /// Maximum error: 0.502 ulp for `|x| <= 1.6e9` (exhaustive). Beyond `~1.68e9` the
 /// absolute error grows like `|x| 1e-16`; for `|x| > 2^48` the result is `cos(0) = 1`.
-/// Never NaN for finite `x`; `cos(+-inf) = cos(NaN) = NaN`.
+/// Never NaN for finite `x`; `cos(+-inf) = cos(NaN) = NaN`. The engines use it up to
+/// [`FAST_TRIG_MAX`] only.
 #[inline(always)]
 pub fn cos_f32_mode<M: MathMode>(x: f32) -> f32 {
     sin_cos_f32::<M>(x, 1)
@@ -552,7 +558,8 @@ fn sin_cos_f64<M: MathMode>(x: f64, offset: u64) -> f64 {
 /// arguments closest to multiples of `pi/2` (see the module docs). Beyond, the reduction
 /// is no longer exact and the absolute error grows like `|x| 1e-16` (1e-6 at
 /// `|x| = 1e10`); for `|x| > 2^48` the result is `sin(0) = 0`. Never NaN for finite `x`.
-/// `sin(-0) = -0`; `sin(+-inf) = sin(NaN) = NaN`.
+/// `sin(-0) = -0`; `sin(+-inf) = sin(NaN) = NaN`. The engines use it up to
+/// [`FAST_TRIG_MAX`] only.
 #[inline(always)]
 pub fn sin_f64_mode<M: MathMode>(x: f64) -> f64 {
     select(x == 0.0, x, sin_cos_f64::<M>(x, 0))
@@ -565,7 +572,7 @@ pub fn sin_f64_mode<M: MathMode>(x: f64) -> f64 {
 /// Maximum error observed: 0.87 ulp for `|x| <= 2^30 pi/2 ~ 1.68e9`, including the
 /// arguments closest to multiples of `pi/2`. Beyond, the absolute error grows like
 /// `|x| 1e-16`; for `|x| > 2^48` the result is `cos(0) = 1`. Never NaN for finite `x`;
-/// `cos(+-inf) = cos(NaN) = NaN`.
+/// `cos(+-inf) = cos(NaN) = NaN`. The engines use it up to [`FAST_TRIG_MAX`] only.
 #[inline(always)]
 pub fn cos_f64_mode<M: MathMode>(x: f64) -> f64 {
     sin_cos_f64::<M>(x, 1)

@@ -6,7 +6,7 @@
 //! coefficients `c`, `s` made of parameters and constants) run as one loop per tile:
 //! squared distances over all of D and the profile, with the reduced side's points
 //! stored dimension-major once per call; then the job's rows' values of the tile times
-//! the weights ([`weighted_sums`]: GEMM from 8 columns). Anything else runs on the tile
+//! the weights (`weighted_sums`: GEMM from 8 columns). Anything else runs on the tile
 //! program; both give the same results within rounding.
 
 use super::accumulate::{tile_sum, weighted_sums, Weights, GEMM_MIN_COLS};

@@ -71,6 +71,27 @@ impl<T: Real> Kernel1<T> for Map1<'_, T> {
             *d = f(x);
         }
     }
+    #[inline(always)]
+    fn run_far<F, E>(self, f: F, far: T, exact: E)
+    where
+        F: Fn(T) -> T + Copy,
+        E: Fn(T) -> T + Copy,
+    {
+        // The test is folded into the vectorised loop (`|`, not `any`, which would stop
+        // early and not vectorise); the scalar pass runs only where some operand is far.
+        let mut some = false;
+        for (d, &x) in self.dst.iter_mut().zip(self.a) {
+            *d = f(x);
+            some |= x.abs_() > far;
+        }
+        if some {
+            for (d, &x) in self.dst.iter_mut().zip(self.a) {
+                if x.abs_() > far {
+                    *d = exact(x);
+                }
+            }
+        }
+    }
 }
 
 struct Map2<'a, T> {

@@ -52,7 +52,14 @@ impl Cat {
 }
 
 macro_rules! unary_ops {
-    ($( $(#[$doc:meta])* $v:ident $name:literal |$x:ident| $e:expr, c $c:literal, d |$dx:ident, $dy:ident| $de:expr; )*) => {
+    // `k.run(f)`, or `k.run_far(f, exact)` for an op whose fast function is exact only up
+    // to `math::FAST_TRIG_MAX`.
+    (@run $k:ident, $f:expr) => { $k.run($f) };
+    (@run $k:ident, $f:expr, $exact:expr) => {
+        $k.run_far($f, R::from_f64(crate::math::FAST_TRIG_MAX), $exact)
+    };
+    ($( $(#[$doc:meta])* $v:ident $name:literal |$x:ident| $e:expr
+        $(, far |$fx:ident| $fe:expr)?, c $c:literal, d |$dx:ident, $dy:ident| $de:expr; )*) => {
         /// Elementwise operations of one operand (the output has the operand's dimension).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Unary {
@@ -87,13 +94,7 @@ macro_rules! unary_ops {
             /// The scalar semantics: one expression for the oracle and the engines.
             #[inline(always)]
             pub fn apply<R: Real, M: MathMode>(self, value: R) -> R {
-                match self {
-                    $( Unary::$v => { let $x = value; $e } )*
-                    Unary::Pow(m) => powi(value, m),
-                    Unary::ClampInt(a, b) => clamp(value, R::from_f64(a as f64), R::from_f64(b as f64)),
-                    Unary::DiffClampInt(a, b) => inside_int(value, R::from_f64(a as f64), R::from_f64(b as f64)),
-                    Unary::Round(d) => round_to(value, d),
-                }
+                self.with_kernel::<R, M, _>(At1(value))
             }
 
             /// The op as a C expression of the operand `x` (an expression of type `T`),
@@ -143,7 +144,7 @@ macro_rules! unary_ops {
             #[inline(always)]
             pub fn with_kernel<R: Real, M: MathMode, K: Kernel1<R>>(self, k: K) -> K::Out {
                 match self {
-                    $( Unary::$v => k.run(|$x: R| $e), )*
+                    $( Unary::$v => unary_ops!(@run k, |$x: R| $e $(, |$fx: R| $fe)?), )*
                     Unary::Pow(m) => k.run(move |x: R| powi(x, m)),
                     Unary::ClampInt(a, b) => {
                         let (lo, hi) = (R::from_f64(a as f64), R::from_f64(b as f64));
@@ -210,15 +211,16 @@ unary_ops! {
         c "({x} < 0 ? (T)0 : {x})",
         d |x, y| Some(x.unary(Unary::Step));
     /// `sin(x)`.
-    Sin "Sin" |x| x.sin_::<M>(),
+    Sin "Sin" |x| x.sin_::<M>(), far |x| R::from_f64(x.to_f64().sin()),
         c "k_sin({x})",
         d |x, y| Some(x.unary(Unary::Cos));
     /// `cos(x)`.
-    Cos "Cos" |x| x.cos_::<M>(),
+    Cos "Cos" |x| x.cos_::<M>(), far |x| R::from_f64(x.to_f64().cos()),
         c "k_cos({x})",
         d |x, y| Some(x.unary(Unary::Sin).neg());
     /// `sin(x) / x`, and 1 at 0.
     SinXDivX "SinXDivX" |x| R::select(x == R::ZERO, R::ONE, x.sin_::<M>() / x),
+        far |x| R::from_f64(x.to_f64().sin() / x.to_f64()),
         c "({x} == 0 ? (T)1 : k_sin({x}) / {x})",
         // (cos x - sin(x)/x) / x, and 0 at 0 (where KeOps' cos/x - sin/x^2 is NaN).
         d |x, y| {
@@ -267,6 +269,20 @@ pub trait Kernel1<R: Real> {
     type Out;
     /// Runs the loop with `f`.
     fn run<F: Fn(R) -> R + Copy>(self, f: F) -> Self::Out;
+    /// Runs the loop with `f` for operands with `|x| <= far` and `exact` for the others
+    /// (NaN included in the first): for ops whose vectorised function is exact on a
+    /// bounded range only (sine and cosine, see [`crate::math::FAST_TRIG_MAX`]). The
+    /// default tests each operand; a loop over many operands overrides it to keep `f`
+    /// vectorised and recompute the rare far operands afterwards.
+    #[inline(always)]
+    fn run_far<F, E>(self, f: F, far: R, exact: E) -> Self::Out
+    where
+        Self: Sized,
+        F: Fn(R) -> R + Copy,
+        E: Fn(R) -> R + Copy,
+    {
+        self.run(move |x: R| if x.abs_() > far { exact(x) } else { f(x) })
+    }
 }
 
 /// A loop body generic over the scalar function of a binary op (see [`Binary::with_kernel`]).
@@ -275,6 +291,17 @@ pub trait Kernel2<R: Real> {
     type Out;
     /// Runs the loop with `f`.
     fn run<F: Fn(R, R) -> R + Copy>(self, f: F) -> Self::Out;
+}
+
+/// A [`Kernel1`] that evaluates the op's function at one operand.
+struct At1<R>(R);
+
+impl<R: Real> Kernel1<R> for At1<R> {
+    type Out = R;
+    #[inline(always)]
+    fn run<F: Fn(R) -> R + Copy>(self, f: F) -> R {
+        f(self.0)
+    }
 }
 
 /// A [`Kernel2`] that evaluates the op's function at one pair of operands.
