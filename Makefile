@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 # Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
 ARGS ?=
 
-.PHONY: fuzz cross-check demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
+.PHONY: fuzz arm-check cross-check demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
 
 demo: python
 	$(CARGO) build --workspace --release
@@ -35,6 +35,13 @@ test: lint python wheel-check
 	KEOPS_CUDA_SIMULATOR=2 $(SIM_ASAN) $(CARGO) test --workspace --profile ci --all-features --test gpu
 	$(VPY) -m pytest -q -rs crates/keops-python/tests
 	KEOPS_CUDA_SIMULATOR=2 $(VPY) -m pytest -q -rs crates/keops-python/tests/test_gpu_sim.py
+	$(MAKE) --no-print-directory arm-check
+
+# Linux on ARM run, not only compiled: the Rust tests built for aarch64 and the aarch64
+# wheel's Python tests, under qemu-user (scripts/arm_check.sh installs what it needs,
+# or says what is missing and skips).
+arm-check: venv
+	PY=$(VPY) scripts/arm_check.sh
 
 # The Python package `keops`: the wheel users install (on Linux manylinux2014, glibc >=
 # 2.17, linked by zig from the venv's `ziglang`; abi3, any CPython >= 3.9), installed
@@ -42,7 +49,7 @@ test: lint python wheel-check
 # venv (numpy only, no Rust on PATH) and runs the install check from outside the tree.
 # `make wheel WHEEL_TARGET=aarch64-unknown-linux-gnu` cross-builds the ARM wheel (Grace
 # Hopper nodes; `rustup target add` it first).
-WHEEL_DIR := target/wheel
+WHEEL_DIR := target/wheel$(if $(WHEEL_TARGET),-$(WHEEL_TARGET))
 ifeq ($(shell uname -s),Linux)
 WHEEL_FLAGS ?= --zig --compatibility manylinux2014
 endif

@@ -11,6 +11,14 @@ import pytest
 
 FRONTS = ["numpy", "torch"]
 
+try:
+    import torch
+except ImportError:  # keops.torch's tests skip; keops.numpy's still run
+    torch = None
+
+#: For a test that needs PyTorch: skipped, saying why, where it is not installed.
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch, which is not installed")
+
 
 def front(name: str) -> Any:
     """``keops.numpy`` or ``keops.torch`` (the test is skipped without torch)."""

@@ -9,13 +9,15 @@ from typing import Any, Tuple
 
 import numpy as np
 import pytest
-import torch
+from frontends import needs_torch, torch
 
 import keops.numpy.cluster as nc
-import keops.torch.cluster as tc
 from keops.numpy import Genred, LazyTensor
-from keops.torch import Genred as TGenred
-from keops.torch import LazyTensor as TLazyTensor
+
+if torch is not None:
+    import keops.torch.cluster as tc
+    from keops.torch import Genred as TGenred
+    from keops.torch import LazyTensor as TLazyTensor
 
 RNG = np.random.default_rng(0)
 
@@ -198,6 +200,7 @@ def test_from_matrix_reference() -> None:
     assert nc.swap_axes(None) is None
 
 
+@needs_torch
 def test_torch_helpers_keep_tensors() -> None:
     x = torch.rand(100, 2)
     lab = tc.grid_cluster(x, 0.25)
@@ -213,6 +216,7 @@ def test_torch_helpers_keep_tensors() -> None:
 
 # -- gradients through block-sparse reductions ----------------------------------------------
 
+@needs_torch
 @pytest.mark.parametrize("red", ["sum", "logsumexp", "min"])
 @pytest.mark.parametrize("dim", [0, 1])
 def test_torch_gradcheck_block_sparse(red: str, dim: int) -> None:
@@ -249,6 +253,7 @@ def test_torch_gradcheck_block_sparse(red: str, dim: int) -> None:
         torch.testing.assert_close(f(xt, yt, bt).reshape(-1), want)
 
 
+@needs_torch
 def test_torch_genred_ranges() -> None:
     x, y, ranges, mask = clustered(100, 120, 0.2, 0.35)
     g = TGenred("Exp(-SqDist(x,y)) * b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)"], axis=1)

@@ -9,12 +9,14 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
+from frontends import needs_torch, torch
 
 import keops.numpy.cluster as nc
 from keops.numpy import ConvergenceWarning, KernelSolve, LazyTensor
-from keops.torch import KernelSolve as TKernelSolve
-from keops.torch import LazyTensor as TLazyTensor
+
+if torch is not None:
+    from keops.torch import KernelSolve as TKernelSolve
+    from keops.torch import LazyTensor as TLazyTensor
 
 RNG = np.random.default_rng(1)
 GAUSS = "Exp(-SqDist(x,y) * g) * a"
@@ -53,6 +55,7 @@ def test_axis_0_and_batch_dims() -> None:
         np.testing.assert_allclose(a[e], want, atol=1e-8)
 
 
+@needs_torch
 def test_lazytensor_solve_numpy_and_torch() -> None:
     n = 300
     x = RNG.random((n, 2))
@@ -90,6 +93,7 @@ def test_block_sparse_solve() -> None:
     assert mask.mean() < 0.7
 
 
+@needs_torch
 def test_gradcheck_through_the_solve() -> None:
     n = 30
     x = torch.rand(n, 2, dtype=torch.float64, requires_grad=True)
@@ -109,6 +113,7 @@ def test_gradcheck_through_the_solve() -> None:
         torch.testing.assert_close(u, v, rtol=1e-8, atol=1e-9)
 
 
+@needs_torch
 def test_lazytensor_solve_gradcheck() -> None:
     x = torch.rand(25, 1, dtype=torch.float64, requires_grad=True)
     b = torch.randn(25, 1, dtype=torch.float64, requires_grad=True)
