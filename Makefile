@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 # Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
 ARGS ?=
 
-.PHONY: fuzz arm-check cross-check demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
+.PHONY: fuzz arm-check windows-check cross-check demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
 
 demo: python
 	$(CARGO) build --workspace --release
@@ -35,13 +35,18 @@ test: lint python wheel-check
 	KEOPS_CUDA_SIMULATOR=2 $(SIM_ASAN) $(CARGO) test --workspace --profile ci --all-features --test gpu
 	$(VPY) -m pytest -q -rs crates/keops-python/tests
 	KEOPS_CUDA_SIMULATOR=2 $(VPY) -m pytest -q -rs crates/keops-python/tests/test_gpu_sim.py
-	$(MAKE) --no-print-directory arm-check
+	$(MAKE) --no-print-directory arm-check windows-check
 
 # Linux on ARM run, not only compiled: the Rust tests built for aarch64 and the aarch64
 # wheel's Python tests, under qemu-user (scripts/arm_check.sh installs what it needs,
 # or says what is missing and skips).
 arm-check: venv
 	PY=$(VPY) scripts/arm_check.sh
+
+# Windows run, not only compiled: the Rust tests built for x86_64 Windows (MinGW), under
+# Wine (scripts/windows_check.sh; `scripts/windows_check.sh all` adds the op tests).
+windows-check:
+	scripts/windows_check.sh
 
 # The Python package `keops`: the wheel users install (on Linux manylinux2014, glibc >=
 # 2.17, linked by zig from the venv's `ziglang`; abi3, any CPython >= 3.9), installed

@@ -31,7 +31,8 @@ def set_verbose(val: Any) -> None:
 
 def get_build_folder() -> Optional[str]:
     """The folder of the GPU kernel cache (CUBINs built by NVRTC): ``$KEOPS_CACHE_DIR``,
-    else ``$XDG_CACHE_HOME/keops-rs``, else ``~/.cache/keops-rs``, then ``cubin/``;
+    else ``keops-rs`` in the platform's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``
+    on Linux, ``%LOCALAPPDATA%`` on Windows), then ``cubin/``;
     ``None`` without a home folder."""
     d = _keops.kernel_cache_dir()
     return None if d is None else str(d)

@@ -133,7 +133,15 @@ impl Nvrtc {
     /// Opens the library at `path` (a file, or a bare name for the loader to find).
     pub fn open(path: &Path) -> Result<Nvrtc> {
         // SAFETY: loading NVRTC runs no initialisers with preconditions.
-        let lib = unsafe { Library::new(path) }.map_err(|e| unavailable(load_error(&e)))?;
+        let lib = unsafe { Library::new(path) }.map_err(|e| {
+            // dlopen's message names the file, Windows' LoadLibraryExW's does not.
+            let (msg, file) = (load_error(&e), path.display().to_string());
+            unavailable(if msg.contains(&file) {
+                msg
+            } else {
+                format!("{file}: {msg}")
+            })
+        })?;
         let mut n = Nvrtc {
             lib,
             path: path.to_path_buf(),
@@ -318,9 +326,14 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        // The loader's own reason, not only libloading's "dlopen failed".
-        assert!(err.contains("dlopen failed: "), "{err}");
+        // The file, and the loader's own reason, not only libloading's "dlopen failed".
         assert!(err.contains("/nonexistent/libnvrtc.so.12"), "{err}");
-        assert!(err.contains("No such file"), "{err}");
+        #[cfg(unix)]
+        assert!(
+            err.contains("dlopen failed: ") && err.contains("No such file"),
+            "{err}"
+        );
+        #[cfg(windows)]
+        assert!(err.contains("LoadLibraryExW failed: "), "{err}");
     }
 }
