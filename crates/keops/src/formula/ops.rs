@@ -52,8 +52,8 @@ impl Cat {
 }
 
 macro_rules! unary_ops {
-    // `k.run(f)`, or `k.run_far(f, exact)` for an op whose fast function is exact only up
-    // to `math::FAST_TRIG_MAX`.
+    // `k.run(f)`, or, for an op with a `far` clause (its fast function is exact only up
+    // to `math::FAST_TRIG_MAX`), `k.run_far(f, FAST_TRIG_MAX, exact)`.
     (@run $k:ident, $f:expr) => { $k.run($f) };
     (@run $k:ident, $f:expr, $exact:expr) => {
         $k.run_far($f, R::from_f64(crate::math::FAST_TRIG_MAX), $exact)
