@@ -423,13 +423,7 @@ pub fn fd_check(f: &Formula, v: &Formula, e: &Formula, p: &Point) -> FdCheck {
     }
     // Rounding in the differences scales with the largest intermediate value (a huge
     // term absorbs the change of a small one): allow for it.
-    let nodes = f.topo_order();
-    let magnitude = PointEvaluator::new(&nodes)
-        .eval(|c, i| self_or_empty(p, c, i))
-        .iter()
-        .filter(|x| x.is_finite())
-        .fold(0.0f64, |m, x| m.max(x.abs()))
-        * ev.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let magnitude = largest_intermediate(f, p) * ev.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     let mut worst = 0.0f64;
     for k in 0..v.dim {
         let fd = |h: f64| {
@@ -469,6 +463,16 @@ pub fn fd_check(f: &Formula, v: &Formula, e: &Formula, p: &Point) -> FdCheck {
         worst = worst.max(err);
     }
     FdCheck::Agree(worst)
+}
+
+/// The largest finite absolute value of any node of `f` at `p`: the scale of the
+/// rounding errors of evaluating `f` there.
+pub fn largest_intermediate(f: &Formula, p: &Point) -> f64 {
+    PointEvaluator::new(&f.topo_order())
+        .eval(|c, i| self_or_empty(p, c, i))
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, |m, x| m.max(x.abs()))
 }
 
 fn self_or_empty(p: &Point, c: Cat, i: usize) -> &[f64] {
