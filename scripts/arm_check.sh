@@ -20,24 +20,14 @@ SITE=target/arm-site
 PY=${PY:-.venv/bin/python}
 STAGES=${*:-rust python}
 
-skip() {
-    echo "arm-check: SKIPPED ($*)"
-    exit 0
-}
-
-apt_install() {
-    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 && return 0
-    apt-get update -q >/dev/null 2>&1 &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1
-}
+CHECK=arm-check
+. scripts/check_lib.sh
 
 if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
     apt_install qemu-user gcc-aarch64-linux-gnu ||
         skip "needs qemu-aarch64 and aarch64-linux-gnu-gcc: apt-get install qemu-user gcc-aarch64-linux-gnu"
 fi
-rustup target list --installed 2>/dev/null | grep -qx "$T" || rustup target add "$T" >/dev/null 2>&1 ||
-    skip "rustup could not add $T"
+need_target "$T"
 
 for stage in $STAGES; do
     case $stage in
@@ -55,7 +45,7 @@ for stage in $STAGES; do
     python)
         # Debian's arm64 CPython, unpacked (dpkg -x), with the shared libraries it loads.
         if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
-            [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || skip "needs apt-get as root for Debian's arm64 CPython"
+            can_apt || skip "needs apt-get as root for Debian's arm64 CPython"
             dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
             apt-get update -q >/dev/null 2>&1 || skip "apt-get update failed"
             rm -rf target/arm-debs && mkdir -p target/arm-debs "$ROOT"

@@ -22,22 +22,14 @@ WINE=/usr/lib/wine/wine64
 TESTS=(--lib --test errors --test dispatch --test ranges --test reductions --test robustness)
 [ "${1:-}" = all ] && TESTS+=(--test ops)
 
-skip() {
-    echo "windows-check: SKIPPED ($*)"
-    exit 0
-}
+CHECK=windows-check
+. scripts/check_lib.sh
 
 if [ ! -x "$WINE" ] || ! command -v x86_64-w64-mingw32-gcc >/dev/null; then
-    { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; } ||
+    apt_install --no-install-recommends wine64 gcc-mingw-w64-x86-64 ||
         skip "needs Wine and MinGW: apt-get install wine64 gcc-mingw-w64-x86-64"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends wine64 gcc-mingw-w64-x86-64 >/dev/null 2>&1 ||
-        { apt-get update -q >/dev/null 2>&1 &&
-            apt-get install -y -q --no-install-recommends wine64 gcc-mingw-w64-x86-64 >/dev/null 2>&1; } ||
-        skip "could not install Wine and MinGW"
 fi
-rustup target list --installed 2>/dev/null | grep -qx "$T" || rustup target add "$T" >/dev/null 2>&1 ||
-    skip "rustup could not add $T"
+need_target "$T"
 
 # A Wine prefix of our own. Rust's standard library (1.78+) takes its randomness from
 # bcryptprimitives.dll's ProcessPrng, which Wine 8 lacks: a shim DLL provides it.

@@ -278,30 +278,12 @@ fn random_formulas_match_the_oracle() {
             let o = opts(scheme, SumScheme::BlockSum);
             let got = run_as::<f64>(&g, &inp, &o)
                 .map_err(|e| TestCaseError::fail(format!("{s}: {e}")))?;
-            let (gv, wv) = (got.values.as_ref().unwrap(), want.values.as_ref().unwrap());
-            prop_assert_eq!(&gv.shape, &wv.shape);
-            for (k, (&x, &w)) in gv.data.iter().zip(&wv.data).enumerate() {
-                prop_assert!(
-                    common::close(
-                        x,
-                        w,
-                        scale[k],
-                        common::Tol {
-                            rtol: 1e-9,
-                            atol: 0.0
-                        }
-                    ),
-                    "{} (axis {}, N={}, M={}, {:?}): value {}: got {:e}, want {:e}",
-                    s,
-                    axis,
-                    n,
-                    m,
-                    scheme,
-                    k,
-                    x,
-                    w
-                );
-            }
+            let tol = common::Tol {
+                rtol: 1e-9,
+                atol: 0.0,
+            };
+            let ctx = format!("{s} (axis {axis}, N={n}, M={m}, {scheme:?})");
+            common::check_values(&got, &want, Some(&scale), tol, &ctx);
         }
         Ok(())
     });
