@@ -8,7 +8,12 @@
    stall x86 CPUs: the dense sum would be slowed by exactly the pairs that block-sparsity
    skips, flattering the ratio.
 2. A Gaussian-process regression on 10^5 points (block-sparse kernel, KernelSolve), its
-   test error against the noiseless function.
+   test error against the noiseless function, solved plainly and with the Nyström
+   preconditioner (``precond="nystrom"``) side by side.
+3. KernelSolve with and without the Nyström preconditioner at several ranks, on the
+   dense kernel of ``benchmarks/bench.py``'s KernelSolve case (N uniform points of the
+   unit cube, ``exp(-g |x-y|^2)``, float64), for two length scales and two ridges:
+   iterations and times in one run.
 
 KernelSolve against dense solves, as N grows, is a case of ``benchmarks/bench.py``.
 
@@ -97,23 +102,52 @@ def gp_regression(quick: bool) -> None:
     ks = KernelSolve("Exp(-SqDist(x,y) * g) * a", ["x = Vi(2)", "y = Vj(2)", "a = Vj(1)",
                                                    "g = Pm(1)"], "a", axis=1)
     gam = np.array([1 / (2 * ell ** 2)])
-    t, (a, info) = timed(lambda: ks(x, x, y, gam, alpha=noise ** 2, eps=1e-6, ranges=ranges,
-                                    return_info=True))
     xt = rng.random((2_000, 2))
-    pred = Genred("Exp(-SqDist(x,y) * g) * a", ["x = Vi(2)", "y = Vj(2)", "a = Vj(1)",
-                                               "g = Pm(1)"], axis=1)(xt, x, a, gam)
-    rmse = float(np.sqrt(((pred - f(xt)) ** 2).mean()))
-    print(f"N = {n:,}: solve {t:.1f} s, {info.iterations} iterations, residual "
-          f"{info.residual:.1e}, pairs kept {100 * keep.mean():.1f}% of cluster pairs; "
-          f"test RMSE {rmse:.3f} (noise {noise})")
+    predict = Genred("Exp(-SqDist(x,y) * g) * a", ["x = Vi(2)", "y = Vj(2)", "a = Vj(1)",
+                                                  "g = Pm(1)"], axis=1)
+    plain = None
+    for precond, rank in ((None, 0), ("nystrom", 100), ("nystrom", 400)):
+        t, (a, info) = timed(lambda: ks(x, x, y, gam, alpha=noise ** 2, eps=1e-6,
+                                        ranges=ranges, return_info=True, precond=precond,
+                                        precond_rank=max(rank, 1)))
+        plain = plain or t
+        rmse = float(np.sqrt(((predict(xt, x, a, gam) - f(xt)) ** 2).mean()))
+        name = "plain CG" if precond is None else f"Nyström rank {info.precond_rank}"
+        print(f"N = {n:,} {name:>18}: solve {t:6.1f} s (x{plain / t:4.1f}), "
+              f"{info.iterations:4} iterations, residual {info.residual:.1e}, pairs kept "
+              f"{100 * keep.mean():.1f}% of cluster pairs; test RMSE {rmse:.3f} "
+              f"(noise {noise})", flush=True)
+
+
+def preconditioning(quick: bool) -> None:
+    n = 2_000 if quick else 10_000
+    print(f"== KernelSolve with and without the Nyström preconditioner (N = {n:,}, D = 3, "
+          "float64, eps = 1e-6) ==")
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 3))
+    b = rng.standard_normal((n, 1))
+    ks = KernelSolve("Exp(-SqDist(x,y) * g) * a", GAUSS[:2] + ["a = Vj(2,1)", "g = Pm(3,1)"],
+                     "a", axis=1)
+    for g in (50.0, 10.0):
+        for alpha in (1.0, 1e-2):
+            plain = None
+            for precond, rank in ((None, 0), ("nystrom", 100), ("nystrom", 300)):
+                t, (_, info) = timed(lambda: ks(x, x, b, np.array([g]), alpha=alpha,
+                                                return_info=True, precond=precond,
+                                                precond_rank=max(rank, 1)))
+                plain = plain or t
+                name = "plain CG" if precond is None else f"rank {info.precond_rank}"
+                print(f"g = {g:>4}, alpha = {alpha:<5} {name:>9}: {info.iterations:4} "
+                      f"iterations, {t:6.2f} s (x{plain / t:4.1f})", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    p.add_argument("--only", choices=["sparse", "gp"], help="one part only")
+    p.add_argument("--only", choices=["sparse", "gp", "precond"], help="one part only")
     args = p.parse_args()
-    for name, part in (("sparse", block_sparse), ("gp", gp_regression)):
+    for name, part in (("sparse", block_sparse), ("gp", gp_regression),
+                       ("precond", preconditioning)):
         if args.only in (None, name):
             part(args.quick)
 

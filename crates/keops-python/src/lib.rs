@@ -266,9 +266,11 @@ impl Genred {
 
     /// Solves `(K + alpha I) a = b` by conjugate gradients (`keops::solve`), this `Sum`
     /// being `K a` with the unknown at argument `var` (where `args` holds `b`).
-    /// Returns `(a, iterations, residual, converged)`; `callback(iteration, residual)`
-    /// runs after each iteration (an exception it raises, or Ctrl-C, stops the solve).
-    #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None, fast_math=false))]
+    /// Returns `(a, iterations, residual, converged, precond_rank)`;
+    /// `callback(iteration, residual)` runs after each iteration (an exception it
+    /// raises, or Ctrl-C, stops the solve). `precond`: `None` or `"nystrom"` (rank
+    /// `precond_rank`).
+    #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None, fast_math=false, precond=None, precond_rank=100))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn solve<'py>(
         &self,
@@ -287,16 +289,31 @@ impl Genred {
         ranges: Option<PyRef<'py, Ranges>>,
         multi_gpu: Option<Bound<'py, PyAny>>,
         fast_math: bool,
-    ) -> PyResult<(Bound<'py, PyAny>, usize, f64, bool)> {
+        precond: Option<&str>,
+        precond_rank: usize,
+    ) -> PyResult<(Bound<'py, PyAny>, usize, f64, bool, usize)> {
         let mut opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
         opts.multi_gpu = multi_gpu_option(multi_gpu)?;
         opts.fast_math = fast_math;
         let solver =
             keops::solve::KernelSolve::from_genred(self.inner.clone(), var).map_err(to_py)?;
+        let precond = match precond {
+            None => keops::solve::Preconditioner::None,
+            Some(name) if name.eq_ignore_ascii_case("nystrom") => {
+                keops::solve::Preconditioner::Nystrom { rank: precond_rank }
+            }
+            Some(other) => {
+                return Err(to_py(KeopsError::Option {
+                    name: "precond".into(),
+                    msg: format!("{other:?}: expected None or \"nystrom\""),
+                }))
+            }
+        };
         let params = keops::solve::SolveOptions {
             alpha,
             eps,
             max_iter,
+            precond,
         };
         let mut raised: Option<PyErr> = None;
         let mut progress = |p: keops::solve::Progress| -> bool {
@@ -321,7 +338,13 @@ impl Genred {
                 })
                 .and_then(|sol| {
                     let x = to_numpy(py, Some(sol.x))?.expect("an array");
-                    Ok((x, sol.iterations, sol.residual, sol.converged))
+                    Ok((
+                        x,
+                        sol.iterations,
+                        sol.residual,
+                        sol.converged,
+                        sol.precond_rank,
+                    ))
                 })
             };
         }

@@ -159,3 +159,48 @@ def test_warning_progress_and_errors(capsys: pytest.CaptureFixture) -> None:
         ks(x, x, b, alpha=-1.0)
     with pytest.raises(ValueError, match="square"):
         ks(x, x[:50], b[:50])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nystrom_preconditioner(dtype: type) -> None:
+    # A smooth kernel and a small ridge: plain CG needs hundreds of iterations.
+    n = 1000
+    x = RNG.random((n, 3)).astype(dtype)
+    b = RNG.normal(size=(n, 2)).astype(dtype)
+    g = np.array([5.0], dtype=dtype)
+    ks = KernelSolve(GAUSS, ["x = Vi(3)", "y = Vj(3)", "a = Vj(2)", "g = Pm(1)"], "a", axis=1)
+    eps = 1e-9 if dtype == np.float64 else 1e-4
+    plain, pi = ks(x, x, b, g, alpha=1e-3, eps=eps, return_info=True)
+    pre, info = ks(x, x, b, g, alpha=1e-3, eps=eps, return_info=True, precond="nystrom",
+                   precond_rank=150)
+    assert pi.converged and info.converged and pi.precond_rank == 0
+    assert info.precond_rank == 150 and info.iterations * 5 < pi.iterations, (pi, info)
+    xf = x.astype(float)
+    want = np.linalg.solve(gauss_matrix(xf, xf, 5.0) + 1e-3 * np.eye(n), b.astype(float))
+    tol = 1e-6 if dtype == np.float64 else 5e-2
+    np.testing.assert_allclose(pre, want, atol=tol * np.abs(want).max())
+    # Through LazyTensor.solve, block-sparse ranges included.
+    K = (-((LazyTensor(xf[:, None, :]) - LazyTensor(xf[None, :, :])) ** 2).sum(-1) * 5.0).exp()
+    a, li = K.solve(b.astype(float), alpha=1e-3, eps=1e-9, precond="nystrom",
+                    precond_rank=150, return_info=True)
+    assert li.precond_rank == 150 and li.iterations == info.iterations or dtype == np.float32
+    np.testing.assert_allclose(a, want, atol=1e-6 * np.abs(want).max())
+    with pytest.raises(ValueError, match='precond: "cholesky": expected None or "nystrom"'):
+        ks(x, x, b, g, precond="cholesky")
+    with pytest.raises(ValueError, match="precond_rank.*at least 1"):
+        ks(x, x, b, g, precond="nystrom", precond_rank=0)
+
+
+def test_matrix_valued_kernel_is_one_system() -> None:
+    # K_ij = k(x_i, x_j) [[1, c], [c, 1]] mixes the unknown's two coordinates: solved
+    # as one system of 2n unknowns (column by column, CG would break down on it).
+    n = 200
+    x = RNG.random((n, 1))
+    b = RNG.normal(size=(n, 2))
+    ks = KernelSolve("Exp(-SqDist(x,y) * 10) * (a + Concat(Elem(a,1), Elem(a,0)) * 0.5)",
+                     ["x = Vi(1)", "y = Vj(1)", "a = Vj(2)"], "a", axis=1)
+    big = np.kron(gauss_matrix(x, x, 10.0), np.array([[1.0, 0.5], [0.5, 1.0]]))
+    want = np.linalg.solve(big + 0.1 * np.eye(2 * n), b.ravel()).reshape(n, 2)
+    for precond in (None, "nystrom"):
+        a = ks(x, x, b, alpha=0.1, eps=1e-11, precond=precond, precond_rank=40)
+        np.testing.assert_allclose(a, want, atol=1e-8 * np.abs(want).max())

@@ -42,7 +42,7 @@ REDUCTION_KWARGS = frozenset({"backend", "device_id", "ranges", "out", "dtype_ac
                               "use_fast_math"})
 #: Options of ``solve``: the reductions' (but ``out``) and the conjugate gradients'.
 SOLVE_KWARGS = (REDUCTION_KWARGS - {"out"}) | {"max_iter", "verbose", "callback",
-                                               "return_info"}
+                                               "return_info", "precond", "precond_rank"}
 #: The longest Python list that a LazyTensor takes as a constant vector.
 LIST_LIMIT = 256
 #: ``.dense()`` refuses matrices with more entries than this.
@@ -1093,7 +1093,8 @@ class GenericLazyTensor:
             core = compile_core(formula, aliases, "Sum", 1, None, None)
             _keops.check_solve(core.g, p.unknown)
             params = SolveParams(p.alpha, p.eps, kw.get("max_iter"), kw.get("verbose", False),
-                                 kw.get("callback"))
+                                 kw.get("callback"), kw.get("precond"),
+                                 int(kw.get("precond_rank", 100)))
             x = self._solve(core, p.unknown, arrays, params, opts)
             return (x, params.infos[0]) if kw.get("return_info") else x
         core = compile_core(formula, aliases, p.reduction, p.axis, p.k,
@@ -1229,7 +1230,8 @@ class GenericLazyTensor:
         ``var``. With ``call=False``, or other symbolic variables in ``self``, returns a
         callable LazyTensor (arguments: the other symbolic variables' arrays). Keyword
         arguments as ``KernelSolve``'s call (``max_iter``, ``ranges``, ``backend``,
-        ``verbose``, ``callback``, ``return_info``, ...); differentiable in PyTorch.
+        ``verbose``, ``callback``, ``return_info``, ``precond``, ``precond_rank``, ...);
+        differentiable in PyTorch.
         """
         _check_kwargs("solve()", kwargs, SOLVE_KWARGS)
         if isinstance(other, GenericLazyTensor):

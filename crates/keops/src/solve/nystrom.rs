@@ -1,0 +1,346 @@
+//! The Nyström preconditioner of [`super::KernelSolve`]: `P = L L^T + mu I`, where `L`
+//! (`m x r`) is the partial pivoted Cholesky factor of `K` (the greedy Nyström
+//! approximation of GPyTorch and Falkon's kind). Each of its `r` steps takes the column
+//! of `K` at the row whose diagonal is worst approximated so far: one reduction over a
+//! single reduced row, whatever the formula. The diagonal itself is one reduction with
+//! block-sparse ranges pairing each row with itself.
+//!
+//! `P^{-1}` is applied through Woodbury's identity, scaled by `mu` (CG is blind to a
+//! preconditioner's scale): `mu P^{-1} v = v - L (mu I + L^T L)^{-1} L^T v`, with the
+//! Cholesky factor of the small `r x r` matrix computed once. `mu` is the ridge `alpha`,
+//! raised to `1e-9 trace(K)` if smaller so that `mu I + L^T L` stays well conditioned;
+//! any `mu > 0` gives a symmetric positive definite `P`, so the preconditioner only
+//! changes the iteration count, never the solution.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{KeopsError, Result};
+use crate::formula::Cat;
+use crate::plan::private::Sealed;
+use crate::plan::{Arg, Element, Genred, Layout, Options};
+use crate::ranges::{Blocks, Ranges};
+
+/// Rows per parallel task in the vector updates.
+const CHUNK: usize = 4096;
+
+/// The operator `K` of one solve: how to evaluate its columns and diagonal.
+pub(super) struct Kernel<'s, 'a, T> {
+    /// `K a`.
+    pub genred: &'s Genred,
+    /// The call's arguments (the unknown's slot is replaced).
+    pub args: &'s [Arg<'a, T>],
+    /// Their checked shapes.
+    pub layout: Layout,
+    /// The unknown's position.
+    pub var: usize,
+    /// Rows of the system.
+    pub n: usize,
+    /// The unknown's dimension.
+    pub d: usize,
+    /// Unknowns per row in one system: 1 when `K` scales every column alike (each
+    /// column its own system), `d` when it mixes them (one system of `n d` unknowns).
+    pub width: usize,
+    /// Engine options, without ranges.
+    pub opts: Options,
+    /// The caller's block-sparse ranges, if any.
+    pub ranges: Option<Arc<Ranges>>,
+}
+
+impl<T: Element> Kernel<'_, '_, T> {
+    /// Size of one system.
+    pub fn m(&self) -> usize {
+        self.n * self.width
+    }
+
+    /// The arguments of batch entry `e`: the reduced side's rows cut to `row` (all when
+    /// `None`) and `unknown` (of `row`'s length) in the unknown's place.
+    fn entry_args<'b>(
+        &'b self,
+        e: usize,
+        row: Option<usize>,
+        unknown: &'b [T],
+    ) -> Result<Vec<Arg<'b, T>>> {
+        let reduced = if self.genred.axis() == 1 {
+            Cat::Vj
+        } else {
+            Cat::Vi
+        };
+        let rows = if row.is_some() { 1 } else { self.n };
+        (0..self.args.len())
+            .map(|k| {
+                let decl = self.genred.arg_decl(k)?;
+                if k == self.var {
+                    return Ok(Arg::new(unknown, [rows, self.d]));
+                }
+                let off = self.layout.batch_offset(k, e);
+                let data = &self.args[k].data[off..];
+                Ok(match (decl.cat, row) {
+                    (Cat::Pm, _) => Arg::new(&data[..decl.dim], [decl.dim]),
+                    (cat, Some(p)) if cat == reduced => {
+                        Arg::new(&data[p * decl.dim..(p + 1) * decl.dim], [1, decl.dim])
+                    }
+                    _ => Arg::new(&data[..self.n * decl.dim], [self.n, decl.dim]),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs `K` on `args`: the `n x d` output values, in `f64`.
+    fn reduce(&self, args: &[Arg<'_, T>], opts: &Options) -> Result<Vec<f64>> {
+        let out =
+            self.genred.call_with(args, opts)?.values.ok_or_else(|| {
+                KeopsError::Arguments("internal error: a Sum without values".into())
+            })?;
+        Ok(out.data.iter().map(|v| v.to_f64()).collect())
+    }
+
+    /// For the rows of batch entry `e`: whether the caller's ranges pair them with
+    /// reduced row `p` (with themselves when `p` is `None`); `None` without ranges.
+    fn kept_rows(&self, e: usize, p: Option<usize>) -> Option<Vec<bool>> {
+        let blocks: &Blocks = self.ranges.as_ref()?.for_axis(self.genred.axis());
+        let base = e * self.n;
+        let mut keep = vec![false; self.n];
+        for (k, r) in blocks.ranges.iter().enumerate() {
+            let (lo, hi) = (r.start.max(base), r.end.min(base + self.n));
+            if lo >= hi {
+                continue;
+            }
+            for q in blocks.reduced(k) {
+                match p {
+                    Some(p) if q.contains(&(base + p)) => keep[lo - base..hi - base].fill(true),
+                    Some(_) => {}
+                    None => {
+                        let (a, b) = (q.start.max(lo), q.end.min(hi));
+                        if a < b {
+                            keep[a - base..b - base].fill(true);
+                        }
+                    }
+                }
+            }
+        }
+        Some(keep)
+    }
+
+    /// Zeroes the entries of `v` (`n` rows of `width`) in rows not kept.
+    fn mask(&self, v: &mut [f64], keep: Option<Vec<bool>>) {
+        if let Some(keep) = keep {
+            for (row, &k) in v.chunks_mut(self.width).zip(&keep) {
+                if !k {
+                    row.fill(0.0);
+                }
+            }
+        }
+    }
+
+    /// Column `(p, c)` of batch entry `e`'s system matrix (`m` values).
+    fn column(&self, e: usize, p: usize, c: usize) -> Result<Vec<f64>> {
+        let mut unit = vec![T::from_f64(0.0); self.d];
+        unit[c] = T::from_f64(1.0);
+        let out = self.reduce(&self.entry_args(e, Some(p), &unit)?, &self.opts)?;
+        let mut col: Vec<f64> = if self.width == 1 {
+            out.iter().step_by(self.d).copied().collect()
+        } else {
+            out
+        };
+        self.mask(&mut col, self.kept_rows(e, Some(p)));
+        Ok(col)
+    }
+
+    /// The diagonal of batch entry `e`'s system matrix: one reduction per unknown of a
+    /// row, each row paired with itself alone by ranges.
+    fn diagonal(&self, e: usize) -> Result<Vec<f64>> {
+        let n = self.n;
+        let own = Blocks {
+            ranges: (0..n).map(|i| i..i + 1).collect(),
+            slices: (1..=n).collect(),
+            redranges: (0..n).map(|i| i..i + 1).collect(),
+        };
+        let opts = Options {
+            ranges: Some(Arc::new(Ranges::from_blocks(own)?)),
+            ..self.opts.clone()
+        };
+        let mut diag = vec![0.0; self.m()];
+        for c in 0..self.width {
+            let unit: Vec<T> = (0..n * self.d)
+                .map(|t| T::from_f64(if t % self.d == c { 1.0 } else { 0.0 }))
+                .collect();
+            let out = self.reduce(&self.entry_args(e, None, &unit)?, &opts)?;
+            for i in 0..n {
+                diag[i * self.width + c] = out[i * self.d + c];
+            }
+        }
+        self.mask(&mut diag, self.kept_rows(e, None));
+        Ok(diag)
+    }
+}
+
+/// `mu P^{-1}` for one batch entry.
+#[derive(Debug)]
+pub(super) struct Nystrom {
+    /// Size of the system.
+    m: usize,
+    /// The rank reached (the pivoting stops early when `K` is approximated to 1e-10
+    /// of its largest diagonal entry).
+    pub rank: usize,
+    /// `L^T` (`rank x m`, row-major): the columns of `L`.
+    lt: Vec<f64>,
+    /// The lower Cholesky factor of `mu I + L^T L` (`rank x rank`, row-major).
+    chol: Vec<f64>,
+}
+
+impl Nystrom {
+    /// Builds the preconditioner of batch entry `e` with at most `rank` columns.
+    pub fn build<T: Element>(
+        k: &Kernel<'_, '_, T>,
+        e: usize,
+        rank: usize,
+        alpha: f64,
+    ) -> Result<Nystrom> {
+        let m = k.m();
+        let not_finite = |what: &str, v: f64, t: usize| {
+            KeopsError::Arguments(format!(
+            "KernelSolve's Nyström preconditioner: the kernel's {what} holds a non-finite value ({v}, row {} of batch entry {e}): the kernel's arguments hold NaN or infinite values, or its formula overflows",
+            t / k.width
+        ))
+        };
+        let mut resid = k.diagonal(e)?;
+        if let Some(t) = resid.iter().position(|v| !v.is_finite()) {
+            return Err(not_finite("diagonal", resid[t], t));
+        }
+        let dmax = resid.iter().fold(0.0f64, |a, &v| a.max(v));
+        let trace: f64 = resid.iter().filter(|&&v| v > 0.0).sum();
+        let mu = alpha.max(1e-9 * trace);
+        let rank = rank.min(m);
+        let mut lt: Vec<f64> = Vec::with_capacity(rank * m);
+        let mut picked = vec![false; m];
+        for r in 0..rank {
+            let best = (0..m)
+                .filter(|&t| !picked[t])
+                .max_by(|&a, &b| resid[a].total_cmp(&resid[b]));
+            let Some(p) = best else { break };
+            if resid[p] <= 1e-10 * dmax {
+                break;
+            }
+            let mut col = k.column(e, p / k.width, p % k.width)?;
+            if let Some(t) = col.iter().position(|v| !v.is_finite()) {
+                return Err(not_finite("column", col[t], t));
+            }
+            // Minus the part the previous columns already explain.
+            let lp: Vec<f64> = (0..r).map(|t| lt[t * m + p]).collect();
+            col.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(ci, chunk)| {
+                    let off = ci * CHUNK;
+                    for (t, &f) in lp.iter().enumerate() {
+                        let l = &lt[t * m + off..t * m + off + chunk.len()];
+                        chunk.iter_mut().zip(l).for_each(|(v, &l)| *v -= f * l);
+                    }
+                });
+            let pivot = col[p];
+            // Rounding has caught up with the approximation: nothing left to add (the
+            // column is finite, checked above).
+            if pivot <= 1e-10 * dmax {
+                break;
+            }
+            let s = pivot.sqrt().recip();
+            for (v, q) in col.iter_mut().zip(resid.iter_mut()) {
+                *v *= s;
+                *q -= *v * *v;
+            }
+            picked[p] = true;
+            lt.extend_from_slice(&col);
+        }
+        let rank = lt.len() / m.max(1);
+        let mut chol = vec![0.0; rank * rank];
+        if rank > 0 {
+            <f64 as Sealed>::gemm((rank, m, rank), &lt, m, &lt, 1, m, &mut chol);
+        }
+        for t in 0..rank {
+            chol[t * rank + t] += mu;
+        }
+        cholesky(&mut chol, rank).map_err(|t| {
+            KeopsError::Arguments(format!(
+                "KernelSolve's Nyström preconditioner: mu I + L^T L is not positive definite (pivot {t} of {rank}, mu = {mu:e})"
+            ))
+        })?;
+        Ok(Nystrom { m, rank, lt, chol })
+    }
+
+    /// `v <- mu P^{-1} v` for `v` of `m` rows and `cols` systems (row-major).
+    pub fn apply(&self, v: &mut [f64], cols: usize) {
+        let (m, rank) = (self.m, self.rank);
+        if rank == 0 || cols == 0 {
+            return;
+        }
+        debug_assert_eq!(v.len(), m * cols);
+        // w = (mu I + L^T L)^{-1} L^T v.
+        let mut w = vec![0.0; rank * cols];
+        <f64 as Sealed>::gemm((rank, m, cols), &self.lt, m, v, cols, 1, &mut w);
+        let c = &self.chol;
+        for col in 0..cols {
+            for t in 0..rank {
+                let s: f64 = (0..t).map(|u| c[t * rank + u] * w[u * cols + col]).sum();
+                w[t * cols + col] = (w[t * cols + col] - s) / c[t * rank + t];
+            }
+            for t in (0..rank).rev() {
+                let s: f64 = (t + 1..rank)
+                    .map(|u| c[u * rank + t] * w[u * cols + col])
+                    .sum();
+                w[t * cols + col] = (w[t * cols + col] - s) / c[t * rank + t];
+            }
+        }
+        // v -= L w.
+        v.par_chunks_mut(CHUNK * cols)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                let i0 = ci * CHUNK;
+                for t in 0..rank {
+                    let l = &self.lt[t * m + i0..];
+                    let wt = &w[t * cols..(t + 1) * cols];
+                    for (row, &l) in chunk.chunks_mut(cols).zip(l) {
+                        row.iter_mut().zip(wt).for_each(|(x, &w)| *x -= l * w);
+                    }
+                }
+            });
+    }
+}
+
+/// In-place lower Cholesky factor of the symmetric `n x n` row-major `a` (its upper
+/// triangle is left as is); `Err(t)` at a non-positive pivot `t`.
+fn cholesky(a: &mut [f64], n: usize) -> std::result::Result<(), usize> {
+    for j in 0..n {
+        let s: f64 = (0..j).map(|k| a[j * n + k] * a[j * n + k]).sum();
+        let d = a[j * n + j] - s;
+        if d.is_nan() || d <= 0.0 {
+            return Err(j);
+        }
+        let d = d.sqrt();
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let s: f64 = (0..j).map(|k| a[i * n + k] * a[j * n + k]).sum();
+            a[i * n + j] = (a[i * n + j] - s) / d;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_factors_and_refuses_indefinite_matrices() {
+        let mut a = vec![4.0, 2.0, 2.0, 2.0, 5.0, 3.0, 2.0, 3.0, 6.0];
+        let orig = a.clone();
+        cholesky(&mut a, 3).unwrap();
+        for i in 0..3 {
+            for j in 0..=i {
+                let s: f64 = (0..=j).map(|k| a[i * 3 + k] * a[j * 3 + k]).sum();
+                assert!((s - orig[i * 3 + j]).abs() < 1e-12, "{i} {j}");
+            }
+        }
+        assert_eq!(cholesky(&mut [1.0, 2.0, 2.0, 1.0], 2), Err(1));
+    }
+}
