@@ -134,6 +134,11 @@ def test_kernel_solve_on_the_gpu_engine() -> None:
     a = solve(x, x, b, alpha=1.0, backend="GPU")
     K = np.exp(-((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
     np.testing.assert_allclose(K @ a + a, b, rtol=1e-5, atol=1e-5)
+    # The Nyström preconditioner's columns and ranges-paired diagonal on the GPU too.
+    p, info = solve(x, x, b, alpha=1.0, backend="GPU", precond="nystrom", precond_rank=30,
+                    return_info=True)
+    assert info.precond_rank == 30 and info.converged
+    np.testing.assert_allclose(K @ p + p, b, rtol=1e-5, atol=1e-5)
 
 
 def test_torch_autograd_through_the_gpu_engine() -> None:
