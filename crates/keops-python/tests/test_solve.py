@@ -164,7 +164,7 @@ def test_warning_progress_and_errors(capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_nystrom_preconditioner(dtype: type) -> None:
     # A smooth kernel and a small ridge: plain CG needs hundreds of iterations.
-    n = 1000
+    n = 300  # small: this suite also runs under qemu (make arm-check)
     x = RNG.random((n, 3)).astype(dtype)
     b = RNG.normal(size=(n, 2)).astype(dtype)
     g = np.array([5.0], dtype=dtype)
@@ -172,18 +172,20 @@ def test_nystrom_preconditioner(dtype: type) -> None:
     eps = 1e-9 if dtype == np.float64 else 1e-4
     plain, pi = ks(x, x, b, g, alpha=1e-3, eps=eps, return_info=True)
     pre, info = ks(x, x, b, g, alpha=1e-3, eps=eps, return_info=True, precond="nystrom",
-                   precond_rank=150)
+                   precond_rank=60)
     assert pi.converged and info.converged and pi.precond_rank == 0
-    assert info.precond_rank == 150 and info.iterations * 5 < pi.iterations, (pi, info)
+    assert info.precond_rank == 60 and info.iterations * 5 < pi.iterations, (pi, info)
     xf = x.astype(float)
     want = np.linalg.solve(gauss_matrix(xf, xf, 5.0) + 1e-3 * np.eye(n), b.astype(float))
     tol = 1e-6 if dtype == np.float64 else 5e-2
     np.testing.assert_allclose(pre, want, atol=tol * np.abs(want).max())
-    # Through LazyTensor.solve, block-sparse ranges included.
+    # Through LazyTensor.solve (in float64).
     K = (-((LazyTensor(xf[:, None, :]) - LazyTensor(xf[None, :, :])) ** 2).sum(-1) * 5.0).exp()
     a, li = K.solve(b.astype(float), alpha=1e-3, eps=1e-9, precond="nystrom",
-                    precond_rank=150, return_info=True)
-    assert li.precond_rank == 150 and li.iterations == info.iterations or dtype == np.float32
+                    precond_rank=60, return_info=True)
+    assert li.precond_rank == 60
+    if dtype == np.float64:
+        assert li.iterations == info.iterations
     np.testing.assert_allclose(a, want, atol=1e-6 * np.abs(want).max())
     with pytest.raises(ValueError, match='precond: "cholesky": expected None or "nystrom"'):
         ks(x, x, b, g, precond="cholesky")
