@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::error::{KeopsError, Result};
+use crate::error::{try_vec, KeopsError, Result};
 use crate::formula::Cat;
 use crate::plan::private::Sealed;
 use crate::plan::{Arg, Element, Genred, Layout, Options};
@@ -213,8 +213,17 @@ impl Nystrom {
         let trace: f64 = resid.iter().filter(|&&v| v > 0.0).sum();
         let mu = alpha.max(1e-9 * trace);
         let rank = rank.min(m);
-        let mut lt: Vec<f64> = Vec::with_capacity(rank * m);
+        // The factor is the one allocation that grows with the rank: refused, it is an
+        // error naming its size, not an abort.
+        let mut lt = try_vec(
+            rank.saturating_mul(m),
+            0.0f64,
+            &format!(
+                "KernelSolve's rank-{rank} Nyström preconditioner ({m} rows; lower precond_rank)"
+            ),
+        )?;
         let mut picked = vec![false; m];
+        let mut reached = 0;
         for r in 0..rank {
             let best = (0..m)
                 .filter(|&t| !picked[t])
@@ -250,9 +259,12 @@ impl Nystrom {
                 *q -= *v * *v;
             }
             picked[p] = true;
-            lt.extend_from_slice(&col);
+            lt[r * m..(r + 1) * m].copy_from_slice(&col);
+            reached = r + 1;
         }
-        let rank = lt.len() / m.max(1);
+        let rank = reached;
+        lt.truncate(rank * m);
+        lt.shrink_to_fit();
         let mut chol = vec![0.0; rank * rank];
         if rank > 0 {
             <f64 as Sealed>::gemm((rank, m, rank), &lt, m, &lt, 1, m, &mut chol);
