@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 from . import _keops
 from ._cluster import same_ranges, swap_axes
 from ._genred import Core, GenredBase, Options, compile_core, make_options
-from ._solve import SolveParams
+from ._solve import PRECOND_RANK, SolveParams
 
 Number = Union[int, float]
 #: A NumPy array or a PyTorch tensor, depending on the front end.
@@ -1094,7 +1094,7 @@ class GenericLazyTensor:
             _keops.check_solve(core.g, p.unknown)
             params = SolveParams(p.alpha, p.eps, kw.get("max_iter"), kw.get("verbose", False),
                                  kw.get("callback"), kw.get("precond"),
-                                 int(kw.get("precond_rank", 100)))
+                                 int(kw.get("precond_rank", PRECOND_RANK)))
             x = self._solve(core, p.unknown, arrays, params, opts)
             return (x, params.infos[0]) if kw.get("return_info") else x
         core = compile_core(formula, aliases, p.reduction, p.axis, p.k,

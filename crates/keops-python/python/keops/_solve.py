@@ -16,6 +16,10 @@ from . import _keops
 from ._genred import Core, DeviceId, Options, compile_core, make_options
 
 
+#: The Nyström preconditioner's default largest rank (``precond_rank``).
+PRECOND_RANK = 100
+
+
 class ConvergenceWarning(RuntimeWarning):
     """A conjugate-gradient solve stopped at its iteration limit before meeting ``eps``."""
 
@@ -46,7 +50,7 @@ class SolveParams:
     callback: Optional[Callable[[int, float], Any]] = None
     #: ``None`` or ``"nystrom"``, and the latter's largest rank.
     precond: Optional[str] = None
-    precond_rank: int = 100
+    precond_rank: int = PRECOND_RANK
     #: Filled by each solve (the forward one first).
     infos: List[SolveInfo] = field(default_factory=list)
 
@@ -142,7 +146,7 @@ class KernelSolveBase:
                  max_iter: Optional[int] = None, verbose: bool = False,
                  callback: Optional[Callable[[int, float], Any]] = None,
                  return_info: bool = False, precond: Optional[str] = None,
-                 precond_rank: int = 100) -> Any:
+                 precond_rank: int = PRECOND_RANK) -> Any:
         """Solves with ``b`` in the unknown's place (see the class docs for the
         options); returns ``a``, or ``(a, SolveInfo)`` with ``return_info``."""
         opts = make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,

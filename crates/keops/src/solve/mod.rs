@@ -35,8 +35,9 @@ pub enum Preconditioner {
     /// Plain conjugate gradients (pykeops' solver).
     #[default]
     None,
-    /// `P = L L^T + alpha I` with `L` the rank-`rank` partial pivoted Cholesky factor
-    /// of `K` (a Nyström approximation whose landmarks are picked greedily). Building
+    /// `P = L L^T + mu I` with `L` the rank-`rank` partial pivoted Cholesky factor
+    /// of `K` (a Nyström approximation whose landmarks are picked greedily) and `mu`
+    /// the ridge `alpha`, raised to `1e-9 trace(K)` if smaller. Building
     /// it costs `rank` reductions over one reduced row and `8 rank n` bytes per batch
     /// entry; each iteration then costs `4 rank n` more flops. It pays off when `K`'s
     /// spectrum decays fast compared to `alpha` (smooth kernels, small ridges), where
@@ -294,22 +295,28 @@ impl KernelSolve {
                     .collect::<Result<_>>()?
             }
         };
-        // z = M r: the preconditioner applied to each batch entry's systems.
-        let precondition = |r: &[f64]| -> Vec<f64> {
+        // z = M r: the preconditioner applied to each batch entry's systems (`None`
+        // without one: then z is r itself, not a copy).
+        let precondition = |r: &[f64]| -> Option<Vec<f64>> {
+            if pre.is_empty() {
+                return None;
+            }
             let mut z = r.to_vec();
             for (e, p) in pre.iter().enumerate() {
                 p.apply(&mut z[e * n * d..(e + 1) * n * d], per_entry);
             }
-            z
+            Some(z)
         };
         let tol = len as f64 * params.eps * params.eps;
         let mut x = vec![0.0f64; b.len()];
         let mut r = b.clone();
         let mut rr = dot(&r, &r);
         let mut active: Vec<bool> = rr.iter().map(|&v| v.is_nan() || v >= tol).collect();
-        let mut z = precondition(&r);
-        let mut rz = dot(&r, &z);
-        let mut p: Vec<f64> = z
+        let z0 = precondition(&r);
+        let mut rz = dot(&r, z0.as_deref().unwrap_or(&r));
+        let mut p: Vec<f64> = z0
+            .as_deref()
+            .unwrap_or(&r)
             .iter()
             .enumerate()
             .map(|(t, &v)| if active[sys(t)] { v } else { 0.0 })
@@ -324,14 +331,10 @@ impl KernelSolve {
             let pt: Vec<T> = p.iter().map(|&v| T::from_f64(v)).collect();
             let mut a2: Vec<Arg<'_, T>> = args.to_vec();
             a2[self.var] = Arg::new(&pt, shape.clone());
-            let kp = self.genred.call_with(&a2, opts)?.values.ok_or_else(|| {
-                KeopsError::Arguments("internal error: a Sum without values".into())
-            })?;
-            let mp: Vec<f64> = kp
-                .data
-                .iter()
+            let mp: Vec<f64> = sum_values(&self.genred, &a2, opts)?
+                .into_iter()
                 .zip(&p)
-                .map(|(k, &v)| k.to_f64() + params.alpha * v)
+                .map(|(k, &v)| k + params.alpha * v)
                 .collect();
             let pmp = dot(&p, &mp);
             iterations += 1;
@@ -366,8 +369,9 @@ impl KernelSolve {
                     active[s] = false;
                 }
             }
-            z = precondition(&r);
-            let rz_new = dot(&r, &z);
+            let zr = precondition(&r);
+            let z = zr.as_deref().unwrap_or(&r);
+            let rz_new = dot(&r, z);
             for t in 0..p.len() {
                 let s = sys(t);
                 p[t] = if active[s] {
@@ -400,6 +404,19 @@ impl KernelSolve {
     }
 }
 
+/// The values of the `Sum` reduction `genred` on `args`, in `f64`.
+fn sum_values<T: Element>(
+    genred: &Genred,
+    args: &[Arg<'_, T>],
+    opts: &Options,
+) -> Result<Vec<f64>> {
+    let out = genred
+        .call_with(args, opts)?
+        .values
+        .ok_or_else(|| KeopsError::Arguments("internal error: a Sum without values".into()))?;
+    Ok(out.data.iter().map(|v| v.to_f64()).collect())
+}
+
 /// Whether `f` is `s a` for scalars `s` free of `a` (sums, differences and negations of
 /// such terms included): then `K` acts on each coordinate of `a` alike.
 fn scales(f: &Formula, a: &Formula) -> bool {
@@ -422,6 +439,12 @@ fn scales(f: &Formula, a: &Formula) -> bool {
 mod tests {
     use super::*;
 
+    /// `formula` solved for `a = Vj(2,d)`, with `x = Vi(0,1)` and `y = Vj(1,1)`.
+    fn on_a_line(formula: &str, d: usize) -> KernelSolve {
+        let a = format!("a = Vj(2,{d})");
+        KernelSolve::new(formula, &["x = Vi(0,1)", "y = Vj(1,1)", a.as_str()], "a", 1).unwrap()
+    }
+
     /// Dense (K + alpha I) for the Gaussian kernel on 1-D points.
     fn dense(x: &[f64], alpha: f64) -> Vec<Vec<f64>> {
         x.iter()
@@ -437,13 +460,7 @@ mod tests {
 
     #[test]
     fn solves_several_right_hand_sides_independently() {
-        let s = KernelSolve::new(
-            "Exp(-SqDist(x,y)) * a",
-            &["x = Vi(0,1)", "y = Vj(1,1)", "a = Vj(2,2)"],
-            "a",
-            1,
-        )
-        .unwrap();
+        let s = on_a_line("Exp(-SqDist(x,y)) * a", 2);
         let x: Vec<f64> = (0..40).map(|k| (k as f64 * 0.7).sin() * 3.0).collect();
         // Column 1 is 1e6 times column 0: each must meet its own test.
         let b: Vec<f64> = (0..80)
@@ -480,13 +497,7 @@ mod tests {
 
     #[test]
     fn reports_non_convergence_and_bad_systems() {
-        let s = KernelSolve::new(
-            "Exp(-SqDist(x,y)) * a",
-            &["x = Vi(0,1)", "y = Vj(1,1)", "a = Vj(2,1)"],
-            "a",
-            1,
-        )
-        .unwrap();
+        let s = on_a_line("Exp(-SqDist(x,y)) * a", 1);
         let x: Vec<f64> = (0..50).map(|k| k as f64 * 0.05).collect();
         let b = vec![1.0f64; 50];
         let args = [
@@ -517,13 +528,7 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("alpha"), "{e}");
         // Indefinite: -K.
-        let neg = KernelSolve::new(
-            "-Exp(-SqDist(x,y)) * a",
-            &["x = Vi(0,1)", "y = Vj(1,1)", "a = Vj(2,1)"],
-            "a",
-            1,
-        )
-        .unwrap();
+        let neg = on_a_line("-Exp(-SqDist(x,y)) * a", 1);
         let e = neg.call(&args, &SolveOptions::default()).unwrap_err();
         assert!(
             e.to_string()
@@ -614,13 +619,10 @@ mod tests {
     fn solves_a_kernel_that_mixes_columns_as_one_system() {
         // K_ij = exp(-|x_i - x_j|^2) [[1, .5], [.5, 1]]: positive definite, but no
         // column of b is a system of its own.
-        let s = KernelSolve::new(
+        let s = on_a_line(
             "Exp(-SqDist(x,y)) * (a + Concat(Elem(a,1), Elem(a,0)) * 0.5)",
-            &["x = Vi(0,1)", "y = Vj(1,1)", "a = Vj(2,2)"],
-            "a",
-            1,
-        )
-        .unwrap();
+            2,
+        );
         assert!(!s.columnwise);
         let n = 60;
         let x: Vec<f64> = (0..n).map(|k| (k as f64 * 0.7).sin() * 3.0).collect();
@@ -657,13 +659,7 @@ mod tests {
 
     #[test]
     fn nystrom_preconditioning_cuts_iterations_not_accuracy() {
-        let s = KernelSolve::new(
-            "Exp(-SqDist(x,y)) * a",
-            &["x = Vi(0,1)", "y = Vj(1,1)", "a = Vj(2,2)"],
-            "a",
-            1,
-        )
-        .unwrap();
+        let s = on_a_line("Exp(-SqDist(x,y)) * a", 2);
         let n = 300;
         // A smooth kernel and a small ridge: cond ~ 1e5.
         let x: Vec<f64> = (0..n).map(|k| (k as f64 * 0.77).sin() * 10.0).collect();

@@ -22,6 +22,8 @@ use crate::plan::private::Sealed;
 use crate::plan::{Arg, Element, Genred, Layout, Options};
 use crate::ranges::{Blocks, Ranges};
 
+use super::sum_values;
+
 /// Rows per parallel task in the vector updates.
 const CHUNK: usize = 4096;
 
@@ -87,15 +89,6 @@ impl<T: Element> Kernel<'_, '_, T> {
             .collect()
     }
 
-    /// Runs `K` on `args`: the `n x d` output values, in `f64`.
-    fn reduce(&self, args: &[Arg<'_, T>], opts: &Options) -> Result<Vec<f64>> {
-        let out =
-            self.genred.call_with(args, opts)?.values.ok_or_else(|| {
-                KeopsError::Arguments("internal error: a Sum without values".into())
-            })?;
-        Ok(out.data.iter().map(|v| v.to_f64()).collect())
-    }
-
     /// For the rows of batch entry `e`: whether the caller's ranges pair them with
     /// reduced row `p` (with themselves when `p` is `None`); `None` without ranges.
     fn kept_rows(&self, e: usize, p: Option<usize>) -> Option<Vec<bool>> {
@@ -138,7 +131,11 @@ impl<T: Element> Kernel<'_, '_, T> {
     fn column(&self, e: usize, p: usize, c: usize) -> Result<Vec<f64>> {
         let mut unit = vec![T::from_f64(0.0); self.d];
         unit[c] = T::from_f64(1.0);
-        let out = self.reduce(&self.entry_args(e, Some(p), &unit)?, &self.opts)?;
+        let out = sum_values(
+            self.genred,
+            &self.entry_args(e, Some(p), &unit)?,
+            &self.opts,
+        )?;
         let mut col: Vec<f64> = if self.width == 1 {
             out.iter().step_by(self.d).copied().collect()
         } else {
@@ -166,7 +163,7 @@ impl<T: Element> Kernel<'_, '_, T> {
             let unit: Vec<T> = (0..n * self.d)
                 .map(|t| T::from_f64(if t % self.d == c { 1.0 } else { 0.0 }))
                 .collect();
-            let out = self.reduce(&self.entry_args(e, None, &unit)?, &opts)?;
+            let out = sum_values(self.genred, &self.entry_args(e, None, &unit)?, &opts)?;
             for i in 0..n {
                 diag[i * self.width + c] = out[i * self.d + c];
             }
