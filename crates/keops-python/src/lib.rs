@@ -266,7 +266,7 @@ impl Genred {
 
     /// Solves `(K + alpha I) a = b` by conjugate gradients (`keops::solve`), this `Sum`
     /// being `K a` with the unknown at argument `var` (where `args` holds `b`).
-    /// Returns `(a, iterations, residual, converged, precond_rank)`;
+    /// Returns `(a, iterations, residual, converged, precision_limited, precond_rank)`;
     /// `callback(iteration, residual)` runs after each iteration (an exception it
     /// raises, or Ctrl-C, stops the solve). `precond`: `None` or `"nystrom"` (rank
     /// `precond_rank`).
@@ -291,7 +291,7 @@ impl Genred {
         fast_math: bool,
         precond: Option<&str>,
         precond_rank: usize,
-    ) -> PyResult<(Bound<'py, PyAny>, usize, f64, bool, usize)> {
+    ) -> PyResult<(Bound<'py, PyAny>, usize, f64, bool, bool, usize)> {
         let mut opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
         opts.multi_gpu = multi_gpu_option(multi_gpu)?;
         opts.fast_math = fast_math;
@@ -343,6 +343,7 @@ impl Genred {
                         sol.iterations,
                         sol.residual,
                         sol.converged,
+                        sol.precision_limited,
                         sol.precond_rank,
                     ))
                 })

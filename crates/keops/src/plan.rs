@@ -43,6 +43,9 @@ pub(crate) mod private {
             csb: usize,
             c: &mut [Self],
         );
+
+        /// The values in `f64`: borrowed where they already are.
+        fn widen(data: &[Self]) -> std::borrow::Cow<'_, [f64]>;
     }
 
     /// Checks that `gemm`'s slices hold every element it reads and writes.
@@ -68,7 +71,7 @@ pub(crate) mod private {
     // crate that calls it (the Python module, the CLI, each test binary) compile the CPU
     // engine's SIMD variants again (about 90 s each on 2 cores).
     macro_rules! sealed {
-        ($t:ty, $gemm:path) => {
+        ($t:ty, $gemm:path, $widen:expr) => {
             impl Sealed for $t {
                 #[inline(never)]
                 fn run_problem(problem: &Problem<'_, $t>, opts: &Options) -> Result<Reduced<$t>> {
@@ -110,11 +113,18 @@ pub(crate) mod private {
                         )
                     }
                 }
+
+                fn widen(data: &[$t]) -> std::borrow::Cow<'_, [f64]> {
+                    $widen(data)
+                }
             }
         };
     }
-    sealed!(f32, matrixmultiply::sgemm);
-    sealed!(f64, matrixmultiply::dgemm);
+    sealed!(f32, matrixmultiply::sgemm, |d: &[f32]| d
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect());
+    sealed!(f64, matrixmultiply::dgemm, std::borrow::Cow::Borrowed);
 }
 
 /// Runs a checked problem on the GPU or the CPU, as `opts.backend` says.

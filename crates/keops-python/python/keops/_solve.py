@@ -21,7 +21,9 @@ PRECOND_RANK = 100
 
 
 class ConvergenceWarning(RuntimeWarning):
-    """A conjugate-gradient solve stopped at its iteration limit before meeting ``eps``."""
+    """A conjugate-gradient solve stopped above ``eps``: at its iteration limit, or where
+    the data type's precision keeps the true residual above it (see
+    :attr:`SolveInfo.precision_limited`)."""
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,16 @@ class SolveInfo:
     iterations: int
     #: The largest root-mean-square residual ``|r| / sqrt(n)`` over the systems.
     residual: float
-    #: Whether every system met ``|r| / sqrt(n) < eps``.
+    #: Whether every system met ``|r| / sqrt(n) < eps`` (on its true residual
+    #: ``b - (K + alpha I) a``).
     converged: bool
     #: The rank of the Nyström preconditioner built (0 without one; it stops below
     #: ``precond_rank`` once the kernel is approximated to 1e-10 of its diagonal).
     precond_rank: int = 0
+    #: Whether the recursive residual met ``eps`` but the true one of the answer did
+    #: not: rounding in the data type (float32, typically) limits the accuracy, and
+    #: more iterations would not help.
+    precision_limited: bool = False
 
 
 @dataclass
@@ -72,13 +79,20 @@ def run_solve(core: Core, var: int, arrays: Sequence[Any], params: SolveParams,
             params.callback(it, res)
 
     hook = progress if (params.verbose or params.callback is not None) else None
-    x, it, res, ok, rank = core.g.solve(list(arrays), var, float(params.alpha),
+    x, it, res, ok, limited, rank = core.g.solve(list(arrays), var, float(params.alpha),
                                         float(params.eps), params.max_iter, hook,
                                         precond=params.precond,
                                         precond_rank=int(params.precond_rank),
                                         **opts.kwargs())
-    params.infos.append(SolveInfo(it, res, ok, rank))
-    if not ok:
+    params.infos.append(SolveInfo(it, res, ok, rank, limited))
+    if limited:
+        warnings.warn(
+            f"KernelSolve: after {it} iterations the conjugate gradients' residual met "
+            f"eps = {params.eps:g}, but the true residual of the {x.dtype} answer is "
+            f"{res:.3e}: rounding in {x.dtype} limits its accuracy and more iterations "
+            "would not lower it; use float64 data, or an eps above it",
+            ConvergenceWarning, stacklevel=4)
+    elif not ok:
         warnings.warn(
             f"KernelSolve did not converge: after {it} iterations the residual is {res:.3e} "
             f"> eps = {params.eps:g}; raise max_iter, alpha (regularisation) or eps, try "
@@ -103,7 +117,8 @@ class KernelSolveBase:
     Calling it with the arguments of the formula, ``b`` in the unknown's place, returns
     ``a`` (shape of ``b``). Keyword arguments: ``alpha`` (ridge, default 1e-10), ``eps``
     (stop when the root-mean-square residual of every system is below it, default
-    1e-6), ``max_iter`` (default ``min(10 n, 10000)``; reaching it warns with
+    1e-6; the answer is then checked on its true residual ``b - (K + alpha I) a``,
+    which rounding can keep above ``eps`` in float32), ``max_iter`` (default ``min(10 n, 10000)``; reaching it warns with
     :class:`ConvergenceWarning`), ``ranges``, ``backend``, ``device_id``, ``verbose``
     (progress on stderr), ``callback(iteration, residual)``, ``return_info`` (also
     return a :class:`SolveInfo`), ``precond`` (``"nystrom"``: precondition by a
