@@ -316,11 +316,20 @@ impl Genred {
             precond,
         };
         let mut raised: Option<PyErr> = None;
+        // Ctrl-C is checked at every step, the preconditioner's build included; the
+        // callback sees the iterations.
         let mut progress = |p: keops::solve::Progress| -> bool {
             Python::attach(|py| {
-                let r = py.check_signals().and_then(|_| match &callback {
-                    Some(f) => f.call1(py, (p.iteration, p.residual)).map(|_| ()),
-                    None => Ok(()),
+                let r = py.check_signals().and_then(|_| match (&callback, p) {
+                    (
+                        Some(f),
+                        keops::solve::Progress::Iteration {
+                            iteration,
+                            residual,
+                            ..
+                        },
+                    ) => f.call1(py, (iteration, residual)).map(|_| ()),
+                    _ => Ok(()),
                 });
                 match r {
                     Ok(()) => true,

@@ -75,15 +75,28 @@ impl Default for SolveOptions {
     }
 }
 
-/// One conjugate-gradient iteration, as reported to a progress callback.
+/// How a solve is going, as reported to its progress callback (which stops the solve by
+/// returning `false`).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Progress {
-    /// Iterations done.
-    pub iteration: usize,
-    /// The largest root-mean-square residual `|r| / sqrt(n)` over the systems.
-    pub residual: f64,
-    /// Systems not yet converged.
-    pub active: usize,
+pub enum Progress {
+    /// The Nyström preconditioner of a batch entry has gained a column (its build costs
+    /// `O(n rank^2)` flops: minutes at a million rows and rank 1,000).
+    Preconditioner {
+        /// The batch entry.
+        entry: usize,
+        /// Its rank so far.
+        rank: usize,
+    },
+    /// A conjugate-gradient iteration is done.
+    Iteration {
+        /// Iterations done.
+        iteration: usize,
+        /// The largest root-mean-square (recursive) residual `|r| / sqrt(n)` over the
+        /// systems.
+        residual: f64,
+        /// Systems not yet converged.
+        active: usize,
+    },
 }
 
 /// The result of a solve.
@@ -206,8 +219,10 @@ impl KernelSolve {
     }
 
     /// Solves: `args[var]` is the right-hand side `b`; `progress` is called after each
-    /// iteration and stops the solve by returning `false` (the solution so far is
-    /// returned, not converged). `opts` (backend, ranges, ...) apply to every reduction.
+    /// column of the preconditioner and each iteration, and stops the solve by
+    /// returning `false` (the solution so far is returned, not converged: zero if the
+    /// preconditioner was not built). `opts` (backend, ranges, ...) apply to every
+    /// reduction.
     pub fn call_with<T: Element>(
         &self,
         args: &[Arg<'_, T>],
@@ -281,6 +296,11 @@ impl KernelSolve {
             }
             s
         };
+        // The largest root-mean-square residual over the systems, from their |r|^2.
+        let rms = |rr: &[f64]| {
+            rr.iter()
+                .fold(0.0f64, |m, &v| m.max((v / len.max(1) as f64).sqrt()))
+        };
         let pre: Vec<Nystrom> = match params.precond {
             Preconditioner::None => Vec::new(),
             Preconditioner::Nystrom { rank } => {
@@ -298,9 +318,27 @@ impl KernelSolve {
                     },
                     ranges: opts.ranges.clone(),
                 };
-                (0..nb)
-                    .map(|e| Nystrom::build(&kernel, e, rank, params.alpha))
-                    .collect::<Result<_>>()?
+                let mut built = Vec::with_capacity(nb);
+                for e in 0..nb {
+                    match Nystrom::build(&kernel, e, rank, params.alpha, progress)? {
+                        Some(p) => built.push(p),
+                        // Stopped by the callback: nothing solved yet.
+                        None => {
+                            return Ok(Solution {
+                                x: Array {
+                                    data: vec![T::ZERO; b.len()],
+                                    shape,
+                                },
+                                iterations: 0,
+                                residual: rms(&dot(&b, &b)),
+                                converged: false,
+                                precision_limited: false,
+                                precond_rank: 0,
+                            })
+                        }
+                    }
+                }
+                built
             }
         };
         // z = M r: the preconditioner applied to each batch entry's systems (`None`
@@ -327,10 +365,6 @@ impl KernelSolve {
                 .zip(&vt)
                 .map(|(k, t)| k + params.alpha * t.to_f64())
                 .collect())
-        };
-        let rms = |rr: &[f64]| {
-            rr.iter()
-                .fold(0.0f64, |m, &v| m.max((v / len.max(1) as f64).sqrt()))
         };
         let mut x = vec![0.0f64; b.len()];
         let mut r = b.clone();
@@ -397,7 +431,7 @@ impl KernelSolve {
                     };
                 }
                 rz = rz_new;
-                let go_on = progress(Progress {
+                let go_on = progress(Progress::Iteration {
                     iteration: iterations,
                     residual: rms(&rr),
                     active: active.iter().filter(|&&a| a).count(),
@@ -768,7 +802,9 @@ mod tests {
                 },
                 &Options::default(),
                 &mut |p| {
-                    seen.push(p.residual);
+                    if let Progress::Iteration { residual, .. } = p {
+                        seen.push(residual);
+                    }
                     true
                 },
             )
@@ -830,7 +866,9 @@ mod tests {
                 },
                 &Options::default(),
                 &mut |p| {
-                    seen.push(p.residual);
+                    if let Progress::Iteration { residual, .. } = p {
+                        seen.push(residual);
+                    }
                     true
                 },
             )
@@ -889,6 +927,35 @@ mod tests {
             "{}",
             full.precond_rank
         );
+    }
+
+    #[test]
+    fn the_progress_callback_can_stop_the_preconditioner_build() {
+        let (xs, bs, _) = gaussian_300(1e-3);
+        let args = [
+            Arg::new(&xs, [300, 1]),
+            Arg::new(&xs, [300, 1]),
+            Arg::new(&bs, [300, 1]),
+        ];
+        let opts = SolveOptions {
+            alpha: 1e-3,
+            precond: Preconditioner::Nystrom { rank: 50 },
+            ..SolveOptions::default()
+        };
+        let mut seen = Vec::new();
+        let sol = on_a_line("Exp(-SqDist(x,y)) * a", 1)
+            .call_with(&args, &opts, &Options::default(), &mut |p| {
+                seen.push(p);
+                !matches!(p, Progress::Preconditioner { rank: 3, .. })
+            })
+            .unwrap();
+        let want: Vec<Progress> = (1..=3)
+            .map(|rank| Progress::Preconditioner { entry: 0, rank })
+            .collect();
+        assert_eq!(seen, want);
+        assert!(!sol.converged && sol.iterations == 0 && sol.x.data.iter().all(|&v| v == 0.0));
+        let rms = (bs.iter().map(|v| v * v).sum::<f64>() / 300.0).sqrt();
+        assert!((sol.residual - rms).abs() < 1e-12 * rms);
     }
 
     #[test]

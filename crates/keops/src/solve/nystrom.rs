@@ -22,7 +22,7 @@ use crate::plan::private::Sealed;
 use crate::plan::{Arg, Element, Genred, Layout, Options};
 use crate::ranges::{Blocks, Ranges};
 
-use super::sum_values;
+use super::{sum_values, Progress};
 
 /// Rows per parallel task in the vector updates.
 const CHUNK: usize = 4096;
@@ -188,13 +188,15 @@ pub(super) struct Nystrom {
 }
 
 impl Nystrom {
-    /// Builds the preconditioner of batch entry `e` with at most `rank` columns.
+    /// Builds the preconditioner of batch entry `e` with at most `rank` columns,
+    /// reporting each to `progress`; `None` if it returns `false` (stop).
     pub fn build<T: Element>(
         k: &Kernel<'_, '_, T>,
         e: usize,
         rank: usize,
         alpha: f64,
-    ) -> Result<Nystrom> {
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Option<Nystrom>> {
         let m = k.m();
         let not_finite = |what: &str, v: f64, t: usize| {
             KeopsError::Arguments(format!(
@@ -258,6 +260,12 @@ impl Nystrom {
             picked[p] = true;
             lt[r * m..(r + 1) * m].copy_from_slice(&col);
             reached = r + 1;
+            if !progress(Progress::Preconditioner {
+                entry: e,
+                rank: reached,
+            }) {
+                return Ok(None);
+            }
         }
         let rank = reached;
         lt.truncate(rank * m);
@@ -274,7 +282,7 @@ impl Nystrom {
                 "KernelSolve's Nyström preconditioner: mu I + L^T L is not positive definite (pivot {t} of {rank}, mu = {mu:e})"
             ))
         })?;
-        Ok(Nystrom { m, rank, lt, chol })
+        Ok(Some(Nystrom { m, rank, lt, chol }))
     }
 
     /// `v <- mu P^{-1} v` for `v` of `m` rows and `cols` systems (row-major).
