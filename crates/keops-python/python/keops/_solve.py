@@ -32,7 +32,8 @@ class SolveInfo:
 
     #: Iterations done (one reduction each).
     iterations: int
-    #: The largest root-mean-square residual ``|r| / sqrt(n)`` over the systems.
+    #: The largest root-mean-square residual ``|r| / sqrt(n)`` over the systems, of the
+    #: answer as returned: ``r = b - (K + alpha I) a`` computed in float64.
     residual: float
     #: Whether every system met ``|r| / sqrt(n) < eps`` (on its true residual
     #: ``b - (K + alpha I) a``).

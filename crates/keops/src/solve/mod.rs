@@ -374,6 +374,7 @@ impl KernelSolve {
         // Each system's true squared residual at the last check.
         let mut checked: Option<Vec<f64>> = None;
         let mut limited = false;
+        let mut stopped = false;
         'refine: loop {
             let z0 = precondition(&r);
             let mut rz = dot(&r, z0.as_deref().unwrap_or(&r));
@@ -437,6 +438,7 @@ impl KernelSolve {
                     active: active.iter().filter(|&&a| a).count(),
                 });
                 if !go_on {
+                    stopped = true;
                     break 'refine;
                 }
             }
@@ -469,7 +471,8 @@ impl KernelSolve {
                 break;
             }
         }
-        let converged = rr.iter().all(|&v| v < tol) && !active.iter().any(|&a| a);
+        // Stopped by the callback: unchecked, so not converged.
+        let converged = !stopped && rr.iter().all(|&v| v < tol) && !active.iter().any(|&a| a);
         Ok(Solution {
             x: Array {
                 data: x.into_iter().map(T::from_f64).collect(),
