@@ -124,6 +124,45 @@ def test_kernel_solve_on_cuda_tensors() -> None:
     torch.testing.assert_close(K @ a + a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_float32_solve_reports_its_true_residual(capsys: pytest.CaptureFixture) -> None:
+    """A float32 solve on the GPU is judged on its true residual (one float64 reduction
+    per check): against the dense float64 residual, with the float32 iteration's and the
+    float64 check's times printed (on GPUs with slow float64 the check costs many
+    iterations)."""
+    import time
+    import warnings
+
+    n = 10_000
+    x = torch.rand(n, 3, generator=torch.Generator().manual_seed(1)).cuda()
+    b = torch.randn(n, 1, generator=torch.Generator().manual_seed(2)).cuda()
+    aliases = ["x = Vi(3)", "y = Vj(3)", "a = Vj(1)"]
+    formula = "Exp(-SqDist(x,y) * 10) * a"
+    solve = KernelSolve(formula, aliases, "a", axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float32 may stop at its precision
+        a, info = solve(x, x, b, alpha=0.1, backend="GPU", return_info=True)
+    x64, a64 = x.double(), a.double()
+    r = b.double() - torch.exp(-torch.cdist(x64, x64) ** 2 * 10) @ a64 - 0.1 * a64
+    truth = float(r.pow(2).mean().sqrt())
+    assert info.residual == pytest.approx(truth, rel=1e-3), (info, truth)
+    assert info.converged == (truth < 1e-6), (info, truth)
+    k = Genred(formula, aliases, axis=1)
+    times = {}
+    for t in (torch.float32, torch.float64):
+        args = (x.to(t), x.to(t), a.to(t))
+        k(*args, backend="GPU")
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(5):
+            k(*args, backend="GPU")
+        torch.cuda.synchronize()
+        times[t] = (time.perf_counter() - start) / 5
+    with capsys.disabled():
+        print(f"\nKernelSolve float32, N = {n}: {info}; one float32 product "
+              f"{times[torch.float32] * 1e3:.2f} ms, one float64 check "
+              f"{times[torch.float64] * 1e3:.2f} ms ({torch.cuda.get_device_name()})")
+
+
 def test_errors_name_the_device() -> None:
     x, y, b = data()
     with pytest.raises(RuntimeError, match="argument 1 is on cpu but argument 0 is on cuda"):
