@@ -783,20 +783,21 @@ mod tests {
         (xs, bs, rms)
     }
 
-    /// Solves in f32, returning the solution and the recursive residuals reported.
-    fn solve_f32(x: &[f64], b: &[f64], alpha: f64, eps: f64) -> (Solution<f32>, Vec<f64>) {
+    /// Solves the 1-D Gaussian system in `T`, returning the solution and the recursive
+    /// residuals reported.
+    fn traced<T: Element>(x: &[f64], b: &[f64], alpha: f64, eps: f64) -> (Solution<T>, Vec<f64>) {
         let n = x.len();
-        let (x32, b32): (Vec<f32>, Vec<f32>) = (
-            x.iter().map(|&v| v as f32).collect(),
-            b.iter().map(|&v| v as f32).collect(),
+        let (xt, bt): (Vec<T>, Vec<T>) = (
+            x.iter().map(|&v| T::from_f64(v)).collect(),
+            b.iter().map(|&v| T::from_f64(v)).collect(),
         );
         let mut seen = Vec::new();
         let sol = on_a_line("Exp(-SqDist(x,y)) * a", 1)
             .call_with(
                 &[
-                    Arg::new(&x32, [n, 1]),
-                    Arg::new(&x32, [n, 1]),
-                    Arg::new(&b32, [n, 1]),
+                    Arg::new(&xt, [n, 1]),
+                    Arg::new(&xt, [n, 1]),
+                    Arg::new(&bt, [n, 1]),
                 ],
                 &SolveOptions {
                     alpha,
@@ -821,7 +822,7 @@ mod tests {
         // Well conditioned: the first run's answer misses 1e-7, a refinement run from
         // its true residual meets it.
         let (xs, bs, rms) = gaussian_300(1.0);
-        let (sol, seen) = solve_f32(&xs, &bs, 1.0, 1e-7);
+        let (sol, seen) = traced::<f32>(&xs, &bs, 1.0, 1e-7);
         let truth = rms(&sol.x.data.iter().map(|&v| v as f64).collect::<Vec<_>>());
         assert!(
             sol.converged && !sol.precision_limited && truth < 1e-7,
@@ -840,7 +841,7 @@ mod tests {
         // recursive residual went below; the report says so (it said 7e-6 before the
         // check, where the truth is 9e-5).
         let (xs, bs, rms) = gaussian_300(1e-3);
-        let (sol, seen) = solve_f32(&xs, &bs, 1e-3, 1e-5);
+        let (sol, seen) = traced::<f32>(&xs, &bs, 1e-3, 1e-5);
         let truth = rms(&sol.x.data.iter().map(|&v| v as f64).collect::<Vec<_>>());
         assert!(
             below(&seen, 1e-5).is_some() && truth > 1e-5,
@@ -853,29 +854,7 @@ mod tests {
             sol.residual
         );
         // f64: the check confirms the first run.
-        let s = on_a_line("Exp(-SqDist(x,y)) * a", 1);
-        let mut seen = Vec::new();
-        let sol = s
-            .call_with(
-                &[
-                    Arg::new(&xs, [300, 1]),
-                    Arg::new(&xs, [300, 1]),
-                    Arg::new(&bs, [300, 1]),
-                ],
-                &SolveOptions {
-                    alpha: 1e-3,
-                    eps: 1e-6,
-                    ..SolveOptions::default()
-                },
-                &Options::default(),
-                &mut |p| {
-                    if let Progress::Iteration { residual, .. } = p {
-                        seen.push(residual);
-                    }
-                    true
-                },
-            )
-            .unwrap();
+        let (sol, seen) = traced::<f64>(&xs, &bs, 1e-3, 1e-6);
         assert!(sol.converged && !sol.precision_limited, "{sol:?}");
         assert_eq!(below(&seen, 1e-6), Some(seen.len() - 1));
         assert!((sol.residual / rms(&sol.x.data) - 1.0).abs() < 1e-6);
