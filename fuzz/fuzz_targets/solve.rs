@@ -31,7 +31,9 @@ fuzz_target!(|data: &[u8]| {
     let alpha = [0.0, 1e-3, 1.0, 1e-12][next(2) % 4];
     let precond = match next(0) % 3 {
         0 => Preconditioner::None,
-        k => Preconditioner::Nystrom { rank: k * next(3) % 12 },
+        k => Preconditioner::Nystrom {
+            rank: k * next(3) % 12,
+        },
     };
     let params = SolveOptions {
         alpha,
