@@ -267,8 +267,9 @@ impl Genred {
     /// Solves `(K + alpha I) a = b` by conjugate gradients (`keops::solve`), this `Sum`
     /// being `K a` with the unknown at argument `var` (where `args` holds `b`).
     /// Returns `(a, iterations, residual, converged, precision_limited, precond_rank)`;
-    /// `callback(iteration, residual)` runs after each iteration (an exception it
-    /// raises, or Ctrl-C, stops the solve). `precond`: `None` or `"nystrom"` (rank
+    /// `callback(iteration, residual, checked)` runs after each iteration (`checked`
+    /// false: the recursive residual) and each check of the true residual (`checked`
+    /// true); an exception it raises, or Ctrl-C, stops the solve. `precond`: `None` or `"nystrom"` (rank
     /// `precond_rank`).
     #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None, fast_math=false, precond=None, precond_rank=100))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
@@ -317,18 +318,26 @@ impl Genred {
         };
         let mut raised: Option<PyErr> = None;
         // Ctrl-C is checked at every step, the preconditioner's build included; the
-        // callback sees the iterations.
+        // callback sees the iterations and the checks of the true residual, as
+        // `callback(iteration, residual, checked)`.
         let mut progress = |p: keops::solve::Progress| -> bool {
+            use keops::solve::Progress;
             Python::attach(|py| {
-                let r = py.check_signals().and_then(|_| match (&callback, p) {
-                    (
-                        Some(f),
-                        keops::solve::Progress::Iteration {
-                            iteration,
-                            residual,
-                            ..
-                        },
-                    ) => f.call1(py, (iteration, residual)).map(|_| ()),
+                let step = match p {
+                    Progress::Iteration {
+                        iteration,
+                        residual,
+                        ..
+                    } => Some((iteration, residual, false)),
+                    Progress::Check {
+                        iteration,
+                        residual,
+                        ..
+                    } => Some((iteration, residual, true)),
+                    Progress::Preconditioner { .. } => None,
+                };
+                let r = py.check_signals().and_then(|_| match (&callback, step) {
+                    (Some(f), Some(step)) => f.call1(py, step).map(|_| ()),
                     _ => Ok(()),
                 });
                 match r {

@@ -71,12 +71,14 @@ def run_solve(core: Core, var: int, arrays: Sequence[Any], params: SolveParams,
         raise ValueError(f"alpha must be >= 0, got {params.alpha}")
     start, last = time.monotonic(), [0.0]
 
-    def progress(it: int, res: float) -> None:
-        if params.verbose and (time.monotonic() - last[0] > 0.5 or res < params.eps):
+    def progress(it: int, res: float, checked: bool) -> None:
+        if params.verbose and (checked or time.monotonic() - last[0] > 0.5
+                               or res < params.eps):
             last[0] = time.monotonic()
-            print(f"KernelSolve: iteration {it}, residual {res:.3e} (eps {params.eps:g}), "
+            what = "true residual of the answer" if checked else "residual"
+            print(f"KernelSolve: iteration {it}, {what} {res:.3e} (eps {params.eps:g}), "
                   f"{last[0] - start:.1f} s", file=sys.stderr)
-        if params.callback is not None:
+        if params.callback is not None and not checked:
             params.callback(it, res)
 
     hook = progress if (params.verbose or params.callback is not None) else None
@@ -91,7 +93,8 @@ def run_solve(core: Core, var: int, arrays: Sequence[Any], params: SolveParams,
             f"KernelSolve: after {it} iterations the conjugate gradients' residual met "
             f"eps = {params.eps:g}, but the true residual of the {x.dtype} answer is "
             f"{res:.3e}: rounding in {x.dtype} limits its accuracy and more iterations "
-            "would not lower it; use float64 data, or an eps above it",
+            "would not lower it; use " + ("float64 data, or " if x.dtype != "float64" else "")
+            + "an eps above it",
             ConvergenceWarning, stacklevel=4)
     elif not ok:
         warnings.warn(
