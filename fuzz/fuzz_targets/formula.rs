@@ -4,16 +4,14 @@
 use keops::{reference, Arg, Genred, Reduction};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "common.rs"]
+mod common;
+
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some((head, formula, aliases)) = common::split(data) else {
         return;
     };
-    let mut parts = text.split('\n');
-    let (Some(head), Some(formula)) = (parts.next(), parts.next()) else {
-        return;
-    };
-    let aliases: Vec<&str> = parts.collect();
-    let mut h = head.bytes();
+    let mut h = head.iter().copied();
     let red = h.next().unwrap_or(0);
     let axis = (h.next().unwrap_or(0) % 2) as usize;
     let reduction = match red % 8 {
@@ -41,30 +39,9 @@ fuzz_target!(|data: &[u8]| {
         1 + h.next().unwrap_or(2) as usize % 40,
         1 + h.next().unwrap_or(3) as usize % 40,
     );
-    let mut bufs = Vec::new();
-    for d in g.args() {
-        let Some(d) = d else {
-            bufs.push((vec![0.5f64], vec![1usize, 1]));
-            continue;
-        };
-        if d.dim > 64 {
-            return;
-        }
-        let rows = match d.cat {
-            keops::Cat::Vi => n,
-            keops::Cat::Vj => m,
-            keops::Cat::Pm => 1,
-        };
-        let data: Vec<f64> = (0..rows * d.dim)
-            .map(|k| ((k * 37 % 11) as f64) / 7.0 - 0.6)
-            .collect();
-        let shape = if d.cat == keops::Cat::Pm {
-            vec![d.dim]
-        } else {
-            vec![rows, d.dim]
-        };
-        bufs.push((data, shape));
-    }
+    let Some(bufs) = common::arguments(&g, n, m, 64) else {
+        return;
+    };
     let args: Vec<Arg<'_, f64>> = bufs.iter().map(|(d, s)| Arg::new(d, s)).collect();
     let got = g.call(&args);
     let want = reference::reduce(&g, &args);
@@ -94,10 +71,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // float32 (other kernels: GEMM paths, fused kernels in f32): an answer where f64 has one.
-    let bufs32: Vec<(Vec<f32>, Vec<usize>)> = bufs
-        .iter()
-        .map(|(d, s)| (d.iter().map(|&v| v as f32).collect(), s.clone()))
-        .collect();
+    let bufs32 = common::to_f32(&bufs);
     let args32: Vec<Arg<'_, f32>> = bufs32.iter().map(|(d, s)| Arg::new(d, s)).collect();
     assert_eq!(
         g.call(&args32).is_ok(),

@@ -4,19 +4,17 @@
 //! the Nyström preconditioner; a solution's reported residual must be the true one,
 //! `b - (K + alpha I) x` computed by the oracle.
 use keops::solve::{KernelSolve, Preconditioner, SolveOptions};
-use keops::{reference, Arg, Cat};
+use keops::{reference, Arg};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "common.rs"]
+mod common;
+
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some((head, formula, aliases)) = common::split(data) else {
         return;
     };
-    let mut parts = text.split('\n');
-    let (Some(head), Some(formula)) = (parts.next(), parts.next()) else {
-        return;
-    };
-    let aliases: Vec<&str> = parts.collect();
-    let mut h = head.bytes().map(usize::from);
+    let mut h = head.iter().map(|&b| usize::from(b));
     let mut next = |d: usize| h.next().unwrap_or(d);
     let axis = next(1) % 2;
     // The unknown: one of the aliases, by name.
@@ -45,31 +43,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let g = s.genred();
-    let mut bufs = Vec::new();
-    for d in g.args() {
-        let Some(d) = d else {
-            bufs.push((vec![0.5f64], vec![1usize, 1]));
-            continue;
-        };
-        if d.dim > 16 {
-            return;
-        }
-        let rows = if d.cat == Cat::Pm { 1 } else { n };
-        let data: Vec<f64> = (0..rows * d.dim)
-            .map(|k| ((k * 37 % 11) as f64) / 7.0 - 0.6)
-            .collect();
-        let shape = if d.cat == Cat::Pm {
-            vec![d.dim]
-        } else {
-            vec![rows, d.dim]
-        };
-        bufs.push((data, shape));
-    }
+    let Some(bufs) = common::arguments(g, n, n, 16) else {
+        return;
+    };
     let args: Vec<Arg<'_, f64>> = bufs.iter().map(|(d, s)| Arg::new(d, s)).collect();
-    let bufs32: Vec<(Vec<f32>, Vec<usize>)> = bufs
-        .iter()
-        .map(|(d, s)| (d.iter().map(|&v| v as f32).collect(), s.clone()))
-        .collect();
+    let bufs32 = common::to_f32(&bufs);
     let args32: Vec<Arg<'_, f32>> = bufs32.iter().map(|(d, s)| Arg::new(d, s)).collect();
     let _ = s.call(&args32, &params);
     let Ok(sol) = s.call(&args, &params) else {
