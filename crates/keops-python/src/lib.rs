@@ -269,8 +269,8 @@ impl Genred {
     /// Returns `(a, iterations, residual, converged, precision_limited, precond_rank)`;
     /// `callback(iteration, residual, checked)` runs after each iteration (`checked`
     /// false: the recursive residual) and each check of the true residual (`checked`
-    /// true); an exception it raises, or Ctrl-C, stops the solve. `precond`: `None` or `"nystrom"` (rank
-    /// `precond_rank`).
+    /// true); an exception it raises, or Ctrl-C, stops the solve. `precond`: `None` or
+    /// `"nystrom"` (rank `precond_rank`).
     #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None, fast_math=false, precond=None, precond_rank=100))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn solve<'py>(
@@ -328,12 +328,12 @@ impl Genred {
                         iteration,
                         residual,
                         ..
-                    } => Some((iteration, residual, false)),
-                    Progress::Check {
+                    }
+                    | Progress::Check {
                         iteration,
                         residual,
                         ..
-                    } => Some((iteration, residual, true)),
+                    } => Some((iteration, residual, matches!(p, Progress::Check { .. }))),
                     Progress::Preconditioner { .. } => None,
                 };
                 let r = py.check_signals().and_then(|_| match (&callback, step) {

@@ -381,11 +381,10 @@ impl KernelSolve {
         let mut rr = dot(&r, &r);
         let mut active: Vec<bool> = rr.iter().map(|&v| v.is_nan() || v >= tol).collect();
         let mut iterations = 0;
-        // Each system's true squared residual at the last check.
-        let mut checked: Option<Vec<f64>> = None;
         // Each system's stopping test on its recursive |r|^2: tol, lower in refinement.
         let mut target = vec![tol; systems];
-        // Each system's best answer so far: x, r and |r|^2 at its best check.
+        // Each system's best answer so far: x, r and |r|^2 at its best check (the
+        // |r|^2 of the last check too, since a worse run is undone).
         #[allow(clippy::type_complexity)]
         let mut best: Option<(Vec<f64>, Vec<f64>, Vec<f64>)> = None;
         let mut limited = false;
@@ -473,11 +472,17 @@ impl KernelSolve {
             }
             r = self.true_residual(args, (&x, &shape), &b, params.alpha, opts)?;
             rr = dot(&r, &r);
-            // A run that ends worse than a system's best check (rounding noise, at the
-            // floor) is undone for that system: the answer is its best one.
-            match &mut best {
-                None => best = Some((x.clone(), r.clone(), rr.clone())),
+            // Whether the run since the last check at least halved each system's true
+            // residual (the first run: yes). A run that ends worse than the system's
+            // best check (rounding noise, at the floor) is undone for that system: the
+            // answer is its best one.
+            let halved: Vec<bool> = match &mut best {
+                None => {
+                    best = Some((x.clone(), r.clone(), rr.clone()));
+                    vec![true; systems]
+                }
                 Some((bx, br, brr)) => {
+                    let halved = (0..systems).map(|s| rr[s] < 0.25 * brr[s]).collect();
                     let worse: Vec<bool> = (0..systems)
                         .map(|s| rr[s] >= brr[s] || rr[s].is_nan())
                         .collect();
@@ -495,12 +500,12 @@ impl KernelSolve {
                             brr[s] = rr[s];
                         }
                     }
+                    halved
                 }
-            }
+            };
             let mut again = false;
             for s in 0..systems {
-                let met = rr[s] < tol;
-                let halved = checked.as_ref().map_or(true, |c| rr[s] < 0.25 * c[s]);
+                let (met, halved) = (rr[s] < tol, halved[s]);
                 active[s] = !met && halved && iterations < max_iter;
                 // A refinement run aims at a quarter of the residual it starts from
                 // (below eps if that is lower): one that stopped at eps would barely
@@ -509,7 +514,6 @@ impl KernelSolve {
                 again |= active[s];
                 limited |= !met && !halved;
             }
-            checked = Some(rr.clone());
             let go_on = progress(Progress::Check {
                 iteration: iterations,
                 residual: rms(&rr),
