@@ -3,7 +3,7 @@
 //! executes.
 
 use crate::error::{KeopsError, Result};
-use crate::formula::parse::{parse_with, Aliases};
+use crate::formula::parse::{parse_written, Aliases};
 use crate::formula::{self, Cat, Formula};
 use crate::real::Real;
 use crate::reduction::{Reduction, ReductionSpec};
@@ -342,8 +342,9 @@ impl Genred {
         axis: usize,
     ) -> Result<Genred> {
         let al = Aliases::parse(aliases)?;
-        let f = parse_with(formula, &al)?;
-        Self::build(f, None, reduction, axis, &al.variables())
+        let (f, mut declared) = parse_written(formula, &al)?;
+        declared.extend(al.variables());
+        Self::build(f, None, reduction, axis, &declared)
     }
 
     /// As [`Genred::new`], with a second formula: the weight of `LogSumExp` or
@@ -356,9 +357,11 @@ impl Genred {
         axis: usize,
     ) -> Result<Genred> {
         let al = Aliases::parse(aliases)?;
-        let f = parse_with(formula, &al)?;
-        let g = parse_with(formula2, &al)?;
-        Self::build(f, Some(g), reduction, axis, &al.variables())
+        let (f, mut declared) = parse_written(formula, &al)?;
+        let (g, written) = parse_written(formula2, &al)?;
+        declared.extend(written);
+        declared.extend(al.variables());
+        Self::build(f, Some(g), reduction, axis, &declared)
     }
 
     /// From formulas already built.
@@ -1036,5 +1039,47 @@ mod tests {
         assert!(e.to_string().contains("3 shapes but 2 stride lists"), "{e}");
         let e = Layout::with_strides(&gauss(), &shapes, &[&[3, 1], &[3, 1], &[1]]).unwrap_err();
         assert!(e.to_string().contains("one stride per dimension"), "{e}");
+    }
+
+    #[test]
+    fn variables_written_in_the_formula_keep_their_positions() {
+        // d/dx twice of x + y is zero: y and both gradient inputs are simplified away,
+        // but, as in pykeops, they still are arguments 1 to 3 (pykeops' own test).
+        let g = Genred::new(
+            "Grad(Grad(x + Var(1,3,1), x, Var(2,3,0)),x, Var(3,3,0))",
+            &["x = Vi(0,3)"],
+            Reduction::Sum,
+            1,
+        )
+        .unwrap();
+        let (vi, vj) = (
+            ArgDecl {
+                cat: Cat::Vi,
+                dim: 3,
+            },
+            ArgDecl {
+                cat: Cat::Vj,
+                dim: 3,
+            },
+        );
+        assert_eq!(g.args(), &[Some(vi), Some(vj), Some(vi), Some(vi)]);
+        let x = [0.5; 6];
+        let y = [0.25; 3];
+        let args = [
+            Arg::new(&x[..], [2, 3]),
+            Arg::new(&y[..], [1, 3]),
+            Arg::new(&x[..], [2, 3]),
+            Arg::new(&x[..], [2, 3]),
+        ];
+        let v = g.call(&args).unwrap().values.unwrap();
+        assert_eq!((v.data, v.shape), (vec![0.0; 6], vec![2, 3]));
+        // The weight's written variables count too; a conflict is still one.
+        let w = Genred::with_weight("x", "Vj(2,1)", &["x = Vi(0,1)"], Reduction::LogSumExp, 1);
+        assert_eq!(w.unwrap().args().len(), 3);
+        let e = Genred::new("x - x + Vj(0,1)", &["x = Vi(0,1)"], Reduction::Sum, 1);
+        assert!(
+            matches!(e, Err(KeopsError::Conflict { index: 0, .. })),
+            "{e:?}"
+        );
     }
 }

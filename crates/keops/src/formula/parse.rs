@@ -103,13 +103,21 @@ pub fn parse<S: AsRef<str>>(formula: &str, aliases: &[S]) -> Result<Formula> {
 
 /// Parses a formula string with already parsed aliases.
 pub fn parse_with(formula: &str, aliases: &Aliases) -> Result<Formula> {
+    parse_written(formula, aliases).map(|(f, _)| f)
+}
+
+/// As [`parse_with`], with the variables written in the formula itself (`Var(1,3,1)`,
+/// `Vj(2,1)`), which simplification may have removed from it: as in pykeops, they
+/// still take their argument positions (`Grad(x + Var(1,3,1), x, e)` is a constant
+/// that takes `y`).
+pub fn parse_written(formula: &str, aliases: &Aliases) -> Result<(Formula, Vec<Formula>)> {
     let mut p = Parser::new(formula, aliases);
     let f = p.expr()?;
     p.skip_ws();
     if p.pos < p.src.len() {
         return Err(p.err("expected an operator (+ - * / ** |) or the end of the formula"));
     }
-    Ok(f)
+    Ok((f, p.written))
 }
 
 struct Parser<'a> {
@@ -117,6 +125,8 @@ struct Parser<'a> {
     pos: usize,
     aliases: &'a Aliases,
     depth: usize,
+    /// The variables written in the formula (not through an alias).
+    written: Vec<Formula>,
 }
 
 /// Deepest nesting accepted: the parser (and the printer) recurse, and a stack
@@ -138,6 +148,7 @@ impl<'a> Parser<'a> {
             pos: 0,
             aliases,
             depth: 0,
+            written: Vec::new(),
         }
     }
 
@@ -356,17 +367,34 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A call's arguments, after its `(`.
     fn args(&mut self) -> Result<Vec<Arg>> {
+        self.items(")", false)
+    }
+
+    /// Comma-separated arguments up to `close`. An argument is a formula or an
+    /// integer list: `Ind(2, 3)`, or `[2, 3]` as pykeops' LazyTensor writes them
+    /// (keopscore evaluates formula strings as Python, where both are sequences).
+    fn items(&mut self, close: &str, in_list: bool) -> Result<Vec<Arg>> {
         let mut args = Vec::new();
-        if self.eat(")") {
+        if self.eat(close) {
             return Ok(args);
         }
         loop {
             self.skip_ws();
             let at = self.pos;
-            if self.src[self.pos..].starts_with("Ind(") {
-                self.pos += "Ind(".len();
-                let items = self.args()?;
+            let list_close = if self.eat("Ind(") {
+                Some(")")
+            } else if self.eat("[") {
+                Some("]")
+            } else {
+                None
+            };
+            if let Some(list_close) = list_close {
+                if in_list {
+                    return Err(self.err_at(at, "an integer list cannot hold lists"));
+                }
+                let items = self.items(list_close, true)?;
                 let list = items
                     .iter()
                     .map(|a| self.int_arg("Ind", a))
@@ -380,7 +408,7 @@ impl<'a> Parser<'a> {
                 let f = self.expr()?;
                 args.push(Arg { f, at, ind: None });
             }
-            if self.eat(")") {
+            if self.eat(close) {
                 return Ok(args);
             }
             if !self.eat(",") {
@@ -388,7 +416,7 @@ impl<'a> Parser<'a> {
                     .peek()
                     .map(|c| format!("{c:?}"))
                     .unwrap_or_else(|| "the end".into());
-                return Err(self.err(format!("expected \",\" or \")\", found {found}")));
+                return Err(self.err(format!("expected \",\" or \"{close}\", found {found}")));
             }
         }
     }
@@ -442,7 +470,11 @@ impl<'a> Parser<'a> {
             .iter()
             .map(|a| self.int_arg(name, a))
             .collect::<Result<Vec<i64>>>()?;
-        self.at(start, (spec.build)(&fs, &ns))
+        let f = self.at(start, (spec.build)(&fs, &ns))?;
+        if spec.formulas == 0 && f.as_var().is_some() {
+            self.written.push(f.clone());
+        }
+        Ok(f)
     }
 
     /// An op whose parameters are `Ind(...)` lists (the last one optional).
@@ -563,5 +595,29 @@ mod tests {
         assert!(matches!(parse(&minus, &al), Err(KeopsError::Parse { .. })));
         let ok = format!("{}x{}", "Exp(".repeat(100), ")".repeat(100));
         assert!(parse(&ok, &al).is_ok());
+    }
+
+    #[test]
+    fn integer_lists_are_written_ind_or_in_brackets() {
+        // pykeops' LazyTensor writes `[2, 3]`; keopscore's docs `Ind(2, 3)`.
+        let al = ["x = Vi(0,6)", "y = Vj(1,4)"];
+        let brackets = parse("Kron(x, y, [2, 3], [2,2])", &al).unwrap();
+        assert_eq!(
+            brackets,
+            parse("Kron(x, y, Ind(2,3), Ind(2, 2))", &al).unwrap()
+        );
+        let td = "TensorDot(x, y, [2, 3], [2, 2], [], [], [0, 2, 1, 3])";
+        let ind = "TensorDot(x, y, Ind(2,3), Ind(2,2), Ind(), Ind(), Ind(0,2,1,3))";
+        assert_eq!(parse(td, &al).unwrap(), parse(ind, &al).unwrap());
+        for (bad, want) in [
+            ("Kron(x, y, [2, [3]], [2,2])", "cannot hold lists"),
+            ("Kron(x, y, [2, 3), [2,2])", "expected \",\" or \"]\""),
+            ("Kron(x, y, [2, x], [2,2])", "expects an integer"),
+        ] {
+            let e = parse(bad, &al).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let deep = format!("Kron(x, y, {}", "[".repeat(100_000));
+        assert!(parse(&deep, &al).is_err());
     }
 }
