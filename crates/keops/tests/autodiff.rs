@@ -118,6 +118,53 @@ fn conventions_at_awkward_points() {
     assert_eq!(p.eval(&g), vec![0.0, 1.0, 0.0]);
 }
 
+/// `IfElse` with a scalar condition differentiates the branch it selects (keopscore's
+/// rule): the branch not taken adds nothing, even where its derivative is infinite
+/// (pykeops' sandbox/test_ifelse.py). A vector condition masks the adjoint, exact
+/// but with `0 * inf` there.
+#[test]
+fn ifelse_differentiates_the_selected_branch() {
+    let al = ["x = Vi(0,1)", "y = Vj(1,3)", "c = Vi(2,1)"];
+    let p = |s: &str| parse(s, &al).unwrap();
+    let (x, y) = (p("x"), p("y"));
+    let one = Formula::int(1);
+    let mut pt = Point::default();
+    pt.set(&x, vec![-0.5]);
+    for s in ["IfElse(x, Sqrt(x), x*x*x)", "IfElse(x, Log(x), x*x*x)"] {
+        let g = diff::grad(&p(s), &x, &one).unwrap();
+        assert_eq!(pt.eval(&g), vec![0.75], "{s}: 3 x^2 at x = -0.5");
+        // Forward mode (Diff, a reverse pass of the reverse pass) too, and again.
+        let d = diff::diff(&p(s), &x, &one).unwrap();
+        assert_eq!(pt.eval(&d), vec![0.75], "{s}");
+        let d2 = diff::grad(&g, &x, &one).unwrap();
+        assert_eq!(pt.eval(&d2), vec![-3.0], "{s}: 6 x");
+    }
+    // Non-diagonal branches of a vector output, a scalar condition on both variables,
+    // a scalar branch broadcast: against finite differences, at points on both sides.
+    let mixed = p("IfElse(c - (x|Sum(y)), SqNorm2(y) * y + x, Exp(-y) * x)");
+    let mixed_scalar = p("IfElse(c + x, Sqrt(c) * y, SqNorm2(y))");
+    for formula in [&mixed, &mixed_scalar] {
+        assert!(check_formula(formula, 7, 40) > 40, "{formula}");
+    }
+    // Gradients that never reach v stay zero, without a selection left in them.
+    assert_eq!(
+        diff::grad(&p("IfElse(c, x, 2*x)"), &y, &one).unwrap(),
+        Formula::zero(3).unwrap()
+    );
+    assert_eq!(
+        diff::grad(&p("IfElse(x, c, 2*c)"), &x, &one).unwrap(),
+        Formula::int(0)
+    );
+    // A vector condition: masked adjoints (exact, NaN where the other branch's
+    // derivative is infinite).
+    let v = p("IfElse(y, Sqrt(y), y*y*y)");
+    let g = diff::grad(&v, &y, &Formula::zero(3).unwrap().add(&one).unwrap()).unwrap();
+    pt.set(&y, vec![4.0, -1.0, 1.0]);
+    let got = pt.eval(&g);
+    assert_eq!((got[0], got[2]), (0.25, 0.5));
+    assert!(got[1].is_nan());
+}
+
 /// `<Diff(F, v, u), e> == <Grad(F, v, e), u>` and the other operators against closed
 /// forms or against `Grad`.
 #[test]

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use super::{Cat, Formula, Op};
+use super::{Cat, Formula, Op, Ternary};
 use crate::error::{KeopsError, Result};
 
 /// First argument index of the placeholder variables used internally (never visible in
@@ -94,6 +94,14 @@ fn reverse(f: &Formula, v: &Formula, e: &Formula) -> Result<Formula> {
         let Some(g) = adj.remove(&n.id()) else {
             continue;
         };
+        if let Some(sel) = selected_branch(n, v, &g)? {
+            let total = match adj.remove(&v.id()) {
+                Some(prev) => prev.add(&sel)?,
+                None => sel,
+            };
+            adj.insert(v.id(), total);
+            continue;
+        }
         let contribs = n.op.vjp(&n.args, n, &g)?;
         for (a, c) in n.args.iter().zip(contribs) {
             let Some(c) = c else { continue };
@@ -111,6 +119,23 @@ fn reverse(f: &Formula, v: &Formula, e: &Formula) -> Result<Formula> {
         Some(g) => Ok(g),
         None => Formula::zero(v.dim),
     }
+}
+
+/// For `n = IfElse(c, a, b)` with a scalar condition, seeded with `g`: the derivative
+/// of the branch `c` selects, `IfElse(c, Grad(a, v, g), Grad(b, v, g))` (keopscore's
+/// rule). Masked adjoints passed down both branches (`IfElse(c, g, 0)` to `a`) give
+/// the same sum, but `0 * inf` where the branch not taken has an infinite derivative:
+/// `IfElse(x, Sqrt(x), x*x*x)` would have a NaN gradient at every `x < 0`. A vector
+/// condition keeps the masked adjoints: its mask lies in the output's coordinates, not
+/// in `v`'s. `None` for every other node.
+fn selected_branch(n: &Formula, v: &Formula, g: &Formula) -> Result<Option<Formula>> {
+    if n.op != Op::Ternary(Ternary::IfElse) || n.args[0].dim != 1 {
+        return Ok(None);
+    }
+    let (c, a, b) = (&n.args[0], &n.args[1], &n.args[2]);
+    // A branch of dimension 1 is broadcast to the output: its seed is the sum of g.
+    let branch = |f: &Formula| reverse(f, v, &if f.dim == g.dim { g.clone() } else { g.sum() });
+    Ok(Some(c.if_else(&branch(a)?, &branch(b)?)?))
 }
 
 /// Replaces every occurrence of the nodes in `map` (by identity) and rebuilds the

@@ -1487,6 +1487,10 @@ impl Formula {
     }
     /// `IfElse(self, a, b)`.
     pub fn if_else(&self, a: &Formula, b: &Formula) -> Result<Formula> {
+        // Both branches the same (zero gradients of both, typically): no selection.
+        if a == b && a.dim >= self.dim {
+            return Ok(a.clone());
+        }
         Formula::new(
             Op::Ternary(Ternary::IfElse),
             vec![self.clone(), a.clone(), b.clone()],
