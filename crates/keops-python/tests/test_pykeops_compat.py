@@ -321,3 +321,89 @@ def test_config_module() -> None:
     assert keops.config.get_build_folder() == keops.get_build_folder()
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         keops.config.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_utils_modules(fname: str) -> None:
+    """``pykeops.numpy.utils`` / ``pykeops.torch.utils``: the array tools that code
+    written for both front ends reads (``numpytools``, ``torchtools``) and the dense
+    kernels of pykeops' tests and tutorials."""
+    k = front(fname)
+    u = importlib.import_module(f"keops.{fname}.utils")
+    tools = u.numpytools if fname == "numpy" else u.torchtools
+    assert tools.Genred is k.Genred and tools.KernelSolve is k.KernelSolve
+    x, y = arr(fname, X), arr(fname, Y)
+    assert tools.is_tensor(x) and not tools.is_tensor(X.tolist())
+    close(u.squared_distances(x, y), D2)
+    close(tools.solve(arr(fname, np.eye(2) * 2), arr(fname, np.ones((2, 1)))), np.full((2, 1), .5))
+    z = arr(fname, np.ascontiguousarray(X[:, :2]))
+    close(tools.view_as_real(tools.view_as_complex(z)), X[:, :2])
+    assert tools.dtypename(x.dtype) == "float64" and tools.size(x) == N * D
+    assert tools.device_type_index(x)[0] == "cpu"
+    gauss = u.np_kernel if fname == "numpy" else u.torch_kernel
+    for name, want in (("gaussian", np.exp(-D2 / 0.25)), ("cauchy", 1 / (1 + D2 / 0.25)),
+                       ("laplacian", np.exp(-np.sqrt(D2) / 0.5)),
+                       ("inverse_multiquadric", 1 / np.sqrt(1 + D2 / 0.25))):
+        close(gauss(x, y, 0.5, name), want, 1e-10)
+    with pytest.raises(ValueError, match="unknown kernel 'gauss'"):
+        gauss(x, y, 0.5, "gauss")
+    if fname == "numpy":
+        # The derivative in |x-y|^2 against a central difference of the kernel.
+        for name in ("gaussian", "laplacian", "cauchy", "inverse_multiquadric"):
+            h = 1e-6
+            f = u._KERNELS[name]
+            fd = (f(D2 + h, 0.5) - f(D2 - h, 0.5)) / (2 * h)
+            close(u.grad_np_kernel(X, Y, 0.5, name), fd, 1e-6)
+            close(u.log_np_kernel(X, Y, 0.5, name), np.log(u.np_kernel(X, Y, 0.5, name)), 1e-10)
+        close(u.log_sum_exp(-D2, axis=1), np.log(np.exp(-D2).sum(1)))
+        assert u.differences(X, Y).shape == (D, N, M)
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_pykeops_test_suite_idioms(fname: str) -> None:
+    """What pykeops' own tests write: integer lists in brackets in formula strings (as
+    its LazyTensor prints them), ``logsumexp(other=w)``, ``sum(-1, keepdim=True)``, and
+    variables written in a formula that simplification removes, which still take their
+    argument positions."""
+    k = front(fname)
+    x, y = arr(fname, X), arr(fname, Y)
+    kron = k.Genred("Kron(x, y, [1, 3], [3, 1])", ["x = Vi(0,3)", "y = Vj(1,3)"], "Sum", axis=1)
+    want = sum(np.stack([np.kron(a.reshape(1, 3), b.reshape(3, 1)).ravel() for a in X])
+               for b in Y)
+    close(kron(x, y), want)
+    x_i, y_j = k.Vi(x), k.Vj(y)
+    b_j = k.Vj(arr(fname, B[:, :1]))
+    d2 = ((x_i - y_j) ** 2).sum(-1, keepdim=True)
+    assert d2.formula == ((x_i - y_j) ** 2).sum().formula
+    want = np.log((np.exp(-D2) * B[None, :, 0]).sum(1))[:, None]
+    close((-d2).logsumexp(dim=1, other=b_j), want)
+    close((-d2).logsumexp(dim=1, weight=b_j), want)
+    with pytest.raises(TypeError, match="twice"):
+        (-d2).logsumexp(dim=1, weight=b_j, other=b_j)
+    with pytest.raises(TypeError, match="options"):
+        d2.sum(-1, backend="CPU")
+    g = k.Genred("Grad(Grad(x + Var(1,3,1), x, Var(2,3,0)),x, Var(3,3,0))", ["x=Vi(0,3)"],
+                 "Sum", axis=1)
+    close(g(x, y, x, x), np.zeros((N, D)))
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_callfun_is_the_routine_a_callable_lazytensor_runs(fname: str) -> None:
+    """pykeops' ``callfun``: the front end's Genred (KernelSolve) of a callable
+    LazyTensor, taking the symbolic variables' arrays then the wrapped ones."""
+    k = front(fname)
+    x, y, b = arr(fname, X), arr(fname, Y), arr(fname, B)
+    K = (-k.Vi(0, 3).sqdist(k.Vj(y)))
+    lse = K.logsumexp(dim=1, weight=k.Vj(b), call=False)
+    assert isinstance(lse.callfun, k.Genred)
+    close(lse.callfun(x, y, b), npy(lse(x)))
+    kmin = K.Kmin(2, dim=1, call=False)
+    close(kmin.callfun(x, y), npy(kmin(x)))
+    rhs = arr(fname, R.random((N, 2)))
+    solve = (-k.Vi(0, 3).sqdist(k.Vj(x))).exp().solve(rhs, alpha=2.0, call=False)
+    routine = solve.callfun
+    assert isinstance(routine, k.KernelSolve)
+    assert routine._init["aliases"][routine.var] == "v1 = Vj(2,2)"
+    close(routine(x, x, rhs, alpha=2.0), npy(solve(x)))
+    with pytest.raises(AttributeError, match="callable LazyTensor"):
+        K.callfun

@@ -61,6 +61,16 @@ def test_aliases_are_keops_objects() -> None:
     assert LazyTensor is keops.torch.LazyTensor and Genred is keops.torch.Genred
     assert NumpyLazyTensor is keops.numpy.LazyTensor
     assert grid_cluster is keops.torch.cluster.grid_cluster
+    from pykeops.numpy.operations import KernelSolve as NumpySolve
+    from pykeops.numpy.utils import numpytools
+    from pykeops.torch.operations import KernelSolve
+    from pykeops.torch.utils import torchtools
+
+    import keops.numpy.utils
+    import keops.torch.utils
+    assert KernelSolve is keops.torch.KernelSolve and NumpySolve is keops.numpy.KernelSolve
+    assert numpytools is keops.numpy.utils.numpytools
+    assert torchtools is keops.torch.utils.torchtools
     assert isinstance(pykeops.config.gpu_available, bool)
     assert set(MODULES) <= set(sys.modules)
 

@@ -19,8 +19,12 @@ MODULES: Dict[str, str] = {
     "pykeops.config": "keops.config",
     "pykeops.numpy": "keops.numpy",
     "pykeops.numpy.cluster": "keops.numpy.cluster",
+    "pykeops.numpy.operations": "keops.numpy",
+    "pykeops.numpy.utils": "keops.numpy.utils",
     "pykeops.torch": "keops.torch",
     "pykeops.torch.cluster": "keops.torch.cluster",
+    "pykeops.torch.operations": "keops.torch",
+    "pykeops.torch.utils": "keops.torch.utils",
 }
 
 

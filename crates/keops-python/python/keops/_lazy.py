@@ -178,6 +178,10 @@ class GenericLazyTensor:
     ranges: Any = None
 
     # -- backend hooks ----------------------------------------------------------------
+    #: The front end's ``Genred`` and ``KernelSolve`` classes (for ``callfun``).
+    _Genred: Any = None
+    _KernelSolve: Any = None
+
     @classmethod
     def _as_array(cls, x: Any) -> Array:
         """Validates an array of the front end (float32/float64, or a half precision computed
@@ -467,6 +471,24 @@ class GenericLazyTensor:
         """The formula in KeOps syntax: arrays named ``v0``, ``v1``, ..., symbolic
         variables ``s0``, ``s1``, ... by their indices."""
         return _name(self._formula)
+
+    @property
+    def callfun(self) -> Any:
+        """pykeops' ``callfun``: for a callable LazyTensor, the front end's ``Genred``
+        (``KernelSolve`` for a solve) that calling it runs, taking the symbolic
+        variables' arrays by index, then the wrapped ones (a solve: the right-hand side
+        in the unknown's slot)."""
+        p = self._pending
+        if p is None:
+            raise AttributeError("callfun: only a callable LazyTensor (the result of a "
+                                 "reduction or solve with call=False) has one")
+        formula, aliases = self._named()
+        if p.reduction == "Solve":
+            n = self._n_sym
+            unknown = f"s{p.unknown}" if p.unknown < n else f"v{p.unknown - n}"
+            return self._KernelSolve(formula, list(aliases), unknown, axis=1)
+        return self._Genred(formula, list(aliases), p.reduction, axis=p.axis, opt_arg=p.k,
+                            formula2=None if p.formula2 is None else _name(p.formula2))
 
     @property
     def reduction_op(self) -> Optional[str]:
@@ -1111,6 +1133,10 @@ class GenericLazyTensor:
         else the reduction over ``i`` or ``j``."""
         if self._axis(dim, axis) is not None:
             return self.reduction(op, axis=axis, dim=dim, **kwargs)
+        # torch's keepdim (NumPy's keepdims), as pykeops' tests write it
+        # (``.sum(-1, keepdim=True)``): both values describe the result, whose shape
+        # has no last dimension of 1 while its formula has dimension 1.
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("keepdim", "keepdims")}
         if kwargs:
             raise TypeError(f"{op.lower()} over the last dimension is a LazyTensor, not a "
                             f"reduction: options ({', '.join(kwargs)}) apply to dim 0 or 1")
@@ -1125,8 +1151,13 @@ class GenericLazyTensor:
 
     def logsumexp(self, axis: Optional[int] = None, dim: Optional[int] = None,
                   weight: Any = None, **kwargs: Any) -> Any:
-        """``log sum exp`` over ``i`` or ``j`` (``log sum exp(F) w`` with a weight)."""
-        return self.reduction("LogSumExp", other=weight, axis=axis, dim=dim, **kwargs)
+        """``log sum exp`` over ``i`` or ``j`` (``log sum exp(F) w`` with a weight; as
+        in pykeops, ``other=`` names the weight too)."""
+        if weight is not None:
+            if "other" in kwargs:
+                raise TypeError("logsumexp() got the weight twice: as weight= and other=")
+            kwargs["other"] = weight
+        return self.reduction("LogSumExp", axis=axis, dim=dim, **kwargs)
 
     def sumsoftmaxweight(self, weight: Any, axis: Optional[int] = None,
                          dim: Optional[int] = None, **kwargs: Any) -> Any:

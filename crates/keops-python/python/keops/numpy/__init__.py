@@ -104,6 +104,8 @@ class LazyTensor(GenericLazyTensor):
 
     _run = staticmethod(_run)
     _solve = staticmethod(_solve)
+    _Genred = Genred
+    _KernelSolve = KernelSolve
 
     @staticmethod
     def _complex_as_real(x: Any) -> Optional[np.ndarray]:
