@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 # Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
 ARGS ?=
 
-.PHONY: fuzz arm-check windows-check cross-check demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
+.PHONY: fuzz pykeops-suite arm-check windows-check cross-check demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
 
 demo: python
 	$(CARGO) build --workspace --release
@@ -35,7 +35,14 @@ test: lint python wheel-check
 	KEOPS_CUDA_SIMULATOR=2 $(SIM_ASAN) $(CARGO) test --workspace --profile ci --all-features --test gpu
 	$(VPY) -m pytest -q -rs crates/keops-python/tests
 	KEOPS_CUDA_SIMULATOR=2 $(VPY) -m pytest -q -rs crates/keops-python/tests/test_gpu_sim.py
-	$(MAKE) --no-print-directory arm-check windows-check
+	$(MAKE) --no-print-directory pykeops-suite arm-check windows-check
+
+# pykeops 2.3's own test suite, run on keops under pykeops' names: its test files are
+# taken from its source distribution (downloaded once, checked by SHA-256); pykeops
+# itself is never installed. `scripts/pykeops_suite.sh examples` also runs its gallery
+# of examples and tutorials (not part of `make test`: about 80 s).
+pykeops-suite: venv
+	VPY=$(VPY) scripts/pykeops_suite.sh
 
 # Linux on ARM run, not only compiled: the Rust tests built for aarch64 and the aarch64
 # wheel's Python tests, under qemu-user (scripts/arm_check.sh installs what it needs,

@@ -2,8 +2,9 @@
 # Builds, on this (x86-64, CUDA-less) machine, everything the GPU checks need into .gpu/,
 # for a GPU machine that has CUDA, PyTorch and Python but no Rust and no network (the
 # device machines this project is lent): the Rust GPU test binary, the cuda_info
-# example, the keops wheel, and pykeops 2.3 + keopscore as wheels for the side-by-side
-# benchmark. Then run scripts/gpu_check.sh there with .gpu carried (`make gpu-bundle`).
+# example, the keops wheel, pykeops 2.3 + keopscore as wheels for the side-by-side
+# benchmark, and pykeops' test files. Then run scripts/gpu_check.sh there with .gpu
+# carried (`make gpu-bundle`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VPY=${VPY:-.venv/bin/python}
@@ -24,5 +25,8 @@ cp target/release/examples/cuda_info "$OUT/cuda_info"
 # The Python package (abi3: any CPython >= 3.9) and pykeops for the comparison.
 cp target/wheel/*.whl "$OUT"  # make wheel's (manylinux2014: any glibc >= 2.17)
 "$VPY" -m pip wheel -q --no-deps pykeops==2.3 keopscore==2.3 -w "$OUT"
+# pykeops' own test suite with its conftest (gpu_check.sh's pykeops stage).
+VPY="$VPY" scripts/pykeops_suite.sh --collect-only -q >/dev/null
+cp -r target/pykeops-suite/tests "$OUT/pykeops-tests"
 ls -la "$OUT"
 du -sh "$OUT"

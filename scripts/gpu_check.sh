@@ -15,7 +15,9 @@
 #            BENCH_ARGS replaces its arguments
 #   sanitize compute-sanitizer's memcheck and racecheck over the in-place and
 #            block-sparse tests (every reduction, both schemes; kernels from the cache)
-# Usage: scripts/gpu_check.sh [stage ...]   (default: all five)
+#   pykeops  (not by default) pykeops 2.3's own test suite on keops, CUDA tensors
+#            wherever it uses them (scripts/pykeops_suite.sh, bundled)
+# Usage: scripts/gpu_check.sh [stage ...]   (default: the first five)
 # Sized for a lease of 15 minutes of device time, a start and a rerun included: the
 # whole script ends within DEADLINE seconds (default 330; give the device command a
 # timeout of 360). Each stage stops at its own limit (LIMIT_<stage>, seconds) or at the
@@ -88,6 +90,7 @@ for s in $stages; do
                    '$SANITIZER' --tool \$tool --error-exitcode 3 .gpu/gpu-tests \
                      device_arrays_are_reduced_in_place block_sparse_matches || exit \$?; done")
               limit=60 ;;
+    pykeops) cmd=("$PY" -m pytest -q -rs -p no:cacheprovider .gpu/pykeops-tests) limit=60 ;;
     *) say echo "unknown stage $s"; status=1; continue ;;
   esac
   if [ "$s" = bench ] && [ -n "$warm_pid" ]; then
