@@ -146,6 +146,23 @@ fn ifelse_differentiates_the_selected_branch() {
     for formula in [&mixed, &mixed_scalar] {
         assert!(check_formula(formula, 7, 40) > 40, "{formula}");
     }
+    // BSpline's weights select with IfElse where knots repeat (clamped knots, the usual
+    // case): its derivatives were NaN at every x. Quadratic, knots 0 0 0 1 2 3 3 3:
+    // B_0 = (1 - x)^2 on [0, 1), and the basis sums to 1 (derivative 0).
+    let bal = ["t = Pm(0,8)", "x = Vi(1,1)"];
+    let spline = parse("BSpline(t, x, 2)", &bal).unwrap();
+    let (t, xb) = (parse("t", &bal).unwrap(), parse("x", &bal).unwrap());
+    let mut pt = Point::default();
+    pt.set(&t, vec![0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 3.0, 3.0]);
+    pt.set(&xb, vec![0.5]);
+    let ep = Formula::pm(9, 5).unwrap();
+    let dx = diff::grad(&spline, &xb, &ep).unwrap();
+    pt.set(&ep, vec![1.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(pt.eval(&dx), vec![-1.0]);
+    pt.set(&ep, vec![1.0; 5]);
+    assert_eq!(pt.eval(&dx), vec![0.0]);
+    let dt = pt.eval(&diff::grad(&spline, &t, &ep).unwrap());
+    assert!(dt.iter().all(|v| v.is_finite()), "{dt:?}");
     // Gradients that never reach v stay zero, without a selection left in them.
     assert_eq!(
         diff::grad(&p("IfElse(c, x, 2*x)"), &y, &one).unwrap(),
