@@ -323,4 +323,25 @@ fn bad_input() {
     ] {
         assert!(parse(s, &ALIASES).is_err(), "{s} should be an error");
     }
+    // Operators expanded per coordinate refuse huge variables promptly (the fuzzer's
+    // Laplacian with respect to 3,018,036 coordinates never ended).
+    let huge = ["x = Vi(0,1)", "y = Vj(1,3018036)"];
+    let start = std::time::Instant::now();
+    for s in [
+        "Laplacian(Exp(-SqNorm2(y)), y)",
+        "GradMatrix(y, x)",
+        "GradMatrix(x*y, y)",
+    ] {
+        let err = parse(s, &huge).unwrap_err().to_string();
+        assert!(
+            err.contains("once per coordinate") && err.contains("3018036"),
+            "{s}: {err}"
+        );
+    }
+    assert!(start.elapsed().as_secs_f64() < 5.0, "{:?}", start.elapsed());
+    let fine = ["y = Vj(0,1000)"];
+    assert_eq!(
+        parse("Laplacian(Exp(-SqNorm2(y)), y)", &fine).unwrap().dim,
+        1
+    );
 }

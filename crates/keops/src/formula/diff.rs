@@ -200,6 +200,26 @@ pub fn diff(f: &Formula, v: &Formula, u: &Formula) -> Result<Formula> {
     Ok(j)
 }
 
+/// Most formula nodes an operator expanded coordinate by coordinate (`TraceOperator`,
+/// hence `Divergence` and `Laplacian`, and `GradMatrix`) may visit: one pass over `F`
+/// per coordinate. Past it the expansion alone takes seconds (a `Laplacian` with
+/// respect to a variable of 3 million coordinates never ended).
+const MAX_EXPANSION: usize = 1 << 20;
+
+fn check_expansion(op: &str, f: &Formula, coords: usize) -> Result<()> {
+    let nodes = f.topo_order().len();
+    if nodes.saturating_mul(coords) > MAX_EXPANSION {
+        return Err(op_err(
+            op,
+            format!(
+                "it expands the formula once per coordinate: {coords} coordinates of a \
+                 formula of {nodes} nodes exceed {MAX_EXPANSION} nodes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `TraceOperator(F, u)`: for `F` linear in the variable `u` (`dim F == dim u`), the
 /// trace of that linear map, `sum_k Elem(F(u := e_k), k)`.
 pub fn trace_operator(f: &Formula, u: &Formula) -> Result<Formula> {
@@ -213,6 +233,7 @@ pub fn trace_operator(f: &Formula, u: &Formula) -> Result<Formula> {
             ),
         ));
     }
+    check_expansion("TraceOperator", f, u.dim)?;
     let d = u.dim;
     let mut acc: Option<Formula> = None;
     for k in 0..d {
@@ -260,6 +281,7 @@ pub fn laplacian(f: &Formula, v: &Formula) -> Result<Formula> {
 pub fn grad_matrix(f: &Formula, v: &Formula) -> Result<Formula> {
     expect_var("GradMatrix", v)?;
     let d = f.dim;
+    check_expansion("GradMatrix", f, d)?;
     let mut acc: Option<Formula> = None;
     for k in 0..d {
         let ek = if d == 1 {
