@@ -26,7 +26,7 @@ cp target/release/examples/cuda_info "$OUT/cuda_info"
 cp target/wheel/*.whl "$OUT"  # make wheel's (manylinux2014: any glibc >= 2.17)
 "$VPY" -m pip wheel -q --no-deps pykeops==2.3 keopscore==2.3 -w "$OUT"
 # pykeops' own test suite with its conftest (gpu_check.sh's pykeops stage).
-VPY="$VPY" scripts/pykeops_suite.sh --collect-only -q >/dev/null
+VPY="$VPY" scripts/pykeops_suite.sh fetch
 cp -r target/pykeops-suite/tests "$OUT/pykeops-tests"
 ls -la "$OUT"
 du -sh "$OUT"

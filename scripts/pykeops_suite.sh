@@ -4,8 +4,8 @@
 # expectations. The sdist is downloaded once (pinned by its SHA-256) into target/; only
 # its test files are used, and pykeops itself is never installed or imported.
 # `pykeops_suite.sh examples` runs its gallery instead (examples and tutorials, each
-# script in its own process; scripts/pykeops_suite/run_gallery.py). Other arguments go
-# to pytest.
+# script in its own process; scripts/pykeops_suite/run_gallery.py); `fetch` only
+# prepares $DIR/tests (for make gpu-bundle). Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VPY=${VPY:-.venv/bin/python}
@@ -31,5 +31,6 @@ rm -rf "$DIR/tests" && mkdir -p "$DIR/tests"
 tar -xzf "$SDIST" -C "$DIR/tests" --strip-components=3 --wildcards 'pykeops-2.3/pykeops/test/*.py'
 rm -f "$DIR/tests/__init__.py"
 cp scripts/pykeops_suite/conftest.py "$DIR/tests/conftest.py"
+[ "${1:-}" != fetch ] || exit 0
 cd "$DIR/tests"
 exec "$VPY" -m pytest -q -rs -p no:cacheprovider . "$@"

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Dict
 
+HERE = Path(__file__).resolve().parent
+
 #: Scripts that need a GPU (run where keops finds one).
 GPU: Dict[str, str] = {
     "plot_gpu_select_example.py": "selects GPUs",
@@ -26,13 +28,12 @@ SKIP: Dict[str, str] = {
     "plot_LDDMM_Surface.py": "needs plotly and downloads a mesh",
 }
 
+# keops as pykeops through the test suite's conftest (its directory is argv[2]);
+# matplotlib draws off screen (MPLBACKEND=Agg in the environment).
 RUN = """
-import os, runpy, sys, types
-import matplotlib
-matplotlib.use("Agg")
-import keops
-keops.install_as_pykeops()
-sys.modules.setdefault("keopscore", types.ModuleType("keopscore"))
+import os, runpy, sys
+sys.path.insert(0, sys.argv[2])
+import conftest
 path = sys.argv[1]
 sys.argv = [path]
 sys.path.insert(0, os.path.dirname(path))
@@ -55,7 +56,8 @@ def main() -> int:
             continue
         start = time.perf_counter()
         try:
-            r = subprocess.run([sys.executable, "-c", RUN, str(path)], cwd=path.parent,
+            r = subprocess.run([sys.executable, "-c", RUN, str(path), str(HERE)],
+                               cwd=path.parent,
                                capture_output=True, text=True, timeout=timeout,
                                env={**os.environ, "MPLBACKEND": "Agg"})
             ok, why = r.returncode == 0, (r.stderr.strip().splitlines() or ["?"])[-1]
