@@ -23,7 +23,6 @@ GPU: Dict[str, str] = {
 }
 #: Scripts that need what keops or this project does not provide, and what.
 SKIP: Dict[str, str] = {
-    "plot_gpu_select_numpy.py": "counts GPUs with pykeops.common.gpu_utils (internals)",
     "plot_knn_mnist.py": "downloads MNIST from openml.org",
     "plot_LDDMM_Surface.py": "needs plotly and downloads a mesh",
 }

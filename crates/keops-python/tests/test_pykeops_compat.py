@@ -323,6 +323,35 @@ def test_config_module() -> None:
         keops.config.nope  # noqa: B018
 
 
+def test_common_module() -> None:
+    """``pykeops.common``'s names that user code imports: the LazyTensor base classes
+    (``isinstance`` checks across both front ends), ``get_gpu_number``, ``get_tools`` and
+    the axis/category helpers."""
+    import keops
+    from keops import _common as c
+    from keops.numpy import LazyTensor
+    from keops.numpy.utils import numpytools
+
+    real = LazyTensor(X[:, None, :])
+    cplx = LazyTensor((X + 1j * X).astype(np.complex128)[:, None, :])
+    assert isinstance(real, c.GenericLazyTensor) and isinstance(cplx, c.GenericLazyTensor)
+    assert isinstance(cplx, c.ComplexGenericLazyTensor) and c.is_complex_lazytensor(cplx * 2.0)
+    assert not isinstance(real, c.ComplexGenericLazyTensor) and not c.is_complex_lazytensor(X)
+    with pytest.raises(TypeError, match="for isinstance checks"):
+        c.ComplexGenericLazyTensor()
+    n, text = c.get_gpu_props()
+    assert c.get_gpu_number() == n and (n > 0) == keops.config.gpu_available
+    assert "driver" in text and "compiler" in text
+    assert isinstance(c.get_tools("numpy"), numpytools)
+    with pytest.raises(ValueError, match="'numpy', 'torch' or 'pytorch', got 'jax'"):
+        c.get_tools("jax")
+    assert [c.axis2cat(0), c.axis2cat(1), c.cat2axis(0), c.cat2axis(1)] == [1, 0, 1, 0]
+    with pytest.raises(ValueError, match="axis should be 0 or 1, got 2"):
+        c.axis2cat(2)
+    with pytest.raises(ValueError, match="category should be 0"):
+        c.cat2axis(-1)
+
+
 @pytest.mark.parametrize("fname", FRONTS)
 def test_utils_modules(fname: str) -> None:
     """``pykeops.numpy.utils`` / ``pykeops.torch.utils``: the array tools that code
@@ -352,7 +381,7 @@ def test_utils_modules(fname: str) -> None:
         for name in ("gaussian", "laplacian", "cauchy", "inverse_multiquadric"):
             h = 1e-6
             f = u._KERNELS[name]
-            fd = (f(D2 + h, 0.5) - f(D2 - h, 0.5)) / (2 * h)
+            fd = (f(D2 + h, 0.5, np) - f(D2 - h, 0.5, np)) / (2 * h)
             close(u.grad_np_kernel(X, Y, 0.5, name), fd, 1e-6)
             close(u.log_np_kernel(X, Y, 0.5, name), np.log(u.np_kernel(X, Y, 0.5, name)), 1e-10)
         close(u.log_sum_exp(-D2, axis=1), np.log(np.exp(-D2).sum(1)))

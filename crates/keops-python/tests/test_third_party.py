@@ -73,6 +73,17 @@ def test_aliases_are_keops_objects() -> None:
     assert torchtools is keops.torch.utils.torchtools
     assert isinstance(pykeops.config.gpu_available, bool)
     assert set(MODULES) <= set(sys.modules)
+    # pykeops.common's names, and submodules reached as attributes after `import a.b.c`
+    # (keops has no such submodules: the aliases are bound to their parents).
+    import pykeops.common.utils
+    import pykeops.numpy.operations
+    from pykeops.common.gpu_utils import get_gpu_number
+    from pykeops.common.lazy_tensor import ComplexGenericLazyTensor, GenericLazyTensor
+    assert isinstance(LazyTensor(torch.ones(3, 1, 2)), GenericLazyTensor)
+    assert not isinstance(LazyTensor(torch.ones(3, 1, 2)), ComplexGenericLazyTensor)
+    assert isinstance(pykeops.common.utils.get_tools("torch"), torchtools)
+    assert pykeops.numpy.operations.KernelSolve is NumpySolve
+    assert (get_gpu_number() > 0) == pykeops.config.gpu_available
 
 
 def test_refused_after_the_real_pykeops(monkeypatch: pytest.MonkeyPatch) -> None:

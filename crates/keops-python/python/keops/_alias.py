@@ -2,7 +2,11 @@
 written for pykeops (GeomLoss, GPyTorch's KeOps kernels, ...) run on keops unchanged.
 
 It registers the modules in ``sys.modules`` (as PyMySQL's ``install_as_MySQLdb``):
-nothing is copied or patched, ``pykeops.torch.LazyTensor is keops.torch.LazyTensor``.
+nothing is copied, ``pykeops.torch.LazyTensor is keops.torch.LazyTensor``. Where
+pykeops has a submodule that keops does not (``pykeops.numpy.operations``,
+``pykeops.common.utils``), the keops module standing for it is also made an attribute of
+its parent, so that ``import pykeops.common.utils`` then ``pykeops.common.utils.get_tools``
+works as it does with pykeops.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from typing import Dict
 #: only where torch is installed.
 MODULES: Dict[str, str] = {
     "pykeops": "keops",
+    "pykeops.common": "keops._common",
+    "pykeops.common.gpu_utils": "keops._common",
+    "pykeops.common.lazy_tensor": "keops._common",
+    "pykeops.common.utils": "keops._common",
     "pykeops.config": "keops.config",
     "pykeops.numpy": "keops.numpy",
     "pykeops.numpy.cluster": "keops.numpy.cluster",
@@ -50,4 +58,10 @@ def install_as_pykeops() -> None:
     for alias, name in MODULES.items():
         if name.startswith("keops.torch") and not torch_found:
             continue
-        sys.modules[alias] = importlib.import_module(name)
+        module = importlib.import_module(name)
+        sys.modules[alias] = module
+        parent, _, child = alias.rpartition(".")
+        # The import system binds a submodule to its parent only when it loads it, and
+        # these are found in sys.modules, never loaded under their pykeops names.
+        if parent and not hasattr(sys.modules[parent], child):
+            setattr(sys.modules[parent], child, module)

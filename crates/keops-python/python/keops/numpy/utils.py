@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .._common import WarmUpGpu
 from . import Genred, KernelSolve
 from .cluster import swap_axes
 
@@ -177,12 +178,13 @@ class numpytools:  # noqa: N801 (pykeops' name)
         return dict(cat="cpu")
 
 
-def squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def squared_distances(x: Any, y: Any) -> Any:
     """The dense ``(N, M)`` matrix of ``|x_i - y_j|^2`` (expanded as a matrix product,
-    as pykeops' tests compute it)."""
+    as pykeops' tests compute it), of NumPy arrays (or of torch tensors: the same code
+    serves ``keops.torch.utils``)."""
     x_norm = (x ** 2).sum(1).reshape(-1, 1)
     y_norm = (y ** 2).sum(1).reshape(1, -1)
-    return x_norm + y_norm - 2.0 * np.matmul(x, y.T)
+    return x_norm + y_norm - 2.0 * (x @ y.T)
 
 
 def differences(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -190,33 +192,39 @@ def differences(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x.T[:, :, np.newaxis] - y.T[:, np.newaxis, :]
 
 
-#: The radial kernels of pykeops' tests: functions of ``|x - y|^2`` and the scale ``s``.
-_KERNELS: Dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
-    "gaussian": lambda sq, s: np.exp(-sq / (s * s)),
-    "laplacian": lambda sq, s: np.exp(-np.sqrt(sq) / s),
-    "cauchy": lambda sq, s: 1.0 / (1 + sq / (s * s)),
-    "inverse_multiquadric": lambda sq, s: np.sqrt(1.0 / (1 + sq / (s * s))),
+#: The radial kernels of pykeops' tests: functions of ``|x - y|^2``, the scale ``s`` and
+#: the array module ``xp`` (``numpy``, or ``torch`` for ``keops.torch.utils``).
+_Radial = Callable[[Any, Any, Any], Any]
+_KERNELS: Dict[str, _Radial] = {
+    "gaussian": lambda sq, s, xp: xp.exp(-sq / (s * s)),
+    "laplacian": lambda sq, s, xp: xp.exp(-xp.sqrt(sq) / s),
+    "cauchy": lambda sq, s, xp: 1.0 / (1 + sq / (s * s)),
+    "inverse_multiquadric": lambda sq, s, xp: 1.0 / xp.sqrt(1 + sq / (s * s)),
 }
-_LOG_KERNELS: Dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
-    "gaussian": lambda sq, s: -sq / (s * s),
-    "laplacian": lambda sq, s: -np.sqrt(sq) / s,
-    "cauchy": lambda sq, s: -np.log(1 + sq / (s * s)),
-    "inverse_multiquadric": lambda sq, s: -0.5 * np.log(1.0 + sq / (s * s)),
+_LOG_KERNELS: Dict[str, _Radial] = {
+    "gaussian": lambda sq, s, xp: -sq / (s * s),
+    "laplacian": lambda sq, s, xp: -xp.sqrt(sq) / s,
+    "cauchy": lambda sq, s, xp: -xp.log(1 + sq / (s * s)),
+    "inverse_multiquadric": lambda sq, s, xp: -0.5 * xp.log(1.0 + sq / (s * s)),
 }
 # Derivatives with respect to |x - y|^2.
-_GRAD_KERNELS: Dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
-    "gaussian": lambda sq, s: -np.exp(-sq / (s * s)) / (s * s),
-    "laplacian": lambda sq, s: -np.exp(-np.sqrt(sq) / s) / (2 * s * np.sqrt(sq)),
-    "cauchy": lambda sq, s: -1.0 / (s * (sq / (s * s) + 1)) ** 2,
-    "inverse_multiquadric": lambda sq, s: -0.5 / ((s ** 2) * ((sq / (s * s) + 1) ** 1.5)),
+_GRAD_KERNELS: Dict[str, _Radial] = {
+    "gaussian": lambda sq, s, xp: -xp.exp(-sq / (s * s)) / (s * s),
+    "laplacian": lambda sq, s, xp: -xp.exp(-xp.sqrt(sq) / s) / (2 * s * xp.sqrt(sq)),
+    "cauchy": lambda sq, s, xp: -1.0 / (s * (sq / (s * s) + 1)) ** 2,
+    "inverse_multiquadric": lambda sq, s, xp: -0.5 / ((s ** 2) * ((sq / (s * s) + 1) ** 1.5)),
 }
 
 
-def _kernel(table: Dict[str, Callable[[np.ndarray, float], np.ndarray]], kernel: str,
-            x: np.ndarray, y: np.ndarray, s: float) -> np.ndarray:
+def _pick(table: Dict[str, Any], kernel: str) -> Any:
     if kernel not in table:
         raise ValueError(f"unknown kernel {kernel!r}; one of {', '.join(table)}")
-    return table[kernel](squared_distances(x, y), s)
+    return table[kernel]
+
+
+def _kernel(table: Dict[str, _Radial], kernel: str, x: Any, y: Any, s: Any,
+            xp: Any = np) -> Any:
+    return _pick(table, kernel)(squared_distances(x, y), s, xp)
 
 
 def np_kernel(x: np.ndarray, y: np.ndarray, s: float, kernel: str) -> np.ndarray:
@@ -246,9 +254,7 @@ def np_kernel_sphere(nalpha: np.ndarray, nbeta: np.ndarray, s: float,
         "gaussian_unoriented": lambda: np.exp((-2.0 + 2.0 * prs * prs) / (s * s)),
         "gaussian_oriented": lambda: np.exp((-2.0 + 2.0 * prs) / (s * s)),
     }
-    if kernel not in table:
-        raise ValueError(f"unknown kernel {kernel!r}; one of {', '.join(table)}")
-    return table[kernel]()
+    return _pick(table, kernel)()
 
 
 def chain_rules(q: np.ndarray, ax: np.ndarray, by: np.ndarray, aa: np.ndarray,
@@ -268,7 +274,3 @@ def log_sum_exp(mat: np.ndarray, axis: int = 0) -> np.ndarray:
     max_rc = mat.max(axis=axis)
     return max_rc + np.log(np.sum(np.exp(mat - np.expand_dims(max_rc, axis=axis)), axis=axis))
 
-
-def WarmUpGpu() -> None:  # noqa: N802 (pykeops' name)
-    """Nothing to warm up: kernels are compiled and cached on their first call, and
-    benchmarks time calls after a first one. Kept for pykeops' scripts."""

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..numpy.utils import _KERNELS, _kernel, squared_distances
 from . import Genred, KernelSolve
 from .cluster import swap_axes
 
@@ -200,25 +201,7 @@ class torchtools:  # noqa: N801 (pykeops' name)
         return x.data.data_ptr()
 
 
-def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The dense ``(N, M)`` matrix of ``|x_i - y_j|^2`` (expanded as a matrix product,
-    as pykeops' tests compute it)."""
-    x_norm = (x ** 2).sum(1).reshape(-1, 1)
-    y_norm = (y ** 2).sum(1).reshape(1, -1)
-    return x_norm + y_norm - 2.0 * torch.matmul(x, torch.transpose(y, 0, 1))
-
-
-_KERNELS: Dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {
-    "gaussian": lambda sq, s: torch.exp(-sq / (s * s)),
-    "laplacian": lambda sq, s: torch.exp(-torch.sqrt(sq) / s),
-    "cauchy": lambda sq, s: 1.0 / (1 + sq / (s * s)),
-    "inverse_multiquadric": lambda sq, s: torch.rsqrt(1 + sq / (s * s)),
-}
-
-
 def torch_kernel(x: torch.Tensor, y: torch.Tensor, s: Any, kernel: str) -> torch.Tensor:
     """The dense kernel matrix ``k(|x_i - y_j| / s)``: ``kernel`` is ``"gaussian"``,
     ``"laplacian"``, ``"cauchy"`` or ``"inverse_multiquadric"``."""
-    if kernel not in _KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; one of {', '.join(_KERNELS)}")
-    return _KERNELS[kernel](squared_distances(x, y), s)
+    return _kernel(_KERNELS, kernel, x, y, s, torch)
