@@ -157,14 +157,16 @@ fn check<T: Element>(g: &Genred, inp: &Inputs, o: &Options, ctx: &str) {
     check_against::<T>(g, inp, &expected(g, inp), o, ctx);
 }
 
-/// `g` on `inp` in both schemes, float32 and float64, against the oracle.
-fn check_schemes(g: &Genred, inp: &Inputs, ctx: &str) {
+/// `g` on `inp` in both schemes, float32 and float64, against the oracle; returns the
+/// oracle's result for further checks.
+fn check_schemes(g: &Genred, inp: &Inputs, ctx: &str) -> Expected {
     let e = expected(g, inp);
     for scheme in [GpuScheme::OneD, GpuScheme::TwoD] {
         let o = opts(scheme, SumScheme::BlockSum);
         check_against::<f32>(g, inp, &e, &o, &format!("{ctx} {scheme:?} f32"));
         check_against::<f64>(g, inp, &e, &o, &format!("{ctx} {scheme:?} f64"));
     }
+    e
 }
 
 #[test]
@@ -330,49 +332,62 @@ fn column_inputs(shapes: [&[usize]; 5], seed: u64) -> Inputs {
     inp
 }
 
+/// Every case of `common::column_cases` on inputs of these sizes, both axes, both schemes,
+/// float32 and float64, and split over three parts of device 0, against the oracle.
+fn columns_match_the_oracle(ni: usize, nj: usize, batch: &[usize]) {
+    use keops::cuda::kernel::KernelSpec;
+    let sh = |n: usize, d: usize| [batch, &[n, d][..]].concat();
+    let p = [batch, &[300][..]].concat();
+    let shapes = [&sh(ni, 3)[..], &sh(nj, 3), &sh(ni, 300), &sh(nj, 300), &p];
+    let inp = column_inputs(shapes, 12);
+    for (f, w, r) in common::column_cases() {
+        for axis in [0, 1] {
+            let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, axis);
+            let o = Options::default();
+            // 64 float32 (32 float64) sums a group, fewer with indices or maxima.
+            let by_columns = |k: KernelSpec| k.by_columns().columns.map(|c| c.width);
+            let (w32, w64) = (
+                by_columns(KernelSpec::new::<f32>(&g, &o)).expect(f),
+                by_columns(KernelSpec::new::<f64>(&g, &o)).expect(f),
+            );
+            assert!(w32 <= 64 && w64 <= 32 && w64 <= w32, "{f}: {w32} {w64}");
+            if r == Reduction::Sum {
+                assert_eq!((w32, w64), (64, 32));
+            }
+            let ctx = format!("{f} {} axis {axis} {batch:?}", r.name());
+            let e = check_schemes(&g, &inp, &ctx);
+            // Split over three parts (on device 0), states combined group by group.
+            let o = Options {
+                multi_gpu: MultiGpu::Devices(vec![0, 0, 0]),
+                ..opts(GpuScheme::Auto, SumScheme::BlockSum)
+            };
+            check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} multi-GPU f32"));
+            check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} multi-GPU f64"));
+        }
+    }
+}
+
 /// Outputs wider than registers hold, computed a group of columns per launch
-/// (`keops::cuda::columns`): every case of `common::column_cases`, both axes, both
-/// schemes, float32 and float64 (groups of 64 and 32 columns, the last one overlapping),
-/// batch dimensions, a multi-GPU split, block-sparse ranges (rows no range reaches hold
-/// the empty reduction of whole rows) and device arrays in place, against the oracle.
+/// (`keops::cuda::columns`): [`columns_match_the_oracle`] (groups of 64 float32 and 32
+/// float64 columns, the last one overlapping).
 #[test]
 fn wide_outputs_are_computed_by_columns() {
+    if gpu() {
+        columns_match_the_oracle(150, 400, &[]);
+    }
+}
+
+/// Wide outputs by columns (see above) with batch dimensions, float32 summed in float64,
+/// block-sparse ranges (rows no range reaches hold the empty reduction of whole rows)
+/// and device arrays in place, against the oracle. (A test of its own: the simulator
+/// runs the two at once.)
+#[test]
+fn wide_outputs_by_columns_in_batches_ranges_and_in_place() {
     use keops::cuda::kernel::KernelSpec;
     if !gpu() {
         return;
     }
-    for (ni, nj, batch) in [(150, 400, vec![]), (20, 250, vec![2])] {
-        let sh = |n: usize, d: usize| [&batch[..], &[n, d][..]].concat();
-        let p = [&batch[..], &[300][..]].concat();
-        let shapes = [&sh(ni, 3)[..], &sh(nj, 3), &sh(ni, 300), &sh(nj, 300), &p];
-        let inp = column_inputs(shapes, 12);
-        for (f, w, r) in common::column_cases() {
-            for axis in [0, 1] {
-                let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, axis);
-                let o = Options::default();
-                // 64 float32 (32 float64) sums a group, fewer with indices or maxima.
-                let by_columns = |k: KernelSpec| k.by_columns().columns.map(|c| c.width);
-                let (w32, w64) = (
-                    by_columns(KernelSpec::new::<f32>(&g, &o)).expect(f),
-                    by_columns(KernelSpec::new::<f64>(&g, &o)).expect(f),
-                );
-                assert!(w32 <= 64 && w64 <= 32 && w64 <= w32, "{f}: {w32} {w64}");
-                if r == Reduction::Sum {
-                    assert_eq!((w32, w64), (64, 32));
-                }
-                let ctx = format!("{f} {} axis {axis} {batch:?}", r.name());
-                check_schemes(&g, &inp, &ctx);
-                // Split over three parts (on device 0), states combined group by group.
-                let o = Options {
-                    multi_gpu: MultiGpu::Devices(vec![0, 0, 0]),
-                    ..opts(GpuScheme::Auto, SumScheme::BlockSum)
-                };
-                let e = expected(&g, &inp);
-                check_against::<f32>(&g, &inp, &e, &o, &format!("{ctx} multi-GPU f32"));
-                check_against::<f64>(&g, &inp, &e, &o, &format!("{ctx} multi-GPU f64"));
-            }
-        }
-    }
+    columns_match_the_oracle(20, 250, &[2]);
     // float32 data summed in float64: groups of 32 (the state's registers).
     let (f, w, r) = common::column_cases()[0];
     let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, 1);

@@ -1,5 +1,6 @@
 //! Every generated kernel compiled by NVRTC to CUBIN for sm_80 and sm_90, in float and
-//! double (float also with `--use_fast_math`): the reduction kernel of every op case (`common::op_cases`, reduced by `Sum`)
+//! double (float on sm_90 with `--use_fast_math`, pykeops' default, on sm_80 without):
+//! the reduction kernel of every op case (`common::op_cases`, reduced by `Sum`)
 //! and of every reduction on both axes with every sum scheme, and the chunked kernels of
 //! high dimensions (`common::chunked_cases`), the kernels of wide outputs computed by
 //! columns (`common::column_cases`), 32 random formulas (`common::random_formulas`),
@@ -39,10 +40,11 @@ fn nvrtc() -> Option<Nvrtc> {
     None
 }
 
-/// All kernels of one data type in one program (one prelude, prefixes `k0`, `k1`, ...);
-/// reduction kernels with as many rows per thread as they allow when `most_rows`, else
-/// one (the rows loops cost compile time: one build of each type has them).
-fn program(ty: CType, most_rows: bool) -> (String, usize) {
+/// The kernels of one data type, split into `parts` programs (one prelude each, prefixes
+/// `k0`, `k1`, ...; kernel `n` in part `n % parts`); reduction kernels with as many rows
+/// per thread as they allow when `most_rows`, else one (the rows loops cost compile time:
+/// one build of each type has them). Returns each part's source and number of kernels.
+fn programs(ty: CType, most_rows: bool, parts: usize) -> Vec<(String, usize)> {
     // (kernel, rows per thread, description)
     let mut specs: Vec<(KernelSpec, usize, String)> = Vec::new();
     let with_ty = |g: &Genred, opts: &Options| -> KernelSpec {
@@ -131,21 +133,27 @@ fn program(ty: CType, most_rows: bool) -> (String, usize) {
             specs.push((with_ty(&g, &Options::default()), 1, format!("random: {s}")));
         }
     }
-    let mut src = prelude(ty);
-    let mut index = String::new();
-    for (n, (k, rows, what)) in specs.iter().enumerate() {
-        let code = kernel_source(k, &format!("k{n}"), 64, *rows).code;
-        // Each kernel source carries the prelude (after the fast-math mark); keep one.
-        let code = code
-            .strip_prefix("// compiled with --use_fast_math\n")
-            .unwrap_or(&code);
-        src.push_str(
-            code.strip_prefix(prelude(ty).as_str())
-                .expect("prelude first"),
-        );
-        index.push_str(&format!("// k{n}: {what}\n"));
-    }
-    (index + &src, specs.len())
+    (0..parts)
+        .map(|part| {
+            let mut src = prelude(ty);
+            let mut index = String::new();
+            let mine = specs.iter().skip(part).step_by(parts);
+            for (n, (k, rows, what)) in mine.enumerate() {
+                let code = kernel_source(k, &format!("k{n}"), 64, *rows).code;
+                // Each kernel source carries the prelude (after the fast-math mark); keep one.
+                let code = code
+                    .strip_prefix("// compiled with --use_fast_math\n")
+                    .unwrap_or(&code);
+                src.push_str(
+                    code.strip_prefix(prelude(ty).as_str())
+                        .expect("prelude first"),
+                );
+                index.push_str(&format!("// k{n}: {what}\n"));
+            }
+            let n = specs.len() / parts + usize::from(part < specs.len() % parts);
+            (index + &src, n)
+        })
+        .collect()
 }
 
 #[test]
@@ -154,22 +162,20 @@ fn every_kernel_compiles_to_cubin_for_sm80_and_sm90() {
     let archs = nvrtc.supported_archs().unwrap();
     eprintln!("NVRTC {:?} at {}", nvrtc.version(), nvrtc.path().display());
     let (sm80, sm90) = (Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 });
-    // Both architectures, and float32 with --use_fast_math (pykeops' default). With the
-    // most rows per thread (as the planner launches them on an H100) in the sm_90 builds
-    // that the GPU runs: fast math for float32.
-    let programs = [CType::F32, CType::F64].map(|ty| (program(ty, true), program(ty, false)));
+    // Both architectures and both types. float32 on sm_90 with --use_fast_math (pykeops'
+    // default; sm_80 without), and with the most rows per thread (as the planner launches
+    // them on an H100) in the sm_90 builds, which the GPU runs.
+    const PARTS: usize = 4;
     let mut builds = Vec::new();
-    for (ty, (with_rows, one_row)) in [CType::F32, CType::F64].into_iter().zip(&programs) {
-        let archs = match ty {
-            CType::F32 => vec![(sm80, false), (sm90, false), (sm90, true)],
-            CType::F64 => vec![(sm80, false), (sm90, false)],
-        };
-        for (arch, fast) in archs {
-            let rows = arch == sm90 && (fast || ty == CType::F64);
-            builds.push((ty, arch, fast, if rows { with_rows } else { one_row }));
-        }
+    for ty in [CType::F32, CType::F64] {
+        let (with_rows, one_row) = (programs(ty, true, PARTS), programs(ty, false, PARTS));
+        let fast = ty == CType::F32;
+        builds.extend(with_rows.into_iter().map(|p| (ty, sm90, fast, p)));
+        builds.extend(one_row.into_iter().map(|p| (ty, sm80, false, p)));
     }
-    // The builds are independent NVRTC programs: one per core at a time.
+    // Independent NVRTC programs, one per core at a time, the slowest first (float64 on
+    // sm_90, with rows), so that the cores finish together.
+    builds.sort_by_key(|(ty, arch, ..)| std::cmp::Reverse((*ty == CType::F64, arch.major)));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {

@@ -14,8 +14,9 @@
 //!   caught as they happen: the guards of each allocation and the shared memory past
 //!   the launch's size are poisoned, compute-sanitizer's memcheck on the CPU;
 //! - a launch runs its blocks one after the other, each block's threads as fibers
-//!   (`ucontext`) taking turns that end at each `__syncthreads()`, so that all reach a
-//!   barrier before any goes past it;
+//!   (`ucontext`; 32 KB stacks, the last 256 bytes of each checked after each block)
+//!   taking turns that end at each `__syncthreads()`, so that all reach a barrier before
+//!   any goes past it;
 //! - device memory is host memory with guard bytes on both sides, checked after every
 //!   launch (a write out of bounds is an error naming the allocation); new allocations
 //!   and the shared memory of each block are filled with `0xFF` bytes (NaN, index -1),
@@ -38,6 +39,17 @@ const MAX_DEVICES: usize = 8;
 const GUARD: usize = 256;
 /// The byte guards hold.
 const GUARD_BYTE: u8 = 0xA5;
+/// Stack of each simulated thread, in KB. Kernels do not recurse: their deepest frames,
+/// sanitizer redzones included, take a few KB (every test passes with 8). Small stacks
+/// matter: AddressSanitizer clears the shadow of the whole stack at every switch into a
+/// fiber.
+const STACK_KB: usize = 32;
+
+thread_local! {
+    /// The stacks of the simulated threads of this thread's launches (one at a time),
+    /// kept from launch to launch.
+    static STACKS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 /// Shared memory of a simulated block.
 const SMEM_BYTES: usize = 64 * 1024;
 
@@ -100,8 +112,9 @@ pub fn available() -> bool {
     compiler().is_ok()
 }
 
-/// `keops_sim_launch(kernel, gx, gy, gz, block, smem, params)`: 0, or an error code.
-type Launch = unsafe extern "C" fn(u32, u32, u32, u32, u32, u32, *mut *mut c_void) -> i32;
+/// `keops_sim_launch(kernel, gx, gy, gz, block, smem, params, stacks)`: 0, or an error
+/// code.
+type Launch = unsafe extern "C" fn(u32, u32, u32, u32, u32, u32, *mut *mut c_void, *mut u8) -> i32;
 
 /// One kernel source built and loaded.
 pub(crate) struct Module {
@@ -154,28 +167,38 @@ const LAUNCHER: &str = r#"
 static void (*keops_sim_body)(void**);
 static void** keops_sim_params;
 static char* keops_sim_done;
+static unsigned keops_sim_capacity;
+__attribute__((destructor)) static void keops_sim_fini(void) { free(keops_sim_fiber); free(keops_sim_done); }
 static void keops_sim_thread(void) { keops_sim_body(keops_sim_params); keops_sim_done[keops_sim_cur] = 1; }
 extern "C" int keops_sim_launch(unsigned kernel, unsigned gx, unsigned gy, unsigned gz,
-                                unsigned block, unsigned smem, void** params) {
-  const size_t stack = 256 * 1024;
+                                unsigned block, unsigned smem, void** params, char* stacks) {
+  const size_t stack = KEOPS_SIM_STACK_KB * 1024, canary = 256;
   if (smem > sizeof(KEOPS_SMEM)) return 1;
   keops_sim_body = kernel == 0 ? keops_sim_reduce : kernel == 1 ? keops_sim_combine : keops_sim_reduce_ranges;
   keops_sim_params = params;
-  char* stacks = (char*)malloc(stack * block);
-  keops_sim_fiber = (ucontext_t*)malloc(sizeof(ucontext_t) * block);
-  keops_sim_done = (char*)malloc(block);
+  // Kept from launch to launch (one launch at a time per module): allocating them anew
+  // made every launch fault in fresh pages.
+  if (block > keops_sim_capacity) {
+    free(keops_sim_fiber); free(keops_sim_done);
+    keops_sim_fiber = (ucontext_t*)malloc(sizeof(ucontext_t) * block);
+    keops_sim_done = (char*)malloc(block);
+    keops_sim_capacity = keops_sim_fiber && keops_sim_done ? block : 0;
+    if (!keops_sim_capacity) return 2;
+  }
   int status = 0;
-  if (!stacks || !keops_sim_fiber || !keops_sim_done) { status = 2; goto out; }
   blockDim = {block, 1, 1};
   gridDim = {gx, gy, gz};
   for (unsigned z = 0; z < gz; z++) for (unsigned y = 0; y < gy; y++) for (unsigned x = 0; x < gx; x++) {
     blockIdx = {x, y, z};
+    // The launch's shared memory starts as 0xFF bytes; past its size, it is poisoned.
     KEOPS_SIM_UNPOISON(KEOPS_SMEM, sizeof(KEOPS_SMEM));
-    memset(KEOPS_SMEM, 0xFF, sizeof(KEOPS_SMEM));
+    memset(KEOPS_SMEM, 0xFF, smem);
     KEOPS_SIM_POISON(KEOPS_SMEM + smem, sizeof(KEOPS_SMEM) - smem);
     for (unsigned t = 0; t < block; t++) {
       keops_sim_done[t] = 0;
       if (getcontext(&keops_sim_fiber[t]) != 0) { status = 3; goto out; }
+      // The lowest bytes of a stack, which a thread that fits in it never writes.
+      memset(stacks + t * stack, 0xA5, canary);
       keops_sim_fiber[t].uc_stack.ss_sp = stacks + t * stack;
       keops_sim_fiber[t].uc_stack.ss_size = stack;
       keops_sim_fiber[t].uc_link = &keops_sim_main;
@@ -190,10 +213,12 @@ extern "C" int keops_sim_launch(unsigned kernel, unsigned gx, unsigned gy, unsig
         if (keops_sim_done[t]) left--;
       }
     }
+    for (unsigned t = 0; t < block; t++)
+      for (size_t b = 0; b < canary; b++)
+        if ((unsigned char)stacks[t * stack + b] != 0xA5) { status = 4; goto out; }
   }
 out:
   KEOPS_SIM_UNPOISON(KEOPS_SMEM, sizeof(KEOPS_SMEM));
-  free(stacks); free(keops_sim_fiber); free(keops_sim_done);
   return status;
 }
 "#;
@@ -207,7 +232,7 @@ pub(crate) fn load(code: &str, name: &str) -> Result<Module> {
     let (cpp, so) = (stem.with_extension("cpp"), stem.with_extension("so"));
     let st = format!("struct {name}_state");
     let src = format!(
-        "{HEADER}#define KEOPS_SMEM {name}_smem\n\
+        "{HEADER}#define KEOPS_SMEM {name}_smem\n#define KEOPS_SIM_STACK_KB {STACK_KB}\n\
          extern \"C\" unsigned char {name}_smem[{SMEM_BYTES}];\n{code}\n\
          extern \"C\" {{ __attribute__((aligned(16))) unsigned char {name}_smem[{SMEM_BYTES}]; }}\n\
          static void keops_sim_reduce(void** p) {{ {name}_reduce(*(int*)p[0], *(long long*)p[1], \
@@ -240,7 +265,8 @@ pub(crate) fn load(code: &str, name: &str) -> Result<Module> {
             log: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    // SAFETY: a library just built from our source; its initialisers do nothing.
+    // SAFETY: a library just built from our source; it has no initialisers, and its
+    // finaliser frees what its launches allocated.
     let lib = unsafe { libloading::Library::new(&so) }.map_err(|e| {
         sim_err(format!(
             "loading {}: {}",
@@ -288,13 +314,29 @@ pub(crate) unsafe fn launch(
             "{smem} bytes of shared memory asked, {SMEM_BYTES} available"
         )));
     }
-    let status = {
+    let status = STACKS.with_borrow_mut(|stacks| {
+        let need = block as usize * STACK_KB * 1024;
+        if stacks.len() < need {
+            stacks.resize(need, 0);
+        }
         let _one = m.busy.lock().unwrap_or_else(|e| e.into_inner());
-        (m.launch)(k as u32, gx, gy, gz, block, smem, params.as_mut_ptr())
-    };
+        (m.launch)(
+            k as u32,
+            gx,
+            gy,
+            gz,
+            block,
+            smem,
+            params.as_mut_ptr(),
+            stacks.as_mut_ptr(),
+        )
+    });
     match status {
         0 => check_guards(),
-        2 => Err(sim_err("out of host memory for the threads' stacks")),
+        2 => Err(sim_err("out of host memory for the threads' contexts")),
+        4 => Err(sim_err(format!(
+            "a thread overflowed its {STACK_KB} KB stack"
+        ))),
         s => Err(sim_err(format!("launch failed ({s})"))),
     }
 }
@@ -551,5 +593,38 @@ mod tests {
         assert!(e.contains("16 bytes") && e.contains("device 1"), "{e}");
         free(p);
         assert!(check_guards().is_ok() && device_of(p).is_none());
+    }
+
+    /// A thread whose frame outgrows its stack is an error, not a write over another's.
+    /// (The kernels are built by the host's compiler: x86_64 Linux only, where the tests'
+    /// compiler builds for the test process.)
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn a_stack_overflow_is_an_error() {
+        if !available() {
+            eprintln!("SKIPPED: no C++ compiler for the simulator's kernels");
+            return;
+        }
+        // Thread 1 fills all of its stack but 64 bytes; thread 0 ends before it runs.
+        let code = "typedef float T;\nstruct t_state { T v; };\n\
+            void t_reduce(int, long long, int, long long, long long, const T* const*, \
+            const long long*, T*, long long*, t_state*) {\n\
+            if (threadIdx.x == 1) { volatile char big[KEOPS_SIM_STACK_KB * 1024 - 64]; \
+            for (unsigned long i = 0; i < sizeof big; i++) big[i] = 1; } }\n\
+            void t_combine(int, int, int, const t_state*, T*, long long*) {}\n\
+            void t_reduce_ranges(int, const long long*, const long long*, const T* const*, \
+            const long long*, T*, long long*) {}\n";
+        let m = load(code, "t").unwrap();
+        let mut values = [0u64; 10];
+        let mut params: Vec<*mut c_void> = values
+            .iter_mut()
+            .map(|v| v as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: every parameter points at a zero, and the kernel reads none of them.
+        let e = unsafe { launch(&m, Kernel::Reduce, (1, 1, 1), 2, 0, &mut params) };
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("overflowed its 32 KB stack"), "{e}");
+        // SAFETY: as above.
+        unsafe { launch(&m, Kernel::Reduce, (1, 1, 1), 1, 0, &mut params) }.unwrap();
     }
 }

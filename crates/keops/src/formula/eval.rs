@@ -170,19 +170,31 @@ impl PointEvaluator {
             }
             // Operands always precede the node: split the buffer to borrow both.
             let (before, after) = buf.split_at_mut(o);
-            let args: Vec<&[Exact]> = self.args[k]
-                .iter()
-                .map(|&a| &before[self.offsets[a]..self.offsets[a] + self.nodes[a].dim])
-                .collect();
-            apply::<Exact, NoFma>(&f.op, &args, &mut after[..d]);
+            let operand = |a: usize| &before[self.offsets[a]..self.offsets[a] + self.nodes[a].dim];
+            let ids = &self.args[k];
+            // Most ops take up to 4 operands: those on the stack, not in a Vec per node and
+            // point (the oracle evaluates every pair of every test this way).
+            let mut few: [&[Exact]; 4] = [&[]; 4];
+            let many: Vec<&[Exact]>;
+            let args: &[&[Exact]] = if ids.len() <= few.len() {
+                for (slot, &a) in few.iter_mut().zip(ids) {
+                    *slot = operand(a);
+                }
+                &few[..ids.len()]
+            } else {
+                many = ids.iter().map(|&a| operand(a)).collect();
+                &many
+            };
+            apply::<Exact, NoFma>(&f.op, args, &mut after[..d]);
         }
-        self.roots
-            .iter()
-            .flat_map(|&r| {
+        let mut out = Vec::with_capacity(self.roots.iter().map(|&r| self.nodes[r].dim).sum());
+        for &r in &self.roots {
+            out.extend(
                 buf[self.offsets[r]..self.offsets[r] + self.nodes[r].dim]
                     .iter()
-                    .map(|x| x.0)
-            })
-            .collect()
+                    .map(|x| x.0),
+            );
+        }
+        out
     }
 }

@@ -293,33 +293,49 @@ pub fn run_as<T: Element>(
     g.call_with(&inputs.args_of(&data), opts)
 }
 
-/// Dense values of `roots` (concatenated per pair) for batch entry `b`: `out[i][j]` with
-/// `i` the output row and `j` the reduced row of `genred`'s axis. Used for magnitudes
-/// and for checking index choices between near-ties.
-pub fn dense(genred: &Genred, inputs: &Inputs, roots: &[Formula], b: usize) -> Vec<Vec<Vec<f64>>> {
+/// Calls `visit(i, j, values)` at every pair of batch entry `b`, `values` those of `roots`
+/// (concatenated), `i` the output row and `j` the reduced row of `genred`'s axis.
+pub fn for_each_pair(
+    genred: &Genred,
+    inputs: &Inputs,
+    roots: &[Formula],
+    b: usize,
+    mut visit: impl FnMut(usize, usize, Vec<f64>),
+) {
     let args = inputs.args_f64();
     let p = Problem::new(genred, &args).expect("problem");
     let data = keops::cpu::batch_data(&p, b);
     let ev = PointEvaluator::new(roots);
     let (n_out, n_red) = p.sizes();
     let out_cat = if genred.axis() == 1 { Cat::Vi } else { Cat::Vj };
-    (0..n_out)
-        .map(|i| {
-            (0..n_red)
-                .map(|j| {
-                    ev.eval(|cat, k| {
-                        let d = genred.args()[k].map(|a| a.dim).unwrap_or(0);
-                        let row = match cat {
-                            Cat::Pm => 0,
-                            c if c == out_cat => i,
-                            _ => j,
-                        };
-                        &data[k][row * d..(row + 1) * d]
-                    })
-                })
-                .collect()
-        })
-        .collect()
+    for i in 0..n_out {
+        for j in 0..n_red {
+            let v = ev.eval(|cat, k| {
+                let d = genred.args()[k].map(|a| a.dim).unwrap_or(0);
+                let row = match cat {
+                    Cat::Pm => 0,
+                    c if c == out_cat => i,
+                    _ => j,
+                };
+                &data[k][row * d..(row + 1) * d]
+            });
+            visit(i, j, v);
+        }
+    }
+}
+
+/// Dense values of `roots` (concatenated per pair) for batch entry `b`: `out[i][j]` with
+/// `i` the output row and `j` the reduced row of `genred`'s axis. Used for checking
+/// index choices between near-ties.
+pub fn dense(genred: &Genred, inputs: &Inputs, roots: &[Formula], b: usize) -> Vec<Vec<Vec<f64>>> {
+    let mut out: Vec<Vec<Vec<f64>>> = Vec::new();
+    for_each_pair(genred, inputs, roots, b, |i, _, v| {
+        if i == out.len() {
+            out.push(Vec::new());
+        }
+        out[i].push(v);
+    });
+    out
 }
 
 /// Per output value of a `Sum` reduction of `genred` (no batch): the sum over the reduced
@@ -330,29 +346,26 @@ pub fn sum_magnitude(genred: &Genred, inputs: &Inputs) -> Vec<f64> {
     let f = genred.formula().clone();
     let nodes = f.topo_order();
     let d = f.dim;
-    let p = {
+    let (nb, n_out) = {
         let args = inputs.args_f64();
         let p = Problem::new(genred, &args).expect("problem");
-        (p.batch_len(), p.sizes())
+        (p.batch_len(), p.sizes().0)
     };
-    let (nb, (n_out, _)) = p;
-    let mut out = vec![0.0; nb * n_out * d];
+    // Summed pair by pair: every node at every pair does not fit in memory for wide
+    // formulas.
+    let mut sums = vec![0.0; nb * n_out];
     for b in 0..nb {
-        let vals = dense(genred, inputs, &nodes, b);
-        for (i, row) in vals.iter().enumerate() {
-            let mut s = 0.0;
-            for v in row {
-                s += v.iter().fold(
+        for_each_pair(genred, inputs, &nodes, b, |i, _, v| {
+            sums[b * n_out + i] +=
+                v.iter().fold(
                     0.0f64,
                     |m, x| if x.is_finite() { m.max(x.abs()) } else { m },
                 );
-            }
-            for c in 0..d {
-                out[(b * n_out + i) * d + c] = s;
-            }
-        }
+        });
     }
-    out
+    sums.iter()
+        .flat_map(|&s| std::iter::repeat(s).take(d))
+        .collect()
 }
 
 /// Values of the variables at one point of evaluation, by (category, index).
