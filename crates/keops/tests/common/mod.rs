@@ -307,19 +307,13 @@ pub fn for_each_pair(
     let data = keops::cpu::batch_data(&p, b);
     let ev = PointEvaluator::new(roots);
     let (n_out, n_red) = p.sizes();
-    let out_cat = if genred.axis() == 1 { Cat::Vi } else { Cat::Vj };
     for i in 0..n_out {
         for j in 0..n_red {
-            let v = ev.eval(|cat, k| {
-                let d = genred.args()[k].map(|a| a.dim).unwrap_or(0);
-                let row = match cat {
-                    Cat::Pm => 0,
-                    c if c == out_cat => i,
-                    _ => j,
-                };
-                &data[k][row * d..(row + 1) * d]
-            });
-            visit(i, j, v);
+            visit(
+                i,
+                j,
+                ev.eval(keops::reference::variables_at(genred, &data, i, j)),
+            );
         }
     }
 }
