@@ -48,7 +48,7 @@ def get_gpu_props() -> Tuple[int, str]:
     """``(number of GPUs keops can run on, a line per part found or missing)``; 0 GPUs
     where the CUDA driver or NVRTC is missing (the lines say which)."""
     lines = _keops.gpu_status()
-    usable = all(found for part, found, _ in lines if part != "device")
+    usable = _keops.gpu_available()
     count = sum(1 for part, found, _ in lines if part == "device" and found) if usable else 0
     text = "\n".join(f"{part}: {text}" for part, _, text in lines)
     return count, text

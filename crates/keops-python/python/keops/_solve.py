@@ -124,8 +124,8 @@ class KernelSolveBase:
     1e-6; the answer is then checked on its true residual ``b - (K + alpha I) a``,
     which rounding can keep above ``eps`` in float32), ``max_iter`` (default
     ``min(10 n, 10000)``; reaching it warns with :class:`ConvergenceWarning`),
-    ``ranges``, ``backend``, ``device_id``, ``verbose`` (progress on stderr), ``callback(iteration, residual)``, ``return_info`` (also
-    return a :class:`SolveInfo`), ``precond`` (``"nystrom"``: precondition by a
+    ``ranges``, ``backend``, ``device_id``, ``verbose`` (progress on stderr),
+    ``callback(iteration, residual)``, ``return_info`` (also return a :class:`SolveInfo`), ``precond`` (``"nystrom"``: precondition by a
     rank-``precond_rank`` Nyström approximation of ``K``, default rank 100; fewer
     iterations for smooth kernels and small ``alpha``, same solution).
 

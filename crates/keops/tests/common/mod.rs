@@ -293,14 +293,14 @@ pub fn run_as<T: Element>(
     g.call_with(&inputs.args_of(&data), opts)
 }
 
-/// Calls `visit(i, j, values)` at every pair of batch entry `b`, `values` those of `roots`
-/// (concatenated), `i` the output row and `j` the reduced row of `genred`'s axis.
+/// Calls `visit(i, values)` at every pair `(i, j)` of batch entry `b`, in order of `j`
+/// for each output row `i`: `values` those of `roots` (concatenated) at that pair.
 pub fn for_each_pair(
     genred: &Genred,
     inputs: &Inputs,
     roots: &[Formula],
     b: usize,
-    mut visit: impl FnMut(usize, usize, Vec<f64>),
+    mut visit: impl FnMut(usize, Vec<f64>),
 ) {
     let args = inputs.args_f64();
     let p = Problem::new(genred, &args).expect("problem");
@@ -311,7 +311,6 @@ pub fn for_each_pair(
         for j in 0..n_red {
             visit(
                 i,
-                j,
                 ev.eval(keops::reference::variables_at(genred, &data, i, j)),
             );
         }
@@ -323,7 +322,7 @@ pub fn for_each_pair(
 /// index choices between near-ties.
 pub fn dense(genred: &Genred, inputs: &Inputs, roots: &[Formula], b: usize) -> Vec<Vec<Vec<f64>>> {
     let mut out: Vec<Vec<Vec<f64>>> = Vec::new();
-    for_each_pair(genred, inputs, roots, b, |i, _, v| {
+    for_each_pair(genred, inputs, roots, b, |i, v| {
         if i == out.len() {
             out.push(Vec::new());
         }
@@ -349,7 +348,7 @@ pub fn sum_magnitude(genred: &Genred, inputs: &Inputs) -> Vec<f64> {
     // formulas.
     let mut sums = vec![0.0; nb * n_out];
     for b in 0..nb {
-        for_each_pair(genred, inputs, &nodes, b, |i, _, v| {
+        for_each_pair(genred, inputs, &nodes, b, |i, v| {
             sums[b * n_out + i] +=
                 v.iter().fold(
                     0.0f64,

@@ -4,7 +4,7 @@ types), ``squared_distances`` and ``torch_kernel`` (dense references)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
