@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 # Extra arguments for the demo, e.g. `make demo ARGS="--n 1000000"`.
 ARGS ?=
 
-.PHONY: fuzz pykeops-suite arm-check windows-check cross-check demo test lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
+.PHONY: fuzz pykeops-suite arm-check windows-check cross-check demo test tests lint bench bench-rust gpu-bundle venv wheel wheel-check python clean
 
 demo: python
 	$(CARGO) build --workspace --release
@@ -25,11 +25,16 @@ SIM_ASAN := KEOPS_SIM_CXXFLAGS=-fsanitize=address \
 	CARGO_TARGET_$(HOST)_RUNNER="env LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0"
 endif
 
+# lint (CPU-bound) and the venv's installs (network-bound) at once; then the rest.
+test:
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint venv
+	$(MAKE) --no-print-directory tests
+
 # The CUDA tests compile every generated kernel with NVRTC (no GPU needed): the
 # nvidia-cuda-nvrtc wheel of the venv, found by the package's own lookup. The GPU suite
 # then runs again under the CUDA simulator (two simulated devices, kernels on the CPU,
 # under AddressSanitizer where there is one).
-test: lint python wheel-check
+tests: python wheel-check
 	KEOPS_NVRTC="$$($(VPY) -c 'import os, keops; print(os.environ.get("KEOPS_NVRTC", ""))')" \
 	KEOPS_REQUIRE_NVRTC=1 $(CARGO) test --workspace --profile ci --all-features
 	KEOPS_CUDA_SIMULATOR=2 $(SIM_ASAN) $(CARGO) test --workspace --profile ci --all-features --test gpu
