@@ -436,3 +436,48 @@ def test_callfun_is_the_routine_a_callable_lazytensor_runs(fname: str) -> None:
     close(routine(x, x, rhs, alpha=2.0), npy(solve(x)))
     with pytest.raises(AttributeError, match="callable LazyTensor"):
         K.callfun
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_unary_binary_ternary_apply_any_operation_by_name(fname: str) -> None:
+    """pykeops' ``unary``/``binary``/``ternary``: a KeOps operation by its name, with
+    pykeops' keywords (``dimres``, ``is_operator``, ``opt_arg``/``opt_pos``,
+    ``rversion``, ``dimcheck``)."""
+    k = front(fname)
+    x, y = k.Vi(arr(fname, X)), k.Vj(arr(fname, Y))
+    close(x.binary(y, "SqDist", dimres=1).exp().sum(dim=1), np.exp(D2).sum(1)[:, None])
+    close((x.unary("Exp") * y).sum(dim=1), (np.exp(X)[:, None] * Y[None]).sum(1))
+    close((x.unary("Round", opt_arg=1) + y).sum(dim=1),
+          (np.round(X, 1)[:, None] + Y[None]).sum(1))
+    close(x.binary(y, "-", is_operator=True, rversion=True).sum(dim=1),
+          (Y[None] - X[:, None]).sum(1))
+    close((x.ternary(0.2, 0.5, "Clamp") + y).sum(dim=1),
+          (np.clip(X, 0.2, 0.5)[:, None] + Y[None]).sum(1))
+    assert x.binary(y, "Foo", opt_arg=3, opt_pos="middle").formula == "Foo(v0, 3, v1)"
+    # The checks: dimensions, keywords, and unknown names when the formula is reduced.
+    with pytest.raises(ValueError, match="dimensions 3, 2 fail dimcheck='sameor1'"):
+        x.binary(k.Vj(arr(fname, B)), "Atan2")
+    with pytest.raises(ValueError, match="dimensions 3, 2 fail dimcheck='same'"):
+        x.binary(k.Vj(arr(fname, B)), "Atan2", dimcheck="same")
+    with pytest.raises(ValueError, match="dimcheck='foo'"):
+        x.binary(y, "Atan2", dimcheck="foo")
+    with pytest.raises(ValueError, match="opt_pos='first'"):
+        x.binary(y, "Foo", opt_arg=1, opt_pos="first")
+    with pytest.raises(TypeError, match="opt_arg"):
+        x.unary("Round", opt_arg=y)
+    with pytest.raises(ValueError, match='unknown operation "Nope"'):
+        (x.unary("Nope") + y).sum(dim=1)
+
+
+@pytest.mark.parametrize("fname", FRONTS)
+def test_a_reduction_kept_for_later_takes_no_operation(fname: str) -> None:
+    """As pykeops: a LazyTensor holding a reduction (``call=False``) refuses operations,
+    instead of quietly dropping its reduction."""
+    k = front(fname)
+    x, y = k.Vi(arr(fname, X)), k.Vj(arr(fname, Y))
+    f = x.sqdist(y).sum(dim=1, call=False)
+    for op in (lambda: f + 1, lambda: f.exp(), lambda: x.sqdist(y) * f, lambda: f.sum(dim=0),
+               lambda: f.unary("Exp")):
+        with pytest.raises(ValueError, match="reduction kept for later"):
+            op()
+    close(f(), D2.sum(1)[:, None])

@@ -84,6 +84,12 @@ def test_aliases_are_keops_objects() -> None:
     assert isinstance(pykeops.common.utils.get_tools("torch"), torchtools)
     assert pykeops.numpy.operations.KernelSolve is NumpySolve
     assert (get_gpu_number() > 0) == pykeops.config.gpu_available
+    # Low-level imports found in code written for pykeops.
+    from pykeops.numpy.generic.generic_red import Genred as NumpyGenred
+    from pykeops.torch.generic.generic_ops import generic_sum
+    from pykeops.torch.generic.generic_red import Genred as TorchGenred
+    assert NumpyGenred is keops.numpy.Genred and TorchGenred is Genred
+    assert generic_sum is keops.torch.generic_sum
 
 
 def test_refused_after_the_real_pykeops(monkeypatch: pytest.MonkeyPatch) -> None:

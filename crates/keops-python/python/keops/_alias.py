@@ -4,9 +4,10 @@ written for pykeops (GeomLoss, GPyTorch's KeOps kernels, ...) run on keops uncha
 It registers the modules in ``sys.modules`` (as PyMySQL's ``install_as_MySQLdb``):
 nothing is copied, ``pykeops.torch.LazyTensor is keops.torch.LazyTensor``. Where
 pykeops has a submodule that keops does not (``pykeops.numpy.operations``,
-``pykeops.common.utils``), the keops module standing for it is also made an attribute of
-its parent, so that ``import pykeops.common.utils`` then ``pykeops.common.utils.get_tools``
-works as it does with pykeops.
+``pykeops.torch.generic.generic_red``, ``pykeops.common.utils``), the keops module
+standing for it is also made an attribute of its parent, so that
+``import pykeops.common.utils`` then ``pykeops.common.utils.get_tools`` works as it does
+with pykeops.
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ MODULES: Dict[str, str] = {
     "pykeops.config": "keops.config",
     "pykeops.numpy": "keops.numpy",
     "pykeops.numpy.cluster": "keops.numpy.cluster",
+    "pykeops.numpy.generic": "keops.numpy",
+    "pykeops.numpy.generic.generic_ops": "keops.numpy",
+    "pykeops.numpy.generic.generic_red": "keops.numpy",
     "pykeops.numpy.operations": "keops.numpy",
     "pykeops.numpy.utils": "keops.numpy.utils",
     "pykeops.torch": "keops.torch",
     "pykeops.torch.cluster": "keops.torch.cluster",
+    "pykeops.torch.generic": "keops.torch",
+    "pykeops.torch.generic.generic_ops": "keops.torch",
+    "pykeops.torch.generic.generic_red": "keops.torch",
     "pykeops.torch.operations": "keops.torch",
     "pykeops.torch.utils": "keops.torch.utils",
 }

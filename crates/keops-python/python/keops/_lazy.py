@@ -323,6 +323,12 @@ class GenericLazyTensor:
 
     def _new(self: L, formula: str, vars_: List[Tuple[Array, str]], dim: int,
              cplx: bool = False, other: Optional["GenericLazyTensor"] = None) -> L:
+        for t in (self, other):
+            if t is not None and t._pending is not None:
+                raise ValueError(
+                    f"this LazyTensor is a reduction kept for later ({t._pending.reduction}, "
+                    "call=False, or a formula with symbolic variables): no operation "
+                    "applies to it; call it for its result, then wrap that")
         out = type(self)()
         out._formula, out._vars, out._dim, out._complex = formula, vars_, dim, cplx
         if other is not None and other._sym:
@@ -373,13 +379,117 @@ class GenericLazyTensor:
         return self._new(fmt.format(a, b), vars_, max(self._dim, o._dim) if dim is None else dim,
                          other=o)
 
-    def _ternary(self: L, a: Any, b: Any, fmt: str, dim: int) -> L:
-        self._real_only(fmt.split("(")[0], a, b)
+    def _ternary(self: L, a: Any, b: Any, fmt: str, dim: int, check: bool = True) -> L:
+        if check:
+            self._real_only(fmt.split("(")[0], a, b)
         la, lb = self._wrap(a), self._wrap(b)
         vars_, f0, fa = self._join(la)
         mid = self._new(f0, vars_, self._dim, other=la)
         vars2, f0, fb = mid._join(lb)
         return mid._new(fmt.format(f0, fa, fb), vars2, dim, other=lb)
+
+    # -- any KeOps operation by name (pykeops' unary / binary / ternary) -----------------
+    @staticmethod
+    def _opt(arg: Any) -> str:
+        if isinstance(arg, GenericLazyTensor):
+            raise TypeError("opt_arg is written into the formula as it prints (a number or "
+                            "a formula string); pass a LazyTensor as an operand instead")
+        return str(arg)
+
+    @staticmethod
+    def _check_dims(operation: str, dimcheck: Optional[str], dims: Sequence[int]) -> None:
+        if dimcheck is None:
+            return
+        if dimcheck == "same":
+            ok = len(set(dims)) == 1
+        elif dimcheck == "sameor1":
+            ok = len(set(dims) - {1}) <= 1
+        elif dimcheck == "vecand1" and len(dims) == 2:
+            ok = dims[1] == 1
+        else:
+            known = "'same', 'sameor1', 'vecand1'" if len(dims) == 2 else "'same', 'sameor1'"
+            raise ValueError(f"dimcheck={dimcheck!r}: expected {known} or None")
+        if not ok:
+            raise ValueError(f"{operation}: operands of dimensions "
+                             f"{', '.join(map(str, dims))} fail dimcheck={dimcheck!r}")
+
+    def unary(self: L, operation: str, dimres: Optional[int] = None, opt_arg: Any = None,
+              opt_arg2: Any = None, is_complex: Optional[bool] = None) -> L:
+        """``operation(self, opt_arg, opt_arg2)``: any KeOps operation by its name in the
+        formula syntax, as pykeops' ``unary`` (``x.unary("Exp")``,
+        ``x.unary("Round", opt_arg=2)``). An unknown name or a wrong number of arguments
+        is reported, with its position in the formula, when the result is reduced.
+
+        Args:
+            operation: the operation's name, e.g. ``"Sqrt"``.
+            dimres: the dimension of the result's formula (default: ``self``'s; for a
+                complex LazyTensor, twice its number of complex values).
+            opt_arg, opt_arg2: further arguments, written into the formula as they print.
+            is_complex: whether the result is complex (default: as ``self``).
+        """
+        args = "".join(f",{self._opt(a)}" for a in (opt_arg, opt_arg2) if a is not None)
+        cplx = self._complex if is_complex is None else bool(is_complex)
+        return self._new(f"{operation}({self._formula}{args})", self._vars,
+                         dimres or self._dim, cplx)
+
+    def binary(self: L, other: Any, operation: str, is_operator: bool = False,
+               dimres: Optional[int] = None, dimcheck: Optional[str] = "sameor1",
+               opt_arg: Any = None, opt_pos: str = "last", rversion: bool = False,
+               is_complex: Optional[bool] = None) -> L:
+        """``operation(self, other)`` (or ``(self operation other)`` with
+        ``is_operator``): any KeOps operation of two operands by name, as pykeops'
+        ``binary``; ``other`` may be a LazyTensor, a number or an array, wrapped as the
+        operators do.
+
+        Args:
+            other: the second operand.
+            operation: the operation's name (``"Atan2"``), or an infix operator (``"+"``)
+                with ``is_operator=True``.
+            dimres: the dimension of the result (default: the larger operand's).
+            dimcheck: ``"sameor1"`` (equal dimensions, or one of them 1), ``"same"``,
+                ``"vecand1"`` (``other`` of dimension 1) or ``None`` (no check).
+            opt_arg: a further argument, written into the formula as it prints, last
+                (``opt_pos="last"``) or between the operands (``"middle"``).
+            rversion: ``operation(other, self)``, as the reflected operators.
+            is_complex: whether the result is complex (default: either operand is).
+        """
+        o = self._wrap(other)
+        self._check_dims(operation, dimcheck, (self._dim, o._dim))
+        vars_, a, b = self._join(o)
+        if rversion:
+            a, b = b, a
+        if is_operator:
+            formula = f"({a} {operation} {b})"
+        elif opt_arg is None:
+            formula = f"{operation}({a}, {b})"
+        elif opt_pos in ("last", "middle"):
+            mid = [a, self._opt(opt_arg), b] if opt_pos == "middle" else [a, b, self._opt(opt_arg)]
+            formula = f"{operation}({', '.join(mid)})"
+        else:
+            raise ValueError(f"opt_pos={opt_pos!r}: expected 'last' or 'middle'")
+        cplx = self._complex or o._complex if is_complex is None else bool(is_complex)
+        return self._new(formula, vars_, dimres or max(self._dim, o._dim), cplx, other=o)
+
+    def ternary(self: L, other1: Any, other2: Any, operation: str,
+                dimres: Optional[int] = None, dimcheck: Optional[str] = "sameor1",
+                opt_arg: Any = None) -> L:
+        """``operation(self, other1, other2[, opt_arg])``: any KeOps operation of three
+        operands by name, as pykeops' ``ternary`` (``x.ternary(a, b, "Clamp")``).
+
+        Args:
+            other1, other2: the other operands (LazyTensors, numbers or arrays).
+            operation: the operation's name.
+            dimres: the dimension of the result (default: the largest operand's).
+            dimcheck: ``"sameor1"``, ``"same"`` or ``None``, as in :meth:`binary`.
+            opt_arg: a further argument, last, written into the formula as it prints.
+        """
+        la, lb = self._wrap(other1), self._wrap(other2)
+        self._check_dims(operation, dimcheck, (self._dim, la._dim, lb._dim))
+        extra = "" if opt_arg is None else f", {self._opt(opt_arg)}"
+        res = self._ternary(la, lb, f"{operation}({{}}, {{}}, {{}}{extra})",
+                            dimres or max(self._dim, la._dim, lb._dim), check=False)
+        res._complex = self._complex or la._complex or lb._complex
+        return res
 
     # -- properties -------------------------------------------------------------------
     @property
