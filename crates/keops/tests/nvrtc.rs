@@ -137,8 +137,8 @@ fn programs(ty: CType, most_rows: bool, parts: usize) -> Vec<(String, usize)> {
         .map(|part| {
             let mut src = prelude(ty);
             let mut index = String::new();
-            let mine = specs.iter().skip(part).step_by(parts);
-            for (n, (k, rows, what)) in mine.enumerate() {
+            let mine: Vec<_> = specs.iter().skip(part).step_by(parts).collect();
+            for (n, (k, rows, what)) in mine.iter().enumerate() {
                 let code = kernel_source(k, &format!("k{n}"), 64, *rows).code;
                 // Each kernel source carries the prelude (after the fast-math mark); keep one.
                 let code = code
@@ -150,8 +150,7 @@ fn programs(ty: CType, most_rows: bool, parts: usize) -> Vec<(String, usize)> {
                 );
                 index.push_str(&format!("// k{n}: {what}\n"));
             }
-            let n = specs.len() / parts + usize::from(part < specs.len() % parts);
-            (index + &src, n)
+            (index + &src, mine.len())
         })
         .collect()
 }

@@ -379,14 +379,18 @@ class GenericLazyTensor:
         return self._new(fmt.format(a, b), vars_, max(self._dim, o._dim) if dim is None else dim,
                          other=o)
 
-    def _ternary(self: L, a: Any, b: Any, fmt: str, dim: int, check: bool = True) -> L:
-        if check:
-            self._real_only(fmt.split("(")[0], a, b)
-        la, lb = self._wrap(a), self._wrap(b)
+    def _ternary(self: L, a: Any, b: Any, fmt: str, dim: int) -> L:
+        self._real_only(fmt.split("(")[0], a, b)
+        return self._three(self._wrap(a), self._wrap(b), fmt, dim, False)
+
+    def _three(self: L, la: "GenericLazyTensor", lb: "GenericLazyTensor", fmt: str, dim: int,
+               cplx: bool) -> L:
+        """``fmt`` filled with the formulas of ``self``, ``la`` and ``lb``, over their
+        merged variables."""
         vars_, f0, fa = self._join(la)
         mid = self._new(f0, vars_, self._dim, other=la)
         vars2, f0, fb = mid._join(lb)
-        return mid._new(fmt.format(f0, fa, fb), vars2, dim, other=lb)
+        return mid._new(fmt.format(f0, fa, fb), vars2, dim, cplx, other=lb)
 
     # -- any KeOps operation by name (pykeops' unary / binary / ternary) -----------------
     @staticmethod
@@ -486,10 +490,9 @@ class GenericLazyTensor:
         la, lb = self._wrap(other1), self._wrap(other2)
         self._check_dims(operation, dimcheck, (self._dim, la._dim, lb._dim))
         extra = "" if opt_arg is None else f", {self._opt(opt_arg)}"
-        res = self._ternary(la, lb, f"{operation}({{}}, {{}}, {{}}{extra})",
-                            dimres or max(self._dim, la._dim, lb._dim), check=False)
-        res._complex = self._complex or la._complex or lb._complex
-        return res
+        return self._three(la, lb, f"{operation}({{}}, {{}}, {{}}{extra})",
+                           dimres or max(self._dim, la._dim, lb._dim),
+                           self._complex or la._complex or lb._complex)
 
     # -- properties -------------------------------------------------------------------
     @property
