@@ -64,11 +64,17 @@ for stage in $STAGES; do
         "$PY" -m pip install --quiet --target "$SITE" --platform manylinux2014_aarch64 \
             --only-binary=:all: --python-version 3.11 --implementation cp \
             numpy pytest "target/wheel-$T"/keops-*.whl || skip "could not fetch NumPy and pytest for aarch64"
-        # The one deselected test starts sys.executable in a subprocess, which qemu-user
-        # cannot do without binfmt_misc. Torch has no part here (keops.torch tests skip).
+        # Deselected: the test that starts sys.executable in a subprocess, which
+        # qemu-user cannot do without binfmt_misc; and the three solver tests at
+        # N = 1000 (70 of the 81 s under qemu: the float64 one is 182 conjugate-gradient
+        # steps over 10^6 pairs, 24 s emulated): the solver is the same code on every
+        # platform, its kernels the engine's that the other tests run, and its smaller
+        # tests run here.
+        # Torch has no part here (keops.torch tests skip).
         PYTHONPATH="$SITE" qemu-aarch64 -L "$ROOT" "$ROOT/usr/bin/python3.11" -m pytest -q \
             -p no:cacheprovider crates/keops-python/tests \
-            -k "not gpu_sim and not cuda and not clean_pykeops"
+            -k "not gpu_sim and not cuda and not clean_pykeops and not matches_dense_solve \
+                and not nystrom_preconditioner and not judged_on_their_true_residual"
         ;;
     *)
         echo "arm-check: unknown stage $stage (rust, python)" >&2

@@ -141,9 +141,16 @@ struct Expected {
 }
 
 fn expected(g: &Genred, inp: &Inputs) -> Expected {
+    if g.spec().kind == Reduction::Sum {
+        let common::SumOracle { want, scale } = common::sum_oracles(&[g], inp).remove(0);
+        return Expected {
+            want,
+            scale: Some(scale),
+        };
+    }
     Expected {
         want: keops::reference::reduce(g, &inp.args_f64()).unwrap(),
-        scale: (g.spec().kind == Reduction::Sum).then(|| common::sum_magnitude(g, inp)),
+        scale: None,
     }
 }
 
@@ -273,13 +280,14 @@ fn random_formulas_match_the_oracle() {
         let s = paired(&f).to_string();
         let inp = inputs(n, m, seed);
         let scheme = [GpuScheme::OneD, GpuScheme::TwoD][(seed % 2) as usize];
-        for axis in [1, 0] {
-            let g = Genred::new(&s, &ALIASES, Reduction::Sum, axis).unwrap();
-            let want = keops::reference::reduce(&g, &inp.args_f64()).unwrap();
-            let scale = common::sum_magnitude(&g, &inp);
+        let gs = [1, 0].map(|axis| Genred::new(&s, &ALIASES, Reduction::Sum, axis).unwrap());
+        for (g, common::SumOracle { want, scale }) in
+            gs.iter().zip(common::sum_oracles(&[&gs[0], &gs[1]], &inp))
+        {
+            let axis = g.axis();
             let o = opts(scheme, SumScheme::BlockSum);
-            let got = run_as::<f64>(&g, &inp, &o)
-                .map_err(|e| TestCaseError::fail(format!("{s}: {e}")))?;
+            let got =
+                run_as::<f64>(g, &inp, &o).map_err(|e| TestCaseError::fail(format!("{s}: {e}")))?;
             let tol = common::Tol {
                 rtol: 1e-9,
                 atol: 0.0,
@@ -435,7 +443,7 @@ fn wide_outputs_by_columns_in_batches_ranges_and_in_place() {
     let inp = column_inputs(shapes, 14);
     let (f, w, r) = common::column_cases()[0];
     let g = common::case_genred(&common::COLUMN_ALIASES, f, w, r, 1);
-    let want = keops::reference::reduce(&g, &inp.args_f64()).unwrap();
+    let Expected { want, scale } = expected(&g, &inp);
     let (_bufs, args) = upload(&inp, 5);
     let out = DeviceBuffer::alloc(0, 4 * 2 * 90 * 300).unwrap();
     let outs = DeviceOutputs {
@@ -454,9 +462,8 @@ fn wide_outputs_by_columns_in_batches_ranges_and_in_place() {
             }),
             indices: None,
         };
-        let scale = common::sum_magnitude(&g, &inp);
         let ctx = format!("in place by columns {scheme:?}");
-        check_values(&got, &want, Some(&scale), tol_for::<f32>(), &ctx);
+        check_values(&got, &want, scale.as_deref(), tol_for::<f32>(), &ctx);
     }
 }
 
@@ -1107,7 +1114,7 @@ fn device_arrays_are_reduced_in_place() {
     for (f, w, r) in common::reduction_cases() {
         for axis in [0, 1] {
             let g = common::reduction_case_genred(f, w, r, axis);
-            let want = keops::reference::reduce(&g, &inp.args_f64()).unwrap();
+            let e = expected(&g, &inp);
             let (_bufs, args) = upload(&inp, 7);
             let shapes: Vec<&[usize]> = inp.shapes.iter().map(|s| s.as_slice()).collect();
             let (sv, si) = Layout::new(&g, &shapes).unwrap().output_shapes();
@@ -1151,10 +1158,8 @@ fn device_arrays_are_reduced_in_place() {
                     o.gpu_scheme,
                     o.gpu_rows
                 );
-                let scale = common::sum_magnitude(&g, &inp);
-                let scale = (r == Reduction::Sum).then_some(&scale[..]);
-                check_values(&got, &want, scale, tol_for::<f32>(), &ctx);
-                check_indices(&got, &want, &g, &inp, &ctx);
+                check_values(&got, &e.want, e.scale.as_deref(), tol_for::<f32>(), &ctx);
+                check_indices(&got, &e.want, &g, &inp, &ctx);
             }
         }
     }

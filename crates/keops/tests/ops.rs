@@ -644,32 +644,19 @@ fn kernels() -> [(&'static str, Options); 2] {
 /// error relative to the magnitude.
 fn check_formula(formula: &str, inp: &Inputs) -> f64 {
     let mut worst32 = 0.0f64;
-    for axis in [1, 0] {
-        let g = Genred::new(formula, &ALIASES, Reduction::Sum, axis)
-            .unwrap_or_else(|e| panic!("{formula}: {e}"));
-        let want = keops::reference::reduce(&g, &inp.args_f64())
-            .unwrap_or_else(|e| panic!("oracle {formula}: {e}"));
-        let scale = sum_magnitude(&g, inp);
+    let gs = [1, 0].map(|axis| {
+        Genred::new(formula, &ALIASES, Reduction::Sum, axis)
+            .unwrap_or_else(|e| panic!("{formula}: {e}"))
+    });
+    let oracles = sum_oracles(&[&gs[0], &gs[1]], inp);
+    for (g, SumOracle { want, scale }) in gs.iter().zip(&oracles) {
+        let axis = g.axis();
         for (kname, opts) in kernels() {
             let ctx = format!("{formula} [axis {axis}, {kname}");
-            let got64 =
-                run_as::<f64>(&g, inp, &opts).unwrap_or_else(|e| panic!("{ctx}, f64]: {e}"));
-            check_values(
-                &got64,
-                &want,
-                Some(&scale),
-                TOL_F64,
-                &format!("{ctx}, f64]"),
-            );
-            let got32 =
-                run_as::<f32>(&g, inp, &opts).unwrap_or_else(|e| panic!("{ctx}, f32]: {e}"));
-            let e = check_values(
-                &got32,
-                &want,
-                Some(&scale),
-                TOL_F32,
-                &format!("{ctx}, f32]"),
-            );
+            let got64 = run_as::<f64>(g, inp, &opts).unwrap_or_else(|e| panic!("{ctx}, f64]: {e}"));
+            check_values(&got64, want, Some(scale), TOL_F64, &format!("{ctx}, f64]"));
+            let got32 = run_as::<f32>(g, inp, &opts).unwrap_or_else(|e| panic!("{ctx}, f32]: {e}"));
+            let e = check_values(&got32, want, Some(scale), TOL_F32, &format!("{ctx}, f32]"));
             worst32 = worst32.max(e);
         }
     }
@@ -842,6 +829,50 @@ fn binary_and_ternary_ops() {
 #[test]
 fn vector_ops() {
     check_ops(|n| VECTOR.contains(&n));
+}
+
+/// The op tests' oracle, [`sum_oracles`] (both axes from one evaluation per pair), is
+/// `reference::reduce` with `sum_magnitude`'s scales, bit for bit: on the first case of
+/// every op, and on batched arguments.
+#[test]
+fn the_one_pass_oracle_is_the_reference_reduction() {
+    let mut batched = Inputs::new();
+    let mut r = Rng::new(5);
+    batched
+        .push(&[2, 5, 3], || r.grid(64, 64.0))
+        .push(&[1, 7, 3], || r.grid(64, 64.0))
+        .push(&[2, 5, 1], || r.grid(64, 64.0))
+        .push(&[2, 7, 1], || r.grid(64, 64.0))
+        .push(&[1], || r.grid(64, 64.0))
+        .push(&[2, 3], || r.grid(64, 64.0))
+        .push(&[9], || r.grid(64, 64.0));
+    let plain = inputs(6, 11, 3);
+    let mut checked = 0;
+    for spec in all_specs() {
+        let Some(formula) = op_cases(spec.name, Side::Pair).and_then(|c| c.into_iter().next())
+        else {
+            continue;
+        };
+        for inp in [&plain, &batched] {
+            let gs =
+                [1, 0].map(|axis| Genred::new(&formula, &ALIASES, Reduction::Sum, axis).unwrap());
+            let oracles = sum_oracles(&[&gs[0], &gs[1]], inp);
+            for (g, o) in gs.iter().zip(&oracles) {
+                let want = keops::reference::reduce(g, &inp.args_f64()).unwrap();
+                let (a, b) = (
+                    o.want.values.as_ref().unwrap(),
+                    want.values.as_ref().unwrap(),
+                );
+                assert_eq!(a.shape, b.shape, "{formula} axis {}", g.axis());
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a.data), bits(&b.data), "{formula} axis {}", g.axis());
+                let scale = sum_magnitude(g, inp);
+                assert_eq!(o.scale, scale, "{formula} axis {}", g.axis());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 4 * 50, "{checked} checks");
 }
 
 /// Every name of the op table has cases (so adding an op without a test fails), each

@@ -293,14 +293,15 @@ pub fn run_as<T: Element>(
     g.call_with(&inputs.args_of(&data), opts)
 }
 
-/// Calls `visit(i, values)` at every pair `(i, j)` of batch entry `b`, in order of `j`
-/// for each output row `i`: `values` those of `roots` (concatenated) at that pair.
+/// Calls `visit(i, j, values)` at every pair `(i, j)` of batch entry `b`, in order of `j`
+/// for each output row `i` (`j` a reduced row): `values` those of `roots` (concatenated)
+/// at that pair.
 pub fn for_each_pair(
     genred: &Genred,
     inputs: &Inputs,
     roots: &[Formula],
     b: usize,
-    mut visit: impl FnMut(usize, Vec<f64>),
+    mut visit: impl FnMut(usize, usize, Vec<f64>),
 ) {
     let args = inputs.args_f64();
     let p = Problem::new(genred, &args).expect("problem");
@@ -311,6 +312,7 @@ pub fn for_each_pair(
         for j in 0..n_red {
             visit(
                 i,
+                j,
                 ev.eval(keops::reference::variables_at(genred, &data, i, j)),
             );
         }
@@ -322,7 +324,7 @@ pub fn for_each_pair(
 /// index choices between near-ties.
 pub fn dense(genred: &Genred, inputs: &Inputs, roots: &[Formula], b: usize) -> Vec<Vec<Vec<f64>>> {
     let mut out: Vec<Vec<Vec<f64>>> = Vec::new();
-    for_each_pair(genred, inputs, roots, b, |i, v| {
+    for_each_pair(genred, inputs, roots, b, |i, _, v| {
         if i == out.len() {
             out.push(Vec::new());
         }
@@ -331,7 +333,85 @@ pub fn dense(genred: &Genred, inputs: &Inputs, roots: &[Formula], b: usize) -> V
     out
 }
 
-/// Per output value of a `Sum` reduction of `genred` (no batch): the sum over the reduced
+/// What a test of a `Sum` reduction checks against: the oracle's result and, per output
+/// value, the scale of its rounding errors ([`sum_magnitude`]).
+pub struct SumOracle {
+    pub want: Reduced<f64>,
+    pub scale: Vec<f64>,
+}
+
+/// The [`SumOracle`]s of `Sum` reductions of one formula over the same arguments, on
+/// either axis (`gs`), from one evaluation of the formula's nodes per pair: what
+/// `keops::reference::reduce` and [`sum_magnitude`] give for each, bit for bit (the op
+/// tests pin it), in a fraction of their time. The oracle is most of the op tests' time,
+/// under qemu most of all.
+pub fn sum_oracles(gs: &[&Genred], inputs: &Inputs) -> Vec<SumOracle> {
+    let first = gs.first().expect("a reduction");
+    for g in gs {
+        assert_eq!(g.spec().kind, Reduction::Sum, "Sum reductions only");
+        assert_eq!(g.formula(), first.formula(), "one formula");
+    }
+    let nodes = first.formula().topo_order();
+    let d = first.formula().dim;
+    // The formula is the last node of its topological order.
+    let at_f = nodes.iter().map(|f| f.dim).sum::<usize>() - d;
+    let args = inputs.args_f64();
+    let problems: Vec<Problem<'_, f64>> = gs
+        .iter()
+        .map(|g| Problem::new(g, &args).expect("problem"))
+        .collect();
+    let nb = problems[0].batch_len();
+    let mut sums: Vec<(Vec<f64>, Vec<f64>)> = problems
+        .iter()
+        .map(|p| (vec![0.0; nb * p.sizes().0 * d], vec![0.0; nb * p.sizes().0]))
+        .collect();
+    for b in 0..nb {
+        // The pairs in order of the reduced index for each output row of every `g`: the
+        // order of the oracle's sums, in the first's order (i, j) and in the transposed
+        // (j, i) one alike, as each output's terms come in increasing reduced index.
+        for_each_pair(first, inputs, &nodes, b, |out, red, v| {
+            let (i, j) = if first.axis() == 1 {
+                (out, red)
+            } else {
+                (red, out)
+            };
+            let m = magnitude(&v);
+            for ((s, mag), (g, p)) in sums.iter_mut().zip(gs.iter().zip(&problems)) {
+                let o = b * p.sizes().0 + if g.axis() == 1 { i } else { j };
+                for (s, &x) in s[o * d..(o + 1) * d].iter_mut().zip(&v[at_f..]) {
+                    *s += x;
+                }
+                mag[o] += m;
+            }
+        });
+    }
+    sums.into_iter()
+        .zip(&problems)
+        .map(|((s, mag), p)| SumOracle {
+            want: Reduced {
+                values: Some(keops::Array {
+                    data: s,
+                    shape: p.output_shapes().0,
+                }),
+                indices: None,
+            },
+            scale: mag
+                .iter()
+                .flat_map(|&m| std::iter::repeat(m).take(d))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The largest absolute value of the finite values at one pair.
+fn magnitude(v: &[f64]) -> f64 {
+    v.iter().fold(
+        0.0f64,
+        |m, x| if x.is_finite() { m.max(x.abs()) } else { m },
+    )
+}
+
+/// Per output value of a `Sum` reduction of `genred`: the sum over the reduced
 /// axis of the largest absolute value of any node of the formula at that pair (a scale
 /// for rounding errors, including the cancellations inside the formula), per coordinate
 /// of the output.
@@ -348,12 +428,8 @@ pub fn sum_magnitude(genred: &Genred, inputs: &Inputs) -> Vec<f64> {
     // formulas.
     let mut sums = vec![0.0; nb * n_out];
     for b in 0..nb {
-        for_each_pair(genred, inputs, &nodes, b, |i, v| {
-            sums[b * n_out + i] +=
-                v.iter().fold(
-                    0.0f64,
-                    |m, x| if x.is_finite() { m.max(x.abs()) } else { m },
-                );
+        for_each_pair(genred, inputs, &nodes, b, |i, _, v| {
+            sums[b * n_out + i] += magnitude(&v);
         });
     }
     sums.iter()
