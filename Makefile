@@ -65,7 +65,8 @@ windows-check:
 # into the venv, so the tests run what users get. `wheel-check` installs it into a bare
 # venv (numpy only, no Rust on PATH) and runs the install check from outside the tree.
 # `make wheel WHEEL_TARGET=aarch64-unknown-linux-gnu` cross-builds the ARM wheel (Grace
-# Hopper nodes; `rustup target add` it first).
+# Hopper nodes; `rustup target add` it first), `WHEEL_TARGET=aarch64-apple-darwin` the
+# macOS one (no Apple SDK needed; not run here).
 WHEEL_DIR := target/wheel$(if $(WHEEL_TARGET),-$(WHEEL_TARGET))
 ifeq ($(shell uname -s),Linux)
 WHEEL_FLAGS ?= --zig --compatibility manylinux2014
