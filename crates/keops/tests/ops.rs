@@ -648,7 +648,7 @@ fn check_formula(formula: &str, inp: &Inputs) -> f64 {
         Genred::new(formula, &ALIASES, Reduction::Sum, axis)
             .unwrap_or_else(|e| panic!("{formula}: {e}"))
     });
-    let oracles = sum_oracles(&[&gs[0], &gs[1]], inp);
+    let oracles = sum_oracles(&gs, inp);
     for (g, SumOracle { want, scale }) in gs.iter().zip(&oracles) {
         let axis = g.axis();
         for (kname, opts) in kernels() {
@@ -856,7 +856,7 @@ fn the_one_pass_oracle_is_the_reference_reduction() {
         for inp in [&plain, &batched] {
             let gs =
                 [1, 0].map(|axis| Genred::new(&formula, &ALIASES, Reduction::Sum, axis).unwrap());
-            let oracles = sum_oracles(&[&gs[0], &gs[1]], inp);
+            let oracles = sum_oracles(&gs, inp);
             for (g, o) in gs.iter().zip(&oracles) {
                 let want = keops::reference::reduce(g, &inp.args_f64()).unwrap();
                 let (a, b) = (

@@ -234,6 +234,13 @@ fn plan_jobs<T: Element>(problem: &Problem<'_, T>, threads: usize) -> Vec<Vec<Jo
     groups
 }
 
+/// Fills `out` with `pattern` repeated: one row's values for every row.
+fn repeat_into<T: Copy>(out: &mut [T], pattern: &[T]) {
+    for (o, &e) in out.iter_mut().zip(pattern.iter().cycle()) {
+        *o = e;
+    }
+}
+
 /// Splits the problem into jobs, runs them in parallel (with subnormals flushed to zero
 /// when `flush`), combines and finalizes.
 fn drive<T: Element, R: BlockRunner>(
@@ -260,12 +267,8 @@ fn drive<T: Element, R: BlockRunner>(
             vals: try_vec(n * sv, 0.0, "the reduction's states")?,
             idx: try_vec(n * si, 0, "the reduction's states")?,
         };
-        for (o, &e) in block.vals.iter_mut().zip(init_v.iter().cycle()) {
-            *o = e;
-        }
-        for (o, &e) in block.idx.iter_mut().zip(init_i.iter().cycle()) {
-            *o = e;
-        }
+        repeat_into(&mut block.vals, &init_v);
+        repeat_into(&mut block.idx, &init_i);
         if job.longest_red() > 0 {
             runner.run(isa, job, &mut block);
         }
@@ -281,12 +284,9 @@ fn drive<T: Element, R: BlockRunner>(
     if problem.ranges.is_some() {
         // Rows in no cluster hold the value of an empty reduction, as in KeOps.
         let (v, i) = spec.empty_output();
-        for (o, &e) in out_v.iter_mut().zip(v.iter().cycle()) {
-            *o = T::from_f64(e);
-        }
-        for (o, &e) in out_i.iter_mut().zip(i.iter().cycle()) {
-            *o = e;
-        }
+        let v: Vec<T> = v.iter().map(|&e| T::from_f64(e)).collect();
+        repeat_into(&mut out_v, &v);
+        repeat_into(&mut out_i, &i);
     }
     let jobs: Vec<&Job> = groups.iter().flatten().collect();
     let blocks: Vec<Block> = if threads == 1 {

@@ -345,7 +345,7 @@ pub struct SumOracle {
 /// `keops::reference::reduce` and [`sum_magnitude`] give for each, bit for bit (the op
 /// tests pin it), in a fraction of their time. The oracle is most of the op tests' time,
 /// under qemu most of all.
-pub fn sum_oracles(gs: &[&Genred], inputs: &Inputs) -> Vec<SumOracle> {
+pub fn sum_oracles(gs: &[Genred], inputs: &Inputs) -> Vec<SumOracle> {
     let first = gs.first().expect("a reduction");
     for g in gs {
         assert_eq!(g.spec().kind, Reduction::Sum, "Sum reductions only");
@@ -361,9 +361,15 @@ pub fn sum_oracles(gs: &[&Genred], inputs: &Inputs) -> Vec<SumOracle> {
         .map(|g| Problem::new(g, &args).expect("problem"))
         .collect();
     let nb = problems[0].batch_len();
-    let mut sums: Vec<(Vec<f64>, Vec<f64>)> = problems
+    // Per reduction: its output rows, and whether they are the i's.
+    let outs: Vec<(usize, bool)> = gs
         .iter()
-        .map(|p| (vec![0.0; nb * p.sizes().0 * d], vec![0.0; nb * p.sizes().0]))
+        .zip(&problems)
+        .map(|(g, p)| (p.sizes().0, g.axis() == 1))
+        .collect();
+    let mut sums: Vec<(Vec<f64>, Vec<f64>)> = outs
+        .iter()
+        .map(|&(n_out, _)| (vec![0.0; nb * n_out * d], vec![0.0; nb * n_out]))
         .collect();
     for b in 0..nb {
         // The pairs in order of the reduced index for each output row of every `g`: the
@@ -376,8 +382,8 @@ pub fn sum_oracles(gs: &[&Genred], inputs: &Inputs) -> Vec<SumOracle> {
                 (red, out)
             };
             let m = magnitude(&v);
-            for ((s, mag), (g, p)) in sums.iter_mut().zip(gs.iter().zip(&problems)) {
-                let o = b * p.sizes().0 + if g.axis() == 1 { i } else { j };
+            for ((s, mag), &(n_out, by_i)) in sums.iter_mut().zip(&outs) {
+                let o = b * n_out + if by_i { i } else { j };
                 for (s, &x) in s[o * d..(o + 1) * d].iter_mut().zip(&v[at_f..]) {
                     *s += x;
                 }
