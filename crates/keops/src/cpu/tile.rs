@@ -236,19 +236,18 @@ fn reduce2<T: Real>(
     b: Src,
     step: impl Fn(T, T, T) -> T + Copy,
 ) {
-    // A per-row vector against a tile of `d >= HIGH_DIM` coordinates (k-NN, scalar
-    // products in high dimensions): each chunk of lanes keeps its sums in registers
-    // across all coordinates, where the loop below loads and stores `out` once per four.
-    if d >= HIGH_DIM {
-        if let Some((x, y, swapped)) = row_and_tile(d, regs, scal, a, b) {
-            let tile = regs.tile;
-            if swapped {
-                splat_tile(out, x, y, tile, |acc, s, t| step(acc, t, s));
-            } else {
-                splat_tile(out, x, y, tile, step);
-            }
-            return;
+    // A per-row vector against a tile (SqDist, scalar products, k-NN): each chunk of
+    // lanes keeps its sums in registers across all coordinates, and `out` is written
+    // once, where the loop below loads and stores it once per four coordinates (once per
+    // coordinate for fewer than four) after filling it with zeros.
+    if let Some((x, y, swapped)) = row_and_tile(d, regs, scal, a, b) {
+        let tile = regs.tile;
+        if swapped {
+            splat_tile(out, x, y, tile, |acc, s, t| step(acc, t, s));
+        } else {
+            splat_tile(out, x, y, tile, step);
         }
+        return;
     }
     let f = |x: T, y: T| step(T::ZERO, x, y);
     out.fill(T::ZERO);
@@ -309,8 +308,6 @@ fn reduce2<T: Real>(
     }
 }
 
-/// Dimension from which [`reduce2`] keeps lane sums in registers (see `reduce2`).
-const HIGH_DIM: usize = 8;
 /// Lanes summed in registers at once: enough independent accumulators to keep the FMA
 /// units busy (4 AVX-512 registers of f32), few enough not to spill.
 const LANE_CHUNK: usize = 64;
@@ -362,12 +359,12 @@ fn splat_tile<T: Real>(
         o.copy_from_slice(&acc);
         t0 += LANE_CHUNK;
     }
+    // The last lanes: the first coordinate sets them (no call to fill them with zeros).
     let rest = chunks.into_remainder();
-    rest.fill(T::ZERO);
     for (c, &xc) in x.iter().enumerate() {
         let yc = &y[c * tile + t0..c * tile + t0 + rest.len()];
         for (o, &v) in rest.iter_mut().zip(yc) {
-            *o = step(*o, xc, v);
+            *o = step(if c == 0 { T::ZERO } else { *o }, xc, v);
         }
     }
 }
