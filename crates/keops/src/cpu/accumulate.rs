@@ -1,10 +1,11 @@
 //! Folding a tile of formula values into the reduction states of one output row.
 //!
-//! Sums within a tile go into 16 independent lanes (block summation, vectorised) in
-//! the accumulation type `A` (the data type, or `f64` with `dtype_acc = float64`),
-//! optionally Kahan-compensated; the tile's partial result is then added to the row's
-//! `f64` state. The min/max family scans the values with comparisons, skipping
-//! insertion work with a threshold (the current K-th best) for the K-min family.
+//! Sums within a tile go into independent lanes (block summation, vectorised: 64 lanes
+//! folded into 16, see [`tile_sum`]) in the accumulation type `A` (the data type, or
+//! `f64` with `dtype_acc = float64`), optionally Kahan-compensated; the tile's partial
+//! result is then added to the row's `f64` state. The min/max family scans the values
+//! with comparisons, visiting only the values that beat the current best (the K-th
+//! best for the K-min family).
 
 use super::program::Src;
 use super::tile::{Lane, Regs};
