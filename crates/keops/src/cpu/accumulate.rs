@@ -19,15 +19,28 @@ const L: usize = 16;
 #[inline(always)]
 pub fn tile_sum<T: Real, A: Real>(x: &[T], y: Option<&[T]>, scheme: SumScheme) -> f64 {
     let conv = |v: T| A::from_f64(v.to_f64());
-    match (scheme, y) {
-        (SumScheme::Direct, None) => x.iter().fold(A::ZERO, |s, &v| s + conv(v)).to_f64(),
-        (SumScheme::Direct, Some(y)) => {
-            let mut s = A::ZERO;
-            x.iter().zip(y).for_each(|(&a, &b)| s += conv(a * b));
-            s.to_f64()
-        }
-        (_, None) => lane_sums(x, x, scheme == SumScheme::Kahan, |a, _| conv(a)),
-        (_, Some(y)) => lane_sums(x, y, scheme == SumScheme::Kahan, |a, b| conv(a * b)),
+    match y {
+        None => sum_terms(x, x, scheme, |a, _| conv(a)),
+        Some(y) => sum_terms(x, y, scheme, |a, b| conv(a * b)),
+    }
+}
+
+/// The sum of `term(x[t], y[t])`: one running sum (`Direct`), or [`lane_sums`].
+#[inline(always)]
+fn sum_terms<T: Real, A: Real>(
+    x: &[T],
+    y: &[T],
+    scheme: SumScheme,
+    term: impl Fn(T, T) -> A,
+) -> f64 {
+    match scheme {
+        SumScheme::Direct => x
+            .iter()
+            .zip(y)
+            .fold(A::ZERO, |s, (&a, &b)| s + term(a, b))
+            .to_f64(),
+        SumScheme::BlockSum => lane_sums(x, y, false, term),
+        SumScheme::Kahan => lane_sums(x, y, true, term),
     }
 }
 
@@ -370,8 +383,8 @@ pub fn accumulate<T: Real, A: Real, M: MathMode>(
                 let (mut best, mut arg) = (vals[c], idx[c]);
                 // States hold values of type T (or infinities): the conversion is exact.
                 let mut bt = T::from_f64(best);
+                let beats = |x: T, bt: T| if max { x > bt } else { x < bt };
                 for (ci, ch) in f.chunks(L).enumerate() {
-                    let beats = |x: T, bt: T| if max { x > bt } else { x < bt };
                     for t in candidates(ch, |x| beats(x, bt)) {
                         let x = ch[t];
                         if beats(x, bt) {
