@@ -444,7 +444,7 @@ fn lse_update(m: &mut f64, s: &mut f64, f: f64, w: &[f64], ws: &mut [f64]) {
 
 /// Inserts `(x, j)` into the sorted list of coordinate `c` (layout `[k][d]`), keeping the
 /// `k` smallest; equal values keep the earlier index first.
-#[inline]
+#[inline(always)]
 pub fn kmin_insert(
     vals: &mut [f64],
     idx: &mut [i64],

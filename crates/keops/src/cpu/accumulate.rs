@@ -5,7 +5,8 @@
 //! `f64` with `dtype_acc = float64`), optionally Kahan-compensated; the tile's partial
 //! result is then added to the row's `f64` state. The min/max family scans the values
 //! with comparisons, visiting only the values that beat the current best (the K-th
-//! best for the K-min family).
+//! best for the K-min family, and where a tile fills the K-min list, a bound on its
+//! K-th smallest value from lane minima).
 
 use super::program::Src;
 use super::tile::{Lane, Regs};
@@ -282,6 +283,114 @@ impl Iterator for Bits {
     }
 }
 
+/// Inserts the values of `f` (reduced indices from `j0`) into the sorted K-min list of
+/// coordinate `c` (layout `[k][d]`, see [`kmin_insert`]), visiting only the values below
+/// the list's last one.
+///
+/// A tile that fills the list (a row's first tile, or one that holds its nearest
+/// neighbours where the data are sorted) would insert about `k (1 + ln(n / k))` of its
+/// `n` values, most of them pushed out again, each a mispredicted branch and a shift of
+/// the list: 56 for K = 10 among 1,000. So after `k` insertions in a tile, the rest of
+/// it gets a [`kmin_bound`], which leaves about `k + 2` values to visit (11.5 there).
+/// Tiles with fewer insertions (most, once the list holds near values) pay nothing.
+#[inline(always)]
+fn kmin_tile<T: Real>(
+    f: &[T],
+    j0: usize,
+    k: usize,
+    d: usize,
+    c: usize,
+    vals: &mut [f64],
+    idx: &mut [i64],
+) {
+    let list = (k, d, c);
+    let stop = if f.len() < MIN_BOUNDED { usize::MAX } else { k };
+    let seen = kmin_scan(f, j0, list, vals, idx, stop, |_| true);
+    if seen < f.len() {
+        let rest = &f[seen..];
+        match kmin_bound(rest, k) {
+            Some(b) => kmin_scan(rest, j0 + seen, list, vals, idx, usize::MAX, |x| x <= b),
+            None => kmin_scan(rest, j0 + seen, list, vals, idx, usize::MAX, |_| true),
+        };
+    }
+}
+
+/// Inserts the values of `f` that `within` accepts into the list `(k, d, c)` (see
+/// [`kmin_tile`]), in order; stops after `stop` insertions. Returns how many values it
+/// went through.
+#[inline(always)]
+fn kmin_scan<T: Real>(
+    f: &[T],
+    j0: usize,
+    (k, d, c): (usize, usize, usize),
+    vals: &mut [f64],
+    idx: &mut [i64],
+    stop: usize,
+    within: impl Fn(T) -> bool,
+) -> usize {
+    // States hold values of type T (or infinities): the conversion is exact.
+    let mut thr = T::from_f64(vals[(k - 1) * d + c]);
+    let mut inserted = 0;
+    for (ci, ch) in f.chunks(L).enumerate() {
+        for t in candidates(ch, |x| (x < thr) & within(x)) {
+            let x = ch[t];
+            if x < thr {
+                kmin_insert(vals, idx, k, d, c, x.to_f64(), (j0 + ci * L + t) as i64);
+                thr = T::from_f64(vals[(k - 1) * d + c]);
+                inserted += 1;
+                if inserted == stop {
+                    return ci * L + t + 1;
+                }
+            }
+        }
+    }
+    f.len()
+}
+
+/// The shortest tile that [`kmin_bound`] may serve (four values per lane, `k <= 16`).
+const MIN_BOUNDED: usize = 128;
+
+/// A value that at least `k` of `f`'s values do not exceed (`None`: too few values, or
+/// `k` above 64): the list of the `k` smallest values holds no value of `f` above it.
+///
+/// The minima of `W >= 2k` interleaved lanes are `W` distinct values of `f`, so their
+/// `k`-th smallest is at least `f`'s. A bound only: a value equal to it may belong to
+/// the list (the scan keeps `x <= bound`; ties keep the earlier index).
+#[inline(always)]
+fn kmin_bound<T: Real>(f: &[T], k: usize) -> Option<T> {
+    match k {
+        1..=16 => lane_bound::<T, 32>(f, k),
+        17..=32 => lane_bound::<T, 64>(f, k),
+        33..=64 => lane_bound::<T, 128>(f, k),
+        _ => None,
+    }
+}
+
+/// [`kmin_bound`] from `W` lanes, where `f` holds at least four values per lane (with
+/// fewer, the bound is loose and the scan alone as fast: 100 values, K = 10).
+#[inline(always)]
+fn lane_bound<T: Real, const W: usize>(f: &[T], k: usize) -> Option<T> {
+    if f.len() < 4 * W {
+        return None;
+    }
+    // `x < m` is false for NaN: a NaN is never a lane's minimum.
+    let mut m = [T::INFINITY; W];
+    let mut blocks = f.chunks_exact(W);
+    for ch in &mut blocks {
+        for l in 0..W {
+            m[l] = T::select(ch[l] < m[l], ch[l], m[l]);
+        }
+    }
+    for (l, &x) in blocks.remainder().iter().enumerate() {
+        m[l] = T::select(x < m[l], x, m[l]);
+    }
+    // The k-th smallest minimum: the least one that at least k minima do not exceed.
+    Some(m.iter().fold(T::INFINITY, |b, &v| {
+        let le = m.iter().fold(0, |n, &x| n + usize::from(x <= v));
+        T::select(le >= k && v < b, v, b)
+    }))
+}
+
 /// Where [`accumulate`] puts the exponentials of a weighted LogSumExp or
 /// SumSoftMaxWeight (at least `len` values).
 pub enum Exps<'a, T> {
@@ -400,17 +509,7 @@ pub fn accumulate<T: Real, A: Real, M: MathMode>(
         }
         Reduction::KMin(k) | Reduction::ArgKMin(k) | Reduction::KMinArgKMin(k) => {
             for c in 0..d {
-                let f = tile_of(regs, roots[0], c, len);
-                let mut thr = T::from_f64(vals[(k - 1) * d + c]);
-                for (ci, ch) in f.chunks(L).enumerate() {
-                    for t in candidates(ch, |x| x < thr) {
-                        let x = ch[t];
-                        if x < thr {
-                            kmin_insert(vals, idx, k, d, c, x.to_f64(), (j0 + ci * L + t) as i64);
-                            thr = T::from_f64(vals[(k - 1) * d + c]);
-                        }
-                    }
-                }
+                kmin_tile(tile_of(regs, roots[0], c, len), j0, k, d, c, vals, idx);
             }
         }
     }
@@ -514,6 +613,63 @@ mod tests {
         assert_eq!(
             candidates(&full, |x| x >= 14.0).collect::<Vec<_>>(),
             [14, 15]
+        );
+    }
+
+    /// The bounded scan against inserting every value: random tiles of every length
+    /// around the lane counts, with ties, NaN and infinities, lists empty or partly
+    /// filled by an earlier tile, K on both sides of each lane count.
+    #[test]
+    fn kmin_tiles_keep_the_k_smallest() {
+        let mut s = 7u64;
+        let mut rnd = move |n: u64| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) % n
+        };
+        let (mut bounded, mut tight) = (0, 0);
+        for case in 0..3000 {
+            let k = [1, 2, 5, 10, 16, 17, 32, 33, 64, 65][case % 10];
+            let len = rnd(300) as usize + [0, 60, 700][case % 3];
+            // Few distinct values (ties) in some cases, many in others.
+            let span = [4, 1000, 1 << 20][case % 7 % 3];
+            let f: Vec<f32> = (0..len)
+                .map(|_| match rnd(200) {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => f32::NEG_INFINITY,
+                    _ => rnd(span) as f32,
+                })
+                .collect();
+            let (d, c) = (2, case % 2);
+            let mut want = (vec![f64::INFINITY; k * d], vec![-1i64; k * d]);
+            // An earlier tile's list, in some cases.
+            if case % 4 == 0 {
+                for j in 0..k as i64 / 2 {
+                    let x = rnd(span) as f64;
+                    kmin_insert(&mut want.0, &mut want.1, k, d, c, x, 10_000 + j);
+                }
+            }
+            let mut got = want.clone();
+            for (t, &x) in f.iter().enumerate() {
+                kmin_insert(&mut want.0, &mut want.1, k, d, c, x as f64, 20 + t as i64);
+            }
+            kmin_tile(&f, 20, k, d, c, &mut got.0, &mut got.1);
+            assert_eq!(got, want, "case {case}: k {k}, len {len}");
+            if let Some(bound) = kmin_bound(&f, k) {
+                let le = f.iter().filter(|&&x| x <= bound).count();
+                assert!(le >= k, "case {case}: {le} values <= bound {bound}, k {k}");
+                if span > 4 {
+                    bounded += 1;
+                    tight += usize::from(le <= 3 * k);
+                }
+            }
+        }
+        // Long tiles of distinct values get a bound that leaves few values to visit.
+        assert!(
+            bounded > 600 && tight * 10 > bounded * 9,
+            "{bounded} bounded, {tight} tight"
         );
     }
 
