@@ -347,8 +347,12 @@ fn kmin_scan<T: Real>(
     f.len()
 }
 
-/// The shortest tile that [`kmin_bound`] may serve (four values per lane, `k <= 16`).
-const MIN_BOUNDED: usize = 128;
+/// The fewest values per lane that [`kmin_bound`] takes (with fewer, the bound is loose
+/// and the scan alone as fast: 100 values, K = 10).
+const PER_LANE: usize = 4;
+
+/// The shortest tile that [`kmin_bound`] may serve: its fewest lanes (32, `k <= 16`).
+const MIN_BOUNDED: usize = PER_LANE * 32;
 
 /// A value that at least `k` of `f`'s values do not exceed (`None`: too few values, or
 /// `k` above 64): the list of the `k` smallest values holds no value of `f` above it.
@@ -366,23 +370,22 @@ fn kmin_bound<T: Real>(f: &[T], k: usize) -> Option<T> {
     }
 }
 
-/// [`kmin_bound`] from `W` lanes, where `f` holds at least four values per lane (with
-/// fewer, the bound is loose and the scan alone as fast: 100 values, K = 10).
+/// [`kmin_bound`] from `W` lanes, where `f` holds at least [`PER_LANE`] values per lane.
 #[inline(always)]
 fn lane_bound<T: Real, const W: usize>(f: &[T], k: usize) -> Option<T> {
-    if f.len() < 4 * W {
+    if f.len() < PER_LANE * W {
         return None;
     }
-    // `x < m` is false for NaN: a NaN is never a lane's minimum.
+    // `x.min_(m)` keeps `m` for a NaN `x`: a NaN is never a lane's minimum.
     let mut m = [T::INFINITY; W];
     let mut blocks = f.chunks_exact(W);
     for ch in &mut blocks {
         for l in 0..W {
-            m[l] = T::select(ch[l] < m[l], ch[l], m[l]);
+            m[l] = ch[l].min_(m[l]);
         }
     }
     for (l, &x) in blocks.remainder().iter().enumerate() {
-        m[l] = T::select(x < m[l], x, m[l]);
+        m[l] = x.min_(m[l]);
     }
     // The k-th smallest minimum: the least one that at least k minima do not exceed.
     Some(m.iter().fold(T::INFINITY, |b, &v| {
