@@ -662,6 +662,11 @@ fn check_solve(genred: PyRef<'_, Genred>, var: usize) -> PyResult<()> {
 
 #[pymodule]
 fn _keops(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The importing thread (the main one, nearly always) joins the CPU engine's pool, so
+    // that its reductions start at once instead of waiting for pool threads to wake.
+    // Without it (an error: the thread belongs to a pool already) they run as before, on
+    // rayon's global pool.
+    let _ = keops::cpu::adopt_current_thread();
     m.add_class::<Genred>()?;
     m.add_class::<Ranges>()?;
     cluster::register(m)?;

@@ -55,7 +55,7 @@ impl Genred {
                 *acc = acc.add(&diff(w, &v, &u)?)?;
             }
         }
-        let out_cat = if self.axis() == 1 { Cat::Vi } else { Cat::Vj };
+        let out_cat = self.out_cat();
         let (dv, _) = self.spec().output_dims();
         let output = Formula::var(out_cat, n + wrt.len(), dv)?;
         let kind = self.spec().kind;

@@ -7,6 +7,7 @@ use crate::formula::parse::{parse_written, Aliases};
 use crate::formula::{self, Cat, Formula};
 use crate::real::Real;
 use crate::reduction::{Reduction, ReductionSpec};
+use std::sync::Arc;
 
 /// The float types the engines run on (`f32` and `f64`).
 /// (The CUDA bounds let the GPU engine copy them; both types have them.)
@@ -261,7 +262,10 @@ pub struct Options {
     pub dtype_acc: AccType,
     /// Summation scheme within tiles.
     pub sum_scheme: SumScheme,
-    /// Number of CPU threads (`None`: rayon's global pool, one per core).
+    /// Number of CPU threads (`None`: the rayon pool the caller belongs to, such as the
+    /// engine's pool for the thread that joined it
+    /// ([`cpu::adopt_current_thread`](crate::cpu::adopt_current_thread)), else rayon's
+    /// global pool; one thread per core unless `RAYON_NUM_THREADS` says).
     pub threads: Option<usize>,
     /// CPU code path.
     pub kernel: CpuKernel,
@@ -293,7 +297,7 @@ pub struct Options {
     pub isa: Option<crate::cpu::Isa>,
     /// Block-sparse mode: the blocks of the symbolic matrix to visit (KeOps' `ranges`),
     /// shared by every reduction of a call (gradients use the other half).
-    pub ranges: Option<std::sync::Arc<crate::ranges::Ranges>>,
+    pub ranges: Option<Arc<crate::ranges::Ranges>>,
 }
 
 /// What a formula expects of one argument.
@@ -326,6 +330,8 @@ pub struct Genred {
     spec: ReductionSpec,
     axis: usize,
     args: Vec<Option<ArgDecl>>,
+    /// The CPU engine's analysis of this reduction, made once (shared by clones).
+    cpu: Arc<crate::cpu::Compiled>,
 }
 
 /// Argument positions of a [`Genred`] are below this (each position is a slot of every
@@ -436,6 +442,7 @@ impl Genred {
             spec,
             axis,
             args,
+            cpu: Arc::default(),
         })
     }
 
@@ -454,6 +461,18 @@ impl Genred {
     /// The axis: 1 reduces over `j`, 0 over `i`.
     pub fn axis(&self) -> usize {
         self.axis
+    }
+    /// The category of the output rows: `Vi` when reducing over `j`, else `Vj`.
+    pub fn out_cat(&self) -> Cat {
+        if self.axis == 1 {
+            Cat::Vi
+        } else {
+            Cat::Vj
+        }
+    }
+    /// The CPU engine's analysis of this reduction (made on first use).
+    pub(crate) fn cpu(&self) -> &crate::cpu::Compiled {
+        &self.cpu
     }
     /// What each argument position expects (`None`: a position no variable uses).
     pub fn args(&self) -> &[Option<ArgDecl>] {

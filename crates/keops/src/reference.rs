@@ -56,7 +56,7 @@ pub fn variables_at<'a>(
     i: usize,
     j: usize,
 ) -> impl Fn(Cat, usize) -> &'a [f64] + 'a {
-    let out_cat = if genred.axis() == 1 { Cat::Vi } else { Cat::Vj };
+    let out_cat = genred.out_cat();
     move |cat, k| {
         let d = genred.args()[k].map(|a| a.dim).unwrap_or(0);
         let row = match cat {

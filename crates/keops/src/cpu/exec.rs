@@ -13,7 +13,7 @@ use crate::reduction::{Reduction, ReductionSpec};
 /// The tile program of a problem, ready to run blocks.
 pub struct TileRunner<'p, 'a, T> {
     problem: &'p Problem<'a, T>,
-    prog: TileProgram,
+    prog: &'a TileProgram,
     spec: ReductionSpec,
     scheme: SumScheme,
     acc64: bool,
@@ -27,14 +27,8 @@ impl<'p, 'a, T: Element> TileRunner<'p, 'a, T> {
     /// Compiles the problem's formulas.
     pub fn new(problem: &'p Problem<'a, T>, opts: &Options) -> Self {
         let g = problem.genred;
-        let out_cat = if g.axis() == 1 { Cat::Vi } else { Cat::Vj };
-        let mut roots = vec![g.formula().clone()];
-        roots.extend(g.weight().cloned());
-        let prog = TileProgram::compile(
-            &roots,
-            out_cat,
-            g.spec().kind == crate::reduction::Reduction::Sum,
-        );
+        let out_cat = g.out_cat();
+        let prog = g.cpu().program(g);
         let (_, n_red) = problem.sizes();
         let loaded: Vec<(usize, usize)> = prog
             .tile_instrs
@@ -69,7 +63,7 @@ impl<'p, 'a, T: Element> TileRunner<'p, 'a, T> {
 
     /// The compiled program.
     pub fn program(&self) -> &TileProgram {
-        &self.prog
+        self.prog
     }
 }
 

@@ -196,7 +196,7 @@ struct Prepared<'a, T: Clone> {
 /// A fused kernel bound to a problem.
 pub struct FusedRunner<'p, 'a, T: Clone> {
     problem: &'p Problem<'a, T>,
-    m: RadialSum,
+    m: &'a RadialSum,
     e: usize,
     n_red: usize,
     batches: Vec<Prepared<'a, T>>,
@@ -211,8 +211,7 @@ impl<'p, 'a, T: Element> FusedRunner<'p, 'a, T> {
         if g.spec().kind != Reduction::Sum || g.weight().is_some() {
             return None;
         }
-        let out = if g.axis() == 1 { Cat::Vi } else { Cat::Vj };
-        let m = RadialSum::find(g.formula(), out)?;
+        let m = g.cpu().radial(g)?;
         let e = m.b.and_then(|k| g.args()[k]).map(|d| d.dim).unwrap_or(1);
         if e != g.formula().dim {
             return None;
@@ -245,7 +244,7 @@ impl<'p, 'a, T: Element> FusedRunner<'p, 'a, T> {
 
     /// What was matched.
     pub fn matched(&self) -> &RadialSum {
-        &self.m
+        self.m
     }
 }
 

@@ -12,17 +12,56 @@ mod fpmode;
 pub mod fused;
 pub mod program;
 pub mod simd;
+mod threads;
 mod tile;
 
 use crate::error::{try_vec, KeopsError, Result};
 use crate::plan::{CpuKernel, Element, Options, Problem, Reduced};
 use rayon::prelude::*;
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::OnceLock;
 
 pub use exec::TileRunner;
 pub use simd::Isa;
+pub use threads::adopt_current_thread;
+
+/// What the CPU engine derives from a [`Genred`](crate::Genred) alone: the fused kernel
+/// its formula matches and its tile program. Each is made on first use and kept with the
+/// `Genred` (which never changes), so a call does not analyse the formula again: at
+/// N = 10 that analysis was half of a call.
+#[derive(Default)]
+pub(crate) struct Compiled {
+    radial: OnceLock<Option<fused::RadialSum>>,
+    program: OnceLock<program::TileProgram>,
+}
+
+impl Compiled {
+    /// The fused kernel that the formula matches, if any.
+    fn radial(&self, g: &crate::Genred) -> Option<&fused::RadialSum> {
+        self.radial
+            .get_or_init(|| fused::RadialSum::find(g.formula(), g.out_cat()))
+            .as_ref()
+    }
+
+    /// The tile program of the formula (and weight).
+    fn program(&self, g: &crate::Genred) -> &program::TileProgram {
+        self.program.get_or_init(|| {
+            let mut roots = vec![g.formula().clone()];
+            roots.extend(g.weight().cloned());
+            program::TileProgram::compile(
+                &roots,
+                g.out_cat(),
+                g.spec().kind == crate::reduction::Reduction::Sum,
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled").finish_non_exhaustive()
+    }
+}
 
 /// One unit of parallel work.
 #[derive(Clone, Debug)]
@@ -90,29 +129,10 @@ const ROW_BLOCK: usize = 32;
 /// Smallest range of the reduced axis worth a job of its own.
 const MIN_RED_CHUNK: usize = 2048;
 
-static POOLS: LazyLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> =
-    LazyLock::new(Default::default);
-
-fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
-    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = pools.get(&threads) {
-        return Ok(p.clone());
-    }
-    let p = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| KeopsError::Option {
-            name: "threads".into(),
-            msg: e.to_string(),
-        })?;
-    let p = Arc::new(p);
-    pools.insert(threads, p.clone());
-    Ok(p)
-}
-
-/// What the CPU engine runs with by default: its instruction set and its threads
-/// (rayon's global pool: `RAYON_NUM_THREADS`, else one per core); an error when
-/// `KEOPS_CPU_ISA` names no instruction set.
+/// What the CPU engine runs with by default, called from this thread: its instruction
+/// set and its threads (the pool this thread belongs to, else rayon's global one:
+/// `RAYON_NUM_THREADS`, else one per core); an error when `KEOPS_CPU_ISA` names no
+/// instruction set.
 pub fn status() -> Result<(Isa, usize)> {
     Ok((Isa::select(None)?, rayon::current_num_threads()))
 }
@@ -147,8 +167,6 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
             flush,
         ),
     };
-    // Small problems run on the calling thread: waking pool threads costs more than the
-    // work (tens of microseconds), and a caller's own threads stay independent.
     let (n_out, n_red) = problem.sizes();
     let pairs = match problem.ranges {
         Some(blocks) => blocks.pairs(),
@@ -157,16 +175,8 @@ pub fn run<T: Element>(problem: &Problem<'_, T>, opts: &Options) -> Result<Reduc
             .saturating_mul(n_out)
             .saturating_mul(n_red),
     };
-    match opts.threads {
-        _ if pairs < SERIAL_PAIRS => go(1),
-        Some(1) => go(1),
-        Some(n) => pool(n)?.install(|| go(n)),
-        None => go(rayon::current_num_threads()),
-    }
+    threads::run(opts.threads, pairs, go)
 }
-
-/// Below this many pairs, a reduction runs on the calling thread.
-const SERIAL_PAIRS: usize = 1 << 16;
 
 /// The jobs of a problem, in groups: the jobs of one group share a batch entry and output
 /// rows, and their states are combined in order. Dense: row blocks, the reduced axis cut
