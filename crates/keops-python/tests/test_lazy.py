@@ -74,3 +74,59 @@ def test_errors():
     with pytest.raises(TypeError, match="cannot combine a keops.numpy LazyTensor with a "
                        "keops.torch one"):
         Vi(x) - TVj(torch.from_numpy(y))
+
+
+def test_formulas_with_many_arrays_are_numbered_right():
+    """Placeholders of two digits (``v10``...): a sum of twelve distinct arrays, joined
+    one operand at a time and as two halves (renumbering several arrays at once), and
+    an array shared by both halves."""
+    r = np.random.default_rng(3)
+    x = r.random((5, 1))
+    ys = [r.random((7, 1)) for _ in range(12)]
+    x_i = Vi(x)
+    one = x_i
+    for y in ys:
+        one = one + Vj(y) * Vj(y)
+    want = (x + sum(y[:, 0] ** 2 for y in ys)[None, :]).sum(1)
+    np.testing.assert_allclose(one.sum(dim=1)[:, 0], want, rtol=1e-12)
+    a = x_i * 0
+    for y in ys[:6]:
+        a = a + Vj(y)
+    b = Vj(ys[0]) * 0
+    for y in ys[6:]:
+        b = b - Vj(y)
+    both = (a + b * x_i).sum(dim=1)[:, 0]
+    want = (sum(y[:, 0] for y in ys[:6])[None, :]
+            - x * sum(y[:, 0] for y in ys[6:])[None, :]).sum(1)
+    np.testing.assert_allclose(both, want, rtol=1e-12)
+    f = a + b
+    assert len(f._vars) == 13  # x, the twelve ys: ys[0] once, shared by both halves
+
+
+def test_options_are_checked_on_every_call():
+    """Options are made once per distinct call: a wrong value is still an error, each
+    time, with its message."""
+    x, y = pts()
+    K = Vi(x).sqdist(Vj(y))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="invalid backend"):
+            K.sum(dim=1, backend="cpu")
+        with pytest.raises(ValueError, match="invalid backend"):
+            K.sum(dim=1, backend=["CPU"])
+        with pytest.raises(ValueError, match="invalid device_id True"):
+            K.sum(dim=1, device_id=True)
+        with pytest.raises(ValueError, match="invalid dtype_acc"):
+            K.sum(dim=1, dtype_acc="int8")
+    np.testing.assert_allclose(K.sum(dim=1, backend="CPU", device_id=0),
+                               dense_d2(x, y).sum(1)[:, None], rtol=1e-12)
+
+
+def test_matmul_shapes():
+    x, y = pts()
+    K = (-Vi(x).sqdist(Vj(y))).exp()
+    k = np.exp(-dense_d2(x, y))
+    v = np.random.default_rng(2).random(60)
+    np.testing.assert_allclose(K @ v, k @ v, rtol=1e-12)
+    np.testing.assert_allclose(K @ v[:, None], k @ v[:, None], rtol=1e-12)
+    with pytest.raises(ValueError, match="got a scalar"):
+        K @ np.float64(2.0)

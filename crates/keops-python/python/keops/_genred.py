@@ -81,6 +81,26 @@ def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
     ``ranges``: pykeops' 6-tuple, checked here; ``use_fast_math``: float32 subnormals
     flushed to zero, and GPU float32 math by the hardware's approximations, pykeops'
     default)."""
+    if (ranges is None and type(device_id) is int  # not a bool, a GPU list: checked below
+            and all(isinstance(v, str) for v in (dtype_acc, sum_scheme, backend))):
+        return _plain_options(dtype_acc, use_double_acc, sum_scheme, backend, device_id,
+                              use_fast_math)
+    return _checked_options(dtype_acc, use_double_acc, sum_scheme, backend, device_id,
+                            ranges, use_fast_math)
+
+
+@lru_cache(maxsize=64)
+def _plain_options(dtype_acc: str, use_double_acc: bool, sum_scheme: str, backend: str,
+                   device_id: int, use_fast_math: bool) -> Options:
+    """``make_options`` without ranges, on one GPU: made once per distinct call (options
+    are immutable, and most calls pass the defaults)."""
+    return _checked_options(dtype_acc, use_double_acc, sum_scheme, backend, device_id,
+                            None, use_fast_math)
+
+
+def _checked_options(dtype_acc: str, use_double_acc: bool, sum_scheme: str, backend: str,
+                     device_id: DeviceId, ranges: Any, use_fast_math: bool) -> Options:
+    """What ``make_options`` checks and builds."""
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if dtype_acc not in ("auto", "float16", "float32", "float64"):

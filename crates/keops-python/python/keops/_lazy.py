@@ -15,6 +15,7 @@ is computed until a reduction (``.sum(dim)``, ``.logsumexp(dim)``, ``.argKmin(K,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -35,7 +36,6 @@ _CAT_NUM = {c: k for k, c in _CAT_OF.items()}
 #: Placeholders of formulas: ``\\x00k`` is the LazyTensor's array ``k``, ``\\x01k`` the
 #: symbolic variable of index ``k`` (``Vi(k, dim)``), named when reduced.
 _PLACEHOLDER = re.compile("\x00([0-9]+)")
-_SYMBOL = re.compile("\x01([0-9]+)")
 #: Options of a reduction (pykeops' Genred options; ``out`` as its call's).
 REDUCTION_KWARGS = frozenset({"backend", "device_id", "ranges", "out", "dtype_acc",
                               "use_double_acc", "sum_scheme", "enable_chunks",
@@ -57,18 +57,21 @@ def _literal(x: Number) -> str:
 
 def _renumber(formula: str, mapping: Sequence[int]) -> str:
     """Renumbers the variable placeholders ``\\x00k`` of a formula."""
+    if len(mapping) == 1:  # one placeholder, \x000 (a digit never follows one)
+        return formula.replace("\x000", f"\x00{mapping[0]}")
     return _PLACEHOLDER.sub(lambda m: f"\x00{mapping[int(m.group(1))]}", formula)
 
 
 def _name(formula: str) -> str:
     """Replaces placeholders by alias names: ``v0``, ``v1``, ... for arrays, ``s0``,
-    ``s1``, ... for symbolic variables."""
-    return _SYMBOL.sub(lambda m: f"s{m.group(1)}", _PLACEHOLDER.sub(
-        lambda m: f"v{m.group(1)}", formula))
+    ``s1``, ... for symbolic variables (a placeholder is its mark and its number)."""
+    return formula.replace("\x00", "v").replace("\x01", "s")
 
 
 def _check_kwargs(what: str, kwargs: Any, accepted: frozenset) -> None:
     """Unknown options are errors (as in pykeops, whose Genred would refuse them)."""
+    if not kwargs or accepted.issuperset(kwargs):
+        return
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise TypeError(f"{what} got an unexpected keyword argument {unknown[0]!r} "
@@ -323,28 +326,34 @@ class GenericLazyTensor:
 
     def _new(self: L, formula: str, vars_: List[Tuple[Array, str]], dim: int,
              cplx: bool = False, other: Optional["GenericLazyTensor"] = None) -> L:
-        for t in (self, other):
-            if t is not None and t._pending is not None:
-                raise ValueError(
-                    f"this LazyTensor is a reduction kept for later ({t._pending.reduction}, "
-                    "call=False, or a formula with symbolic variables): no operation "
-                    "applies to it; call it for its result, then wrap that")
-        out = type(self)()
+        if self._pending is not None or other is not None and other._pending is not None:
+            t = self if self._pending is not None else other
+            raise ValueError(
+                f"this LazyTensor is a reduction kept for later ({t._pending.reduction}, "
+                "call=False, or a formula with symbolic variables): no operation "
+                "applies to it; call it for its result, then wrap that")
+        # Not through __init__: operations make most LazyTensors, each field is set here.
+        out = object.__new__(type(self))
         out._formula, out._vars, out._dim, out._complex = formula, vars_, dim, cplx
+        out._pending = None
         if other is not None and other._sym:
             out._sym = _merge_symbols(self._sym, other._sym) if self._sym else other._sym
         else:
             out._sym = self._sym
-        out.ranges = self.ranges
+        ranges = self.ranges
         if other is not None and other.ranges is not None:
-            if self.ranges is not None and not same_ranges(self.ranges, other.ranges):
+            if ranges is not None and not same_ranges(ranges, other.ranges):
                 raise ValueError("the operands have different block-sparsity patterns "
                                  "(ranges); set the same ranges on both, or on one only")
-            out.ranges = other.ranges
+            ranges = other.ranges
+        if ranges is not None:
+            out.ranges = ranges
         return out
 
     def _join(self, other: "GenericLazyTensor") -> Tuple[List[Tuple[Array, str]], str, str]:
         """Merges variable lists; returns them with both formulas renumbered."""
+        if not other._vars:  # a constant or symbolic variables: nothing to renumber
+            return self._vars, self._formula, other._formula
         vars_ = list(self._vars)
         mapping = []
         for arr, cat in other._vars:
@@ -355,12 +364,17 @@ class GenericLazyTensor:
             else:
                 mapping.append(len(vars_))
                 vars_.append((arr, cat))
+        if all(k == m for k, m in enumerate(mapping)):
+            return vars_, self._formula, other._formula
         return vars_, self._formula, _renumber(other._formula, mapping)
 
     def _real_only(self, what: str, *others: Any) -> None:
+        """Raises TypeError if ``self`` or an operand is complex (``what``: the operation,
+        or a formula template whose name is read only then)."""
         if self._complex or any(isinstance(o, GenericLazyTensor) and o._complex
                                 or isinstance(o, complex) for o in others):
-            raise TypeError(f"{what} is not defined for complex LazyTensors; complex ones "
+            name = what.split("(")[0] or what.strip("(){} ")
+            raise TypeError(f"{name} is not defined for complex LazyTensors; complex ones "
                             "support + - * /, exp, abs, angle, conj, real, imag, sum")
 
     def _unary(self: L, name: str, dim: Optional[int] = None, args: str = "") -> L:
@@ -370,7 +384,7 @@ class GenericLazyTensor:
                          self._dim if dim is None else dim, self._complex)
 
     def _binary(self: L, other: Any, fmt: str, dim: Optional[int] = None) -> L:
-        self._real_only(fmt.split("(")[0] or fmt.strip("(){} "), other)
+        self._real_only(fmt, other)
         o = self._wrap(other)
         if dim is None and self._dim != o._dim and 1 not in (self._dim, o._dim):
             raise ValueError(f"operands of dimensions {self._dim} and {o._dim} do not "
@@ -380,7 +394,7 @@ class GenericLazyTensor:
                          other=o)
 
     def _ternary(self: L, a: Any, b: Any, fmt: str, dim: int) -> L:
-        self._real_only(fmt.split("(")[0], a, b)
+        self._real_only(fmt, a, b)
         return self._three(self._wrap(a), self._wrap(b), fmt, dim, False)
 
     def _three(self: L, la: "GenericLazyTensor", lb: "GenericLazyTensor", fmt: str, dim: int,
@@ -516,8 +530,10 @@ class GenericLazyTensor:
         """The number of dimensions of ``(..., N, M, D)``: batch dims + 3."""
         return len(self._shape)
 
-    @property
+    @functools.cached_property
     def _nd(self) -> int:
+        """The number of dimensions of ``(..., N, M, D)`` (a LazyTensor never changes its
+        arrays, so it is computed once)."""
         return 3 + max((a.ndim - (1 if c == "p" else 2) for a, c in self._vars), default=0)
 
     @property
@@ -1122,12 +1138,16 @@ class GenericLazyTensor:
     # -- reductions ---------------------------------------------------------------------------
     def _named(self) -> Tuple[str, Tuple[str, ...]]:
         """The formula and its aliases: the symbolic variables at their indices, then the
-        arrays (``v0`` at index ``n_sym``, ...)."""
-        first = self._n_sym
-        aliases = tuple(f"s{k} = {_CATS[c]}({k},{d})" for k, d, c in self._sym) + tuple(
-            f"v{k} = {_CATS[c]}({first + k},{a.shape[-1]})"
-            for k, (a, c) in enumerate(self._vars))
-        return _name(self._formula), aliases
+        arrays (``v0`` at index ``n_sym``, ...); computed once (a LazyTensor is not
+        changed after it is made)."""
+        named = self.__dict__.get("_named_cache")
+        if named is None:
+            first = self._n_sym
+            aliases = tuple(f"s{k} = {_CATS[c]}({k},{d})" for k, d, c in self._sym) + tuple(
+                f"v{k} = {_CATS[c]}({first + k},{a.shape[-1]})"
+                for k, (a, c) in enumerate(self._vars))
+            named = self._named_cache = (_name(self._formula), aliases)
+        return named
 
     @property
     def _n_sym(self) -> int:
@@ -1349,8 +1369,9 @@ class GenericLazyTensor:
             raise ValueError(f"K @ v needs a scalar K (last dimension 1), got shape {self.shape}")
         v = self._as_array(v)
         vec = v.ndim == 1
-        v2 = v.reshape(tuple(v.shape) + (1,)) if vec else v
-        vj = type(self)(v2.reshape(tuple(v2.shape[:-2]) + (1,) + tuple(v2.shape[-2:])))
+        if v.ndim == 0:
+            raise ValueError("K @ v: v must have shape (M,), (M, E) or (..., M, E), got a scalar")
+        vj = type(self)._variable_of(v.reshape(tuple(v.shape) + (1,)) if vec else v, "j")
         out = (self * vj).sum(dim=self._nd - 2, **kwargs)
         return out.reshape(-1) if vec and not isinstance(out, GenericLazyTensor) else out
 
