@@ -24,6 +24,7 @@ use std::sync::OnceLock;
 pub use exec::TileRunner;
 pub use simd::Isa;
 pub use threads::adopt_current_thread;
+pub(crate) use threads::task_min_len;
 
 /// What the CPU engine derives from a [`Genred`](crate::Genred) alone: the fused kernel
 /// its formula matches and its tile program. Each is made on first use and kept with the

@@ -16,7 +16,8 @@
 //!
 //! After a `fork` the child has none of its parent's pool threads (only the forking
 //! thread survives): work handed to a pool would wait forever. A process that is not the
-//! one whose pools ran or were made runs every reduction on the calling thread.
+//! one whose pools ran or were made runs every reduction, and the engine's other parallel
+//! loops ([`task_min_len`]), on the calling thread.
 
 use crate::error::{KeopsError, Result};
 use std::collections::HashMap;
@@ -39,6 +40,17 @@ static POOLS_PID: OnceLock<u32> = OnceLock::new();
 /// Whether this process is a `fork` of the one that made or used the pools.
 fn forked() -> bool {
     *POOLS_PID.get_or_init(std::process::id) != std::process::id()
+}
+
+/// The fewest items of a rayon task (`with_min_len`) for the engine's other parallel
+/// loops: 1, but in a forked child all of them, so that the loop runs on the calling
+/// thread and hands nothing to a pool.
+pub(crate) fn task_min_len() -> usize {
+    if forked() {
+        usize::MAX
+    } else {
+        1
+    }
 }
 
 fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {

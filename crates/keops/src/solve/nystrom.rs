@@ -238,6 +238,7 @@ impl Nystrom {
             // Minus the part the previous columns already explain.
             let lp: Vec<f64> = (0..r).map(|t| lt[t * m + p]).collect();
             col.par_chunks_mut(CHUNK)
+                .with_min_len(crate::cpu::task_min_len())
                 .enumerate()
                 .for_each(|(ci, chunk)| {
                     let off = ci * CHUNK;
@@ -310,6 +311,7 @@ impl Nystrom {
         }
         // v -= L w.
         v.par_chunks_mut(CHUNK * cols)
+            .with_min_len(crate::cpu::task_min_len())
             .enumerate()
             .for_each(|(ci, chunk)| {
                 let i0 = ci * CHUNK;
