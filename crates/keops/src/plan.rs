@@ -454,6 +454,12 @@ impl Genred {
     pub fn weight(&self) -> Option<&Formula> {
         self.weight.as_ref()
     }
+    /// The formulas evaluated at each pair: the formula, then the weight if any.
+    pub(crate) fn roots(&self) -> Vec<Formula> {
+        std::iter::once(self.formula.clone())
+            .chain(self.weight.clone())
+            .collect()
+    }
     /// The reduction with its dimensions.
     pub fn spec(&self) -> &ReductionSpec {
         &self.spec

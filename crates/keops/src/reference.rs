@@ -12,9 +12,7 @@ use crate::plan::{Arg, Genred, Problem, Reduced};
 pub fn reduce(genred: &Genred, args: &[Arg<'_, f64>]) -> Result<Reduced<f64>> {
     let p = Problem::new(genred, args)?;
     let spec = *genred.spec();
-    let mut roots = vec![genred.formula().clone()];
-    roots.extend(genred.weight().cloned());
-    let ev = PointEvaluator::new(&roots);
+    let ev = PointEvaluator::new(&genred.roots());
     let (n_out, n_red) = p.sizes();
     let nb = p.batch_len();
     let (sv, si) = spec.state_len();

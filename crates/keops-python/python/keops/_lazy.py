@@ -72,10 +72,9 @@ def _check_kwargs(what: str, kwargs: Any, accepted: frozenset) -> None:
     """Unknown options are errors (as in pykeops, whose Genred would refuse them)."""
     if not kwargs or accepted.issuperset(kwargs):
         return
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise TypeError(f"{what} got an unexpected keyword argument {unknown[0]!r} "
-                        f"(accepted: {', '.join(sorted(accepted))})")
+    unknown = min(set(kwargs) - accepted)
+    raise TypeError(f"{what} got an unexpected keyword argument {unknown!r} "
+                    f"(accepted: {', '.join(sorted(accepted))})")
 
 
 def _merge_symbols(a: Tuple[Tuple[int, int, str], ...], b: Tuple[Tuple[int, int, str], ...]

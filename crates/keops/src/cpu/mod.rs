@@ -47,10 +47,8 @@ impl Compiled {
     /// The tile program of the formula (and weight).
     fn program(&self, g: &crate::Genred) -> &program::TileProgram {
         self.program.get_or_init(|| {
-            let mut roots = vec![g.formula().clone()];
-            roots.extend(g.weight().cloned());
             program::TileProgram::compile(
-                &roots,
+                &g.roots(),
                 g.out_cat(),
                 g.spec().kind == crate::reduction::Reduction::Sum,
             )

@@ -31,8 +31,9 @@ static POOLS: LazyLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> =
     LazyLock::new(Default::default);
 
 /// The engine's pool, once a thread has joined it (kept for the process's life: that
-/// thread is one of its workers).
-static ENGINE_POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+/// thread is one of its workers). Behind a lock: two threads joining at once must not
+/// both make one.
+static ENGINE_POOL: Mutex<Option<rayon::ThreadPool>> = Mutex::new(None);
 
 /// The process whose threads the pools hold: set when a pool is first used or made.
 static POOLS_PID: OnceLock<u32> = OnceLock::new();
@@ -84,7 +85,8 @@ pub fn adopt_current_thread() -> Result<()> {
         name: "threads".into(),
         msg,
     };
-    if ENGINE_POOL.get().is_some() {
+    let mut engine = ENGINE_POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if engine.is_some() {
         return Err(err("a thread has joined the engine's pool already".into()));
     }
     let p = rayon::ThreadPoolBuilder::new()
@@ -93,9 +95,8 @@ pub fn adopt_current_thread() -> Result<()> {
         .build()
         .map_err(|e| err(format!("cannot make the engine's pool: {e}")))?;
     POOLS_PID.get_or_init(std::process::id);
-    ENGINE_POOL
-        .set(p)
-        .map_err(|_| err("a thread has joined the engine's pool already".into()))
+    *engine = Some(p);
+    Ok(())
 }
 
 /// Runs `go(threads)` for a problem of `pairs` pairs with the threads that `threads`
