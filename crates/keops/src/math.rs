@@ -56,12 +56,25 @@ impl MulAdd for f64 {
     }
 }
 
-/// Whether the polynomials use fused multiply-adds: chosen by the caller, because the
-/// engines' SIMD entry points know whether the CPU has FMA while `cfg!` only knows the
+/// What the code is compiled for: whether the polynomials use fused multiply-adds, and
+/// how many vector registers kernels may keep sums in. Chosen by the caller, because the
+/// engines' SIMD entry points know what the CPU has while `cfg!` only knows the
 /// crate-wide build target.
 pub trait MathMode: Copy + Send + Sync + 'static {
     /// Use `mul_add` (one instruction where the code is compiled with FMA enabled).
     const FMA: bool;
+    /// Vector registers (32 with AVX-512, 16 with AVX2, SSE; NEON's 32 are counted as 16:
+    /// they hold a quarter of an AVX-512 register).
+    const REGISTERS: usize = 16;
+}
+
+/// Fused multiply-adds and 32 registers of 512 bits: for code compiled with
+/// `#[target_feature(enable = "avx512f")]`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WideFma;
+impl MathMode for WideFma {
+    const FMA: bool = true;
+    const REGISTERS: usize = 32;
 }
 
 /// Fused multiply-adds: for code compiled with `#[target_feature(enable = "fma")]`.

@@ -1,9 +1,9 @@
 //! Running a tile program over a block of output rows and a range of reduced rows.
 
 use super::accumulate::{accumulate, weighted_sums, Exps, Weights, GEMM_MIN_COLS, GEMM_MIN_ROWS};
-use super::program::{Instr, ScalarStep, Src, TileProgram};
+use super::program::{Instr, RowOp, ScalarStep, Src, TileProgram};
 use super::simd::multiversion;
-use super::tile::{exec, ArgData, Lane, Regs};
+use super::tile::{exec, paired_rows, sqdist_rows, ArgData, Lane, Regs};
 use super::{Block, BlockRunner, Job};
 use crate::formula::{eval, Cat};
 use crate::plan::{AccType, Element, Options, Problem, SumScheme};
@@ -91,6 +91,17 @@ fn run_scalar<T: Element, M: MathMode>(
     }
 }
 
+/// The fewest rows for which a block computes an [`Instr::RowTile`] for all its rows at
+/// once: a GEMM's; two for distances where rows are paired (else never: each row
+/// computes its own, without copying it).
+fn block_rows<M: MathMode>(op: RowOp) -> usize {
+    match op {
+        RowOp::Dot => GEMM_MIN_ROWS,
+        RowOp::SqDist if paired_rows::<M>() => 2,
+        RowOp::SqDist => usize::MAX,
+    }
+}
+
 #[inline(always)]
 fn run_block_body<T: Element, A: Real, M: MathMode>(
     r: &TileRunner<'_, '_, T>,
@@ -132,21 +143,22 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
     }
     .filter(|(_, w)| w.dim() >= GEMM_MIN_COLS);
     let mut values = vec![T::ZERO; if gemm.is_some() { rows * tile } else { 0 }];
-    // A block of rows' scalar products with the tile, one GEMM each per tile: each pair
-    // instruction's slot among them (RowDots, from 8 rows on; the others run per row).
-    let mut row_dots = Vec::new();
-    let dot_of: Vec<Option<usize>> = p
+    // A block of rows' scalar products (one GEMM per tile, from 8 rows on) and squared
+    // distances (rows two at a time) with the tile: each pair instruction's slot among
+    // them (the others run per row).
+    let mut row_tiles = Vec::new();
+    let block_of: Vec<Option<usize>> = p
         .pair_instrs
         .iter()
         .map(|i| match *i {
-            Instr::RowDot { row, tile, .. } if rows >= GEMM_MIN_ROWS => {
-                row_dots.push((row, tile));
-                Some(row_dots.len() - 1)
+            Instr::RowTile { op, row, tile, .. } if rows >= block_rows::<M>(op) => {
+                row_tiles.push((op, row, tile));
+                Some(row_tiles.len() - 1)
             }
             _ => None,
         })
         .collect();
-    let mut dots = vec![T::ZERO; row_dots.len() * rows * tile];
+    let mut blocked = vec![T::ZERO; row_tiles.len() * rows * tile];
     let mut scratch = Vec::new();
     for red in &job.red {
         let mut j0 = red.start;
@@ -155,19 +167,25 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
             for ins in &p.tile_instrs {
                 exec::<T, M>(ins, &mut regs, &params, &data_fn, j0, len);
             }
-            for (&(row, tile_src), out) in row_dots.iter().zip(dots.chunks_mut(rows * tile)) {
+            for (&(op, row, tile_src), out) in row_tiles.iter().zip(blocked.chunks_mut(rows * tile))
+            {
                 if let (Src::Scalar { off, dim }, Src::Tile { reg, start, .. }) = (row, tile_src) {
                     let b = &regs.regs[reg][start * tile..];
-                    T::gemm((rows, dim, len), &scal[off..], sl, b, tile, 1, out);
+                    match op {
+                        RowOp::Dot => T::gemm((rows, dim, len), &scal[off..], sl, b, tile, 1, out),
+                        RowOp::SqDist => {
+                            sqdist_rows::<T, M>(out, len, rows, (&scal[off..], sl, dim), b, tile)
+                        }
+                    }
                 }
             }
             for row in 0..rows {
                 let s = &scal[row * sl..(row + 1) * sl];
-                for (ins, dot) in p.pair_instrs.iter().zip(&dot_of) {
-                    match *dot {
+                for (ins, slot) in p.pair_instrs.iter().zip(&block_of) {
+                    match *slot {
                         Some(k) => {
                             let o = k * rows * tile + row * len;
-                            regs.regs[ins.dst()][..len].copy_from_slice(&dots[o..o + len]);
+                            regs.regs[ins.dst()][..len].copy_from_slice(&blocked[o..o + len]);
                         }
                         None => exec::<T, M>(ins, &mut regs, s, &data_fn, j0, len),
                     }

@@ -11,6 +11,7 @@
 
 use super::accumulate::{tile_sum, weighted_sums, Weights, GEMM_MIN_COLS};
 use super::simd::multiversion;
+use super::tile::sqdist_rows;
 use super::{batch_data, Block, BlockRunner, Isa, Job};
 use crate::formula::eval::PointEvaluator;
 use crate::formula::pattern::{self, Factors, Product};
@@ -262,23 +263,23 @@ fn radial_body<T: Element, A: Real, M: MathMode>(
     // One loop per profile, so that the profile is known inside the vectorised loop.
     let c = prep.coef;
     match r.m.profile {
-        Profile::Gauss => radial_loop::<T, A>(r, x, prep, job, block, |v| {
+        Profile::Gauss => radial_loop::<T, A, M>(r, x, prep, job, block, |v| {
             Profile::Gauss.apply::<T, M>(c, v)
         }),
-        Profile::Laplace => radial_loop::<T, A>(r, x, prep, job, block, |v| {
+        Profile::Laplace => radial_loop::<T, A, M>(r, x, prep, job, block, |v| {
             Profile::Laplace.apply::<T, M>(c, v)
         }),
-        Profile::Cauchy => radial_loop::<T, A>(r, x, prep, job, block, |v| {
+        Profile::Cauchy => radial_loop::<T, A, M>(r, x, prep, job, block, |v| {
             Profile::Cauchy.apply::<T, M>(c, v)
         }),
-        Profile::InverseMultiquadric => radial_loop::<T, A>(r, x, prep, job, block, |v| {
+        Profile::InverseMultiquadric => radial_loop::<T, A, M>(r, x, prep, job, block, |v| {
             Profile::InverseMultiquadric.apply::<T, M>(c, v)
         }),
     }
 }
 
 #[inline(always)]
-fn radial_loop<T: Element, A: Real>(
+fn radial_loop<T: Element, A: Real, M: MathMode>(
     r: &FusedRunner<'_, '_, T>,
     x: &[T],
     prep: &Prepared<'_, T>,
@@ -287,7 +288,7 @@ fn radial_loop<T: Element, A: Real>(
     profile: impl Fn(T) -> T,
 ) {
     let (d, e, n) = (r.m.dim, r.e, r.n_red);
-    let mut r2 = [T::ZERO; TB];
+    let mut r2 = [T::ZERO; 2 * TB];
     // The kernel values of the job's rows on one tile, for the weighted sums: rows of
     // the longest tile, not of TB lanes (zeroing 32 rows of TB lanes was a third of a
     // call at N = M = 100).
@@ -301,31 +302,22 @@ fn radial_loop<T: Element, A: Real>(
         let mut j0 = red.start;
         while j0 < red.end {
             let len = TB.min(red.end - j0);
-            for (row, i) in job.rows.clone().enumerate() {
-                let xi = &x[i * d..(i + 1) * d];
-                let r2 = &mut r2[..len];
-                // The first coordinate sets the squared distances (a fill first was a
-                // library call per row and tile).
-                for (c, &xc) in xi.iter().enumerate() {
-                    let yc = &prep.y[c * n + j0..c * n + j0 + len];
-                    if c == 0 {
-                        for (o, &yv) in r2.iter_mut().zip(yc) {
-                            let t = xc - yv;
-                            *o = t * t;
-                        }
-                    } else {
-                        for (o, &yv) in r2.iter_mut().zip(yc) {
-                            let t = xc - yv;
-                            *o += t * t;
-                        }
+            // Rows two at a time: one load of the tile serves both rows' distances.
+            let rows = job.rows.len();
+            for pair in (0..rows).step_by(2) {
+                let i = job.rows.start + pair;
+                let two = (rows - pair).min(2);
+                let r2 = &mut r2[..two * len];
+                let xs = (&x[i * d..], d, d);
+                sqdist_rows::<T, M>(r2, len, two, xs, &prep.y[j0..], n);
+                for (row, r2) in (pair..pair + two).zip(r2.chunks_exact(len)) {
+                    let k = &mut k[row * tb..row * tb + len];
+                    for (o, &v) in k.iter_mut().zip(r2) {
+                        *o = profile(v);
                     }
-                }
-                let k = &mut k[row * tb..row * tb + len];
-                for (o, &v) in k.iter_mut().zip(r2.iter()) {
-                    *o = profile(v);
-                }
-                if prep.b.is_none() {
-                    block.vals[row] += prep.scale * tile_sum::<T, A>(k, None, r.scheme);
+                    if prep.b.is_none() {
+                        block.vals[row] += prep.scale * tile_sum::<T, A>(k, None, r.scheme);
+                    }
                 }
             }
             if let Some((b, row_stride, col_stride)) = &prep.b {

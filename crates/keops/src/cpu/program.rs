@@ -64,11 +64,12 @@ pub enum Instr {
         /// Source.
         a: Src,
     },
-    /// `dst = Scalprod(row, tile)`: a row's vector (`Src::Scalar`) against weights
-    /// computed once per tile. A block of rows computes these at once, as the matrix
-    /// product of its rows' vectors and the tile ([`TileProgram::ROW_DOT_MIN_DIM`]
-    /// coordinates and more); a single row like [`Instr::Apply`].
-    RowDot {
+    /// `dst = op(row, tile)`, a sum over coordinates of a row's vector (`Src::Scalar`)
+    /// against vectors computed once per tile. A block of rows computes these at once
+    /// (see [`RowOp`]); a single row like [`Instr::Apply`].
+    RowTile {
+        /// Scalar product or squared distance.
+        op: RowOp,
         /// Destination register (dimension 1).
         dst: usize,
         /// The row's vector.
@@ -99,6 +100,28 @@ pub enum Instr {
         /// Whether the product is negated.
         neg: bool,
     },
+}
+
+/// The op of an [`Instr::RowTile`], and how a block of rows computes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowOp {
+    /// `Scalprod`: one matrix product (GEMM) per tile for blocks of 8 rows and more (the
+    /// gradient of a kernel product with wide weights holds `(g_i|b_j)`, attention's
+    /// logits are `(q_i|k_j)`).
+    Dot,
+    /// `SqDist`: rows two at a time, each load of the tile serving both (k-NN and
+    /// kernels in high dimensions).
+    SqDist,
+}
+
+impl RowOp {
+    /// The formula op.
+    pub fn op(self) -> Op {
+        match self {
+            RowOp::Dot => Op::Scalprod,
+            RowOp::SqDist => Op::SqDist,
+        }
+    }
 }
 
 /// How to compute one scalar node of a row.
@@ -281,12 +304,16 @@ impl TileProgram {
                         args,
                     },
                 },
-                Op::Scalprod if d != RED => match (args[0], args[1]) {
+                Op::Scalprod | Op::SqDist if d != RED => match (args[0], args[1]) {
                     (row @ Src::Scalar { dim, .. }, tile)
                     | (tile, row @ Src::Scalar { dim, .. })
-                        if dim >= Self::ROW_DOT_MIN_DIM && p.per_tile(tile) =>
+                        if dim >= Self::ROW_TILE_MIN_DIM && p.per_tile(tile) =>
                     {
-                        Instr::RowDot { dst, row, tile }
+                        let op = match f.op {
+                            Op::Scalprod => RowOp::Dot,
+                            _ => RowOp::SqDist,
+                        };
+                        Instr::RowTile { op, dst, row, tile }
                     }
                     _ => Instr::Apply {
                         op: f.op.clone(),
@@ -352,9 +379,9 @@ impl TileProgram {
 }
 
 impl TileProgram {
-    /// Coordinates from which a row's scalar product with a tile is an
-    /// [`Instr::RowDot`].
-    pub const ROW_DOT_MIN_DIM: usize = 8;
+    /// Coordinates from which a row's scalar product or squared distance with a tile
+    /// is an [`Instr::RowTile`].
+    pub const ROW_TILE_MIN_DIM: usize = 8;
 
     /// The fused product as `(kernel, weight)` when it is a kernel matrix times weights,
     /// `K_ij b_j`: a kernel of dimension 1 and weights computed once per tile (the
@@ -393,7 +420,7 @@ impl Instr {
             Instr::Apply { args, .. } => args.clone(),
             Instr::ScaledExp { a, s, .. } => std::iter::once(*a).chain(s.iter().copied()).collect(),
             Instr::Broadcast { a, .. } => vec![*a],
-            Instr::RowDot { row, tile, .. } => vec![*row, *tile],
+            Instr::RowTile { row, tile, .. } => vec![*row, *tile],
             Instr::Load { .. } => Vec::new(),
         }
     }
@@ -404,7 +431,7 @@ impl Instr {
             Instr::Load { dst, .. }
             | Instr::Broadcast { dst, .. }
             | Instr::Apply { dst, .. }
-            | Instr::RowDot { dst, .. }
+            | Instr::RowTile { dst, .. }
             | Instr::ScaledExp { dst, .. } => *dst,
         }
     }
@@ -567,6 +594,41 @@ mod tests {
         // Not a Sum: the product stays an instruction.
         let q = compile("Exp(SqDist(x,y) * g) * b", false);
         assert!(q.product.is_none() && q.roots.len() == 1);
+    }
+
+    #[test]
+    fn row_against_tile_sums_are_blocked_from_8_coordinates() {
+        let row_ops = |d: usize, f: &str| {
+            let al = [format!("x = Vi(0,{d})"), format!("y = Vj(1,{d})")];
+            let p = TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, false);
+            let ops: Vec<RowOp> = (p.pair_instrs.iter())
+                .filter_map(|i| match *i {
+                    Instr::RowTile { op, row, tile, .. } => {
+                        assert!(matches!(
+                            (row, tile),
+                            (Src::Scalar { .. }, Src::Tile { .. })
+                        ));
+                        Some(op)
+                    }
+                    _ => None,
+                })
+                .collect();
+            ops
+        };
+        assert_eq!(row_ops(8, "SqDist(x,y)"), [RowOp::SqDist]);
+        assert_eq!(row_ops(64, "SqDist(y,x)"), [RowOp::SqDist], "either order");
+        assert_eq!(
+            row_ops(64, "Sum(Square(x - y))"),
+            [RowOp::SqDist],
+            "pykeops' spelling"
+        );
+        assert_eq!(
+            row_ops(8, "Exp(-(x|y)) * SqDist(x,y)"),
+            [RowOp::Dot, RowOp::SqDist]
+        );
+        assert_eq!(row_ops(3, "SqDist(x,y)"), [], "few coordinates");
+        // A tile operand that depends on the row is not computed once per tile.
+        assert_eq!(row_ops(8, "SqDist(x, y - x)"), []);
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! SSE4.1 on x86-64 (NEON is the aarch64 baseline), so a generic x86-64 build runs
 //! AVX-512 code where the CPU has it. Everything the body inlines is compiled with the
 //! same features, which is why the kernels are `#[inline(always)]`. The body also gets
-//! a [`crate::math::MathMode`]: `WithFma` in the entry points compiled with FMA, so that
-//! the elementary functions' polynomials use fused multiply-adds there.
+//! a [`crate::math::MathMode`]: `WithFma` in the entry points compiled with FMA (`WideFma`
+//! for AVX-512), so that the elementary functions' polynomials use fused multiply-adds
+//! there, and kernels know how many registers they may keep sums in.
 
 use crate::error::{parse_env, Result};
 
@@ -97,7 +98,7 @@ macro_rules! multiversion {
             {
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::WithFma>($($a),*) }
+                unsafe fn avx512<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::WideFma>($($a),*) }
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::WithFma>($($a),*) }

@@ -216,9 +216,9 @@ pub fn exec<'d, T: Real, M: MathMode>(
             apply::<T, M>(op, &mut out, *dim, args, regs, scal);
             regs.regs[*dst] = out;
         }
-        Instr::RowDot { dst, row, tile } => {
+        Instr::RowTile { op, dst, row, tile } => {
             let mut out = std::mem::take(&mut regs.regs[*dst]);
-            apply::<T, M>(&Op::Scalprod, &mut out, 1, &[*row, *tile], regs, scal);
+            apply::<T, M>(&op.op(), &mut out, 1, &[*row, *tile], regs, scal);
             regs.regs[*dst] = out;
         }
     }
@@ -308,6 +308,37 @@ fn reduce2<T: Real>(
     }
 }
 
+/// [`splat_rows`] on lanes `t0..` in chunks of `C` lanes, each summed in registers;
+/// returns where the whole chunks end.
+#[inline(always)]
+fn lane_chunks<T: Real, const R: usize, const C: usize>(
+    out: &mut [T],
+    len: usize,
+    mut t0: usize,
+    x: [&[T]; R],
+    y: &[T],
+    stride: usize,
+    step: impl Fn(T, T, T) -> T + Copy,
+) -> usize {
+    while t0 + C <= len {
+        let mut acc = [[T::ZERO; C]; R];
+        for c in 0..x[0].len() {
+            let yc = &y[c * stride + t0..c * stride + t0 + C];
+            for (acc, x) in acc.iter_mut().zip(&x) {
+                let xc = x[c];
+                for (a, &v) in acc.iter_mut().zip(yc) {
+                    *a = step(*a, xc, v);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            out[r * len + t0..r * len + t0 + C].copy_from_slice(acc);
+        }
+        t0 += C;
+    }
+    t0
+}
+
 /// Lanes summed in registers at once: enough independent accumulators to keep the FMA
 /// units busy (4 AVX-512 registers of f32), few enough not to spill.
 const LANE_CHUNK: usize = 64;
@@ -337,34 +368,94 @@ fn row_and_tile<'r, T: Real>(
     }
 }
 
-/// `out[t] = sum_c f(x[c], y[c * tile + t])`, lanes in chunks summed in registers.
+/// `out[t] = sum_c f(x[c], y[c * stride + t])` (`step(acc, x_c, y_c)` adds one term),
+/// lanes in chunks summed in registers: one load of `y` and the step per lane and
+/// coordinate, `out` written once.
 #[inline(always)]
 fn splat_tile<T: Real>(
     out: &mut [T],
     x: &[T],
     y: &[T],
-    tile: usize,
+    stride: usize,
     step: impl Fn(T, T, T) -> T + Copy,
 ) {
-    let mut chunks = out.chunks_exact_mut(LANE_CHUNK);
-    let mut t0 = 0;
-    for o in &mut chunks {
-        let mut acc = [T::ZERO; LANE_CHUNK];
-        for (c, &xc) in x.iter().enumerate() {
-            let yc = &y[c * tile + t0..c * tile + t0 + LANE_CHUNK];
-            for (a, &v) in acc.iter_mut().zip(yc) {
-                *a = step(*a, xc, v);
-            }
-        }
-        o.copy_from_slice(&acc);
-        t0 += LANE_CHUNK;
+    splat_rows::<T, 1>(out, out.len(), [x], y, stride, step);
+}
+
+/// One term of a squared distance: `s + (a - b)^2`.
+#[inline(always)]
+pub(super) fn sqdist_step<T: Real, M: MathMode>(s: T, a: T, b: T) -> T {
+    (a - b).fma_::<M>(a - b, s)
+}
+
+/// Whether [`sqdist_rows`] takes rows two at a time: where 32 vector registers hold
+/// both rows' sums (with 16, AVX2's, they spill: the k-NN at D = 16 was 1.35x slower).
+pub(super) fn paired_rows<M: MathMode>() -> bool {
+    M::REGISTERS >= 32
+}
+
+/// Squared distances of `rows` rows (row `r`'s vector at `x[r * x_stride..][..dim]`) to
+/// the tile's `len` vectors (coordinate `c` at `y[c * stride..]`): row `r`'s at
+/// `out[r * len..]`, rows two at a time where [`paired_rows`].
+#[inline(always)]
+pub(super) fn sqdist_rows<T: Real, M: MathMode>(
+    out: &mut [T],
+    len: usize,
+    rows: usize,
+    (x, x_stride, dim): (&[T], usize, usize),
+    y: &[T],
+    stride: usize,
+) {
+    let x = |r: usize| &x[r * x_stride..r * x_stride + dim];
+    let mut r = 0;
+    while paired_rows::<M>() && r + 2 <= rows {
+        let out = &mut out[r * len..];
+        splat_rows::<T, 2>(out, len, [x(r), x(r + 1)], y, stride, sqdist_step::<T, M>);
+        r += 2;
+    }
+    for r in r..rows {
+        splat_rows::<T, 1>(
+            &mut out[r * len..],
+            len,
+            [x(r)],
+            y,
+            stride,
+            sqdist_step::<T, M>,
+        );
+    }
+}
+
+/// [`splat_tile`] for `R` rows at once (row `r`'s `len` results at `out[r * len..]`):
+/// each load of `y` serves every row, which doubles the throughput of high-dimensional
+/// distances at `R = 2` (one load per subtraction and FMA is what limits one row). Each
+/// row's sums are those of [`splat_tile`], bit for bit. The tile program's
+/// [`Instr::RowTile`] blocks and the fused kernels' distances.
+#[inline(always)]
+pub(super) fn splat_rows<T: Real, const R: usize>(
+    out: &mut [T],
+    len: usize,
+    x: [&[T]; R],
+    y: &[T],
+    stride: usize,
+    step: impl Fn(T, T, T) -> T + Copy,
+) {
+    let d = x[0].len();
+    let x = x.map(|x| &x[..d]);
+    // Chunks of LANE_CHUNK lanes, then of one AVX-512 register (tiles are multiples of
+    // 16 lanes, so that only the fused kernels' last tile of a range leaves a rest).
+    let t0 = lane_chunks::<T, R, LANE_CHUNK>(out, len, 0, x, y, stride, step);
+    let t0 = lane_chunks::<T, R, 16>(out, len, t0, x, y, stride, step);
+    if t0 == len {
+        return;
     }
     // The last lanes: the first coordinate sets them (no call to fill them with zeros).
-    let rest = chunks.into_remainder();
-    for (c, &xc) in x.iter().enumerate() {
-        let yc = &y[c * tile + t0..c * tile + t0 + rest.len()];
-        for (o, &v) in rest.iter_mut().zip(yc) {
-            *o = step(if c == 0 { T::ZERO } else { *o }, xc, v);
+    for (r, x) in x.iter().enumerate() {
+        let rest = &mut out[r * len + t0..(r + 1) * len];
+        for (c, &xc) in x.iter().enumerate() {
+            let yc = &y[c * stride + t0..c * stride + t0 + rest.len()];
+            for (o, &v) in rest.iter_mut().zip(yc) {
+                *o = step(if c == 0 { T::ZERO } else { *o }, xc, v);
+            }
         }
     }
 }
@@ -419,7 +510,7 @@ fn apply<T: Real, M: MathMode>(
                 };
             }
             match *op {
-                Op::SqDist => sum_of!(|s: T, a: T, b: T| (a - b).fma_::<M>(a - b, s)),
+                Op::SqDist => sum_of!(sqdist_step::<T, M>),
                 Op::Scalprod => sum_of!(|s: T, a: T, b: T| a.fma_::<M>(b, s)),
                 Op::SqNorm2 => sum_of!(|s: T, a: T, _| a.fma_::<M>(a, s)),
                 _ => sum_of!(|s: T, a: T, _| s + a),
@@ -571,5 +662,54 @@ fn copy_lane<T: Real>(dst: &mut [T], l: Lane<'_, T>) {
     match l {
         Lane::Tile(x) => dst.copy_from_slice(x),
         Lane::Splat(v) => dst.fill(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::{WideFma, WithFma};
+
+    /// A few rows at once give each row [`splat_tile`]'s sums bit for bit, across whole
+    /// chunks of 64 and of 16 lanes and a rest, for one row and an odd count of rows,
+    /// paired (AVX-512) or not.
+    #[test]
+    fn blocked_rows_equal_single_rows() {
+        assert!(paired_rows::<WideFma>() && !paired_rows::<WithFma>());
+        blocked_rows::<WideFma>();
+        blocked_rows::<WithFma>();
+    }
+
+    fn blocked_rows<M: MathMode>() {
+        let (d, stride) = (13, 211);
+        let y: Vec<f32> = (0..d * stride).map(|k| (k as f32 * 0.37).sin()).collect();
+        let x: Vec<f32> = (0..3 * d).map(|k| (k as f32 * 0.11).cos()).collect();
+        let step = sqdist_step::<f32, M>;
+        for len in [1, 15, 16, 17, 63, 64, 80, 95, 128, 200] {
+            for rows in [1, 2, 3] {
+                let mut got = vec![f32::NAN; rows * len];
+                sqdist_rows::<f32, M>(&mut got, len, rows, (&x, d, d), &y[3..], stride);
+                for r in 0..rows {
+                    let mut want = vec![f32::NAN; len];
+                    splat_tile(&mut want, &x[r * d..(r + 1) * d], &y[3..], stride, step);
+                    let row = &got[r * len..(r + 1) * len];
+                    assert!(
+                        row.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "len {len}, rows {rows}, row {r}"
+                    );
+                    let naive: Vec<f32> = (0..len)
+                        .map(|t| {
+                            (0..d).fold(0.0, |s, c| {
+                                let v = x[r * d + c] - y[3 + c * stride + t];
+                                v.mul_add(v, s)
+                            })
+                        })
+                        .collect();
+                    assert_eq!(row, &naive[..], "len {len}, rows {rows}, row {r}");
+                }
+            }
+        }
     }
 }
