@@ -687,23 +687,35 @@ fn threads_give_the_same_results() {
         Reduction::KMinArgKMin(5),
     ] {
         let g = Genred::new(GAUSS, &aliases(2), red, 1).unwrap();
-        let run = |threads| {
-            let opts = Options {
-                threads,
-                ..Default::default()
-            };
-            (
-                run_as::<f32>(&g, &inp, &opts).unwrap(),
-                run_as::<f64>(&g, &inp, &opts).unwrap(),
-            )
-        };
-        let (a32, a64) = run(Some(1));
-        for t in [Some(2), None] {
-            let (b32, b64) = run(t);
-            assert_eq!(a32, b32, "{red:?} f32: threads Some(1) vs {t:?}");
-            assert_eq!(a64, b64, "{red:?} f64: threads Some(1) vs {t:?}");
-        }
+        same_results_on_threads(&g, &inp, &[Some(2), None], &format!("{red:?}"));
     }
+}
+
+/// Runs `g` in float32 and float64 with one thread and with each of `threads`: the
+/// results are equal bit for bit. Returns the one-thread float64 result.
+fn same_results_on_threads(
+    g: &Genred,
+    inp: &Inputs,
+    threads: &[Option<usize>],
+    ctx: &str,
+) -> Reduced<f64> {
+    let run = |threads| {
+        let opts = Options {
+            threads,
+            ..Default::default()
+        };
+        (
+            run_as::<f32>(g, inp, &opts).unwrap(),
+            run_as::<f64>(g, inp, &opts).unwrap(),
+        )
+    };
+    let (a32, a64) = run(Some(1));
+    for &t in threads {
+        let (b32, b64) = run(t);
+        assert_eq!(a32, b32, "{ctx} f32: threads Some(1) vs {t:?}");
+        assert_eq!(a64, b64, "{ctx} f64: threads Some(1) vs {t:?}");
+    }
+    a64
 }
 
 /// Few output rows and a long reduced axis: the engine splits the reduced axis into
@@ -732,26 +744,12 @@ fn wide_row_blocks_give_the_same_results() {
     ] {
         let g = Genred::new(f, &al, red, 1).unwrap();
         let want = reference::reduce(&g, &inp.args_f64()).unwrap();
-        let run = |threads| {
-            let opts = Options {
-                threads,
-                ..Default::default()
-            };
-            (
-                run_as::<f32>(&g, &inp, &opts).unwrap(),
-                run_as::<f64>(&g, &inp, &opts).unwrap(),
-            )
-        };
-        let (a32, a64) = run(Some(1));
+        let ctx = format!("{red:?}({f})");
+        let got = same_results_on_threads(&g, &inp, &[Some(2), Some(3), None], &ctx);
         // Sums of up to 300 terms of magnitude up to 1 (with cancellation).
         let scale = vec![m as f64; want.values.as_ref().map_or(0, |v| v.data.len())];
-        check_values(&a64, &want, Some(&scale), TOL_F64, f);
-        check_indices_exact(&a64, &want, f);
-        for t in [Some(2), Some(3), None] {
-            let (b32, b64) = run(t);
-            assert_eq!(a32, b32, "{red:?}({f}) f32: threads Some(1) vs {t:?}");
-            assert_eq!(a64, b64, "{red:?}({f}) f64: threads Some(1) vs {t:?}");
-        }
+        check_values(&got, &want, Some(&scale), TOL_F64, &ctx);
+        check_indices_exact(&got, &want, &ctx);
     }
 }
 
@@ -1217,6 +1215,8 @@ fn high_dimensional_distances_and_scalar_products() {
             for (f, red) in [
                 ("SqDist(x,y)", Reduction::ArgKMin(5)),
                 ("SqDist(y,x)", Reduction::Min),
+                // A one-coordinate operand broadcast against the row's vector.
+                ("SqDist(x, Elem(y, 2))", Reduction::ArgKMin(3)),
                 ("Scalprod(x,y)", Reduction::Sum),
                 ("Scalprod(y,x)", Reduction::Max),
                 // A block of rows' scalar products with a tile as one GEMM, inside a

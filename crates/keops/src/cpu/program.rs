@@ -307,7 +307,9 @@ impl TileProgram {
                 Op::Scalprod | Op::SqDist if d != RED => match (args[0], args[1]) {
                     (row @ Src::Scalar { dim, .. }, tile)
                     | (tile, row @ Src::Scalar { dim, .. })
-                        if dim >= Self::ROW_TILE_MIN_DIM && p.per_tile(tile) =>
+                        if dim >= Self::ROW_TILE_MIN_DIM
+                            && tile.dim() == dim
+                            && p.per_tile(tile) =>
                     {
                         let op = match f.op {
                             Op::Scalprod => RowOp::Dot,
@@ -629,6 +631,8 @@ mod tests {
         assert_eq!(row_ops(3, "SqDist(x,y)"), [], "few coordinates");
         // A tile operand that depends on the row is not computed once per tile.
         assert_eq!(row_ops(8, "SqDist(x, y - x)"), []);
+        // SqDist broadcasts a one-coordinate operand: that is not a row against a tile.
+        assert_eq!(row_ops(8, "SqDist(x, Elem(y, 2))"), []);
     }
 
     #[test]
