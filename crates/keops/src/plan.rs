@@ -476,6 +476,15 @@ impl Genred {
             Cat::Vj
         }
     }
+    /// The category of the reduced side's variables: `Vj` when reducing over `j`, else
+    /// `Vi`.
+    pub fn red_cat(&self) -> Cat {
+        if self.axis == 1 {
+            Cat::Vj
+        } else {
+            Cat::Vi
+        }
+    }
     /// The CPU engine's analysis of this reduction (made on first use).
     pub(crate) fn cpu(&self) -> &crate::cpu::Compiled {
         &self.cpu

@@ -302,7 +302,8 @@ fn radial_loop<T: Element, A: Real, M: MathMode>(
         let mut j0 = red.start;
         while j0 < red.end {
             let len = TB.min(red.end - j0);
-            // Rows two at a time: one load of the tile serves both rows' distances.
+            // Rows two at a time: where `sqdist_rows` pairs them (AVX-512), one load of
+            // the tile serves both rows' distances.
             let rows = job.rows.len();
             for pair in (0..rows).step_by(2) {
                 let i = job.rows.start + pair;

@@ -16,7 +16,6 @@ mod threads;
 mod tile;
 
 use crate::error::{try_vec, KeopsError, Result};
-use crate::formula::Cat;
 use crate::plan::{CpuKernel, Element, Options, Problem, Reduced};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -229,10 +228,7 @@ fn plan_jobs<T: Element>(problem: &Problem<'_, T>, threads: usize) -> Vec<Vec<Jo
         }
         return groups;
     }
-    let red_cat = match problem.genred.out_cat() {
-        Cat::Vi => Cat::Vj,
-        _ => Cat::Vi,
-    };
+    let red_cat = problem.genred.red_cat();
     let red_dims: usize = (problem.genred.args().iter().flatten())
         .filter(|a| a.cat == red_cat)
         .map(|a| a.dim)

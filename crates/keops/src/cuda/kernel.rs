@@ -82,7 +82,7 @@ impl KernelSpec {
     /// The kernel of `genred` for data type `T` and the call's options.
     pub fn new<T: Element>(genred: &Genred, opts: &Options) -> KernelSpec {
         let ty = CType::of::<T>();
-        let red_cat = if genred.axis() == 1 { Cat::Vj } else { Cat::Vi };
+        let red_cat = genred.red_cat();
         let args = genred
             .args()
             .iter()

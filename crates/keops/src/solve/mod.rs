@@ -24,7 +24,7 @@ mod nystrom;
 
 use crate::error::{KeopsError, Result};
 use crate::formula::parse::{parse_with, Aliases};
-use crate::formula::{Binary, Cat, Formula, Op, Unary};
+use crate::formula::{Binary, Formula, Op, Unary};
 use crate::plan::{Arg, Array, Element, Genred, Options, Problem};
 use crate::reduction::Reduction;
 use nystrom::{Kernel, Nystrom};
@@ -176,7 +176,7 @@ impl KernelSolve {
             });
         }
         let decl = genred.arg_decl(var)?;
-        let red = if genred.axis() == 1 { Cat::Vj } else { Cat::Vi };
+        let red = genred.red_cat();
         if decl.cat != red {
             return Err(err(format!(
                 "the unknown (argument {var}) is a {} variable, but a reduction over axis {} sums over {} rows: it must be {}",
