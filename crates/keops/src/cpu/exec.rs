@@ -2,7 +2,7 @@
 
 use super::accumulate::{accumulate, weighted_sums, Exps, Weights, GEMM_MIN_COLS, GEMM_MIN_ROWS};
 use super::program::{Instr, RowOp, ScalarStep, Src, TileProgram};
-use super::simd::multiversion;
+use super::simd::{multiversion, Isa};
 use super::tile::{exec, paired_rows, sqdist_rows, ArgData, Lane, Regs};
 use super::{Block, BlockRunner, Job};
 use crate::formula::{eval, Cat};
@@ -104,6 +104,7 @@ fn block_rows<M: MathMode>(op: RowOp) -> usize {
 
 #[inline(always)]
 fn run_block_body<T: Element, A: Real, M: MathMode>(
+    isa: Isa,
     r: &TileRunner<'_, '_, T>,
     data: &[&[T]],
     job: &Job,
@@ -128,10 +129,12 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
     let mut tmp = vec![T::ZERO; tile];
     let (_, n_red) = r.problem.sizes();
     let dim_major = &r.dim_major[job.batch];
-    let data_fn = |k: usize| match &dim_major[k] {
-        Some(t) => ArgData::DimMajor(t, n_red),
-        None => ArgData::Rows(data[k]),
-    };
+    let args: Vec<ArgData<T>> = (dim_major.iter().zip(data))
+        .map(|(dm, &rows)| match dm {
+            Some(t) => ArgData::DimMajor(t, n_red),
+            None => ArgData::Rows(rows),
+        })
+        .collect();
     // Weights wide enough for GEMM, computed once per tile: a Sum's `K_ij b_j` (the
     // rows' kernel values copied) or the weight of a weighted LogSumExp/SumSoftMaxWeight
     // (the exponentials `accumulate` leaves); the block of rows' values on a tile is
@@ -165,7 +168,7 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
         while j0 < red.end {
             let len = tile.min(red.end - j0);
             for ins in &p.tile_instrs {
-                exec::<T, M>(ins, &mut regs, &params, &data_fn, j0, len);
+                exec::<T>(isa, ins, &mut regs, &params, &args, j0, len);
             }
             for (&(op, row, tile_src), out) in row_tiles.iter().zip(blocked.chunks_mut(rows * tile))
             {
@@ -187,7 +190,7 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                             let o = k * rows * tile + row * len;
                             regs.regs[ins.dst()][..len].copy_from_slice(&blocked[o..o + len]);
                         }
-                        None => exec::<T, M>(ins, &mut regs, s, &data_fn, j0, len),
+                        None => exec::<T>(isa, ins, &mut regs, s, &args, j0, len),
                     }
                 }
                 let exps = match gemm {

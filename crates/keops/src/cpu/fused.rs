@@ -254,6 +254,7 @@ const TB: usize = 512;
 
 #[inline(always)]
 fn radial_body<T: Element, A: Real, M: MathMode>(
+    _: Isa,
     r: &FusedRunner<'_, '_, T>,
     x: &[T],
     prep: &Prepared<'_, T>,

@@ -88,36 +88,50 @@ fn parse_isa(v: Option<&str>) -> Result<Option<Isa>> {
     )
 }
 
-/// Defines `$vis fn $name<generics>(isa: Isa, args...)` calling `$body::<generics>(args...)`
-/// compiled for `isa`.
+/// Defines `$vis fn $name<generics>(isa: Isa, args...)` calling
+/// `$body::<generics, M>(isa, args...)` compiled for `isa`. The body gets its `Isa` as a
+/// constant, so that it can call another entry point without a run-time dispatch: each
+/// copy is then compiled once per instruction set and called, where inlining it at
+/// every call site would compile it again there (the tile program's interpreter,
+/// inlined at its two call sites and for both accumulator types, was most of the
+/// crate's build time).
 macro_rules! multiversion {
-    ($vis:vis fn $name:ident<$($g:ident : $b:path),*>($($a:ident : $t:ty),* $(,)?) $(-> $ret:ty)? = $body:ident;) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$($g:ident : $b:path),*>($($a:ident : $t:ty),* $(,)?) $(-> $ret:ty)? = $body:ident;) => {
+        $(#[$m])*
         #[allow(clippy::too_many_arguments)]
+        #[inline]
         $vis fn $name<$($g: $b),*>(isa: $crate::cpu::simd::Isa, $($a: $t),*) $(-> $ret)? {
+            use $crate::cpu::simd::Isa;
             #[cfg(target_arch = "x86_64")]
             {
                 #[allow(clippy::too_many_arguments)]
+                #[inline(never)]
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::WideFma>($($a),*) }
+                unsafe fn avx512<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::WideFma>(Isa::Avx512, $($a),*) }
                 #[allow(clippy::too_many_arguments)]
+                #[inline(never)]
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::WithFma>($($a),*) }
+                unsafe fn avx2<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::WithFma>(Isa::Avx2, $($a),*) }
                 #[allow(clippy::too_many_arguments)]
+                #[inline(never)]
                 #[target_feature(enable = "sse4.1")]
-                unsafe fn sse41<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::NoFma>($($a),*) }
-                // SAFETY: `isa` comes from `Isa::detect`, which checked that the CPU has
-                // these features.
+                unsafe fn sse41<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::NoFma>(Isa::Sse41, $($a),*) }
+                // SAFETY: `isa` comes from `Isa::select`, which never picks more than the
+                // CPU has (`Isa::available`).
                 match isa {
-                    $crate::cpu::simd::Isa::Avx512 => return unsafe { avx512::<$($g),*>($($a),*) },
-                    $crate::cpu::simd::Isa::Avx2 => return unsafe { avx2::<$($g),*>($($a),*) },
-                    $crate::cpu::simd::Isa::Sse41 => return unsafe { sse41::<$($g),*>($($a),*) },
-                    $crate::cpu::simd::Isa::Baseline => {}
+                    Isa::Avx512 => return unsafe { avx512::<$($g),*>($($a),*) },
+                    Isa::Avx2 => return unsafe { avx2::<$($g),*>($($a),*) },
+                    Isa::Sse41 => return unsafe { sse41::<$($g),*>($($a),*) },
+                    Isa::Baseline => {}
                 }
             }
             let _ = isa;
             // The baseline may lack FMA (x86-64); NEON always has it, but a separate
             // multiply and add is exact enough and costs little there.
-            $body::<$($g),*, $crate::math::NoFma>($($a),*)
+            #[allow(clippy::too_many_arguments)]
+            #[inline(never)]
+            fn baseline<$($g: $b),*>($($a: $t),*) $(-> $ret)? { $body::<$($g),*, $crate::math::NoFma>(Isa::Baseline, $($a),*) }
+            baseline::<$($g),*>($($a),*)
         }
     };
 }

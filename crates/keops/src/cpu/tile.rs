@@ -1,10 +1,12 @@
 //! Executing tile instructions: one tight loop per op over the lanes of a tile.
 //!
-//! Every function here is `#[inline(always)]` so that it is compiled inside the
-//! SIMD-dispatched entry points of [`super::exec`] with their target features, and every
-//! elementwise loop is monomorphised per op (see [`Unary::with_kernel`]).
+//! [`exec`] is an entry point compiled once per instruction set (`multiversion!`); every
+//! function it calls is `#[inline(always)]` so that it is compiled inside it with its
+//! target features, and every elementwise loop is monomorphised per op (see
+//! [`Unary::with_kernel`]).
 
-use super::program::{Instr, Src};
+use super::program::{Instr, RowOp, Src};
+use super::simd::{multiversion, Isa};
 use crate::formula::ops::{Kernel1, Kernel2};
 use crate::formula::{eval, Op};
 use crate::real::{MathMode, Real};
@@ -171,14 +173,19 @@ pub fn load<T: Real>(
     }
 }
 
-/// Executes one instruction. `data(arg)` is argument `arg`'s data for the current batch
-/// entry; `scal` the current row's scalar buffer.
+multiversion! {
+    /// Executes one instruction. `data[arg]` is argument `arg`'s data for the current
+    /// batch entry; `scal` the current row's scalar buffer.
+    pub fn exec<T: Real>(ins: &Instr, regs: &mut Regs<T>, scal: &[T], data: &[ArgData<'_, T>], j0: usize, len: usize) = exec_body;
+}
+
 #[inline(always)]
-pub fn exec<'d, T: Real, M: MathMode>(
+fn exec_body<T: Real, M: MathMode>(
+    _: Isa,
     ins: &Instr,
     regs: &mut Regs<T>,
     scal: &[T],
-    data: &dyn Fn(usize) -> ArgData<'d, T>,
+    data: &[ArgData<'_, T>],
     j0: usize,
     len: usize,
 ) {
@@ -186,7 +193,7 @@ pub fn exec<'d, T: Real, M: MathMode>(
     match ins {
         Instr::Load { dst, arg, dim } => {
             let mut out = std::mem::take(&mut regs.regs[*dst]);
-            load(&mut out, data(*arg), *dim, j0, len, tile);
+            load(&mut out, data[*arg], *dim, j0, len, tile);
             regs.regs[*dst] = out;
         }
         Instr::Broadcast { dst, a } => {
@@ -217,8 +224,14 @@ pub fn exec<'d, T: Real, M: MathMode>(
             regs.regs[*dst] = out;
         }
         Instr::RowTile { op, dst, row, tile } => {
+            // Its own two sums, not `apply`: `apply` on an op known only at run time
+            // would be compiled whole a second time (it doubled the crate's build).
             let mut out = std::mem::take(&mut regs.regs[*dst]);
-            apply::<T, M>(&op.op(), &mut out, 1, &[*row, *tile], regs, scal);
+            let (a, b, d) = (*row, *tile, row.dim());
+            match op {
+                RowOp::Dot => reduce2(&mut out, d, regs, scal, a, b, scalprod_step::<T, M>),
+                RowOp::SqDist => reduce2(&mut out, d, regs, scal, a, b, sqdist_step::<T, M>),
+            }
             regs.regs[*dst] = out;
         }
     }
@@ -226,6 +239,9 @@ pub fn exec<'d, T: Real, M: MathMode>(
 
 /// Sum over coordinates of `f(a_c, b_c)` for each lane (with broadcasting), given as
 /// `step(acc, a_c, b_c) = acc + f(a_c, b_c)` (so that it can be one fused multiply-add).
+/// Where one operand is a row's vector and the other a tile, the row is passed as `a`
+/// whichever it was: every step here is exactly symmetric in its operands (`(b - a)^2`
+/// is `(a - b)^2` bit for bit, `ab` is `ba`), and one copy of the loop is enough.
 #[inline(always)]
 fn reduce2<T: Real>(
     out: &mut [T],
@@ -240,13 +256,8 @@ fn reduce2<T: Real>(
     // lanes keeps its sums in registers across all coordinates, and `out` is written
     // once, where the loop below loads and stores it once per four coordinates (once per
     // coordinate for fewer than four) after filling it with zeros.
-    if let Some((x, y, swapped)) = row_and_tile(d, regs, scal, a, b) {
-        let tile = regs.tile;
-        if swapped {
-            splat_tile(out, x, y, tile, |acc, s, t| step(acc, t, s));
-        } else {
-            splat_tile(out, x, y, tile, step);
-        }
+    if let Some((x, y)) = row_and_tile(d, regs, scal, a, b) {
+        splat_tile(out, x, y, regs.tile, step);
         return;
     }
     let f = |x: T, y: T| step(T::ZERO, x, y);
@@ -343,8 +354,8 @@ fn lane_chunks<T: Real, const R: usize, const C: usize>(
 /// units busy (4 AVX-512 registers of f32), few enough not to spill.
 const LANE_CHUNK: usize = 64;
 
-/// The per-row vector and the tile (and whether they come in that order) when one of
-/// `a`, `b` is each, both of dimension `d`.
+/// The per-row vector and the tile, in that order whichever order `a` and `b` give them,
+/// when one of them is each, both of dimension `d`.
 #[inline(always)]
 fn row_and_tile<'r, T: Real>(
     d: usize,
@@ -352,7 +363,7 @@ fn row_and_tile<'r, T: Real>(
     scal: &'r [T],
     a: Src,
     b: Src,
-) -> Option<(&'r [T], &'r [T], bool)> {
+) -> Option<(&'r [T], &'r [T])> {
     let tile = regs.tile;
     let view = |s: Src| match s {
         Src::Scalar { off, dim } if dim == d => Some((true, &scal[off..off + d])),
@@ -362,8 +373,7 @@ fn row_and_tile<'r, T: Real>(
         _ => None,
     };
     match (view(a)?, view(b)?) {
-        ((true, x), (false, y)) => Some((x, y, false)),
-        ((false, y), (true, x)) => Some((x, y, true)),
+        ((true, x), (false, y)) | ((false, y), (true, x)) => Some((x, y)),
         _ => None,
     }
 }
@@ -386,6 +396,12 @@ fn splat_tile<T: Real>(
 #[inline(always)]
 pub(super) fn sqdist_step<T: Real, M: MathMode>(s: T, a: T, b: T) -> T {
     (a - b).fma_::<M>(a - b, s)
+}
+
+/// One term of a scalar product: `s + ab`.
+#[inline(always)]
+fn scalprod_step<T: Real, M: MathMode>(s: T, a: T, b: T) -> T {
+    a.fma_::<M>(b, s)
 }
 
 /// Whether [`sqdist_rows`] takes rows two at a time: where 32 vector registers hold
@@ -511,7 +527,7 @@ fn apply<T: Real, M: MathMode>(
             }
             match *op {
                 Op::SqDist => sum_of!(sqdist_step::<T, M>),
-                Op::Scalprod => sum_of!(|s: T, a: T, b: T| a.fma_::<M>(b, s)),
+                Op::Scalprod => sum_of!(scalprod_step::<T, M>),
                 Op::SqNorm2 => sum_of!(|s: T, a: T, _| a.fma_::<M>(a, s)),
                 _ => sum_of!(|s: T, a: T, _| s + a),
             }
