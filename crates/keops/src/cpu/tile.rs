@@ -239,9 +239,10 @@ fn exec_body<T: Real, M: MathMode>(
 
 /// Sum over coordinates of `f(a_c, b_c)` for each lane (with broadcasting), given as
 /// `step(acc, a_c, b_c) = acc + f(a_c, b_c)` (so that it can be one fused multiply-add).
-/// Where one operand is a row's vector and the other a tile, the row is passed as `a`
-/// whichever it was: every step here is exactly symmetric in its operands (`(b - a)^2`
-/// is `(a - b)^2` bit for bit, `ab` is `ba`), and one copy of the loop is enough.
+/// Where one operand is a row's vector and the other a tile (only `SqDist` and
+/// `Scalprod` have two), the row is passed first whichever it was: their steps are
+/// exactly symmetric (`(b - a)^2` is `(a - b)^2` bit for bit, `ab` is `ba`), so one copy
+/// of the loop serves both orders.
 #[inline(always)]
 fn reduce2<T: Real>(
     out: &mut [T],
