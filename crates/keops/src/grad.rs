@@ -98,11 +98,7 @@ impl Gradient {
         let decl = fwd.arg_decl(wrt)?;
         let v = Formula::var(decl.cat, wrt, decl.dim)?;
         let axis = fwd.axis();
-        let (out_cat, red_cat) = if axis == 1 {
-            (Cat::Vi, Cat::Vj)
-        } else {
-            (Cat::Vj, Cat::Vi)
-        };
+        let (out_cat, red_cat) = (fwd.out_cat(), fwd.red_cat());
         let side = match decl.cat {
             c if c == out_cat => Side::Out,
             c if c == red_cat => Side::Reduced,

@@ -15,7 +15,7 @@
 
 use crate::error::{KeopsError, Result};
 use crate::formula::diff::diff;
-use crate::formula::{Cat, Formula};
+use crate::formula::Formula;
 use crate::grad::Extra;
 use crate::plan::Genred;
 use crate::reduction::Reduction;
@@ -121,11 +121,7 @@ impl Genred {
     /// reduced axis then has one row. Used to differentiate min/max reductions at their
     /// selected pairs and to build dense matrices.
     pub fn pointwise(&self) -> Result<Genred> {
-        let (out_cat, red_cat) = if self.axis() == 1 {
-            (Cat::Vi, Cat::Vj)
-        } else {
-            (Cat::Vj, Cat::Vi)
-        };
+        let (out_cat, red_cat) = (self.out_cat(), self.red_cat());
         let declared = self.declared()?;
         let mut map = Vec::new();
         let mut moved = Vec::new();

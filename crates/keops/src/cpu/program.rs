@@ -114,16 +114,6 @@ pub enum RowOp {
     SqDist,
 }
 
-impl RowOp {
-    /// The formula op.
-    pub fn op(self) -> Op {
-        match self {
-            RowOp::Dot => Op::Scalprod,
-            RowOp::SqDist => Op::SqDist,
-        }
-    }
-}
-
 /// How to compute one scalar node of a row.
 #[derive(Clone, Debug)]
 pub enum ScalarStep {

@@ -15,7 +15,6 @@ use super::runtime::{
     Call, CallInfo, OutputBufs, Prepared, StreamBuf, Target,
 };
 use crate::error::{KeopsError, Result};
-use crate::formula::Cat;
 use crate::plan::{Arg, Element, MultiGpu, Options, Problem, Reduced};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -57,11 +56,7 @@ pub fn slice_reduced<'a, T: Element>(
     problem: &Problem<'a, T>,
     rows: Range<usize>,
 ) -> Vec<(Cow<'a, [T]>, Vec<usize>)> {
-    let red_cat = if problem.genred.axis() == 1 {
-        Cat::Vj
-    } else {
-        Cat::Vi
-    };
+    let red_cat = problem.genred.red_cat();
     problem
         .args
         .iter()
