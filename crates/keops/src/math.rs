@@ -193,7 +193,17 @@ pub fn exp_f32_mode<M: MathMode>(x: f32) -> f32 {
     let zero = x < -104.0;
     let x = select(x > 89.0, 89.0, x);
     let x = select(zero, 0.0, x);
+    let (e, k, _) = exp_f32_parts::<M>(x);
+    // k in [-150, 129] does not fit one exponent: split it in two halves.
+    let k1 = (k * 0.5 + MAGIC_F32) - MAGIC_F32;
+    let k2 = k - k1;
+    select(zero, 0.0, e * pow2_f32(k1) * pow2_f32(k2))
+}
 
+/// `(e, k, t)` with `exp(x) = e 2^k`, `e = exp(r)` in `[1/sqrt 2, sqrt 2]`, for
+/// `|x| < 2^22`; `t` holds `k` in its low mantissa bits (the rounding's magic sum).
+#[inline(always)]
+fn exp_f32_parts<M: MathMode>(x: f32) -> (f32, f32, f32) {
     let t = fma::<M, _>(x, core::f32::consts::LOG2_E, MAGIC_F32);
     let k = t - MAGIC_F32;
     // r = r1 + c: r1 is exact (Sterbenz), and c is kept apart from r1 in the linear term
@@ -208,13 +218,37 @@ pub fn exp_f32_mode<M: MathMode>(x: f32) -> f32 {
         r,
         p[0],
     );
-    let e = 1.0 + (r1 + fma::<M, _>(r * r, q, c));
-
-    // k in [-150, 129] does not fit one exponent: split it in two halves.
-    let k1 = (k * 0.5 + MAGIC_F32) - MAGIC_F32;
-    let k2 = k - k1;
-    select(zero, 0.0, e * pow2_f32(k1) * pow2_f32(k2))
+    (1.0 + (r1 + fma::<M, _>(r * r, q, c)), k, t)
 }
+
+/// [`exp_f32_mode`] for code running while subnormal results are flushed to zero
+/// (x86 FTZ, AArch64 FZ; see `cpu::fpmode`), where it returns the same bits for a
+/// third less work: there the two-step scaling only ever produces normal numbers,
+/// zero or infinity, so one integer addition to the exponent field does it, and the
+/// inputs whose results are not normal are selected by two comparisons of `x`. Without flushing it returns 0 where `exp_f32_mode`
+/// returns a subnormal.
+#[inline(always)]
+pub fn exp_f32_ftz_mode<M: MathMode>(x: f32) -> f32 {
+    let (e, _, t) = exp_f32_parts::<M>(x);
+    // `t.to_bits() << 23` is `k` shifted into the exponent field (mod 2^32); the sum is
+    // the bits of `e 2^k` wherever that is normal. Outside the range, whatever the
+    // parts computed (garbage past |x| = 2^22, NaN for infinities) is not selected.
+    let v = f32::from_bits(e.to_bits().wrapping_add(t.to_bits() << 23));
+    // `x * inf` is +inf above the range and NaN for NaN (which fails both comparisons).
+    select(
+        x < EXP_F32_FTZ_LO,
+        0.0,
+        select(x <= EXP_F32_FTZ_HI, v, x * f32::INFINITY),
+    )
+}
+
+/// The inputs for which [`exp_f32_mode`] gives a normal number: below
+/// `EXP_F32_FTZ_LO` its `e 2^k` is below `2^-126` (flushed to 0), above
+/// `EXP_F32_FTZ_HI` it is `2^128` or more (infinite). Found by a search of every `f32`
+/// around `-126 ln 2` and `128 ln 2`, with and without fused multiply-adds (the same
+/// bounds); the test `exp_f32_ftz_equals_exp_f32_flushed` checks them.
+const EXP_F32_FTZ_LO: f32 = -87.33654; // 0xc2aeac4f
+const EXP_F32_FTZ_HI: f32 = 88.72283; // 0x42b17217
 
 /// Cody-Waite split of `ln 2` for `f64` (fdlibm's): `LN2_HI_F64` has 32 significant bits,
 /// so `k * LN2_HI_F64` is exact for `|k| < 2^21`.
@@ -831,6 +865,38 @@ mod tests {
             &[88.72284, -87.33655, -103.97208, 0.0, -0.346_573_6],
         );
         check_f32("exp_f32", exp_f32, f64::exp, &xs, 0.95);
+    }
+
+    /// Where subnormal results are flushed, `exp_f32_ftz_mode` returns `exp_f32_mode`'s
+    /// bits, with and without FMA: every `f32` from where results underflow to where
+    /// they leave the normal range at both ends (what the two compute differently), a
+    /// sample of all the others and the special values.
+    #[test]
+    fn exp_f32_ftz_equals_exp_f32_flushed() {
+        fn every(a: f32, b: f32) -> impl Iterator<Item = f32> {
+            // Bit patterns are ordered like the values on each side of zero.
+            let (a, b) = (a.to_bits(), b.to_bits());
+            (a.min(b)..=a.max(b)).map(f32::from_bits)
+        }
+        fn check<M: MathMode>(xs: &[f32]) {
+            for &x in xs {
+                let (fast, exact) = (exp_f32_ftz_mode::<M>(x), exp_f32_mode::<M>(x));
+                assert!(
+                    fast.to_bits() == exact.to_bits() || fast.is_nan() && exact.is_nan(),
+                    "exp({x:e}) (FMA: {}): {fast:e} against {exact:e}",
+                    M::FMA
+                );
+            }
+        }
+        let mut xs = inputs_f32(-110.0, 95.0, &[-103.972_08, 0.0]);
+        xs.extend(every(-104.5, -86.0).chain(every(87.0, 89.5)));
+        let _mode = crate::cpu::fpmode::FlushSubnormals::enter(true);
+        if !crate::cpu::fpmode::flushing() {
+            eprintln!("skipped: this architecture has no flush-to-zero mode");
+            return;
+        }
+        check::<NoFma>(&xs);
+        check::<WithFma>(&xs);
     }
 
     #[test]

@@ -77,6 +77,13 @@ pub trait Real:
     }
     /// Exponential (polynomials with FMA or not, as `M` says).
     fn exp_<M: MathMode>(self) -> Self;
+    /// [`Self::exp_`] where `FTZ` says the code runs while subnormal results are flushed
+    /// to zero (`cpu::fpmode`): the same bits there, for less work in `f32`
+    /// ([`crate::math::exp_f32_ftz_mode`]). With `FTZ = false`, `exp_` itself.
+    #[inline(always)]
+    fn exp_in<M: MathMode, const FTZ: bool>(self) -> Self {
+        self.exp_::<M>()
+    }
     /// Natural logarithm.
     fn ln_<M: MathMode>(self) -> Self;
     /// Sine.
@@ -108,7 +115,7 @@ pub trait Real:
 }
 
 macro_rules! impl_real_float {
-    ($t:ty, $name:literal, $exp:ident, $ln:ident, $sin:ident, $cos:ident) => {
+    ($t:ty, $name:literal, $exp:ident, $exp_ftz:ident, $ln:ident, $sin:ident, $cos:ident) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -162,6 +169,14 @@ macro_rules! impl_real_float {
                 crate::math::$exp::<M>(self)
             }
             #[inline(always)]
+            fn exp_in<M: MathMode, const FTZ: bool>(self) -> Self {
+                if FTZ {
+                    crate::math::$exp_ftz::<M>(self)
+                } else {
+                    crate::math::$exp::<M>(self)
+                }
+            }
+            #[inline(always)]
             fn ln_<M: MathMode>(self) -> Self {
                 crate::math::$ln::<M>(self)
             }
@@ -205,6 +220,7 @@ impl_real_float!(
     f32,
     "float32",
     exp_f32_mode,
+    exp_f32_ftz_mode,
     ln_f32_mode,
     sin_f32_mode,
     cos_f32_mode
@@ -213,6 +229,7 @@ impl_real_float!(
     f64,
     "float64",
     exp_f64_mode,
+    exp_f64_mode, // float64 jobs never flush subnormals
     ln_f64_mode,
     sin_f64_mode,
     cos_f64_mode

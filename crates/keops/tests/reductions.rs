@@ -1250,7 +1250,8 @@ fn high_dimensional_distances_and_scalar_products() {
 /// `--use_fast_math` on the GPU): a sum whose every term is subnormal is 0 with it and
 /// the oracle's value without it, on both code paths, on the calling thread (few pairs)
 /// and on the pool (many); float64 keeps its subnormals; the calling thread is left in
-/// IEEE mode; and results above the subnormal range do not change by a bit.
+/// IEEE mode; and results above the subnormal range do not change by a bit (although
+/// the exponentials of a flushing job are computed another way: `exp_f32_ftz_mode`).
 #[test]
 fn fast_math_flushes_float32_subnormals() {
     let ieee = || std::hint::black_box(f32::MIN_POSITIVE) * std::hint::black_box(0.5f32) > 0.0;

@@ -203,7 +203,8 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                     Some((None, _)) => Exps::Deferred(&mut values[row * tile..(row + 1) * tile]),
                     None => Exps::Summed(&mut tmp),
                 };
-                accumulate::<T, A, M>(
+                accumulate::<T, A>(
+                    isa,
                     &r.spec,
                     r.scheme,
                     &regs,

@@ -43,8 +43,20 @@ impl Drop for FlushSubnormals {
     }
 }
 
+/// Whether the current thread flushes subnormal results to zero now (inside a
+/// [`FlushSubnormals`] that was entered with `on`). The kernels read it once per job or
+/// loop to pick [`crate::math::exp_f32_ftz_mode`], which gives the same bits as the
+/// IEEE exponential in that mode only: asking the processor, not a flag, keeps the two
+/// from ever disagreeing.
+pub fn flushing() -> bool {
+    FLUSH_RESULTS != 0 && control() & FLUSH_RESULTS != 0
+}
+
 #[cfg(target_arch = "x86_64")]
 type Control = u32;
+/// MXCSR's FTZ alone (subnormal results).
+#[cfg(target_arch = "x86_64")]
+const FLUSH_RESULTS: Control = 0x8000;
 /// MXCSR's FTZ (bit 15: results) and DAZ (bit 6: operands).
 #[cfg(target_arch = "x86_64")]
 const FLUSH_BITS: Control = 0x8040;
@@ -69,6 +81,8 @@ type Control = u64;
 /// FPCR's FZ (bit 24): subnormal operands and results of AdvSIMD and FP are zero.
 #[cfg(target_arch = "aarch64")]
 const FLUSH_BITS: Control = 1 << 24;
+#[cfg(target_arch = "aarch64")]
+const FLUSH_RESULTS: Control = FLUSH_BITS;
 
 #[cfg(target_arch = "aarch64")]
 fn control() -> Control {
@@ -88,6 +102,8 @@ fn set_control(c: Control) {
 type Control = u32;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const FLUSH_BITS: Control = 0;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const FLUSH_RESULTS: Control = 0;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn control() -> Control {
     0
@@ -115,15 +131,19 @@ mod tests {
     fn flushes_while_entered_and_restores_after() {
         let before = mode();
         assert!(half_min() > 0.0, "IEEE by default");
+        assert!(!flushing());
         {
             let _g = FlushSubnormals::enter(true);
             if FLUSH_BITS != 0 {
                 assert_eq!(half_min(), 0.0, "flushed inside the guard");
+                assert!(flushing());
             }
             let _off = FlushSubnormals::enter(false);
+            assert_eq!(flushing(), FLUSH_BITS != 0, "entering off changes nothing");
         }
         assert_eq!(mode(), before, "mode restored");
         assert!(half_min() > 0.0);
+        assert!(!flushing());
     }
 
     #[test]

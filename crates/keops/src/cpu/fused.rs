@@ -35,11 +35,13 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// The profile at `r2`, with the exponential of the thread's floating-point mode
+    /// (`FTZ`: subnormal results flushed, see `fpmode::flushing`).
     #[inline(always)]
-    fn apply<T: Real, M: MathMode>(self, c: T, r2: T) -> T {
+    fn apply<T: Real, M: MathMode, const FTZ: bool>(self, c: T, r2: T) -> T {
         match self {
-            Profile::Gauss => (c * r2).exp_::<M>(),
-            Profile::Laplace => (c * r2.sqrt_()).exp_::<M>(),
+            Profile::Gauss => (c * r2).exp_in::<M, FTZ>(),
+            Profile::Laplace => (c * r2.sqrt_()).exp_in::<M, FTZ>(),
             Profile::Cauchy => T::ONE / (T::ONE + c * r2),
             Profile::InverseMultiquadric => (T::ONE + c * r2).rsqrt_(),
         }
@@ -261,21 +263,36 @@ fn radial_body<T: Element, A: Real, M: MathMode>(
     job: &Job,
     block: &mut Block,
 ) {
-    // One loop per profile, so that the profile is known inside the vectorised loop.
+    // One loop per profile, so that the profile is known inside the vectorised loop,
+    // with the exponential of either floating-point mode.
     let c = prep.coef;
     match r.m.profile {
-        Profile::Gauss => radial_loop::<T, A, M>(r, x, prep, job, block, |v| {
-            Profile::Gauss.apply::<T, M>(c, v)
-        }),
-        Profile::Laplace => radial_loop::<T, A, M>(r, x, prep, job, block, |v| {
-            Profile::Laplace.apply::<T, M>(c, v)
-        }),
-        Profile::Cauchy => radial_loop::<T, A, M>(r, x, prep, job, block, |v| {
-            Profile::Cauchy.apply::<T, M>(c, v)
-        }),
-        Profile::InverseMultiquadric => radial_loop::<T, A, M>(r, x, prep, job, block, |v| {
-            Profile::InverseMultiquadric.apply::<T, M>(c, v)
-        }),
+        Profile::Gauss => radial_loop::<T, A, M>(
+            r,
+            x,
+            prep,
+            job,
+            block,
+            |v| Profile::Gauss.apply::<T, M, false>(c, v),
+            |v| Profile::Gauss.apply::<T, M, true>(c, v),
+        ),
+        Profile::Laplace => radial_loop::<T, A, M>(
+            r,
+            x,
+            prep,
+            job,
+            block,
+            |v| Profile::Laplace.apply::<T, M, false>(c, v),
+            |v| Profile::Laplace.apply::<T, M, true>(c, v),
+        ),
+        Profile::Cauchy => {
+            let f = |v| Profile::Cauchy.apply::<T, M, false>(c, v);
+            radial_loop::<T, A, M>(r, x, prep, job, block, f, f)
+        }
+        Profile::InverseMultiquadric => {
+            let f = |v| Profile::InverseMultiquadric.apply::<T, M, false>(c, v);
+            radial_loop::<T, A, M>(r, x, prep, job, block, f, f)
+        }
     }
 }
 
@@ -287,8 +304,12 @@ fn radial_loop<T: Element, A: Real, M: MathMode>(
     job: &Job,
     block: &mut Block,
     profile: impl Fn(T) -> T,
+    profile_ftz: impl Fn(T) -> T,
 ) {
     let (d, e, n) = (r.m.dim, r.e, r.n_red);
+    // `profile_ftz` where the job's thread flushes subnormal results (the same values,
+    // for less work): only the profile's loop is duplicated.
+    let ftz = super::fpmode::flushing();
     let mut r2 = [T::ZERO; 2 * TB];
     // The kernel values of the job's rows on one tile, for the weighted sums: rows of
     // the longest tile, not of TB lanes (zeroing 32 rows of TB lanes was a third of a
@@ -314,8 +335,10 @@ fn radial_loop<T: Element, A: Real, M: MathMode>(
                 sqdist_rows::<T, M>(r2, len, two, xs, &prep.y[j0..], n);
                 for (row, r2) in (pair..pair + two).zip(r2.chunks_exact(len)) {
                     let k = &mut k[row * tb..row * tb + len];
-                    for (o, &v) in k.iter_mut().zip(r2) {
-                        *o = profile(v);
+                    if ftz {
+                        k.iter_mut().zip(r2).for_each(|(o, &v)| *o = profile_ftz(v));
+                    } else {
+                        k.iter_mut().zip(r2).for_each(|(o, &v)| *o = profile(v));
                     }
                     if prep.b.is_none() {
                         block.vals[row] += prep.scale * tile_sum::<T, A>(k, None, r.scheme);

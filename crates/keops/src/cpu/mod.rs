@@ -8,7 +8,7 @@
 
 mod accumulate;
 mod exec;
-mod fpmode;
+pub(crate) mod fpmode;
 pub mod fused;
 pub mod program;
 pub mod simd;

@@ -90,6 +90,8 @@ pub enum Instr {
     },
     /// `dst = exp(±a * s1 * s2 ...)` with scalar factors: the frequent `Exp(-g * r2)`
     /// in one pass (negations and products by scalars read by nothing else are folded).
+    /// Every exponential of a tile value is one (with no factor, `exp(a)`), so that all
+    /// run in the job's floating-point mode (`tile::Regs::ftz`).
     ScaledExp {
         /// Destination.
         dst: usize,
@@ -453,8 +455,9 @@ fn read_weights_in_place(p: &mut TileProgram) {
     }
 }
 
-/// `(a, scalars, negated)` if `f` is `a` times scalars of dimension 1, possibly
-/// negated, where each folded node is read only by the next one up.
+/// `(a, scalars, negated)` if `f` is a tile value `a` times scalars of dimension 1
+/// (none or more), possibly negated, where each folded node is read only by the next
+/// one up.
 fn scaled_exp_operands(
     f: &Formula,
     loc: &HashMap<u64, Src>,
@@ -489,8 +492,8 @@ fn scaled_exp_operands(
         }
     }
     match loc[&cur.id()] {
-        a @ Src::Tile { .. } if cur != *f => Some((a, scalars, neg)),
-        _ => None,
+        a @ Src::Tile { .. } => Some((a, scalars, neg)),
+        Src::Scalar { .. } => None,
     }
 }
 
@@ -540,13 +543,10 @@ mod tests {
         let p = compile("Square(x*g) + Exp(y) * SqDist(x,y)", false);
         assert_eq!(p.param_steps.len(), 1, "g");
         assert_eq!(p.row_steps.len(), 3, "x, x*g, Square");
-        assert!(p.tile_instrs.iter().any(|i| matches!(
-            i,
-            Instr::Apply {
-                op: Op::Unary(Unary::Exp),
-                ..
-            }
-        )));
+        assert!(p
+            .tile_instrs
+            .iter()
+            .any(|i| matches!(i, Instr::ScaledExp { .. })));
         assert!(p
             .tile_instrs
             .iter()
@@ -586,6 +586,12 @@ mod tests {
         // Not a Sum: the product stays an instruction.
         let q = compile("Exp(SqDist(x,y) * g) * b", false);
         assert!(q.product.is_none() && q.roots.len() == 1);
+        // Without factors too.
+        let e = compile("Exp(SqDist(x,y))", false);
+        assert!(matches!(
+            &e.pair_instrs[..],
+            [Instr::Apply { .. }, Instr::ScaledExp { s, neg: false, .. }] if s.is_empty()
+        ));
     }
 
     #[test]

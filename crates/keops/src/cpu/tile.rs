@@ -36,14 +36,19 @@ pub struct Regs<T> {
     pub regs: Vec<Vec<T>>,
     /// Lanes per tile.
     pub tile: usize,
+    /// Whether the job's thread flushes subnormal results ([`super::fpmode::flushing`]):
+    /// exponentials are then computed by [`crate::math::exp_f32_ftz_mode`].
+    pub ftz: bool,
 }
 
 impl<T: Real> Regs<T> {
-    /// Allocates registers of the given dimensions.
+    /// Allocates registers of the given dimensions, for a job running in the thread's
+    /// current floating-point mode.
     pub fn new(dims: &[usize], tile: usize) -> Self {
         Regs {
             regs: dims.iter().map(|d| vec![T::ZERO; d * tile]).collect(),
             tile,
+            ftz: super::fpmode::flushing(),
         }
     }
 
@@ -211,8 +216,10 @@ fn exec_body<T: Real, M: MathMode>(
             let s = s.iter().fold(sign, |p, &f| p * regs.lane(scal, f, 0).at(0));
             for c in 0..a.dim() {
                 if let Lane::Tile(x) = regs.lane(scal, *a, c) {
-                    for (o, &x) in out[c * tile..(c + 1) * tile].iter_mut().zip(x) {
-                        *o = (x * s).exp_::<M>();
+                    let out = &mut out[c * tile..(c + 1) * tile];
+                    match regs.ftz {
+                        true => scaled_exp::<T, M, true>(out, x, s),
+                        false => scaled_exp::<T, M, false>(out, x, s),
                     }
                 }
             }
@@ -234,6 +241,14 @@ fn exec_body<T: Real, M: MathMode>(
             }
             regs.regs[*dst] = out;
         }
+    }
+}
+
+/// `out = exp(x * s)`, in the thread's floating-point mode (see [`Regs::ftz`]).
+#[inline(always)]
+fn scaled_exp<T: Real, M: MathMode, const FTZ: bool>(out: &mut [T], x: &[T], s: T) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = (x * s).exp_in::<M, FTZ>();
     }
 }
 
