@@ -225,8 +225,8 @@ fn exp_f32_parts<M: MathMode>(x: f32) -> (f32, f32, f32) {
 /// (x86 FTZ, AArch64 FZ; see `cpu::fpmode`), where it returns the same bits for a
 /// third less work: there the two-step scaling only ever produces normal numbers,
 /// zero or infinity, so one integer addition to the exponent field does it, and the
-/// inputs whose results are not normal are selected by two comparisons of `x`. Without flushing it returns 0 where `exp_f32_mode`
-/// returns a subnormal.
+/// inputs whose results are not normal are selected by two comparisons of `x`.
+/// Without flushing it returns 0 where `exp_f32_mode` returns a subnormal.
 #[inline(always)]
 pub fn exp_f32_ftz_mode<M: MathMode>(x: f32) -> f32 {
     let (e, _, t) = exp_f32_parts::<M>(x);

@@ -102,6 +102,20 @@ pub enum Instr {
         /// Whether the product is negated.
         neg: bool,
     },
+    /// `dst = ±s1 * s2 ... * t1 * t2 ...`: a product of scalar and tile factors of
+    /// dimension 1 in one pass, where the formula multiplies them two by two (the
+    /// gradient of a kernel sum holds `(-2) * ((e_i * b_j) * K_ij)`: three passes over
+    /// the tile).
+    ScaledProduct {
+        /// Destination.
+        dst: usize,
+        /// Tile factors (at least one): `(register, coordinate)` views of dimension 1.
+        tiles: Vec<(usize, usize)>,
+        /// Scalar factors.
+        s: Vec<Src>,
+        /// Whether the product is negated.
+        neg: bool,
+    },
 }
 
 /// The op of an [`Instr::RowTile`], and how a block of rows computes it.
@@ -296,6 +310,13 @@ impl TileProgram {
                         args,
                     },
                 },
+                Op::Binary(Binary::Mult) if f.dim == 1 => scaled_product(f, dst, &loc, &uses)
+                    .unwrap_or_else(|| Instr::Apply {
+                        op: f.op.clone(),
+                        dst,
+                        dim: f.dim,
+                        args,
+                    }),
                 Op::Scalprod | Op::SqDist if d != RED => match (args[0], args[1]) {
                     (row @ Src::Scalar { dim, .. }, tile)
                     | (tile, row @ Src::Scalar { dim, .. })
@@ -413,6 +434,10 @@ impl Instr {
         match self {
             Instr::Apply { args, .. } => args.clone(),
             Instr::ScaledExp { a, s, .. } => std::iter::once(*a).chain(s.iter().copied()).collect(),
+            Instr::ScaledProduct { tiles, s, .. } => (tiles.iter())
+                .map(|&(reg, start)| Src::Tile { reg, start, dim: 1 })
+                .chain(s.iter().copied())
+                .collect(),
             Instr::Broadcast { a, .. } => vec![*a],
             Instr::RowTile { row, tile, .. } => vec![*row, *tile],
             Instr::Load { .. } => Vec::new(),
@@ -426,7 +451,8 @@ impl Instr {
             | Instr::Broadcast { dst, .. }
             | Instr::Apply { dst, .. }
             | Instr::RowTile { dst, .. }
-            | Instr::ScaledExp { dst, .. } => *dst,
+            | Instr::ScaledExp { dst, .. }
+            | Instr::ScaledProduct { dst, .. } => *dst,
         }
     }
 }
@@ -495,6 +521,40 @@ fn scaled_exp_operands(
         a @ Src::Tile { .. } => Some((a, scalars, neg)),
         Src::Scalar { .. } => None,
     }
+}
+
+/// The [`Instr::ScaledProduct`] writing `dst` if the product `f` (of dimension 1) has
+/// three factors or more once the products and negations below it that nothing else
+/// reads are unfolded: each factor a tile or scalar value of dimension 1.
+fn scaled_product(
+    f: &Formula,
+    dst: usize,
+    loc: &HashMap<u64, Src>,
+    uses: &HashMap<u64, usize>,
+) -> Option<Instr> {
+    let (mut tiles, mut scalars, mut neg) = (Vec::new(), Vec::new(), false);
+    let mut todo: Vec<&Formula> = f.args.iter().collect();
+    while let Some(g) = todo.pop() {
+        let src = loc[&g.id()];
+        let single = uses.get(&g.id()).copied().unwrap_or(0) == 1;
+        match (&g.op, src) {
+            // Per-row scalars are computed once per row already: factors as they are.
+            (_, Src::Scalar { dim: 1, .. }) => scalars.push(src),
+            (Op::Binary(Binary::Mult), _) if single && g.dim == 1 => todo.extend(&g.args),
+            (Op::Unary(Unary::Minus), _) if single && g.dim == 1 => {
+                neg = !neg;
+                todo.push(&g.args[0]);
+            }
+            (_, Src::Tile { reg, start, dim: 1 }) => tiles.push((reg, start)),
+            _ => return None,
+        }
+    }
+    (tiles.len() + scalars.len() >= 3 && !tiles.is_empty()).then_some(Instr::ScaledProduct {
+        dst,
+        tiles,
+        s: scalars,
+        neg,
+    })
 }
 
 /// Drops instructions whose register nobody reads (e.g. the product folded into a
@@ -591,6 +651,38 @@ mod tests {
         assert!(matches!(
             &e.pair_instrs[..],
             [Instr::Apply { .. }, Instr::ScaledExp { s, neg: false, .. }] if s.is_empty()
+        ));
+    }
+
+    #[test]
+    fn products_of_dimension_1_are_one_pass() {
+        // A Gaussian sum's gradient: (-2) * ((e_i * b_j) * K_ij) * (x_i - y_j).
+        let p = compile(
+            "((-2) * ((Elem(x,0) * b) * Exp(-SqDist(x,y)))) * (x - y)",
+            true,
+        );
+        let products: Vec<_> = (p.pair_instrs.iter())
+            .filter_map(|i| match i {
+                Instr::ScaledProduct { tiles, s, neg, .. } => Some((tiles.len(), s.len(), *neg)),
+                Instr::Apply {
+                    op: Op::Binary(Binary::Mult),
+                    ..
+                } => panic!("a product left over: {:?}", p.pair_instrs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(products, [(2, 2, false)], "{:?}", p.pair_instrs);
+        assert!(
+            p.product.is_some(),
+            "the product with x - y is the accumulation's"
+        );
+        // A factor read twice stays an instruction; two factors are a plain product.
+        let q = compile("(b * Exp(-SqDist(x,y))) * g + b * Exp(-SqDist(x,y))", false);
+        assert!(!(q.pair_instrs.iter()).any(|i| matches!(i, Instr::ScaledProduct { .. })));
+        let r = compile("-(b * Exp(-SqDist(x,y))) * g * Elem(x,1)", false);
+        assert!(matches!(
+            &r.pair_instrs[..],
+            [.., Instr::ScaledProduct { tiles, s, neg: true, .. }] if tiles.len() == 2 && s.len() == 2
         ));
     }
 

@@ -225,6 +225,26 @@ fn exec_body<T: Real, M: MathMode>(
             }
             regs.regs[*dst] = out;
         }
+        Instr::ScaledProduct { dst, tiles, s, neg } => {
+            let mut out = std::mem::take(&mut regs.regs[*dst]);
+            let sign = if *neg { -T::ONE } else { T::ONE };
+            let s = s.iter().fold(sign, |p, &f| p * regs.lane(scal, f, 0).at(0));
+            let view = |&(reg, start): &(usize, usize)| &regs.regs[reg][start * tile..][..tile];
+            let o = &mut out[..tile];
+            match &tiles[..] {
+                [a, b, more @ ..] => {
+                    for ((o, &a), &b) in o.iter_mut().zip(view(a)).zip(view(b)) {
+                        *o = s * a * b;
+                    }
+                    for t in more {
+                        o.iter_mut().zip(view(t)).for_each(|(o, &v)| *o *= v);
+                    }
+                }
+                [a] => o.iter_mut().zip(view(a)).for_each(|(o, &a)| *o = s * a),
+                [] => o.fill(s),
+            }
+            regs.regs[*dst] = out;
+        }
         Instr::Apply { op, dst, dim, args } => {
             let mut out = std::mem::take(&mut regs.regs[*dst]);
             apply::<T, M>(op, &mut out, *dim, args, regs, scal);
