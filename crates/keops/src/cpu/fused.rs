@@ -266,33 +266,24 @@ fn radial_body<T: Element, A: Real, M: MathMode>(
     // One loop per profile, so that the profile is known inside the vectorised loop,
     // with the exponential of either floating-point mode.
     let c = prep.coef;
+    macro_rules! run {
+        ($p:expr) => {
+            radial_loop::<T, A, M>(
+                r,
+                x,
+                prep,
+                job,
+                block,
+                |v| $p.apply::<T, M, false>(c, v),
+                |v| $p.apply::<T, M, true>(c, v),
+            )
+        };
+    }
     match r.m.profile {
-        Profile::Gauss => radial_loop::<T, A, M>(
-            r,
-            x,
-            prep,
-            job,
-            block,
-            |v| Profile::Gauss.apply::<T, M, false>(c, v),
-            |v| Profile::Gauss.apply::<T, M, true>(c, v),
-        ),
-        Profile::Laplace => radial_loop::<T, A, M>(
-            r,
-            x,
-            prep,
-            job,
-            block,
-            |v| Profile::Laplace.apply::<T, M, false>(c, v),
-            |v| Profile::Laplace.apply::<T, M, true>(c, v),
-        ),
-        Profile::Cauchy => {
-            let f = |v| Profile::Cauchy.apply::<T, M, false>(c, v);
-            radial_loop::<T, A, M>(r, x, prep, job, block, f, f)
-        }
-        Profile::InverseMultiquadric => {
-            let f = |v| Profile::InverseMultiquadric.apply::<T, M, false>(c, v);
-            radial_loop::<T, A, M>(r, x, prep, job, block, f, f)
-        }
+        Profile::Gauss => run!(Profile::Gauss),
+        Profile::Laplace => run!(Profile::Laplace),
+        Profile::Cauchy => run!(Profile::Cauchy),
+        Profile::InverseMultiquadric => run!(Profile::InverseMultiquadric),
     }
 }
 
