@@ -1316,3 +1316,50 @@ fn fast_math_flushes_float32_subnormals() {
         }
     }
 }
+
+/// Products of several factors of dimension 1 are one tile pass (`ScaledProduct`:
+/// products, negations and divisions by scalars unfolded, an addend folded in), and
+/// match the oracle: the gradient of a kernel sum, GeomLoss' `LogSumExp`, addends that
+/// are tiles or per-row scalars, three tile factors with and without an addend (the
+/// second is not fused), on both code paths and axes (which turns `b` into a per-row
+/// scalar), in float64 and float32.
+#[test]
+fn one_pass_products_match_the_oracle() {
+    let aliases = ["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)", "p = Pm(3,1)"];
+    let mut rng = Rng::new(5);
+    let (n, m) = (37, 300);
+    for (f, red) in [
+        ("b - p * (SqDist(x,y) / IntCst(2))", Reduction::LogSumExp),
+        (
+            "(-2) * ((Elem(x,0) * b) * Exp(-SqDist(x,y)))",
+            Reduction::Sum,
+        ),
+        ("b + SqDist(x,y) * p * Elem(x,1)", Reduction::Max),
+        ("SqDist(x,y) / p / 3 + Elem(x,0)", Reduction::Min),
+        ("-(b * Exp(-SqDist(x,y))) * p * Elem(x,1)", Reduction::Sum),
+        ("b * SqDist(x,y) * Exp(-SqDist(x,y)) * p", Reduction::Sum),
+        (
+            "Elem(x,0) - b * SqDist(x,y) * Exp(-SqDist(x,y)) * p",
+            Reduction::Sum,
+        ),
+    ] {
+        for axis in [1, 0] {
+            let g = Genred::new(f, &aliases, red, axis).unwrap();
+            let (nx, ny) = if axis == 1 { (n, m) } else { (m, n) };
+            let mut inp = Inputs::new();
+            inp.push(&[nx, 3], || rng.uniform(-1.0, 1.0));
+            inp.push(&[ny, 3], || rng.uniform(-1.0, 1.0));
+            inp.push(&[ny, 1], || rng.uniform(-1.0, 1.0));
+            inp.push(&[1], || rng.uniform(0.5, 2.0));
+            let want = reference::reduce(&g, &inp.args_f64()).unwrap();
+            let scale = sum_magnitude(&g, &inp);
+            for (name, opts) in kernels() {
+                let ctx = format!("{f} {red:?} axis {axis}, {name}");
+                let got = run_as::<f64>(&g, &inp, &opts).unwrap();
+                check_values(&got, &want, Some(&scale), TOL_F64, &ctx);
+                let got = run_as::<f32>(&g, &inp, &opts).unwrap();
+                check_values(&got, &want, Some(&scale), TOL_F32, &format!("{ctx}, f32"));
+            }
+        }
+    }
+}

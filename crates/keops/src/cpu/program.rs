@@ -102,10 +102,11 @@ pub enum Instr {
         /// Whether the product is negated.
         neg: bool,
     },
-    /// `dst = ±s1 * s2 ... * t1 * t2 ...`: a product of scalar and tile factors of
-    /// dimension 1 in one pass, where the formula multiplies them two by two (the
-    /// gradient of a kernel sum holds `(-2) * ((e_i * b_j) * K_ij)`: three passes over
-    /// the tile).
+    /// `dst = c ± s1 * s2 ... / d1 / d2 ... * t1 * t2 ...`: a product of tile and
+    /// scalar factors of dimension 1 in one pass, where the formula multiplies (or
+    /// divides by a scalar) two by two, plus an addend `c` where one is added to it.
+    /// The gradient of a kernel sum holds `(-2) * ((e_i * b_j) * K_ij)`, three passes
+    /// over the tile; GeomLoss' `LogSumExp` of `b_j - c * (SqDist(x_i,y_j) / 2)` three.
     ScaledProduct {
         /// Destination.
         dst: usize,
@@ -113,8 +114,13 @@ pub enum Instr {
         tiles: Vec<(usize, usize)>,
         /// Scalar factors.
         s: Vec<Src>,
+        /// Scalar divisors.
+        div: Vec<Src>,
         /// Whether the product is negated.
         neg: bool,
+        /// What the product is added to (a tile or a scalar; then two tile factors at
+        /// most).
+        add: Option<Src>,
     },
 }
 
@@ -310,13 +316,16 @@ impl TileProgram {
                         args,
                     },
                 },
-                Op::Binary(Binary::Mult) if f.dim == 1 => scaled_product(f, dst, &loc, &uses)
-                    .unwrap_or_else(|| Instr::Apply {
+                Op::Binary(Binary::Mult | Binary::Divide | Binary::Add | Binary::Subtract)
+                    if f.dim == 1 =>
+                {
+                    scaled_product(f, dst, &loc, &uses).unwrap_or_else(|| Instr::Apply {
                         op: f.op.clone(),
                         dst,
                         dim: f.dim,
                         args,
-                    }),
+                    })
+                }
                 Op::Scalprod | Op::SqDist if d != RED => match (args[0], args[1]) {
                     (row @ Src::Scalar { dim, .. }, tile)
                     | (tile, row @ Src::Scalar { dim, .. })
@@ -434,9 +443,11 @@ impl Instr {
         match self {
             Instr::Apply { args, .. } => args.clone(),
             Instr::ScaledExp { a, s, .. } => std::iter::once(*a).chain(s.iter().copied()).collect(),
-            Instr::ScaledProduct { tiles, s, .. } => (tiles.iter())
+            Instr::ScaledProduct {
+                tiles, s, div, add, ..
+            } => (tiles.iter())
                 .map(|&(reg, start)| Src::Tile { reg, start, dim: 1 })
-                .chain(s.iter().copied())
+                .chain(s.iter().chain(div).chain(add).copied())
                 .collect(),
             Instr::Broadcast { a, .. } => vec![*a],
             Instr::RowTile { row, tile, .. } => vec![*row, *tile],
@@ -523,38 +534,82 @@ fn scaled_exp_operands(
     }
 }
 
-/// The [`Instr::ScaledProduct`] writing `dst` if the product `f` (of dimension 1) has
-/// three factors or more once the products and negations below it that nothing else
-/// reads are unfolded: each factor a tile or scalar value of dimension 1.
+/// The [`Instr::ScaledProduct`] writing `dst` for `f` (of dimension 1): a product with
+/// three factors or more once the products, negations and divisions by scalars below
+/// it that nothing else reads are unfolded (each factor a tile or scalar value of
+/// dimension 1), or such a product of two factors or more added to a value (`c + P`,
+/// `P + c`, `c - P`), one or two of them tiles.
 fn scaled_product(
     f: &Formula,
     dst: usize,
     loc: &HashMap<u64, Src>,
     uses: &HashMap<u64, usize>,
 ) -> Option<Instr> {
-    let (mut tiles, mut scalars, mut neg) = (Vec::new(), Vec::new(), false);
-    let mut todo: Vec<&Formula> = f.args.iter().collect();
+    let single = |g: &Formula| uses.get(&g.id()).copied().unwrap_or(0) == 1;
+    let product = |g: &Formula| {
+        matches!(g.op, Op::Binary(Binary::Mult | Binary::Divide)) && g.dim == 1 && single(g)
+    };
+    let (a, b) = (f.args.first()?, f.args.last()?);
+    let (add, top, mut neg) = match f.op {
+        Op::Binary(Binary::Mult | Binary::Divide) => (None, f, false),
+        Op::Binary(Binary::Add) if product(b) => (Some(loc[&a.id()]), b, false),
+        Op::Binary(Binary::Add) if product(a) => (Some(loc[&b.id()]), a, false),
+        Op::Binary(Binary::Subtract) if product(b) => (Some(loc[&a.id()]), b, true),
+        _ => return None,
+    };
+    let (mut tiles, mut scalars, mut div) = (Vec::new(), Vec::new(), Vec::new());
+    let scalar_divisor = |g: &Formula| match loc[&g.args[1].id()] {
+        d @ Src::Scalar { dim: 1, .. } => Some(d),
+        _ => None,
+    };
+    // The top product is unfolded (it is `f`, or read by `f` only); below it, the
+    // products that nothing else reads.
+    let mut todo: Vec<&Formula> = match top.op {
+        Op::Binary(Binary::Divide) => {
+            div.push(scalar_divisor(top)?);
+            vec![&top.args[0]]
+        }
+        _ => top.args.iter().collect(),
+    };
     while let Some(g) = todo.pop() {
         let src = loc[&g.id()];
-        let single = uses.get(&g.id()).copied().unwrap_or(0) == 1;
+        let unfold = single(g) && g.dim == 1;
         match (&g.op, src) {
+            (Op::Binary(Binary::Mult), _) if unfold => todo.extend(&g.args),
+            (Op::Binary(Binary::Divide), _) if unfold && scalar_divisor(g).is_some() => {
+                div.extend(scalar_divisor(g));
+                todo.push(&g.args[0]);
+            }
             // Per-row scalars are computed once per row already: factors as they are.
             (_, Src::Scalar { dim: 1, .. }) => scalars.push(src),
-            (Op::Binary(Binary::Mult), _) if single && g.dim == 1 => todo.extend(&g.args),
-            (Op::Unary(Unary::Minus), _) if single && g.dim == 1 => {
+            (Op::Unary(Unary::Minus), _) if unfold => {
                 neg = !neg;
                 todo.push(&g.args[0]);
             }
-            (_, Src::Tile { reg, start, dim: 1 }) => tiles.push((reg, start)),
-            _ => return None,
+            _ => tiles.push(tile_view(src)?),
         }
     }
-    (tiles.len() + scalars.len() >= 3 && !tiles.is_empty()).then_some(Instr::ScaledProduct {
+    let factors = tiles.len() + scalars.len() + div.len();
+    let fused = match add {
+        None => factors >= 3,
+        Some(c) => factors >= 2 && tiles.len() <= 2 && c.dim() == 1,
+    };
+    (fused && !tiles.is_empty()).then_some(Instr::ScaledProduct {
         dst,
         tiles,
         s: scalars,
+        div,
         neg,
+        add,
     })
+}
+
+/// The `(register, coordinate)` of a tile value of dimension 1.
+fn tile_view(src: Src) -> Option<(usize, usize)> {
+    match src {
+        Src::Tile { reg, start, dim: 1 } => Some((reg, start)),
+        _ => None,
+    }
 }
 
 /// Drops instructions whose register nobody reads (e.g. the product folded into a
@@ -676,9 +731,32 @@ mod tests {
             p.product.is_some(),
             "the product with x - y is the accumulation's"
         );
-        // A factor read twice stays an instruction; two factors are a plain product.
+        // A factor read twice stays an instruction (and is the sum's addend here).
         let q = compile("(b * Exp(-SqDist(x,y))) * g + b * Exp(-SqDist(x,y))", false);
-        assert!(!(q.pair_instrs.iter()).any(|i| matches!(i, Instr::ScaledProduct { .. })));
+        let mults = (q.pair_instrs.iter())
+            .filter(|i| {
+                matches!(
+                    i,
+                    Instr::Apply {
+                        op: Op::Binary(Binary::Mult),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(mults, 1, "{:?}", q.pair_instrs);
+        // GeomLoss' LogSumExp: a division by a scalar and an addend, one pass.
+        let l = compile("b - g * (SqDist(x,y) / IntCst(2))", false);
+        assert!(
+            matches!(
+                &l.pair_instrs[..],
+                [Instr::Apply { op: Op::SqDist, .. }, Instr::ScaledProduct {
+                    tiles, s, div, neg: true, add: Some(Src::Tile { .. }), ..
+                }] if tiles.len() == 1 && s.len() == 1 && div.len() == 1
+            ),
+            "{:?}",
+            l.pair_instrs
+        );
         let r = compile("-(b * Exp(-SqDist(x,y))) * g * Elem(x,1)", false);
         assert!(matches!(
             &r.pair_instrs[..],

@@ -225,14 +225,23 @@ fn exec_body<T: Real, M: MathMode>(
             }
             regs.regs[*dst] = out;
         }
-        Instr::ScaledProduct { dst, tiles, s, neg } => {
+        Instr::ScaledProduct {
+            dst,
+            tiles,
+            s,
+            div,
+            neg,
+            add,
+        } => {
             let mut out = std::mem::take(&mut regs.regs[*dst]);
             let sign = if *neg { -T::ONE } else { T::ONE };
-            let s = s.iter().fold(sign, |p, &f| p * regs.lane(scal, f, 0).at(0));
+            let at = |f: &Src| regs.lane(scal, *f, 0).at(0);
+            let s =
+                s.iter().fold(sign, |p, f| p * at(f)) / div.iter().fold(T::ONE, |p, f| p * at(f));
             let view = |&(reg, start): &(usize, usize)| &regs.regs[reg][start * tile..][..tile];
             let o = &mut out[..tile];
-            match &tiles[..] {
-                [a, b, more @ ..] => {
+            match (&tiles[..], add.map(|c| regs.lane(scal, c, 0))) {
+                ([a, b, more @ ..], None) => {
                     for ((o, &a), &b) in o.iter_mut().zip(view(a)).zip(view(b)) {
                         *o = s * a * b;
                     }
@@ -240,8 +249,37 @@ fn exec_body<T: Real, M: MathMode>(
                         o.iter_mut().zip(view(t)).for_each(|(o, &v)| *o *= v);
                     }
                 }
-                [a] => o.iter_mut().zip(view(a)).for_each(|(o, &a)| *o = s * a),
-                [] => o.fill(s),
+                ([a], None) => o.iter_mut().zip(view(a)).for_each(|(o, &a)| *o = s * a),
+                ([a, b], Some(Lane::Tile(c))) => {
+                    for (((o, &a), &b), &c) in o.iter_mut().zip(view(a)).zip(view(b)).zip(c) {
+                        *o = c + s * a * b;
+                    }
+                }
+                ([a, b], Some(Lane::Splat(c))) => {
+                    for ((o, &a), &b) in o.iter_mut().zip(view(a)).zip(view(b)) {
+                        *o = c + s * a * b;
+                    }
+                }
+                ([a], Some(Lane::Tile(c))) => {
+                    for ((o, &a), &c) in o.iter_mut().zip(view(a)).zip(c) {
+                        *o = c + s * a;
+                    }
+                }
+                ([a], Some(Lane::Splat(c))) => {
+                    o.iter_mut().zip(view(a)).for_each(|(o, &a)| *o = c + s * a)
+                }
+                // Any other shape (the compiler makes none): one pass per factor.
+                (tiles, c) => {
+                    o.fill(s);
+                    for t in tiles {
+                        o.iter_mut().zip(view(t)).for_each(|(o, &v)| *o *= v);
+                    }
+                    match c {
+                        Some(Lane::Tile(c)) => o.iter_mut().zip(c).for_each(|(o, &c)| *o += c),
+                        Some(Lane::Splat(c)) => o.iter_mut().for_each(|o| *o += c),
+                        None => {}
+                    }
+                }
             }
             regs.regs[*dst] = out;
         }
