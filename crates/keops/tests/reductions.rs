@@ -1322,7 +1322,7 @@ fn fast_math_flushes_float32_subnormals() {
 /// match the oracle: the gradient of a kernel sum, GeomLoss' `LogSumExp`, addends that
 /// are tiles or per-row scalars, three tile factors with and without an addend (the
 /// second is not fused), on both code paths and axes (which turns `b` into a per-row
-/// scalar), in float64 and float32.
+/// scalar), on every instruction set of this CPU, in float64 and float32.
 #[test]
 fn one_pass_products_match_the_oracle() {
     let aliases = ["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)", "p = Pm(3,1)"];
@@ -1353,12 +1353,19 @@ fn one_pass_products_match_the_oracle() {
             inp.push(&[1], || rng.uniform(0.5, 2.0));
             let want = reference::reduce(&g, &inp.args_f64()).unwrap();
             let scale = sum_magnitude(&g, &inp);
-            for (name, opts) in kernels() {
-                let ctx = format!("{f} {red:?} axis {axis}, {name}");
-                let got = run_as::<f64>(&g, &inp, &opts).unwrap();
-                check_values(&got, &want, Some(&scale), TOL_F64, &ctx);
-                let got = run_as::<f32>(&g, &inp, &opts).unwrap();
-                check_values(&got, &want, Some(&scale), TOL_F32, &format!("{ctx}, f32"));
+            let isas = keops::cpu::Isa::ALL.into_iter();
+            for isa in isas.filter(|&i| i <= keops::cpu::Isa::available()) {
+                for (name, opts) in kernels() {
+                    let opts = Options {
+                        isa: Some(isa),
+                        ..opts
+                    };
+                    let ctx = format!("{f} {red:?} axis {axis}, {name}, {isa:?}");
+                    let got = run_as::<f64>(&g, &inp, &opts).unwrap();
+                    check_values(&got, &want, Some(&scale), TOL_F64, &ctx);
+                    let got = run_as::<f32>(&g, &inp, &opts).unwrap();
+                    check_values(&got, &want, Some(&scale), TOL_F32, &format!("{ctx}, f32"));
+                }
             }
         }
     }
