@@ -12,6 +12,7 @@
 //! `Extract`/`Elem` of a tile register are views into it (no copy).
 
 use super::accumulate::GEMM_MIN_COLS;
+use crate::formula::pattern::Product;
 use crate::formula::{self, Binary, Cat, Formula, Op, Unary};
 use std::collections::HashMap;
 
@@ -550,45 +551,31 @@ fn scaled_product(
         matches!(g.op, Op::Binary(Binary::Mult | Binary::Divide)) && g.dim == 1 && single(g)
     };
     let (a, b) = (f.args.first()?, f.args.last()?);
-    let (add, top, mut neg) = match f.op {
+    let (add, top, neg) = match f.op {
         Op::Binary(Binary::Mult | Binary::Divide) => (None, f, false),
         Op::Binary(Binary::Add) if product(b) => (Some(loc[&a.id()]), b, false),
         Op::Binary(Binary::Add) if product(a) => (Some(loc[&b.id()]), a, false),
         Op::Binary(Binary::Subtract) if product(b) => (Some(loc[&a.id()]), b, true),
         _ => return None,
     };
-    let (mut tiles, mut scalars, mut div) = (Vec::new(), Vec::new(), Vec::new());
-    let scalar_divisor = |g: &Formula| match loc[&g.args[1].id()] {
-        d @ Src::Scalar { dim: 1, .. } => Some(d),
-        _ => None,
-    };
-    // The top product is unfolded (it is `f`, or read by `f` only); below it, the
-    // products that nothing else reads.
-    let mut todo: Vec<&Formula> = match top.op {
-        Op::Binary(Binary::Divide) => {
-            div.push(scalar_divisor(top)?);
-            vec![&top.args[0]]
-        }
-        _ => top.args.iter().collect(),
-    };
-    while let Some(g) = todo.pop() {
+    // Below the top product (`f`, or read by `f` only), the products that nothing else
+    // reads; per-row scalars are computed once per row already: factors as they are.
+    let scalar = |g: &Formula| matches!(loc.get(&g.id()), Some(Src::Scalar { dim: 1, .. }));
+    let p = Product::unfolded(top, |g| single(g) && g.dim == 1, scalar);
+    let (mut scalars, mut div) = (Vec::new(), Vec::new());
+    for (g, e) in &p.scalars {
         let src = loc[&g.id()];
-        let unfold = single(g) && g.dim == 1;
-        match (&g.op, src) {
-            (Op::Binary(Binary::Mult), _) if unfold => todo.extend(&g.args),
-            (Op::Binary(Binary::Divide), _) if unfold && scalar_divisor(g).is_some() => {
-                div.extend(scalar_divisor(g));
-                todo.push(&g.args[0]);
-            }
-            // Per-row scalars are computed once per row already: factors as they are.
-            (_, Src::Scalar { dim: 1, .. }) => scalars.push(src),
-            (Op::Unary(Unary::Minus), _) if unfold => {
-                neg = !neg;
-                todo.push(&g.args[0]);
-            }
-            _ => tiles.push(tile_view(src)?),
+        if *e < 0 {
+            div.push(src)
+        } else {
+            scalars.push(src)
         }
     }
+    // `f` is not compiled yet: a top product that does not unfold is no factor.
+    let tiles = (p.others.iter())
+        .map(|g| tile_view(*loc.get(&g.id())?))
+        .collect::<Option<Vec<_>>>()?;
+    let neg = neg != p.neg;
     let factors = tiles.len() + scalars.len() + div.len();
     let fused = match add {
         None => factors >= 3,

@@ -21,28 +21,51 @@ pub struct Product {
 impl Product {
     /// `f` flattened through products, negations and divisions by scalars.
     pub fn of(f: &Formula) -> Product {
-        let mut p = Product::default();
-        p.push(f);
-        p
+        Product::unfolded(f, |_| true, is_scalar)
     }
 
-    fn push(&mut self, f: &Formula) {
-        match f.op {
-            Op::Binary(Binary::Mult) => {
-                self.push(&f.args[0]);
-                self.push(&f.args[1]);
-            }
-            Op::Binary(Binary::Divide) if is_scalar(&f.args[1]) => {
-                self.push(&f.args[0]);
-                self.scalars.push((f.args[1].clone(), -1));
-            }
-            Op::Unary(Unary::Minus) => {
-                self.neg = !self.neg;
-                self.push(&f.args[0]);
-            }
-            _ if is_scalar(f) => self.scalars.push((f.clone(), 1)),
-            _ => self.others.push(f.clone()),
+    /// `f` flattened through the products, negations and divisions by a `scalar` below
+    /// it for which `unfold` holds (`f` itself always), left factors first; `scalar`
+    /// tells the scalar factors from the others. Iterative: a formula built through the
+    /// API may be deeper than the stack.
+    pub fn unfolded(
+        f: &Formula,
+        unfold: impl Fn(&Formula) -> bool,
+        scalar: impl Fn(&Formula) -> bool,
+    ) -> Product {
+        enum Step<'a> {
+            Visit(&'a Formula, bool),
+            Divisor(&'a Formula),
         }
+        let mut p = Product::default();
+        let mut todo = vec![Step::Visit(f, true)];
+        while let Some(step) = todo.pop() {
+            let (g, top) = match step {
+                Step::Visit(g, top) => (g, top),
+                Step::Divisor(d) => {
+                    p.scalars.push((d.clone(), -1));
+                    continue;
+                }
+            };
+            let open = top || unfold(g);
+            match g.op {
+                Op::Binary(Binary::Mult) if open => {
+                    todo.push(Step::Visit(&g.args[1], false));
+                    todo.push(Step::Visit(&g.args[0], false));
+                }
+                Op::Binary(Binary::Divide) if open && scalar(&g.args[1]) => {
+                    todo.push(Step::Divisor(&g.args[1]));
+                    todo.push(Step::Visit(&g.args[0], false));
+                }
+                Op::Unary(Unary::Minus) if open => {
+                    p.neg = !p.neg;
+                    todo.push(Step::Visit(&g.args[0], false));
+                }
+                _ if scalar(g) => p.scalars.push((g.clone(), 1)),
+                _ => p.others.push(g.clone()),
+            }
+        }
+        p
     }
 }
 
