@@ -1,6 +1,7 @@
 //! Structural patterns of kernel formulas, shared by the engines' special paths: the CPU
-//! engine's fused radial kernel sums (`cpu::fused`) and the GPU kernels' exponentials of
-//! scaled squared distances (`cuda::prescale`).
+//! engine's fused radial kernel sums (`cpu::fused`) and one-pass products (the tile
+//! program's `ScaledProduct`), and the GPU kernels' exponentials of scaled squared
+//! distances (`cuda::prescale`).
 
 use super::{Binary, Cat, Formula, Op, Unary};
 
