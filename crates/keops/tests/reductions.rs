@@ -1370,3 +1370,89 @@ fn one_pass_products_match_the_oracle() {
         }
     }
 }
+
+/// Sums whose per-row factors are taken out of the sum and whose last difference
+/// `x_i - y_j` is computed as it is summed (the tile program's `Summand`): kernel
+/// gradients' forms, differences either way round and sums, divisors, negations, factors
+/// of dimension 1 against sums of dimension 3 and the reverse, weights wide enough for
+/// GEMM (per tile on one axis, per row on the other), and the weights of a
+/// `SumSoftMaxWeight`, on both code paths and axes, every instruction set of this CPU,
+/// float64 and float32, against the oracle. Then the factor `p` at 0, +-inf and NaN,
+/// which must give what each term gives (`inf * (x - y)` summed over both signs is NaN,
+/// not the sum's sign times inf).
+#[test]
+fn summands_match_the_oracle() {
+    let aliases = [
+        "x = Vi(0,3)",
+        "y = Vj(1,3)",
+        "b = Vj(2,1)",
+        "p = Pm(3,1)",
+        "w = Vj(4,9)",
+    ];
+    let sums = [
+        "p * Exp(-SqDist(x,y)) * (x - y)",
+        "(y - x) * Exp(-SqDist(x,y)) / p",
+        "-((x + y) * b)",
+        "(y + x) * p",
+        "x * Exp(-SqDist(x,y)) * p",
+        "Exp(-SqDist(x,y)) * w * p",
+        "-(Exp(-SqDist(x,y)) * w) * Elem(x,0)",
+        "(-2) * p * b * Exp(-SqDist(x,y)) * (Elem(x,0) - Elem(y,0))",
+        "(Elem(x,0) - Elem(y,1)) * (x - y)",
+    ];
+    let weights = [
+        "-p * (x - y)",
+        "(y + x) / p",
+        "w * Elem(x,0) * p",
+        "b - Elem(x,1)",
+    ];
+    let cases = (sums.iter().map(|&f| (f, None)))
+        .chain(weights.iter().map(|&w| ("-SqDist(x,y) * p", Some(w))));
+    let mut rng = Rng::new(11);
+    let (n, m) = (37, 300);
+    for (f, weight) in cases {
+        for axis in [1, 0] {
+            let g = match weight {
+                None => Genred::new(f, &aliases, Reduction::Sum, axis),
+                Some(w) => Genred::with_weight(f, w, &aliases, Reduction::SumSoftMaxWeight, axis),
+            }
+            .unwrap();
+            let (nx, ny) = if axis == 1 { (n, m) } else { (m, n) };
+            let mut inp = Inputs::new();
+            inp.push(&[nx, 3], || rng.uniform(-1.0, 1.0));
+            inp.push(&[ny, 3], || rng.uniform(-1.0, 1.0));
+            inp.push(&[ny, 1], || rng.uniform(-1.0, 1.0));
+            inp.push(&[1], || rng.uniform(0.5, 2.0));
+            inp.push(&[ny, 9], || rng.uniform(-1.0, 1.0));
+            for p in [
+                None,
+                Some(0.0),
+                Some(f64::INFINITY),
+                Some(-f64::INFINITY),
+                Some(f64::NAN),
+            ] {
+                let mut inp = inp.clone();
+                if let Some(p) = p {
+                    inp.data[3] = vec![p];
+                }
+                let want = reference::reduce(&g, &inp.args_f64()).unwrap();
+                let scale = value_scale(&g, &inp, &want);
+                let isas = keops::cpu::Isa::ALL.into_iter();
+                for isa in isas.filter(|&i| i <= keops::cpu::Isa::available()) {
+                    for (name, opts) in kernels() {
+                        let opts = Options {
+                            isa: Some(isa),
+                            ..opts
+                        };
+                        let ctx =
+                            format!("{f} / {weight:?}, axis {axis}, p {p:?}, {name}, {isa:?}");
+                        let got = run_as::<f64>(&g, &inp, &opts).unwrap();
+                        check_values(&got, &want, Some(&scale), TOL_F64, &ctx);
+                        let got = run_as::<f32>(&g, &inp, &opts).unwrap();
+                        check_values(&got, &want, Some(&scale), TOL_F32, &format!("{ctx}, f32"));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //! best for the K-min family, and where a tile fills the K-min list, a bound on its
 //! K-th smallest value from lane minima).
 
-use super::program::Src;
+use super::program::{Src, Summand, Term};
 use super::simd::{multiversion, Isa};
 use super::tile::{Lane, Regs};
 use crate::plan::{Element, SumScheme};
@@ -20,10 +20,90 @@ const L: usize = 16;
 /// Sum of `x` (or of `x * y`), as `f64`, with the given scheme and accumulator type.
 #[inline(always)]
 pub fn tile_sum<T: Real, A: Real>(x: &[T], y: Option<&[T]>, scheme: SumScheme) -> f64 {
-    let conv = |v: T| A::from_f64(v.to_f64());
     match y {
-        None => sum_terms(x, x, scheme, |a, _| conv(a)),
-        Some(y) => sum_terms(x, y, scheme, |a, b| conv(a * b)),
+        None => term_sum::<T, A>(None, Terms::Tile(x), scheme, |v| v),
+        Some(y) => term_sum::<T, A>(Some(x), Terms::Tile(y), scheme, |v| v),
+    }
+}
+
+/// One coordinate of a [`Term`](super::program::Term) on a tile.
+#[derive(Clone, Copy)]
+pub enum Terms<'a, T> {
+    /// The tile's values.
+    Tile(&'a [T]),
+    /// `row - tile[t]` (`minus`) or `row + tile[t]`.
+    Offset {
+        /// The row's value.
+        row: T,
+        /// The tile's values.
+        tile: &'a [T],
+        /// Whether the tile's values are subtracted.
+        minus: bool,
+    },
+}
+
+multiversion! {
+    /// `scale` times the sum of `factor[t] * term[t]` (of `term[t]` with no factor), as
+    /// `f64`: an offset term is computed as it is summed, in the data type as an
+    /// instruction would have. A scale that is 0, infinite or NaN multiplies each term, in
+    /// the data type, as the formula does: `inf * (a - b)` summed over terms of both signs
+    /// is NaN, and `0 * inf` too (the results are 0, infinities or NaN, in any order).
+    ///
+    /// An entry point of its own (as [`shifted_exps`]): its sums inlined into the tile
+    /// program's block loop made that too large for LLVM to inline their iterators (the
+    /// gradient of a Gaussian sum ran 25% slower).
+    pub fn scaled_sum<T: Real, A: Real>(scale: f64, factor: Option<&[T]>, term: Terms<'_, T>, scheme: SumScheme) -> f64 = scaled_sum_body;
+}
+
+// `M` is the entry point's: the copy per instruction set is what matters here.
+#[allow(clippy::extra_unused_type_parameters)]
+#[inline(always)]
+fn scaled_sum_body<T: Real, A: Real, M: MathMode>(
+    _: Isa,
+    scale: f64,
+    factor: Option<&[T]>,
+    term: Terms<'_, T>,
+    scheme: SumScheme,
+) -> f64 {
+    scaled_sum_in::<T, A>(scale, factor, term, scheme)
+}
+
+/// [`scaled_sum`], inlined.
+#[inline(always)]
+fn scaled_sum_in<T: Real, A: Real>(
+    scale: f64,
+    factor: Option<&[T]>,
+    term: Terms<'_, T>,
+    scheme: SumScheme,
+) -> f64 {
+    if scale.is_finite() && scale != 0.0 {
+        scale * term_sum::<T, A>(factor, term, scheme, |v| v)
+    } else {
+        let c = T::from_f64(scale);
+        term_sum::<T, A>(factor, term, SumScheme::Direct, move |v| c * v)
+    }
+}
+
+/// The sum of `out(factor[t] * term[t])` (of `out(term[t])` with no factor).
+#[inline(always)]
+fn term_sum<T: Real, A: Real>(
+    factor: Option<&[T]>,
+    term: Terms<'_, T>,
+    scheme: SumScheme,
+    out: impl Fn(T) -> T + Copy,
+) -> f64 {
+    let conv = move |v: T| A::from_f64(out(v).to_f64());
+    match (factor, term) {
+        (None, Terms::Tile(t)) => sum_terms(t, t, scheme, |a, _| conv(a)),
+        (Some(f), Terms::Tile(t)) => sum_terms(f, t, scheme, |a, b| conv(a * b)),
+        (None, Terms::Offset { row, tile, minus }) => match minus {
+            true => sum_terms(tile, tile, scheme, |_, b| conv(row - b)),
+            false => sum_terms(tile, tile, scheme, |_, b| conv(row + b)),
+        },
+        (Some(f), Terms::Offset { row, tile, minus }) => match minus {
+            true => sum_terms(f, tile, scheme, |a, b| conv(a * (row - b))),
+            false => sum_terms(f, tile, scheme, |a, b| conv(a * (row + b))),
+        },
     }
 }
 
@@ -161,9 +241,28 @@ pub struct Weights<'a, T> {
     pub cols: usize,
 }
 
+/// Factors of [`weighted_sums`]' sums: row `r`'s column `c` at
+/// `data[r * row_stride + c * col_stride]` (strides 0 for one factor of all).
+#[derive(Clone, Copy)]
+pub struct Scales<'a> {
+    /// The factors.
+    pub data: &'a [f64],
+    /// Distance between rows.
+    pub row_stride: usize,
+    /// Distance between columns.
+    pub col_stride: usize,
+}
+
+impl Scales<'_> {
+    #[inline(always)]
+    fn of(&self, r: usize, c: usize) -> f64 {
+        self.data[r * self.row_stride + c * self.col_stride]
+    }
+}
+
 /// The weighted sums of a tile for a block of output rows, the product `K b` restricted
 /// to the tile: for each row `r < rows` of values `k[r * k_stride..][..len]` and each
-/// column `c` of the weights `b`, adds `scale * sum_t k_r[t] b[t, c]` to
+/// column `c` of the weights `b`, adds `scale_rc * sum_t k_r[t] b[t, c]` to
 /// `states[r * sv + c]`. `scratch` is the caller's, reused from tile to tile.
 ///
 /// With block summation in the data type, at least [`GEMM_MIN_ROWS`] rows and
@@ -178,7 +277,7 @@ pub fn weighted_sums<T: Element, A: Real>(
     (k, k_stride, rows): (&[T], usize, usize),
     b: Weights<'_, T>,
     len: usize,
-    scale: f64,
+    scale: Scales<'_>,
     (states, sv): (&mut [f64], usize),
     scratch: &mut Vec<T>,
 ) {
@@ -203,9 +302,22 @@ pub fn weighted_sums<T: Element, A: Real>(
                 b.col_stride,
                 c,
             );
-            for (s, v) in states.chunks_mut(sv).zip(c.chunks_exact(e)) {
-                for (s, v) in s.iter_mut().zip(v) {
-                    *s += scale * v.to_f64();
+            for (r, (s, v)) in states.chunks_mut(sv).zip(c.chunks_exact(e)).enumerate() {
+                for (c, (s, v)) in s.iter_mut().zip(v).enumerate() {
+                    let f = scale.of(r, c);
+                    *s += if f.is_finite() && f != 0.0 {
+                        f * v.to_f64()
+                    } else {
+                        // As `scaled_sum`: each term multiplied (rows of such factors are
+                        // rare, and are summed again here).
+                        let (f, k) = (T::from_f64(f), &k[r * k_stride + t0..]);
+                        (0..depth)
+                            .map(|t| {
+                                f * (k[t] * b.data[(t0 + t) * b.row_stride + c * b.col_stride])
+                            })
+                            .fold(A::ZERO, |s, v| s + A::from_f64(v.to_f64()))
+                            .to_f64()
+                    };
                 }
             }
             t0 += depth;
@@ -223,7 +335,8 @@ pub fn weighted_sums<T: Element, A: Real>(
         };
         for r in 0..rows {
             let row = &k[r * k_stride..r * k_stride + len];
-            states[r * sv + c] += scale * tile_sum::<T, A>(row, Some(col), scheme);
+            states[r * sv + c] +=
+                scaled_sum_in::<T, A>(scale.of(r, c), Some(row), Terms::Tile(col), scheme);
         }
     }
 }
@@ -430,8 +543,45 @@ fn shifted_exps_in<T: Real, M: MathMode, const FTZ: bool>(out: &mut [T], x: &[T]
     }
 }
 
-/// Folds lanes `0..len` of the roots (values at reduced indices `j0..j0+len`) into the
-/// state `(vals, idx)` of one row.
+/// A row's [`Summand`]: with the row's scalars and the factors of its sums
+/// ([`Summand::scale_of`], one per coordinate).
+#[derive(Clone, Copy)]
+pub struct RowSummand<'a, T> {
+    /// The summand.
+    pub summand: &'a Summand,
+    /// The row's scalars.
+    pub scal: &'a [T],
+    /// The factors of the row's sums.
+    pub scale: &'a [f64],
+}
+
+impl<T: Real> RowSummand<'_, T> {
+    /// Coordinate `c`'s factor (none for a softmax's weight) and term on lanes `0..len`.
+    #[inline(always)]
+    fn lanes<'r>(
+        &self,
+        regs: &'r Regs<T>,
+        c: usize,
+        len: usize,
+    ) -> (Option<&'r [T]>, Terms<'r, T>) {
+        let factor = self.summand.factor.map(|f| tile_of(regs, f, c, len));
+        let term = match self.summand.term {
+            Term::Tile(t) => Terms::Tile(tile_of(regs, t, c, len)),
+            Term::Offset { row, tile, minus } => Terms::Offset {
+                row: match regs.lane(self.scal, row, c) {
+                    Lane::Splat(v) => v,
+                    Lane::Tile(_) => unreachable!("an offset's row is a per-row scalar"),
+                },
+                tile: tile_of(regs, tile, c, len),
+                minus,
+            },
+        };
+        (factor, term)
+    }
+}
+
+/// Folds lanes `0..len` of the roots and the summand (values at reduced indices
+/// `j0..j0+len`) into the state `(vals, idx)` of one row.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn accumulate<T: Real, A: Real>(
@@ -440,7 +590,7 @@ pub fn accumulate<T: Real, A: Real>(
     scheme: SumScheme,
     regs: &Regs<T>,
     roots: &[Src],
-    product: Option<(Src, Src)>,
+    summand: Option<RowSummand<'_, T>>,
     len: usize,
     j0: usize,
     vals: &mut [f64],
@@ -453,19 +603,14 @@ pub fn accumulate<T: Real, A: Real>(
         Exps::Deferred(t) => (t, true),
     };
     match spec.kind {
-        Reduction::Sum => match product {
-            Some((a, b)) => {
+        Reduction::Sum => {
+            if let Some(sm) = summand {
                 for (c, v) in vals.iter_mut().enumerate().take(d) {
-                    let (x, y) = (tile_of(regs, a, c, len), tile_of(regs, b, c, len));
-                    *v += tile_sum::<T, A>(x, Some(y), scheme);
+                    let (factor, term) = sm.lanes(regs, c, len);
+                    *v += scaled_sum::<T, A>(isa, sm.scale[c], factor, term, scheme);
                 }
             }
-            None => {
-                for (c, v) in vals.iter_mut().enumerate().take(d) {
-                    *v += tile_sum::<T, A>(tile_of(regs, roots[0], c, len), None, scheme);
-                }
-            }
-        },
+        }
         Reduction::LogSumExp | Reduction::SumSoftMaxWeight => {
             let weighted = spec.weight_dim.is_some();
             let nmax = if weighted { 1 } else { d };
@@ -493,9 +638,10 @@ pub fn accumulate<T: Real, A: Real>(
                     let wd = spec.weight_dim.unwrap_or(0);
                     for k in 0..wd {
                         vals[2 + k] *= scale;
-                        if !deferred {
-                            let g = tile_of(regs, roots[1], k, len);
-                            vals[2 + k] += tile_sum::<T, A>(e, Some(g), scheme);
+                        if let (false, Some(sm)) = (deferred, summand) {
+                            let (_, term) = sm.lanes(regs, k, len);
+                            vals[2 + k] +=
+                                scaled_sum::<T, A>(isa, sm.scale[k], Some(e), term, scheme);
                         }
                     }
                 } else {
@@ -586,7 +732,12 @@ mod tests {
                     };
                     let ks = (&k[..], k_stride, rows);
                     let out = (&mut states[..], e);
-                    weighted_sums::<T, T>(scheme, ks, b, len, scale, out, &mut scratch);
+                    let scales = Scales {
+                        data: &[scale],
+                        row_stride: 0,
+                        col_stride: 0,
+                    };
+                    weighted_sums::<T, T>(scheme, ks, b, len, scales, out, &mut scratch);
                     for (q, (g, w)) in states.iter().zip(&want).enumerate() {
                         assert!(
                             (g - w).abs() <= tol * (1.0 + w.abs()),

@@ -1,6 +1,8 @@
 //! Running a tile program over a block of output rows and a range of reduced rows.
 
-use super::accumulate::{accumulate, weighted_sums, Exps, Weights, GEMM_MIN_COLS, GEMM_MIN_ROWS};
+use super::accumulate::{
+    accumulate, weighted_sums, Exps, RowSummand, Scales, Weights, GEMM_MIN_COLS, GEMM_MIN_ROWS,
+};
 use super::program::{Instr, RowOp, ScalarStep, Src, TileProgram};
 use super::simd::{multiversion, Isa};
 use super::tile::{exec, paired_rows, sqdist_rows, ArgData, Lane, Regs};
@@ -125,6 +127,15 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
         scal.extend_from_slice(&params);
         run_scalar::<T, M>(&p.row_steps, &mut scal[start..], data, r.out_cat, i);
     }
+    // The factors of each row's sums (see `Summand`), computed once per row.
+    let sd = p.summand.as_ref().map_or(0, |sm| sm.dim);
+    let mut scales = Vec::with_capacity(rows * sd);
+    if let Some(sm) = &p.summand {
+        for row in 0..rows {
+            let s = &scal[row * sl..(row + 1) * sl];
+            scales.extend((0..sd).map(|c| sm.scale_of(s, c)));
+        }
+    }
     let (sv, si) = r.spec.state_len();
     let mut tmp = vec![T::ZERO; tile];
     let (_, n_red) = r.problem.sizes();
@@ -209,7 +220,11 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                     r.scheme,
                     &regs,
                     &p.roots,
-                    p.product,
+                    p.summand.as_ref().map(|summand| RowSummand {
+                        summand,
+                        scal: s,
+                        scale: &scales[row * sd..(row + 1) * sd],
+                    }),
                     len,
                     j0,
                     &mut block.vals[row * sv..(row + 1) * sv],
@@ -240,7 +255,11 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
                     (&values, tile, rows),
                     weights,
                     len,
-                    1.0,
+                    Scales {
+                        data: &scales,
+                        row_stride: sd,
+                        col_stride: 1,
+                    },
                     (&mut block.vals[first..], sv),
                     &mut scratch,
                 );

@@ -9,7 +9,7 @@
 //! the weights (`weighted_sums`: GEMM from 8 columns). Anything else runs on the tile
 //! program; both give the same results within rounding.
 
-use super::accumulate::{tile_sum, weighted_sums, Weights, GEMM_MIN_COLS};
+use super::accumulate::{tile_sum, weighted_sums, Scales, Weights, GEMM_MIN_COLS};
 use super::simd::multiversion;
 use super::tile::sqdist_rows;
 use super::{batch_data, Block, BlockRunner, Isa, Job};
@@ -347,7 +347,11 @@ fn radial_loop<T: Element, A: Real, M: MathMode>(
                         cols: e,
                     },
                     len,
-                    prep.scale,
+                    Scales {
+                        data: std::slice::from_ref(&prep.scale),
+                        row_stride: 0,
+                        col_stride: 0,
+                    },
                     (&mut block.vals, e),
                     &mut scratch,
                 );

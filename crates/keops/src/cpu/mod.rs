@@ -47,11 +47,13 @@ impl Compiled {
     /// The tile program of the formula (and weight).
     fn program(&self, g: &crate::Genred) -> &program::TileProgram {
         self.program.get_or_init(|| {
-            program::TileProgram::compile(
-                &g.roots(),
-                g.out_cat(),
-                g.spec().kind == crate::reduction::Reduction::Sum,
-            )
+            let roots = g.roots();
+            // A Sum sums its formula; a weighted LogSumExp/SumSoftMaxWeight its weight.
+            let summed = match g.spec().kind {
+                crate::reduction::Reduction::Sum => Some(0),
+                _ => (roots.len() == 2).then_some(1),
+            };
+            program::TileProgram::compile(&roots, g.out_cat(), summed)
         })
     }
 }

@@ -14,6 +14,7 @@
 use super::accumulate::GEMM_MIN_COLS;
 use crate::formula::pattern::Product;
 use crate::formula::{self, Binary, Cat, Formula, Op, Unary};
+use crate::real::Real;
 use std::collections::HashMap;
 
 /// Where an instruction reads one operand.
@@ -125,6 +126,69 @@ pub enum Instr {
     },
 }
 
+/// What a sum adds up on each tile, for one output row: `scale * sum_j factor_j * term_j`,
+/// the "multiply and accumulate" super-instruction. The per-row factors of a formula
+/// (constants, parameters, the output side's variables) multiply the row's sum once
+/// instead of every pair, and the last product, with its difference `x_i - y_j`, is
+/// computed as it is summed: the gradient of a radial kernel sum,
+/// `(-2 g) * (e_i * b_j * K_ij) * (x_i - y_j)`, is summed as
+/// `-2 g * sum_j P_ij * (x_i - y_j)`, with no tile for the difference or the product.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summand {
+    /// Per-row factors of the whole sum (dimension 1 or the sum's), with their exponents:
+    /// 1, or -1 for a divisor.
+    pub scale: Vec<(Src, i32)>,
+    /// Whether the sum is negated.
+    pub neg: bool,
+    /// A tile factor (dimension 1 or the sum's); none for a softmax's weight (whose
+    /// factor is the exponentials).
+    pub factor: Option<Src>,
+    /// The term.
+    pub term: Term,
+    /// The sum's dimension (factors and terms of dimension 1 broadcast).
+    pub dim: usize,
+}
+
+/// The term of a [`Summand`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Term {
+    /// A tile value.
+    Tile(Src),
+    /// `row - tile` (`minus`) or `row + tile`: a row's vector and a tile's, computed as
+    /// they are summed.
+    Offset {
+        /// The row's value (a per-row scalar).
+        row: Src,
+        /// The tile's value.
+        tile: Src,
+        /// Whether `tile` is subtracted.
+        minus: bool,
+    },
+}
+
+impl Summand {
+    /// The tile registers it reads.
+    fn tiles(&self) -> impl Iterator<Item = Src> + '_ {
+        let term = match self.term {
+            Term::Tile(t) => [Some(t), None],
+            Term::Offset { row, tile, .. } => [Some(row), Some(tile)],
+        };
+        self.factor.into_iter().chain(term.into_iter().flatten())
+    }
+
+    /// The factor of coordinate `c` of the row whose scalars are `scal`.
+    pub fn scale_of<T: Real>(&self, scal: &[T], c: usize) -> f64 {
+        let mut s = if self.neg { -1.0 } else { 1.0 };
+        for &(src, e) in &self.scale {
+            if let Src::Scalar { off, dim } = src {
+                let v = scal[off + if dim == 1 { 0 } else { c }].to_f64();
+                s = if e < 0 { s / v } else { s * v };
+            }
+        }
+        s
+    }
+}
+
 /// The op of an [`Instr::RowTile`], and how a block of rows computes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowOp {
@@ -179,12 +243,12 @@ pub struct TileProgram {
     pub pair_instrs: Vec<Instr>,
     /// Dimension of each tile register.
     pub reg_dims: Vec<usize>,
-    /// The roots (formula, then weight), each a tile view; empty when `product` is set.
+    /// The roots that are not summed linearly (all but the [`Self::summand`]'s), each a
+    /// tile view: a `Sum` has none, a weighted `LogSumExp`/`SumSoftMaxWeight` its formula.
     pub roots: Vec<Src>,
-    /// For a `Sum` whose formula is a product `a * b` of two tile values: the factors,
-    /// multiplied and summed in one pass by the accumulation (the "multiply by a
-    /// j-variable and accumulate" super-instruction).
-    pub product: Option<(Src, Src)>,
+    /// What the accumulation sums linearly: a `Sum`'s formula, or the weight of a
+    /// weighted `LogSumExp`/`SumSoftMaxWeight`, unfolded.
+    pub summand: Option<Summand>,
     /// `(argument, register)` when the wide weights of [`Self::weighted_product`] are an
     /// argument's rows, read where the caller stores them (GEMM's best layout) instead of
     /// being loaded: the register stays empty, so it does not shorten the tiles.
@@ -203,8 +267,9 @@ const RED: u8 = 2;
 
 impl TileProgram {
     /// Compiles `roots` for a reduction whose output rows are indexed by `out_cat`;
-    /// `sum` says the reduction is a `Sum` (whose final product can be fused).
-    pub fn compile(roots: &[Formula], out_cat: Cat, sum: bool) -> TileProgram {
+    /// `summed` is the root that the reduction sums linearly (a `Sum`'s formula, the
+    /// weight of a weighted `LogSumExp`/`SumSoftMaxWeight`), made a [`Summand`].
+    pub fn compile(roots: &[Formula], out_cat: Cat, summed: Option<usize>) -> TileProgram {
         let nodes = formula::topo_order(roots);
         let mut deps: HashMap<u64, u8> = HashMap::new();
         let mut uses: HashMap<u64, usize> = HashMap::new();
@@ -231,7 +296,7 @@ impl TileProgram {
             pair_instrs: vec![],
             reg_dims: vec![],
             roots: vec![],
-            product: None,
+            summand: None,
             weights_in_place: None,
             tile: 0,
         };
@@ -368,16 +433,7 @@ impl TileProgram {
                 },
             );
         }
-        if let ([r], true) = (roots, sum) {
-            if r.op == Op::Binary(Binary::Mult) && uses[&r.id()] == 1 {
-                if let (a @ Src::Tile { .. }, b @ Src::Tile { .. }) =
-                    (loc[&r.args[0].id()], loc[&r.args[1].id()])
-                {
-                    p.product = Some((a, b));
-                }
-            }
-        }
-        for r in roots.iter().filter(|_| p.product.is_none()) {
+        for (k, r) in roots.iter().enumerate() {
             let src = match loc[&r.id()] {
                 s @ Src::Tile { .. } => s,
                 s @ Src::Scalar { .. } => {
@@ -391,7 +447,12 @@ impl TileProgram {
                     }
                 }
             };
-            p.roots.push(src);
+            if summed == Some(k) {
+                let softmax = k > 0;
+                p.summand = Some(summand(r, src, softmax, &loc, &uses));
+            } else {
+                p.roots.push(src);
+            }
         }
         remove_dead(&mut p);
         read_weights_in_place(&mut p);
@@ -413,17 +474,27 @@ impl TileProgram {
     /// reduced side only), so that a block of rows' sums over a tile is the matrix
     /// product of their kernel values and the weights.
     pub fn weighted_product(&self) -> Option<(Src, Src)> {
-        let (a, b) = self.product?;
+        let sm = self.summand.as_ref()?;
+        let (Some(a), Term::Tile(b)) = (sm.factor, sm.term) else {
+            return None;
+        };
         [(a, b), (b, a)]
             .into_iter()
             .find(|&(k, w)| k.dim() == 1 && self.per_tile(w))
     }
 
-    /// The weight root of a weighted LogSumExp or SumSoftMaxWeight when it is computed
-    /// once per tile: the block of rows' weighted sums over a tile are then the matrix
+    /// The weight of a weighted LogSumExp or SumSoftMaxWeight when it is computed once
+    /// per tile: the block of rows' weighted sums over a tile are then the matrix
     /// product of their exponentials and the weights.
     pub fn tile_weight(&self) -> Option<Src> {
-        self.roots.get(1).copied().filter(|&w| self.per_tile(w))
+        match self.summand.as_ref()? {
+            Summand {
+                factor: None,
+                term: Term::Tile(w),
+                ..
+            } if self.per_tile(*w) => Some(*w),
+            _ => None,
+        }
     }
 
     /// Whether `s` is a tile register computed from the reduced side alone.
@@ -591,6 +662,105 @@ fn scaled_product(
     })
 }
 
+/// The [`Summand`] of the summed root `r` (compiled to `src`): its per-row factors and
+/// negations unfolded into the scale, at most one tile factor left (none for a
+/// softmax's weight), and a last difference (or sum) of a row's and a tile's values
+/// left to the accumulation. The products that nothing else reads are unfolded, all of
+/// them, or where that leaves too many tile factors those of `r`'s dimension (those of
+/// dimension 1 below a wider `r` are one [`Instr::ScaledProduct`]), or only `r`
+/// itself. Where nothing unfolds: `r`'s value, summed as it is.
+fn summand(
+    r: &Formula,
+    src: Src,
+    softmax: bool,
+    loc: &HashMap<u64, Src>,
+    uses: &HashMap<u64, usize>,
+) -> Summand {
+    let single = |g: &Formula| uses.get(&g.id()).copied().unwrap_or(0) == 1;
+    let plain = Summand {
+        scale: Vec::new(),
+        neg: false,
+        factor: None,
+        term: Term::Tile(src),
+        dim: r.dim,
+    };
+    if !single(r) || matches!(loc.get(&r.id()), Some(Src::Scalar { .. }) | None) {
+        return plain;
+    }
+    let scalar = |g: &Formula| matches!(loc.get(&g.id()), Some(&Src::Scalar { dim, .. }) if dim == 1 || dim == r.dim);
+    let tile = |g: &Formula| match loc.get(&g.id()) {
+        Some(&s @ Src::Tile { .. }) => Some(s),
+        _ => None,
+    };
+    // `row - tile`, `tile - row` (negated), `row + tile` or `tile + row`, read once.
+    let offset = |g: &Formula| {
+        let minus = match g.op {
+            Op::Binary(Binary::Subtract) => true,
+            Op::Binary(Binary::Add) => false,
+            _ => return None,
+        };
+        if !single(g) {
+            return None;
+        }
+        match (loc.get(&g.args[0].id())?, loc.get(&g.args[1].id())?) {
+            (&row @ Src::Scalar { .. }, &tile @ Src::Tile { .. }) => {
+                Some((Term::Offset { row, tile, minus }, false))
+            }
+            (&tile @ Src::Tile { .. }, &row @ Src::Scalar { .. }) => {
+                Some((Term::Offset { row, tile, minus }, minus))
+            }
+            _ => None,
+        }
+    };
+    let most = if softmax { 1 } else { 2 };
+    // Through every product read once; else those of `r`'s dimension; else `r` alone.
+    for depth in [0, r.dim, usize::MAX] {
+        let p = Product::unfolded(r, |g| single(g) && g.dim >= depth, scalar);
+        if p.others.len() > most {
+            continue;
+        }
+        let mut neg = p.neg;
+        // The term: the factor that is an offset, if one is.
+        let mut others = p.others;
+        if let Some(k) = others.iter().rposition(|g| offset(g).is_some()) {
+            let t = others.remove(k);
+            others.push(t);
+        }
+        let Some((last, rest)) = others.split_last() else {
+            break;
+        };
+        let term = match offset(last) {
+            Some((t, flip)) => {
+                neg ^= flip;
+                t
+            }
+            None => match tile(last) {
+                Some(s) => Term::Tile(s),
+                None => break,
+            },
+        };
+        let factor = match rest {
+            [] => None,
+            [f] => match tile(f) {
+                Some(s) => Some(s),
+                None => break,
+            },
+            _ => break,
+        };
+        let scale = (p.scalars.iter())
+            .map(|(g, e)| (loc[&g.id()], *e))
+            .collect();
+        return Summand {
+            scale,
+            neg,
+            factor,
+            term,
+            dim: r.dim,
+        };
+    }
+    plain
+}
+
 /// The `(register, coordinate)` of a tile value of dimension 1.
 fn tile_view(src: Src) -> Option<(usize, usize)> {
     match src {
@@ -611,9 +781,10 @@ fn remove_dead(p: &mut TileProgram) {
     for r in p
         .roots
         .iter()
-        .chain(p.product.iter().flat_map(|(a, b)| [a, b]))
+        .copied()
+        .chain(p.summand.iter().flat_map(Summand::tiles))
     {
-        mark(r, &mut live);
+        mark(&r, &mut live);
     }
     for list in [&mut p.pair_instrs, &mut p.tile_instrs] {
         let mut kept = Vec::new();
@@ -636,7 +807,7 @@ mod tests {
 
     fn compile(f: &str, sum: bool) -> TileProgram {
         let al = ["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)", "g = Pm(3,1)"];
-        TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, sum)
+        TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, sum.then_some(0))
     }
 
     #[test]
@@ -684,10 +855,19 @@ mod tests {
                 ..
             }
         )));
-        assert!(p.product.is_some() && p.roots.is_empty());
+        assert!(
+            matches!(
+                p.summand,
+                Some(Summand {
+                    factor: Some(_),
+                    term: Term::Tile(_),
+                    ..
+                })
+            ) && p.roots.is_empty()
+        );
         // Not a Sum: the product stays an instruction.
         let q = compile("Exp(SqDist(x,y) * g) * b", false);
-        assert!(q.product.is_none() && q.roots.len() == 1);
+        assert!(q.summand.is_none() && q.roots.len() == 1);
         // Without factors too.
         let e = compile("Exp(SqDist(x,y))", false);
         assert!(matches!(
@@ -715,8 +895,16 @@ mod tests {
             .collect();
         assert_eq!(products, [(2, 2, false)], "{:?}", p.pair_instrs);
         assert!(
-            p.product.is_some(),
-            "the product with x - y is the accumulation's"
+            matches!(
+                p.summand,
+                Some(Summand {
+                    factor: Some(_),
+                    term: Term::Offset { minus: true, .. },
+                    ..
+                })
+            ),
+            "the product with x - y is the accumulation's: {:?}",
+            p.summand
         );
         // A factor read twice stays an instruction (and is the sum's addend here).
         let q = compile("(b * Exp(-SqDist(x,y))) * g + b * Exp(-SqDist(x,y))", false);
@@ -752,10 +940,69 @@ mod tests {
     }
 
     #[test]
+    fn sums_unfold_into_summands() {
+        let al = ["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,1)", "g = Pm(3,1)"];
+        let summand = |roots: &[&str], summed: usize| {
+            let roots: Vec<_> = roots.iter().map(|f| parse(f, &al).unwrap()).collect();
+            let p = TileProgram::compile(&roots, Cat::Vi, Some(summed));
+            let wide = (p.pair_instrs.iter()).any(|i| matches!(i, Instr::Apply { dim: 3, .. }));
+            let sm = p.summand.unwrap();
+            let scale: Vec<i32> = sm.scale.iter().map(|s| s.1).collect();
+            let term = match sm.term {
+                Term::Tile(_) => None,
+                Term::Offset { minus, .. } => Some(minus),
+            };
+            (scale, sm.neg, sm.factor.is_some(), term, wide)
+        };
+        // (exponents of the scale's factors, negated, tile factor, offset's minus, a
+        // pass over a tile of dimension 3 left)
+        assert_eq!(
+            summand(&["g * Exp(-SqDist(x,y)) * (x - y)"], 0),
+            (vec![1], false, true, Some(true), false)
+        );
+        assert_eq!(
+            summand(&["(y - x) * b / g"], 0),
+            (vec![-1], true, true, Some(true), false),
+            "tile - row is -(row - tile)"
+        );
+        assert_eq!(
+            summand(&["-(y + x)"], 0),
+            (vec![], true, false, Some(false), false)
+        );
+        assert_eq!(
+            summand(&["Elem(x,0) * b * Exp(-SqDist(x,y))"], 0),
+            (vec![1], false, true, None, false),
+            "a per-row factor of dimension 1"
+        );
+        assert_eq!(
+            summand(&["-SqDist(x,y)", "-g * (x - y)"], 1),
+            (vec![1], true, false, Some(true), false),
+            "a softmax's weight"
+        );
+        assert_eq!(
+            summand(&["-SqDist(x,y)", "b * (x - y)"], 1),
+            (vec![], false, false, None, true),
+            "a softmax's weight with a tile factor is computed"
+        );
+        // Three tile factors of dimension 1: only the top product unfolds.
+        let al1 = ["x = Vi(0,1)", "y = Vj(1,1)", "b = Vj(2,1)", "g = Pm(3,1)"];
+        let f = parse("(b * Exp(-SqDist(x,y)) * g) * (x - y)", &al1).unwrap();
+        let p = TileProgram::compile(&[f], Cat::Vi, Some(0));
+        assert!(matches!(
+            p.summand,
+            Some(Summand {
+                factor: Some(_),
+                term: Term::Offset { minus: true, .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn row_against_tile_sums_are_blocked_from_8_coordinates() {
         let row_ops = |d: usize, f: &str| {
             let al = [format!("x = Vi(0,{d})"), format!("y = Vj(1,{d})")];
-            let p = TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, false);
+            let p = TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, None);
             let ops: Vec<RowOp> = (p.pair_instrs.iter())
                 .filter_map(|i| match *i {
                     Instr::RowTile { op, row, tile, .. } => {
@@ -792,13 +1039,13 @@ mod tests {
     fn kernel_times_weights_is_a_weighted_product() {
         let al = ["x = Vi(0,3)", "y = Vj(1,3)", "b = Vj(2,9)", "g = Pm(3,1)"];
         let weighted = |f: &str| {
-            let p = TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, true);
+            let p = TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, Some(0));
             p.weighted_product().map(|(k, w)| (k.dim(), w.dim()))
         };
         assert_eq!(weighted("Exp(SqDist(x,y) * g) * b"), Some((1, 9)));
         // Weights that are an argument's rows, read by nothing else, are read in place.
         let in_place = |f: &str| {
-            TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, true).weights_in_place
+            TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, Some(0)).weights_in_place
         };
         assert_eq!(in_place("Exp(SqDist(x,y) * g) * b").map(|w| w.0), Some(2));
         assert_eq!(
@@ -815,7 +1062,7 @@ mod tests {
         );
         let softmax = |w: &str| {
             let roots = [parse("-SqDist(x,y)", &al).unwrap(), parse(w, &al).unwrap()];
-            let p = TileProgram::compile(&roots, Cat::Vi, false);
+            let p = TileProgram::compile(&roots, Cat::Vi, Some(1));
             p.tile_weight().map(|w| w.dim())
         };
         assert_eq!(softmax("b * g"), Some(9), "softmax weights per tile");
