@@ -124,6 +124,18 @@ pub enum Instr {
         /// most).
         add: Option<Src>,
     },
+    /// `dst = Rsqrt(u)` where `Sqrt(u)` is computed already: `1 / Sqrt(u)`, 0 where `u`
+    /// is 0, the same bits for one square root less. The gradients of Laplace and
+    /// Matérn kernels hold both (`Exp(-Sqrt(r2))` and, from its derivative,
+    /// `Rsqrt(r2)`).
+    RsqrtOf {
+        /// Destination.
+        dst: usize,
+        /// `u`.
+        u: Src,
+        /// `Sqrt(u)`.
+        sqrt: Src,
+    },
 }
 
 /// What a sum adds up on each tile, for one output row: `scale * sum_j factor_j * term_j`,
@@ -301,6 +313,8 @@ impl TileProgram {
             tile: 0,
         };
         let mut loc: HashMap<u64, Src> = HashMap::new();
+        // `Sqrt(u)` of tile values, by `u`.
+        let mut sqrt_of: HashMap<u64, Src> = HashMap::new();
         for f in &nodes {
             let d = deps[&f.id()];
             if d & RED == 0 {
@@ -371,6 +385,13 @@ impl TileProgram {
                     arg: index,
                     dim,
                 },
+                Op::Unary(Unary::Rsqrt) if sqrt_of.contains_key(&f.args[0].id()) => {
+                    Instr::RsqrtOf {
+                        dst,
+                        u: args[0],
+                        sqrt: sqrt_of[&f.args[0].id()],
+                    }
+                }
                 // Exp(a * s): fold the product into the exponential when nothing else
                 // reads it.
                 Op::Unary(Unary::Exp) => match scaled_exp_operands(&f.args[0], &loc, &uses) {
@@ -424,14 +445,15 @@ impl TileProgram {
             } else {
                 p.pair_instrs.push(instr);
             }
-            loc.insert(
-                f.id(),
-                Src::Tile {
-                    reg: dst,
-                    start: 0,
-                    dim: f.dim,
-                },
-            );
+            let src = Src::Tile {
+                reg: dst,
+                start: 0,
+                dim: f.dim,
+            };
+            if f.op == Op::Unary(Unary::Sqrt) {
+                sqrt_of.insert(f.args[0].id(), src);
+            }
+            loc.insert(f.id(), src);
         }
         for (k, r) in roots.iter().enumerate() {
             let src = match loc[&r.id()] {
@@ -522,6 +544,7 @@ impl Instr {
                 .chain(s.iter().chain(div).chain(add).copied())
                 .collect(),
             Instr::Broadcast { a, .. } => vec![*a],
+            Instr::RsqrtOf { u, sqrt, .. } => vec![*u, *sqrt],
             Instr::RowTile { row, tile, .. } => vec![*row, *tile],
             Instr::Load { .. } => Vec::new(),
         }
@@ -535,7 +558,8 @@ impl Instr {
             | Instr::Apply { dst, .. }
             | Instr::RowTile { dst, .. }
             | Instr::ScaledExp { dst, .. }
-            | Instr::ScaledProduct { dst, .. } => *dst,
+            | Instr::ScaledProduct { dst, .. }
+            | Instr::RsqrtOf { dst, .. } => *dst,
         }
     }
 }
@@ -937,6 +961,31 @@ mod tests {
             &r.pair_instrs[..],
             [.., Instr::ScaledProduct { tiles, s, neg: true, .. }] if tiles.len() == 2 && s.len() == 2
         ));
+    }
+
+    #[test]
+    fn rsqrt_reuses_the_square_root() {
+        let ops = |f: &str| {
+            let p = compile(f, true);
+            (p.pair_instrs.iter())
+                .map(|i| match i {
+                    Instr::Apply { op, .. } => format!("{op:?}"),
+                    Instr::RsqrtOf { .. } => "RsqrtOf".into(),
+                    _ => "other".into(),
+                })
+                .filter(|o| o.contains("qrt"))
+                .collect::<Vec<_>>()
+        };
+        // A Laplace kernel's gradient.
+        let f = "Exp(-Sqrt(SqDist(x,y) * g)) * Rsqrt(SqDist(x,y) * g) * b * (x - y)";
+        assert_eq!(ops(f), ["Unary(Sqrt)", "RsqrtOf"]);
+        // Of another value, or before the square root: computed.
+        let f = "Exp(-Sqrt(SqDist(x,y))) * Rsqrt(SqDist(x,y) * g)";
+        assert_eq!(ops(f), ["Unary(Sqrt)", "Unary(Rsqrt)"]);
+        assert_eq!(
+            ops("Rsqrt(SqDist(x,y)) * Sqrt(SqDist(x,y))"),
+            ["Unary(Rsqrt)", "Unary(Sqrt)"]
+        );
     }
 
     #[test]

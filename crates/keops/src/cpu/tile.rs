@@ -210,6 +210,20 @@ fn exec_body<T: Real, M: MathMode>(
             }
             regs.regs[*dst] = out;
         }
+        Instr::RsqrtOf { dst, u, sqrt } => {
+            let mut out = std::mem::take(&mut regs.regs[*dst]);
+            for c in 0..u.dim().max(sqrt.dim()) {
+                if let (Lane::Tile(u), Lane::Tile(s)) =
+                    (regs.lane(scal, *u, c), regs.lane(scal, *sqrt, c))
+                {
+                    let out = &mut out[c * tile..(c + 1) * tile];
+                    for ((o, &u), &s) in out.iter_mut().zip(u).zip(s) {
+                        *o = T::select(u == T::ZERO, T::ZERO, T::ONE / s);
+                    }
+                }
+            }
+            regs.regs[*dst] = out;
+        }
         Instr::ScaledExp { dst, a, s, neg } => {
             let mut out = std::mem::take(&mut regs.regs[*dst]);
             let sign = if *neg { -T::ONE } else { T::ONE };
