@@ -242,6 +242,18 @@ pub fn exp_f32_ftz_mode<M: MathMode>(x: f32) -> f32 {
     )
 }
 
+/// [`exp_f32_ftz_mode`] for `x <= 0` or NaN (a LogSumExp's `f - max`), with the same
+/// bits there for fewer instructions: nothing overflows, so the upper range's test and
+/// its infinity go, and `2^k` multiplies `e` as a float, which keeps a NaN without a
+/// test of its own (the integer addition of `exp_f32_ftz_mode` may turn a NaN's bits
+/// into a number). For `x > 0` the result is unspecified.
+#[inline(always)]
+pub fn exp_f32_nonpos_ftz_mode<M: MathMode>(x: f32) -> f32 {
+    let (e, k, _) = exp_f32_parts::<M>(x);
+    // From EXP_F32_FTZ_LO to 0, k is in [-126, 0] and e 2^k is normal: exact.
+    select(x < EXP_F32_FTZ_LO, 0.0, e * pow2_f32(k))
+}
+
 /// The inputs for which [`exp_f32_mode`] gives a normal number: below
 /// `EXP_F32_FTZ_LO` its `e 2^k` is below `2^-126` (flushed to 0), above
 /// `EXP_F32_FTZ_HI` it is `2^128` or more (infinite). Found by a search of every `f32`
@@ -890,6 +902,50 @@ mod tests {
         }
         let mut xs = inputs_f32(-110.0, 95.0, &[-103.972_08, 0.0]);
         xs.extend(every(-104.5, -86.0).chain(every(87.0, 89.5)));
+        let _mode = crate::cpu::fpmode::FlushSubnormals::enter(true);
+        if !crate::cpu::fpmode::flushing() {
+            eprintln!("skipped: this architecture has no flush-to-zero mode");
+            return;
+        }
+        check::<NoFma>(&xs);
+        check::<WithFma>(&xs);
+    }
+
+    /// For `x <= 0` and NaN, `exp_f32_nonpos_ftz_mode` returns `exp_f32_ftz_mode`'s
+    /// bits, with and without FMA: every `f32` around the underflow bound and where `k`
+    /// first rounds to -1, a sample of the others, the infinities, and NaNs whose
+    /// payloads would make a number of an integer addition to the exponent.
+    #[test]
+    fn exp_f32_nonpos_equals_exp_f32_ftz() {
+        fn every(a: f32, b: f32) -> impl Iterator<Item = f32> {
+            let (a, b) = (a.to_bits(), b.to_bits());
+            (a.min(b)..=a.max(b)).map(f32::from_bits)
+        }
+        fn check<M: MathMode>(xs: &[f32]) {
+            for &x in xs {
+                let (fast, ftz) = (exp_f32_nonpos_ftz_mode::<M>(x), exp_f32_ftz_mode::<M>(x));
+                assert!(
+                    fast.to_bits() == ftz.to_bits() || fast.is_nan() && ftz.is_nan(),
+                    "exp({x:e}) (FMA: {}): {fast:e} against {ftz:e}",
+                    M::FMA
+                );
+                assert_eq!(fast.is_nan(), x.is_nan(), "exp({x:e})");
+            }
+        }
+        let mut xs: Vec<f32> = inputs_f32(-110.0, 0.0, &[-103.972_08, 0.0, -0.0]);
+        xs.extend(every(-88.0, -86.5).chain(every(-0.35, -0.34)));
+        xs.extend([f32::NEG_INFINITY, f32::MIN, f32::NAN, -f32::NAN]);
+        xs.extend([0x7fc0_01ff, 0xffc1_2345, 0x7f80_0001].map(f32::from_bits));
+        xs.retain(|&x| x <= 0.0 || x.is_nan());
+        // A LogSumExp's f == max takes exp(0) of every variant: exactly 1.
+        for z in [0.0, -0.0] {
+            assert_eq!(exp_f32_nonpos_ftz_mode::<WithFma>(z), 1.0);
+            assert_eq!(exp_f32_nonpos_ftz_mode::<NoFma>(z), 1.0);
+            assert_eq!(exp_f32_mode::<WithFma>(z), 1.0);
+            assert_eq!(exp_f32_mode::<NoFma>(z), 1.0);
+            assert_eq!(exp_f64_mode::<WithFma>(z as f64), 1.0);
+            assert_eq!(exp_f64_mode::<NoFma>(z as f64), 1.0);
+        }
         let _mode = crate::cpu::fpmode::FlushSubnormals::enter(true);
         if !crate::cpu::fpmode::flushing() {
             eprintln!("skipped: this architecture has no flush-to-zero mode");

@@ -84,6 +84,13 @@ pub trait Real:
     fn exp_in<M: MathMode, const FTZ: bool>(self) -> Self {
         self.exp_::<M>()
     }
+    /// [`Self::exp_in`] of an `x <= 0` or NaN (a LogSumExp's `f - max`): the same
+    /// bits, for less work where nothing can overflow
+    /// ([`crate::math::exp_f32_nonpos_ftz_mode`]); unspecified for `x > 0`.
+    #[inline(always)]
+    fn exp_nonpos_in<M: MathMode, const FTZ: bool>(self) -> Self {
+        self.exp_in::<M, FTZ>()
+    }
     /// Natural logarithm.
     fn ln_<M: MathMode>(self) -> Self;
     /// Sine.
@@ -115,7 +122,7 @@ pub trait Real:
 }
 
 macro_rules! impl_real_float {
-    ($t:ty, $name:literal, $exp:ident, $exp_ftz:ident, $ln:ident, $sin:ident, $cos:ident) => {
+    ($t:ty, $name:literal, $exp:ident, $exp_ftz:ident, $exp_nonpos_ftz:ident, $ln:ident, $sin:ident, $cos:ident) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -177,6 +184,14 @@ macro_rules! impl_real_float {
                 }
             }
             #[inline(always)]
+            fn exp_nonpos_in<M: MathMode, const FTZ: bool>(self) -> Self {
+                if FTZ {
+                    crate::math::$exp_nonpos_ftz::<M>(self)
+                } else {
+                    crate::math::$exp::<M>(self)
+                }
+            }
+            #[inline(always)]
             fn ln_<M: MathMode>(self) -> Self {
                 crate::math::$ln::<M>(self)
             }
@@ -221,6 +236,7 @@ impl_real_float!(
     "float32",
     exp_f32_mode,
     exp_f32_ftz_mode,
+    exp_f32_nonpos_ftz_mode,
     ln_f32_mode,
     sin_f32_mode,
     cos_f32_mode
@@ -230,6 +246,7 @@ impl_real_float!(
     "float64",
     exp_f64_mode,
     exp_f64_mode, // float64 jobs never flush subnormals
+    exp_f64_mode,
     ln_f64_mode,
     sin_f64_mode,
     cos_f64_mode

@@ -397,14 +397,25 @@ fn no_output_rows() {
     }
 }
 
-/// NaN and infinities: a NaN in one `y` row makes every Sum over j NaN (axis 1) and
-/// exactly that output NaN (axis 0); Min/ArgMin never select NaN; an infinite `y` row
+/// NaN and infinities: a NaN in one `y` row makes every Sum and LogSumExp over j NaN
+/// (axis 1) and exactly that output NaN (axis 0); Min/ArgMin never select NaN; an infinite `y` row
 /// makes `Sum SqDist` infinite and is the minimum of `-SqDist`.
 #[test]
 fn nan_and_inf_propagation() {
     let (n, m) = (40, 300);
     let bad = 123;
-    for (what, val) in [("NaN", f64::NAN), ("+inf", f64::INFINITY)] {
+    // A NaN whose float32 payload has low bits set: an exponential that adds k to the
+    // exponent field as an integer would make a number of it.
+    let payload = f64::from_bits(0x7ff8_003f_e000_0000);
+    assert_eq!(
+        (std::hint::black_box(payload) as f32).to_bits(),
+        0x7fc0_01ff
+    );
+    for (what, val) in [
+        ("NaN", f64::NAN),
+        ("NaN with a payload", payload),
+        ("+inf", f64::INFINITY),
+    ] {
         let mut inp = inputs(&NO_BATCH, n, m, 1, 21);
         for c in 0..3 {
             inp.data[1][bad * 3 + c] = val;
@@ -417,6 +428,7 @@ fn nan_and_inf_propagation() {
             ("-SqDist(x,y)", Reduction::MinArgMin),
             ("SqDist(x,y)", Reduction::ArgKMin(5)),
             ("SqDist(x,y)", Reduction::Max),
+            ("-SqDist(x,y)", Reduction::LogSumExp),
         ] {
             for axis in [1, 0] {
                 let g = Genred::new(formula, &aliases(1), red, axis).unwrap();
@@ -433,22 +445,29 @@ fn nan_and_inf_propagation() {
                         &format!("{ctx} [{kname}, f64]"),
                     );
                     check_indices_exact(&got, &want, &format!("{ctx} [{kname}, f64]"));
-                    let got = run_as::<f32>(&g, &inp, &opts).unwrap();
-                    check_values(
-                        &got,
-                        &want,
-                        Some(&ones),
-                        TOL_F32,
-                        &format!("{ctx} [{kname}, f32]"),
-                    );
+                    // Flushing subnormals (fast_math) takes other exponentials.
+                    for fast_math in [false, true] {
+                        let opts = Options {
+                            fast_math,
+                            ..opts.clone()
+                        };
+                        let got = run_as::<f32>(&g, &inp, &opts).unwrap();
+                        check_values(
+                            &got,
+                            &want,
+                            Some(&ones),
+                            TOL_F32,
+                            &format!("{ctx} [{kname}, f32, fast_math {fast_math}]"),
+                        );
+                    }
                 }
                 // The documented behaviour, spelled out on the oracle's results.
                 let v = want.values.as_ref().map(|a| &a.data);
                 match (what, red, formula, axis) {
-                    ("NaN", Reduction::Sum, _, 1) => {
+                    (w, Reduction::Sum | Reduction::LogSumExp, _, 1) if w.starts_with("NaN") => {
                         assert!(v.unwrap().iter().all(|x| x.is_nan()), "{ctx}")
                     }
-                    ("NaN", Reduction::Sum, _, 0) => {
+                    (w, Reduction::Sum | Reduction::LogSumExp, _, 0) if w.starts_with("NaN") => {
                         for (j, x) in v.unwrap().iter().enumerate() {
                             assert_eq!(x.is_nan(), j == bad, "{ctx}: output {j}");
                         }

@@ -537,9 +537,16 @@ fn shifted_exps_body<T: Real, M: MathMode>(_: Isa, out: &mut [T], x: &[T], m: T,
 
 #[inline(always)]
 fn shifted_exps_in<T: Real, M: MathMode, const FTZ: bool>(out: &mut [T], x: &[T], m: T) {
-    // x == m gives exactly 1, also when both are +inf (inf - inf is NaN).
-    for (o, &x) in out.iter_mut().zip(x) {
-        *o = T::select(x == m, T::ONE, (x - m).exp_in::<M, FTZ>());
+    if m > T::NEG_INFINITY && m < T::INFINITY {
+        // A finite maximum: every x - m is <= 0 or NaN, and exp(0) is exactly 1.
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = (x - m).exp_nonpos_in::<M, FTZ>();
+        }
+    } else {
+        // x == m gives exactly 1, also when both are +inf (inf - inf is NaN).
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = T::select(x == m, T::ONE, (x - m).exp_in::<M, FTZ>());
+        }
     }
 }
 
