@@ -137,6 +137,25 @@ fn kernels() -> [(&'static str, Options); 2] {
     ]
 }
 
+/// `g` on `inp` against the oracle's `want` (tolerances scaled by `scale`) on both code
+/// paths and every instruction set of this CPU, in float64 and float32.
+fn check_every_isa(g: &Genred, inp: &Inputs, want: &Reduced<f64>, scale: &[f64], ctx: &str) {
+    let isas = keops::cpu::Isa::ALL.into_iter();
+    for isa in isas.filter(|&i| i <= keops::cpu::Isa::available()) {
+        for (name, opts) in kernels() {
+            let opts = Options {
+                isa: Some(isa),
+                ..opts
+            };
+            let ctx = format!("{ctx}, {name}, {isa:?}");
+            let got = run_as::<f64>(g, inp, &opts).unwrap();
+            check_values(&got, want, Some(scale), TOL_F64, &ctx);
+            let got = run_as::<f32>(g, inp, &opts).unwrap();
+            check_values(&got, want, Some(scale), TOL_F32, &format!("{ctx}, f32"));
+        }
+    }
+}
+
 /// The per-value scale of the tolerance (see the module docs).
 fn value_scale(g: &Genred, inp: &Inputs, want: &Reduced<f64>) -> Vec<f64> {
     let len = want.values.as_ref().map(|v| v.data.len()).unwrap_or(0);
@@ -1372,20 +1391,7 @@ fn one_pass_products_match_the_oracle() {
             inp.push(&[1], || rng.uniform(0.5, 2.0));
             let want = reference::reduce(&g, &inp.args_f64()).unwrap();
             let scale = sum_magnitude(&g, &inp);
-            let isas = keops::cpu::Isa::ALL.into_iter();
-            for isa in isas.filter(|&i| i <= keops::cpu::Isa::available()) {
-                for (name, opts) in kernels() {
-                    let opts = Options {
-                        isa: Some(isa),
-                        ..opts
-                    };
-                    let ctx = format!("{f} {red:?} axis {axis}, {name}, {isa:?}");
-                    let got = run_as::<f64>(&g, &inp, &opts).unwrap();
-                    check_values(&got, &want, Some(&scale), TOL_F64, &ctx);
-                    let got = run_as::<f32>(&g, &inp, &opts).unwrap();
-                    check_values(&got, &want, Some(&scale), TOL_F32, &format!("{ctx}, f32"));
-                }
-            }
+            check_every_isa(&g, &inp, &want, &scale, &format!("{f} {red:?} axis {axis}"));
         }
     }
 }
@@ -1456,21 +1462,8 @@ fn summands_match_the_oracle() {
                 }
                 let want = reference::reduce(&g, &inp.args_f64()).unwrap();
                 let scale = value_scale(&g, &inp, &want);
-                let isas = keops::cpu::Isa::ALL.into_iter();
-                for isa in isas.filter(|&i| i <= keops::cpu::Isa::available()) {
-                    for (name, opts) in kernels() {
-                        let opts = Options {
-                            isa: Some(isa),
-                            ..opts
-                        };
-                        let ctx =
-                            format!("{f} / {weight:?}, axis {axis}, p {p:?}, {name}, {isa:?}");
-                        let got = run_as::<f64>(&g, &inp, &opts).unwrap();
-                        check_values(&got, &want, Some(&scale), TOL_F64, &ctx);
-                        let got = run_as::<f32>(&g, &inp, &opts).unwrap();
-                        check_values(&got, &want, Some(&scale), TOL_F32, &format!("{ctx}, f32"));
-                    }
-                }
+                let ctx = format!("{f} / {weight:?}, axis {axis}, p {p:?}");
+                check_every_isa(&g, &inp, &want, &scale, &ctx);
             }
         }
     }
@@ -1510,20 +1503,13 @@ fn rsqrt_of_a_square_root_matches_the_oracle() {
             inp.push(&[out, 1], || rng.uniform(-1.0, 1.0));
             let want = reference::reduce(g, &inp.args_f64()).unwrap();
             let scale = value_scale(g, &inp, &want);
-            let isas = keops::cpu::Isa::ALL.into_iter();
-            for isa in isas.filter(|&i| i <= keops::cpu::Isa::available()) {
-                for (name, opts) in kernels() {
-                    let opts = Options {
-                        isa: Some(isa),
-                        ..opts
-                    };
-                    let ctx = format!("gradient of {f}, axis {axis}, {name}, {isa:?}");
-                    let got = run_as::<f64>(g, &inp, &opts).unwrap();
-                    check_values(&got, &want, Some(&scale), TOL_F64, &ctx);
-                    let got = run_as::<f32>(g, &inp, &opts).unwrap();
-                    check_values(&got, &want, Some(&scale), TOL_F32, &format!("{ctx}, f32"));
-                }
-            }
+            check_every_isa(
+                g,
+                &inp,
+                &want,
+                &scale,
+                &format!("gradient of {f}, axis {axis}"),
+            );
         }
     }
 }
