@@ -869,6 +869,13 @@ mod tests {
         v
     }
 
+    /// Every `f32` from `a` to `b` (of one sign): bit patterns are ordered like the
+    /// values on each side of zero.
+    fn every(a: f32, b: f32) -> impl Iterator<Item = f32> {
+        let (a, b) = (a.to_bits(), b.to_bits());
+        (a.min(b)..=a.max(b)).map(f32::from_bits)
+    }
+
     #[test]
     fn exp_f32_accuracy() {
         let xs = inputs_f32(
@@ -885,11 +892,6 @@ mod tests {
     /// sample of all the others and the special values.
     #[test]
     fn exp_f32_ftz_equals_exp_f32_flushed() {
-        fn every(a: f32, b: f32) -> impl Iterator<Item = f32> {
-            // Bit patterns are ordered like the values on each side of zero.
-            let (a, b) = (a.to_bits(), b.to_bits());
-            (a.min(b)..=a.max(b)).map(f32::from_bits)
-        }
         fn check<M: MathMode>(xs: &[f32]) {
             for &x in xs {
                 let (fast, exact) = (exp_f32_ftz_mode::<M>(x), exp_f32_mode::<M>(x));
@@ -917,10 +919,6 @@ mod tests {
     /// payloads would make a number of an integer addition to the exponent.
     #[test]
     fn exp_f32_nonpos_equals_exp_f32_ftz() {
-        fn every(a: f32, b: f32) -> impl Iterator<Item = f32> {
-            let (a, b) = (a.to_bits(), b.to_bits());
-            (a.min(b)..=a.max(b)).map(f32::from_bits)
-        }
         fn check<M: MathMode>(xs: &[f32]) {
             for &x in xs {
                 let (fast, ftz) = (exp_f32_nonpos_ftz_mode::<M>(x), exp_f32_ftz_mode::<M>(x));

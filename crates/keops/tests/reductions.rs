@@ -137,6 +137,17 @@ fn kernels() -> [(&'static str, Options); 2] {
     ]
 }
 
+/// A kernel sum's inputs: points `x` `(nx, 3)` and `y` `(ny, 3)`, weights `b`
+/// `(ny, 1)` in [-1, 1], a positive scale `p`.
+fn kernel_inputs(rng: &mut Rng, nx: usize, ny: usize) -> Inputs {
+    let mut inp = Inputs::new();
+    inp.push(&[nx, 3], || rng.uniform(-1.0, 1.0));
+    inp.push(&[ny, 3], || rng.uniform(-1.0, 1.0));
+    inp.push(&[ny, 1], || rng.uniform(-1.0, 1.0));
+    inp.push(&[1], || rng.uniform(0.5, 2.0));
+    inp
+}
+
 /// `g` on `inp` against the oracle's `want` (tolerances scaled by `scale`) on both code
 /// paths and every instruction set of this CPU, in float64 and float32.
 fn check_every_isa(g: &Genred, inp: &Inputs, want: &Reduced<f64>, scale: &[f64], ctx: &str) {
@@ -1384,11 +1395,7 @@ fn one_pass_products_match_the_oracle() {
         for axis in [1, 0] {
             let g = Genred::new(f, &aliases, red, axis).unwrap();
             let (nx, ny) = if axis == 1 { (n, m) } else { (m, n) };
-            let mut inp = Inputs::new();
-            inp.push(&[nx, 3], || rng.uniform(-1.0, 1.0));
-            inp.push(&[ny, 3], || rng.uniform(-1.0, 1.0));
-            inp.push(&[ny, 1], || rng.uniform(-1.0, 1.0));
-            inp.push(&[1], || rng.uniform(0.5, 2.0));
+            let inp = kernel_inputs(&mut rng, nx, ny);
             let want = reference::reduce(&g, &inp.args_f64()).unwrap();
             let scale = sum_magnitude(&g, &inp);
             check_every_isa(&g, &inp, &want, &scale, &format!("{f} {red:?} axis {axis}"));
@@ -1443,11 +1450,7 @@ fn summands_match_the_oracle() {
             }
             .unwrap();
             let (nx, ny) = if axis == 1 { (n, m) } else { (m, n) };
-            let mut inp = Inputs::new();
-            inp.push(&[nx, 3], || rng.uniform(-1.0, 1.0));
-            inp.push(&[ny, 3], || rng.uniform(-1.0, 1.0));
-            inp.push(&[ny, 1], || rng.uniform(-1.0, 1.0));
-            inp.push(&[1], || rng.uniform(0.5, 2.0));
+            let mut inp = kernel_inputs(&mut rng, nx, ny);
             inp.push(&[ny, 9], || rng.uniform(-1.0, 1.0));
             for p in [
                 None,
