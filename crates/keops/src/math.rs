@@ -892,25 +892,39 @@ mod tests {
     /// sample of all the others and the special values.
     #[test]
     fn exp_f32_ftz_equals_exp_f32_flushed() {
-        fn check<M: MathMode>(xs: &[f32]) {
-            for &x in xs {
-                let (fast, exact) = (exp_f32_ftz_mode::<M>(x), exp_f32_mode::<M>(x));
-                assert!(
-                    fast.to_bits() == exact.to_bits() || fast.is_nan() && exact.is_nan(),
-                    "exp({x:e}) (FMA: {}): {fast:e} against {exact:e}",
-                    M::FMA
-                );
-            }
-        }
         let mut xs = inputs_f32(-110.0, 95.0, &[-103.972_08, 0.0]);
         xs.extend(every(-104.5, -86.0).chain(every(87.0, 89.5)));
+        same_exp_bits_flushed(
+            &xs,
+            [exp_f32_ftz_mode::<NoFma>, exp_f32_ftz_mode::<WithFma>],
+            [exp_f32_mode::<NoFma>, exp_f32_mode::<WithFma>],
+        );
+    }
+
+    /// Where subnormal results are flushed (skipped where the architecture cannot), each
+    /// of `fast` (without FMA, then with) returns the bits of `reference` in the same
+    /// mode on every `x` of `xs`, or NaN where both do, which is where `x` is NaN.
+    fn same_exp_bits_flushed(
+        xs: &[f32],
+        fast: [fn(f32) -> f32; 2],
+        reference: [fn(f32) -> f32; 2],
+    ) {
         let _mode = crate::cpu::fpmode::FlushSubnormals::enter(true);
         if !crate::cpu::fpmode::flushing() {
             eprintln!("skipped: this architecture has no flush-to-zero mode");
             return;
         }
-        check::<NoFma>(&xs);
-        check::<WithFma>(&xs);
+        for (fma, (fast, reference)) in fast.into_iter().zip(reference).enumerate() {
+            for &x in xs {
+                let (f, r) = (fast(x), reference(x));
+                assert!(
+                    f.to_bits() == r.to_bits() || f.is_nan() && r.is_nan(),
+                    "exp({x:e}) (FMA: {}): {f:e} against {r:e}",
+                    fma == 1
+                );
+                assert_eq!(f.is_nan(), x.is_nan(), "exp({x:e})");
+            }
+        }
     }
 
     /// For `x <= 0` and NaN, `exp_f32_nonpos_ftz_mode` returns `exp_f32_ftz_mode`'s
@@ -919,17 +933,6 @@ mod tests {
     /// payloads would make a number of an integer addition to the exponent.
     #[test]
     fn exp_f32_nonpos_equals_exp_f32_ftz() {
-        fn check<M: MathMode>(xs: &[f32]) {
-            for &x in xs {
-                let (fast, ftz) = (exp_f32_nonpos_ftz_mode::<M>(x), exp_f32_ftz_mode::<M>(x));
-                assert!(
-                    fast.to_bits() == ftz.to_bits() || fast.is_nan() && ftz.is_nan(),
-                    "exp({x:e}) (FMA: {}): {fast:e} against {ftz:e}",
-                    M::FMA
-                );
-                assert_eq!(fast.is_nan(), x.is_nan(), "exp({x:e})");
-            }
-        }
         let mut xs: Vec<f32> = inputs_f32(-110.0, 0.0, &[-103.972_08, 0.0, -0.0]);
         xs.extend(every(-88.0, -86.5).chain(every(-0.35, -0.34)));
         xs.extend([f32::NEG_INFINITY, f32::MIN, f32::NAN, -f32::NAN]);
@@ -944,13 +947,14 @@ mod tests {
             assert_eq!(exp_f64_mode::<WithFma>(z as f64), 1.0);
             assert_eq!(exp_f64_mode::<NoFma>(z as f64), 1.0);
         }
-        let _mode = crate::cpu::fpmode::FlushSubnormals::enter(true);
-        if !crate::cpu::fpmode::flushing() {
-            eprintln!("skipped: this architecture has no flush-to-zero mode");
-            return;
-        }
-        check::<NoFma>(&xs);
-        check::<WithFma>(&xs);
+        same_exp_bits_flushed(
+            &xs,
+            [
+                exp_f32_nonpos_ftz_mode::<NoFma>,
+                exp_f32_nonpos_ftz_mode::<WithFma>,
+            ],
+            [exp_f32_ftz_mode::<NoFma>, exp_f32_ftz_mode::<WithFma>],
+        );
     }
 
     #[test]

@@ -75,6 +75,13 @@ pub trait Real:
     fn rsqrt_(self) -> Self {
         Self::ONE / self.sqrt_()
     }
+    /// KeOps' `Rsqrt` of `self` (`1 / sqrt(x)`, and 0 at 0) from its square root `s`:
+    /// the op's one definition, which the tile program's `RsqrtOf` calls with a
+    /// `Sqrt(x)` it has computed already.
+    #[inline(always)]
+    fn rsqrt_from_sqrt(self, s: Self) -> Self {
+        Self::select(self == Self::ZERO, Self::ZERO, Self::ONE / s)
+    }
     /// Exponential (polynomials with FMA or not, as `M` says).
     fn exp_<M: MathMode>(self) -> Self;
     /// [`Self::exp_`] where `FTZ` says the code runs while subnormal results are flushed

@@ -308,15 +308,13 @@ pub fn weighted_sums<T: Element, A: Real>(
                     *s += if f.is_finite() && f != 0.0 {
                         f * v.to_f64()
                     } else {
-                        // As `scaled_sum`: each term multiplied (rows of such factors are
-                        // rare, and are summed again here).
-                        let (f, k) = (T::from_f64(f), &k[r * k_stride + t0..]);
-                        (0..depth)
-                            .map(|t| {
-                                f * (k[t] * b.data[(t0 + t) * b.row_stride + c * b.col_stride])
-                            })
-                            .fold(A::ZERO, |s, v| s + A::from_f64(v.to_f64()))
-                            .to_f64()
+                        // `scaled_sum` multiplies each term by such a factor: rows of them
+                        // are rare, and are summed again here, from the weights' column.
+                        let col: Vec<T> = (t0..t0 + depth)
+                            .map(|t| b.data[t * b.row_stride + c * b.col_stride])
+                            .collect();
+                        let k = &k[r * k_stride + t0..][..depth];
+                        scaled_sum_in::<T, A>(f, Some(k), Terms::Tile(&col), scheme)
                     };
                 }
             }

@@ -179,8 +179,8 @@ pub enum Term {
 }
 
 impl Summand {
-    /// The tile registers it reads.
-    fn tiles(&self) -> impl Iterator<Item = Src> + '_ {
+    /// The sources it reads (an offset's row is a per-row scalar).
+    fn sources(&self) -> impl Iterator<Item = Src> + '_ {
         let term = match self.term {
             Term::Tile(t) => [Some(t), None],
             Term::Offset { row, tile, .. } => [Some(row), Some(tile)],
@@ -806,7 +806,7 @@ fn remove_dead(p: &mut TileProgram) {
         .roots
         .iter()
         .copied()
-        .chain(p.summand.iter().flat_map(Summand::tiles))
+        .chain(p.summand.iter().flat_map(Summand::sources))
     {
         mark(&r, &mut live);
     }

@@ -218,7 +218,7 @@ fn exec_body<T: Real, M: MathMode>(
                 {
                     let out = &mut out[c * tile..(c + 1) * tile];
                     for ((o, &u), &s) in out.iter_mut().zip(u).zip(s) {
-                        *o = T::select(u == T::ZERO, T::ZERO, T::ONE / s);
+                        *o = u.rsqrt_from_sqrt(s);
                     }
                 }
             }

@@ -175,7 +175,7 @@ unary_ops! {
         c "k_sqrt({x})",
         d |x, y| Some(Formula::rat(1, 2)?.mul(&x.unary(Unary::Rsqrt))?);
     /// `1 / sqrt(x)`, and 0 at 0 (KeOps' convention, which makes `Normalize(0) = 0`).
-    Rsqrt "Rsqrt" |x| R::select(x == R::ZERO, R::ZERO, x.rsqrt_()),
+    Rsqrt "Rsqrt" |x| x.rsqrt_from_sqrt(x.sqrt_()),
         c "({x} == 0 ? (T)0 : k_rsqrt({x}))",
         d |x, y| Some(Formula::rat(-1, 2)?.mul(&x.unary(Unary::Rsqrt).pow(3))?);
     /// `1 / x`.
