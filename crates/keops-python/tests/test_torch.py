@@ -423,3 +423,30 @@ def test_out_of_gpu_memory_empties_torchs_cache_and_retries_once(monkeypatch) ->
     with pytest.raises(RuntimeError, match="illegal"):
         kt._retry_out_of_memory(other)
     assert len(other.calls) == 1 and emptied == [1, 1]
+
+
+def test_powf_follows_torch_pow_at_zero_and_negative_bases() -> None:
+    """``x ** 1.5`` (``Powf``) is ``torch.pow``: values at negative bases with integer
+    exponents, and gradients at a zero base (coinciding points of a Matérn-like
+    ``r ** 1.5``), where ``y b / a`` would give NaN."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    x = torch.cat([x, x[:2]]).requires_grad_()          # rows 5, 6 coincide with 0, 1
+    p = torch.tensor([1.5], dtype=torch.float64, requires_grad=True)
+    xi, xj = LazyTensor(x[:, None, :]), LazyTensor(x[None, :, :])
+    r2 = ((xi - xj) ** 2).sum(-1)
+    K = (r2 ** LazyTensor(p)).sum(1)
+    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    Kd = (d2 ** p).sum(1, keepdim=True)
+    torch.testing.assert_close(K, Kd)
+    gk = torch.autograd.grad(K.sum(), [x, p])
+    gd = torch.autograd.grad(Kd.sum(), [x, p])
+    for a, b in zip(gk, gd):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b)
+    # Negative bases: real for integer exponents, NaN otherwise, as torch.pow.
+    base = torch.tensor([[-2.0], [-0.5], [0.0], [3.0]], dtype=torch.float64)
+    for e in (3.0, -2.0, 0.0, 0.5):
+        ek = torch.tensor([e], dtype=torch.float64)
+        got = Genred("Powf(a, e)", ["a = Vi(1)", "e = Pm(1)"], reduction_op="Sum", axis=1)(base, ek)
+        torch.testing.assert_close(got, torch.pow(base, e), equal_nan=True)

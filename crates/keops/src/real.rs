@@ -104,10 +104,30 @@ pub trait Real:
     fn sin_<M: MathMode>(self) -> Self;
     /// Cosine.
     fn cos_<M: MathMode>(self) -> Self;
-    /// `x^y` for real `y` (`exp(y ln x)`; NaN for negative `x`).
+    /// `x^y` with C's `pow` semantics, as pykeops 2.3's `Powf` and `torch.pow`:
+    /// `exp(y ln|x|)`; 1 where `y = 0` or `|x| = 1` (even with a NaN or an infinity on the
+    /// other side); a negative finite `x` gives a real value only for an integer `y`
+    /// (negative for an odd one) and NaN otherwise; the sign of `-0` and `-inf` counts
+    /// for odd integers (`pow(-0, -3) = -inf`).
     #[inline(always)]
     fn powf_<M: MathMode>(self, y: Self) -> Self {
-        (y * self.ln_::<M>()).exp_::<M>()
+        let l = self.abs_().ln_::<M>();
+        // |x| = 1 makes y ln|x| = 0 * inf (NaN) for an infinite y.
+        let r = Self::select(
+            y == Self::ZERO || l == Self::ZERO,
+            Self::ONE,
+            (y * l).exp_::<M>(),
+        );
+        // floor is exact: an infinite y is an even integer, a NaN none.
+        let int = y.floor_() == y;
+        let half = y * Self::from_f64(0.5);
+        let odd = int && half.floor_() != half;
+        let neg = self < Self::ZERO;
+        let nan = Self::from_f64(f64::NAN);
+        let r = Self::select(neg && !int && self > Self::NEG_INFINITY, nan, r);
+        // -0 is negative here (1 / -0 = -inf), as pow(-0, -3) = -inf says.
+        let signed = neg || Self::ONE / self < Self::ZERO;
+        Self::select(signed && odd, -r, r)
     }
     /// Largest integer not above `x`.
     fn floor_(self) -> Self;
@@ -335,6 +355,9 @@ impl Real for Exact {
     }
     fn ln_<M: MathMode>(self) -> Self {
         Exact(self.0.ln())
+    }
+    fn powf_<M: MathMode>(self, y: Self) -> Self {
+        Exact(self.0.powf(y.0))
     }
     fn sin_<M: MathMode>(self) -> Self {
         Exact(self.0.sin())

@@ -110,6 +110,17 @@ fn conventions_at_awkward_points() {
     // Mod(x, n, d): slope 1 in x, whatever the wrap.
     assert_eq!(at("Mod(x, 0.7, 0)", 2.0), 1.0);
     assert!((at("Atan(x)", 1.0) - 0.5).abs() < 1e-15);
+    // Powf as pykeops 2.3 and torch.pow: d/da = b Powf(a, b - 1), finite at a = 0 (the
+    // Matérn-like `r ** 1.5` at coinciding points), and d/db = 0 where a = 0.
+    assert_eq!(at("Powf(x, 1.5)", 0.0), 0.0, "Powf'(0, 1.5) = 0");
+    assert_eq!(at("Powf(x, 1)", 0.0), 1.0);
+    assert_eq!(
+        at("Powf(x, 3)", -2.0),
+        12.0,
+        "negative base, integer exponent"
+    );
+    assert_eq!(at("Powf(IntCst(0), x)", 1.5), 0.0, "d/db Powf(0, b) = 0");
+    assert!((at("Powf(IntCst(2), x)", 1.0) - 2.0 * 2f64.ln()).abs() < 1e-15);
     // Min/Max of coordinates: the gradient goes to the first selected coordinate only.
     let v = Formula::vi(0, 3).unwrap();
     let g = diff::grad(&v.coord_reduce(keops::formula::Op::CoordMin), &v, &one).unwrap();

@@ -180,6 +180,50 @@ fn log_sum_exp_infinities_and_nan_match_the_oracle_as_host_c() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `Powf`'s device function (`k_pow`, written to keep C's `pow` special values under
+/// `--use_fast_math`) as host C, at every pair of special values, against libm's `pow`
+/// (the oracle's `Powf`): negative bases, zeros of both signs, +-1, infinities, NaN.
+#[test]
+fn powf_special_values_match_pow_as_host_c() {
+    let Some(cc) = c_compiler() else {
+        eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
+        return;
+    };
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    let vals = [
+        -inf, -3.0, -2.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 2.0, 2.5, 3.0, inf, nan,
+    ];
+    let c = |v: f64| {
+        format!("(T)({v:?})")
+            .replace("inf", "INFINITY")
+            .replace("NaN", "NAN")
+    };
+    let dir = std::env::temp_dir().join(format!("keops-pow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for ty in [CType::F64, CType::F32] {
+        let mut src = format!("#include <stdio.h>\n{}int main(void) {{\n", prelude(ty));
+        let mut want = Vec::new();
+        for &a in &vals {
+            for &b in &vals {
+                let _ = writeln!(
+                    src,
+                    "  {{ T r = k_pow({}, {}); printf(\"%.17g\\n\", isnan(r) ? NAN : (double)r); }}",
+                    c(a),
+                    c(b)
+                );
+                want.push((
+                    format!("Powf({a:?}, {b:?}) [{}]", ty.name()),
+                    vec![a.powf(b)],
+                ));
+            }
+        }
+        src.push_str("  return 0;\n}\n");
+        let got = compile_and_run(&cc, &dir, &format!("pow_{}", ty.name()), &src);
+        compare(got, &want, 1e-6);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Compares the C program's output, in order, with the oracle's values (`(what, want)`)
 /// within `tol (1 + |want|)`, NaN matching NaN.
 fn compare(got: Vec<f64>, checks: &[(String, Vec<f64>)], tol: f64) {

@@ -88,10 +88,15 @@ pub fn prelude(ty: CType) -> String {
     ] {
         let _ = writeln!(s, "KEOPS_FN T k_{name}(T x) {{ return {libm}{f}(x); }}");
     }
-    // KeOps' Powf is exp(y log x) (NaN for x < 0, as the engines), not C's pow.
+    // Powf: C's pow, computed as the CPU engine does (`Real::powf_`), so that it keeps
+    // pow's special values under --use_fast_math too (where powf is exp2(y log2 x)).
     let _ = writeln!(
         s,
-        "KEOPS_FN T k_pow(T x, T y) {{ return exp{f}(y * log{f}(x)); }}"
+        "KEOPS_FN T k_pow(T x, T y) {{ T l = log{f}(fabs{f}(x));\n\
+         \x20 T r = (y == (T)0 || l == (T)0) ? (T)1 : exp{f}(y * l);\n\
+         \x20 T h = y * (T)0.5; int in = floor{f}(y) == y, odd = in && floor{f}(h) != h;\n\
+         \x20 if (x < (T)0 && !in && x > -(T)INFINITY) r = (T)NAN;\n\
+         \x20 return odd && signbit(x) ? -r : r; }}"
     );
     let _ = writeln!(
         s,

@@ -352,7 +352,8 @@ pub enum Binary {
     Mult,
     /// `a / b`.
     Divide,
-    /// `Powf(a, b) = exp(b ln a)`.
+    /// `Powf(a, b)`: `a^b` with C's `pow` semantics (pykeops 2.3, `torch.pow`): real for
+    /// a negative `a` and an integer `b`, 1 for `b = 0`.
     Powf,
     /// `Atan2(a, b)`: the angle of the point `(b, a)`, in `[-pi, pi]` (C's `atan2(a, b)`).
     Atan2,
@@ -454,13 +455,16 @@ impl Binary {
                 Some(g.div(b)?),
                 Some(g.mul(a)?.div(&b.unary(Unary::Square))?.neg()),
             ],
-            // Powf(a, b) = Exp(b Log(a)), as KeOps: d/da = y b / a, d/db = y Log(a).
+            // d/da = b Powf(a, b - 1), as pykeops 2.3 (not y b / a, which is NaN at
+            // a = 0, where Powf(a, 1.5) has the derivative 0); d/db = y Log(a), taken as
+            // 0 where a = 0 (as torch.pow: there y Log(a) is 0 * -inf for b > 0).
             Binary::Powf => {
-                let gy = g.mul(y)?;
-                [
-                    Some(gy.mul(b)?.div(a)?),
-                    Some(gy.mul(&a.unary(Unary::Log))?),
-                ]
+                let da = g.mul(b)?.mul(&a.powf(&b.sub(&Formula::int(1))?)?)?;
+                let log_a = a
+                    .unary(Unary::Abs)
+                    .neg()
+                    .if_else(&Formula::int(0), &a.unary(Unary::Log))?;
+                [Some(da), Some(g.mul(y)?.mul(&log_a)?)]
             }
             // d/da atan2(a, b) = b / r^2, d/db = -a / r^2.
             Binary::Atan2 => {
