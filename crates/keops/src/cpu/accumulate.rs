@@ -533,18 +533,62 @@ fn shifted_exps_body<T: Real, M: MathMode>(_: Isa, out: &mut [T], x: &[T], m: T,
     }
 }
 
+multiversion! {
+    /// The sum of `exp(x - m)` for a running maximum `m` (the exponentials of
+    /// [`shifted_exps`], summed as [`tile_sum`] sums them, the same bits): an unweighted
+    /// LogSumExp/SumSoftMaxWeight, which needs no exponential after its sum, computes
+    /// each one in the summing loop instead of storing and reading it back.
+    fn shifted_exp_sum<T: Real, A: Real>(x: &[T], m: T, ftz: bool, scheme: SumScheme) -> f64 = shifted_exp_sum_body;
+}
+
+#[inline(always)]
+fn shifted_exp_sum_body<T: Real, A: Real, M: MathMode>(
+    _: Isa,
+    x: &[T],
+    m: T,
+    ftz: bool,
+    scheme: SumScheme,
+) -> f64 {
+    let finite = m > T::NEG_INFINITY && m < T::INFINITY;
+    let x = Terms::Tile(x);
+    match (finite, ftz) {
+        (true, true) => {
+            term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, true, true>(x, m))
+        }
+        (true, false) => {
+            term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, true, false>(x, m))
+        }
+        (false, true) => {
+            term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, false, true>(x, m))
+        }
+        (false, false) => {
+            term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, false, false>(x, m))
+        }
+    }
+}
+
 #[inline(always)]
 fn shifted_exps_in<T: Real, M: MathMode, const FTZ: bool>(out: &mut [T], x: &[T], m: T) {
     if m > T::NEG_INFINITY && m < T::INFINITY {
-        // A finite maximum: every x - m is <= 0 or NaN, and exp(0) is exactly 1.
         for (o, &x) in out.iter_mut().zip(x) {
-            *o = (x - m).exp_nonpos_in::<M, FTZ>();
+            *o = shifted_exp::<T, M, true, FTZ>(x, m);
         }
     } else {
-        // x == m gives exactly 1, also when both are +inf (inf - inf is NaN).
         for (o, &x) in out.iter_mut().zip(x) {
-            *o = T::select(x == m, T::ONE, (x - m).exp_in::<M, FTZ>());
+            *o = shifted_exp::<T, M, false, FTZ>(x, m);
         }
+    }
+}
+
+/// `exp(x - m)` for a running maximum `m`; `FINITE`: `m` is finite.
+#[inline(always)]
+fn shifted_exp<T: Real, M: MathMode, const FINITE: bool, const FTZ: bool>(x: T, m: T) -> T {
+    if FINITE {
+        // Every x - m is <= 0 or NaN, and exp(0) is exactly 1.
+        (x - m).exp_nonpos_in::<M, FTZ>()
+    } else {
+        // x == m gives exactly 1, also when both are +inf (inf - inf is NaN).
+        T::select(x == m, T::ONE, (x - m).exp_in::<M, FTZ>())
     }
 }
 
@@ -635,22 +679,22 @@ pub fn accumulate<T: Real, A: Real>(
                 let m_new = m_old.max(tm.to_f64());
                 let scale = shift(m_old, m_new);
                 let mt = T::from_f64(m_new);
+                vals[c] = m_new;
+                let Some(wd) = spec.weight_dim else {
+                    // No weight: the exponentials are only summed.
+                    let s = shifted_exp_sum::<T, A>(isa, f, mt, regs.ftz, scheme);
+                    vals[d + c] = vals[d + c] * scale + s;
+                    continue;
+                };
                 let e = &mut tmp[..len];
                 shifted_exps::<T>(isa, e, f, mt, regs.ftz);
-                vals[c] = m_new;
-                if weighted {
-                    vals[1] = vals[1] * scale + tile_sum::<T, A>(e, None, scheme);
-                    let wd = spec.weight_dim.unwrap_or(0);
-                    for k in 0..wd {
-                        vals[2 + k] *= scale;
-                        if let (false, Some(sm)) = (deferred, summand) {
-                            let (_, term) = sm.lanes(regs, k, len);
-                            vals[2 + k] +=
-                                scaled_sum::<T, A>(isa, sm.scale[k], Some(e), term, scheme);
-                        }
+                vals[1] = vals[1] * scale + tile_sum::<T, A>(e, None, scheme);
+                for k in 0..wd {
+                    vals[2 + k] *= scale;
+                    if let (false, Some(sm)) = (deferred, summand) {
+                        let (_, term) = sm.lanes(regs, k, len);
+                        vals[2 + k] += scaled_sum::<T, A>(isa, sm.scale[k], Some(e), term, scheme);
                     }
-                } else {
-                    vals[d + c] = vals[d + c] * scale + tile_sum::<T, A>(e, None, scheme);
                 }
             }
         }
