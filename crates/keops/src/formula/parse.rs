@@ -387,6 +387,8 @@ impl<'a> Parser<'a> {
                 Some(")")
             } else if self.eat("[") {
                 Some("]")
+            } else if !in_list && self.tuple_ahead() && self.eat("(") {
+                Some(")")
             } else {
                 None
             };
@@ -418,7 +420,27 @@ impl<'a> Parser<'a> {
                     .unwrap_or_else(|| "the end".into());
                 return Err(self.err(format!("expected \",\" or \"{close}\", found {found}")));
             }
+            // A trailing comma, as Python writes a tuple of one: `(2,)`.
+            if in_list && self.eat(close) {
+                return Ok(args);
+            }
         }
+    }
+
+    /// Whether a Python tuple of integers starts here: `()`, `(2,)`, `(2, 3)`, which
+    /// keopscore reads as lists (`(2)` is an integer, as in Python).
+    fn tuple_ahead(&self) -> bool {
+        let Some(rest) = self.src[self.pos..].strip_prefix('(') else {
+            return false;
+        };
+        let Some(end) = rest.find(')') else {
+            return false;
+        };
+        let inner = &rest[..end];
+        inner
+            .chars()
+            .all(|c| c.is_ascii_digit() || " \t\n,-".contains(c))
+            && (inner.contains(',') || inner.trim().is_empty())
     }
 
     fn int_arg(&self, name: &str, a: &Arg) -> Result<i64> {
@@ -606,7 +628,19 @@ mod tests {
             brackets,
             parse("Kron(x, y, Ind(2,3), Ind(2, 2))", &al).unwrap()
         );
+        // keopscore evaluates formulas as Python, where tuples are sequences too.
+        assert_eq!(brackets, parse("Kron(x, y, (2, 3), (2,2,))", &al).unwrap());
+        let tuples = "TensorDot(x, y, (2, 3), (2, 2), (), (), (0, 2, 1, 3))";
         let td = "TensorDot(x, y, [2, 3], [2, 2], [], [], [0, 2, 1, 3])";
+        assert_eq!(parse(tuples, &al).unwrap(), parse(td, &al).unwrap());
+        let al1 = ["x = Vi(0,2)", "y = Vj(1,2)"];
+        let one = "TensorDot(x, y, (2,), (2,), (0,), (0,))";
+        assert_eq!(
+            parse(one, &al1).unwrap(),
+            parse("TensorDot(x, y, [2], [2], [0], [0])", &al1).unwrap()
+        );
+        // A parenthesised formula is still one.
+        assert!(parse("Kron(x, (y), [2, 3], [2,2])", &al).is_ok());
         let ind = "TensorDot(x, y, Ind(2,3), Ind(2,2), Ind(), Ind(), Ind(0,2,1,3))";
         assert_eq!(parse(td, &al).unwrap(), parse(ind, &al).unwrap());
         for (bad, want) in [
