@@ -67,9 +67,11 @@ impl Reduction {
         };
         let r = match name {
             "Sum" => Reduction::Sum,
-            // With a weight (formula2), KeOps names it LogSumExpWeight.
-            "LogSumExp" | "LogSumExpWeight" => Reduction::LogSumExp,
-            "Max_SumShiftExp" | "Max_SumShiftExpWeight" => {
+            "LogSumExp" => Reduction::LogSumExp,
+            // pykeops 2.3 runs LogSumExpWeight as Max_SumShiftExpWeight and returns that
+            // state as it is (no m + log(s)): refused as the others, never a value of
+            // another shape that ported code would then take for the state.
+            "Max_SumShiftExp" | "Max_SumShiftExpWeight" | "LogSumExpWeight" => {
                 return Err(KeopsError::Reduction {
                     reduction: name.to_string(),
                     msg: "returns KeOps' raw state (the max m and the sum of exp(F - m)), \
