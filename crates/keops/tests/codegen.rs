@@ -24,14 +24,19 @@ struct Check {
     want: Vec<f64>,
 }
 
+/// The system C compiler (`$CC` or `cc`); `None`, with the skip printed, where none runs.
 fn c_compiler() -> Option<String> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    Command::new(&cc)
+    let found = Command::new(&cc)
         .arg("--version")
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|_| cc)
+        .map(|_| cc);
+    if found.is_none() {
+        eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
+    }
+    found
 }
 
 /// Builds one C program evaluating every case at a few points; returns it with the
@@ -101,7 +106,6 @@ fn program(ty: CType) -> (String, Vec<Check>) {
 #[test]
 fn generated_code_matches_the_oracle_as_host_c() {
     let Some(cc) = c_compiler() else {
-        eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
         return;
     };
     let dir = std::env::temp_dir().join(format!("keops-codegen-{}", std::process::id()));
@@ -127,7 +131,6 @@ fn log_sum_exp_infinities_and_nan_match_the_oracle_as_host_c() {
     use keops::cuda::kernel::{device_functions, KernelSpec};
     use keops::{Arg, Genred, Options};
     let Some(cc) = c_compiler() else {
-        eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
         return;
     };
     let (inf, nan) = (f64::INFINITY, f64::NAN);
@@ -154,11 +157,8 @@ fn log_sum_exp_infinities_and_nan_match_the_oracle_as_host_c() {
         src.push_str("int main(void) {\n  T ov[1]; long long oi[1];\n");
         let mut want = Vec::new();
         for y in rows {
-            let vals: Vec<String> = y.iter().map(|v| format!("(T)({v:?})")).collect();
-            let vals = vals
-                .join(", ")
-                .replace("inf", "INFINITY")
-                .replace("NaN", "NAN");
+            let vals: Vec<String> = y.iter().map(|&v| c_value(v)).collect();
+            let vals = vals.join(", ");
             let _ = writeln!(
                 src,
                 "  {{ static const T y[] = {{{vals}}}; struct L_state s; L_init(&s);\n    \
@@ -186,18 +186,12 @@ fn log_sum_exp_infinities_and_nan_match_the_oracle_as_host_c() {
 #[test]
 fn powf_special_values_match_pow_as_host_c() {
     let Some(cc) = c_compiler() else {
-        eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
         return;
     };
     let (inf, nan) = (f64::INFINITY, f64::NAN);
     let vals = [
         -inf, -3.0, -2.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 2.0, 2.5, 3.0, inf, nan,
     ];
-    let c = |v: f64| {
-        format!("(T)({v:?})")
-            .replace("inf", "INFINITY")
-            .replace("NaN", "NAN")
-    };
     let dir = std::env::temp_dir().join(format!("keops-pow-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for ty in [CType::F64, CType::F32] {
@@ -208,8 +202,8 @@ fn powf_special_values_match_pow_as_host_c() {
                 let _ = writeln!(
                     src,
                     "  {{ T r = k_pow({}, {}); printf(\"%.17g\\n\", isnan(r) ? NAN : (double)r); }}",
-                    c(a),
-                    c(b)
+                    c_value(a),
+                    c_value(b)
                 );
                 want.push((
                     format!("Powf({a:?}, {b:?}) [{}]", ty.name()),
@@ -222,6 +216,13 @@ fn powf_special_values_match_pow_as_host_c() {
         compare(got, &want, 1e-6);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `v` as a C value of type `T` (infinities and NaN from math.h's macros).
+fn c_value(v: f64) -> String {
+    format!("(T)({v:?})")
+        .replace("inf", "INFINITY")
+        .replace("NaN", "NAN")
 }
 
 /// Compares the C program's output, in order, with the oracle's values (`(what, want)`)
@@ -328,7 +329,6 @@ fn check_kernels_as_host_c(
     use keops::cuda::kernel::{device_functions, KernelSpec, Role};
     use keops::{Arg, Options, SumScheme};
     let Some(cc) = c_compiler() else {
-        eprintln!("SKIPPED: no C compiler (cc) found to compile the generated code");
         return;
     };
     let dir = std::env::temp_dir().join(format!("keops-{stem}gen-{}", std::process::id()));
