@@ -428,19 +428,24 @@ impl<'a> Parser<'a> {
     }
 
     /// Whether a Python tuple of integers starts here: `()`, `(2,)`, `(2, 3)`, which
-    /// keopscore reads as lists (`(2)` is an integer, as in Python).
+    /// keopscore reads as lists (`(2)` is an integer, as in Python). Reads no further
+    /// than the tuple would go.
     fn tuple_ahead(&self) -> bool {
         let Some(rest) = self.src[self.pos..].strip_prefix('(') else {
             return false;
         };
-        let Some(end) = rest.find(')') else {
-            return false;
-        };
-        let inner = &rest[..end];
-        inner
-            .chars()
-            .all(|c| c.is_ascii_digit() || " \t\n,-".contains(c))
-            && (inner.contains(',') || inner.trim().is_empty())
+        // `seen`: anything but blanks (a tuple without a comma is empty).
+        let (mut comma, mut seen) = (false, false);
+        for c in rest.chars() {
+            match c {
+                ')' => return comma || !seen,
+                ',' => comma = true,
+                '0'..='9' | '-' => seen = true,
+                ' ' | '\t' | '\n' | '\r' => {}
+                _ => return false,
+            }
+        }
+        false
     }
 
     fn int_arg(&self, name: &str, a: &Arg) -> Result<i64> {
@@ -639,8 +644,12 @@ mod tests {
             parse(one, &al1).unwrap(),
             parse("TensorDot(x, y, [2], [2], [0], [0])", &al1).unwrap()
         );
-        // A parenthesised formula is still one.
+        // A parenthesised formula is still one, even of integers.
         assert!(parse("Kron(x, (y), [2, 3], [2,2])", &al).is_ok());
+        assert_eq!(
+            parse("Concat(x, (2))", &al1).unwrap(),
+            parse("Concat(x, 2)", &al1).unwrap()
+        );
         let ind = "TensorDot(x, y, Ind(2,3), Ind(2,2), Ind(), Ind(), Ind(0,2,1,3))";
         assert_eq!(parse(td, &al).unwrap(), parse(ind, &al).unwrap());
         for (bad, want) in [
