@@ -122,12 +122,20 @@ pub trait Real:
         let int = y.floor_() == y;
         let half = y * Self::from_f64(0.5);
         let odd = int && half.floor_() != half;
-        let neg = self < Self::ZERO;
         let nan = Self::from_f64(f64::NAN);
-        let r = Self::select(neg && !int && self > Self::NEG_INFINITY, nan, r);
-        // -0 is negative here (1 / -0 = -inf), as pow(-0, -3) = -inf says.
-        let signed = neg || Self::ONE / self < Self::ZERO;
-        Self::select(signed && odd, -r, r)
+        let r = Self::select(
+            self < Self::ZERO && !int && self > Self::NEG_INFINITY,
+            nan,
+            r,
+        );
+        // -0 counts as negative, as pow(-0, -3) = -inf says.
+        Self::select(self.is_sign_negative_() && odd, -r, r)
+    }
+    /// Whether the sign bit is set (`-0` and NaNs with it included): a bit test, where
+    /// `1 / x < 0` would divide.
+    #[inline(always)]
+    fn is_sign_negative_(self) -> bool {
+        self.to_f64().is_sign_negative()
     }
     /// Largest integer not above `x`.
     fn floor_(self) -> Self;

@@ -549,27 +549,29 @@ fn shifted_exp_sum_body<T: Real, A: Real, M: MathMode>(
     ftz: bool,
     scheme: SumScheme,
 ) -> f64 {
-    let finite = m > T::NEG_INFINITY && m < T::INFINITY;
+    match ftz {
+        true => shifted_exp_sum_in::<T, A, M, true>(x, m, scheme),
+        false => shifted_exp_sum_in::<T, A, M, false>(x, m, scheme),
+    }
+}
+
+#[inline(always)]
+fn shifted_exp_sum_in<T: Real, A: Real, M: MathMode, const FTZ: bool>(
+    x: &[T],
+    m: T,
+    scheme: SumScheme,
+) -> f64 {
     let x = Terms::Tile(x);
-    match (finite, ftz) {
-        (true, true) => {
-            term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, true, true>(x, m))
-        }
-        (true, false) => {
-            term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, true, false>(x, m))
-        }
-        (false, true) => {
-            term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, false, true>(x, m))
-        }
-        (false, false) => {
-            term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, false, false>(x, m))
-        }
+    if is_finite(m) {
+        term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, true, FTZ>(x, m))
+    } else {
+        term_sum::<T, A>(None, x, scheme, |x| shifted_exp::<T, M, false, FTZ>(x, m))
     }
 }
 
 #[inline(always)]
 fn shifted_exps_in<T: Real, M: MathMode, const FTZ: bool>(out: &mut [T], x: &[T], m: T) {
-    if m > T::NEG_INFINITY && m < T::INFINITY {
+    if is_finite(m) {
         for (o, &x) in out.iter_mut().zip(x) {
             *o = shifted_exp::<T, M, true, FTZ>(x, m);
         }
@@ -578,6 +580,12 @@ fn shifted_exps_in<T: Real, M: MathMode, const FTZ: bool>(out: &mut [T], x: &[T]
             *o = shifted_exp::<T, M, false, FTZ>(x, m);
         }
     }
+}
+
+/// Whether a running maximum is finite (which [`shifted_exp`]'s `FINITE` says).
+#[inline(always)]
+fn is_finite<T: Real>(m: T) -> bool {
+    m > T::NEG_INFINITY && m < T::INFINITY
 }
 
 /// `exp(x - m)` for a running maximum `m`; `FINITE`: `m` is finite.
