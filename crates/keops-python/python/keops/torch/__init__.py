@@ -21,6 +21,7 @@ torch.Size([100, 3])
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -183,6 +184,15 @@ class _Reduce(torch.autograd.Function):
         return _Reduce.apply(core, opts, *_batch_first(core, in_dims[2:], args)), 0
 
 
+def _reduce(core: Core, opts: Options, args: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``_Reduce.apply``, or the engine call alone where autograd would record nothing:
+    a first-order backward runs with grad mode off, and the Function's bookkeeping costs
+    more than a small reduction."""
+    if _differentiable(args):
+        return _Reduce.apply(core, opts, *args)
+    return _engine(core, args, opts)[0]
+
+
 def _vjp(core: Core, opts: Options, args: Sequence[torch.Tensor], out: Optional[torch.Tensor],
          g: torch.Tensor, needs: Sequence[bool]) -> List[Optional[torch.Tensor]]:
     """The gradients of ``<g, core(args)>`` with respect to the arguments that ``needs``
@@ -207,9 +217,9 @@ def _vjp(core: Core, opts: Options, args: Sequence[torch.Tensor], out: Optional[
                 extra.append(out)
             else:  # "logsumexp"
                 if not lse:
-                    lse.append(_Reduce.apply(core.variant("LogSumExp"), opts, *args))
+                    lse.append(_reduce(core.variant("LogSumExp"), opts, args))
                 extra.append(lse[0])
-        r = _Reduce.apply(gcore, opts, *args, *extra)
+        r = _reduce(gcore, opts, [*args, *extra])
         if gcore.reduction == "SumSoftMaxWeight" and opts.ranges is not None:
             r = _zero_empty_rows(r, gcore, opts)
         if core.args[k][0] == "Pm":  # type: ignore[index]
@@ -283,7 +293,7 @@ def _at_selected(core: Core, opts: Options, args: Sequence[torch.Tensor],
             moved.append(a)
     # The pointwise evaluation is dense: pairs (row, selected row), no ranges.
     dense = dataclasses.replace(opts, ranges=None)
-    at = _Reduce.apply(core.pointwise(), dense, *moved).reshape(batch + (n, s, d))
+    at = _reduce(core.pointwise(), dense, moved).reshape(batch + (n, s, d))
     coord = (torch.arange(s, device=at.device) % d).reshape((1,) * (len(batch) + 1) + (s, 1))
     vals = at.gather(-1, coord.expand(batch + (n, s, 1))).squeeze(-1).reshape(idx.shape)
     # Unconditional (no data-dependent branch, so vmap works).
@@ -391,6 +401,12 @@ class _Solve(torch.autograd.Function):
         if ctx.needs_input_grad[4 + var]:
             grads[var] = db.sum_to_size(args[var].shape)
         return (None, None, None, None, *grads)
+
+
+# torch binds the arguments of every ``apply`` of a Function that has a ``setup_context``
+# with ``inspect.signature(forward)``: stored, the signature is not rebuilt each call.
+for _fn in (_Reduce, _Indices, _Solve):
+    _fn.forward.__signature__ = inspect.signature(_fn.forward)  # type: ignore[attr-defined]
 
 
 def _solve_host(core: Core, var: int, args: Sequence[torch.Tensor], params: SolveParams,
