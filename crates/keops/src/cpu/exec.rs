@@ -5,7 +5,7 @@ use super::accumulate::{
 };
 use super::program::{Instr, RowOp, ScalarStep, Src, TileProgram};
 use super::simd::{multiversion, Isa};
-use super::tile::{exec, paired_rows, sqdist_rows, ArgData, Lane, Regs};
+use super::tile::{exec, row_group, sqdist_rows, ArgData, Lane, Regs};
 use super::{Block, BlockRunner, Job};
 use crate::formula::{eval, Cat};
 use crate::plan::{AccType, Element, Options, Problem, SumScheme};
@@ -96,10 +96,10 @@ fn run_scalar<T: Element, M: MathMode>(
 /// The fewest rows for which a block computes an [`Instr::RowTile`] for all its rows at
 /// once: a GEMM's; two for distances where rows are paired (else never: each row
 /// computes its own, without copying it).
-fn block_rows<M: MathMode>(op: RowOp) -> usize {
+fn block_rows<T, M: MathMode>(op: RowOp) -> usize {
     match op {
         RowOp::Dot => GEMM_MIN_ROWS,
-        RowOp::SqDist if paired_rows::<M>() => 2,
+        RowOp::SqDist if row_group::<T, M>() >= 2 => 2,
         RowOp::SqDist => usize::MAX,
     }
 }
@@ -165,7 +165,7 @@ fn run_block_body<T: Element, A: Real, M: MathMode>(
         .pair_instrs
         .iter()
         .map(|i| match *i {
-            Instr::RowTile { op, row, tile, .. } if rows >= block_rows::<M>(op) => {
+            Instr::RowTile { op, row, tile, .. } if rows >= block_rows::<T, M>(op) => {
                 row_tiles.push((op, row, tile));
                 Some(row_tiles.len() - 1)
             }

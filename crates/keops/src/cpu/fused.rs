@@ -251,8 +251,22 @@ impl<'p, 'a, T: Element> FusedRunner<'p, 'a, T> {
     }
 }
 
-/// Lanes per tile of the fused loop.
+/// Lanes per tile of the fused loop, at most.
 const TB: usize = 512;
+
+/// Rows whose distances to a tile are computed together: the most that
+/// [`sqdist_rows`] groups ([`row_group`](super::tile::row_group)).
+const ROWS: usize = 4;
+
+/// Bytes of the reduced side's points in one tile, at most: a tile is read once per pair
+/// of rows, so it must stay in the core's L2 cache (at D = 784, 512 lanes are 1.6 MB).
+const TILE_BYTES: usize = 128 * 1024;
+
+/// The lanes of a tile of points of dimension `d`: [`TB`], fewer (a multiple of 64, the
+/// register chunk of the distances) where they would exceed [`TILE_BYTES`].
+fn tile_lanes<T>(d: usize) -> usize {
+    (TILE_BYTES / (d * std::mem::size_of::<T>()).max(1)).clamp(64, TB) / 64 * 64
+}
 
 #[inline(always)]
 fn radial_body<T: Element, A: Real, M: MathMode>(
@@ -301,11 +315,12 @@ fn radial_loop<T: Element, A: Real, M: MathMode>(
     // `profile_ftz` where the job's thread flushes subnormal results (the same values,
     // for less work): only the profile's loop is duplicated.
     let ftz = super::fpmode::flushing();
-    let mut r2 = [T::ZERO; 2 * TB];
+    let mut r2 = [T::ZERO; ROWS * TB];
+    let lanes = tile_lanes::<T>(d);
     // The kernel values of the job's rows on one tile, for the weighted sums: rows of
     // the longest tile, not of TB lanes (zeroing 32 rows of TB lanes was a third of a
     // call at N = M = 100).
-    let tb = job.longest_red().min(TB);
+    let tb = job.longest_red().min(lanes);
     let mut k = vec![T::ZERO; job.rows.len() * tb];
     let mut scratch = Vec::new();
     // Tiles outside, rows inside: a tile of y and b stays in cache for the whole row
@@ -314,13 +329,13 @@ fn radial_loop<T: Element, A: Real, M: MathMode>(
     for red in &job.red {
         let mut j0 = red.start;
         while j0 < red.end {
-            let len = TB.min(red.end - j0);
-            // Rows two at a time: where `sqdist_rows` pairs them (AVX-512), one load of
-            // the tile serves both rows' distances.
+            let len = lanes.min(red.end - j0);
+            // Rows four at a time: where `sqdist_rows` groups them (AVX-512), one load of
+            // the tile serves several rows' distances.
             let rows = job.rows.len();
-            for pair in (0..rows).step_by(2) {
+            for pair in (0..rows).step_by(ROWS) {
                 let i = job.rows.start + pair;
-                let two = (rows - pair).min(2);
+                let two = (rows - pair).min(ROWS);
                 let r2 = &mut r2[..two * len];
                 let xs = (&x[i * d..], d, d);
                 sqdist_rows::<T, M>(r2, len, two, xs, &prep.y[j0..], n);

@@ -271,6 +271,10 @@ pub struct TileProgram {
 
 /// Register values per tile (all registers together); see [`TileProgram::tile`].
 const TILE_BUDGET: usize = 16384;
+/// Register values per tile of the registers read only by blocks of rows
+/// ([`Instr::RowTile`]'s tile): read once per block rather than per row, they may fill
+/// the L2 cache. At D = 784 a 10-NN's tiles went from 32 to 80 lanes, 1.3x faster.
+const BLOCK_TILE_BUDGET: usize = 65536;
 /// Largest tile: longer tiles amortise the dispatch of each instruction further.
 const MAX_TILE: usize = 1024;
 
@@ -479,10 +483,43 @@ impl TileProgram {
         remove_dead(&mut p);
         read_weights_in_place(&mut p);
         // Tile length: long enough to amortise the per-instruction dispatch, short
-        // enough for all registers of a tile to stay in L1/L2.
-        let total: usize = p.reg_dims.iter().sum::<usize>().max(1);
-        p.tile = (TILE_BUDGET / total).clamp(32, MAX_TILE) / 16 * 16;
+        // enough for the registers that each row reads or writes to stay in L1/L2.
+        let blocked = p.block_read_registers();
+        let (mut per_row, mut per_block) = (0, 0);
+        for (r, &dim) in p.reg_dims.iter().enumerate() {
+            *(if blocked[r] {
+                &mut per_block
+            } else {
+                &mut per_row
+            }) += dim;
+        }
+        let lanes = (TILE_BUDGET / per_row.max(1)).min(BLOCK_TILE_BUDGET / per_block.max(1));
+        p.tile = lanes.clamp(32, MAX_TILE) / 16 * 16;
         p
+    }
+
+    /// Per register: whether only [`Instr::RowTile`]s read it, as their tile (and it is
+    /// no result), so that rows read it once per block.
+    fn block_read_registers(&self) -> Vec<bool> {
+        let mut blocked: Vec<bool> = (0..self.reg_dims.len())
+            .map(|r| self.tile_instrs.iter().any(|i| i.dst() == r))
+            .collect();
+        let mut clear = |s: Src| {
+            if let Src::Tile { reg, .. } = s {
+                blocked[reg] = false;
+            }
+        };
+        for ins in self.tile_instrs.iter().chain(&self.pair_instrs) {
+            match ins {
+                Instr::RowTile { row, .. } => clear(*row),
+                _ => ins.operands().into_iter().for_each(&mut clear),
+            }
+        }
+        let results = self.roots.iter().copied();
+        results
+            .chain(self.summand.iter().flat_map(Summand::sources))
+            .for_each(clear);
+        blocked
     }
 }
 
@@ -1133,5 +1170,20 @@ mod tests {
             [Instr::Broadcast { .. }]
         ));
         assert!(p.tile >= 32 && p.tile % 16 == 0);
+    }
+
+    /// Wide points that only a block of rows' distances read may fill L2 (longer tiles);
+    /// read by any other instruction, they keep the L1 budget.
+    #[test]
+    fn tiles_read_by_blocks_of_rows_are_longer() {
+        let al = ["x = Vi(0,784)", "y = Vj(1,784)"];
+        let tile = |f: &str| {
+            let p = TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, None);
+            let row_tile = p.pair_instrs.iter().any(|i| matches!(i, Instr::RowTile { .. }));
+            (row_tile, p.tile)
+        };
+        assert_eq!(tile("SqDist(x,y)"), (true, 80));
+        assert_eq!(tile("SqDist(x,y) + Sum(y)"), (true, 32));
+        assert_eq!(tile("Sum(x - y)"), (false, 32));
     }
 }
