@@ -94,7 +94,7 @@ fn run_scalar<T: Element, M: MathMode>(
 }
 
 /// The fewest rows for which a block computes an [`Instr::RowTile`] for all its rows at
-/// once: a GEMM's; two for distances where rows are paired (else never: each row
+/// once: a GEMM's; two for distances where rows are grouped (else never: each row
 /// computes its own, without copying it).
 fn block_rows<T, M: MathMode>(op: RowOp) -> usize {
     match op {

@@ -258,7 +258,7 @@ const TB: usize = 512;
 /// [`sqdist_rows`] groups ([`row_group`](super::tile::row_group)).
 const ROWS: usize = 4;
 
-/// Bytes of the reduced side's points in one tile, at most: a tile is read once per pair
+/// Bytes of the reduced side's points in one tile, at most: a tile is read once per group
 /// of rows, so it must stay in the core's L2 cache (at D = 784, 512 lanes are 1.6 MB).
 const TILE_BYTES: usize = 128 * 1024;
 
@@ -333,13 +333,13 @@ fn radial_loop<T: Element, A: Real, M: MathMode>(
             // Rows four at a time: where `sqdist_rows` groups them (AVX-512), one load of
             // the tile serves several rows' distances.
             let rows = job.rows.len();
-            for pair in (0..rows).step_by(ROWS) {
-                let i = job.rows.start + pair;
-                let two = (rows - pair).min(ROWS);
-                let r2 = &mut r2[..two * len];
+            for first in (0..rows).step_by(ROWS) {
+                let i = job.rows.start + first;
+                let group = (rows - first).min(ROWS);
+                let r2 = &mut r2[..group * len];
                 let xs = (&x[i * d..], d, d);
-                sqdist_rows::<T, M>(r2, len, two, xs, &prep.y[j0..], n);
-                for (row, r2) in (pair..pair + two).zip(r2.chunks_exact(len)) {
+                sqdist_rows::<T, M>(r2, len, group, xs, &prep.y[j0..], n);
+                for (row, r2) in (first..first + group).zip(r2.chunks_exact(len)) {
                     let k = &mut k[row * tb..row * tb + len];
                     if ftz {
                         k.iter_mut().zip(r2).for_each(|(o, &v)| *o = profile_ftz(v));

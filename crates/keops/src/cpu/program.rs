@@ -1152,6 +1152,7 @@ mod tests {
             p.tile_weight().map(|w| w.dim())
         };
         assert_eq!(softmax("b * g"), Some(9), "softmax weights per tile");
+        assert_eq!(softmax("b"), Some(9), "softmax weights: an argument");
         assert_eq!(softmax("b - Sum(x)"), None, "softmax weights per pair");
         for f in [
             "Exp(-SqDist(x,y)) * Sin(b - Sum(x))",
@@ -1179,7 +1180,10 @@ mod tests {
         let al = ["x = Vi(0,784)", "y = Vj(1,784)"];
         let tile = |f: &str| {
             let p = TileProgram::compile(&[parse(f, &al).unwrap()], Cat::Vi, None);
-            let row_tile = p.pair_instrs.iter().any(|i| matches!(i, Instr::RowTile { .. }));
+            let row_tile = p
+                .pair_instrs
+                .iter()
+                .any(|i| matches!(i, Instr::RowTile { .. }));
             (row_tile, p.tile)
         };
         assert_eq!(tile("SqDist(x,y)"), (true, 80));
