@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,6 +36,8 @@ from keops_bench import report  # noqa: E402
 from keops_bench.cases import find_cases  # noqa: E402
 from keops_bench.runner import (ERROR, CaseResult, Point, Progress, Settings,  # noqa: E402
                                 run_case)
+
+T = TypeVar("T")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -143,8 +145,29 @@ def write_report(payload: Dict, results: Dict[str, CaseResult],
     return problems
 
 
+#: The signals received. Python ignores an exception raised in a destructor, so a
+#: signal that lands in one (tqdm's ``__del__`` as a bar is replaced) would be lost:
+#: the run also stops at its next progress report or case.
+_SIGNALS: List[int] = []
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    _SIGNALS.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_if_signalled() -> None:
+    """Raises the interrupt of a signal that arrived where it could not be raised."""
+    if _SIGNALS:
+        raise KeyboardInterrupt(f"signal {_SIGNALS[0]}")
+
+
+def _checked(report: Callable[[T], None]) -> Callable[[T], None]:
+    """``report``, after :func:`_stop_if_signalled`."""
+    def call(value: T) -> None:
+        _stop_if_signalled()
+        report(value)
+    return call
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -175,11 +198,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         for case in cases:
+            _stop_if_signalled()
             sizes = settings.sizes_of(case)
             results[case.key] = CaseResult(case.key)
             with tqdm(total=len(sizes) * len(methods), desc=case.key, file=sys.stderr,
                       disable=args.no_progress, leave=False) as bar:
-                run_case(case, methods, settings, Progress(bar.update, bar.set_postfix_str),
+                run_case(case, methods, settings,
+                         Progress(_checked(bar.update), _checked(bar.set_postfix_str)),
                          out=results[case.key])
             if args.no_progress:
                 print(f"[bench] {case.key} done ({time.perf_counter() - start:.0f} s)",
