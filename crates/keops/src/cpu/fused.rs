@@ -11,7 +11,7 @@
 
 use super::accumulate::{tile_sum, weighted_sums, Scales, Weights, GEMM_MIN_COLS};
 use super::simd::multiversion;
-use super::tile::sqdist_rows;
+use super::tile::{sqdist_rows, LANE_CHUNK, MAX_ROW_GROUP};
 use super::{batch_data, Block, BlockRunner, Isa, Job};
 use crate::formula::eval::PointEvaluator;
 use crate::formula::pattern::{self, Factors, Product};
@@ -254,18 +254,15 @@ impl<'p, 'a, T: Element> FusedRunner<'p, 'a, T> {
 /// Lanes per tile of the fused loop, at most.
 const TB: usize = 512;
 
-/// Rows whose distances to a tile are computed together: the most that
-/// [`sqdist_rows`] groups ([`row_group`](super::tile::row_group)).
-const ROWS: usize = 4;
-
 /// Bytes of the reduced side's points in one tile, at most: a tile is read once per group
 /// of rows, so it must stay in the core's L2 cache (at D = 784, 512 lanes are 1.6 MB).
 const TILE_BYTES: usize = 128 * 1024;
 
-/// The lanes of a tile of points of dimension `d`: [`TB`], fewer (a multiple of 64, the
-/// register chunk of the distances) where they would exceed [`TILE_BYTES`].
+/// The lanes of a tile of points of dimension `d`: [`TB`], fewer (a multiple of the
+/// distances' register chunk) where they would exceed [`TILE_BYTES`].
 fn tile_lanes<T>(d: usize) -> usize {
-    (TILE_BYTES / (d * std::mem::size_of::<T>()).max(1)).clamp(64, TB) / 64 * 64
+    let lanes = TILE_BYTES / (d * std::mem::size_of::<T>()).max(1);
+    lanes.clamp(LANE_CHUNK, TB) / LANE_CHUNK * LANE_CHUNK
 }
 
 #[inline(always)]
@@ -315,7 +312,7 @@ fn radial_loop<T: Element, A: Real, M: MathMode>(
     // `profile_ftz` where the job's thread flushes subnormal results (the same values,
     // for less work): only the profile's loop is duplicated.
     let ftz = super::fpmode::flushing();
-    let mut r2 = [T::ZERO; ROWS * TB];
+    let mut r2 = [T::ZERO; MAX_ROW_GROUP * TB];
     let lanes = tile_lanes::<T>(d);
     // The kernel values of the job's rows on one tile, for the weighted sums: rows of
     // the longest tile, not of TB lanes (zeroing 32 rows of TB lanes was a third of a
@@ -333,9 +330,9 @@ fn radial_loop<T: Element, A: Real, M: MathMode>(
             // Rows four at a time: where `sqdist_rows` groups them (AVX-512), one load of
             // the tile serves several rows' distances.
             let rows = job.rows.len();
-            for first in (0..rows).step_by(ROWS) {
+            for first in (0..rows).step_by(MAX_ROW_GROUP) {
                 let i = job.rows.start + first;
-                let group = (rows - first).min(ROWS);
+                let group = (rows - first).min(MAX_ROW_GROUP);
                 let r2 = &mut r2[..group * len];
                 let xs = (&x[i * d..], d, d);
                 sqdist_rows::<T, M>(r2, len, group, xs, &prep.y[j0..], n);

@@ -485,14 +485,9 @@ impl TileProgram {
         // Tile length: long enough to amortise the per-instruction dispatch, short
         // enough for the registers that each row reads or writes to stay in L1/L2.
         let blocked = p.block_read_registers();
-        let (mut per_row, mut per_block) = (0, 0);
-        for (r, &dim) in p.reg_dims.iter().enumerate() {
-            *(if blocked[r] {
-                &mut per_block
-            } else {
-                &mut per_row
-            }) += dim;
-        }
+        let dims = p.reg_dims.iter().zip(&blocked);
+        let per_block: usize = dims.filter(|(_, &b)| b).map(|(&d, _)| d).sum();
+        let per_row = p.reg_dims.iter().sum::<usize>() - per_block;
         let lanes = (TILE_BUDGET / per_row.max(1)).min(BLOCK_TILE_BUDGET / per_block.max(1));
         p.tile = lanes.clamp(32, MAX_TILE) / 16 * 16;
         p

@@ -440,7 +440,10 @@ fn lane_chunks<T: Real, const R: usize, const C: usize>(
 
 /// Lanes summed in registers at once: enough independent accumulators to keep the FMA
 /// units busy (4 AVX-512 registers of f32), few enough not to spill.
-const LANE_CHUNK: usize = 64;
+pub(super) const LANE_CHUNK: usize = 64;
+
+/// The most rows [`sqdist_rows`] takes at once (see [`row_group`]).
+pub(super) const MAX_ROW_GROUP: usize = 4;
 
 /// The per-row vector and the tile, in that order whichever order `a` and `b` give them,
 /// when one of them is each, both of dimension `d`.
@@ -500,7 +503,7 @@ pub(super) fn row_group<T, M: MathMode>() -> usize {
     if M::REGISTERS < 32 {
         return 1;
     }
-    (16 * 64 / (LANE_CHUNK * std::mem::size_of::<T>())).clamp(1, 4)
+    (16 * 64 / (LANE_CHUNK * std::mem::size_of::<T>())).clamp(1, MAX_ROW_GROUP)
 }
 
 /// Squared distances of `rows` rows (row `r`'s vector at `x[r * x_stride..][..dim]`) to
