@@ -450,25 +450,3 @@ def test_powf_follows_torch_pow_at_zero_and_negative_bases() -> None:
         ek = torch.tensor([e], dtype=torch.float64)
         got = Genred("Powf(a, e)", ["a = Vi(1)", "e = Pm(1)"], reduction_op="Sum", axis=1)(base, ek)
         torch.testing.assert_close(got, torch.pow(base, e), equal_nan=True)
-
-
-@pytest.mark.parametrize("name", ["gauss", "logsumexp", "min"])
-def test_torch_compile_gives_eager_values_and_gradients(name: str) -> None:
-    """Under ``torch.compile`` (dynamo and AOTAutograd; ``aot_eager`` needs no C
-    compiler) a keops reduction is run where dynamo breaks the graph: the values and the
-    gradients are eager's."""
-    import torch._dynamo
-
-    k, _ = CASES[name]
-    args = data()
-
-    def loss(*a: T) -> T:
-        return (k(*a) ** 2).sum()
-
-    want = torch.autograd.grad(loss(*args), args)
-    torch._dynamo.reset()
-    compiled = torch.compile(loss, backend="aot_eager")
-    got = compiled(*args)
-    assert torch.allclose(got, loss(*args), rtol=1e-12)
-    for g, w in zip(torch.autograd.grad(got, args), want):
-        assert torch.allclose(g, w, rtol=1e-10, atol=1e-12)

@@ -8,6 +8,7 @@ the subclasses only convert arrays and call.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -82,11 +83,19 @@ def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
     flushed to zero, and GPU float32 math by the hardware's approximations, pykeops'
     default)."""
     if (ranges is None and type(device_id) is int  # not a bool, a GPU list: checked below
-            and all(isinstance(v, str) for v in (dtype_acc, sum_scheme, backend))):
+            and all(isinstance(v, str) for v in (dtype_acc, sum_scheme, backend))
+            and not _dynamo_tracing()):
         return _plain_options(dtype_acc, use_double_acc, sum_scheme, backend, device_id,
                               use_fast_math)
     return _checked_options(dtype_acc, use_double_acc, sum_scheme, backend, device_id,
                             ranges, use_fast_math)
+
+
+def _dynamo_tracing() -> bool:
+    """Whether ``torch.compile`` is tracing this call (Dynamo would trace through an
+    ``lru_cache``, warning that it does)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
 
 
 @lru_cache(maxsize=64)
@@ -125,8 +134,11 @@ def _checked_options(dtype_acc: str, use_double_acc: bool, sum_scheme: str, back
 class Core:
     """A compiled reduction and, built on demand and kept, the reductions derived from it."""
 
-    def __init__(self, g: Any) -> None:
+    def __init__(self, g: Any, desc: "CoreDesc") -> None:
         self.g = g
+        #: What rebuilds this reduction in any process: ``compile_core``'s arguments,
+        #: then the derivations from there (see :func:`core_of`).
+        self.desc = desc
         self.reduction: str = g.reduction
         self.axis: int = g.axis
         self.k: Optional[int] = g.k
@@ -177,35 +189,64 @@ class Core:
         """The gradient reduction w.r.t. argument ``k`` and its extra inputs (see Rust)."""
         if k not in self._grads:
             r = self.g.grad(k)
-            self._grads[k] = None if r is None else (Core(r[0]), list(r[1]))
+            self._grads[k] = None if r is None else (
+                Core(r[0], self.desc + (("grad", k),)), list(r[1]))
         return self._grads[k]
 
     def jvp(self, ks: Tuple[int, ...]) -> Tuple["Core", List[str]]:
         """The forward-mode reduction for tangents of arguments ``ks``, and its extras."""
         if ks not in self._jvps:
             g, extras = self.g.jvp(list(ks))
-            self._jvps[ks] = (Core(g), list(extras))
+            self._jvps[ks] = (Core(g, self.desc + (("jvp", ks),)), list(extras))
         return self._jvps[ks]
 
     def variant(self, reduction: str, k: Optional[int] = None) -> "Core":
         """The same formula with another reduction."""
         key = (reduction, k)
         if key not in self._variants:
-            self._variants[key] = Core(self.g.with_reduction(reduction, k))
+            self._variants[key] = Core(self.g.with_reduction(reduction, k),
+                                       self.desc + (("variant", key),))
         return self._variants[key]
 
     def pointwise(self) -> "Core":
         """``F`` row by row: reduced-side variables read on the output side."""
         if self._pointwise is None:
-            self._pointwise = Core(self.g.pointwise())
+            self._pointwise = Core(self.g.pointwise(), self.desc + (("pointwise", None),))
         return self._pointwise
+
+
+#: How a :class:`Core` is made: ``compile_core``'s arguments, then its derivations
+#: (``("grad", k)``, ``("jvp", ks)``, ``("variant", (reduction, k))``,
+#: ``("pointwise", None)``), constants only: the same in every process.
+CoreDesc = Tuple[Any, ...]
+
+
+def core_of(desc: CoreDesc) -> Core:
+    """The reduction that ``desc`` describes (``Core.desc``), built or found again."""
+    core = compile_core(*desc[0])
+    for step, arg in desc[1:]:
+        if step == "grad":
+            spec = core.grad(arg)
+            if spec is None:
+                raise ValueError(f"{desc!r}: argument {arg} has no gradient reduction")
+            core = spec[0]
+        elif step == "jvp":
+            core = core.jvp(tuple(arg))[0]
+        elif step == "variant":
+            core = core.variant(*arg)
+        elif step == "pointwise":
+            core = core.pointwise()
+        else:
+            raise ValueError(f"{desc!r}: unknown derivation {step!r}")
+    return core
 
 
 @lru_cache(maxsize=512)
 def compile_core(formula: str, aliases: Tuple[str, ...], reduction: str, axis: int,
                  k: Optional[int], formula2: Optional[str]) -> Core:
     """Parses and plans a reduction once per distinct description."""
-    return Core(_keops.Genred(formula, list(aliases), reduction, axis, k, formula2))
+    return Core(_keops.Genred(formula, list(aliases), reduction, axis, k, formula2),
+                ((formula, aliases, reduction, axis, k, formula2),))
 
 
 class GenredBase:

@@ -15,7 +15,6 @@ is computed until a reduction (``.sum(dim)``, ``.logsumexp(dim)``, ``.argKmin(K,
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -195,10 +194,26 @@ class GenericLazyTensor:
         """Runs a reduction; returns ``(values, indices)``."""
         raise NotImplementedError
 
+    @classmethod
+    def _run_spec(cls, spec: Tuple[Any, ...], arrays: List[Array], opts: Options
+                  ) -> Tuple[Any, Any]:
+        """Runs the reduction that ``compile_core(*spec)`` makes (``keops.torch`` traces
+        it under ``torch.compile`` instead)."""
+        return cls._run(compile_core(*spec), arrays, opts)
+
     @staticmethod
     def _solve(core: Core, var: int, arrays: List[Array], params: Any, opts: Options) -> Any:
         """Solves ``(K + alpha I) a = b`` (``arrays[var]`` is ``b``); see ``_solve.py``."""
         raise NotImplementedError
+
+    @classmethod
+    def _solve_spec(cls, spec: Tuple[Any, ...], var: int, arrays: List[Array], params: Any,
+                    opts: Options) -> Any:
+        """Solves with the reduction that ``compile_core(*spec)`` makes, the unknown at
+        argument ``var`` (``keops.torch`` traces it under ``torch.compile`` instead)."""
+        core = compile_core(*spec)
+        _keops.check_solve(core.g, var)
+        return cls._solve(core, var, arrays, params, opts)
 
     @staticmethod
     def _repeat_rows(a: Array, times: int, interleave: bool) -> Array:
@@ -529,11 +544,16 @@ class GenericLazyTensor:
         """The number of dimensions of ``(..., N, M, D)``: batch dims + 3."""
         return len(self._shape)
 
-    @functools.cached_property
+    @property
     def _nd(self) -> int:
-        """The number of dimensions of ``(..., N, M, D)`` (a LazyTensor never changes its
-        arrays, so it is computed once)."""
-        return 3 + max((a.ndim - (1 if c == "p" else 2) for a, c in self._vars), default=0)
+        """The number of dimensions of ``(..., N, M, D)``, computed once (a LazyTensor
+        never changes its arrays; not a ``cached_property``, whose lock Dynamo cannot
+        trace)."""
+        nd = self.__dict__.get("_nd_cache")
+        if nd is None:
+            nd = self._nd_cache = 3 + max((a.ndim - (1 if c == "p" else 2)
+                                           for a, c in self._vars), default=0)
+        return nd
 
     @property
     def ni(self) -> Optional[int]:
@@ -1244,16 +1264,16 @@ class GenericLazyTensor:
                             use_fast_math=kw.get("use_fast_math", True))
         if solve:
             arrays[p.unknown] = p.rhs
-            core = compile_core(formula, aliases, "Sum", 1, None, None)
-            _keops.check_solve(core.g, p.unknown)
             params = SolveParams(p.alpha, p.eps, kw.get("max_iter"), kw.get("verbose", False),
                                  kw.get("callback"), kw.get("precond"),
-                                 int(kw.get("precond_rank", PRECOND_RANK)))
-            x = self._solve(core, p.unknown, arrays, params, opts)
+                                 int(kw.get("precond_rank", PRECOND_RANK)),
+                                 return_info=bool(kw.get("return_info")))
+            x = self._solve_spec((formula, aliases, "Sum", 1, None, None), p.unknown, arrays,
+                                 params, opts)
             return (x, params.infos[0]) if kw.get("return_info") else x
-        core = compile_core(formula, aliases, p.reduction, p.axis, p.k,
-                            None if p.formula2 is None else _name(p.formula2))
-        values, indices = self._run(core, arrays, opts)
+        values, indices = self._run_spec(
+            (formula, aliases, p.reduction, p.axis, p.k,
+             None if p.formula2 is None else _name(p.formula2)), arrays, opts)
         if self._complex:
             values = self._real_as_complex(values)
         return GenredBase._result(values, indices, kw.get("out"))

@@ -61,6 +61,8 @@ class SolveParams:
     precond_rank: int = PRECOND_RANK
     #: Filled by each solve (the forward one first).
     infos: List[SolveInfo] = field(default_factory=list)
+    #: Whether the caller reads ``infos`` (``return_info``).
+    return_info: bool = False
 
 
 def run_solve(core: Core, var: int, arrays: Sequence[Any], params: SolveParams,
@@ -171,7 +173,7 @@ class KernelSolveBase:
         opts = make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
                             device_id, ranges, self.opts.fast_math)
         params = SolveParams(float(alpha), float(eps), max_iter, verbose, callback, precond,
-                             int(precond_rank))
+                             int(precond_rank), return_info=bool(return_info))
         x = self._solve(self.core, self.var, list(args), params, opts)
         return (x, params.infos[0]) if return_info else x
 

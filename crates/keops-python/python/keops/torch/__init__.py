@@ -23,12 +23,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .._genred import (ARG, SELECT, SMOOTH, Core, DeviceId, GenredBase, Options,
+from .._genred import (ARG, SELECT, SMOOTH, Core, DeviceId, GenredBase, Options, compile_core,
                        reduction_shortcuts)
 from .._lazy import GenericLazyTensor, complex_class, variable_constructors
 from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
@@ -193,11 +193,18 @@ def _reduce(core: Core, opts: Options, args: Sequence[torch.Tensor]) -> torch.Te
     return _engine(core, args, opts)[0]
 
 
+#: A reduction's values from its core, options and arguments: :func:`_reduce`, or the
+#: ``keops::values`` operator under ``torch.compile``.
+_Reducer = Callable[[Core, Options, Sequence[torch.Tensor]], torch.Tensor]
+
+
 def _vjp(core: Core, opts: Options, args: Sequence[torch.Tensor], out: Optional[torch.Tensor],
-         g: torch.Tensor, needs: Sequence[bool]) -> List[Optional[torch.Tensor]]:
+         g: torch.Tensor, needs: Sequence[bool], reduce: _Reducer = _reduce
+         ) -> List[Optional[torch.Tensor]]:
     """The gradients of ``<g, core(args)>`` with respect to the arguments that ``needs``
     marks (``out``: the forward output, for the rules that read it), each a reduction
-    through :class:`_Reduce`, so differentiable again."""
+    through ``reduce`` (:class:`_Reduce`, or a traced operator), so differentiable
+    again."""
     grads: List[Optional[torch.Tensor]] = []
     lse: List[torch.Tensor] = []  # log sum exp F, computed once if a rule needs it
     for k, a in enumerate(args):
@@ -217,9 +224,9 @@ def _vjp(core: Core, opts: Options, args: Sequence[torch.Tensor], out: Optional[
                 extra.append(out)
             else:  # "logsumexp"
                 if not lse:
-                    lse.append(_reduce(core.variant("LogSumExp"), opts, args))
+                    lse.append(reduce(core.variant("LogSumExp"), opts, args))
                 extra.append(lse[0])
-        r = _reduce(gcore, opts, [*args, *extra])
+        r = reduce(gcore, opts, [*args, *extra])
         if gcore.reduction == "SumSoftMaxWeight" and opts.ranges is not None:
             r = _zero_empty_rows(r, gcore, opts)
         if core.args[k][0] == "Pm":  # type: ignore[index]
@@ -265,7 +272,7 @@ class _Indices(torch.autograd.Function):
 
 
 def _at_selected(core: Core, opts: Options, args: Sequence[torch.Tensor],
-                 idx: torch.Tensor) -> torch.Tensor:
+                 idx: torch.Tensor, reduce: _Reducer = _reduce) -> torch.Tensor:
     """The formula at the pairs that ``idx`` selects, as values shaped like ``idx``:
     reduced-side arguments gathered at the indices, output-side ones repeated."""
     d = core.dim
@@ -293,7 +300,7 @@ def _at_selected(core: Core, opts: Options, args: Sequence[torch.Tensor],
             moved.append(a)
     # The pointwise evaluation is dense: pairs (row, selected row), no ranges.
     dense = dataclasses.replace(opts, ranges=None)
-    at = _reduce(core.pointwise(), dense, moved).reshape(batch + (n, s, d))
+    at = reduce(core.pointwise(), dense, moved).reshape(batch + (n, s, d))
     coord = (torch.arange(s, device=at.device) % d).reshape((1,) * (len(batch) + 1) + (s, 1))
     vals = at.gather(-1, coord.expand(batch + (n, s, 1))).squeeze(-1).reshape(idx.shape)
     # Unconditional (no data-dependent branch, so vmap works).
@@ -362,7 +369,11 @@ class Genred(GenredBase):
         or a list of GPU numbers splits one reduction over several GPUs.
         """
         opts = self._options(backend, ranges, device_id)
-        values, indices = _run(self.core, args, opts)
+        if _compile.active(opts):
+            values, indices = _compile.run(self.core.desc, _compile.options_desc(opts),
+                                           list(args))
+        else:
+            values, indices = _run(self.core, args, opts)
         return self._result(values, indices, out)
 
 
@@ -389,18 +400,31 @@ class _Solve(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
         *args, a = ctx.saved_tensors
-        var = ctx.var
-        gargs = list(args)
-        gargs[var] = g.contiguous()
-        db = _Solve.apply(ctx.core, var, ctx.params, ctx.opts, *gargs)
-        needs = [n and k != var for k, n in enumerate(ctx.needs_input_grad[4:])]
-        fargs = list(args)
-        fargs[var] = a
-        grads = _vjp(ctx.core, ctx.opts, fargs, None, -db, needs) if any(needs) else \
-            [None] * len(args)
-        if ctx.needs_input_grad[4 + var]:
-            grads[var] = db.sum_to_size(args[var].shape)
+        grads = _solve_vjp(ctx.core, ctx.var, ctx.opts, args, a, g, ctx.needs_input_grad[4:],
+                           lambda gargs: _Solve.apply(ctx.core, ctx.var, ctx.params, ctx.opts,
+                                                      *gargs))
         return (None, None, None, None, *grads)
+
+
+def _solve_vjp(core: Core, var: int, opts: Options, args: Sequence[torch.Tensor],
+               a: torch.Tensor, g: torch.Tensor, needs: Sequence[bool],
+               solve: Callable[[List[torch.Tensor]], torch.Tensor], reduce: _Reducer = _reduce
+               ) -> List[Optional[torch.Tensor]]:
+    """The gradients of ``<g, a>`` for the solution ``a`` of a solve on ``args``, with
+    respect to the arguments that ``needs`` marks: ``solve`` (the same solve on other
+    arguments, here ``g`` in ``b``'s place) gives ``db``, and the reductions' rules
+    through ``reduce`` the rest."""
+    gargs = list(args)
+    gargs[var] = g.contiguous()
+    db = solve(gargs)
+    others = [n and k != var for k, n in enumerate(needs)]
+    fargs = list(args)
+    fargs[var] = a
+    grads = _vjp(core, opts, fargs, None, -db, others, reduce) if any(others) else \
+        [None] * len(args)
+    if needs[var]:
+        grads[var] = db.sum_to_size(args[var].shape)
+    return grads
 
 
 # torch binds the arguments of every ``apply`` of a Function that has a ``setup_context``
@@ -420,6 +444,8 @@ def _solve_host(core: Core, var: int, args: Sequence[torch.Tensor], params: Solv
 
 def _solve(core: Core, var: int, args: Sequence[torch.Tensor], params: SolveParams,
            opts: Options) -> torch.Tensor:
+    if _compile.active(opts, params):
+        return _compile.solve(core.desc, var, params, opts, list(args))
     args, half = _widened(args)
     if half is not None:
         return _solve(core, var, args, params, opts).to(half)
@@ -446,6 +472,28 @@ class KernelSolve(KernelSolveBase):
                          use_fast_math=use_fast_math, cuda_type=cuda_type)
 
 
+#: What a torch function ``f(t, K)`` of a tensor ``t`` and a LazyTensor ``K`` is, as a
+#: method of ``K``.
+_AS_LAZY = {
+    # t op K: Tensor.__op__, or Tensor.op (what Dynamo calls).
+    "__add__": "__radd__", "add": "__radd__",
+    "__sub__": "__rsub__", "sub": "__rsub__",
+    "__mul__": "__rmul__", "mul": "__rmul__",
+    "__truediv__": "__rtruediv__", "div": "__rtruediv__", "true_divide": "__rtruediv__",
+    "__lt__": "__gt__", "lt": "__gt__", "__gt__": "__lt__", "gt": "__lt__",
+    "__le__": "__ge__", "le": "__ge__", "__ge__": "__le__", "ge": "__le__",
+    "__eq__": "__eq__", "eq": "__eq__", "__ne__": "__ne__", "ne": "__ne__",
+    # K op t: Tensor.__rop__.
+    "__radd__": "__add__", "__rsub__": "__sub__", "__rmul__": "__mul__",
+    "__rtruediv__": "__truediv__", "__rdiv__": "__truediv__", "__rpow__": "__pow__",
+    "__rmatmul__": "__matmul__",
+}
+#: The same by function (while Dynamo traces, the names of ``Tensor``'s Python-defined
+#: operators read as their wrapper's, "wrapped").
+_AS_LAZY_BY_FUNCTION = tuple((getattr(torch.Tensor, name), method)
+                             for name, method in _AS_LAZY.items() if hasattr(torch.Tensor, name))
+
+
 class LazyTensor(GenericLazyTensor):
     __doc__ = GenericLazyTensor.__doc__
 
@@ -462,6 +510,45 @@ class LazyTensor(GenericLazyTensor):
     _solve = staticmethod(_solve)
     _Genred = Genred
     _KernelSolve = KernelSolve
+
+    # Under torch.compile, before the Rust parser (which Dynamo cannot trace).
+    @classmethod
+    def _run_spec(cls, spec: Tuple[Any, ...], arrays: List[Any], opts: Options
+                  ) -> Tuple[Any, Any]:
+        if _compile.active(opts):
+            return _compile.run((spec,), _compile.options_desc(opts), arrays)
+        return _run(compile_core(*spec), arrays, opts)
+
+    @classmethod
+    def _solve_spec(cls, spec: Tuple[Any, ...], var: int, arrays: List[Any],
+                    params: SolveParams, opts: Options) -> Any:
+        if _compile.active(opts, params):
+            return _compile.solve((spec,), var, params, opts, arrays)
+        return super()._solve_spec(spec, var, arrays, params, opts)
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Sequence[Any] = (),
+                           kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        """An operator between a tensor ``t`` and a LazyTensor ``K`` that torch hands
+        over (``t * K``; under ``torch.compile`` also ``K * t``, ``K @ t``: Dynamo passes
+        every operator with a tensor operand to ``Tensor``'s method, the tensor first):
+        the LazyTensor's own operator. Other torch functions are not defined on
+        LazyTensors.
+
+        Dynamo hands ``K @ t`` over as ``matmul(t, K)``, like ``t @ K``: while it
+        traces, ``matmul(t, K)`` is read as ``K @ t`` (``t @ K`` is no operation of a
+        LazyTensor, an error in eager mode)."""
+        if kwargs or len(args) != 2 or not isinstance(args[1], GenericLazyTensor) \
+                or isinstance(args[0], GenericLazyTensor):
+            return NotImplemented
+        name = getattr(func, "__name__", "")
+        method = "__matmul__" if name == "matmul" and torch.compiler.is_compiling() \
+            else _AS_LAZY.get(name)
+        for f, m in _AS_LAZY_BY_FUNCTION:
+            if func is f:
+                method = m
+        op = None if method is None else getattr(args[1], method, None)
+        return NotImplemented if op is None else op(args[0])
 
     @staticmethod
     def _complex_as_real(x: Any) -> Optional[torch.Tensor]:
@@ -486,3 +573,6 @@ class LazyTensor(GenericLazyTensor):
 
 Vi, Vj, Pm = variable_constructors(LazyTensor)
 ComplexLazyTensor = complex_class(LazyTensor)
+
+# Last: the traced operators call this module's rules.
+from . import _compile  # noqa: E402
