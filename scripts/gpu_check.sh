@@ -17,6 +17,8 @@
 #            block-sparse tests (every reduction, both schemes; kernels from the cache)
 #   pykeops  (not by default) pykeops 2.3's own test suite on keops, CUDA tensors
 #            wherever it uses them (scripts/pykeops_suite.sh, bundled)
+#   compile  (not by default) torch.compile with Inductor and CUDA graphs on CUDA
+#            tensors (test_cuda.py -k inductor: Triton compiles, tens of seconds)
 # Usage: scripts/gpu_check.sh [stage ...]   (default: the first five)
 # Sized for a lease of 15 minutes of device time, a start and a rerun included: the
 # whole script ends within DEADLINE seconds (default 330; give the device command a
@@ -78,7 +80,9 @@ for s in $stages; do
                 KEOPS_CUDA_MEMORY_POOLS=0 .gpu/cuda_info')
            limit=30 ;;
     python) cmd=("$PY" -m pytest -q -rs -p no:cacheprovider crates/keops-python/tests/test_cuda.py
-                 crates/keops-python/tests/test_torch.py) limit=60 ;;
+                 crates/keops-python/tests/test_torch.py -k "not inductor") limit=60 ;;
+    compile) cmd=("$PY" -m pytest -q -rs -p no:cacheprovider crates/keops-python/tests/test_cuda.py
+                  -k inductor) limit=120 ;;
     # shellcheck disable=SC2206  # BENCH_ARGS is a list of words
     bench) cmd=("$PY" benchmarks/bench.py --no-progress --out "$LOG" $BENCH_ARGS) limit=220 ;;
     sanitize)

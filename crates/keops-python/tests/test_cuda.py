@@ -5,6 +5,8 @@ with the reason, where PyTorch sees no CUDA device or keops cannot run on it."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -199,3 +201,41 @@ def test_cuda_graph_capture_is_refused_clearly() -> None:
     assert any("CUDA graph" in str(e) for e in chain if e is not None), chain
     torch.testing.assert_close(g(x, y, b, backend="GPU"), dense_gauss(x, y, b),
                                rtol=1e-4, atol=1e-4)
+
+
+
+def _compiled_loss_matches(backend: str, mode: Optional[str] = None) -> None:
+    """``loss`` compiled whole on CUDA tensors: values and gradients as eager's, on
+    the tensors' device, over three calls (CUDA graphs record on the later ones)."""
+    from keops.torch import _compile
+    if not _compile.SUPPORTED:
+        pytest.skip("this PyTorch has no torch.library.custom_op / nonstrict_trace")
+    x, y, b = data(n=2000, m=3000)
+    x.requires_grad_()
+
+    def loss(x, y, b):
+        K = (-LazyTensor(x[:, None, :]).sqdist(LazyTensor(y[None, :, :]))).exp()
+        return ((K @ b) ** 2).sum()
+
+    want = loss(x, y, b)
+    (want_g,) = torch.autograd.grad(want, [x])
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, backend=backend, fullgraph=True, mode=mode)
+    for _ in range(3):
+        got = compiled(x, y, b)
+        (g,) = torch.autograd.grad(got, [x])
+    assert got.device == x.device and g.device == x.device
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(g, want_g, rtol=1e-4, atol=1e-3)
+
+
+def test_torch_compile_on_cuda_tensors() -> None:
+    """The ``keops::`` operators on CUDA tensors, in place, forward and backward."""
+    _compiled_loss_matches("aot_eager")
+
+
+def test_inductor_and_cuda_graphs() -> None:
+    """Inductor, with CUDA graphs (``mode="reduce-overhead"``): the operators are
+    ``cudagraph_unsafe`` and run outside the graphs. (Compiles Triton kernels: the
+    GPU check runs it in a stage of its own, ``compile``.)"""
+    _compiled_loss_matches("inductor", "reduce-overhead")

@@ -125,8 +125,13 @@ def _output_shape(core: Core, args: Sequence[torch.Tensor], which: int) -> List[
     return [*torch.broadcast_shapes(*leads), rows[0] if rows else 1, *out[1:]]
 
 
+#: CUDA graphs must not capture the operators (the engine refuses a capture: it copies
+#: host tables that a replay would read freed), so ``mode="reduce-overhead"`` runs them
+#: outside its graphs.
+_TAGS = tuple(getattr(torch.Tag, t) for t in ("cudagraph_unsafe",) if hasattr(torch.Tag, t))
+
 if SUPPORTED:
-    @torch.library.custom_op("keops::values", mutates_args=())
+    @torch.library.custom_op("keops::values", mutates_args=(), tags=_TAGS)
     def values(key: str, args: List[torch.Tensor]) -> torch.Tensor:
         """The values of the reduction that ``key`` describes (see :func:`key_of`)."""
         from . import _engine
@@ -135,7 +140,7 @@ if SUPPORTED:
         assert out is not None, "a reduction without values"
         return out
 
-    @torch.library.custom_op("keops::indices", mutates_args=())
+    @torch.library.custom_op("keops::indices", mutates_args=(), tags=_TAGS)
     def indices(key: str, args: List[torch.Tensor]) -> torch.Tensor:
         """The indices (int64) of the reduction that ``key`` describes."""
         from . import _engine
@@ -207,7 +212,7 @@ if SUPPORTED:
         vals = _at_selected(core, opts, args, idx, reduce=reduce)
         return vals, (idx if "Arg" in red else None)
 
-    @torch.library.custom_op("keops::solve", mutates_args=())
+    @torch.library.custom_op("keops::solve", mutates_args=(), tags=_TAGS)
     def solve_op(key: str, var: int, params: str, args: List[torch.Tensor]) -> torch.Tensor:
         """The solution of the solve on ``args`` (``b`` at ``var``) with the reduction
         ``key`` and the parameters ``params`` (JSON of a :data:`SolveDesc`)."""
