@@ -170,10 +170,17 @@ def test_monitored_solve_and_block_sparse_reductions_run_eagerly() -> None:
     def sparse(a: T, b: T) -> T:
         return g(a, b, ranges=ranges) * 2
 
+    def lazy_sparse(a: T, b: T) -> T:
+        K = (-Vi(a).sqdist(Vj(b)) * 20).exp()
+        K.ranges = ranges
+        return K.sum(dim=1) * 2
+
     torch._dynamo.reset()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning of Dynamo's about our code
         torch.testing.assert_close(torch.compile(sparse, backend="aot_eager")(xt, yt),
+                                   sparse(xt, yt), rtol=0, atol=0)
+        torch.testing.assert_close(torch.compile(lazy_sparse, backend="aot_eager")(xt, yt),
                                    sparse(xt, yt), rtol=0, atol=0)
         ks = KernelSolve("Exp(-SqDist(x,y) * 10) * a", ["x = Vi(2)", "y = Vj(2)",
                                                         "a = Vj(1)"], "a", axis=1)
@@ -309,3 +316,34 @@ def test_exported_program_runs_in_a_fresh_process(tmp_path: Any) -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
+
+
+def test_torch_func_transforms_under_compile() -> None:
+    """``torch.func`` transforms and forward-mode AD inside a compiled function: the
+    operators have no forward-mode rule (torch would take their tangents as zero), so
+    under a transform the reduction runs as in eager mode; values as eager's."""
+    import torch.autograd.forward_ad as fwAD
+    import torch.func as tf
+
+    k = CASES["gauss"][0]
+    x, y, b, p = (a.detach() for a in data())
+
+    def loss(t: T) -> T:
+        return (k(t, y, b, p) ** 2).sum()
+
+    def dual() -> T:
+        with fwAD.dual_level():
+            out = loss(fwAD.make_dual(x, torch.ones_like(x)))
+            return fwAD.unpack_dual(out).tangent
+
+    cases = {
+        "grad": lambda: tf.grad(loss)(x),
+        "vmap": lambda: tf.vmap(lambda t: k(t, y, b, p))(torch.stack([x, x + 1])),
+        "jvp": lambda: tf.jvp(loss, (x,), (torch.ones_like(x),))[1],
+        "hessian": lambda: tf.hessian(loss)(x[:2]),
+        "forward AD": dual,
+    }
+    for name, f in cases.items():
+        torch._dynamo.reset()
+        got = torch.compile(f, backend="aot_eager")()
+        torch.testing.assert_close(got, f(), rtol=1e-12, atol=1e-12, msg=name)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .._genred import (ARG, SELECT, SMOOTH, Core, DeviceId, GenredBase, Options, compile_core,
+from .._genred import (ARG, SELECT, SMOOTH, Core, DeviceId, GenredBase, Options,
                        reduction_shortcuts)
 from .._lazy import GenericLazyTensor, complex_class, variable_constructors
 from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
@@ -511,19 +511,24 @@ class LazyTensor(GenericLazyTensor):
     _Genred = Genred
     _KernelSolve = KernelSolve
 
-    # Under torch.compile, before the Rust parser (which Dynamo cannot trace).
+    # Under torch.compile, before the Rust parser (which Dynamo cannot trace): traced as
+    # operators, or else run eagerly behind a graph break.
     @classmethod
     def _run_spec(cls, spec: Tuple[Any, ...], arrays: List[Any], opts: Options
                   ) -> Tuple[Any, Any]:
         if _compile.active(opts):
             return _compile.run((spec,), _compile.options_desc(opts), arrays)
-        return _run(compile_core(*spec), arrays, opts)
+        if torch.compiler.is_compiling():
+            return _compile.eagerly(super()._run_spec, spec, arrays, opts)
+        return super()._run_spec(spec, arrays, opts)
 
     @classmethod
     def _solve_spec(cls, spec: Tuple[Any, ...], var: int, arrays: List[Any],
                     params: SolveParams, opts: Options) -> Any:
         if _compile.active(opts, params):
             return _compile.solve((spec,), var, params, opts, arrays)
+        if torch.compiler.is_compiling():
+            return _compile.eagerly(super()._solve_spec, spec, var, arrays, params, opts)
         return super()._solve_spec(spec, var, arrays, params, opts)
 
     @classmethod

@@ -24,9 +24,10 @@ runs them eagerly, as on PyTorch versions without ``torch.library.custom_op`` an
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from .. import _keops
 from .._genred import ARG, SELECT, SMOOTH, Core, CoreDesc, Options, core_of
@@ -46,12 +47,24 @@ SolveDesc = Tuple[float, float, Optional[int], Optional[str], int]
 
 def active(opts: Options, params: Optional[SolveParams] = None) -> bool:
     """Whether a reduction with ``opts`` (a solve with ``params``) is to be traced as a
-    custom operator: Dynamo is tracing, it is not block-sparse, and for a solve, nothing
-    reads its progress (``verbose``, ``callback``, ``return_info``)."""
+    custom operator: Dynamo is tracing, no ``torch.func`` transform or forward-mode AD
+    is on (the operators have no forward-mode rule, and torch would take their tangents
+    as zero), it is not block-sparse, and for a solve, nothing reads its progress
+    (``verbose``, ``callback``, ``return_info``)."""
     if params is not None and (params.verbose or params.callback is not None
                                or params.return_info):
         return False
-    return SUPPORTED and opts.ranges is None and torch.compiler.is_compiling()
+    return (SUPPORTED and opts.ranges is None and torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active()
+            and fwAD._current_level < 0)
+
+
+@torch.compiler.disable
+def eagerly(f: Callable[..., Any], *args: Any) -> Any:
+    """``f(*args)``, never traced: under ``torch.compile``, a graph break here rather
+    than Dynamo tracing into the parser (through ``compile_core``'s cache, with a
+    warning) to break the graph there."""
+    return f(*args)
 
 
 def options_desc(opts: Options) -> OptionsDesc:
