@@ -347,3 +347,28 @@ def test_torch_func_transforms_under_compile() -> None:
         torch._dynamo.reset()
         got = torch.compile(f, backend="aot_eager")()
         torch.testing.assert_close(got, f(), rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_complex_values_and_out_argument() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    c = torch.randn(40, 1, generator=g, dtype=torch.complex128)
+
+    def fourier(x: T, y: T, c: T) -> T:
+        return ((Vi(x).sqdist(Vj(y)) * 1j).exp() * LazyTensor(c[None])).sum(dim=1)
+
+    torch._dynamo.reset()
+    got = torch.compile(fourier, backend="aot_eager", fullgraph=True)(x, y, c)
+    assert got.dtype == torch.complex128
+    torch.testing.assert_close(got, fourier(x, y, c), rtol=1e-12, atol=1e-12)
+    gauss = Genred("Exp(-SqDist(x,y))", ["x = Vi(2)", "y = Vj(2)"], axis=1)
+    out = torch.empty(30, 1, dtype=torch.float64)
+
+    def into(x: T, y: T, out: T) -> T:
+        gauss(x, y, out=out)
+        return out * 2
+
+    doubled = torch.compile(into, backend="aot_eager", fullgraph=True)(x, y, out)
+    torch.testing.assert_close(out, gauss(x, y), rtol=0, atol=0)
+    torch.testing.assert_close(doubled, 2 * gauss(x, y), rtol=0, atol=0)
