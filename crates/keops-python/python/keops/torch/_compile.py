@@ -143,24 +143,25 @@ def _output_shape(core: Core, args: Sequence[torch.Tensor], which: int) -> List[
 #: outside its graphs.
 _TAGS = tuple(getattr(torch.Tag, t) for t in ("cudagraph_unsafe",) if hasattr(torch.Tag, t))
 
+def _engine_output(key: str, args: List[torch.Tensor], which: int) -> torch.Tensor:
+    """Output ``which`` (0: values, 1: indices) of the reduction ``key`` on ``args``."""
+    from . import _engine
+    core, opts = lookup(key)
+    out = _engine(core, args, opts)[which]
+    assert out is not None, "an output the reduction does not produce"
+    return out
+
+
 if SUPPORTED:
     @torch.library.custom_op("keops::values", mutates_args=(), tags=_TAGS)
     def values(key: str, args: List[torch.Tensor]) -> torch.Tensor:
         """The values of the reduction that ``key`` describes (see :func:`key_of`)."""
-        from . import _engine
-        core, opts = lookup(key)
-        out = _engine(core, args, opts)[0]
-        assert out is not None, "a reduction without values"
-        return out
+        return _engine_output(key, args, 0)
 
     @torch.library.custom_op("keops::indices", mutates_args=(), tags=_TAGS)
     def indices(key: str, args: List[torch.Tensor]) -> torch.Tensor:
         """The indices (int64) of the reduction that ``key`` describes."""
-        from . import _engine
-        core, opts = lookup(key)
-        out = _engine(core, args, opts)[1]
-        assert out is not None, "a reduction without indices"
-        return out
+        return _engine_output(key, args, 1)
 
     @values.register_fake
     def _values_fake(key: str, args: List[torch.Tensor]) -> torch.Tensor:
