@@ -23,7 +23,7 @@ from torch._dynamo.backends.common import aot_autograd  # noqa: E402
 from functorch.compile import make_boxed_func  # noqa: E402
 
 import keops.numpy.cluster as nc  # noqa: E402
-from keops.torch import Genred, KernelSolve, LazyTensor, Vi, Vj, _compile  # noqa: E402
+from keops.torch import Genred, KernelSolve, LazyTensor, Vi, Vj, _compile, _ops  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not _compile.SUPPORTED,
@@ -191,19 +191,33 @@ def test_monitored_solve_and_block_sparse_reductions_run_eagerly() -> None:
     torch.testing.assert_close(a, ks(xt, xt, bt, alpha=0.1))
 
 
+def test_importing_keops_torch_does_not_import_dynamo() -> None:
+    """Dynamo takes a second to import: eager use never pays it (``_compile.py`` is
+    imported only while Dynamo traces)."""
+    code = ("import sys, torch, keops.torch\n"
+            "from keops.torch import LazyTensor\n"
+            "x = torch.randn(10, 3)\n"
+            "(LazyTensor(x[:, None]) - LazyTensor(x[None])).sum(-1).exp().sum(dim=1)\n"
+            "assert 'torch._dynamo' not in sys.modules, 'imported'\n"
+            "assert hasattr(torch.ops.keops, 'values')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+
+
 def test_keys_name_their_reduction_in_any_process() -> None:
     """A key is rebuilt from its text alone (as after loading a cached graph), and a key
     that describes nothing is a clear error."""
     gauss = Genred("Exp(-SqDist(x,y)) * b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(2)"], axis=1)
     core, opts = gauss.core.grad(0)[0], gauss.opts
-    key = _compile.key_of(core, opts)
+    key = _ops.key_of(core, opts)
     assert json.loads(key)[0][1] == ["grad", 0]
-    del _compile._KEYS[key]
-    rebuilt, ropts = _compile.lookup(key)
+    del _ops._KEYS[key]
+    rebuilt, ropts = _ops.lookup(key)
     assert rebuilt.g.formula == core.g.formula and rebuilt.reduction == core.reduction
     assert ropts == opts
     with pytest.raises(ValueError, match="does not describe a reduction"):
-        _compile.lookup('[[["F", [], "Sum", 1, null, null]], ["auto"]]')
+        _ops.lookup('[[["F", [], "Sum", 1, null, null]], ["auto"]]')
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
@@ -310,6 +324,7 @@ def test_exported_program_runs_in_a_fresh_process(tmp_path: Any) -> None:
     torch.save((x, y, b, Conv()(x, y, b)), str(tmp_path / "data.pt"))
     code = (
         "import sys, torch, keops.torch\n"
+        "assert 'torch._dynamo' not in sys.modules  # keops.torch alone registers them\n"
         f"ep = torch.export.load({str(path)!r})\n"
         f"x, y, b, want = torch.load({str(tmp_path / 'data.pt')!r})\n"
         "torch.testing.assert_close(ep.module()(x, y, b), want, rtol=1e-12, atol=1e-12)\n")

@@ -308,6 +308,16 @@ def _at_selected(core: Core, opts: Options, args: Sequence[torch.Tensor],
     return vals.masked_fill(empty, fill)
 
 
+def _traced() -> Any:
+    """The ``torch.compile`` support (``_compile.py``) while Dynamo traces, else
+    ``None``: imported then (by Dynamo, which imports a module as it traces), since it
+    imports Dynamo, which costs a second that eager use never pays."""
+    if not torch.compiler.is_compiling():
+        return None
+    from . import _compile
+    return _compile
+
+
 def _differentiable(args: Sequence[torch.Tensor]) -> bool:
     """Whether a result may be differentiated: autograd recording with an input that
     requires grad, an open forward-AD level, or a ``torch.func`` transform."""
@@ -369,9 +379,10 @@ class Genred(GenredBase):
         or a list of GPU numbers splits one reduction over several GPUs.
         """
         opts = self._options(backend, ranges, device_id)
-        if _compile.active(opts):
-            values, indices = _compile.run(self.core.desc, _compile.options_desc(opts),
-                                           list(args))
+        traced = _traced()
+        if traced is not None and traced.active(opts):
+            values, indices = traced.run(self.core.desc, traced.options_desc(opts),
+                                         list(args))
         else:
             values, indices = _run(self.core, args, opts)
         return self._result(values, indices, out)
@@ -444,8 +455,9 @@ def _solve_host(core: Core, var: int, args: Sequence[torch.Tensor], params: Solv
 
 def _solve(core: Core, var: int, args: Sequence[torch.Tensor], params: SolveParams,
            opts: Options) -> torch.Tensor:
-    if _compile.active(opts, params):
-        return _compile.solve(core.desc, var, params, opts, list(args))
+    traced = _traced()
+    if traced is not None and traced.active(opts, params):
+        return traced.solve(core.desc, var, params, opts, list(args))
     args, half = _widened(args)
     if half is not None:
         return _solve(core, var, args, params, opts).to(half)
@@ -516,20 +528,22 @@ class LazyTensor(GenericLazyTensor):
     @classmethod
     def _run_spec(cls, spec: Tuple[Any, ...], arrays: List[Any], opts: Options
                   ) -> Tuple[Any, Any]:
-        if _compile.active(opts):
-            return _compile.run((spec,), _compile.options_desc(opts), arrays)
-        if torch.compiler.is_compiling():
-            return _compile.eagerly(super()._run_spec, spec, arrays, opts)
-        return super()._run_spec(spec, arrays, opts)
+        traced = _traced()
+        if traced is None:
+            return super()._run_spec(spec, arrays, opts)
+        if traced.active(opts):
+            return traced.run((spec,), traced.options_desc(opts), arrays)
+        return traced.eagerly(super()._run_spec, spec, arrays, opts)
 
     @classmethod
     def _solve_spec(cls, spec: Tuple[Any, ...], var: int, arrays: List[Any],
                     params: SolveParams, opts: Options) -> Any:
-        if _compile.active(opts, params):
-            return _compile.solve((spec,), var, params, opts, arrays)
-        if torch.compiler.is_compiling():
-            return _compile.eagerly(super()._solve_spec, spec, var, arrays, params, opts)
-        return super()._solve_spec(spec, var, arrays, params, opts)
+        traced = _traced()
+        if traced is None:
+            return super()._solve_spec(spec, var, arrays, params, opts)
+        if traced.active(opts, params):
+            return traced.solve((spec,), var, params, opts, arrays)
+        return traced.eagerly(super()._solve_spec, spec, var, arrays, params, opts)
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Sequence[Any] = (),
@@ -579,5 +593,5 @@ class LazyTensor(GenericLazyTensor):
 Vi, Vj, Pm = variable_constructors(LazyTensor)
 ComplexLazyTensor = complex_class(LazyTensor)
 
-# Last: the traced operators call this module's rules.
-from . import _compile  # noqa: E402
+# Last: the operators call this module's rules.
+from . import _ops  # noqa: E402,F401  (registers them)
