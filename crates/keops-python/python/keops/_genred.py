@@ -94,8 +94,8 @@ def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
 def _dynamo_tracing() -> bool:
     """Whether ``torch.compile`` is tracing this call (Dynamo would trace through an
     ``lru_cache``, warning that it does)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and torch.compiler.is_compiling()
+    compiler = getattr(sys.modules.get("torch"), "compiler", None)
+    return compiler is not None and getattr(compiler, "is_compiling", lambda: False)()
 
 
 @lru_cache(maxsize=64)

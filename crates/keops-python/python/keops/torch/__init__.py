@@ -312,10 +312,15 @@ def _traced() -> Any:
     """The ``torch.compile`` support (``_compile.py``) while Dynamo traces, else
     ``None``: imported then (by Dynamo, which imports a module as it traces), since it
     imports Dynamo, which costs a second that eager use never pays."""
-    if not torch.compiler.is_compiling():
+    if not _is_compiling():
         return None
     from . import _compile
     return _compile
+
+
+#: ``torch.compiler.is_compiling`` (PyTorch 2.3 and later; before, nothing is traced).
+_is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling",
+                                            lambda: False)
 
 
 def _differentiable(args: Sequence[torch.Tensor]) -> bool:

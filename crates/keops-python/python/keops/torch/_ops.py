@@ -108,7 +108,8 @@ def _output_shape(core: Core, args: Sequence[torch.Tensor], which: int) -> List[
 
 
 #: Operator tags: see the module's docs.
-_TAGS = tuple(getattr(torch.Tag, t) for t in ("cudagraph_unsafe",) if hasattr(torch.Tag, t))
+_TAGS = tuple(getattr(torch.Tag, t) for t in ("cudagraph_unsafe",)
+              if hasattr(getattr(torch, "Tag", None), t))
 
 
 def _engine_output(key: str, args: List[torch.Tensor], which: int) -> torch.Tensor:
