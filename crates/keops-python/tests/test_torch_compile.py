@@ -387,3 +387,26 @@ def test_complex_values_and_out_argument() -> None:
     doubled = torch.compile(into, backend="aot_eager", fullgraph=True)(x, y, out)
     torch.testing.assert_close(out, gauss(x, y), rtol=0, atol=0)
     torch.testing.assert_close(doubled, 2 * gauss(x, y), rtol=0, atol=0)
+
+
+def test_genred_made_inside_the_compiled_function() -> None:
+    """pykeops-style code that makes its Genred where it uses it: parsed when the
+    graph is built, no graph break."""
+    from keops.torch import LogSumExp
+
+    x, y, b = data(n=20, m=25)[:3]
+
+    def loss(x: T, y: T, b: T) -> T:
+        conv = Genred("Exp(-SqDist(x, y)) * b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)"],
+                      axis=1)
+        lse = LogSumExp("-SqDist(x, y)", ["x = Vi(2)", "y = Vj(2)"], axis=1)
+        return (conv(x, y, b) ** 2).sum() + lse(x, y).sum()
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = torch.compile(loss, backend="aot_eager", fullgraph=True)(x, y, b)
+    want = loss(x, y, b)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(torch.autograd.grad(got, [x, y, b]), torch.autograd.grad(want, [x, y, b])):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

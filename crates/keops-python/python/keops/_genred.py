@@ -310,11 +310,22 @@ class GenredBase:
                           axis=int(axis), dtype=dtype, opt_arg=opt_arg, formula2=formula2,
                           dtype_acc=dtype_acc, use_double_acc=use_double_acc,
                           sum_scheme=sum_scheme, use_fast_math=use_fast_math)
-        self.core = compile_core(formula, tuple(aliases), reduction_op, int(axis), k, formula2)
+        #: ``core``'s description (see :func:`core_of`).
+        self.desc: CoreDesc = ((formula, tuple(aliases), reduction_op, int(axis), k, formula2),)
+        # Parsed now, but while Dynamo traces (a Genred made inside a compiled function):
+        # it cannot trace the parser, and a traced call needs only the description.
+        self._core = None if _dynamo_tracing() else compile_core(*self.desc[0])
         self.reduction_op = reduction_op
         self.axis = int(axis)
         self.opts = make_options(dtype_acc, use_double_acc, sum_scheme,
                                  use_fast_math=use_fast_math)
+
+    @property
+    def core(self) -> Core:
+        """The compiled reduction."""
+        if self._core is None:
+            self._core = compile_core(*self.desc[0])
+        return self._core
 
     @property
     def formula(self) -> str:

@@ -386,8 +386,7 @@ class Genred(GenredBase):
         opts = self._options(backend, ranges, device_id)
         traced = _traced()
         if traced is not None and traced.active(opts):
-            values, indices = traced.run(self.core.desc, traced.options_desc(opts),
-                                         list(args))
+            values, indices = traced.run(self.desc, traced.options_desc(opts), list(args))
         else:
             values, indices = _run(self.core, args, opts)
         return self._result(values, indices, out)
