@@ -51,14 +51,12 @@ def active(opts: Options, params: Optional[SolveParams] = None) -> bool:
             and fwAD._current_level < 0)
 
 
-
 @torch.compiler.disable
 def eagerly(f: Callable[..., Any], *args: Any) -> Any:
     """``f(*args)``, never traced: under ``torch.compile``, a graph break here rather
     than Dynamo tracing into the parser (through ``compile_core``'s cache, with a
     warning) to break the graph there."""
     return f(*args)
-
 
 
 def _constant(x: Any) -> Any:
@@ -69,7 +67,6 @@ def _constant(x: Any) -> Any:
     return int(x) if isinstance(x, torch.SymInt) else x
 
 
-
 if SUPPORTED:
     def run(desc: CoreDesc, opts: OptionsDesc, args: List[torch.Tensor]
             ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -77,25 +74,26 @@ if SUPPORTED:
         with options ``opts`` on ``args``, as ``keops::`` operators of the graph;
         returns ``(values, indices)``."""
         red = desc[0][2]
-        out = _run_untraced(desc, opts, args)
+        out = _record_run(desc, opts, args)
         if red in ARG:
             return None, out[0]
         return out[0], (out[1] if "Arg" in red else None)
 
     @torch._dynamo.nonstrict_trace
-    def _run_untraced(desc: CoreDesc, opts: OptionsDesc, args: List[torch.Tensor]
+    def _record_run(desc: CoreDesc, opts: OptionsDesc, args: List[torch.Tensor]
                       ) -> List[torch.Tensor]:
-        # Run by Dynamo as it is, with fake tensors; returns the outputs there are
-        # (a nonstrict_trace function returns no None).
+        # Run by Dynamo as it is, with fake tensors, recording the operators it calls;
+        # returns the outputs there are (a nonstrict_trace function returns no None).
         desc, options = _constant(desc), options_of(_constant(opts))
         args, half = _widened(args)
-        v, i = _traced(core_of(desc), options, args)
+        v, i = _operators(core_of(desc), options, args)
         if half is not None and v is not None:
             v = v.to(half)
         return [t for t in (v, i) if t is not None]
 
-    def _traced(core: Core, opts: Options, args: List[torch.Tensor]
-                ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def _operators(core: Core, opts: Options, args: List[torch.Tensor]
+                   ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``keops.torch._run``'s values and indices, by the operators."""
         red = core.reduction
         if red in SMOOTH:
             return _ops.reduce(core, opts, args), None
@@ -109,12 +107,12 @@ if SUPPORTED:
               args: List[torch.Tensor]) -> torch.Tensor:
         """``keops.torch._solve`` for Dynamo: the solve with the reduction ``desc``, as a
         ``keops::solve`` operator of the graph."""
-        return _solve_untraced(desc, var, (params.alpha, params.eps, params.max_iter,
+        return _record_solve(desc, var, (params.alpha, params.eps, params.max_iter,
                                            params.precond, params.precond_rank),
                                options_desc(opts), args)
 
     @torch._dynamo.nonstrict_trace
-    def _solve_untraced(desc: CoreDesc, var: int, params: SolveDesc, opts: OptionsDesc,
+    def _record_solve(desc: CoreDesc, var: int, params: SolveDesc, opts: OptionsDesc,
                         args: List[torch.Tensor]) -> torch.Tensor:
         desc, var, params, opts = _constant((desc, var, params, opts))
         core = core_of(desc)

@@ -121,7 +121,6 @@ def _engine_output(key: str, args: List[torch.Tensor], which: int) -> torch.Tens
     return out
 
 
-
 if SUPPORTED:
     @torch.library.custom_op("keops::values", mutates_args=(), tags=_TAGS)
     def values(key: str, args: List[torch.Tensor]) -> torch.Tensor:
@@ -163,7 +162,8 @@ if SUPPORTED:
     @torch.library.custom_op("keops::solve", mutates_args=(), tags=_TAGS)
     def solve(key: str, var: int, params: str, args: List[torch.Tensor]) -> torch.Tensor:
         """The solution of the solve on ``args`` (``b`` at ``var``) with the reduction
-        ``key`` and the parameters ``params`` (JSON of a :data:`SolveDesc`)."""
+        ``key`` and the parameters ``params`` (JSON of ``[alpha, eps, max_iter, precond,
+        precond_rank]``)."""
         from . import _solve_host
         core, opts = lookup(key)
         alpha, eps, max_iter, precond, rank = json.loads(params)
