@@ -58,3 +58,10 @@ def test_sinkhorn(tmp_path: Path) -> None:
     text = run("sinkhorn", tmp_path)
     m = re.search(r"marginal errors \(L1\): ([\d.e+-]+) \(a\), ([\d.e+-]+) \(b\)", text)
     assert m and float(m.group(1)) < 1e-3 and float(m.group(2)) < 1e-3, text
+
+
+def test_compiled_rbf_network(tmp_path: Path) -> None:
+    text = run("compiled_rbf_network", tmp_path)
+    assert number(r"largest relative gap between them: ([\d.e+-]+)", text) < 1e-4
+    first = number(r"loss: ([\d.]+) ->", text)
+    assert number(r"-> ([\d.]+) compiled", text) < 0.1 * first
