@@ -84,14 +84,14 @@ def make_options(dtype_acc: str = "auto", use_double_acc: bool = False,
     default)."""
     if (ranges is None and type(device_id) is int  # not a bool, a GPU list: checked below
             and all(isinstance(v, str) for v in (dtype_acc, sum_scheme, backend))
-            and not _dynamo_tracing()):
+            and not dynamo_tracing()):
         return _plain_options(dtype_acc, use_double_acc, sum_scheme, backend, device_id,
                               use_fast_math)
     return _checked_options(dtype_acc, use_double_acc, sum_scheme, backend, device_id,
                             ranges, use_fast_math)
 
 
-def _dynamo_tracing() -> bool:
+def dynamo_tracing() -> bool:
     """Whether ``torch.compile`` is tracing this call (Dynamo would trace through an
     ``lru_cache``, warning that it does)."""
     compiler = getattr(sys.modules.get("torch"), "compiler", None)
@@ -314,7 +314,7 @@ class GenredBase:
         self.desc: CoreDesc = ((formula, tuple(aliases), reduction_op, int(axis), k, formula2),)
         # Parsed now, but while Dynamo traces (a Genred made inside a compiled function):
         # it cannot trace the parser, and a traced call needs only the description.
-        self._core = None if _dynamo_tracing() else compile_core(*self.desc[0])
+        self._core = None if dynamo_tracing() else compile_core(*self.desc[0])
         self.reduction_op = reduction_op
         self.axis = int(axis)
         self.opts = make_options(dtype_acc, use_double_acc, sum_scheme,

@@ -1270,7 +1270,7 @@ class GenericLazyTensor:
                                  return_info=bool(kw.get("return_info")))
             x = self._solve_spec((formula, aliases, "Sum", 1, None, None), p.unknown, arrays,
                                  params, opts)
-            return (x, params.infos[0]) if kw.get("return_info") else x
+            return (x, params.infos[0]) if params.return_info else x
         values, indices = self._run_spec(
             (formula, aliases, p.reduction, p.axis, p.k,
              None if p.formula2 is None else _name(p.formula2)), arrays, opts)

@@ -29,7 +29,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from .._genred import (ARG, SELECT, SMOOTH, Core, DeviceId, GenredBase, Options,
-                       reduction_shortcuts)
+                       dynamo_tracing, reduction_shortcuts)
 from .._lazy import GenericLazyTensor, complex_class, variable_constructors
 from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
 
@@ -312,21 +312,21 @@ def _traced() -> Any:
     """The ``torch.compile`` support (``_compile.py``) while Dynamo traces, else
     ``None``: imported then (by Dynamo, which imports a module as it traces), since it
     imports Dynamo, which costs a second that eager use never pays."""
-    if not _is_compiling():
+    if not dynamo_tracing():
         return None
     from . import _compile
     return _compile
 
 
-#: ``torch.compiler.is_compiling`` (PyTorch 2.3 and later; before, nothing is traced).
-_is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling",
-                                            lambda: False)
+def _transformed() -> bool:
+    """Whether a ``torch.func`` transform or a forward-AD level is on."""
+    return torch._C._are_functorch_transforms_active() or fwAD._current_level >= 0
 
 
 def _differentiable(args: Sequence[torch.Tensor]) -> bool:
     """Whether a result may be differentiated: autograd recording with an input that
     requires grad, an open forward-AD level, or a ``torch.func`` transform."""
-    if torch._C._are_functorch_transforms_active() or fwAD._current_level >= 0:
+    if _transformed():
         return True
     return torch.is_grad_enabled() and any(a.requires_grad for a in args)
 
@@ -565,7 +565,7 @@ class LazyTensor(GenericLazyTensor):
                 or isinstance(args[0], GenericLazyTensor):
             return NotImplemented
         name = getattr(func, "__name__", "")
-        method = "__matmul__" if name == "matmul" and torch.compiler.is_compiling() \
+        method = "__matmul__" if name == "matmul" and dynamo_tracing() \
             else _AS_LAZY.get(name)
         for f, m in _AS_LAZY_BY_FUNCTION:
             if func is f:

@@ -21,12 +21,11 @@ import json
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
 from .. import _keops
 from .._genred import ARG, SELECT, SMOOTH, Core, CoreDesc, Options, core_of
 from .._solve import SolveParams
-from . import _at_selected, _ops, _widened
+from . import _at_selected, _ops, _transformed, _widened
 from ._ops import OptionsDesc, key_of, options_desc, options_of
 
 #: Whether this PyTorch can trace reductions (custom operators and ``nonstrict_trace``,
@@ -38,17 +37,15 @@ SolveDesc = Tuple[float, float, Optional[int], Optional[str], int]
 
 
 def active(opts: Options, params: Optional[SolveParams] = None) -> bool:
-    """Whether a reduction with ``opts`` (a solve with ``params``) is to be traced as a
-    custom operator: Dynamo is tracing, no ``torch.func`` transform or forward-mode AD
-    is on (the operators have no forward-mode rule, and torch would take their tangents
-    as zero), it is not block-sparse, and for a solve, nothing reads its progress
-    (``verbose``, ``callback``, ``return_info``)."""
+    """Whether a reduction with ``opts`` (a solve with ``params``), met while Dynamo
+    traces, is to be traced as a custom operator: no ``torch.func`` transform or
+    forward-mode AD is on (the operators have no forward-mode rule, and torch would take
+    their tangents as zero), it is not block-sparse, and for a solve, nothing reads its
+    progress (``verbose``, ``callback``, ``return_info``)."""
     if params is not None and (params.verbose or params.callback is not None
                                or params.return_info):
         return False
-    return (SUPPORTED and opts.ranges is None and torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active()
-            and fwAD._current_level < 0)
+    return SUPPORTED and opts.ranges is None and not _transformed()
 
 
 @torch.compiler.disable
