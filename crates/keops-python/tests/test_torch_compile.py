@@ -73,6 +73,7 @@ def test_no_graph_break_and_eager_values_and_gradients(name: str) -> None:
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
     (fw,), (bw,) = seen["forward"], seen["backward"]
     selects = name.startswith(("min", "kmin"))
     assert keops_ops(fw) == (["keops.indices.default", "keops.values.default"] if selects
@@ -125,7 +126,7 @@ def test_genred_indices_both_outputs_and_half_precision() -> None:
     torch.testing.assert_close(got, gauss(xh, yh))
 
 
-@pytest.mark.parametrize("front", ["lazy", "kernelsolve"])
+@pytest.mark.parametrize("front", ["lazy", "kernelsolve", "kernelsolve made inside"])
 def test_solve_traced_with_gradients(front: str) -> None:
     g = torch.Generator().manual_seed(2)
     x = torch.rand(150, 2, generator=g, dtype=torch.float64, requires_grad=True)
@@ -136,8 +137,12 @@ def test_solve_traced_with_gradients(front: str) -> None:
     def loss(x: T, b: T) -> T:
         if front == "lazy":
             a = (-Vi(x).sqdist(Vj(x)) * 10).exp().solve(Vi(b), alpha=0.1)
-        else:
+        elif front == "kernelsolve":
             a = ks(x, x, b, alpha=0.1)
+        else:  # pykeops style: the solver made where it is used
+            a = KernelSolve("Exp(-SqDist(x,y) * 10) * a",
+                            ["x = Vi(2)", "y = Vj(2)", "a = Vj(2)"], "a", axis=1)(x, x, b,
+                                                                                 alpha=0.1)
         return (a ** 2).sum()
 
     torch._dynamo.reset()
@@ -390,9 +395,10 @@ def test_complex_values_and_out_argument() -> None:
 
 
 def test_genred_made_inside_the_compiled_function() -> None:
-    """pykeops-style code that makes its Genred where it uses it: parsed when the
-    graph is built, no graph break."""
-    from keops.torch import LogSumExp
+    """pykeops-style code that makes its Genred (or generic_* reduction) where it uses
+    it: parsed when the graph is built, no graph break."""
+    from keops.torch import LogSumExp, generic_argkmin, generic_argmin, generic_logsumexp, \
+        generic_sum
 
     x, y, b = data(n=20, m=25)[:3]
 
@@ -400,7 +406,15 @@ def test_genred_made_inside_the_compiled_function() -> None:
         conv = Genred("Exp(-SqDist(x, y)) * b", ["x = Vi(2)", "y = Vj(2)", "b = Vj(1)"],
                       axis=1)
         lse = LogSumExp("-SqDist(x, y)", ["x = Vi(2)", "y = Vj(2)"], axis=1)
-        return (conv(x, y, b) ** 2).sum() + lse(x, y).sum()
+        # The output declaration sets the axis: summed over i here.
+        gsum = generic_sum("Exp(-SqDist(x, y)) * b", "c = Vj(1)", "x = Vi(2)", "y = Vj(2)",
+                           "b = Vi(1)")
+        glse = generic_logsumexp("-SqDist(x, y)", "c = Vi(1)", "x = Vi(2)", "y = Vj(2)")
+        knn = generic_argkmin("SqDist(x, y)", "c = Vi(3)", "x = Vi(2)", "y = Vj(2)")
+        nn = generic_argmin("SqDist(x, y)", "c = Vj(1)", "x = Vi(2)", "y = Vj(2)")
+        picked = y[knn(x, y)].sum(1) + x[nn(x, y)[:, 0]].sum(0)
+        return ((conv(x, y, b) ** 2).sum() + lse(x, y).sum() + gsum(y, x, b).sum()
+                + glse(x, y).sum() + (picked ** 2).sum())
 
     torch._dynamo.reset()
     with warnings.catch_warnings():
@@ -410,3 +424,25 @@ def test_genred_made_inside_the_compiled_function() -> None:
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for g, w in zip(torch.autograd.grad(got, [x, y, b]), torch.autograd.grad(want, [x, y, b])):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_declarations_inside_the_compiled_function_are_value_errors() -> None:
+    """A generic_* output or a KernelSolve unknown declared wrongly in a compiled
+    function: the eager ValueError, not an error of Dynamo's."""
+    from keops.torch import generic_sum
+
+    x, _, b = data(n=20, m=25)[:3]
+    calls = {
+        "must be declared as Vi": lambda: generic_sum("SqDist(x, y)", "c = Pm(1)", "x = Vi(2)",
+                                            "y = Vj(2)")(x, x),
+        "not a variable": lambda: KernelSolve("Exp(-SqDist(x,y)) * a",
+                                              ["x = Vi(2)", "y = Vj(2)", "a = Vj(1)"], "c",
+                                              axis=1)(x, x, b),
+        "must be Vj": lambda: KernelSolve("Exp(-SqDist(x,y)) * a",
+                                          ["x = Vi(2)", "y = Vj(2)", "a = Vj(1)"], "x",
+                                          axis=1)(x, x, b),
+    }
+    for message, call in calls.items():
+        torch._dynamo.reset()
+        with pytest.raises(ValueError, match=message):
+            torch.compile(call, backend="aot_eager")()

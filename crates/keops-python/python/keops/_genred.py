@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from . import _keops
 from ._cluster import as_ranges
@@ -215,6 +215,9 @@ class Core:
         return self._pointwise
 
 
+#: ``compile_core``'s arguments: formula, aliases, reduction, axis, ``K``, ``formula2``.
+CoreSpec = Tuple[str, Tuple[str, ...], str, int, Optional[int], Optional[str]]
+
 #: How a :class:`Core` is made: ``compile_core``'s arguments, then its derivations
 #: (``("grad", k)``, ``("jvp", ks)``, ``("variant", (reduction, k))``,
 #: ``("pointwise", None)``), constants only: the same in every process.
@@ -366,6 +369,33 @@ class GenredBase:
                 f"reduction_op={self.reduction_op!r}, axis={self.axis})")
 
 
+T = TypeVar("T")
+
+
+def parsed(f: Callable[..., T], *args: Any) -> T:
+    """``f(*args)``, for ``f`` a pure function of constants that reads declarations with
+    the Rust parser. ``keops.torch._compile`` marks :func:`outcome` as constant: under
+    ``torch.compile``, Dynamo calls it rather than trace into the parser (which it
+    cannot), and bad input raises its ``ValueError`` here, in traced code, as in eager
+    mode (raised in a constant call, it would reach the user wrapped in a Dynamo error)."""
+    if dynamo_tracing():
+        # Imported (for real, by Dynamo) only now: it imports Dynamo, a second that eager
+        # use never pays.
+        from .torch import _compile  # noqa: F401
+    ok, value = outcome(f, *args)
+    if not ok:
+        raise ValueError(value)
+    return value
+
+
+def outcome(f: Callable[..., T], *args: Any) -> Tuple[bool, Any]:
+    """``(True, f(*args))``, or ``(False, message)`` where ``f`` raises ``ValueError``."""
+    try:
+        return True, f(*args)
+    except ValueError as e:
+        return False, str(e)
+
+
 def output_alias(output: str) -> Tuple[int, int]:
     """The reduction axis and the output dimension that the output alias of pykeops'
     ``generic_*`` declares (``"a = Vi(3)"``: axis 1, dimension 3), read by the Rust alias
@@ -388,7 +418,7 @@ def reduction_shortcuts(cls: Any) -> Tuple[Callable[..., Any], ...]:
 
     def generic(reduction: str, name: str, doc: str) -> Callable[..., Any]:
         def f(formula: str, output: str, *aliases: str, **kwargs: Any) -> Any:
-            axis, dim = output_alias(output)
+            axis, dim = parsed(output_alias, output)
             if reduction in K_REDUCTIONS:
                 kwargs.setdefault("opt_arg", dim)  # K: the output's dimension
             return cls(formula, list(aliases), reduction_op=reduction, axis=axis, **kwargs)

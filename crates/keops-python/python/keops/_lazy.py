@@ -18,7 +18,6 @@ import dataclasses
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
-from . import _keops
 from ._cluster import same_ranges, swap_axes
 from ._genred import Core, GenredBase, Options, compile_core, make_options
 from ._solve import PRECOND_RANK, SolveParams
@@ -179,7 +178,8 @@ class GenericLazyTensor:
     ranges: Any = None
 
     # -- backend hooks ----------------------------------------------------------------
-    #: The front end's ``Genred`` and ``KernelSolve`` classes (for ``callfun``).
+    #: The front end's ``Genred`` and ``KernelSolve`` classes (for ``callfun``; solves
+    #: run through the latter's ``_solve_spec``).
     _Genred: Any = None
     _KernelSolve: Any = None
 
@@ -200,20 +200,6 @@ class GenericLazyTensor:
         """Runs the reduction that ``compile_core(*spec)`` makes (``keops.torch`` traces
         it under ``torch.compile`` instead)."""
         return cls._run(compile_core(*spec), arrays, opts)
-
-    @staticmethod
-    def _solve(core: Core, var: int, arrays: List[Array], params: Any, opts: Options) -> Any:
-        """Solves ``(K + alpha I) a = b`` (``arrays[var]`` is ``b``); see ``_solve.py``."""
-        raise NotImplementedError
-
-    @classmethod
-    def _solve_spec(cls, spec: Tuple[Any, ...], var: int, arrays: List[Array], params: Any,
-                    opts: Options) -> Any:
-        """Solves with the reduction that ``compile_core(*spec)`` makes, the unknown at
-        argument ``var`` (``keops.torch`` traces it under ``torch.compile`` instead)."""
-        core = compile_core(*spec)
-        _keops.check_solve(core.g, var)
-        return cls._solve(core, var, arrays, params, opts)
 
     @staticmethod
     def _repeat_rows(a: Array, times: int, interleave: bool) -> Array:
@@ -1268,8 +1254,8 @@ class GenericLazyTensor:
                                  kw.get("callback"), kw.get("precond"),
                                  int(kw.get("precond_rank", PRECOND_RANK)),
                                  return_info=bool(kw.get("return_info")))
-            x = self._solve_spec((formula, aliases, "Sum", 1, None, None), p.unknown, arrays,
-                                 params, opts)
+            x = self._KernelSolve._solve_spec((formula, aliases, "Sum", 1, None, None),
+                                              p.unknown, arrays, params, opts)
             return (x, params.infos[0]) if params.return_info else x
         values, indices = self._run_spec(
             (formula, aliases, p.reduction, p.axis, p.k,

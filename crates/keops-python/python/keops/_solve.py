@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import _keops
-from ._genred import Core, DeviceId, Options, compile_core, make_options
+from ._genred import Core, CoreSpec, DeviceId, Options, compile_core, make_options, parsed
 
 
 #: The Nyström preconditioner's default largest rank (``precond_rank``).
@@ -45,6 +45,23 @@ class SolveInfo:
     #: not: rounding in the data type (float32, typically) limits the accuracy, and
     #: more iterations would not help.
     precision_limited: bool = False
+
+
+def solve_core(spec: CoreSpec, var: int) -> Core:
+    """The reduction ``compile_core(*spec)``, checked to be solvable for argument ``var``
+    (a variable of the reduced side, of the formula's dimension)."""
+    core = compile_core(*spec)
+    _keops.check_solve(core.g, var)
+    return core
+
+
+def unknown_position(spec: CoreSpec, varinvalias: str) -> int:
+    """The argument position of the unknown ``varinvalias`` of a solve with the
+    reduction ``compile_core(*spec)``, checked (:func:`solve_core`); called through
+    :func:`~keops._genred.parsed`."""
+    var: int = _keops.alias_position(list(spec[1]), varinvalias)
+    solve_core(spec, var)
+    return var
 
 
 @dataclass
@@ -144,10 +161,12 @@ class KernelSolveBase:
         # The arguments in the order of pykeops.numpy.KernelSolve (the torch one
         # reorders them); dtype, opt_arg, enable_chunks, rec_multVar_highdim and
         # cuda_type are accepted for compatibility.
-        self.core = compile_core(formula, tuple(aliases), "Sum", int(axis), None, None)
-        self.var: int = _keops.alias_position(list(aliases), varinvalias)
+        #: The reduction ``K a``: ``compile_core``'s arguments.
+        self.spec: CoreSpec = (formula, tuple(aliases), "Sum", int(axis), None, None)
         # Checks the unknown's side and dimension now, with a clear message.
-        _keops.check_solve(self.core.g, self.var)
+        # int(): the constant that torch.compile keeps of a call has a source that its
+        # guards on a traced solve's arguments cannot take; a plain int has none.
+        self.var = int(parsed(unknown_position, self.spec, varinvalias))
         self.axis = int(axis)
         self.opts = make_options(dtype_acc, use_double_acc, sum_scheme,
                                  use_fast_math=use_fast_math)
@@ -156,11 +175,24 @@ class KernelSolveBase:
                                           dtype_acc=dtype_acc, use_double_acc=use_double_acc,
                                           sum_scheme=sum_scheme, use_fast_math=use_fast_math)
 
+    @property
+    def core(self) -> Core:
+        """The reduction ``K a`` (parsed once per process, on first use: not while
+        ``torch.compile`` traces a ``KernelSolve`` made in the compiled function)."""
+        return compile_core(*self.spec)
+
     @staticmethod
     def _solve(core: Core, var: int, args: List[Any], params: SolveParams,
                opts: Options) -> Any:
         """The front end's solve on its arrays (``args[var]`` is ``b``)."""
         raise NotImplementedError
+
+    @classmethod
+    def _solve_spec(cls, spec: CoreSpec, var: int, args: List[Any], params: SolveParams,
+                    opts: Options) -> Any:
+        """The solve with the reduction ``compile_core(*spec)`` (``keops.torch`` traces it
+        under ``torch.compile`` instead)."""
+        return cls._solve(solve_core(spec, var), var, args, params, opts)
 
     def __call__(self, *args: Any, backend: str = "auto", device_id: DeviceId = -1,
                  alpha: float = 1e-10, eps: float = 1e-6, ranges: Optional[Any] = None,
@@ -174,7 +206,7 @@ class KernelSolveBase:
                             device_id, ranges, self.opts.fast_math)
         params = SolveParams(float(alpha), float(eps), max_iter, verbose, callback, precond,
                              int(precond_rank), return_info=bool(return_info))
-        x = self._solve(self.core, self.var, list(args), params, opts)
+        x = self._solve_spec(self.spec, self.var, list(args), params, opts)
         return (x, params.infos[0]) if return_info else x
 
     def __getstate__(self) -> Dict[str, Any]:

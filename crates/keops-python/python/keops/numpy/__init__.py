@@ -103,7 +103,6 @@ class LazyTensor(GenericLazyTensor):
         return a
 
     _run = staticmethod(_run)
-    _solve = staticmethod(_solve)
     _Genred = Genred
     _KernelSolve = KernelSolve
 

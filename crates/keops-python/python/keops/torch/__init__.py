@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .._genred import (ARG, SELECT, SMOOTH, Core, DeviceId, GenredBase, Options,
+from .._genred import (ARG, SELECT, SMOOTH, Core, CoreSpec, DeviceId, GenredBase, Options,
                        dynamo_tracing, reduction_shortcuts)
 from .._lazy import GenericLazyTensor, complex_class, variable_constructors
 from .._solve import ConvergenceWarning, KernelSolveBase, SolveInfo, SolveParams, run_solve
@@ -459,9 +459,6 @@ def _solve_host(core: Core, var: int, args: Sequence[torch.Tensor], params: Solv
 
 def _solve(core: Core, var: int, args: Sequence[torch.Tensor], params: SolveParams,
            opts: Options) -> torch.Tensor:
-    traced = _traced()
-    if traced is not None and traced.active(opts, params):
-        return traced.solve(core.desc, var, params, opts, list(args))
     args, half = _widened(args)
     if half is not None:
         return _solve(core, var, args, params, opts).to(half)
@@ -474,6 +471,18 @@ class KernelSolve(KernelSolveBase):
     __doc__ = KernelSolveBase.__doc__
     # On CPU tensors, differentiably with respect to every argument.
     _solve = staticmethod(_solve)
+
+    # Under torch.compile, before the Rust parser (which Dynamo cannot trace): traced as
+    # an operator, or else run eagerly behind a graph break. LazyTensor solves come here.
+    @classmethod
+    def _solve_spec(cls, spec: CoreSpec, var: int, args: List[torch.Tensor],
+                    params: SolveParams, opts: Options) -> torch.Tensor:
+        traced = _traced()
+        if traced is None:
+            return super()._solve_spec(spec, var, args, params, opts)
+        if traced.active(opts, params):
+            return traced.solve((spec,), var, params, opts, args)
+        return traced.eagerly(super()._solve_spec, spec, var, args, params, opts)
 
     def __init__(self, formula: str, aliases: Sequence[str], varinvalias: str, axis: int = 0,
                  dtype_acc: str = "auto", use_double_acc: bool = False,
@@ -523,7 +532,6 @@ class LazyTensor(GenericLazyTensor):
         return x
 
     _run = staticmethod(_run)
-    _solve = staticmethod(_solve)
     _Genred = Genred
     _KernelSolve = KernelSolve
 
@@ -538,16 +546,6 @@ class LazyTensor(GenericLazyTensor):
         if traced.active(opts):
             return traced.run((spec,), traced.options_desc(opts), arrays)
         return traced.eagerly(super()._run_spec, spec, arrays, opts)
-
-    @classmethod
-    def _solve_spec(cls, spec: Tuple[Any, ...], var: int, arrays: List[Any],
-                    params: SolveParams, opts: Options) -> Any:
-        traced = _traced()
-        if traced is None:
-            return super()._solve_spec(spec, var, arrays, params, opts)
-        if traced.active(opts, params):
-            return traced.solve((spec,), var, params, opts, arrays)
-        return traced.eagerly(super()._solve_spec, spec, var, arrays, params, opts)
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Sequence[Any] = (),

@@ -23,7 +23,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 
 from .. import _keops
-from .._genred import ARG, SELECT, SMOOTH, Core, CoreDesc, Options, core_of
+from .._genred import ARG, SELECT, SMOOTH, Core, CoreDesc, Options, core_of, outcome
 from .._solve import SolveParams
 from . import _at_selected, _ops, _transformed, _widened
 from ._ops import OptionsDesc, key_of, options_desc, options_of
@@ -31,6 +31,11 @@ from ._ops import OptionsDesc, key_of, options_desc, options_of
 #: Whether this PyTorch can trace reductions (custom operators and ``nonstrict_trace``,
 #: 2.7 or later).
 SUPPORTED = _ops.SUPPORTED and hasattr(torch._dynamo, "nonstrict_trace")
+
+# What reads declarations with the Rust parser (``_genred.parsed``): Dynamo calls it
+# while it traces and keeps the result, so a generic_* reduction or a KernelSolve made
+# in a compiled function needs no graph break.
+torch.compiler.assume_constant_result(outcome)
 
 #: The fields of :class:`SolveParams` that a traced solve reads.
 SolveDesc = Tuple[float, float, Optional[int], Optional[str], int]
