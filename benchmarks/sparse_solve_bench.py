@@ -10,7 +10,8 @@
 2. A Gaussian-process regression on 10^5 points (block-sparse kernel, KernelSolve), its
    test error against the noiseless function, solved plainly and with the Nyström
    preconditioner (``precond="nystrom"``) side by side.
-3. KernelSolve with and without the Nyström preconditioner at several ranks, on the
+3. KernelSolve with and without the Nyström preconditioner at several ranks and
+   ``precond_rank="auto"``, on the
    dense kernel of ``benchmarks/bench.py``'s KernelSolve case (N uniform points of the
    unit cube, ``exp(-g |x-y|^2)``, float64), for two length scales and two ridges:
    iterations and times in one run.
@@ -106,13 +107,14 @@ def gp_regression(quick: bool) -> None:
     predict = Genred("Exp(-SqDist(x,y) * g) * a", ["x = Vi(2)", "y = Vj(2)", "a = Vj(1)",
                                                   "g = Pm(1)"], axis=1)
     plain = None
-    for precond, rank in ((None, 0), ("nystrom", 100), ("nystrom", 400)):
+    for precond, rank in ((None, 1), ("nystrom", 100), ("nystrom", 400), ("nystrom", "auto")):
         t, (a, info) = timed(lambda: ks(x, x, y, gam, alpha=noise ** 2, eps=1e-6,
                                         ranges=ranges, return_info=True, precond=precond,
-                                        precond_rank=max(rank, 1)))
+                                        precond_rank=rank))
         plain = plain or t
         rmse = float(np.sqrt(((predict(xt, x, a, gam) - f(xt)) ** 2).mean()))
-        name = "plain CG" if precond is None else f"Nyström rank {info.precond_rank}"
+        name = "plain CG" if precond is None else \
+            f"Nyström rank {info.precond_rank}{' (auto)' if rank == 'auto' else ''}"
         print(f"N = {n:,} {name:>18}: solve {t:6.1f} s (x{plain / t:4.1f}), "
               f"{info.iterations:4} iterations, residual {info.residual:.1e}, pairs kept "
               f"{100 * keep.mean():.1f}% of cluster pairs; test RMSE {rmse:.3f} "
@@ -131,12 +133,14 @@ def preconditioning(quick: bool) -> None:
     for g in (50.0, 10.0):
         for alpha in (1.0, 1e-2):
             plain = None
-            for precond, rank in ((None, 0), ("nystrom", 100), ("nystrom", 300)):
+            for precond, rank in ((None, 1), ("nystrom", 100), ("nystrom", 300),
+                                  ("nystrom", "auto")):
                 t, (_, info) = timed(lambda: ks(x, x, b, np.array([g]), alpha=alpha,
                                                 return_info=True, precond=precond,
-                                                precond_rank=max(rank, 1)))
+                                                precond_rank=rank))
                 plain = plain or t
-                name = "plain CG" if precond is None else f"rank {info.precond_rank}"
+                name = "plain CG" if precond is None else \
+                    f"rank {info.precond_rank}{' (auto)' if rank == 'auto' else ''}"
                 print(f"g = {g:>4}, alpha = {alpha:<5} {name:>9}: {info.iterations:4} "
                       f"iterations, {t:6.2f} s (x{plain / t:4.1f})", flush=True)
 

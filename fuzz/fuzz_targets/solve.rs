@@ -27,8 +27,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let n = 1 + next(5) % 24;
     let alpha = [0.0, 1e-3, 1.0, 1e-12][next(2) % 4];
-    let precond = match next(0) % 3 {
+    let precond = match next(0) % 4 {
         0 => Preconditioner::None,
+        3 => Preconditioner::NystromAuto,
         k => Preconditioner::Nystrom {
             rank: k * next(3) % 12,
         },

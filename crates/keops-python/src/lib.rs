@@ -270,8 +270,8 @@ impl Genred {
     /// `callback(iteration, residual, checked)` runs after each iteration (`checked`
     /// false: the recursive residual) and each check of the true residual (`checked`
     /// true); an exception it raises, or Ctrl-C, stops the solve. `precond`: `None` or
-    /// `"nystrom"` (rank `precond_rank`).
-    #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None, fast_math=false, precond=None, precond_rank=100))]
+    /// `"nystrom"` (largest rank `precond_rank`; `None`: chosen as it is built).
+    #[pyo3(signature = (args, var, alpha, eps, max_iter=None, callback=None, dtype_acc="auto", sum_scheme="auto", threads=None, backend="auto", device_id=0, ranges=None, multi_gpu=None, fast_math=false, precond=None, precond_rank=None))]
     #[allow(clippy::too_many_arguments)] // pykeops' keyword options, one parameter each
     fn solve<'py>(
         &self,
@@ -291,7 +291,7 @@ impl Genred {
         multi_gpu: Option<Bound<'py, PyAny>>,
         fast_math: bool,
         precond: Option<&str>,
-        precond_rank: usize,
+        precond_rank: Option<usize>,
     ) -> PyResult<(Bound<'py, PyAny>, usize, f64, bool, bool, usize)> {
         let mut opts = options(dtype_acc, sum_scheme, threads, backend, device_id, ranges)?;
         opts.multi_gpu = multi_gpu_option(multi_gpu)?;
@@ -300,9 +300,10 @@ impl Genred {
             keops::solve::KernelSolve::from_genred(self.inner.clone(), var).map_err(to_py)?;
         let precond = match precond {
             None => keops::solve::Preconditioner::None,
-            Some(name) if name.eq_ignore_ascii_case("nystrom") => {
-                keops::solve::Preconditioner::Nystrom { rank: precond_rank }
-            }
+            Some(name) if name.eq_ignore_ascii_case("nystrom") => precond_rank
+                .map_or(keops::solve::Preconditioner::NystromAuto, |rank| {
+                    keops::solve::Preconditioner::Nystrom { rank }
+                }),
             Some(other) => {
                 return Err(to_py(KeopsError::Option {
                     name: "precond".into(),

@@ -221,10 +221,21 @@ def test_nystrom_preconditioner(dtype: type) -> None:
     if dtype == np.float64:
         assert li.iterations == info.iterations
     np.testing.assert_allclose(a, want, atol=1e-6 * np.abs(want).max())
+    # precond_rank="auto": the rank the kernel and the ridge need.
+    auto, ai = ks(x, x, b, g, alpha=1e-3, eps=eps, return_info=True, precond="nystrom",
+                  precond_rank="auto")
+    assert ai.converged and ai.precond_rank > 0 and ai.iterations <= info.iterations, (ai, info)
+    np.testing.assert_allclose(auto, want, atol=tol * np.abs(want).max())
+    a, li = K.solve(b.astype(float), alpha=1e-3, eps=1e-9, precond="nystrom",
+                    precond_rank="AUTO", return_info=True)
+    assert li.precond_rank > 0
+    np.testing.assert_allclose(a, want, atol=1e-6 * np.abs(want).max())
     with pytest.raises(ValueError, match='precond: "cholesky": expected None or "nystrom"'):
         ks(x, x, b, g, precond="cholesky")
     with pytest.raises(ValueError, match="precond_rank.*at least 1"):
         ks(x, x, b, g, precond="nystrom", precond_rank=0)
+    with pytest.raises(ValueError, match="invalid precond_rank 'full': expected a rank"):
+        ks(x, x, b, g, precond="nystrom", precond_rank="full")
 
 
 def test_matrix_valued_kernel_is_one_system() -> None:
@@ -237,6 +248,6 @@ def test_matrix_valued_kernel_is_one_system() -> None:
                      ["x = Vi(1)", "y = Vj(1)", "a = Vj(2)"], "a", axis=1)
     big = np.kron(gauss_matrix(x, x, 10.0), np.array([[1.0, 0.5], [0.5, 1.0]]))
     want = np.linalg.solve(big + 0.1 * np.eye(2 * n), b.ravel()).reshape(n, 2)
-    for precond in (None, "nystrom"):
-        a = ks(x, x, b, alpha=0.1, eps=1e-11, precond=precond, precond_rank=40)
+    for precond, rank in ((None, 40), ("nystrom", 40), ("nystrom", "auto")):
+        a = ks(x, x, b, alpha=0.1, eps=1e-11, precond=precond, precond_rank=rank)
         np.testing.assert_allclose(a, want, atol=1e-8 * np.abs(want).max())

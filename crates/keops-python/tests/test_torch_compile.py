@@ -139,10 +139,10 @@ def test_solve_traced_with_gradients(front: str) -> None:
             a = (-Vi(x).sqdist(Vj(x)) * 10).exp().solve(Vi(b), alpha=0.1)
         elif front == "kernelsolve":
             a = ks(x, x, b, alpha=0.1)
-        else:  # pykeops style: the solver made where it is used
+        else:  # pykeops style: the solver made where it is used (and preconditioned)
             a = KernelSolve("Exp(-SqDist(x,y) * 10) * a",
-                            ["x = Vi(2)", "y = Vj(2)", "a = Vj(2)"], "a", axis=1)(x, x, b,
-                                                                                 alpha=0.1)
+                            ["x = Vi(2)", "y = Vj(2)", "a = Vj(2)"], "a", axis=1)(
+                                x, x, b, alpha=0.1, precond="nystrom", precond_rank="auto")
         return (a ** 2).sum()
 
     torch._dynamo.reset()

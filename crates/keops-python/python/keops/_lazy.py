@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from ._cluster import same_ranges, swap_axes
 from ._genred import Core, GenredBase, Options, compile_core, make_options
-from ._solve import PRECOND_RANK, SolveParams
+from ._solve import PRECOND_RANK, SolveParams, checked_rank
 
 Number = Union[int, float]
 #: A NumPy array or a PyTorch tensor, depending on the front end.
@@ -1252,7 +1252,7 @@ class GenericLazyTensor:
             arrays[p.unknown] = p.rhs
             params = SolveParams(p.alpha, p.eps, kw.get("max_iter"), kw.get("verbose", False),
                                  kw.get("callback"), kw.get("precond"),
-                                 int(kw.get("precond_rank", PRECOND_RANK)),
+                                 checked_rank(kw.get("precond_rank", PRECOND_RANK)),
                                  return_info=bool(kw.get("return_info")))
             x = self._KernelSolve._solve_spec((formula, aliases, "Sum", 1, None, None),
                                               p.unknown, arrays, params, opts)

@@ -10,14 +10,25 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import _keops
 from ._genred import Core, CoreSpec, DeviceId, Options, compile_core, make_options, parsed
 
 
-#: The Nyström preconditioner's default largest rank (``precond_rank``).
-PRECOND_RANK = 100
+#: The Nyström preconditioner's default rank (``precond_rank``): chosen as it is built
+#: (``keops::solve::Preconditioner::NystromAuto``).
+PRECOND_RANK = "auto"
+
+
+def checked_rank(rank: Union[int, str]) -> Union[int, str]:
+    """``precond_rank``: an int (the largest rank; the engine refuses 0), or
+    ``"auto"`` (any case)."""
+    if isinstance(rank, str):
+        if rank.lower() != "auto":
+            raise ValueError(f"invalid precond_rank {rank!r}: expected a rank >= 1 or 'auto'")
+        return "auto"
+    return int(rank)
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -75,7 +86,7 @@ class SolveParams:
     callback: Optional[Callable[[int, float], Any]] = None
     #: ``None`` or ``"nystrom"``, and the latter's largest rank.
     precond: Optional[str] = None
-    precond_rank: int = PRECOND_RANK
+    precond_rank: Union[int, str] = PRECOND_RANK
     #: Filled by each solve (the forward one first).
     infos: List[SolveInfo] = field(default_factory=list)
     #: Whether the caller reads ``infos`` (``return_info``).
@@ -104,7 +115,8 @@ def run_solve(core: Core, var: int, arrays: Sequence[Any], params: SolveParams,
     x, it, res, ok, limited, rank = core.g.solve(list(arrays), var, float(params.alpha),
                                         float(params.eps), params.max_iter, hook,
                                         precond=params.precond,
-                                        precond_rank=int(params.precond_rank),
+                                        precond_rank=(None if params.precond_rank == "auto"
+                                                      else params.precond_rank),
                                         **opts.kwargs())
     params.infos.append(SolveInfo(it, res, ok, rank, limited))
     if limited:
@@ -145,8 +157,11 @@ class KernelSolveBase:
     ``min(10 n, 10000)``; reaching it warns with :class:`ConvergenceWarning`),
     ``ranges``, ``backend``, ``device_id``, ``verbose`` (progress on stderr),
     ``callback(iteration, residual)``, ``return_info`` (also return a :class:`SolveInfo`), ``precond`` (``"nystrom"``: precondition by a
-    rank-``precond_rank`` Nyström approximation of ``K``, default rank 100; fewer
-    iterations for smooth kernels and small ``alpha``, same solution).
+    Nyström approximation of ``K``; fewer iterations for smooth kernels and small
+    ``alpha``, same solution), ``precond_rank`` (its rank: by default ``"auto"``,
+    the rank that ``K`` and ``alpha`` need, built at a cost of at most 100 products by
+    ``K``, and stopped early for a nearly diagonal kernel; or the largest rank, an
+    int).
 
     Unlike pykeops, a formula that mixes the unknown's coordinates (a matrix-valued
     kernel) is solved as one system rather than column by column.
@@ -199,13 +214,13 @@ class KernelSolveBase:
                  max_iter: Optional[int] = None, verbose: bool = False,
                  callback: Optional[Callable[[int, float], Any]] = None,
                  return_info: bool = False, precond: Optional[str] = None,
-                 precond_rank: int = PRECOND_RANK) -> Any:
+                 precond_rank: Union[int, str] = PRECOND_RANK) -> Any:
         """Solves with ``b`` in the unknown's place (see the class docs for the
         options); returns ``a``, or ``(a, SolveInfo)`` with ``return_info``."""
         opts = make_options(self.opts.dtype_acc, False, self.opts.sum_scheme, backend,
                             device_id, ranges, self.opts.fast_math)
         params = SolveParams(float(alpha), float(eps), max_iter, verbose, callback, precond,
-                             int(precond_rank), return_info=bool(return_info))
+                             checked_rank(precond_rank), return_info=bool(return_info))
         x = self._solve_spec(self.spec, self.var, list(args), params, opts)
         return (x, params.infos[0]) if return_info else x
 

@@ -11,21 +11,52 @@
 //! raised to `1e-9 trace(K)` if smaller so that `mu I + L^T L` stays well conditioned;
 //! any `mu > 0` gives a symmetric positive definite `P`, so the preconditioner only
 //! changes the iteration count, never the solution.
+//!
+//! `NystromAuto` picks the rank as it builds, from what each column shows (how much of
+//! `K - L L^T`'s trace it explains, against `mu` and against its own pivot) and from a
+//! build budget counted in pairs of `K` (see [`AUTO_PRODUCTS`]).
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::error::{try_vec, KeopsError, Result};
+use crate::error::{KeopsError, Result};
 use crate::formula::Cat;
 use crate::plan::private::Sealed;
 use crate::plan::{Arg, Element, Genred, Layout, Options};
 use crate::ranges::{Blocks, Ranges};
 
-use super::{sum_values, Progress};
+use super::{sum_values, Preconditioner, Progress};
 
 /// Rows per parallel task in the vector updates.
 const CHUNK: usize = 4096;
+
+/// `NystromAuto`'s budget: its build may cost as much as `B` products by `K`, `B` a
+/// quarter of the square root of `trace(K) / mu` (plain CG's iterations grow as the
+/// square root of the condition number, which `trace(K) / mu` bounds; the quarter was
+/// measured: with a large ridge, half of plain CG's products' worth of columns cost
+/// more than they saved) within these bounds. Costs are
+/// counted in pairs of `K` (about a nanosecond each on two cores, measured): a column
+/// costs its reduction, [`COLUMN_CALL_PAIRS`] more (an engine call), and its update,
+/// `r m / 2` pairs at rank `r` (memory-bound: it reads the factor so far); then
+/// `L^T L` and its Cholesky factor, `r^3 / 3`. Measured at N = 2,000 and 10^4, this
+/// matched the build's time within a factor of 1.5.
+const AUTO_PRODUCTS: (f64, f64) = (10.0, 100.0);
+/// `NystromAuto` stops once a column lowers the trace of `K - L L^T` by at most this
+/// times `mu`.
+const AUTO_FLOOR: f64 = 0.1;
+/// An engine call's fixed cost, in pairs (about 20 us).
+const COLUMN_CALL_PAIRS: f64 = 2e4;
+/// `NystromAuto`'s largest factor, in bytes.
+const AUTO_MAX_BYTES: usize = 1 << 30;
+/// `NystromAuto` stops when its last [`DIAGONAL_WINDOW`] columns together lowered the
+/// trace of `K - L L^T` by less than this many times their pivots: each column then
+/// explains little beside its own diagonal entry, the rest of `K` is nearly diagonal
+/// (a short length scale), and CG handles it without help. Smooth kernels' columns
+/// lower it by 2 to 70 times their pivot; nearly diagonal ones' by 1.0 to 1.4.
+const DIAGONAL_EFFICIENCY: f64 = 1.5;
+/// See [`DIAGONAL_EFFICIENCY`].
+pub(super) const DIAGONAL_WINDOW: usize = 16;
 
 /// The operator `K` of one solve: how to evaluate its columns and diagonal.
 pub(super) struct Kernel<'s, 'a, T> {
@@ -48,6 +79,8 @@ pub(super) struct Kernel<'s, 'a, T> {
     pub opts: Options,
     /// The caller's block-sparse ranges, if any.
     pub ranges: Option<Arc<Ranges>>,
+    /// Pairs of `K` per batch entry (a product's cost).
+    pub pairs: usize,
 }
 
 impl<T: Element> Kernel<'_, '_, T> {
@@ -127,6 +160,38 @@ impl<T: Element> Kernel<'_, '_, T> {
         }
     }
 
+    /// A product by `K`'s cost, in pairs: each column of the unknown beyond the first
+    /// adds about an eighth (one multiply-add against a kernel value's dozen flops).
+    fn product_cost(&self) -> f64 {
+        self.pairs as f64 * (1.0 + (self.d as f64 - 1.0) / 8.0)
+    }
+
+    /// The cost of building `r` columns, in pairs (see [`AUTO_PRODUCTS`]).
+    fn build_cost(&self, r: usize) -> f64 {
+        let (m, n, r) = (self.m() as f64, self.n as f64, r as f64);
+        r * (n + COLUMN_CALL_PAIRS) + 0.5 * m * r * r + r * r * r / 3.0
+    }
+
+    /// `NystromAuto`'s largest rank, for a kernel of diagonal sum `trace` and ridge
+    /// `mu`: the most columns whose build stays within the budget of
+    /// [`AUTO_PRODUCTS`] and whose factor fits in [`AUTO_MAX_BYTES`].
+    fn auto_rank(&self, trace: f64, mu: f64) -> usize {
+        let (least, most) = AUTO_PRODUCTS;
+        let budget = (0.25 * (trace / mu).sqrt()).clamp(least, most) * self.product_cost();
+        let by_memory = AUTO_MAX_BYTES / (8 * self.m().max(1));
+        // build_cost increases with r: the largest rank within budget, by bisection.
+        let (mut lo, mut hi) = (0usize, self.m().min(by_memory));
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if self.build_cost(mid) <= budget {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    }
+
     /// Column `(p, c)` of batch entry `e`'s system matrix (`m` values).
     fn column(&self, e: usize, p: usize, c: usize) -> Result<Vec<f64>> {
         let mut unit = vec![T::from_f64(0.0); self.d];
@@ -188,12 +253,12 @@ pub(super) struct Nystrom {
 }
 
 impl Nystrom {
-    /// Builds the preconditioner of batch entry `e` with at most `rank` columns,
-    /// reporting each to `progress`; `None` if it returns `false` (stop).
+    /// Builds the preconditioner of batch entry `e` of the kind `precond` says,
+    /// reporting each column to `progress`; `None` if it returns `false` (stop).
     pub fn build<T: Element>(
         k: &Kernel<'_, '_, T>,
         e: usize,
-        rank: usize,
+        precond: Preconditioner,
         alpha: f64,
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Option<Nystrom>> {
@@ -211,18 +276,31 @@ impl Nystrom {
         let dmax = resid.iter().fold(0.0f64, |a, &v| a.max(v));
         let trace: f64 = resid.iter().filter(|&&v| v > 0.0).sum();
         let mu = alpha.max(1e-9 * trace);
-        let rank = rank.min(m);
+        let rank = match precond {
+            Preconditioner::Nystrom { rank } => rank.min(m),
+            Preconditioner::NystromAuto => k.auto_rank(trace, mu),
+            Preconditioner::None => 0,
+        };
         // The factor is the one allocation that grows with the rank: refused, it is an
-        // error naming its size, not an abort.
-        let mut lt = try_vec(
-            rank.saturating_mul(m),
-            0.0f64,
-            &format!(
-                "KernelSolve's rank-{rank} Nyström preconditioner ({m} rows; lower precond_rank)"
+        // error naming its size, not an abort. A fixed rank reserves it whole at once;
+        // an automatic one as it grows.
+        let oom = |cols: usize| KeopsError::OutOfMemory {
+            what: format!(
+                "KernelSolve's rank-{cols} Nyström preconditioner ({m} rows; lower precond_rank)"
             ),
-        )?;
+            bytes: cols.saturating_mul(m).saturating_mul(8),
+        };
+        let mut lt: Vec<f64> = Vec::new();
+        if let Preconditioner::Nystrom { .. } = precond {
+            lt.try_reserve_exact(rank.saturating_mul(m))
+                .map_err(|_| oom(rank))?;
+        }
         let mut picked = vec![false; m];
         let mut reached = 0;
+        // Each column's (decrease of the residual trace, pivot), for NystromAuto, and
+        // the build cost it stops at once the floor is reached.
+        let mut gains: Vec<(f64, f64)> = Vec::new();
+        let mut extra_until: Option<f64> = None;
         for r in 0..rank {
             let best = (0..m)
                 .filter(|&t| !picked[t])
@@ -254,12 +332,37 @@ impl Nystrom {
                 break;
             }
             let s = pivot.sqrt().recip();
+            let mut drop = 0.0;
             for (v, q) in col.iter_mut().zip(resid.iter_mut()) {
                 *v *= s;
                 *q -= *v * *v;
+                drop += *v * *v;
+            }
+            if precond == Preconditioner::NystromAuto {
+                // The column's trace decrease `|E e_p|^2 / E_pp` is at most |E|, the
+                // largest eigenvalue of K - L L^T before it: once it is a tenth of mu,
+                // CG converges in a few iterations. Columns that cost one product more
+                // are still added (cheap beside a product, they save iterations: a
+                // smooth kernel then reaches its numerical rank).
+                if drop <= AUTO_FLOOR * mu && extra_until.is_none() {
+                    extra_until = Some(k.build_cost(r + 1) + k.product_cost());
+                }
+                if extra_until.is_some_and(|c| k.build_cost(r + 1) > c) {
+                    break;
+                }
+                gains.push((drop, pivot));
+                if let Some(last) = gains.len().checked_sub(DIAGONAL_WINDOW) {
+                    let (d, p): (f64, f64) = gains[last..]
+                        .iter()
+                        .fold((0.0, 0.0), |(a, b), &(d, p)| (a + d, b + p));
+                    if d < DIAGONAL_EFFICIENCY * p {
+                        break;
+                    }
+                }
             }
             picked[p] = true;
-            lt[r * m..(r + 1) * m].copy_from_slice(&col);
+            lt.try_reserve(m).map_err(|_| oom(r + 1))?;
+            lt.extend_from_slice(&col);
             reached = r + 1;
             if !progress(Progress::Preconditioner {
                 entry: e,
