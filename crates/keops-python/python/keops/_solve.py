@@ -49,8 +49,9 @@ class SolveInfo:
     #: Whether every system met ``|r| / sqrt(n) < eps`` (on its true residual
     #: ``b - (K + alpha I) a``).
     converged: bool
-    #: The rank of the Nyström preconditioner built (0 without one; it stops below
-    #: ``precond_rank`` once the kernel is approximated to 1e-10 of its diagonal).
+    #: The rank of the Nyström preconditioner built: 0 without one; with
+    #: ``precond_rank="auto"``, the rank chosen; with a given rank, that rank, or less
+    #: where the kernel is approximated to 1e-10 of its diagonal sooner.
     precond_rank: int = 0
     #: Whether the recursive residual met ``eps`` but the true one of the answer did
     #: not: rounding in the data type (float32, typically) limits the accuracy, and
