@@ -85,7 +85,7 @@ class SolveParams:
     max_iter: Optional[int] = None
     verbose: bool = False
     callback: Optional[Callable[[int, float], Any]] = None
-    #: ``None`` or ``"nystrom"``, and the latter's largest rank.
+    #: ``None`` or ``"nystrom"``, and the latter's rank: ``"auto"`` or the largest one.
     precond: Optional[str] = None
     precond_rank: Union[int, str] = PRECOND_RANK
     #: Filled by each solve (the forward one first).

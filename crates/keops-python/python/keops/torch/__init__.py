@@ -481,7 +481,7 @@ class KernelSolve(KernelSolveBase):
         if traced is None:
             return super()._solve_spec(spec, var, args, params, opts)
         if traced.active(opts, params):
-            return traced.solve((spec,), var, params, opts, args)
+            return traced.solve(spec, var, params, opts, args)
         return traced.eagerly(super()._solve_spec, spec, var, args, params, opts)
 
     def __init__(self, formula: str, aliases: Sequence[str], varinvalias: str, axis: int = 0,

@@ -18,13 +18,12 @@ transform or forward-mode AD (the operators have no forward-mode rule).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 
-from .. import _keops
-from .._genred import ARG, SELECT, SMOOTH, Core, CoreDesc, Options, core_of, outcome
-from .._solve import SolveParams
+from .._genred import ARG, SELECT, SMOOTH, Core, CoreDesc, CoreSpec, Options, core_of, outcome
+from .._solve import SolveParams, solve_core
 from . import _at_selected, _ops, _transformed, _widened
 from ._ops import OptionsDesc, key_of, options_desc, options_of
 
@@ -38,7 +37,7 @@ SUPPORTED = _ops.SUPPORTED and hasattr(torch._dynamo, "nonstrict_trace")
 torch.compiler.assume_constant_result(outcome)
 
 #: The fields of :class:`SolveParams` that a traced solve reads.
-SolveDesc = Tuple[float, float, Optional[int], Optional[str], int]
+SolveDesc = Tuple[float, float, Optional[int], Optional[str], Union[int, str]]
 
 
 def active(opts: Options, params: Optional[SolveParams] = None) -> bool:
@@ -105,20 +104,19 @@ if SUPPORTED:
         vals = _at_selected(core, opts, args, idx, reduce=_ops.reduce)
         return vals, (idx if "Arg" in red else None)
 
-    def solve(desc: CoreDesc, var: int, params: SolveParams, opts: Options,
+    def solve(spec: CoreSpec, var: int, params: SolveParams, opts: Options,
               args: List[torch.Tensor]) -> torch.Tensor:
-        """``keops.torch._solve`` for Dynamo: the solve with the reduction ``desc``, as a
-        ``keops::solve`` operator of the graph."""
-        return _record_solve(desc, var, (params.alpha, params.eps, params.max_iter,
+        """``KernelSolve._solve_spec`` for Dynamo: the solve with the reduction
+        ``compile_core(*spec)``, as a ``keops::solve`` operator of the graph."""
+        return _record_solve(spec, var, (params.alpha, params.eps, params.max_iter,
                                            params.precond, params.precond_rank),
                                options_desc(opts), args)
 
     @torch._dynamo.nonstrict_trace
-    def _record_solve(desc: CoreDesc, var: int, params: SolveDesc, opts: OptionsDesc,
+    def _record_solve(spec: CoreSpec, var: int, params: SolveDesc, opts: OptionsDesc,
                         args: List[torch.Tensor]) -> torch.Tensor:
-        desc, var, params, opts = _constant((desc, var, params, opts))
-        core = core_of(desc)
-        _keops.check_solve(core.g, var)
+        spec, var, params, opts = _constant((spec, var, params, opts))
+        core = solve_core(spec, var)
         args, half = _widened(args)
         x = _ops.solve(key_of(core, options_of(opts)), var, json.dumps(params), args)
         return x if half is None else x.to(half)
